@@ -1,0 +1,236 @@
+//! The audit trail: one JSON object per line and per request, written by a dedicated thread
+//! so request handling never waits on the disk — unless the disk falls behind by thousands
+//! of records, in which case requests wait rather than audit records being lost.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{AuditConfig, AuditSinkKind};
+use crate::identity::Identity;
+use crate::policy::Decision;
+use crate::request::OutboundRequest;
+use crate::snapshot::Decided;
+use crate::transforms::{DryRun, TransformTrace};
+
+/// One audited request. Holds names, tags and reasons only — never header values.
+#[derive(Debug, Serialize)]
+pub struct AuditRecord<'a> {
+    /// RFC 3339, microseconds, UTC.
+    pub ts: String,
+    pub request_id: &'a str,
+    pub config_version: &'a str,
+    pub decision: Decision,
+    /// The status the workload got, for refused requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The deciding policy (or the refusing one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    /// The transform that refused the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<&'static str>,
+    pub identity: IdentityRecord<'a>,
+    pub tags: Vec<&'a str>,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    /// Normalized, without the query string (queries often carry credentials).
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<&'a DryRun>,
+    pub transforms: &'a [TransformTrace],
+    /// Time from receiving the request headers to the decision, in microseconds.
+    pub decision_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdentityRecord<'a> {
+    /// `uri_san`, `token`, `source_cidr`, `gateway` (no principal), or `refused` (the
+    /// presented proxy credentials were not accepted).
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl<'a> AuditRecord<'a> {
+    /// Builds the record of a decided request.
+    pub fn of(
+        request: &'a OutboundRequest,
+        decided: &'a Decided,
+        config_version: &'a str,
+        decision_us: f64,
+    ) -> AuditRecord<'a> {
+        let outcome = &decided.outcome;
+        let rejection = outcome.rejection.as_ref();
+        let allowlist = outcome
+            .trace
+            .iter()
+            .find(|t| t.name == "allowlist")
+            .map(|t| &t.annotations);
+        let (policy, rule) = match rejection {
+            Some(r) => (r.policy.as_deref(), r.rule),
+            None => (
+                allowlist.and_then(|a| a.policy.as_deref()),
+                allowlist.and_then(|a| a.rule),
+            ),
+        };
+        let reason = rejection
+            .map(|r| r.reason)
+            .or_else(|| allowlist.and_then(|a| a.reason));
+        let (identity, tags) = match &decided.identity {
+            Ok(identity) => (identity_record(identity, request), identity_tags(identity)),
+            Err(_) => (
+                IdentityRecord {
+                    kind: "refused",
+                    name: None,
+                    spiffe_id: None,
+                    source: request.source.map(|s| s.to_string()),
+                },
+                Vec::new(),
+            ),
+        };
+        AuditRecord {
+            ts: now_rfc3339(),
+            request_id: &request.id,
+            config_version,
+            decision: outcome.decision,
+            status: rejection.map(|r| r.status),
+            reason,
+            policy,
+            rule,
+            transform: rejection.map(|r| r.transform),
+            identity,
+            tags,
+            method: &request.method_name,
+            scheme: &request.scheme,
+            host: &request.host,
+            port: request.port,
+            path: &request.path,
+            dry_run: allowlist.and_then(|a| a.dry_run.as_ref()),
+            transforms: &outcome.trace,
+            decision_us,
+        }
+    }
+}
+
+fn identity_record<'a>(identity: &'a Identity, request: &OutboundRequest) -> IdentityRecord<'a> {
+    IdentityRecord {
+        kind: identity.kind.as_str(),
+        name: identity.name.as_deref(),
+        spiffe_id: identity.spiffe_id.as_deref(),
+        source: request.source.map(|s| s.to_string()),
+    }
+}
+
+fn identity_tags(identity: &Identity) -> Vec<&str> {
+    identity.tags.iter().map(|t| t.as_str()).collect()
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+/// Rounds to 0.1 µs: finer digits are noise.
+pub fn micros(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_nanos() as f64 / 100.0).round() / 10.0
+}
+
+/// A handle for writing audit lines; cheap to clone.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// Joins the writer thread (flushing every record) when dropped after all sinks.
+pub struct AuditWriter {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AuditWriter {
+    /// Waits until every record sent so far is written and flushed. Call after dropping
+    /// every [`AuditSink`].
+    pub fn finish(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+const QUEUE: usize = 16 * 1024;
+
+impl AuditSink {
+    /// Opens the sink and starts its writer thread.
+    pub fn start(config: &AuditConfig) -> std::io::Result<(AuditSink, AuditWriter)> {
+        let out: Box<dyn Write + Send> = match (config.sink, &config.path) {
+            (AuditSinkKind::File, Some(path)) => Box::new(open_append(path)?),
+            (AuditSinkKind::File, None) => {
+                return Err(std::io::Error::other("audit sink `file` needs a `path`"));
+            }
+            (AuditSinkKind::Stdout, _) => Box::new(std::io::stdout()),
+        };
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok((
+            AuditSink { tx },
+            AuditWriter {
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Queues one record.
+    pub async fn write(&self, record: &AuditRecord<'_>) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize audit record");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if self.tx.send(line).await.is_err() {
+            tracing::error!("audit writer has stopped; record lost");
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_lines(mut rx: mpsc::Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    while let Some(line) = rx.blocking_recv() {
+        let mut ok = out.write_all(&line).is_ok();
+        // Batch whatever else is already queued, then flush once.
+        while let Ok(line) = rx.try_recv() {
+            ok &= out.write_all(&line).is_ok();
+        }
+        ok &= out.flush().is_ok();
+        if !ok {
+            tracing::error!("cannot write audit records");
+        }
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,257 @@
+//! `portcullis check`: decides one request offline, against a config file, and prints the
+//! whole decision trace — the same code path as the gateway, without Envoy.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::json;
+
+use crate::audit::{AuditRecord, micros};
+use crate::policy::rule::Tag;
+use crate::policy::{Decision, PolicySet};
+use crate::request::{OutboundRequest, RawRequest};
+use crate::snapshot::{Decided, Snapshot};
+use crate::transforms::TraceAction;
+
+/// A request described on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct CheckRequest {
+    /// `GET https://api.github.com/repos/x`, or `CONNECT host:port`.
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub extra_tags: Vec<Tag>,
+    pub source: Option<IpAddr>,
+    pub spiffe_id: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Builds the request Envoy would have sent.
+pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
+    let line = check.request_line.trim();
+    let (method, target) = line
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("expected \"METHOD URL\", got {line:?}"))?;
+    let target = target.trim();
+    let (scheme, authority, path) = if method == "CONNECT" {
+        ("https", target, "")
+    } else {
+        let (scheme, rest) = target
+            .split_once("://")
+            .ok_or_else(|| format!("{target:?} is not an absolute URL (http://host/path)"))?;
+        match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (scheme, &rest[..i], &rest[i..]),
+            Some(i) => (scheme, &rest[..i], "/"),
+            None => (scheme, rest, "/"),
+        }
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = check
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect();
+    if let Some(token) = &check.token {
+        headers.push((
+            "proxy-authorization".into(),
+            format!("Bearer {token}").into_bytes(),
+        ));
+    }
+    let raw = RawRequest {
+        method: Some(method.as_bytes()),
+        scheme: Some(scheme.as_bytes()),
+        authority: Some(authority.as_bytes()),
+        path: (!path.is_empty()).then_some(path.as_bytes()),
+    };
+    let target = raw.normalize(None).map_err(|e| e.to_string())?;
+    let mut all_headers = vec![
+        (":method".to_owned(), method.as_bytes().to_vec()),
+        (":scheme".to_owned(), scheme.as_bytes().to_vec()),
+        (":authority".to_owned(), authority.as_bytes().to_vec()),
+    ];
+    if !path.is_empty() {
+        all_headers.push((":path".to_owned(), path.as_bytes().to_vec()));
+    }
+    all_headers.extend(headers);
+    Ok(OutboundRequest {
+        id: "check".into(),
+        method: target.method,
+        method_name: target.method_name,
+        scheme: target.scheme,
+        authority: authority.to_owned(),
+        host: target.authority.host,
+        port: target.port,
+        ip: target.authority.ip,
+        path: target.path,
+        headers: all_headers,
+        source: check.source.map(|ip| SocketAddr::new(ip, 0)),
+        peer_uri_san: check.spiffe_id.clone(),
+        sni: None,
+    })
+}
+
+/// The result of a check, ready to print.
+pub struct CheckReport {
+    pub decision: Decision,
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+/// Decides and explains one request.
+pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckReport, String> {
+    let request = build_request(check)?;
+    let started = std::time::Instant::now();
+    let decided = snapshot.decide(&request, &check.extra_tags).await;
+    let elapsed = started.elapsed();
+    let record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
+    let matches = match &decided.identity {
+        Ok(identity) => {
+            let ids = snapshot.policies.tag_ids(&identity.tags);
+            snapshot.policies.explain(&request.facts(), &ids)
+        }
+        Err(_) => Vec::new(),
+    };
+    let matches_json: Vec<_> = matches
+        .iter()
+        .map(|m| {
+            let p = snapshot.policies.policy(m.policy);
+            json!({"policy": &*p.name, "priority": p.priority, "action": p.action,
+                   "rule": m.rule, "dry_run": p.warn})
+        })
+        .collect();
+    let json = json!({
+        "audit": serde_json::to_value(&record).unwrap_or_default(),
+        "matching_policies": matches_json,
+        "upstream": upstream_json(&decided),
+    });
+    let text = render_text(&request, &decided, &snapshot.policies, &matches, &record);
+    Ok(CheckReport {
+        decision: decided.outcome.decision,
+        text,
+        json,
+    })
+}
+
+fn upstream_json(decided: &Decided) -> serde_json::Value {
+    let outcome = &decided.outcome;
+    match &outcome.rejection {
+        Some(r) => json!({"forwarded": false, "status": r.status, "reason": r.reason,
+                          "message": r.message}),
+        None => json!({
+            "forwarded": true,
+            "set_headers": outcome.mutations.set.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "removed_headers": outcome.mutations.remove,
+        }),
+    }
+}
+
+fn render_text(
+    request: &OutboundRequest,
+    decided: &Decided,
+    policies: &PolicySet,
+    matches: &[crate::policy::PolicyMatch],
+    record: &AuditRecord<'_>,
+) -> String {
+    let mut out = String::new();
+    let target = if request.path.is_empty() {
+        format!("{}:{}", request.host, request.port)
+    } else {
+        format!(
+            "{}://{}:{}{}",
+            request.scheme, request.host, request.port, request.path
+        )
+    };
+    let _ = writeln!(out, "request     {} {}", request.method_name, target);
+    match &decided.identity {
+        Ok(identity) => {
+            let who = match &identity.name {
+                Some(name) => format!("{} {name:?}", identity.kind.as_str()),
+                None => format!("{} (no principal)", identity.kind.as_str()),
+            };
+            let tags: Vec<&str> = identity.tags.iter().map(Tag::as_str).collect();
+            let _ = writeln!(out, "identity    {who}");
+            let _ = writeln!(
+                out,
+                "tags        {}",
+                if tags.is_empty() {
+                    "(none)".into()
+                } else {
+                    tags.join(", ")
+                }
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "identity    refused: {e}");
+        }
+    }
+    let decider = decided.outcome.verdict.and_then(|v| v.decided_by);
+    if matches.is_empty() {
+        let _ = writeln!(
+            out,
+            "policies    none match; default action: {}",
+            policies.default_action().action()
+        );
+    } else {
+        let _ = writeln!(out, "policies    matching, in decision order:");
+        for m in matches {
+            let p = policies.policy(m.policy);
+            let decides = decider.is_some_and(|d| d.policy == m.policy && d.rule == m.rule);
+            let _ = writeln!(
+                out,
+                "  {} {:<24} priority {:<6} {:<6} rule {}{}",
+                if decides { "→" } else { " " },
+                &*p.name,
+                p.priority,
+                p.action.as_str(),
+                m.rule,
+                if p.warn {
+                    "  (dry run: recorded, not enforced)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "transforms");
+    for t in &decided.outcome.trace {
+        let action = match t.action {
+            TraceAction::Continue => "continue",
+            TraceAction::Reject => "reject",
+            TraceAction::Skip => "skip (out of scope)",
+        };
+        let mut notes = Vec::new();
+        if let (Some(policy), Some(rule)) = (&t.annotations.policy, t.annotations.rule) {
+            notes.push(format!("policy {:?} rule {rule}", &**policy));
+        }
+        if !t.annotations.stripped_headers.is_empty() {
+            notes.push(format!(
+                "stripped {}",
+                t.annotations.stripped_headers.join(", ")
+            ));
+        }
+        if let Some(reason) = t.annotations.reason {
+            notes.push(reason.to_owned());
+        }
+        if let Some(d) = &t.annotations.dry_run {
+            notes.push(format!("dry run: {:?} would {}", &*d.policy, d.action));
+        }
+        let _ = writeln!(out, "  {:<17} {:<9} {}", t.name, action, notes.join("; "));
+    }
+    let _ = writeln!(out, "decision    {}", record.decision.as_str());
+    match &decided.outcome.rejection {
+        Some(r) => {
+            let _ = writeln!(out, "response    {} {}: {}", r.status, r.kind, r.message);
+        }
+        None => {
+            let removed = &decided.outcome.mutations.remove;
+            let _ = writeln!(
+                out,
+                "upstream    forwarded{}",
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; headers removed: {}", removed.join(", "))
+                }
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,383 @@
+//! Reading a config file into a [`Config`], collecting every error with its file, line,
+//! field path and policy name.
+//!
+//! Each top-level section and each list element is deserialized on its own, so one broken
+//! policy does not hide the errors of the next; cross-element checks (duplicate names,
+//! environment lookups) run in `Snapshot::compile` once every element parsed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+use sha2::{Digest, Sha256};
+
+use super::position::{Position, PositionIndex};
+use super::{Config, FieldError, join_path};
+use crate::identity::{IdentityConfig, validate_identity};
+use crate::policy::{PolicyConfig, validate_policy};
+use crate::transforms::TransformEntry;
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "server",
+    "gateway",
+    "default_action",
+    "identities",
+    "policies",
+    "transforms",
+    "audit",
+];
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Field path such as `policies[3].rules[0].host`; empty for the whole document.
+    pub path: String,
+    /// The name of the policy the path is in, when there is one.
+    pub policy: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(
+                f,
+                "{}:{}:{}: ",
+                file.display(),
+                line,
+                self.column.unwrap_or(1)
+            )?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        if !self.path.is_empty() {
+            f.write_str(&self.path)?;
+            if let Some(policy) = &self.policy {
+                write!(f, " (policy {policy:?})")?;
+            }
+            f.write_str(": ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in one config file, in document order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A parsed config and what is needed to place later errors in its text.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+    /// A short hash of the file's bytes; names this configuration in logs and audit records.
+    pub version: String,
+    index: PositionIndex,
+    policy_names: Vec<Option<String>>,
+}
+
+impl LoadedConfig {
+    /// Places errors found after parsing (in `Snapshot::compile`) in the file.
+    pub fn place(&self, errors: Vec<FieldError>) -> ConfigErrors {
+        let context = Context {
+            file: self.file.as_deref(),
+            index: &self.index,
+            policy_names: &self.policy_names,
+        };
+        ConfigErrors(errors.into_iter().map(|e| context.place(e)).collect())
+    }
+}
+
+struct Context<'a> {
+    file: Option<&'a Path>,
+    index: &'a PositionIndex,
+    policy_names: &'a [Option<String>],
+}
+
+impl Context<'_> {
+    fn place(&self, error: FieldError) -> ConfigError {
+        let position = self.index.find(&error.path);
+        self.at(error, position)
+    }
+
+    fn at(&self, error: FieldError, position: Option<Position>) -> ConfigError {
+        let policy = error
+            .path
+            .strip_prefix("policies[")
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.policy_names.get(i).cloned().flatten());
+        ConfigError {
+            file: self.file.map(Path::to_path_buf),
+            line: position.map(|p| p.line),
+            column: position.map(|p| p.column),
+            path: error.path,
+            policy,
+            message: error.message,
+        }
+    }
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            column: None,
+            path: String::new(),
+            policy: None,
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    parse_str(&text, Some(path))
+}
+
+/// Short content hash used as the config version.
+pub fn version_of(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses config text; `file` is only used in error messages.
+pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
+    let syntax_error = |message: String, line: Option<usize>, column: Option<usize>| {
+        ConfigErrors(vec![ConfigError {
+            file: file.map(Path::to_path_buf),
+            line,
+            column,
+            path: String::new(),
+            policy: None,
+            message: format!("invalid YAML: {message}"),
+        }])
+    };
+    let index = PositionIndex::build(text)
+        .map_err(|(message, pos)| syntax_error(message, Some(pos.line), Some(pos.column)))?;
+    let document: Value = serde_norway::from_str(text).map_err(|e| {
+        let location = e.location();
+        syntax_error(
+            e.to_string(),
+            location.as_ref().map(|l| l.line()),
+            location.as_ref().map(|l| l.column()),
+        )
+    })?;
+    let policy_names = policy_names(&document);
+    let context = Context {
+        file,
+        index: &index,
+        policy_names: &policy_names,
+    };
+    let mut errors: Vec<FieldError> = Vec::new();
+    let mut config = Config::default();
+    let sections = match document {
+        Value::Null => Default::default(),
+        Value::Mapping(mapping) => mapping,
+        other => {
+            errors.push(FieldError::new(
+                "",
+                format!(
+                    "the config must be a mapping of sections ({}), found {}",
+                    TOP_LEVEL_FIELDS.join(", "),
+                    kind_of(&other)
+                ),
+            ));
+            Default::default()
+        }
+    };
+    for (key, value) in sections {
+        let Some(key) = key.as_str().map(str::to_owned) else {
+            errors.push(FieldError::new("", "top-level keys must be strings"));
+            continue;
+        };
+        match key.as_str() {
+            "server" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.server = v;
+                }
+            }
+            "gateway" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.gateway = v;
+                }
+            }
+            "default_action" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.default_action = v;
+                }
+            }
+            "audit" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.audit = v;
+                }
+            }
+            "identities" => {
+                config.identities = list(value, &key, &mut errors, |v| {
+                    let identity: IdentityConfig = from_value(v).map_err(|e| vec![e])?;
+                    let problems = validate_identity(&identity);
+                    if problems.is_empty() {
+                        Ok(identity)
+                    } else {
+                        Err(problems)
+                    }
+                })
+            }
+            "policies" => {
+                config.policies = list(value, &key, &mut errors, |v| {
+                    let policy: PolicyConfig = from_value(v).map_err(|e| vec![e])?;
+                    let problems = validate_policy(&policy);
+                    if problems.is_empty() {
+                        Ok(policy)
+                    } else {
+                        Err(problems)
+                    }
+                })
+            }
+            "transforms" => {
+                config.transforms = list(value, &key, &mut errors, TransformEntry::parse);
+            }
+            "secrets" => errors.push(FieldError::new(
+                key,
+                "the `secrets` section (credential injection) is not supported by this \
+                 version of portcullis; remove it",
+            )),
+            _ => errors.push(FieldError::new(
+                key.clone(),
+                format!(
+                    "unknown field `{key}`, expected one of {}",
+                    TOP_LEVEL_FIELDS
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+    if config.transforms.is_empty() {
+        config.transforms = vec![TransformEntry::allowlist()];
+    }
+    if !errors.is_empty() {
+        let mut placed: Vec<ConfigError> = errors.into_iter().map(|e| context.place(e)).collect();
+        placed.sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
+        return Err(ConfigErrors(placed));
+    }
+    Ok(LoadedConfig {
+        config,
+        file: file.map(Path::to_path_buf),
+        version: version_of(text),
+        index,
+        policy_names,
+    })
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn policy_names(document: &Value) -> Vec<Option<String>> {
+    document
+        .get("policies")
+        .and_then(Value::as_sequence)
+        .map(|policies| {
+            policies
+                .iter()
+                .map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deserializes a value, reporting the field path of the first error relative to it.
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // Unknown-field errors point at the containing object; name the field itself.
+        let path = match unknown_field_name(&inner) {
+            Some(field) if path != field && !path.ends_with(&format!(".{field}")) => {
+                join_path(if path == "." { "" } else { &path }, field)
+            }
+            _ => path,
+        };
+        FieldError::new(if path == "." { String::new() } else { path }, inner)
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+fn section<T: DeserializeOwned>(
+    value: Value,
+    key: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    match from_value(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(e.under(key));
+            None
+        }
+    }
+}
+
+fn list<T>(
+    value: Value,
+    key: &str,
+    errors: &mut Vec<FieldError>,
+    parse: impl Fn(Value) -> Result<T, Vec<FieldError>>,
+) -> Vec<T> {
+    let items = match value {
+        Value::Null => return Vec::new(),
+        Value::Sequence(items) => items,
+        other => {
+            errors.push(FieldError::new(
+                key,
+                format!("expected a list, found {}", kind_of(&other)),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut parsed = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match parse(item) {
+            Ok(v) => parsed.push(v),
+            Err(problems) => {
+                let prefix = format!("{key}[{i}]");
+                errors.extend(problems.into_iter().map(|e| e.under(&prefix)));
+            }
+        }
+    }
+    parsed
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+use super::*;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match parse_str(yaml, Some(Path::new("gw.yaml"))) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn every_broken_element_is_reported_with_line_path_and_policy() {
+    let yaml = "\
+policies:
+  - name: first
+    action: allow
+    rules: [{host: a.example}]
+  - name: typo
+    priorty: 5
+    action: allow
+    rules: [{host: b.example}]
+  - name: bad-host
+    action: deny
+    rules:
+      - host: 10.0.0.0/99
+  - name: no-rules
+    action: allow
+    rules: []
+identities:
+  - source_cidr: 10.1.0.0/16
+    token: {env: X}
+transforms:
+  - nope
+";
+    let found = errors(yaml);
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "gw.yaml:6:5: policies[1].priorty (policy \"typo\"): unknown field `priorty`"
+        ),
+        "{}",
+        found[0]
+    );
+    assert!(found[1].starts_with("gw.yaml:12:9: policies[2].rules[0].host (policy \"bad-host\"): host \"10.0.0.0/99\" is not a valid CIDR"), "{}", found[1]);
+    assert!(found[2].starts_with("gw.yaml:15:5: policies[3].rules (policy \"no-rules\"): a policy needs at least one rule"), "{}", found[2]);
+    assert!(
+        found[3].starts_with("gw.yaml:17:5: identities[0]: an identity needs exactly one of"),
+        "{}",
+        found[3]
+    );
+    assert!(
+        found[4].starts_with("gw.yaml:20:5: transforms[0].name: unknown transform `nope`"),
+        "{}",
+        found[4]
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let found = errors("policies:\n  - name: a\n    rules: [\n");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("gw.yaml:"), "{}", found[0]);
+    assert!(found[0].contains("invalid YAML"), "{}", found[0]);
+}
+
+#[test]
+fn unknown_top_level_sections_are_rejected() {
+    let found = errors("gateway: {tags: [a]}\npolicys: []\n");
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].starts_with("gw.yaml:2:1: policys: unknown field `policys`"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn secrets_are_refused_until_supported() {
+    let found = errors("secrets: []\n");
+    assert!(found[0].contains("not supported"), "{}", found[0]);
+}
+
+#[test]
+fn empty_document_is_a_deny_everything_config() {
+    let loaded = parse_str("", None).unwrap();
+    assert!(loaded.config.policies.is_empty());
+    assert_eq!(
+        loaded.config.default_action,
+        crate::policy::DefaultAction::Deny
+    );
+    assert_eq!(loaded.config.transforms, vec![TransformEntry::allowlist()]);
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    let found = errors(
+        "policies:\n  - name: a\n    priority: high\n    action: allow\n    rules: [{host: x}]\n",
+    );
+    assert!(
+        found[0].starts_with("gw.yaml:3:5: policies[0].priority (policy \"a\"): invalid type"),
+        "{}",
+        found[0]
+    );
+    let found = errors("default_action: maybe\n");
+    assert!(
+        found[0].contains("default_action: unknown variant `maybe`"),
+        "{}",
+        found[0]
+    );
+    let found = errors("policies: {a: 1}\n");
+    assert!(
+        found[0].contains("policies: expected a list"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn later_errors_are_placed_by_path() {
+    let loaded = parse_str(
+        "policies:\n  - name: a\n    action: allow\n    rules: [{host: x}]\n",
+        Some(Path::new("p.yaml")),
+    )
+    .unwrap();
+    let placed = loaded.place(vec![FieldError::new("policies[0].name", "duplicate")]);
+    assert_eq!(
+        placed.to_string(),
+        "p.yaml:2:5: policies[0].name (policy \"a\"): duplicate"
+    );
+}
+
+#[test]
+fn version_is_a_content_hash() {
+    assert_eq!(version_of("a"), version_of("a"));
+    assert_ne!(version_of("a"), version_of("b"));
+    assert_eq!(version_of("a").len(), 12);
+}

@@ -1,0 +1,134 @@
+//! The configuration file: its model (doc comments here are the user documentation of
+//! each field), loading with positioned errors, and the file watcher for hot reload.
+
+mod load;
+mod position;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{
+    ConfigError, ConfigErrors, LoadedConfig, from_value, load_file, parse_str, version_of,
+};
+
+use crate::identity::IdentityConfig;
+use crate::policy::rule::Tag;
+use crate::policy::{DefaultAction, PolicyConfig};
+use crate::transforms::TransformEntry;
+
+/// The whole config file. Unknown fields are rejected everywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub gateway: GatewayConfig,
+    /// What happens when no policy matches. Default `deny`.
+    pub default_action: DefaultAction,
+    pub identities: Vec<IdentityConfig>,
+    pub policies: Vec<PolicyConfig>,
+    /// The transforms pipeline, in order. Default: `[allowlist]`.
+    pub transforms: Vec<TransformEntry>,
+    pub audit: AuditConfig,
+}
+
+/// Listen addresses. Changing them needs a restart; the command line overrides them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The ext_proc gRPC listener Envoy connects to.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grpc_listen: default_grpc_listen(),
+            admin_listen: default_admin_listen(),
+        }
+    }
+}
+
+/// This gateway instance.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Tags every request through this gateway carries.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+}
+
+/// Where audit records go: one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `stdout` (default) or `file`.
+    #[serde(default)]
+    pub sink: AuditSinkKind,
+    /// Required for `sink: file`; appended to, created if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sink: AuditSinkKind::Stdout,
+            path: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    #[default]
+    Stdout,
+    File,
+}
+
+/// A validation error at a field path (`policies[3].rules[0].host`), before it is placed
+/// in a file. Compilers return these; the loader adds file, line and policy name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Places a relative error under `prefix` (`rules[0]` under `policies[3]`).
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.path = join_path(prefix, &self.path);
+        self
+    }
+}
+
+/// Joins field paths: `a` + `b` → `a.b`, `a` + `[0]` → `a[0]`, `a` + `` → `a`.
+pub fn join_path(prefix: &str, rest: &str) -> String {
+    match (prefix.is_empty(), rest.is_empty() || rest == ".") {
+        (true, _) => rest.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) if rest.starts_with('[') => format!("{prefix}{rest}"),
+        (false, false) => format!("{prefix}.{rest}"),
+    }
+}

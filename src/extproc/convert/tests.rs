@@ -1,0 +1,162 @@
+use super::*;
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use envoy_types::pb::google::protobuf::Value;
+
+fn headers(list: &[(&str, &str)], raw: bool) -> HttpHeaders {
+    HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: list
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: (*k).into(),
+                    value: if raw { String::new() } else { (*v).into() },
+                    raw_value: if raw {
+                        v.as_bytes().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn attributes(pairs: &[(&str, &str)]) -> HashMap<String, Struct> {
+    let fields = pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue((*v).into())),
+                },
+            )
+        })
+        .collect();
+    HashMap::from([(ATTRIBUTES_KEY.to_owned(), Struct { fields })])
+}
+
+#[test]
+fn reads_raw_values_attributes_and_request_id() {
+    let h = headers(
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "API.Example.com:8080"),
+            (":path", "/a/../b?q=1"),
+            ("x-request-id", "abc-123"),
+            ("X-Custom", "v"),
+        ],
+        true,
+    );
+    let attrs = attributes(&[
+        ("source.address", "10.1.2.3:5555"),
+        (
+            "connection.uri_san_peer_certificate",
+            "spiffe://td/ns/a/sa/b",
+        ),
+    ]);
+    let req = outbound_request(&h, &attrs, &ListenerContext::default()).unwrap();
+    assert_eq!(
+        (
+            req.method_name.as_str(),
+            req.host.as_str(),
+            req.port,
+            req.path.as_str()
+        ),
+        ("GET", "api.example.com", 8080, "/b")
+    );
+    assert_eq!(req.id, "abc-123");
+    assert_eq!(req.source, Some("10.1.2.3:5555".parse().unwrap()));
+    assert_eq!(req.peer_uri_san.as_deref(), Some("spiffe://td/ns/a/sa/b"));
+    assert_eq!(
+        req.header("x-custom"),
+        Some(&b"v"[..]),
+        "names are lower-cased"
+    );
+    // Plain `value` (older Envoys) works too.
+    let h = headers(
+        &[
+            (":method", "GET"),
+            (":authority", "a.example"),
+            (":path", "/"),
+        ],
+        false,
+    );
+    assert_eq!(
+        outbound_request(&h, &HashMap::new(), &ListenerContext::default())
+            .unwrap()
+            .host,
+        "a.example"
+    );
+}
+
+#[test]
+fn suspicious_request_ids_are_replaced() {
+    for bad in ["", "has space", "new\nline", &"x".repeat(200)] {
+        let id = request_id(Some(bad.as_bytes()));
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 36, "a UUID");
+    }
+}
+
+#[test]
+fn invalid_requests_keep_what_can_be_audited() {
+    let h = headers(&[(":method", "GET"), (":path", "/x?secret=1")], true);
+    let invalid = outbound_request(&h, &HashMap::new(), &ListenerContext::default()).unwrap_err();
+    assert_eq!(invalid.error, RequestError::MissingAuthority);
+    assert_eq!(invalid.request.path, "/x", "query dropped even here");
+}
+
+#[test]
+fn refusals_are_structured_json_with_the_request_id() {
+    let rejection = Rejection {
+        status: 403,
+        kind: "policy_denied",
+        reason: "policy_deny",
+        message: "GET a.example/x is denied by policy \"p\"".into(),
+        policy: Some("p".into()),
+        rule: Some(0),
+        transform: "allowlist",
+    };
+    let response = refuse("rid-1", &rejection);
+    let Some(processing_response::Response::ImmediateResponse(immediate)) = response.response
+    else {
+        panic!("expected an immediate response");
+    };
+    assert_eq!(immediate.status.unwrap().code, 403);
+    let body: serde_json::Value = serde_json::from_slice(&immediate.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {"type": "policy_denied",
+        "message": "GET a.example/x is denied by policy \"p\"", "reason": "policy_deny",
+        "policy": "p", "transform": "allowlist", "request_id": "rid-1"}})
+    );
+    let set: Vec<_> = immediate
+        .headers
+        .unwrap()
+        .set_headers
+        .into_iter()
+        .map(|h| {
+            let h = h.header.unwrap();
+            (h.key, String::from_utf8(h.raw_value).unwrap())
+        })
+        .collect();
+    assert!(set.contains(&("content-type".into(), "application/json".into())));
+    assert!(set.contains(&("x-portcullis-request-id".into(), "rid-1".into())));
+}
+
+#[test]
+fn listener_metadata_gives_tags_and_scheme() {
+    let mut md = MetadataMap::new();
+    md.insert(
+        "x-portcullis-tags",
+        "listener:fwd, env:dev,,bad tag".parse().unwrap(),
+    );
+    md.insert("x-portcullis-upstream-scheme", "HTTPS".parse().unwrap());
+    let l = ListenerContext::from_metadata(&md);
+    let tags: Vec<_> = l.tags.iter().map(|t| t.as_str()).collect();
+    assert_eq!(tags, ["listener:fwd", "env:dev"]);
+    assert_eq!(l.upstream_scheme.as_deref(), Some("https"));
+}

@@ -1,0 +1,85 @@
+//! The Envoy side: the `envoy.service.ext_proc.v3.ExternalProcessor` gRPC service. Only the
+//! protocol lives here — reading Envoy's messages, keeping each stream's state, and writing
+//! Envoy's responses; decisions come from [`crate::snapshot::Snapshot::decide`].
+
+pub mod convert;
+mod stream;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::audit::AuditSink;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
+use convert::ListenerContext;
+use stream::{Reply, StreamState};
+
+/// What every stream shares: the live snapshot, the audit sink, the metrics.
+pub struct Shared {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub audit: AuditSink,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The ext_proc service.
+#[derive(Clone)]
+pub struct ExtProcService {
+    shared: Arc<Shared>,
+}
+
+impl ExtProcService {
+    pub fn new(shared: Arc<Shared>) -> ExtProcService {
+        ExtProcService { shared }
+    }
+
+    pub fn into_server(self) -> ExternalProcessorServer<ExtProcService> {
+        ExternalProcessorServer::new(self)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let listener = ListenerContext::from_metadata(request.metadata());
+        let state = StreamState::new(self.shared.clone(), listener);
+        let inbound = request.into_inner();
+        // One HTTP request per stream: answer each message in turn, no task per stream.
+        let responses =
+            futures::stream::unfold((inbound, state), |(mut inbound, mut state)| async move {
+                loop {
+                    if state.is_finished() {
+                        return None;
+                    }
+                    let message = match inbound.message().await {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return None,
+                        Err(status) => {
+                            tracing::debug!(%status, "ext_proc stream closed by Envoy");
+                            return None;
+                        }
+                    };
+                    match state.handle(message).await {
+                        Reply::Send(response) => return Some((Ok(response), (inbound, state))),
+                        Reply::Silent => continue,
+                        Reply::Fail(status) => return Some((Err(status), (inbound, state))),
+                    }
+                }
+            });
+        Ok(Response::new(Box::pin(responses)))
+    }
+}

@@ -1,0 +1,175 @@
+//! One ext_proc stream = one HTTP request. Envoy sends the request headers first; the
+//! decision is made there. Whatever Envoy sends after an allowed request (bodies,
+//! trailers, response phases — depending on its processing mode) is answered with
+//! "continue", so a config that sends more than Portcullis needs still works. Anything out
+//! of order fails the stream, and Envoy fails the request closed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, CommonResponse, HeadersResponse, HttpHeaders, ProcessingRequest,
+    ProcessingResponse, TrailersResponse, processing_response::Response as Answer,
+};
+use tonic::Status;
+
+use super::Shared;
+use super::convert::{self, ListenerContext};
+use crate::audit::{AuditRecord, micros};
+use crate::policy::Action;
+use crate::telemetry::metrics::StreamGuard;
+
+pub(super) enum Reply {
+    Send(ProcessingResponse),
+    /// Envoy runs in observability mode and ignores answers.
+    Silent,
+    /// A protocol violation: end the stream with this status.
+    Fail(Status),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingRequestHeaders,
+    /// Allowed; later phases pass through.
+    Forwarded,
+    /// Refused with an immediate response, or failed.
+    Finished,
+}
+
+pub(super) struct StreamState {
+    shared: Arc<Shared>,
+    listener: ListenerContext,
+    phase: Phase,
+    _open: StreamGuard,
+}
+
+impl StreamState {
+    pub(super) fn new(shared: Arc<Shared>, listener: ListenerContext) -> StreamState {
+        let open = shared.metrics.stream_guard();
+        StreamState {
+            shared,
+            listener,
+            phase: Phase::AwaitingRequestHeaders,
+            _open: open,
+        }
+    }
+
+    pub(super) fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    pub(super) async fn handle(&mut self, message: ProcessingRequest) -> Reply {
+        let observing = message.observability_mode;
+        let reply = match (self.phase, message.request) {
+            (Phase::AwaitingRequestHeaders, Some(Message::RequestHeaders(headers))) => {
+                self.on_request_headers(&headers, &message.attributes).await
+            }
+            (Phase::Forwarded, Some(Message::RequestBody(_))) => {
+                Reply::Send(answer(Answer::RequestBody(BodyResponse {
+                    response: Some(CommonResponse::default()),
+                })))
+            }
+            (Phase::Forwarded, Some(Message::ResponseBody(_))) => {
+                Reply::Send(answer(Answer::ResponseBody(BodyResponse {
+                    response: Some(CommonResponse::default()),
+                })))
+            }
+            (Phase::Forwarded, Some(Message::RequestTrailers(_))) => {
+                Reply::Send(answer(Answer::RequestTrailers(TrailersResponse::default())))
+            }
+            (Phase::Forwarded, Some(Message::ResponseTrailers(_))) => Reply::Send(answer(
+                Answer::ResponseTrailers(TrailersResponse::default()),
+            )),
+            (Phase::Forwarded, Some(Message::ResponseHeaders(_))) => {
+                Reply::Send(answer(Answer::ResponseHeaders(HeadersResponse {
+                    response: Some(CommonResponse::default()),
+                })))
+            }
+            // Flow-control-only messages carry no phase.
+            (_, None) => return Reply::Silent,
+            (phase, Some(other)) => self.fail(phase, &other),
+        };
+        if observing { Reply::Silent } else { reply }
+    }
+
+    fn fail(&mut self, phase: Phase, message: &Message) -> Reply {
+        let what = match message {
+            Message::RequestHeaders(_) => "request_headers",
+            Message::ResponseHeaders(_) => "response_headers",
+            Message::RequestBody(_) => "request_body",
+            Message::ResponseBody(_) => "response_body",
+            Message::RequestTrailers(_) => "request_trailers",
+            Message::ResponseTrailers(_) => "response_trailers",
+        };
+        let why = match phase {
+            Phase::AwaitingRequestHeaders => {
+                "before request_headers: is Envoy's processing_mode skipping request headers?"
+            }
+            Phase::Forwarded => "after request_headers were already decided",
+            Phase::Finished => "after the request was refused",
+        };
+        tracing::warn!(message = what, "unexpected ext_proc message {why}");
+        self.shared.metrics.stream_error();
+        self.phase = Phase::Finished;
+        Reply::Fail(Status::failed_precondition(format!(
+            "portcullis: unexpected {what} {why}"
+        )))
+    }
+
+    async fn on_request_headers(
+        &mut self,
+        headers: &HttpHeaders,
+        attributes: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Struct>,
+    ) -> Reply {
+        let started = Instant::now();
+        let snapshot = self.shared.snapshot.load_full();
+        let (request, decided) =
+            match convert::outbound_request(headers, attributes, &self.listener) {
+                Ok(request) => {
+                    let decided = snapshot.decide(&request, &self.listener.tags).await;
+                    (request, decided)
+                }
+                Err(invalid) => {
+                    let rejection = convert::invalid_request_rejection(&invalid.error);
+                    let decided =
+                        snapshot.refused(&invalid.request, &self.listener.tags, rejection);
+                    (invalid.request, decided)
+                }
+            };
+        let response = convert::respond(&request, &decided.outcome);
+        let elapsed = started.elapsed();
+        let outcome = &decided.outcome;
+        self.phase = if outcome.rejection.is_some() {
+            Phase::Finished
+        } else {
+            Phase::Forwarded
+        };
+        let record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
+        self.shared
+            .metrics
+            .record_decision(outcome.decision, record.policy, elapsed.as_secs_f64());
+        if let Some(dry_run) = record.dry_run {
+            self.shared
+                .metrics
+                .record_dry_run(&dry_run.policy, dry_run.action.as_str());
+            if dry_run.action == Action::Deny && outcome.rejection.is_none() {
+                tracing::info!(
+                    policy = &*dry_run.policy,
+                    request_id = %request.id,
+                    host = %request.host,
+                    "dry-run policy would have denied this request"
+                );
+            }
+        }
+        self.shared.audit.write(&record).await;
+        Reply::Send(response)
+    }
+}
+
+fn answer(response: Answer) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(response),
+        ..Default::default()
+    }
+}

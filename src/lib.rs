@@ -1,0 +1,20 @@
+//! Portcullis: an egress policy gateway. Envoy forwards every outbound request's headers to
+//! this crate's ext_proc server, which decides — under the workload's tags — whether the
+//! request may leave, which headers it leaves with, and writes the audit trail.
+//!
+//! Layout: [`policy`] is the engine (model, compile, evaluate), [`extproc`] is only the Envoy
+//! protocol, [`transforms`] is the per-request pipeline, [`identity`] turns a connection into
+//! tags, [`audit`] and [`telemetry`] record what happened.
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod check;
+pub mod config;
+pub mod extproc;
+pub mod identity;
+pub mod policy;
+pub mod request;
+pub mod snapshot;
+pub mod telemetry;
+pub mod transforms;

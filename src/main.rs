@@ -1,0 +1,192 @@
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use portcullis::app::{self, ServeError, ServeOptions};
+use portcullis::check::{self, CheckRequest};
+use portcullis::policy::Decision;
+use portcullis::policy::rule::Tag;
+use portcullis::snapshot::Snapshot;
+
+/// Portcullis: the egress policy gateway behind Envoy.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ext_proc server and the admin server.
+    Serve {
+        /// The config file (watched: valid changes go live without a restart).
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// Listen address for Envoy's ext_proc stream (overrides server.grpc_listen).
+        #[arg(long, env = "PORTCULLIS_GRPC_LISTEN")]
+        grpc_listen: Option<SocketAddr>,
+        /// Listen address for /healthz, /readyz, /metrics (overrides server.admin_listen).
+        #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Check a config file; print every error and exit 1 if there is one.
+    Validate { file: PathBuf },
+    /// Decide one request offline and print the decision trace.
+    /// Exit status: 0 allowed or flagged, 3 denied, 1 invalid config or request.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// "METHOD URL", e.g. "GET https://api.github.com/repos/x", or "CONNECT host:443".
+    #[arg(long, short)]
+    request: String,
+    /// A request header "name: value" (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// A tag the workload carries, as if its listener sent it (repeatable).
+    #[arg(long = "tag", short = 't')]
+    tags: Vec<String>,
+    /// The workload's source address (for source_cidr identities).
+    #[arg(long)]
+    source: Option<IpAddr>,
+    /// The mTLS peer's URI SAN (for uri_san identities).
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// A proxy token, sent as Proxy-Authorization: Bearer.
+    #[arg(long)]
+    token: Option<String>,
+    /// Print JSON (the audit record, matching policies, upstream view).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            grpc_listen,
+            admin_listen,
+        } => serve(ServeOptions {
+            config,
+            grpc_listen,
+            admin_listen,
+        }),
+        Command::Validate { file } => validate(&file),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn serve(options: ServeOptions) -> ExitCode {
+    portcullis::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::serve(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::InvalidConfig(errors)) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "portcullis: invalid config ({} errors); not starting",
+                errors.0.len()
+            );
+            ExitCode::FAILURE
+        }
+        Err(ServeError::Other(e)) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match Snapshot::load(file) {
+        Ok((loaded, snapshot)) => {
+            println!(
+                "{}: ok (version {}, {} policies, {} active, transforms: {})",
+                file.display(),
+                loaded.version,
+                snapshot.policies.policies().len(),
+                snapshot.policies.active_count(),
+                snapshot.pipeline.names().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("{errors}");
+            println!("{}: {} errors", file.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let snapshot = match Snapshot::load(&args.config) {
+        Ok((_, snapshot)) => snapshot,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut headers = Vec::new();
+    for header in &args.headers {
+        match header.split_once(':') {
+            Some((name, value)) => headers.push((name.trim().to_owned(), value.trim().to_owned())),
+            None => {
+                eprintln!("portcullis: --header {header:?} is not \"name: value\"");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut extra_tags = Vec::new();
+    for tag in &args.tags {
+        match Tag::parse(tag) {
+            Ok(tag) => extra_tags.push(tag),
+            Err(e) => {
+                eprintln!("portcullis: --tag: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let request = CheckRequest {
+        request_line: args.request,
+        headers,
+        extra_tags,
+        source: args.source,
+        spiffe_id: args.spiffe_id,
+        token: args.token,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    match runtime.block_on(check::run(&snapshot, &request)) {
+        Ok(report) => {
+            if args.json {
+                println!("{:#}", report.json);
+            } else {
+                print!("{}", report.text);
+            }
+            match report.decision {
+                Decision::Denied => ExitCode::from(3),
+                Decision::Allowed | Decision::Flagged => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            eprintln!("portcullis: --request: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

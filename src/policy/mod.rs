@@ -1,0 +1,17 @@
+//! The policy engine: the stored form of a policy ([`PolicyConfig`]), its compilation into
+//! an indexed [`PolicySet`], and per-request evaluation.
+//!
+//! Decision rule (SPEC): among active policies whose `match_tags` the workload carries, the
+//! matching rule of the lowest-priority-number policy decides; at equal priority
+//! `deny > gated > flag > allow`, then config order. Nothing matches: the default action.
+//! `warn: true` policies are evaluated but only recorded (dry run).
+
+mod model;
+pub mod rule;
+mod set;
+
+pub use model::{Action, Decision, DefaultAction, PolicyConfig, PolicyStatus, validate_policy};
+pub use set::{CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict, WorkloadTagIds};
+
+#[cfg(test)]
+mod tests;

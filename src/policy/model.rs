@@ -1,0 +1,188 @@
+//! The stored (user-written) form of a policy.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::rule::{RuleConfig, Tag};
+use crate::config::FieldError;
+
+fn default_priority() -> i32 {
+    10
+}
+
+/// A policy as written in the config file (and, later, stored in the control plane).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Unique name; appears in audit records, metrics and deny responses.
+    pub name: String,
+    /// Lower wins. Default 10.
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    /// Only `active` policies act. Default `active`.
+    #[serde(default)]
+    pub status: PolicyStatus,
+    /// The policy applies to a workload carrying every one of these tags; empty: all.
+    #[serde(default)]
+    pub match_tags: Vec<Tag>,
+    /// `allow`, `flag`, `deny` or `gated`.
+    pub action: Action,
+    /// Dry run: evaluate and record what this policy would have decided, never enforce it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warn: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Shown to the workload in the 403 body when this policy denies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Rules OR-combine: the policy matches a request that matches any rule.
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyStatus {
+    #[default]
+    #[serde(alias = "Active", alias = "ACTIVE")]
+    Active,
+    #[serde(alias = "Disabled", alias = "DISABLED")]
+    Disabled,
+    #[serde(alias = "Draft", alias = "DRAFT")]
+    Draft,
+}
+
+/// What a matching policy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[serde(alias = "ALLOW", alias = "Allow")]
+    Allow,
+    #[serde(alias = "FLAG", alias = "Flag")]
+    Flag,
+    #[serde(alias = "DENY", alias = "Deny")]
+    Deny,
+    #[serde(alias = "GATED", alias = "Gated")]
+    Gated,
+}
+
+impl Action {
+    /// Tie-break at equal priority: lower rank wins (`deny > gated > flag > allow`).
+    pub fn rank(self) -> u8 {
+        match self {
+            Action::Deny => 0,
+            Action::Gated => 1,
+            Action::Flag => 2,
+            Action::Allow => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Flag => "flag",
+            Action::Deny => "deny",
+            Action::Gated => "gated",
+        }
+    }
+
+    /// The decision this action produces when it decides a request.
+    pub fn decision(self) -> Decision {
+        match self {
+            Action::Allow => Decision::Allowed,
+            Action::Flag => Decision::Flagged,
+            // A gated policy allows only when its condition holds; without a way to check
+            // one it fails closed.
+            Action::Deny | Action::Gated => Decision::Denied,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The action when no policy matches. Default `deny`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[serde(alias = "ALLOW", alias = "Allow")]
+    Allow,
+    #[serde(alias = "FLAG", alias = "Flag")]
+    Flag,
+    #[default]
+    #[serde(alias = "DENY", alias = "Deny")]
+    Deny,
+}
+
+impl DefaultAction {
+    pub fn action(self) -> Action {
+        match self {
+            DefaultAction::Allow => Action::Allow,
+            DefaultAction::Flag => Action::Flag,
+            DefaultAction::Deny => Action::Deny,
+        }
+    }
+}
+
+/// The outcome recorded for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Decision {
+    Allowed,
+    Flagged,
+    Denied,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "ALLOWED",
+            Decision::Flagged => "FLAGGED",
+            Decision::Denied => "DENIED",
+        }
+    }
+}
+
+/// Checks what deserialization cannot: returns errors with paths relative to the policy.
+pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let name = policy.name.trim();
+    if name.is_empty() {
+        errors.push(FieldError::new("name", "policy name must not be empty"));
+    } else if name != policy.name {
+        errors.push(FieldError::new(
+            "name",
+            format!(
+                "policy name {:?} has leading or trailing whitespace",
+                policy.name
+            ),
+        ));
+    } else if name.len() > 128 {
+        errors.push(FieldError::new(
+            "name",
+            "policy name is longer than 128 bytes",
+        ));
+    } else if name.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            "name",
+            "policy name contains control characters",
+        ));
+    }
+    if policy.rules.is_empty() {
+        errors.push(FieldError::new(
+            "rules",
+            "a policy needs at least one rule (use `host: \"*\"` to match every request)",
+        ));
+    }
+    if policy.action == Action::Gated {
+        errors.push(FieldError::new(
+            "action",
+            "`gated` allows a request only when a condition holds, and this version of \
+             portcullis has no rule conditions yet: use `allow` or `deny`",
+        ));
+    }
+    errors
+}

@@ -1,0 +1,482 @@
+//! The request-rule vocabulary shared by policies and transform scopes: host patterns,
+//! path globs, method sets, and the compiled [`Rule`] that matches a request against them.
+//!
+//! Every user-written pattern is parsed at deserialization time (`TryFrom<String>`), so an
+//! invalid glob or CIDR is reported with the field path it came from, and keeps its original
+//! spelling for audit records and error messages.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::request::{Method, RequestFacts};
+
+/// One request rule as written in the config: `host`, optional `paths` and `methods`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `api.example.com`, `*.example.com` (any depth of subdomain, not the bare domain),
+    /// `*` (any host), a CIDR such as `10.0.0.0/8`, or an IP address. A `:port` suffix
+    /// restricts the rule to that port; without one any port matches.
+    pub host: HostPattern,
+    /// Path globs; `*` matches any run of characters including `/`. Empty: any path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathPattern>,
+    /// HTTP methods; empty or `[ALL]`: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<MethodName>,
+}
+
+/// What part of the host a [`HostPattern`] compares.
+#[derive(Debug, Clone)]
+pub enum HostMatch {
+    /// `*`: every host.
+    Any,
+    /// A lower-case host name, compared exactly.
+    Exact(Box<str>),
+    /// `*.example.com`, stored as `example.com`: any subdomain at any depth.
+    Suffix(Box<str>),
+    /// Any other wildcard pattern such as `api-*.example.com`.
+    Glob(GlobMatcher),
+    /// An IP network (a single address is a /32 or /128); matches IP-literal hosts only.
+    Cidr(IpNet),
+}
+
+/// A parsed `host` field.
+#[derive(Debug, Clone)]
+pub struct HostPattern {
+    original: String,
+    kind: HostMatch,
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    pub fn kind(&self) -> &HostMatch {
+        &self.kind
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.original
+    }
+
+    /// Whether this pattern accepts the request's host and port.
+    pub fn matches(&self, req: &RequestFacts<'_>) -> bool {
+        if let Some(port) = self.port
+            && port != req.port
+        {
+            return false;
+        }
+        match &self.kind {
+            HostMatch::Any => true,
+            HostMatch::Exact(host) => **host == *req.host,
+            HostMatch::Suffix(suffix) => is_strict_subdomain(req.host, suffix),
+            HostMatch::Glob(glob) => glob.is_match(req.host),
+            HostMatch::Cidr(net) => req.ip.is_some_and(|ip| net.contains(&ip)),
+        }
+    }
+}
+
+/// `host` is a subdomain (at any depth) of `suffix`, and not `suffix` itself.
+pub fn is_strict_subdomain(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len()
+        && host.ends_with(suffix)
+        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+}
+
+impl PartialEq for HostPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.original == other.original
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.original)
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+
+    fn try_from(original: String) -> Result<Self, String> {
+        let (kind, port) = parse_host_pattern(original.trim())?;
+        Ok(HostPattern {
+            original,
+            kind,
+            port,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        HostPattern::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HostPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.original)
+    }
+}
+
+fn parse_host_pattern(text: &str) -> Result<(HostMatch, Option<u16>), String> {
+    if text.is_empty() {
+        return Err("host must not be empty (use \"*\" for any host)".into());
+    }
+    if let Some(scheme_end) = text.find("://") {
+        return Err(format!(
+            "host {text:?} looks like a URL: write only the host name, without {:?}",
+            &text[..scheme_end + 3]
+        ));
+    }
+    if text.contains('/') {
+        // A CIDR: `10.0.0.0/8` or `fd00::/8`. Ports are not supported on CIDR rules.
+        let net = IpNet::from_str(text).map_err(|_| {
+            format!("host {text:?} is not a valid CIDR (expected e.g. 10.0.0.0/8 or fd00::/8)")
+        })?;
+        return Ok((HostMatch::Cidr(net.trunc()), None));
+    }
+    let (name, port) =
+        split_host_port(text).map_err(|why| format!("host {text:?} has an invalid port: {why}"))?;
+    if let Ok(ip) = IpAddr::from_str(name) {
+        return Ok((HostMatch::Cidr(IpNet::from(ip)), port));
+    }
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(format!("host {text:?} has no name"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*' | '?')))
+    {
+        return Err(format!(
+            "host {text:?} contains {bad:?}; host names use letters, digits, '-', '.', '_' \
+             and the wildcard '*' (write internationalised names in their xn-- form)"
+        ));
+    }
+    if name.contains("..") {
+        return Err(format!("host {text:?} has an empty label"));
+    }
+    if name == "*" {
+        return Ok((HostMatch::Any, port));
+    }
+    if let Some(suffix) = name.strip_prefix("*.")
+        && !suffix.contains(['*', '?'])
+    {
+        return Ok((HostMatch::Suffix(suffix.into()), port));
+    }
+    if name.contains(['*', '?']) {
+        let glob = GlobBuilder::new(&name)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| format!("host {text:?} is not a valid glob: {}", e.kind()))?;
+        return Ok((HostMatch::Glob(glob.compile_matcher()), port));
+    }
+    Ok((HostMatch::Exact(name.into()), port))
+}
+
+/// Splits `name[:port]`, including bracketed IPv6 (`[::1]:443`). A bare IPv6 address has
+/// no port.
+pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return Err("unclosed '['".into());
+        };
+        return match after {
+            "" => Ok((addr, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((addr, Some(parse_port(port)?))),
+                None => Err(format!("unexpected {after:?} after ']'")),
+            },
+        };
+    }
+    match text.rsplit_once(':') {
+        // More than one ':' without brackets: a bare IPv6 address.
+        Some((name, _)) if name.contains(':') => Ok((text, None)),
+        Some((name, port)) => Ok((name, Some(parse_port(port)?))),
+        None => Ok((text, None)),
+    }
+}
+
+fn parse_port(port: &str) -> Result<u16, String> {
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{port:?} is not a port number (1-65535)")),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// A path glob such as `/repos/*`.
+#[derive(Debug, Clone)]
+pub struct PathPattern {
+    original: String,
+    glob: globset::Glob,
+}
+
+impl PathPattern {
+    pub fn as_str(&self) -> &str {
+        &self.original
+    }
+
+    /// `*`, `/*`, `**` and `/**` accept every path.
+    fn is_any(&self) -> bool {
+        matches!(self.original.as_str(), "*" | "/*" | "**" | "/**")
+    }
+}
+
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.original == other.original
+    }
+}
+
+impl TryFrom<String> for PathPattern {
+    type Error = String;
+
+    fn try_from(original: String) -> Result<Self, String> {
+        if !(original.starts_with('/') || original.starts_with('*')) {
+            return Err(format!(
+                "path {original:?} must start with '/' (or '*'); it never matches otherwise"
+            ));
+        }
+        if original.contains('?') && original.contains('=') {
+            return Err(format!(
+                "path {original:?} looks like it holds a query string: paths are matched \
+                 without their query (in a glob '?' matches any one character)"
+            ));
+        }
+        let glob = GlobBuilder::new(&original)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| format!("path {original:?} is not a valid glob: {}", e.kind()))?;
+        Ok(PathPattern { original, glob })
+    }
+}
+
+impl<'de> Deserialize<'de> for PathPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        PathPattern::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for PathPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.original)
+    }
+}
+
+/// A method name in a rule: one of the standard methods, or `ALL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodName(MethodSet);
+
+impl TryFrom<String> for MethodName {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let upper = text.trim().to_ascii_uppercase();
+        if upper == "ALL" || upper == "*" {
+            return Ok(MethodName(MethodSet::ALL));
+        }
+        match Method::from_bytes(upper.as_bytes()) {
+            Method::Other => Err(format!(
+                "unknown method {text:?}; expected one of {} or ALL",
+                Method::STANDARD
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            m => Ok(MethodName(MethodSet::of(m))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        MethodName::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for MethodName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == MethodSet::ALL {
+            return s.serialize_str("ALL");
+        }
+        let method = Method::STANDARD
+            .into_iter()
+            .find(|m| MethodSet::of(*m) == self.0)
+            .expect("a MethodName holds one standard method or ALL");
+        s.serialize_str(method.as_str())
+    }
+}
+
+/// A set of methods as a bitset; a request method outside the standard set only matches
+/// [`MethodSet::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodSet(u16);
+
+impl MethodSet {
+    pub const ALL: MethodSet = MethodSet(u16::MAX);
+
+    pub fn of(method: Method) -> MethodSet {
+        MethodSet(1 << method as u16)
+    }
+
+    pub fn from_names(names: &[MethodName]) -> MethodSet {
+        if names.is_empty() {
+            return MethodSet::ALL;
+        }
+        MethodSet(names.iter().fold(0, |bits, m| bits | m.0.0))
+    }
+
+    pub fn contains(self, method: Method) -> bool {
+        self.0 & (1 << method as u16) != 0
+    }
+}
+
+/// The paths of a rule, compiled once.
+#[derive(Debug, Clone)]
+pub enum PathSet {
+    Any,
+    Globs(GlobSet),
+}
+
+impl PathSet {
+    pub fn compile(paths: &[PathPattern]) -> PathSet {
+        if paths.is_empty() || paths.iter().any(PathPattern::is_any) {
+            return PathSet::Any;
+        }
+        let mut builder = GlobSetBuilder::new();
+        for path in paths {
+            builder.add(path.glob.clone());
+        }
+        // Each glob was built on its own when the config was read; a set of valid globs
+        // only fails to build on resource limits, and a set that matches nothing fails closed.
+        PathSet::Globs(builder.build().unwrap_or_else(|_| GlobSet::empty()))
+    }
+
+    pub fn is_any(&self) -> bool {
+        matches!(self, PathSet::Any)
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathSet::Any => true,
+            PathSet::Globs(set) => set.is_match(path),
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub host: HostPattern,
+    pub paths: PathSet,
+    pub methods: MethodSet,
+}
+
+impl Rule {
+    pub fn compile(config: &RuleConfig) -> Rule {
+        Rule {
+            host: config.host.clone(),
+            paths: PathSet::compile(&config.paths),
+            methods: MethodSet::from_names(&config.methods),
+        }
+    }
+
+    /// Whether a request that Portcullis can see fully (method and path) matches.
+    pub fn matches(&self, req: &RequestFacts<'_>) -> bool {
+        self.host.matches(req) && self.methods.contains(req.method) && self.paths.matches(req.path)
+    }
+
+    /// Whether this rule grants an opaque CONNECT tunnel to the request's host: only a rule
+    /// that accepts every path and the CONNECT method does, since nothing inside the tunnel
+    /// can be checked against narrower paths or methods.
+    pub fn grants_tunnel(&self, req: &RequestFacts<'_>) -> bool {
+        self.host.matches(req) && self.methods.contains(Method::Connect) && self.paths.is_any()
+    }
+
+    /// Whether this rule, as a restriction, touches a CONNECT tunnel to the request's host:
+    /// any rule naming the host does, since the tunnel could carry the path or method it
+    /// names.
+    pub fn touches_tunnel(&self, req: &RequestFacts<'_>) -> bool {
+        self.host.matches(req)
+    }
+}
+
+/// Any rule in the list matches (rules OR-combine). Used by transform scopes.
+pub fn any_rule_matches(rules: &[Rule], req: &RequestFacts<'_>) -> bool {
+    rules.iter().any(|rule| {
+        if req.is_connect() {
+            rule.touches_tunnel(req)
+        } else {
+            rule.matches(req)
+        }
+    })
+}
+
+/// A workload tag such as `env:prod` or `tenant:acme-corp`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(std::sync::Arc<str>);
+
+impl Tag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Tag {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Tag::parse(&text)
+    }
+}
+
+impl Tag {
+    pub fn parse(text: &str) -> Result<Tag, String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err("tag must not be empty".into());
+        }
+        if trimmed.len() > 256 {
+            return Err(format!("tag {trimmed:?} is longer than 256 bytes"));
+        }
+        if let Some(bad) = trimmed.chars().find(|c| c.is_whitespace() || *c == ',') {
+            return Err(format!(
+                "tag {trimmed:?} contains {bad:?}; tags cannot hold whitespace or commas"
+            ));
+        }
+        Ok(Tag(trimmed.into()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Tag {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Tag::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Tag {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

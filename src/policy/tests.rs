@@ -1,0 +1,548 @@
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use super::rule::{HostPattern, MethodName, PathPattern, RuleConfig, Tag};
+use super::*;
+use crate::check::{CheckRequest, build_request};
+use crate::config::parse_str;
+
+fn policy_set(yaml: &str) -> PolicySet {
+    let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
+    PolicySet::compile(&loaded.config.policies, loaded.config.default_action)
+}
+
+fn tags(list: &[&str]) -> Vec<Tag> {
+    list.iter().map(|t| Tag::parse(t).unwrap()).collect()
+}
+
+/// Decides "METHOD URL" for a workload with `workload` tags: (action, deciding policy,
+/// dry-run policy).
+fn decide(
+    set: &PolicySet,
+    request: &str,
+    workload: &[&str],
+) -> (Action, Option<String>, Option<String>) {
+    let request = build_request(&CheckRequest {
+        request_line: request.into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    let ids = set.tag_ids(&tags(workload));
+    let verdict = set.evaluate(&request.facts(), &ids);
+    let name = |r: Option<RuleRef>| r.map(|r| set.policy(r.policy).name.to_string());
+    (
+        verdict.action,
+        name(verdict.decided_by),
+        name(verdict.dry_run),
+    )
+}
+
+const FLEET: &str = r#"
+default_action: deny
+policies:
+  - name: baseline-registries
+    priority: 100
+    action: allow
+    rules:
+      - host: registry.npmjs.org
+        methods: [GET, HEAD]
+      - host: "*.pypi.org"
+  - name: acme-openai
+    priority: 10
+    match_tags: [tenant:acme]
+    action: allow
+    rules:
+      - host: api.openai.com
+        paths: ["/v1/*"]
+        methods: [POST]
+  - name: acme-prod-only
+    priority: 10
+    match_tags: [tenant:acme, env:prod]
+    action: allow
+    rules:
+      - host: db.acme.internal
+  - name: globex-openai
+    priority: 10
+    match_tags: [tenant:globex]
+    action: deny
+    message: globex may not call OpenAI
+    rules:
+      - host: api.openai.com
+  - name: block-admin
+    priority: 5
+    action: deny
+    rules:
+      - host: "*.acme.internal"
+        paths: ["/admin/*"]
+  - name: disabled-allow-all
+    priority: 1
+    status: disabled
+    action: allow
+    rules: [{host: "*"}]
+  - name: draft-allow-all
+    priority: 1
+    status: draft
+    action: allow
+    rules: [{host: "*"}]
+"#;
+
+#[test]
+fn tag_selection_and_defaults() {
+    let set = policy_set(FLEET);
+    let cases: &[(&str, &[&str], Action, Option<&str>)] = &[
+        // fleet-wide policy applies to everyone, tagged or not
+        (
+            "GET https://registry.npmjs.org/left-pad",
+            &[],
+            Action::Allow,
+            Some("baseline-registries"),
+        ),
+        (
+            "GET https://registry.npmjs.org/left-pad",
+            &["tenant:acme"],
+            Action::Allow,
+            Some("baseline-registries"),
+        ),
+        (
+            "POST https://registry.npmjs.org/left-pad",
+            &[],
+            Action::Deny,
+            None,
+        ),
+        (
+            "GET https://files.pypi.org/x",
+            &[],
+            Action::Allow,
+            Some("baseline-registries"),
+        ),
+        ("GET https://pypi.org/x", &[], Action::Deny, None),
+        // same request, two identities, two outcomes
+        (
+            "POST https://api.openai.com/v1/chat",
+            &["tenant:acme"],
+            Action::Allow,
+            Some("acme-openai"),
+        ),
+        (
+            "POST https://api.openai.com/v1/chat",
+            &["tenant:globex"],
+            Action::Deny,
+            Some("globex-openai"),
+        ),
+        (
+            "POST https://api.openai.com/v1/chat",
+            &[],
+            Action::Deny,
+            None,
+        ),
+        // every match tag is needed
+        (
+            "GET https://db.acme.internal/x",
+            &["tenant:acme"],
+            Action::Deny,
+            None,
+        ),
+        (
+            "GET https://db.acme.internal/x",
+            &["tenant:acme", "env:prod"],
+            Action::Allow,
+            Some("acme-prod-only"),
+        ),
+        (
+            "GET https://db.acme.internal/x",
+            &["env:prod", "tenant:acme", "extra:tag"],
+            Action::Allow,
+            Some("acme-prod-only"),
+        ),
+        // lower priority number wins across policies
+        (
+            "GET https://db.acme.internal/admin/users",
+            &["tenant:acme", "env:prod"],
+            Action::Deny,
+            Some("block-admin"),
+        ),
+        // disabled and draft never act
+        ("GET https://nowhere.example/", &[], Action::Deny, None),
+    ];
+    for (request, workload, action, policy) in cases {
+        let (got_action, got_policy, _) = decide(&set, request, workload);
+        assert_eq!(
+            (got_action, got_policy.as_deref()),
+            (*action, *policy),
+            "{request} for {workload:?}"
+        );
+    }
+}
+
+#[test]
+fn tie_break_at_equal_priority_is_deny_gated_flag_allow_then_config_order() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: allow-1, priority: 7, action: allow, rules: [{host: t.example}]}
+  - {name: flag-1, priority: 7, action: flag, rules: [{host: t.example}]}
+  - {name: allow-2, priority: 7, action: allow, rules: [{host: t.example, paths: ["/a"]}]}
+  - {name: deny-1, priority: 7, action: deny, rules: [{host: t.example, paths: ["/d/*"]}]}
+  - {name: flag-2, priority: 7, action: flag, rules: [{host: "*.example"}]}
+  - {name: allow-0, priority: 6, action: allow, rules: [{host: t.example, paths: ["/early"]}]}
+"#,
+    );
+    let at = |path: &str| decide(&set, &format!("GET http://t.example{path}"), &[]);
+    assert_eq!(at("/x").1.as_deref(), Some("flag-1"), "flag beats allow");
+    assert_eq!(at("/x").0, Action::Flag);
+    assert_eq!(
+        at("/a").1.as_deref(),
+        Some("flag-1"),
+        "flag beats allow, first flag in config order"
+    );
+    assert_eq!(
+        at("/d/1").1.as_deref(),
+        Some("deny-1"),
+        "deny beats flag and allow"
+    );
+    assert_eq!(
+        at("/early").1.as_deref(),
+        Some("allow-0"),
+        "priority before action"
+    );
+}
+
+#[test]
+fn default_action_is_configurable() {
+    let set = policy_set("default_action: allow\npolicies: []");
+    assert_eq!(
+        decide(&set, "GET http://a.example/", &[]),
+        (Action::Allow, None, None)
+    );
+    let set = policy_set("policies: []");
+    assert_eq!(
+        decide(&set, "GET http://a.example/", &[]).0,
+        Action::Deny,
+        "deny by default"
+    );
+}
+
+#[test]
+fn dry_run_policies_are_recorded_not_enforced() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: canary-deny, priority: 1, action: deny, warn: true, rules: [{host: api.example, paths: ["/beta/*"]}]}
+  - {name: allow-api, priority: 10, action: allow, rules: [{host: api.example}]}
+  - {name: late-warn, priority: 20, action: deny, warn: true, rules: [{host: api.example}]}
+"#,
+    );
+    assert_eq!(
+        decide(&set, "GET http://api.example/beta/x", &[]),
+        (
+            Action::Allow,
+            Some("allow-api".into()),
+            Some("canary-deny".into())
+        )
+    );
+    // A dry-run policy ranked after the decider would not have decided: not recorded.
+    assert_eq!(
+        decide(&set, "GET http://api.example/ga", &[]),
+        (Action::Allow, Some("allow-api".into()), None)
+    );
+    // Nothing enforced matches: the default decides, the dry run is still reported.
+    assert_eq!(
+        decide(&set, "POST http://other.example/beta/x", &[]),
+        (Action::Deny, None, None)
+    );
+}
+
+#[test]
+fn connect_is_decided_on_the_tunnel_target() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: npm-get-only, priority: 10, action: allow, rules: [{host: registry.npmjs.org, methods: [GET]}]}
+  - {name: github-tunnel, priority: 10, action: allow, rules: [{host: api.github.com, methods: [CONNECT]}]}
+  - {name: gitlab-all, priority: 10, action: allow, rules: [{host: gitlab.com}]}
+  - {name: gitlab-no-admin, priority: 20, action: deny, rules: [{host: gitlab.com, paths: ["/admin/*"]}]}
+  - {name: example-no-admin, priority: 5, action: deny, rules: [{host: example.org, paths: ["/admin/*"]}]}
+  - {name: example-all, priority: 10, action: allow, rules: [{host: example.org}]}
+"#,
+    );
+    let connect = |target: &str| decide(&set, &format!("CONNECT {target}"), &[]);
+    assert_eq!(
+        connect("api.github.com:443").1.as_deref(),
+        Some("github-tunnel")
+    );
+    assert_eq!(
+        connect("registry.npmjs.org:443").0,
+        Action::Deny,
+        "a GET-only rule opens no tunnel"
+    );
+    assert_eq!(
+        connect("gitlab.com:443").1.as_deref(),
+        Some("gitlab-all"),
+        "a lower-ranked deny does not decide"
+    );
+    assert_eq!(
+        connect("example.org:443").1.as_deref(),
+        Some("example-no-admin"),
+        "a higher-ranked path deny closes the tunnel it cannot inspect"
+    );
+    // Plain requests still see paths.
+    assert_eq!(
+        decide(&set, "GET http://example.org/ok", &[]).1.as_deref(),
+        Some("example-all")
+    );
+}
+
+#[test]
+fn explain_lists_every_match_in_decision_order() {
+    let set = policy_set(FLEET);
+    let request = build_request(&CheckRequest {
+        request_line: "GET https://db.acme.internal/admin/x".into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    let ids = set.tag_ids(&tags(&["tenant:acme", "env:prod"]));
+    let names: Vec<_> = set
+        .explain(&request.facts(), &ids)
+        .iter()
+        .map(|m| set.policy(m.policy).name.to_string())
+        .collect();
+    assert_eq!(names, ["block-admin", "acme-prod-only"]);
+}
+
+#[test]
+fn unknown_workload_tags_are_ignored() {
+    let set = policy_set(FLEET);
+    assert_eq!(
+        decide(
+            &set,
+            "GET https://registry.npmjs.org/x",
+            &["never:mentioned"]
+        )
+        .0,
+        Action::Allow
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Property test: the indexed engine agrees with a naive evaluator written independently
+// from the SPEC's wording (string matching, no index, no globset).
+
+/// `*` matches any run of characters (including `/` and `.`).
+fn wildcard(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head)
+                && (head.len()..=text.len())
+                    .any(|i| text.is_char_boundary(i) && wildcard(tail, &text[i..]))
+        }
+    }
+}
+
+fn naive_host(pattern: &str, host: &str, port: u16, ip: Option<IpAddr>) -> bool {
+    let (name, rule_port) = match pattern.rsplit_once(':') {
+        Some((name, p)) if !pattern.contains('/') => (name, p.parse::<u16>().ok()),
+        _ => (pattern, None),
+    };
+    if rule_port.is_some_and(|p| p != port) {
+        return false;
+    }
+    if name.contains('/') {
+        let net: ipnet::IpNet = name.parse().unwrap();
+        return ip.is_some_and(|ip| net.contains(&ip));
+    }
+    if let Ok(rule_ip) = name.parse::<IpAddr>() {
+        return ip == Some(rule_ip);
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "*" {
+        return true;
+    }
+    if let Some(suffix) = name.strip_prefix("*.")
+        && !suffix.contains('*')
+    {
+        return host.ends_with(&format!(".{suffix}"));
+    }
+    wildcard(&name, host)
+}
+
+fn naive_rule(rule: &RuleConfig, action: Action, req: &crate::request::RequestFacts<'_>) -> bool {
+    if !naive_host(rule.host.as_str(), req.host, req.port, req.ip) {
+        return false;
+    }
+    let method_names: Vec<String> = rule
+        .methods
+        .iter()
+        .map(|m| {
+            serde_json::to_value(m)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let any_method = method_names.is_empty() || method_names.iter().any(|m| m == "ALL");
+    let any_path =
+        rule.paths.is_empty() || rule.paths.iter().any(|p| matches!(p.as_str(), "*" | "/*"));
+    if req.is_connect() {
+        return match action {
+            Action::Deny => true,
+            _ => any_path && (any_method || method_names.iter().any(|m| m == "CONNECT")),
+        };
+    }
+    let method_ok = any_method || method_names.iter().any(|m| m == req.method.as_str());
+    let path_ok = any_path || rule.paths.iter().any(|p| wildcard(p.as_str(), req.path));
+    method_ok && path_ok
+}
+
+type Key = (i32, u8, usize, usize);
+
+/// (action, deciding (policy, rule), dry-run (policy, rule))
+fn naive_decide(
+    policies: &[PolicyConfig],
+    default: DefaultAction,
+    req: &crate::request::RequestFacts<'_>,
+    workload: &[Tag],
+) -> (Action, Option<(usize, usize)>, Option<(usize, usize)>) {
+    let mut matches: Vec<(Key, bool)> = Vec::new();
+    for (pi, p) in policies.iter().enumerate() {
+        if p.status != PolicyStatus::Active || !p.match_tags.iter().all(|t| workload.contains(t)) {
+            continue;
+        }
+        for (ri, rule) in p.rules.iter().enumerate() {
+            if naive_rule(rule, p.action, req) {
+                matches.push(((p.priority, p.action.rank(), pi, ri), p.warn));
+            }
+        }
+    }
+    matches.sort();
+    let enforced = matches.iter().find(|(_, warn)| !warn).map(|(k, _)| *k);
+    let dry = matches
+        .iter()
+        .find(|(k, warn)| *warn && enforced.is_none_or(|e| *k < e))
+        .map(|(k, _)| (k.2, k.3));
+    match enforced {
+        Some(k) => (policies[k.2].action, Some((k.2, k.3)), dry),
+        None => (default.action(), None, dry),
+    }
+}
+
+const TAG_POOL: &[&str] = &["tenant:a", "tenant:b", "env:prod", "team:x"];
+const HOST_POOL: &[&str] = &[
+    "x.com",
+    "api.x.com",
+    "y.org",
+    "*.x.com",
+    "*.api.x.com",
+    "*.y.org",
+    "*",
+    "10.0.0.0/8",
+    "10.0.0.1",
+    "x.com:8443",
+    "*.x.com:443",
+    "api-*.x.com",
+    "127.0.0.1:80",
+];
+const PATH_POOL: &[&str] = &["/*", "/a/*", "/a/b", "/b*", "/a/*/c", "*"];
+const METHOD_POOL: &[&str] = &["GET", "POST", "DELETE", "CONNECT", "ALL"];
+
+fn rule_strategy() -> impl Strategy<Value = RuleConfig> {
+    (
+        prop::sample::select(HOST_POOL),
+        prop::sample::subsequence(PATH_POOL, 0..=2),
+        prop::sample::subsequence(METHOD_POOL, 0..=2),
+    )
+        .prop_map(|(host, paths, methods)| RuleConfig {
+            host: HostPattern::try_from(host.to_owned()).unwrap(),
+            paths: paths
+                .iter()
+                .map(|p| PathPattern::try_from((*p).to_owned()).unwrap())
+                .collect(),
+            methods: methods
+                .iter()
+                .map(|m| MethodName::try_from((*m).to_owned()).unwrap())
+                .collect(),
+        })
+}
+
+fn policy_strategy() -> impl Strategy<Value = PolicyConfig> {
+    (
+        0i32..4,
+        prop::sample::select(&[Action::Allow, Action::Flag, Action::Deny][..]),
+        prop::sample::subsequence(TAG_POOL, 0..=2),
+        prop::sample::select(
+            &[
+                PolicyStatus::Active,
+                PolicyStatus::Active,
+                PolicyStatus::Disabled,
+                PolicyStatus::Draft,
+            ][..],
+        ),
+        prop::bool::weighted(0.2),
+        prop::collection::vec(rule_strategy(), 1..=3),
+    )
+        .prop_map(
+            |(priority, action, match_tags, status, warn, rules)| PolicyConfig {
+                name: String::new(),
+                priority,
+                status,
+                match_tags: tags(&match_tags),
+                action,
+                warn,
+                description: None,
+                message: None,
+                rules,
+            },
+        )
+}
+
+const REQUEST_POOL: &[&str] = &[
+    "GET http://x.com/",
+    "GET http://x.com/a/b",
+    "POST http://X.COM./a/b/c",
+    "DELETE https://api.x.com/a/q/c",
+    "GET https://a.api.x.com/b",
+    "GET https://api-eu.x.com/bc",
+    "GET http://y.org/a",
+    "GET http://z.net/a/b",
+    "GET http://10.0.0.1/a",
+    "POST http://10.2.3.4/b",
+    "GET http://127.0.0.1/a/b",
+    "GET http://x.com:8443/a/b",
+    "CONNECT x.com:443",
+    "CONNECT api.x.com:443",
+    "CONNECT x.com:8443",
+    "CONNECT 10.0.0.1:443",
+    "CONNECT z.net:443",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn compiled_engine_agrees_with_naive_reference(
+        mut policies in prop::collection::vec(policy_strategy(), 0..24),
+        default in prop::sample::select(&[DefaultAction::Allow, DefaultAction::Flag, DefaultAction::Deny][..]),
+        requests in prop::collection::vec(
+            (prop::sample::select(REQUEST_POOL), prop::sample::subsequence(TAG_POOL, 0..=3)), 1..16),
+    ) {
+        for (i, p) in policies.iter_mut().enumerate() {
+            p.name = format!("p{i}");
+        }
+        let set = PolicySet::compile(&policies, default);
+        for (line, workload) in requests {
+            let request = build_request(&CheckRequest { request_line: line.into(), ..CheckRequest::default() }).unwrap();
+            let facts = request.facts();
+            let workload = tags(&workload);
+            let verdict = set.evaluate(&facts, &set.tag_ids(&workload));
+            let got = (
+                verdict.action,
+                verdict.decided_by.map(|r| (r.policy as usize, r.rule as usize)),
+                verdict.dry_run.map(|r| (r.policy as usize, r.rule as usize)),
+            );
+            let want = naive_decide(&policies, default, &facts, &workload);
+            prop_assert_eq!(got, want, "request {} tags {:?}", line, workload);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics, served on the admin port at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::policy::Decision;
+
+/// Label value for decisions no policy made (the default action, or a refusal before the
+/// policy engine ran).
+pub const NO_POLICY: &str = "";
+
+/// Every metric Portcullis exports.
+pub struct Metrics {
+    registry: Registry,
+    decisions: IntCounterVec,
+    dry_runs: IntCounterVec,
+    decision_seconds: Histogram,
+    reloads: IntCounterVec,
+    policies_loaded: IntGauge,
+    active_streams: IntGauge,
+    stream_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("portcullis".into()), None)
+            .expect("a constant prefix is valid");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "decisions_total",
+                "Requests decided, by decision and deciding policy (empty: no policy)",
+            ),
+            &["decision", "policy"],
+        )
+        .expect("valid metric");
+        let dry_runs = IntCounterVec::new(
+            Opts::new(
+                "dry_run_total",
+                "Requests a dry-run (warn) policy would have decided, by policy and action",
+            ),
+            &["policy", "action"],
+        )
+        .expect("valid metric");
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "decision_duration_seconds",
+                "Time from request headers received to decision",
+            )
+            .buckets(vec![
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2,
+            ]),
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("config_reloads_total", "Config reloads, by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let policies_loaded =
+            IntGauge::new("policies_active", "Active policies in the live snapshot")
+                .expect("valid metric");
+        let active_streams = IntGauge::new("active_streams", "Open ext_proc streams from Envoy")
+            .expect("valid metric");
+        let stream_errors = IntCounter::new(
+            "stream_errors_total",
+            "ext_proc streams ended by a protocol error (Envoy fails those requests closed)",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dry_runs.clone()),
+            Box::new(decision_seconds.clone()),
+            Box::new(reloads.clone()),
+            Box::new(policies_loaded.clone()),
+            Box::new(active_streams.clone()),
+            Box::new(stream_errors.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            registry,
+            decisions,
+            dry_runs,
+            decision_seconds,
+            reloads,
+            policies_loaded,
+            active_streams,
+            stream_errors,
+        }
+    }
+
+    pub fn record_decision(&self, decision: Decision, policy: Option<&str>, seconds: f64) {
+        self.decisions
+            .with_label_values(&[decision.as_str(), policy.unwrap_or(NO_POLICY)])
+            .inc();
+        self.decision_seconds.observe(seconds);
+    }
+
+    pub fn record_dry_run(&self, policy: &str, action: &str) {
+        self.dry_runs.with_label_values(&[policy, action]).inc();
+    }
+
+    pub fn record_reload(&self, ok: bool, active_policies: Option<usize>) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        if let Some(n) = active_policies {
+            self.policies_loaded.set(n as i64);
+        }
+    }
+
+    pub fn set_active_policies(&self, n: usize) {
+        self.policies_loaded.set(n as i64);
+    }
+
+    pub fn stream_error(&self) {
+        self.stream_errors.inc();
+    }
+
+    /// Counts an open stream until the guard drops.
+    pub fn stream_guard(&self) -> StreamGuard {
+        self.active_streams.inc();
+        StreamGuard(self.active_streams.clone())
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Decrements the active-stream gauge on drop.
+pub struct StreamGuard(IntGauge);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,393 @@
+//! The transforms pipeline: an ordered list of steps that each inspect a request and either
+//! let it continue (possibly with header mutations) or reject it. A reject short-circuits;
+//! every step leaves a [`TransformTrace`] for the audit record.
+//!
+//! Transforms *return* mutations instead of editing the request, so the pipeline sees every
+//! change, later steps see earlier steps' changes, and the Envoy layer converts them once.
+
+mod allowlist;
+pub mod header_allowlist;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+
+use crate::config::{FieldError, from_value};
+use crate::identity::Identity;
+use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
+use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
+use crate::request::OutboundRequest;
+
+pub use header_allowlist::HeaderAllowlistConfig;
+
+/// The names users write in `transforms:`.
+const KNOWN: &[&str] = &["allowlist", "header_allowlist"];
+
+/// One entry of `transforms:` — either a bare name (`- allowlist`) or
+/// `{name, rules, config}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformEntry {
+    pub spec: TransformSpec,
+    /// Scope: the transform only acts on requests matching one of these; empty: all.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// The closed set of transforms and their configs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransformSpec {
+    /// The policy engine. Its rules are the policies themselves.
+    Allowlist,
+    HeaderAllowlist(HeaderAllowlistConfig),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    name: String,
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+    #[serde(default)]
+    config: Option<Value>,
+}
+
+impl TransformEntry {
+    pub fn allowlist() -> TransformEntry {
+        TransformEntry {
+            spec: TransformSpec::Allowlist,
+            rules: Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.spec {
+            TransformSpec::Allowlist => "allowlist",
+            TransformSpec::HeaderAllowlist(_) => "header_allowlist",
+        }
+    }
+
+    /// Parses one element of `transforms:`; error paths are relative to it.
+    pub fn parse(value: Value) -> Result<TransformEntry, Vec<FieldError>> {
+        let raw = match value {
+            Value::String(name) => RawEntry {
+                name,
+                rules: Vec::new(),
+                config: None,
+            },
+            other => from_value::<RawEntry>(other).map_err(|e| vec![e])?,
+        };
+        let spec = match raw.name.as_str() {
+            "allowlist" => {
+                let mut errors = Vec::new();
+                if !raw.rules.is_empty() {
+                    errors.push(FieldError::new(
+                        "rules",
+                        "allowlist takes no `rules`: its rules are the policies",
+                    ));
+                }
+                if raw.config.is_some() {
+                    errors.push(FieldError::new(
+                        "config",
+                        "allowlist takes no `config`: it evaluates `policies`",
+                    ));
+                }
+                if !errors.is_empty() {
+                    return Err(errors);
+                }
+                TransformSpec::Allowlist
+            }
+            "header_allowlist" => {
+                let config = raw.config.ok_or_else(|| {
+                    vec![FieldError::new(
+                        "config",
+                        "header_allowlist needs a `config` with an `allow` list of header names",
+                    )]
+                })?;
+                let config: HeaderAllowlistConfig =
+                    from_value(config).map_err(|e| vec![e.under("config")])?;
+                TransformSpec::HeaderAllowlist(config)
+            }
+            "secrets" | "judge" | "body_capture" | "header_capture" | "grpc" => {
+                return Err(vec![FieldError::new(
+                    "name",
+                    format!(
+                        "transform `{}` is not supported by this version of portcullis \
+                         (available: {})",
+                        raw.name,
+                        KNOWN.join(", ")
+                    ),
+                )]);
+            }
+            other => {
+                return Err(vec![FieldError::new(
+                    "name",
+                    format!(
+                        "unknown transform `{other}`, expected one of {}",
+                        KNOWN.join(", ")
+                    ),
+                )]);
+            }
+        };
+        Ok(TransformEntry {
+            spec,
+            rules: raw.rules,
+        })
+    }
+}
+
+/// What a transform did, for the audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceAction {
+    Continue,
+    Reject,
+    /// Out of the transform's `rules` scope: not run.
+    Skip,
+}
+
+/// A dry-run policy's would-be decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DryRun {
+    pub policy: Arc<str>,
+    pub rule: u32,
+    pub action: Action,
+}
+
+/// Per-transform audit context. Typed on purpose: nothing here can hold a header value or
+/// a credential, only names, indexes and fixed reasons.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Annotations {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRun>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stripped_headers: Vec<String>,
+}
+
+impl Annotations {
+    fn is_empty(&self) -> bool {
+        *self == Annotations::default()
+    }
+}
+
+/// One line of a request's transform trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransformTrace {
+    pub name: &'static str,
+    pub action: TraceAction,
+    #[serde(skip_serializing_if = "Annotations::is_empty")]
+    pub annotations: Annotations,
+}
+
+/// A refusal: the workload gets `status` with a JSON error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// `error.type` in the body, e.g. `policy_denied`.
+    pub kind: &'static str,
+    /// A fixed, machine-readable reason, e.g. `no_matching_policy`.
+    pub reason: &'static str,
+    pub message: String,
+    pub policy: Option<Arc<str>>,
+    pub rule: Option<u32>,
+    /// The transform (or stage, such as `identity`) that refused.
+    pub transform: &'static str,
+}
+
+/// Header changes for the upstream request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMutations {
+    /// Set (replacing any existing value). Names lower case.
+    pub set: Vec<(String, Vec<u8>)>,
+    /// Remove. Names lower case.
+    pub remove: Vec<String>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.set.retain(|(n, _)| n != name);
+        if !self.remove.iter().any(|n| n == name) {
+            self.remove.push(name.to_owned());
+        }
+    }
+}
+
+/// What the pipeline decided for one request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// The policy engine's verdict, when the allowlist ran.
+    pub verdict: Option<Verdict>,
+    pub rejection: Option<Rejection>,
+    pub mutations: HeaderMutations,
+    pub trace: Vec<TransformTrace>,
+}
+
+/// Everything a transform may look at.
+pub struct Exchange<'a> {
+    pub request: &'a OutboundRequest,
+    pub identity: &'a Identity,
+    pub policies: &'a PolicySet,
+    pub tag_ids: WorkloadTagIds,
+    pub mutations: HeaderMutations,
+    pub verdict: Option<Verdict>,
+}
+
+/// A transform's result.
+pub enum Step {
+    Continue(Annotations),
+    Reject(Rejection, Annotations),
+}
+
+enum Transform {
+    Allowlist,
+    HeaderAllowlist(header_allowlist::HeaderAllowlist),
+}
+
+impl Transform {
+    fn name(&self) -> &'static str {
+        match self {
+            Transform::Allowlist => "allowlist",
+            Transform::HeaderAllowlist(_) => "header_allowlist",
+        }
+    }
+
+    // Async so transforms that call out (secret sources, judges) slot in without changing
+    // the pipeline; the ones here never await.
+    async fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+        match self {
+            Transform::Allowlist => allowlist::apply(exchange),
+            Transform::HeaderAllowlist(t) => t.apply(exchange),
+        }
+    }
+}
+
+struct Stage {
+    transform: Transform,
+    scope: Vec<Rule>,
+}
+
+/// The compiled pipeline.
+pub struct Pipeline {
+    stages: Vec<Stage>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.stages.iter().map(|s| s.transform.name()))
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Compiles validated entries; errors carry paths under `transforms[N]`.
+    pub fn compile(entries: &[TransformEntry]) -> Result<Pipeline, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut stages = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let path = format!("transforms[{i}]");
+            if entries[..i].iter().any(|e| e.name() == entry.name())
+                && matches!(entry.spec, TransformSpec::Allowlist)
+            {
+                errors.push(FieldError::new(
+                    format!("{path}.name"),
+                    "allowlist is listed twice; the policies are evaluated once",
+                ));
+                continue;
+            }
+            let transform = match &entry.spec {
+                TransformSpec::Allowlist => Transform::Allowlist,
+                TransformSpec::HeaderAllowlist(config) => {
+                    match header_allowlist::HeaderAllowlist::compile(config) {
+                        Ok(t) => Transform::HeaderAllowlist(t),
+                        Err(e) => {
+                            errors
+                                .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
+                            continue;
+                        }
+                    }
+                }
+            };
+            stages.push(Stage {
+                transform,
+                scope: entry.rules.iter().map(Rule::compile).collect(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Pipeline { stages })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.transform.name()).collect()
+    }
+
+    pub fn has_allowlist(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|s| matches!(s.transform, Transform::Allowlist))
+    }
+
+    /// Runs every stage in order until one rejects.
+    pub async fn run(&self, mut exchange: Exchange<'_>) -> Outcome {
+        let mut trace = Vec::with_capacity(self.stages.len());
+        let mut rejection = None;
+        let facts = exchange.request.facts();
+        for stage in &self.stages {
+            let name = stage.transform.name();
+            if !stage.scope.is_empty() && !any_rule_matches(&stage.scope, &facts) {
+                trace.push(TransformTrace {
+                    name,
+                    action: TraceAction::Skip,
+                    annotations: Annotations::default(),
+                });
+                continue;
+            }
+            match stage.transform.apply(&mut exchange).await {
+                Step::Continue(annotations) => trace.push(TransformTrace {
+                    name,
+                    action: TraceAction::Continue,
+                    annotations,
+                }),
+                Step::Reject(r, annotations) => {
+                    trace.push(TransformTrace {
+                        name,
+                        action: TraceAction::Reject,
+                        annotations,
+                    });
+                    rejection = Some(r);
+                    break;
+                }
+            }
+        }
+        let decision = match (&rejection, exchange.verdict) {
+            (Some(_), _) => Decision::Denied,
+            (None, Some(v)) if v.action == Action::Flag => Decision::Flagged,
+            (None, _) => Decision::Allowed,
+        };
+        Outcome {
+            decision,
+            verdict: exchange.verdict,
+            rejection,
+            mutations: exchange.mutations,
+            trace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
