@@ -19,8 +19,15 @@ pub fn watch(path: &Path, changes: mpsc::Sender<()>) -> notify::Result<Recommend
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let Ok(event) = event else { return };
+        let relevant = event.paths.iter().any(|p| match p.file_name() {
+            // `..data` and `..<timestamp>`: Kubernetes' atomic ConfigMap update.
+            Some(n) => Some(n) == name.as_deref() || n.to_string_lossy().starts_with(".."),
+            None => false,
+        });
+        if relevant {
             // A full channel already holds a pending reload: nothing is lost.
             let _ = changes.try_send(());
         }

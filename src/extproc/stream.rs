@@ -20,6 +20,8 @@ use crate::audit::{AuditRecord, micros};
 use crate::policy::Action;
 use crate::telemetry::metrics::StreamGuard;
 
+// Lives for one message; boxing the response would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Reply {
     Send(ProcessingResponse),
     /// Envoy runs in observability mode and ignores answers.

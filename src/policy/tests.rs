@@ -397,6 +397,8 @@ fn naive_rule(rule: &RuleConfig, action: Action, req: &crate::request::RequestFa
 }
 
 type Key = (i32, u8, usize, usize);
+/// (action, deciding (policy, rule), dry-run (policy, rule))
+type NaiveVerdict = (Action, Option<(usize, usize)>, Option<(usize, usize)>);
 
 /// (action, deciding (policy, rule), dry-run (policy, rule))
 fn naive_decide(
@@ -404,7 +406,7 @@ fn naive_decide(
     default: DefaultAction,
     req: &crate::request::RequestFacts<'_>,
     workload: &[Tag],
-) -> (Action, Option<(usize, usize)>, Option<(usize, usize)>) {
+) -> NaiveVerdict {
     let mut matches: Vec<(Key, bool)> = Vec::new();
     for (pi, p) in policies.iter().enumerate() {
         if p.status != PolicyStatus::Active || !p.match_tags.iter().all(|t| workload.contains(t)) {

@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Load benchmark on loopback: what does Portcullis add to Envoy's forward proxy?
+#
+# Measures, one after another, on free ports:
+#   plain      Envoy forward proxy (envoy/forward-proxy.yaml with the ext_proc filter removed)
+#   noop       Envoy + examples/noop_extproc (answers CONTINUE to everything)
+#   portcullis Envoy + target/release/portcullis with a generated 1,000-policy config
+# Each: a warm-up, `wrk -t2 -c50 --latency` and `wrk -t1 -c1 --latency` sending
+# `GET http://127.0.0.1:UP/bench` (absolute form) through the proxy to examples/bench_upstream.
+#
+# Environment:
+#   DURATION=15s        length of each measured wrk run (c=50 and c=1)
+#   WARMUP=3s           warm-up before each setup
+#   CONNS=50 THREADS=2  wrk load for the loaded run
+#   SETUPS="plain noop portcullis"   which setups to run (portcullis needs the binary to build)
+#   ENVOY_CONCURRENCY=2 Envoy worker threads
+#   BUILD=1             set BUILD=0 to skip `cargo build --release`
+#   PORTCULLIS_BIN      Portcullis binary (default target/release/portcullis)
+#   KEEP=1              keep the temp dir (configs, logs, raw wrk output)
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${repo_root}"
+
+DURATION="${DURATION:-15s}"
+WARMUP="${WARMUP:-3s}"
+CONNS="${CONNS:-50}"
+THREADS="${THREADS:-2}"
+SETUPS="${SETUPS:-plain noop portcullis}"
+ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
+BUILD="${BUILD:-1}"
+KEEP="${KEEP:-0}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
+
+work="$(mktemp -d -t portcullis-bench.XXXXXX)"
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "${pid}" 2>/dev/null || true; done
+  if [[ "${KEEP}" == 1 ]]; then log "kept ${work}"; else rm -rf "${work}"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop() { # stop PID: stop one process we started, and forget it
+  local pid rest=()
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  for pid in "${pids[@]}"; do [[ "${pid}" == "$1" ]] || rest+=("${pid}"); done
+  pids=("${rest[@]}")
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # wait_port PORT PID NAME
+  local i
+  for i in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || die "$3 exited before listening on $1 (see ${work}/$3.log)"
+    sleep 0.05
+  done
+  die "$3 did not listen on $1 within 10s"
+}
+
+# ---------------------------------------------------------------- build & tools
+if [[ "${BUILD}" == 1 ]]; then
+  build_args=(--example noop_extproc --example bench_upstream)
+  [[ " ${SETUPS} " == *" portcullis "* ]] && build_args=(--bin portcullis "${build_args[@]}")
+  log "cargo build --release ${build_args[*]}"
+  cargo build --release "${build_args[@]}"
+fi
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  if ! apt-get install -y wrk >/dev/null 2>&1; then
+    apt-get update >/dev/null && apt-get install -y wrk >/dev/null
+  fi
+fi
+envoy="$("${repo_root}/scripts/bootstrap" | tail -n 1)"
+[[ -x "${envoy}" ]] || die "no Envoy binary from scripts/bootstrap"
+bin="${repo_root}/target/release"
+portcullis_bin="${PORTCULLIS_BIN:-${bin}/portcullis}"
+
+# ---------------------------------------------------------------- upstream
+up_port="$(free_port)"
+"${bin}/examples/bench_upstream" --listen "127.0.0.1:${up_port}" >"${work}/upstream.log" 2>&1 &
+up_pid=$!; pids+=("${up_pid}")
+wait_port "${up_port}" "${up_pid}" upstream
+target="http://127.0.0.1:${up_port}/bench"
+upstream_count() { curl -fsS "http://127.0.0.1:${up_port}/__count"; }
+
+cat >"${work}/proxy.lua" <<EOF
+-- Absolute-form request line, as an HTTP_PROXY client sends it.
+wrk.method = "GET"
+wrk.path = "${target}"
+wrk.headers["Host"] = "127.0.0.1:${up_port}"
+EOF
+
+# ---------------------------------------------------------------- configs
+# envoy_config OUT LISTEN ADMIN GRPC WITH_EXTPROC(0|1)
+envoy_config() {
+  python3 - "${repo_root}/envoy/forward-proxy.yaml" "$@" <<'PY'
+import re, sys
+src, out, listen, admin, grpc, with_extproc = sys.argv[1:]
+lines = open(src).read().splitlines()
+keep, skip, drop_indent = [], False, None
+for line in lines:
+    stripped = line.strip()
+    if stripped.startswith("# BEGIN ext_proc") and with_extproc == "0":
+        skip = True
+    if skip:
+        if stripped.startswith("# END ext_proc"):
+            skip = False
+        continue
+    indent = len(line) - len(line.lstrip())
+    if drop_indent is not None:  # inside the access_log block: drop it (it costs per request)
+        if stripped and (indent > drop_indent or (indent == drop_indent and stripped.startswith("- "))):
+            continue
+        drop_indent = None
+    if stripped == "access_log:":
+        drop_indent = indent
+        continue
+    keep.append(line)
+text = "\n".join(keep) + "\n"
+for old, new in (("10000", listen), ("9902", admin), ("50051", grpc)):
+    text, n = re.subn(r"port_value: %s\b" % old, "port_value: %s" % new, text)
+    assert n == 1, (old, n)
+open(out, "w").write(text)
+PY
+}
+
+portcullis_config() { # portcullis_config OUT AUDIT_PATH
+  python3 - "$1" "$2" <<'PY'
+import sys
+out, audit = sys.argv[1:]
+methods = [["GET", "POST"], ["GET"], ["POST", "PUT", "PATCH"], ["GET", "HEAD"], ["DELETE"]]
+paths = [["/v1/*"], ["/v2/items/*", "/v2/health"], ["/api/*"], ["/graphql"], ["/repos/*/issues", "/repos/*/pulls"]]
+o = ["gateway:", "  tags: [env:bench]", "default_action: deny", "policies:"]
+for i in range(1, 1000):
+    host = "*.svc%04d.example.net" % i if i % 4 == 0 else "api%04d.example.com" % i
+    o += [
+        "  - name: tenant-%04d" % i,
+        "    priority: %d" % (10 + i % 7),
+        "    match_tags: [tenant:t%04d]" % i,
+        "    action: allow",
+        "    rules:",
+        '      - host: "%s"' % host,
+        "        paths: [%s]" % ", ".join('"%s"' % p for p in paths[i % len(paths)]),
+        "        methods: [%s]" % ", ".join(methods[i % len(methods)]),
+    ]
+o += [
+    "  - name: bench-upstream",
+    "    priority: 100",
+    "    match_tags: [env:bench]",
+    "    action: allow",
+    "    rules:",
+    "      - host: 127.0.0.1",
+    "audit: { sink: file, path: %s }" % audit,
+]
+open(out, "w").write("\n".join(o) + "\n")
+PY
+}
+
+# ---------------------------------------------------------------- one setup
+run_setup() { # run_setup NAME
+  local name="$1" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
+  listen="$(free_port)"; admin="$(free_port)"; grpc="$(free_port)"
+  case "${name}" in
+    plain) with_ext=0 ;;
+    noop)
+      "${bin}/examples/noop_extproc" --listen "127.0.0.1:${grpc}" >"${work}/noop.log" 2>&1 &
+      ext_pid=$!; pids+=("${ext_pid}")
+      wait_port "${grpc}" "${ext_pid}" noop ;;
+    portcullis)
+      [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
+      portcullis_config "${work}/portcullis.yaml" "${work}/audit.jsonl"
+      "${portcullis_bin}" serve --config "${work}/portcullis.yaml" \
+        --grpc-listen "127.0.0.1:${grpc}" --admin-listen "127.0.0.1:$(free_port)" \
+        >"${work}/portcullis.log" 2>&1 &
+      ext_pid=$!; pids+=("${ext_pid}")
+      wait_port "${grpc}" "${ext_pid}" portcullis ;;
+    *) die "unknown setup ${name}" ;;
+  esac
+  envoy_config "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}"
+  "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
+    --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${work}/envoy-${name}.log" 2>&1 &
+  envoy_pid=$!; pids+=("${envoy_pid}")
+  wait_port "${listen}" "${envoy_pid}" "envoy-${name}"
+
+  # The request must really reach the upstream through the proxy (and be allowed).
+  local code
+  code="$(curl -sS -o "${work}/probe-${name}.txt" -w '%{http_code}' -x "http://127.0.0.1:${listen}" "${target}")" || true
+  [[ "${code}" == 200 && "$(cat "${work}/probe-${name}.txt")" == ok ]] \
+    || die "${name}: probe through proxy got HTTP ${code}: $(head -c 300 "${work}/probe-${name}.txt")"
+
+  local proxy_url="http://127.0.0.1:${listen}/"
+  log "${name}: warm-up ${WARMUP}"
+  wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${work}/proxy.lua" "${proxy_url}" >/dev/null
+  before="$(upstream_count)"
+  log "${name}: wrk -t${THREADS} -c${CONNS} -d${DURATION}"
+  wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" \
+    >"${work}/wrk-${name}-c${CONNS}.txt"
+  log "${name}: wrk -t1 -c1 -d${DURATION}"
+  wrk -t1 -c1 -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" >"${work}/wrk-${name}-c1.txt"
+  after="$(upstream_count)"
+  echo "$((after - before))" >"${work}/upstream-${name}.txt"
+  # How many ext_proc streams Envoy opened (0 for plain): proves the processor was consulted.
+  curl -fsS "http://127.0.0.1:${admin}/stats?filter=ext_proc\.portcullis\.streams_started" \
+    | awk -F': ' '{n += $2} END {print n + 0}' >"${work}/extproc-${name}.txt"
+
+  stop "${envoy_pid}"
+  [[ -n "${ext_pid}" ]] && stop "${ext_pid}"
+  if [[ "${name}" == portcullis ]]; then
+    log "portcullis: $(wc -l <"${work}/audit.jsonl" 2>/dev/null || echo 0) audit lines"
+  fi
+  return 0
+}
+
+for setup in ${SETUPS}; do run_setup "${setup}"; done
+
+# ---------------------------------------------------------------- report
+python3 - "${work}" "${CONNS}" "${SETUPS}" "${DURATION}" <<'PY'
+import re, sys
+work, conns, setups, duration = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 6e7}
+
+def micros(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    return float(m.group(1)) * UNIT[m.group(2)]
+
+def parse(path):
+    text = open(path).read()
+    r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
+    for pct in ("50", "99"):
+        r["p" + pct] = micros(re.search(r"^\s+%s(?:\.000)?%%\s+(\S+)" % pct, text, re.M).group(1))
+    m = re.search(r"(\d+) requests in", text)
+    r["requests"] = int(m.group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errs = re.search(r"Socket errors: (.*)", text)
+    r["non2xx"] = int(bad.group(1)) if bad else 0
+    r["errors"] = errs.group(1) if errs else ""
+    return r
+
+def fmt_us(us):
+    return "%.0fus" % us if us < 1000 else "%.2fms" % (us / 1000)
+
+res = {}
+for s in setups:
+    res[s] = {"c50": parse("%s/wrk-%s-c%s.txt" % (work, s, conns)), "c1": parse("%s/wrk-%s-c1.txt" % (work, s))}
+    res[s]["upstream"] = int(open("%s/upstream-%s.txt" % (work, s)).read())
+    res[s]["extproc"] = int(open("%s/extproc-%s.txt" % (work, s)).read())
+
+hdr = ("setup", "rps c=%s" % conns, "p50", "p99", "rps c=1", "p50", "p99", "rps vs plain", "p50@c1 vs plain")
+rows = []
+base = res.get("plain")
+for s in setups:
+    a, b = res[s]["c50"], res[s]["c1"]
+    vs = ("%.2fx" % (a["rps"] / base["c50"]["rps"]), "%+.0fus" % (b["p50"] - base["c1"]["p50"])) if base else ("-", "-")
+    rows.append((s, "%.0f" % a["rps"], fmt_us(a["p50"]), fmt_us(a["p99"]), "%.0f" % b["rps"],
+                 fmt_us(b["p50"]), fmt_us(b["p99"])) + vs)
+w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
+print()
+print("Envoy forward proxy on loopback, wrk %s per run, GET /bench via absolute-form proxy request" % duration)
+for r in [hdr] + rows:
+    print("  ".join(str(x).rjust(n) for x, n in zip(r, w)))
+if "noop" in res and "portcullis" in res:
+    n, p = res["noop"], res["portcullis"]
+    print("portcullis vs noop: rps c=%s %.2fx, p50@c1 %+.0fus, p99@c1 %+.0fus" % (
+        conns, p["c50"]["rps"] / n["c50"]["rps"], p["c1"]["p50"] - n["c1"]["p50"], p["c1"]["p99"] - n["c1"]["p99"]))
+problems = []
+for s in setups:
+    sent = res[s]["c50"]["requests"] + res[s]["c1"]["requests"]
+    if res[s]["upstream"] < sent:
+        problems.append("%s: upstream saw %d requests, wrk completed %d" % (s, res[s]["upstream"], sent))
+    for k in ("c50", "c1"):
+        if res[s][k]["non2xx"] or res[s][k]["errors"]:
+            problems.append("%s %s: non-2xx=%d socket errors: %s" % (s, k, res[s][k]["non2xx"], res[s][k]["errors"]))
+print("requests reaching the upstream (measured runs): " + ", ".join("%s %d" % (s, res[s]["upstream"]) for s in setups))
+print("ext_proc streams opened by Envoy (whole setup): " + ", ".join("%s %d" % (s, res[s]["extproc"]) for s in setups))
+for s in setups:
+    if s != "plain" and res[s]["extproc"] < res[s]["upstream"]:
+        problems.append("%s: fewer ext_proc streams (%d) than upstream requests" % (s, res[s]["extproc"]))
+for p in problems:
+    print("WARNING: " + p)
+PY

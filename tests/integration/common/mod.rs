@@ -1,0 +1,457 @@
+//! The integration harness: a real Envoy (from `scripts/bootstrap`), the real `portcullis`
+//! binary, and a real upstream, on free ports, driven with curl as a user would.
+
+pub mod upstream;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use upstream::{TestTls, Upstream};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real Envoy binary, installed into `.venv` by `scripts/bootstrap` on first use.
+pub fn envoy_binary() -> &'static Path {
+    static ENVOY: OnceLock<PathBuf> = OnceLock::new();
+    ENVOY.get_or_init(|| {
+        if let Ok(path) = std::env::var("PORTCULLIS_ENVOY") {
+            return PathBuf::from(path);
+        }
+        let out = Command::new(repo().join("scripts/bootstrap"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/bootstrap runs");
+        assert!(out.status.success(), "scripts/bootstrap failed: {out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("bootstrap prints the Envoy path")
+                .trim(),
+        )
+    })
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What curl got back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// The proxy's answer to CONNECT (0 when no CONNECT was sent).
+    pub connect_status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// curl's exit code (0 when a response arrived).
+    pub exit: i32,
+    /// Read through `Debug` in failure messages.
+    #[allow(dead_code)]
+    pub stderr: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+static CURL_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs curl with `args`; the reply's headers and body are captured to files in `dir`.
+pub fn curl(dir: &Path, args: &[&str]) -> Reply {
+    let n = CURL_SEQ.fetch_add(1, Ordering::Relaxed);
+    let headers_file = dir.join(format!("curl-{n}.headers"));
+    let body_file = dir.join(format!("curl-{n}.body"));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "15", "-D"])
+        .arg(&headers_file)
+        .arg("-o")
+        .arg(&body_file)
+        .args(["-w", "%{http_code} %{http_connect}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .expect("curl runs");
+    let headers_text = std::fs::read_to_string(&headers_file).unwrap_or_default();
+    // With CONNECT, the proxy's response headers come first: keep the last block.
+    let last_block = headers_text
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or_default();
+    let headers = last_block
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut codes = codes.split_whitespace().map(|c| c.parse().unwrap_or(0));
+    Reply {
+        status: codes.next().unwrap_or(0),
+        connect_status: codes.next().unwrap_or(0),
+        headers,
+        body: std::fs::read_to_string(&body_file).unwrap_or_default(),
+        exit: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Which Envoy bootstrap to run, from `envoy/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvoyMode {
+    ForwardProxy,
+    BaseUrl,
+}
+
+/// Options for [`Gateway::start`].
+pub struct GatewayOptions {
+    pub mode: EnvoyMode,
+    /// Environment variables for portcullis (token sources).
+    pub env: Vec<(String, String)>,
+    /// Replacements applied to the Envoy config text after the port substitutions.
+    pub envoy_edits: Vec<(String, String)>,
+    /// The trust store Envoy uses towards upstreams (base-URL mode).
+    pub upstream_ca_pem: Option<String>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            mode: EnvoyMode::ForwardProxy,
+            env: Vec::new(),
+            envoy_edits: Vec::new(),
+            upstream_ca_pem: None,
+        }
+    }
+}
+
+/// Envoy + Portcullis, running in a temp dir. Everything stops on drop.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub proxy_port: u16,
+    pub grpc_port: u16,
+    pub admin_port: u16,
+    pub envoy_admin_port: u16,
+    pub envoy: Process,
+    pub portcullis: Process,
+    env: Vec<(String, String)>,
+}
+
+impl Gateway {
+    /// Starts Portcullis with `config` and Envoy in front of it; waits until both are ready.
+    pub fn start(config: &str, options: GatewayOptions) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("portcullis.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let grpc_port = free_port();
+        let admin_port = free_port();
+        let portcullis = spawn_portcullis(
+            dir.path(),
+            &config_path,
+            grpc_port,
+            admin_port,
+            &options.env,
+        );
+        let mut gateway = Gateway {
+            config_path,
+            proxy_port: 0,
+            grpc_port,
+            admin_port,
+            envoy_admin_port: 0,
+            envoy: Process {
+                child: Command::new("true").spawn().unwrap(),
+            },
+            portcullis,
+            env: options.env.clone(),
+            dir,
+        };
+        gateway.wait_portcullis_ready();
+        // Envoy binds its own ports; a port taken between our probe and its bind is retried.
+        for attempt in 0..3 {
+            gateway.proxy_port = free_port();
+            gateway.envoy_admin_port = free_port();
+            gateway.envoy = gateway.spawn_envoy(&options, attempt);
+            if gateway.wait_envoy_ready() {
+                return gateway;
+            }
+            gateway.envoy.stop();
+        }
+        panic!("Envoy did not become ready; log:\n{}", gateway.envoy_log());
+    }
+
+    fn spawn_envoy(&self, options: &GatewayOptions, attempt: usize) -> Process {
+        let file = match options.mode {
+            EnvoyMode::ForwardProxy => "forward-proxy.yaml",
+            EnvoyMode::BaseUrl => "base-url.yaml",
+        };
+        let mut text = std::fs::read_to_string(repo().join("envoy").join(file)).unwrap();
+        for (from, to) in [
+            ("port_value: 10000", self.proxy_port),
+            ("port_value: 50051", self.grpc_port),
+            ("port_value: 9902", self.envoy_admin_port),
+        ] {
+            assert_eq!(
+                text.matches(from).count(),
+                1,
+                "{file} holds {from} exactly once"
+            );
+            text = text.replace(from, &format!("port_value: {to}"));
+        }
+        if let Some(ca) = &options.upstream_ca_pem {
+            let ca_path = self.dir.path().join("upstream-ca.pem");
+            std::fs::write(&ca_path, ca).unwrap();
+            let store = "filename: /etc/ssl/certs/ca-certificates.crt";
+            assert_eq!(
+                text.matches(store).count(),
+                1,
+                "{file} names the trust store once"
+            );
+            text = text.replace(store, &format!("filename: {}", ca_path.display()));
+        }
+        for (from, to) in &options.envoy_edits {
+            assert!(text.contains(from.as_str()), "{file} contains {from:?}");
+            text = text.replace(from.as_str(), to);
+        }
+        let config = self.dir.path().join(format!("envoy-{attempt}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("envoy.log")).unwrap();
+        let access = std::fs::File::create(self.dir.path().join("envoy-access.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .args([
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "2",
+            ])
+            .stdout(access)
+            .stderr(log)
+            .spawn()
+            .expect("envoy starts");
+        Process { child }
+    }
+
+    fn wait_envoy_ready(&mut self) -> bool {
+        let url = format!("http://127.0.0.1:{}/ready", self.envoy_admin_port);
+        let dir = self.dir.path().to_path_buf();
+        let envoy = &mut self.envoy;
+        wait_until(Duration::from_secs(20), || {
+            envoy.is_running() && curl(&dir, &[&url]).status == 200
+        })
+    }
+
+    fn wait_portcullis_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        let dir = self.dir.path().to_path_buf();
+        let portcullis = &mut self.portcullis;
+        let ready = wait_until(Duration::from_secs(20), || {
+            portcullis.is_running() && curl(&dir, &[&url]).status == 200
+        });
+        assert!(
+            ready,
+            "portcullis did not become ready; log:\n{}",
+            self.portcullis_log()
+        );
+    }
+
+    /// Sends a request through the forward proxy (`curl --proxy`).
+    pub fn via_proxy(&self, args: &[&str]) -> Reply {
+        let proxy = format!("http://127.0.0.1:{}", self.proxy_port);
+        let mut all = vec!["--proxy", proxy.as_str()];
+        all.extend_from_slice(args);
+        curl(self.dir.path(), &all)
+    }
+
+    /// Sends a request straight to the Envoy listener (base-URL mode).
+    pub fn to_listener(&self, path: &str, args: &[&str]) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.proxy_port);
+        let mut all = vec![url.as_str()];
+        all.extend_from_slice(args);
+        curl(self.dir.path(), &all)
+    }
+
+    pub fn admin(&self, path: &str) -> Reply {
+        curl(
+            self.dir.path(),
+            &[&format!("http://127.0.0.1:{}{path}", self.admin_port)],
+        )
+    }
+
+    /// The value of one Prometheus sample, e.g.
+    /// `portcullis_decisions_total{decision="DENIED",policy="x"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        self.admin("/metrics")
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap()))
+    }
+
+    /// Replaces the config file (as an editor would: write a temp file, rename over).
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join(".portcullis.yaml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Audit records written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("portcullis.stdout"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits for the audit record of a request (by id, or the newest for a path).
+    pub fn audit_for(&self, predicate: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut found = None;
+        wait_until(Duration::from_secs(5), || {
+            found = self.audit().into_iter().rev().find(|r| predicate(r));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no matching audit record in {:#?}", self.audit()))
+    }
+
+    pub fn portcullis_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("portcullis.log")).unwrap_or_default()
+    }
+
+    pub fn envoy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Every file the gateway wrote (logs, audit, Envoy access log), concatenated.
+    pub fn all_output(&self) -> String {
+        let mut all = String::new();
+        for name in [
+            "portcullis.stdout",
+            "portcullis.log",
+            "envoy.log",
+            "envoy-access.log",
+        ] {
+            all.push_str(&std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default());
+        }
+        all
+    }
+
+    /// Restarts portcullis on the same ports (Envoy keeps running).
+    pub fn restart_portcullis(&mut self) {
+        self.portcullis.stop();
+        self.portcullis = spawn_portcullis(
+            self.dir.path(),
+            &self.config_path,
+            self.grpc_port,
+            self.admin_port,
+            &self.env,
+        );
+        self.wait_portcullis_ready();
+    }
+}
+
+fn spawn_portcullis(
+    dir: &Path,
+    config: &Path,
+    grpc_port: u16,
+    admin_port: u16,
+    env: &[(String, String)],
+) -> Process {
+    let stdout = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("portcullis.stdout"))
+        .unwrap();
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("portcullis.log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--grpc-listen")
+        .arg(format!("127.0.0.1:{grpc_port}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("portcullis starts");
+    Process { child }
+}

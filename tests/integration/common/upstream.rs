@@ -1,0 +1,195 @@
+//! A real upstream for tests: answers every request with a JSON echo of what it received
+//! (method, path, headers, body length) and records each request, so a test can count hits
+//! and see exactly which headers left the gateway. Plain HTTP, or HTTPS with its own CA.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// TLS material for an HTTPS upstream: the CA a client must trust, and the server's key.
+pub struct TestTls {
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestTls {
+    /// A CA and a leaf for `localhost` and 127.0.0.1, signed by it.
+    pub fn generate() -> TestTls {
+        TestTls::generate_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a leaf for `names` (DNS names or IP addresses), signed by it.
+    pub fn generate_for(names: &[&str]) -> TestTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test upstream CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone(), ca.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        TestTls {
+            ca_pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+impl Upstream {
+    /// Starts a plain HTTP upstream; `delay` holds each answer back (for in-flight tests).
+    pub fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        runtime.spawn(async move {
+            let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let record = record.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, record.clone()));
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(tls), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    // `/slow/<ms>` answers after a delay: a request in flight across a reload.
+    let delay = path
+        .strip_prefix("/slow/")
+        .and_then(|ms| ms.split(['/', '?']).next())
+        .and_then(|ms| ms.parse::<u64>().ok());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let echo = serde_json::json!({
+        "method": method, "path": path, "body_len": body.len(),
+        "headers": headers.iter().map(|(n, v)| serde_json::json!([n, v])).collect::<Vec<_>>(),
+    });
+    seen.lock().unwrap().push(Seen {
+        method,
+        path,
+        headers,
+        body,
+    });
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .header("x-upstream", "echo")
+        .body(Full::new(Bytes::from(echo.to_string())))
+        .unwrap())
+}

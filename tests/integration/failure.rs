@@ -1,0 +1,63 @@
+//! Fail closed: without Portcullis, Envoy refuses; nothing is forwarded.
+
+use crate::common::{Gateway, GatewayOptions, Upstream};
+
+#[test]
+fn portcullis_down_means_envoy_refuses() {
+    let upstream = Upstream::start(None);
+    let mut gw = Gateway::start(
+        "policies: [{name: all, action: allow, rules: [{host: '*'}]}]",
+        GatewayOptions::default(),
+    );
+    let url = format!("http://127.0.0.1:{}/x", upstream.port());
+    assert_eq!(gw.via_proxy(&[&url]).status, 200);
+    assert_eq!(upstream.hits(), 1);
+
+    gw.portcullis.stop();
+    for _ in 0..3 {
+        let reply = gw.via_proxy(&[&url]);
+        assert!(
+            reply.status >= 500,
+            "Envoy must refuse without Portcullis: {reply:?}"
+        );
+    }
+    let tunnel = gw.via_proxy(&["-p", &url]);
+    assert_ne!(
+        tunnel.connect_status, 200,
+        "no tunnel without Portcullis: {tunnel:?}"
+    );
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "nothing was forwarded while Portcullis was down"
+    );
+
+    gw.restart_portcullis();
+    assert_eq!(gw.via_proxy(&[&url]).status, 200, "Envoy reconnects");
+}
+
+#[test]
+fn graceful_shutdown_flushes_the_audit_trail() {
+    let upstream = Upstream::start(None);
+    let mut gw = Gateway::start(
+        "policies: [{name: all, action: allow, rules: [{host: '*'}]}]",
+        GatewayOptions::default(),
+    );
+    for i in 0..20 {
+        assert_eq!(
+            gw.via_proxy(&[&format!("http://127.0.0.1:{}/n/{i}", upstream.port())])
+                .status,
+            200
+        );
+    }
+    let pid = gw.portcullis.pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = gw.portcullis.child.wait().unwrap();
+    assert!(exited.success(), "SIGTERM is a clean exit: {exited:?}");
+    assert_eq!(gw.audit().len(), 20, "every request audited before exit");
+    assert!(gw.portcullis_log().contains("shutting down"));
+}

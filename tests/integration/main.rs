@@ -1,0 +1,13 @@
+//! Integration tests: the real Envoy, the real portcullis binary, a real upstream, driven
+//! with curl. Every test starts its own gateway on free ports.
+
+mod common;
+
+mod cli;
+mod decisions;
+mod failure;
+mod headers;
+mod identity;
+mod protocol;
+mod reload;
+mod tunnels;

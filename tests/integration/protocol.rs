@@ -1,0 +1,172 @@
+//! The ext_proc protocol: a processing mode that sends more than Portcullis needs still
+//! works through Envoy, and malformed or out-of-order streams fail closed — driven over a
+//! real gRPC connection to the binary.
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
+
+use crate::common::{Gateway, GatewayOptions, Upstream};
+
+const ALLOW_ALL: &str = "policies: [{name: all, action: allow, rules: [{host: '127.0.0.1'}]}]";
+
+#[test]
+fn bodies_trailers_and_response_phases_pass_through() {
+    let upstream = Upstream::start(None);
+    let edits = [
+        ("request_body_mode: NONE", "request_body_mode: BUFFERED"),
+        ("response_header_mode: SKIP", "response_header_mode: SEND"),
+        ("response_body_mode: NONE", "response_body_mode: STREAMED"),
+        ("request_trailer_mode: SKIP", "request_trailer_mode: SEND"),
+        ("response_trailer_mode: SKIP", "response_trailer_mode: SEND"),
+    ];
+    let gw = Gateway::start(
+        ALLOW_ALL,
+        GatewayOptions {
+            envoy_edits: edits
+                .iter()
+                .map(|(a, b)| ((*a).into(), (*b).into()))
+                .collect(),
+            ..GatewayOptions::default()
+        },
+    );
+    let body = "x".repeat(200_000);
+    let body_file = gw.dir.path().join("body.txt");
+    std::fs::write(&body_file, &body).unwrap();
+    let data = format!("@{}", body_file.display());
+    let url = format!("http://127.0.0.1:{}/upload", upstream.port());
+    let reply = gw.via_proxy(&["-X", "POST", "--data-binary", &data, &url]);
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", gw.envoy_log());
+    assert_eq!(reply.json()["body_len"], 200_000);
+    assert_eq!(upstream.seen()[0].body.len(), 200_000);
+    let get = gw.via_proxy(&[&format!("http://127.0.0.1:{}/plain", upstream.port())]);
+    assert_eq!(get.status, 200);
+    assert_eq!(gw.metric("portcullis_stream_errors_total"), Some(0.0));
+}
+
+fn headers(list: &[(&str, &str)]) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(Message::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: list
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).into(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Sends `messages` on one stream; returns what came back, and the error ending it, if any.
+fn exchange(port: u16, messages: Vec<ProcessingRequest>) -> (Vec<Answer>, Option<tonic::Status>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let mut inbound = client
+            .process(futures::stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut answers = Vec::new();
+        loop {
+            match inbound.message().await {
+                Ok(Some(m)) => answers.push(m.response.unwrap()),
+                Ok(None) => return (answers, None),
+                Err(status) => return (answers, Some(status)),
+            }
+        }
+    })
+}
+
+#[test]
+fn malformed_and_out_of_order_streams_fail_closed() {
+    let gw = Gateway::start(ALLOW_ALL, GatewayOptions::default());
+
+    // No :authority: a 400 with a JSON body.
+    let (answers, _) = exchange(
+        gw.grpc_port,
+        vec![headers(&[(":method", "GET"), (":path", "/")])],
+    );
+    let Some(Answer::ImmediateResponse(immediate)) = answers.first() else {
+        panic!("expected an immediate response, got {answers:?}");
+    };
+    assert_eq!(immediate.status.as_ref().unwrap().code, 400);
+    let body: serde_json::Value = serde_json::from_slice(&immediate.body).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(":authority")
+    );
+    let record = gw.audit_for(|r| r["reason"] == "invalid_request");
+    assert_eq!(record["status"], 400);
+
+    // A path that cannot be normalized is a 400 too.
+    let (answers, _) = exchange(
+        gw.grpc_port,
+        vec![headers(&[
+            (":method", "GET"),
+            (":authority", "127.0.0.1"),
+            (":path", "/a%zz"),
+        ])],
+    );
+    assert!(
+        matches!(&answers[0], Answer::ImmediateResponse(i) if i.status.as_ref().unwrap().code == 400)
+    );
+
+    // A body before any headers: the stream fails, Envoy would fail the request closed.
+    let body_first = ProcessingRequest {
+        request: Some(Message::RequestBody(HttpBody {
+            body: b"x".to_vec(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let (answers, error) = exchange(gw.grpc_port, vec![body_first]);
+    assert!(answers.is_empty());
+    assert_eq!(
+        error.expect("stream error").code(),
+        tonic::Code::FailedPrecondition
+    );
+
+    // Headers twice on one stream: the second fails the stream.
+    let get = || {
+        headers(&[
+            (":method", "GET"),
+            (":authority", "127.0.0.1"),
+            (":path", "/"),
+        ])
+    };
+    let (answers, error) = exchange(gw.grpc_port, vec![get(), get()]);
+    assert!(matches!(&answers[0], Answer::RequestHeaders(_)));
+    assert_eq!(
+        error.expect("stream error").code(),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(gw.metric("portcullis_stream_errors_total"), Some(2.0));
+
+    // Observability mode: decided and audited, never answered.
+    let mut observed = headers(&[
+        (":method", "GET"),
+        (":authority", "127.0.0.1"),
+        (":path", "/observed"),
+    ]);
+    observed.observability_mode = true;
+    let (answers, error) = exchange(gw.grpc_port, vec![observed]);
+    assert!(answers.is_empty() && error.is_none());
+    gw.audit_for(|r| r["path"] == "/observed");
+}

@@ -1,0 +1,131 @@
+//! Hot reload: a valid change decides requests within a second, without restarting either
+//! process and without dropping a request in flight; an invalid change keeps the old set.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{Gateway, GatewayOptions, Upstream, wait_until};
+
+fn config(allowed_path: &str) -> String {
+    format!(
+        r#"
+policies:
+  - {{name: moving, action: allow, rules: [{{host: 127.0.0.1, paths: ["{allowed_path}", "/slow/*"]}}]}}
+"#
+    )
+}
+
+#[test]
+fn a_valid_change_is_live_within_a_second_without_restarts() {
+    let upstream = Upstream::start(None);
+    let mut gw = Gateway::start(&config("/v1/*"), GatewayOptions::default());
+    let base = format!("http://127.0.0.1:{}", upstream.port());
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v1/x")]).status, 200);
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v2/x")]).status, 403);
+    let (envoy_pid, portcullis_pid) = (gw.envoy.pid(), gw.portcullis.pid());
+
+    // A request in flight across the reload (the upstream answers after 1.5 s).
+    let slow_url = format!("{base}/slow/1500");
+    let proxy = format!("http://127.0.0.1:{}", gw.proxy_port);
+    let dir = gw.dir.path().to_path_buf();
+    let in_flight =
+        std::thread::spawn(move || crate::common::curl(&dir, &["--proxy", &proxy, &slow_url]));
+    assert!(wait_until(Duration::from_secs(5), || upstream
+        .seen()
+        .iter()
+        .any(|s| s.path == "/slow/1500")));
+
+    let written = Instant::now();
+    gw.write_config(&config("/v2/*"));
+    let mut delay = None;
+    wait_until(Duration::from_secs(3), || {
+        let now_allowed = gw.via_proxy(&[&format!("{base}/v2/x")]).status == 200;
+        if now_allowed {
+            delay = Some(written.elapsed());
+        }
+        now_allowed
+    });
+    let delay = delay.expect("the change never went live");
+    println!(
+        "reload: new policy decided a request {} ms after the file was written",
+        delay.as_millis()
+    );
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    assert_eq!(
+        gw.via_proxy(&[&format!("{base}/v1/x")]).status,
+        403,
+        "the old rule is gone"
+    );
+
+    let slow = in_flight.join().unwrap();
+    assert_eq!(
+        slow.status, 200,
+        "the in-flight request completed: {slow:?}"
+    );
+    assert!(gw.envoy.is_running() && gw.portcullis.is_running());
+    assert_eq!(
+        (gw.envoy.pid(), gw.portcullis.pid()),
+        (envoy_pid, portcullis_pid),
+        "no restart"
+    );
+    assert_eq!(
+        gw.metric(r#"portcullis_config_reloads_total{result="success"}"#),
+        Some(1.0)
+    );
+    let versions: Vec<String> = gw
+        .audit()
+        .iter()
+        .map(|r| r["config_version"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        versions.first() != versions.last(),
+        "audit records name the config version"
+    );
+}
+
+#[test]
+fn an_invalid_change_is_rejected_and_the_last_good_set_stays() {
+    let upstream = Upstream::start(None);
+    let gw = Gateway::start(&config("/v1/*"), GatewayOptions::default());
+    let base = format!("http://127.0.0.1:{}", upstream.port());
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v1/x")]).status, 200);
+
+    gw.write_config(
+        r#"
+policies:
+  - {name: broken, action: allow, rules: [{host: "127.0.0.1", paths: ["/v2/[oops"]}]}
+  - {name: also-broken, action: alow, rules: [{host: x}]}
+"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || gw
+            .metric(r#"portcullis_config_reloads_total{result="failure"}"#)
+            == Some(1.0)),
+        "{}",
+        gw.portcullis_log()
+    );
+    let log = gw.portcullis_log();
+    let file = gw.config_path.display().to_string();
+    assert!(
+        log.contains(&format!("{file}:3:")) && log.contains("policies[0].rules[0].paths[0]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("(policy \\\"broken\\\")") || log.contains("(policy \"broken\")"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{file}:4:")) && log.contains("policies[1].action"),
+        "{log}"
+    );
+    assert!(log.contains("the last good config stays live"), "{log}");
+    // Decisions are those of the old set.
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v1/x")]).status, 200);
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v2/x")]).status, 403);
+
+    // Fixing the file is picked up.
+    gw.write_config(&config("/v2/*"));
+    assert!(wait_until(Duration::from_secs(3), || gw
+        .via_proxy(&[&format!("{base}/v2/x")])
+        .status
+        == 200));
+}
