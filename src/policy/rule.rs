@@ -5,9 +5,11 @@
 //! invalid glob or CIDR is reported with the field path it came from, and keeps its original
 //! spelling for audit records and error messages.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
@@ -31,9 +33,9 @@ pub struct RuleConfig {
     pub methods: Vec<MethodName>,
 }
 
-/// What part of the host a [`HostPattern`] compares.
+/// What part of the host a [`HostPattern`] compares, as written (validated, uncompiled).
 #[derive(Debug, Clone)]
-pub enum HostMatch {
+pub enum HostKind {
     /// `*`: every host.
     Any,
     /// A lower-case host name, compared exactly.
@@ -41,7 +43,12 @@ pub enum HostMatch {
     /// `*.example.com`, stored as `example.com`: any subdomain at any depth.
     Suffix(Box<str>),
     /// Any other wildcard pattern such as `api-*.example.com`.
-    Glob(GlobMatcher),
+    Glob {
+        glob: globset::Glob,
+        /// The literal domain after the last wildcard (`example.com`), when there is one:
+        /// every matching host ends with `.` and this, which lets the index bucket it.
+        domain: Option<Box<str>>,
+    },
     /// An IP network (a single address is a /32 or /128); matches IP-literal hosts only.
     Cidr(IpNet),
 }
@@ -50,12 +57,12 @@ pub enum HostMatch {
 #[derive(Debug, Clone)]
 pub struct HostPattern {
     original: String,
-    kind: HostMatch,
+    kind: HostKind,
     port: Option<u16>,
 }
 
 impl HostPattern {
-    pub fn kind(&self) -> &HostMatch {
+    pub fn kind(&self) -> &HostKind {
         &self.kind
     }
 
@@ -66,7 +73,29 @@ impl HostPattern {
     pub fn as_str(&self) -> &str {
         &self.original
     }
+}
 
+/// The compiled form of [`HostKind`].
+#[derive(Debug, Clone)]
+pub enum HostMatch {
+    Any,
+    Exact(Box<str>),
+    Suffix(Box<str>),
+    Glob {
+        matcher: Arc<GlobMatcher>,
+        domain: Option<Box<str>>,
+    },
+    Cidr(IpNet),
+}
+
+/// A compiled host pattern.
+#[derive(Debug, Clone)]
+pub struct HostMatcher {
+    pub kind: HostMatch,
+    pub port: Option<u16>,
+}
+
+impl HostMatcher {
     /// Whether this pattern accepts the request's host and port.
     pub fn matches(&self, req: &RequestFacts<'_>) -> bool {
         if let Some(port) = self.port
@@ -78,7 +107,7 @@ impl HostPattern {
             HostMatch::Any => true,
             HostMatch::Exact(host) => **host == *req.host,
             HostMatch::Suffix(suffix) => is_strict_subdomain(req.host, suffix),
-            HostMatch::Glob(glob) => glob.is_match(req.host),
+            HostMatch::Glob { matcher, .. } => matcher.is_match(req.host),
             HostMatch::Cidr(net) => req.ip.is_some_and(|ip| net.contains(&ip)),
         }
     }
@@ -128,7 +157,7 @@ impl Serialize for HostPattern {
     }
 }
 
-fn parse_host_pattern(text: &str) -> Result<(HostMatch, Option<u16>), String> {
+fn parse_host_pattern(text: &str) -> Result<(HostKind, Option<u16>), String> {
     if text.is_empty() {
         return Err("host must not be empty (use \"*\" for any host)".into());
     }
@@ -143,12 +172,12 @@ fn parse_host_pattern(text: &str) -> Result<(HostMatch, Option<u16>), String> {
         let net = IpNet::from_str(text).map_err(|_| {
             format!("host {text:?} is not a valid CIDR (expected e.g. 10.0.0.0/8 or fd00::/8)")
         })?;
-        return Ok((HostMatch::Cidr(net.trunc()), None));
+        return Ok((HostKind::Cidr(net.trunc()), None));
     }
     let (name, port) =
         split_host_port(text).map_err(|why| format!("host {text:?} has an invalid port: {why}"))?;
     if let Ok(ip) = IpAddr::from_str(name) {
-        return Ok((HostMatch::Cidr(IpNet::from(ip)), port));
+        return Ok((HostKind::Cidr(IpNet::from(ip)), port));
     }
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     if name.is_empty() {
@@ -167,21 +196,31 @@ fn parse_host_pattern(text: &str) -> Result<(HostMatch, Option<u16>), String> {
         return Err(format!("host {text:?} has an empty label"));
     }
     if name == "*" {
-        return Ok((HostMatch::Any, port));
+        return Ok((HostKind::Any, port));
     }
     if let Some(suffix) = name.strip_prefix("*.")
         && !suffix.contains(['*', '?'])
     {
-        return Ok((HostMatch::Suffix(suffix.into()), port));
+        return Ok((HostKind::Suffix(suffix.into()), port));
     }
     if name.contains(['*', '?']) {
         let glob = GlobBuilder::new(&name)
             .literal_separator(false)
             .build()
             .map_err(|e| format!("host {text:?} is not a valid glob: {}", e.kind()))?;
-        return Ok((HostMatch::Glob(glob.compile_matcher()), port));
+        let domain = glob_domain(&name).map(Box::from);
+        return Ok((HostKind::Glob { glob, domain }, port));
     }
-    Ok((HostMatch::Exact(name.into()), port))
+    Ok((HostKind::Exact(name.into()), port))
+}
+
+/// The literal domain every host matching `pattern` ends in, after a dot: for
+/// `api-*.eu.example.com` it is `eu.example.com`.
+fn glob_domain(pattern: &str) -> Option<&str> {
+    let tail_start = pattern.rfind(['*', '?', '[', ']', '{', '}'])? + 1;
+    let tail = &pattern[tail_start..];
+    let domain = &tail[tail.find('.')? + 1..];
+    (!domain.is_empty()).then_some(domain)
 }
 
 /// Splits `name[:port]`, including bracketed IPv6 (`[::1]:443`). A bare IPv6 address has
@@ -379,18 +418,15 @@ impl PathSet {
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    pub host: HostPattern,
-    pub paths: PathSet,
+    pub host: HostMatcher,
+    pub paths: Arc<PathSet>,
     pub methods: MethodSet,
 }
 
 impl Rule {
+    /// Compiles one rule on its own; [`RuleCompiler`] shares matchers across many.
     pub fn compile(config: &RuleConfig) -> Rule {
-        Rule {
-            host: config.host.clone(),
-            paths: PathSet::compile(&config.paths),
-            methods: MethodSet::from_names(&config.methods),
-        }
+        RuleCompiler::default().compile(config)
     }
 
     /// Whether a request that Portcullis can see fully (method and path) matches.
@@ -413,6 +449,48 @@ impl Rule {
     }
 }
 
+/// Compiles rules, sharing the compiled path sets and host globs of rules that repeat the
+/// same patterns: fleets repeat `/v1/*` thousands of times, and each compiled glob set can
+/// hold a regex.
+#[derive(Default)]
+pub struct RuleCompiler {
+    paths: HashMap<Vec<String>, Arc<PathSet>>,
+    globs: HashMap<String, Arc<GlobMatcher>>,
+}
+
+impl RuleCompiler {
+    pub fn compile(&mut self, config: &RuleConfig) -> Rule {
+        let kind = match config.host.kind() {
+            HostKind::Any => HostMatch::Any,
+            HostKind::Exact(host) => HostMatch::Exact(host.clone()),
+            HostKind::Suffix(suffix) => HostMatch::Suffix(suffix.clone()),
+            HostKind::Cidr(net) => HostMatch::Cidr(*net),
+            HostKind::Glob { glob, domain } => HostMatch::Glob {
+                matcher: self
+                    .globs
+                    .entry(glob.glob().to_owned())
+                    .or_insert_with(|| Arc::new(glob.compile_matcher()))
+                    .clone(),
+                domain: domain.clone(),
+            },
+        };
+        let key: Vec<String> = config.paths.iter().map(|p| p.original.clone()).collect();
+        let paths = self
+            .paths
+            .entry(key)
+            .or_insert_with(|| Arc::new(PathSet::compile(&config.paths)))
+            .clone();
+        Rule {
+            host: HostMatcher {
+                kind,
+                port: config.host.port(),
+            },
+            paths,
+            methods: MethodSet::from_names(&config.methods),
+        }
+    }
+}
+
 /// Any rule in the list matches (rules OR-combine). Used by transform scopes.
 pub fn any_rule_matches(rules: &[Rule], req: &RequestFacts<'_>) -> bool {
     rules.iter().any(|rule| {
@@ -426,7 +504,7 @@ pub fn any_rule_matches(rules: &[Rule], req: &RequestFacts<'_>) -> bool {
 
 /// A workload tag such as `env:prod` or `tenant:acme-corp`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(std::sync::Arc<str>);
+pub struct Tag(Arc<str>);
 
 impl Tag {
     pub fn as_str(&self) -> &str {

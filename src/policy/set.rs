@@ -2,17 +2,21 @@
 //!
 //! Policies are grouped by an *anchor* tag — the rarest of their `match_tags` — so a request
 //! only looks at groups for tags its workload carries (plus the fleet-wide group of policies
-//! without tags). Inside a group, rules are bucketed by host: an exact-name map, a map of
-//! `*.suffix` patterns walked label by label, and short lists for `*`, CIDRs and other
-//! globs. Every bucket is sorted by precedence, so a scan stops at its first full match.
+//! without tags). Inside a group, rules are bucketed by host: an exact-name map (IP
+//! addresses included), a map of domains walked label by label (`*.suffix` patterns and
+//! globs by their literal domain), CIDRs by first octet, and short lists for `*`, wide
+//! CIDRs and globs without a domain. Every bucket is sorted by precedence, so a scan stops
+//! at its first full match.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use super::model::{Action, DefaultAction, PolicyConfig, PolicyStatus};
-use super::rule::{HostMatch, Rule, Tag};
+use super::rule::{HostMatch, Rule, RuleCompiler, Tag};
 use crate::request::RequestFacts;
 
 /// Index of a policy in config order.
@@ -108,37 +112,78 @@ impl Entry {
     }
 }
 
+/// Which CIDR bucket an address or network falls in: the first octet of IPv4, the first
+/// 16 bits of IPv6. Networks wider than that go to a short list scanned for every IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum CidrBucket {
+    V4(u8),
+    V6(u16),
+}
+
+impl CidrBucket {
+    fn of_ip(ip: IpAddr) -> CidrBucket {
+        match ip {
+            IpAddr::V4(v4) => CidrBucket::V4(v4.octets()[0]),
+            IpAddr::V6(v6) => CidrBucket::V6(v6.segments()[0]),
+        }
+    }
+
+    fn of_net(net: &IpNet) -> Option<CidrBucket> {
+        let narrow_enough = match net {
+            IpNet::V4(n) => n.prefix_len() >= 8,
+            IpNet::V6(n) => n.prefix_len() >= 16,
+        };
+        narrow_enough.then(|| CidrBucket::of_ip(net.network()))
+    }
+}
+
 #[derive(Debug, Default)]
 struct HostIndex {
     exact: HashMap<Box<str>, Vec<Entry>>,
-    suffix: HashMap<Box<str>, Vec<Entry>>,
+    /// `*.suffix` rules under `suffix`, and globs under their literal domain: found by
+    /// walking the request host's parent domains.
+    domain: HashMap<Box<str>, Vec<Entry>>,
     any: Vec<Entry>,
-    cidr: Vec<Entry>,
+    cidr: HashMap<CidrBucket, Vec<Entry>>,
+    wide_cidr: Vec<Entry>,
+    /// Globs with no literal domain (`api-*`): scanned for every request.
     glob: Vec<Entry>,
 }
 
 impl HostIndex {
     fn insert(&mut self, rule: &Rule, entry: Entry) {
-        match rule.host.kind() {
+        match &rule.host.kind {
             HostMatch::Any => self.any.push(entry),
             HostMatch::Exact(host) => self.exact.entry(host.clone()).or_default().push(entry),
-            HostMatch::Suffix(suffix) => self.suffix.entry(suffix.clone()).or_default().push(entry),
-            HostMatch::Glob(_) => self.glob.push(entry),
+            HostMatch::Suffix(suffix) => self.domain.entry(suffix.clone()).or_default().push(entry),
+            HostMatch::Glob {
+                domain: Some(domain),
+                ..
+            } => self.domain.entry(domain.clone()).or_default().push(entry),
+            HostMatch::Glob { domain: None, .. } => self.glob.push(entry),
             HostMatch::Cidr(net) if net.prefix_len() == net.max_prefix_len() => {
                 let host = net.addr().to_string().into_boxed_str();
                 self.exact.entry(host).or_default().push(entry)
             }
-            HostMatch::Cidr(_) => self.cidr.push(entry),
+            HostMatch::Cidr(net) => match CidrBucket::of_net(net) {
+                Some(bucket) => self.cidr.entry(bucket).or_default().push(entry),
+                None => self.wide_cidr.push(entry),
+            },
         }
     }
 
     fn sort(&mut self) {
         let by_key = |a: &Entry, b: &Entry| a.key.cmp(&b.key);
-        for list in self.exact.values_mut().chain(self.suffix.values_mut()) {
+        for list in self
+            .exact
+            .values_mut()
+            .chain(self.domain.values_mut())
+            .chain(self.cidr.values_mut())
+        {
             list.sort_unstable_by(by_key);
             list.shrink_to_fit();
         }
-        for list in [&mut self.any, &mut self.cidr, &mut self.glob] {
+        for list in [&mut self.any, &mut self.wide_cidr, &mut self.glob] {
             list.sort_unstable_by(by_key);
             list.shrink_to_fit();
         }
@@ -170,6 +215,7 @@ impl PolicySet {
         let mut tag_ids: HashMap<Arc<str>, TagId> = HashMap::new();
         let mut tag_uses: Vec<u32> = Vec::new();
         let mut policies = Vec::with_capacity(configs.len());
+        let mut rules = RuleCompiler::default();
         for config in configs {
             let mut ids: Vec<TagId> = config
                 .match_tags
@@ -195,7 +241,7 @@ impl PolicySet {
                 warn: config.warn,
                 match_tags: config.match_tags.clone(),
                 message: config.message.as_deref().map(Arc::from),
-                rules: config.rules.iter().map(Rule::compile).collect(),
+                rules: config.rules.iter().map(|r| rules.compile(r)).collect(),
                 tag_ids: ids.into_boxed_slice(),
             });
         }
@@ -306,18 +352,21 @@ impl PolicySet {
         if let Some(list) = index.exact.get(req.host) {
             self.scan(list, req, tags, best);
         }
-        if !index.suffix.is_empty() {
+        if !index.domain.is_empty() && req.ip.is_none() {
             let mut rest = req.host;
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
-                if let Some(list) = index.suffix.get(rest) {
+                if let Some(list) = index.domain.get(rest) {
                     self.scan(list, req, tags, best);
                 }
             }
         }
         self.scan(&index.any, req, tags, best);
-        if req.ip.is_some() {
-            self.scan(&index.cidr, req, tags, best);
+        if let Some(ip) = req.ip {
+            if let Some(list) = index.cidr.get(&CidrBucket::of_ip(ip)) {
+                self.scan(list, req, tags, best);
+            }
+            self.scan(&index.wide_cidr, req, tags, best);
         }
         self.scan(&index.glob, req, tags, best);
     }

@@ -67,7 +67,13 @@ fn host_semantics_table() {
         let port = authority.port.unwrap_or(*default_port);
         let req = facts(Method::Get, &authority.host, port, "/");
         assert_eq!(
-            host(pattern).matches(&req),
+            Rule::compile(&RuleConfig {
+                host: host(pattern),
+                paths: vec![],
+                methods: vec![]
+            })
+            .host
+            .matches(&req),
             *want,
             "host {pattern:?} vs {authority:?} (port {port})"
         );
@@ -218,4 +224,34 @@ fn patterns_serialize_as_written() {
         json,
         r#"{"host":"API.example.com:8443","paths":["/a/*"],"methods":["GET","ALL"]}"#
     );
+}
+
+#[test]
+fn glob_hosts_know_their_literal_domain() {
+    let domain = |p: &str| match host(p).kind() {
+        HostKind::Glob { domain, .. } => domain.as_deref().map(str::to_owned),
+        other => panic!("{p} is {other:?}"),
+    };
+    assert_eq!(
+        domain("api-*.eu.example.com").as_deref(),
+        Some("eu.example.com")
+    );
+    assert_eq!(domain("*foo.example.com").as_deref(), Some("example.com"));
+    assert_eq!(domain("api-*"), None);
+    assert_eq!(domain("*.x*"), None);
+}
+
+#[test]
+fn repeated_patterns_share_one_compiled_matcher() {
+    let rule: RuleConfig =
+        serde_norway::from_str("{host: 'api-*.example.com', paths: ['/users/*/keys']}").unwrap();
+    let mut compiler = RuleCompiler::default();
+    let (a, b) = (compiler.compile(&rule), compiler.compile(&rule));
+    assert!(Arc::ptr_eq(&a.paths, &b.paths));
+    match (&a.host.kind, &b.host.kind) {
+        (HostMatch::Glob { matcher: x, .. }, HostMatch::Glob { matcher: y, .. }) => {
+            assert!(Arc::ptr_eq(x, y))
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,0 +1,261 @@
+//! Engine benchmarks: one decision against 10, 1,000 and 10,000 policies.
+//!
+//! `cargo bench --bench engine` runs criterion (mean/median per decision) and then prints a
+//! percentile table (p50/p99/p99.9 per decision over individually timed decisions), the
+//! compile time of each set and the memory it holds. Under `cargo test` each benchmark runs
+//! once as a smoke test.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use portcullis::check::{CheckRequest, build_request};
+use portcullis::config::parse_str;
+use portcullis::policy::PolicySet;
+use portcullis::policy::rule::Tag;
+use portcullis::request::OutboundRequest;
+use portcullis::snapshot::Snapshot;
+
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+
+/// A deterministic pseudo-random sequence (no dependency, same sets every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A fleet of `n` policies shaped like a multi-tenant deployment: most are per-tenant
+/// allowlists (exact hosts and `*.` suffixes, path globs, method sets), some fleet-wide
+/// baselines, denies and flags at other priorities, a few CIDR and dry-run policies.
+fn fleet_yaml(n: usize) -> String {
+    let tenants = (n / 10).max(1);
+    let mut rng = Lcg(n as u64);
+    let mut yaml = String::from("gateway: {tags: [env:bench]}\ndefault_action: deny\npolicies:\n");
+    for i in 0..n {
+        let tenant = rng.below(tenants);
+        let match_tags = match rng.below(10) {
+            0 => String::new(),
+            1 | 2 => format!("tenant:t{tenant}, env:prod"),
+            _ => format!("tenant:t{tenant}"),
+        };
+        let (action, priority) = match rng.below(20) {
+            0..=2 => ("deny", 5),
+            3 | 4 => ("flag", 50),
+            _ => ("allow", 100),
+        };
+        let warn = if rng.below(50) == 0 {
+            ", warn: true"
+        } else {
+            ""
+        };
+        yaml.push_str(&format!(
+            "  - {{name: p{i}, priority: {priority}, action: {action}{warn}, match_tags: [{match_tags}], rules: ["
+        ));
+        for r in 0..1 + rng.below(3) {
+            let host = match rng.below(20) {
+                0 => format!("10.{}.0.0/16", rng.below(250)),
+                1 => format!("\"api-*.h{}.example.org\"", rng.below(n)),
+                2..=6 => format!("\"*.svc{}.example.net\"", rng.below(n)),
+                _ => format!("api{}.example.com", rng.below(n)),
+            };
+            let paths = match rng.below(4) {
+                0 => String::new(),
+                1 => ", paths: [\"/v1/*\"]".to_owned(),
+                2 => ", paths: [\"/v1/chat/*\", \"/v1/models\"]".to_owned(),
+                _ => format!(
+                    ", paths: [\"/repos/r{}/*\", \"/users/*/keys\"]",
+                    rng.below(100)
+                ),
+            };
+            let methods = match rng.below(3) {
+                0 => "",
+                1 => ", methods: [GET, HEAD]",
+                _ => ", methods: [GET, POST]",
+            };
+            if r > 0 {
+                yaml.push_str(", ");
+            }
+            yaml.push_str(&format!("{{host: {host}{paths}{methods}}}"));
+        }
+        yaml.push_str("]}\n");
+    }
+    yaml
+}
+
+/// Requests that hit indexed hosts and miss them, from workloads with one to three tags.
+fn requests(n: usize) -> Vec<(OutboundRequest, Vec<Tag>)> {
+    let tenants = (n / 10).max(1);
+    let mut rng = Lcg(7 + n as u64);
+    (0..1024)
+        .map(|_| {
+            let host = match rng.below(10) {
+                0 => format!("x.svc{}.example.net", rng.below(n)),
+                1 => format!("10.{}.1.2", rng.below(250)),
+                2 => format!("api-eu.h{}.example.org", rng.below(n)),
+                3 => "unknown.example.io".to_owned(),
+                _ => format!("api{}.example.com", rng.below(n)),
+            };
+            let path = [
+                "/v1/chat/completions",
+                "/v1/models",
+                "/repos/r3/issues",
+                "/users/u/keys",
+                "/",
+            ][rng.below(5)];
+            let method = ["GET", "POST", "HEAD", "DELETE"][rng.below(4)];
+            let request = build_request(&CheckRequest {
+                request_line: format!("{method} https://{host}{path}"),
+                headers: vec![
+                    ("accept".into(), "*/*".into()),
+                    ("user-agent".into(), "bench".into()),
+                ],
+                ..CheckRequest::default()
+            })
+            .unwrap();
+            let mut tags = vec![Tag::parse(&format!("tenant:t{}", rng.below(tenants))).unwrap()];
+            if rng.below(3) == 0 {
+                tags.push(Tag::parse("env:prod").unwrap());
+            }
+            (request, tags)
+        })
+        .collect()
+}
+
+struct Prepared {
+    size: usize,
+    set: PolicySet,
+    snapshot: Snapshot,
+    requests: Vec<(OutboundRequest, Vec<Tag>)>,
+    compile: Duration,
+    resident_mib: f64,
+}
+
+fn resident_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+fn prepare(size: usize) -> Prepared {
+    let yaml = fleet_yaml(size);
+    let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("generated config: {e}"));
+    let before = resident_mib();
+    let started = Instant::now();
+    let set = PolicySet::compile(&loaded.config.policies, loaded.config.default_action);
+    let compile = started.elapsed();
+    let resident = resident_mib() - before;
+    let snapshot = Snapshot::compile(&loaded.config, &loaded.version, &|_| None).unwrap();
+    Prepared {
+        size,
+        set,
+        snapshot,
+        requests: requests(size),
+        compile,
+        resident_mib: resident,
+    }
+}
+
+fn bench_engine(c: &mut Criterion, prepared: &[Prepared]) {
+    let mut group = c.benchmark_group("evaluate");
+    for p in prepared {
+        let ids: Vec<_> = p
+            .requests
+            .iter()
+            .map(|(_, tags)| p.set.tag_ids(tags))
+            .collect();
+        let mut i = 0;
+        group.bench_function(format!("{}_policies", p.size), |b| {
+            b.iter(|| {
+                i = (i + 1) % p.requests.len();
+                black_box(p.set.evaluate(&p.requests[i].0.facts(), &ids[i]))
+            })
+        });
+    }
+    group.finish();
+    // The whole decision Portcullis makes per request (identity, tags, pipeline) plus the
+    // audit record's serialization — everything except the protobuf conversion and I/O.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("decide_and_audit");
+    for p in prepared {
+        let mut i = 0;
+        group.bench_function(format!("{}_policies", p.size), |b| {
+            b.iter(|| {
+                i = (i + 1) % p.requests.len();
+                let (request, tags) = &p.requests[i];
+                let decided = runtime.block_on(p.snapshot.decide(request, tags));
+                let record = portcullis::audit::AuditRecord::of(request, &decided, "v", 1.0);
+                black_box(serde_json::to_vec(&record).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Times `count` decisions one by one and reports percentiles in nanoseconds.
+fn percentiles(p: &Prepared, count: usize) -> [u64; 4] {
+    let ids: Vec<_> = p
+        .requests
+        .iter()
+        .map(|(_, tags)| p.set.tag_ids(tags))
+        .collect();
+    let mut samples = Vec::with_capacity(count);
+    for n in 0..count {
+        let i = n % p.requests.len();
+        let facts = p.requests[i].0.facts();
+        let started = Instant::now();
+        black_box(p.set.evaluate(black_box(&facts), &ids[i]));
+        samples.push(started.elapsed().as_nanos() as u64);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    [at(0.5), at(0.99), at(0.999), *samples.last().unwrap()]
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let sizes: &[usize] = if benchmarking { &SIZES } else { &SIZES[..1] };
+    let prepared: Vec<Prepared> = sizes.iter().map(|n| prepare(*n)).collect();
+    let mut criterion = Criterion::default().configure_from_args();
+    bench_engine(&mut criterion, &prepared);
+    criterion.final_summary();
+    if !benchmarking {
+        return;
+    }
+    println!();
+    println!(
+        "per-decision latency, {} individually timed decisions each (Instant overhead included)",
+        200_000
+    );
+    println!("| policies | p50 | p99 | p99.9 | max | compile | index memory |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for p in &prepared {
+        let [p50, p99, p999, max] = percentiles(p, 200_000);
+        println!(
+            "| {} | {:.2} µs | {:.2} µs | {:.2} µs | {:.1} µs | {} ms | {:.1} MiB |",
+            p.size,
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            p999 as f64 / 1000.0,
+            max as f64 / 1000.0,
+            p.compile.as_millis(),
+            p.resident_mib
+        );
+    }
+}
