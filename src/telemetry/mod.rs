@@ -2,6 +2,8 @@
 
 pub mod metrics;
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Logs go to stderr (stdout is the default audit sink). `PORTCULLIS_LOG` (or `RUST_LOG`)
@@ -13,6 +15,7 @@ pub fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     if std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
