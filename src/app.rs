@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 
 use crate::audit::AuditSink;
-use crate::config::{Config, ConfigErrors, version_of, watch as config_watch};
+use crate::config::watch::{self as config_watch, ConfigWatch};
+use crate::config::{Config, ConfigErrors, version_of};
 use crate::extproc::{ExtProcService, Shared};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -144,7 +145,7 @@ struct Reloader {
 impl Reloader {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (tx, mut changes) = mpsc::channel(1);
-        let _watcher = match config_watch::watch(&self.path, tx) {
+        let mut watch = match ConfigWatch::start(&self.path, tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the config file; polling every {:?}",
@@ -160,8 +161,16 @@ impl Reloader {
                 Some(()) = changes.recv() => {
                     settle(&mut changes).await;
                     self.check().await;
+                    if let Some(watch) = &mut watch {
+                        watch.rearm();
+                    }
                 }
-                _ = poll.tick() => self.check().await,
+                _ = poll.tick() => {
+                    self.check().await;
+                    if let Some(watch) = &mut watch {
+                        watch.rearm();
+                    }
+                }
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     self.last_seen = None;

@@ -68,24 +68,31 @@ pub struct InvalidRequest {
 
 /// Reads the request out of a `request_headers` message and the stream's attributes.
 pub fn outbound_request(
-    headers: &HttpHeaders,
+    headers: HttpHeaders,
     attributes: &HashMap<String, Struct>,
     listener: &ListenerContext,
 ) -> Result<OutboundRequest, Box<InvalidRequest>> {
-    let mut list: Vec<(String, Vec<u8>)> = Vec::new();
-    if let Some(map) = &headers.headers {
-        list.reserve(map.headers.len());
-        for header in &map.headers {
+    let HttpHeaders {
+        headers,
+        attributes: deprecated_attributes,
+        ..
+    } = headers;
+    // The message is ours: take its strings instead of copying them.
+    let list: Vec<(String, Vec<u8>)> = headers
+        .map(|map| map.headers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|header| {
             let value = if header.raw_value.is_empty() {
-                header.value.as_bytes().to_vec()
+                header.value.into_bytes()
             } else {
-                header.raw_value.clone()
+                header.raw_value
             };
-            let mut name = header.key.clone();
+            let mut name = header.key;
             name.make_ascii_lowercase();
-            list.push((name, value));
-        }
-    }
+            (name, value)
+        })
+        .collect();
     let find = |name: &str| {
         list.iter()
             .find(|(n, _)| n == name)
@@ -94,7 +101,7 @@ pub fn outbound_request(
     // Attributes moved from HttpHeaders to ProcessingRequest; accept both.
     let attrs = attributes
         .get(ATTRIBUTES_KEY)
-        .or_else(|| headers.attributes.get(ATTRIBUTES_KEY));
+        .or_else(|| deprecated_attributes.get(ATTRIBUTES_KEY));
     let attr = |name: &str| -> Option<String> {
         match attrs?.fields.get(name)?.kind.as_ref()? {
             Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),

@@ -65,7 +65,7 @@ impl StreamState {
         let observing = message.observability_mode;
         let reply = match (self.phase, message.request) {
             (Phase::AwaitingRequestHeaders, Some(Message::RequestHeaders(headers))) => {
-                self.on_request_headers(&headers, &message.attributes).await
+                self.on_request_headers(headers, &message.attributes).await
             }
             (Phase::Forwarded, Some(Message::RequestBody(_))) => {
                 Reply::Send(answer(Answer::RequestBody(BodyResponse {
@@ -121,7 +121,7 @@ impl StreamState {
 
     async fn on_request_headers(
         &mut self,
-        headers: &HttpHeaders,
+        headers: HttpHeaders,
         attributes: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Struct>,
     ) -> Reply {
         let started = Instant::now();

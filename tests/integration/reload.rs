@@ -122,10 +122,45 @@ policies:
     assert_eq!(gw.via_proxy(&[&format!("{base}/v1/x")]).status, 200);
     assert_eq!(gw.via_proxy(&[&format!("{base}/v2/x")]).status, 403);
 
-    // Fixing the file is picked up.
-    gw.write_config(&config("/v2/*"));
-    assert!(wait_until(Duration::from_secs(3), || gw
+    // Fixing the file in place (same inode) is picked up too.
+    gw.write_config_in_place(&config("/v2/*"));
+    assert!(wait_until(Duration::from_secs(1), || gw
         .via_proxy(&[&format!("{base}/v2/x")])
         .status
         == 200));
+}
+
+/// How long until `url` gets `status` through the gateway.
+fn time_until(gw: &Gateway, url: &str, status: u16) -> Duration {
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || gw.via_proxy(&[url]).status
+            == status),
+        "{url} never answered {status}"
+    );
+    started.elapsed()
+}
+
+#[test]
+fn kubernetes_configmap_swaps_are_seen() {
+    let upstream = Upstream::start(None);
+    let gw = Gateway::start(&config("/v1/*"), GatewayOptions::default());
+    let base = format!("http://127.0.0.1:{}", upstream.port());
+    gw.use_configmap_layout();
+    // The layout change replaced the watched file with a symlink to the same content.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v1/x")]).status, 200);
+
+    gw.swap_configmap(1, &config("/v2/*"));
+    let delay = time_until(&gw, &format!("{base}/v2/x"), 200);
+    println!(
+        "reload: ConfigMap ..data swap decided a request after {} ms",
+        delay.as_millis()
+    );
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+
+    gw.swap_configmap(2, &config("/v3/*"));
+    let delay = time_until(&gw, &format!("{base}/v3/x"), 200);
+    assert!(delay < Duration::from_secs(1), "second swap took {delay:?}");
+    assert_eq!(gw.via_proxy(&[&format!("{base}/v2/x")]).status, 403);
 }

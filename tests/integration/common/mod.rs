@@ -365,6 +365,39 @@ impl Gateway {
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
+    /// Rewrites the config file in place (truncate and write, same inode).
+    pub fn write_config_in_place(&self, config: &str) {
+        std::fs::write(&self.config_path, config).unwrap();
+    }
+
+    /// Turns the config file into a Kubernetes ConfigMap volume layout:
+    /// `portcullis.yaml -> ..data/portcullis.yaml`, `..data -> ..v0`. Call before changes
+    /// made with [`Gateway::swap_configmap`]. Portcullis keeps watching the same path.
+    pub fn use_configmap_layout(&self) {
+        let dir = self.dir.path();
+        let content = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::create_dir(dir.join("..v0")).unwrap();
+        std::fs::write(dir.join("..v0/portcullis.yaml"), content).unwrap();
+        std::os::unix::fs::symlink("..v0", dir.join("..data")).unwrap();
+        let tmp = dir.join(".link.tmp");
+        std::os::unix::fs::symlink("..data/portcullis.yaml", &tmp).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Updates the config as the kubelet does: new timestamped dir, atomic `..data` swap,
+    /// old dir removed.
+    pub fn swap_configmap(&self, version: u32, config: &str) {
+        let dir = self.dir.path();
+        let new = format!("..v{version}");
+        std::fs::create_dir(dir.join(&new)).unwrap();
+        std::fs::write(dir.join(&new).join("portcullis.yaml"), config).unwrap();
+        let old = std::fs::read_link(dir.join("..data")).unwrap();
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&new, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+
     /// Audit records written so far.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("portcullis.stdout"))
