@@ -7,9 +7,12 @@
 #   portcullis Envoy + target/release/portcullis with a generated 1,000-policy config
 # Each: a warm-up, `wrk -t2 -c50 --latency` and `wrk -t1 -c1 --latency` sending
 # `GET http://127.0.0.1:UP/bench` (absolute form) through the proxy to examples/bench_upstream.
+# The setups run interleaved ROUNDS times (the machine's noise hits each alike); the
+# report gives medians, and the CPU time each process spent per request in the c=50 runs.
 #
 # Environment:
 #   DURATION=15s        length of each measured wrk run (c=50 and c=1)
+#   ROUNDS=3            setups run interleaved this many times; the report shows medians
 #   WARMUP=3s           warm-up before each setup
 #   CONNS=50 THREADS=2  wrk load for the loaded run
 #   SETUPS="plain noop portcullis"   which setups to run (portcullis needs the binary to build)
@@ -23,6 +26,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${repo_root}"
 
 DURATION="${DURATION:-15s}"
+ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3s}"
 CONNS="${CONNS:-50}"
 THREADS="${THREADS:-2}"
@@ -166,13 +170,18 @@ PY
 }
 
 # ---------------------------------------------------------------- one setup
-run_setup() { # run_setup NAME
-  local name="$1" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
+cpu_ticks() { # cpu_ticks PID: utime+stime of a process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run_setup() { # run_setup NAME ROUND
+  local name="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
+  local out="${work}/${name}-r${round}"
   listen="$(free_port)"; admin="$(free_port)"; grpc="$(free_port)"
   case "${name}" in
     plain) with_ext=0 ;;
     noop)
-      "${bin}/examples/noop_extproc" --listen "127.0.0.1:${grpc}" >"${work}/noop.log" 2>&1 &
+      "${bin}/examples/noop_extproc" --listen "127.0.0.1:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_port "${grpc}" "${ext_pid}" noop ;;
     portcullis)
@@ -180,52 +189,61 @@ run_setup() { # run_setup NAME
       portcullis_config "${work}/portcullis.yaml" "${work}/audit.jsonl"
       "${portcullis_bin}" serve --config "${work}/portcullis.yaml" \
         --grpc-listen "127.0.0.1:${grpc}" --admin-listen "127.0.0.1:$(free_port)" \
-        >"${work}/portcullis.log" 2>&1 &
+        >"${out}-portcullis.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_port "${grpc}" "${ext_pid}" portcullis ;;
     *) die "unknown setup ${name}" ;;
   esac
   envoy_config "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}"
   "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
-    --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${work}/envoy-${name}.log" 2>&1 &
+    --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
   wait_port "${listen}" "${envoy_pid}" "envoy-${name}"
 
   # The request must really reach the upstream through the proxy (and be allowed).
   local code
-  code="$(curl -sS -o "${work}/probe-${name}.txt" -w '%{http_code}' -x "http://127.0.0.1:${listen}" "${target}")" || true
-  [[ "${code}" == 200 && "$(cat "${work}/probe-${name}.txt")" == ok ]] \
-    || die "${name}: probe through proxy got HTTP ${code}: $(head -c 300 "${work}/probe-${name}.txt")"
+  code="$(curl -sS -o "${out}-probe.txt" -w '%{http_code}' -x "http://127.0.0.1:${listen}" "${target}")" || true
+  [[ "${code}" == 200 && "$(cat "${out}-probe.txt")" == ok ]] \
+    || die "${name}: probe through proxy got HTTP ${code}: $(head -c 300 "${out}-probe.txt")"
 
   local proxy_url="http://127.0.0.1:${listen}/"
-  log "${name}: warm-up ${WARMUP}"
+  log "${name} (round ${round}/${ROUNDS}): warm-up ${WARMUP}, then c=${CONNS} and c=1 for ${DURATION} each"
   wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${work}/proxy.lua" "${proxy_url}" >/dev/null
   before="$(upstream_count)"
-  log "${name}: wrk -t${THREADS} -c${CONNS} -d${DURATION}"
+  local envoy_cpu ext_cpu=0
+  envoy_cpu="$(cpu_ticks "${envoy_pid}")"
+  [[ -n "${ext_pid}" ]] && ext_cpu="$(cpu_ticks "${ext_pid}")"
   wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" \
-    >"${work}/wrk-${name}-c${CONNS}.txt"
-  log "${name}: wrk -t1 -c1 -d${DURATION}"
-  wrk -t1 -c1 -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" >"${work}/wrk-${name}-c1.txt"
+    >"${out}-c${CONNS}.txt"
+  echo "$(( $(cpu_ticks "${envoy_pid}") - envoy_cpu ))" >"${out}-envoy-cpu.txt"
+  if [[ -n "${ext_pid}" ]]; then
+    echo "$(( $(cpu_ticks "${ext_pid}") - ext_cpu ))" >"${out}-ext-cpu.txt"
+  else
+    echo 0 >"${out}-ext-cpu.txt"
+  fi
+  wrk -t1 -c1 -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" >"${out}-c1.txt"
   after="$(upstream_count)"
-  echo "$((after - before))" >"${work}/upstream-${name}.txt"
+  echo "$((after - before))" >"${out}-upstream.txt"
   # How many ext_proc streams Envoy opened (0 for plain): proves the processor was consulted.
   curl -fsS "http://127.0.0.1:${admin}/stats?filter=ext_proc\.portcullis\.streams_started" \
-    | awk -F': ' '{n += $2} END {print n + 0}' >"${work}/extproc-${name}.txt"
+    | awk -F': ' '{n += $2} END {print n + 0}' >"${out}-extproc.txt"
 
   stop "${envoy_pid}"
   [[ -n "${ext_pid}" ]] && stop "${ext_pid}"
-  if [[ "${name}" == portcullis ]]; then
-    log "portcullis: $(wc -l <"${work}/audit.jsonl" 2>/dev/null || echo 0) audit lines"
-  fi
   return 0
 }
 
-for setup in ${SETUPS}; do run_setup "${setup}"; done
+for round in $(seq 1 "${ROUNDS}"); do
+  for setup in ${SETUPS}; do run_setup "${setup}" "${round}"; done
+done
+if [[ " ${SETUPS} " == *" portcullis "* ]]; then
+  log "portcullis: $(wc -l <"${work}/audit.jsonl" 2>/dev/null || echo 0) audit lines written"
+fi
 
 # ---------------------------------------------------------------- report
-python3 - "${work}" "${CONNS}" "${SETUPS}" "${DURATION}" <<'PY'
-import re, sys
-work, conns, setups, duration = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+python3 - "${work}" "${CONNS}" "${SETUPS}" "${DURATION}" "${ROUNDS}" "$(getconf CLK_TCK)" <<'PY'
+import re, statistics, sys
+work, conns, setups, duration, rounds, clk_tck = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 6e7}
 
 def micros(v):
@@ -237,53 +255,74 @@ def parse(path):
     r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
     for pct in ("50", "99"):
         r["p" + pct] = micros(re.search(r"^\s+%s(?:\.000)?%%\s+(\S+)" % pct, text, re.M).group(1))
-    m = re.search(r"(\d+) requests in", text)
-    r["requests"] = int(m.group(1))
+    r["requests"] = int(re.search(r"(\d+) requests in", text).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errs = re.search(r"Socket errors: (.*)", text)
     r["non2xx"] = int(bad.group(1)) if bad else 0
     r["errors"] = errs.group(1) if errs else ""
     return r
 
+def number(path):
+    return int(open(path).read().strip() or 0)
+
 def fmt_us(us):
     return "%.0fus" % us if us < 1000 else "%.2fms" % (us / 1000)
 
-res = {}
+runs = {s: [] for s in setups}
 for s in setups:
-    res[s] = {"c50": parse("%s/wrk-%s-c%s.txt" % (work, s, conns)), "c1": parse("%s/wrk-%s-c1.txt" % (work, s))}
-    res[s]["upstream"] = int(open("%s/upstream-%s.txt" % (work, s)).read())
-    res[s]["extproc"] = int(open("%s/extproc-%s.txt" % (work, s)).read())
+    for k in range(1, rounds + 1):
+        base = "%s/%s-r%d" % (work, s, k)
+        c50, c1 = parse("%s-c%s.txt" % (base, conns)), parse("%s-c1.txt" % base)
+        tick_us = 1e6 / clk_tck
+        runs[s].append({
+            "c50": c50, "c1": c1,
+            "upstream": number(base + "-upstream.txt"), "extproc": number(base + "-extproc.txt"),
+            "envoy_cpu": number(base + "-envoy-cpu.txt") * tick_us / c50["requests"],
+            "ext_cpu": number(base + "-ext-cpu.txt") * tick_us / c50["requests"],
+        })
 
-hdr = ("setup", "rps c=%s" % conns, "p50", "p99", "rps c=1", "p50", "p99", "rps vs plain", "p50@c1 vs plain")
+def med(s, f):
+    return statistics.median(f(r) for r in runs[s])
+
+hdr = ("setup", "rps c=%s" % conns, "p50", "p99", "rps c=1", "p50", "p99", "envoy cpu/req", "ext_proc cpu/req", "rps vs plain")
 rows = []
-base = res.get("plain")
 for s in setups:
-    a, b = res[s]["c50"], res[s]["c1"]
-    vs = ("%.2fx" % (a["rps"] / base["c50"]["rps"]), "%+.0fus" % (b["p50"] - base["c1"]["p50"])) if base else ("-", "-")
-    rows.append((s, "%.0f" % a["rps"], fmt_us(a["p50"]), fmt_us(a["p99"]), "%.0f" % b["rps"],
-                 fmt_us(b["p50"]), fmt_us(b["p99"])) + vs)
+    rps = med(s, lambda r: r["c50"]["rps"])
+    vs = "%.2fx" % (rps / med("plain", lambda r: r["c50"]["rps"])) if "plain" in runs else "-"
+    rows.append((s, "%.0f" % rps, fmt_us(med(s, lambda r: r["c50"]["p50"])), fmt_us(med(s, lambda r: r["c50"]["p99"])),
+                 "%.0f" % med(s, lambda r: r["c1"]["rps"]), fmt_us(med(s, lambda r: r["c1"]["p50"])),
+                 fmt_us(med(s, lambda r: r["c1"]["p99"])), "%.0fus" % med(s, lambda r: r["envoy_cpu"]),
+                 "%.0fus" % med(s, lambda r: r["ext_cpu"]) if s != "plain" else "-", vs))
 w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
 print()
-print("Envoy forward proxy on loopback, wrk %s per run, GET /bench via absolute-form proxy request" % duration)
+print("Envoy forward proxy on loopback; medians of %d interleaved rounds, wrk %s per run;" % (rounds, duration))
+print("GET /bench via absolute-form proxy request; cpu/req = process CPU time / requests in the c=%s run" % conns)
 for r in [hdr] + rows:
     print("  ".join(str(x).rjust(n) for x, n in zip(r, w)))
-if "noop" in res and "portcullis" in res:
-    n, p = res["noop"], res["portcullis"]
-    print("portcullis vs noop: rps c=%s %.2fx, p50@c1 %+.0fus, p99@c1 %+.0fus" % (
-        conns, p["c50"]["rps"] / n["c50"]["rps"], p["c1"]["p50"] - n["c1"]["p50"], p["c1"]["p99"] - n["c1"]["p99"]))
+if "plain" in runs:
+    for s in setups:
+        if s != "plain":
+            print("%s vs plain: p50 added at c=1 %+.0fus (median of per-round differences)" % (
+                s, statistics.median(r["c1"]["p50"] - p["c1"]["p50"] for r, p in zip(runs[s], runs["plain"]))))
+if "noop" in runs and "portcullis" in runs:
+    ratios = [p["c50"]["rps"] / n["c50"]["rps"] for p, n in zip(runs["portcullis"], runs["noop"])]
+    print("portcullis vs noop: rps c=%s %.2fx (per round: %s); p50 at c=1 %+.0fus; ext_proc cpu/req %+.0fus" % (
+        conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
+        statistics.median(p["c1"]["p50"] - n["c1"]["p50"] for p, n in zip(runs["portcullis"], runs["noop"])),
+        med("portcullis", lambda r: r["ext_cpu"]) - med("noop", lambda r: r["ext_cpu"])))
 problems = []
 for s in setups:
-    sent = res[s]["c50"]["requests"] + res[s]["c1"]["requests"]
-    if res[s]["upstream"] < sent:
-        problems.append("%s: upstream saw %d requests, wrk completed %d" % (s, res[s]["upstream"], sent))
-    for k in ("c50", "c1"):
-        if res[s][k]["non2xx"] or res[s][k]["errors"]:
-            problems.append("%s %s: non-2xx=%d socket errors: %s" % (s, k, res[s][k]["non2xx"], res[s][k]["errors"]))
-print("requests reaching the upstream (measured runs): " + ", ".join("%s %d" % (s, res[s]["upstream"]) for s in setups))
-print("ext_proc streams opened by Envoy (whole setup): " + ", ".join("%s %d" % (s, res[s]["extproc"]) for s in setups))
-for s in setups:
-    if s != "plain" and res[s]["extproc"] < res[s]["upstream"]:
-        problems.append("%s: fewer ext_proc streams (%d) than upstream requests" % (s, res[s]["extproc"]))
+    for k, r in enumerate(runs[s], 1):
+        sent = r["c50"]["requests"] + r["c1"]["requests"]
+        if r["upstream"] < sent:
+            problems.append("%s round %d: upstream saw %d requests, wrk completed %d" % (s, k, r["upstream"], sent))
+        for c in ("c50", "c1"):
+            if r[c]["non2xx"] or r[c]["errors"]:
+                problems.append("%s round %d %s: non-2xx=%d socket errors: %s" % (s, k, c, r[c]["non2xx"], r[c]["errors"]))
+        if s != "plain" and r["extproc"] < r["upstream"]:
+            problems.append("%s round %d: fewer ext_proc streams (%d) than upstream requests (%d)" % (s, k, r["extproc"], r["upstream"]))
+print("requests reaching the upstream (all rounds): " + ", ".join("%s %d" % (s, sum(r["upstream"] for r in runs[s])) for s in setups))
+print("ext_proc streams opened by Envoy (all rounds): " + ", ".join("%s %d" % (s, sum(r["extproc"] for r in runs[s])) for s in setups))
 for p in problems:
     print("WARNING: " + p)
 PY

@@ -1,14 +1,14 @@
-//! Watches the config file for changes. The watch is on the file itself (its inode), so
-//! files written next to it — an audit log, say — cost nothing. Editors replace files by
-//! rename and Kubernetes swaps a ConfigMap's `..data` symlink: both end the watched inode,
-//! which is itself an event. The reloader then reads the path again and re-arms the watch
-//! on whatever file it names now ([`ConfigWatch::rearm`]). A slow poll backs this up on
-//! filesystems without change notification.
+//! Watches the config file for changes. Editors replace files by rename and Kubernetes
+//! swaps a ConfigMap's `..data` symlink (removing the old file): either way the watched
+//! inode changes or goes away, which is itself an event. After each check the reloader
+//! re-arms the watch on whatever file the path names now ([`ConfigWatch::rearm`]). A slow
+//! poll backs this up on filesystems without change notification.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// How often the file is re-read even without notifications.
@@ -18,20 +18,31 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub struct ConfigWatch {
     watcher: RecommendedWatcher,
     path: PathBuf,
+    /// (device, inode) of the file the watch is on.
+    watched: Option<(u64, u64)>,
+}
+
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl ConfigWatch {
     /// Starts watching; each change sends `()` on `changes`.
     pub fn start(path: &Path, changes: mpsc::Sender<()>) -> notify::Result<ConfigWatch> {
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                // A full channel already holds a pending reload: nothing is lost.
-                let _ = changes.try_send(());
+            let Ok(event) = event else { return };
+            // Reading the file is an event too (open, close): only changes count, or every
+            // check would trigger the next one.
+            if matches!(event.kind, EventKind::Access(_) | EventKind::Other) {
+                return;
             }
+            // A full channel already holds a pending reload: nothing is lost.
+            let _ = changes.try_send(());
         })?;
         let mut watch = ConfigWatch {
             watcher,
             path: path.to_path_buf(),
+            watched: inode(path),
         };
         watch
             .watcher
@@ -39,10 +50,67 @@ impl ConfigWatch {
         Ok(watch)
     }
 
-    /// Points the watch at the file the path names now (it may be a new inode after a
-    /// rename or a symlink swap). While the path is missing, the poll covers the gap.
+    /// Points the watch at the file the path names now, if that is a different file (a
+    /// rename or a symlink swap replaced it). While the path is missing, the poll covers.
     pub fn rearm(&mut self) {
+        let now = inode(&self.path);
+        if now.is_some() && now == self.watched {
+            return;
+        }
         let _ = self.watcher.unwatch(&self.path);
-        let _ = self.watcher.watch(&self.path, RecursiveMode::NonRecursive);
+        self.watched = match self.watcher.watch(&self.path, RecursiveMode::NonRecursive) {
+            Ok(()) => now,
+            Err(_) => None,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next_change(rx: &mut mpsc::Receiver<()>) -> bool {
+        tokio::time::timeout(Duration::from_millis(400), rx.recv())
+            .await
+            .is_ok()
+    }
+
+    /// The reloader reads the file after every event; reads must not be events, or the
+    /// watcher keeps re-reading the config forever (it once did, ~20 times a second).
+    #[tokio::test]
+    async fn reading_the_file_and_rearming_are_not_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, "policies: []\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut watch = ConfigWatch::start(&path, tx).unwrap();
+        for _ in 0..5 {
+            std::fs::read_to_string(&path).unwrap();
+            watch.rearm();
+        }
+        std::fs::write(dir.path().join("audit.jsonl"), "beside the config\n").unwrap();
+        assert!(
+            !next_change(&mut rx).await,
+            "reads, re-arms and siblings are not changes"
+        );
+
+        std::fs::write(&path, "policies: []\ndefault_action: allow\n").unwrap();
+        assert!(next_change(&mut rx).await, "an in-place write is a change");
+
+        let tmp = dir.path().join("tmp.yaml");
+        std::fs::write(&tmp, "policies: []\n").unwrap();
+        while rx.try_recv().is_ok() {}
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(
+            next_change(&mut rx).await,
+            "a rename over the file is a change"
+        );
+        watch.rearm();
+        while rx.try_recv().is_ok() {}
+        std::fs::write(&path, "policies: []\n# edited\n").unwrap();
+        assert!(
+            next_change(&mut rx).await,
+            "the re-armed watch sees the new file"
+        );
     }
 }
