@@ -54,7 +54,8 @@ pub enum HostKind {
 }
 
 /// A parsed `host` field.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct HostPattern {
     original: String,
     kind: HostKind,
@@ -132,6 +133,12 @@ impl fmt::Display for HostPattern {
     }
 }
 
+impl From<HostPattern> for String {
+    fn from(pattern: HostPattern) -> String {
+        pattern.original
+    }
+}
+
 impl TryFrom<String> for HostPattern {
     type Error = String;
 
@@ -142,18 +149,6 @@ impl TryFrom<String> for HostPattern {
             kind,
             port,
         })
-    }
-}
-
-impl<'de> Deserialize<'de> for HostPattern {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        HostPattern::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for HostPattern {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.original)
     }
 }
 
@@ -254,7 +249,8 @@ fn parse_port(port: &str) -> Result<u16, String> {
 }
 
 /// A path glob such as `/repos/*`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PathPattern {
     original: String,
     glob: globset::Glob,
@@ -274,6 +270,12 @@ impl PathPattern {
 impl PartialEq for PathPattern {
     fn eq(&self, other: &Self) -> bool {
         self.original == other.original
+    }
+}
+
+impl From<PathPattern> for String {
+    fn from(pattern: PathPattern) -> String {
+        pattern.original
     }
 }
 
@@ -301,21 +303,23 @@ impl TryFrom<String> for PathPattern {
     }
 }
 
-impl<'de> Deserialize<'de> for PathPattern {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        PathPattern::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for PathPattern {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.original)
-    }
-}
-
 /// A method name in a rule: one of the standard methods, or `ALL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct MethodName(MethodSet);
+
+impl From<MethodName> for String {
+    fn from(method: MethodName) -> String {
+        if method.0 == MethodSet::ALL {
+            return "ALL".to_owned();
+        }
+        Method::STANDARD
+            .into_iter()
+            .find(|m| MethodSet::of(*m) == method.0)
+            .map_or("ALL", Method::as_str)
+            .to_owned()
+    }
+}
 
 impl TryFrom<String> for MethodName {
     type Error = String;
@@ -336,25 +340,6 @@ impl TryFrom<String> for MethodName {
             )),
             m => Ok(MethodName(MethodSet::of(m))),
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for MethodName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        MethodName::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for MethodName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 == MethodSet::ALL {
-            return s.serialize_str("ALL");
-        }
-        let method = Method::STANDARD
-            .into_iter()
-            .find(|m| MethodSet::of(*m) == self.0)
-            .expect("a MethodName holds one standard method or ALL");
-        s.serialize_str(method.as_str())
     }
 }
 
@@ -503,7 +488,8 @@ pub fn any_rule_matches(rules: &[Rule], req: &RequestFacts<'_>) -> bool {
 }
 
 /// A workload tag such as `env:prod` or `tenant:acme-corp`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Tag(Arc<str>);
 
 impl Tag {
@@ -515,6 +501,12 @@ impl Tag {
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl From<Tag> for String {
+    fn from(tag: Tag) -> String {
+        tag.0.to_string()
     }
 }
 
@@ -541,18 +533,6 @@ impl Tag {
             ));
         }
         Ok(Tag(trimmed.into()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Tag {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Tag::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Tag {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
     }
 }
 

@@ -21,7 +21,8 @@ pub struct HeaderAllowlistConfig {
 }
 
 /// A literal header name or a `/regex/`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum HeaderNamePattern {
     Literal(String),
     Regex { source: String },
@@ -39,6 +40,12 @@ impl HeaderNamePattern {
             HeaderNamePattern::Literal(s) => s,
             HeaderNamePattern::Regex { source } => source,
         }
+    }
+}
+
+impl From<HeaderNamePattern> for String {
+    fn from(pattern: HeaderNamePattern) -> String {
+        pattern.as_str().to_owned()
     }
 }
 
@@ -63,18 +70,6 @@ impl TryFrom<String> for HeaderNamePattern {
             ));
         }
         Ok(HeaderNamePattern::Literal(name))
-    }
-}
-
-impl<'de> Deserialize<'de> for HeaderNamePattern {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        HeaderNamePattern::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for HeaderNamePattern {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
     }
 }
 
