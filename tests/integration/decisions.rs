@@ -259,3 +259,22 @@ policies:
     assert_eq!(record["identity"]["kind"], "source_cidr");
     assert_eq!(record["identity"]["name"], "loopback");
 }
+
+#[test]
+fn workloads_cannot_choose_their_audit_request_id() {
+    let upstream = Upstream::start(None);
+    let gw = gateway();
+    let reply = gw.via_proxy(&[
+        "-H",
+        "X-Request-Id: forged-id-1234",
+        &format!("http://127.0.0.1:{}/nothing", upstream.port()),
+    ]);
+    assert_eq!(reply.status, 403);
+    let id = reply.header("x-portcullis-request-id").unwrap();
+    assert_ne!(
+        id, "forged-id-1234",
+        "Envoy (use_remote_address) generates the id"
+    );
+    let record = gw.audit_for(|r| r["path"] == "/nothing");
+    assert_eq!(record["request_id"], id);
+}
