@@ -170,3 +170,70 @@ fn malformed_and_out_of_order_streams_fail_closed() {
     assert!(answers.is_empty() && error.is_none());
     gw.audit_for(|r| r["path"] == "/observed");
 }
+
+/// The request attributes Envoy sends (`source.address`, the peer certificate's URI SAN)
+/// decide the identity inside the real binary.
+#[test]
+fn peer_uri_san_and_source_address_attributes_pick_the_identity() {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let gw = Gateway::start(
+        r#"
+identities:
+  - {name: mesh-ci, uri_san: "spiffe://cluster.local/ns/ci/sa/*", tags: [ns:ci]}
+  - {name: office, source_cidr: 10.20.0.0/16, tags: [net:office]}
+policies:
+  - {name: ci-only, match_tags: [ns:ci], action: allow, rules: [{host: 127.0.0.1, paths: ["/ci/*"]}]}
+  - {name: office-only, match_tags: [net:office], action: allow, rules: [{host: 127.0.0.1, paths: ["/office/*"]}]}
+"#,
+        GatewayOptions::default(),
+    );
+    let with_attributes = |path: &str, attributes: &[(&str, &str)]| {
+        let mut message = headers(&[
+            (":method", "GET"),
+            (":authority", "127.0.0.1"),
+            (":path", path),
+        ]);
+        let fields = attributes
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue((*v).into())),
+                    },
+                )
+            })
+            .collect();
+        message
+            .attributes
+            .insert("envoy.filters.http.ext_proc".into(), Struct { fields });
+        let (answers, _) = exchange(gw.grpc_port, vec![message]);
+        match &answers[0] {
+            Answer::RequestHeaders(_) => 200,
+            Answer::ImmediateResponse(i) => i.status.as_ref().unwrap().code,
+            other => panic!("{other:?}"),
+        }
+    };
+    let san = (
+        "connection.uri_san_peer_certificate",
+        "spiffe://cluster.local/ns/ci/sa/builder",
+    );
+    let office = ("source.address", "10.20.3.4:40000");
+    assert_eq!(
+        with_attributes("/ci/build", &[san, office]),
+        200,
+        "the SAN outranks the CIDR"
+    );
+    assert_eq!(with_attributes("/office/x", &[san, office]), 403);
+    assert_eq!(with_attributes("/office/x", &[office]), 200);
+    assert_eq!(with_attributes("/ci/build", &[office]), 403);
+    let record = gw.audit_for(|r| r["path"] == "/ci/build" && r["decision"] == "ALLOWED");
+    assert_eq!(record["identity"]["kind"], "uri_san");
+    assert_eq!(record["identity"]["name"], "mesh-ci");
+    assert_eq!(
+        record["identity"]["spiffe_id"],
+        "spiffe://cluster.local/ns/ci/sa/builder"
+    );
+    assert_eq!(record["identity"]["source"], "10.20.3.4:40000");
+    assert_eq!(record["tags"], serde_json::json!(["ns:ci"]));
+}
