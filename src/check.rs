@@ -71,21 +71,15 @@ pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
         all_headers.push((":path".to_owned(), path.as_bytes().to_vec()));
     }
     all_headers.extend(headers);
-    Ok(OutboundRequest {
-        id: "check".into(),
-        method: target.method,
-        method_name: target.method_name,
-        scheme: target.scheme,
-        authority: authority.to_owned(),
-        host: target.authority.host,
-        port: target.port,
-        ip: target.authority.ip,
-        path: target.path,
-        headers: all_headers,
-        source: check.source.map(|ip| SocketAddr::new(ip, 0)),
-        peer_uri_san: check.spiffe_id.clone(),
-        sni: None,
-    })
+    Ok(OutboundRequest::from_target(
+        "check".into(),
+        target,
+        authority.to_owned(),
+        all_headers,
+        check.source.map(|ip| SocketAddr::new(ip, 0)),
+        check.spiffe_id.clone(),
+        None,
+    ))
 }
 
 /// The result of a check, ready to print.

@@ -117,6 +117,33 @@ pub struct OutboundRequest {
 }
 
 impl OutboundRequest {
+    /// A request from its normalized target and what came with it.
+    pub fn from_target(
+        id: String,
+        target: RequestTarget,
+        authority: String,
+        headers: Vec<(String, Vec<u8>)>,
+        source: Option<SocketAddr>,
+        peer_uri_san: Option<String>,
+        sni: Option<String>,
+    ) -> OutboundRequest {
+        OutboundRequest {
+            id,
+            method: target.method,
+            method_name: target.method_name,
+            scheme: target.scheme,
+            authority,
+            host: target.authority.host,
+            port: target.port,
+            ip: target.authority.ip,
+            path: target.path,
+            headers,
+            source,
+            peer_uri_san,
+            sni,
+        }
+    }
+
     pub fn facts(&self) -> RequestFacts<'_> {
         RequestFacts {
             method: self.method,

@@ -3,6 +3,7 @@
 //! immutable; a reload compiles a new one and swaps it in whole, so a request never sees
 //! half of a change, and an invalid change never replaces a good snapshot.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,18 +42,19 @@ impl Snapshot {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = Vec::new();
+        let mut first_use: HashMap<&str, usize> = HashMap::with_capacity(config.policies.len());
         for (i, policy) in config.policies.iter().enumerate() {
-            if let Some(first) = config.policies[..i]
-                .iter()
-                .position(|p| p.name == policy.name)
-            {
-                errors.push(FieldError::new(
+            match first_use.get(policy.name.as_str()) {
+                Some(first) => errors.push(FieldError::new(
                     format!("policies[{i}].name"),
                     format!(
                         "duplicate policy name {:?} (first used at policies[{first}])",
                         policy.name
                     ),
-                ));
+                )),
+                None => {
+                    first_use.insert(&policy.name, i);
+                }
             }
         }
         if config.audit.sink == crate::config::AuditSinkKind::File && config.audit.path.is_none() {
@@ -96,18 +98,11 @@ impl Snapshot {
     /// Decides one request: identity, then the transforms pipeline. A `Proxy-Authorization`
     /// header never leaves, whatever the outcome.
     pub async fn decide(&self, request: &OutboundRequest, listener_tags: &[Tag]) -> Decided {
-        let proxy_authorization = request.header("proxy-authorization");
         let mut mutations = HeaderMutations::default();
-        if proxy_authorization.is_some() {
+        if request.header("proxy-authorization").is_some() {
             mutations.remove("proxy-authorization");
         }
-        let presented = Presented {
-            source: request.source.map(|s| s.ip()),
-            peer_uri_san: request.peer_uri_san.as_deref(),
-            proxy_authorization,
-            listener_tags,
-        };
-        match self.identities.resolve(&presented) {
+        match self.identities.resolve(&presented(request, listener_tags)) {
             Ok(identity) => {
                 let exchange = Exchange {
                     request,
@@ -165,16 +160,10 @@ impl Snapshot {
         listener_tags: &[Tag],
         rejection: Rejection,
     ) -> Decided {
-        let presented = Presented {
-            source: request.source.map(|s| s.ip()),
-            peer_uri_san: request.peer_uri_san.as_deref(),
-            proxy_authorization: request.header("proxy-authorization"),
-            listener_tags,
-        };
         let reason = rejection.reason;
         let stage = rejection.transform;
         Decided {
-            identity: self.identities.resolve(&presented),
+            identity: self.identities.resolve(&presented(request, listener_tags)),
             outcome: Outcome {
                 decision: Decision::Denied,
                 verdict: None,
@@ -190,5 +179,15 @@ impl Snapshot {
                 }],
             },
         }
+    }
+}
+
+/// What the request tells the identity resolver about its workload.
+fn presented<'a>(request: &'a OutboundRequest, listener_tags: &'a [Tag]) -> Presented<'a> {
+    Presented {
+        source: request.source.map(|s| s.ip()),
+        peer_uri_san: request.peer_uri_san.as_deref(),
+        proxy_authorization: request.header("proxy-authorization"),
+        listener_tags,
     }
 }

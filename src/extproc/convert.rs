@@ -119,21 +119,18 @@ pub fn outbound_request(
         path: find(":path"),
     };
     match raw.normalize(listener.upstream_scheme.as_deref()) {
-        Ok(target) => Ok(OutboundRequest {
-            id,
-            method: target.method,
-            method_name: target.method_name,
-            scheme: target.scheme,
-            authority: String::from_utf8_lossy(raw.authority.unwrap_or_default()).into_owned(),
-            host: target.authority.host,
-            port: target.port,
-            ip: target.authority.ip,
-            path: target.path,
-            headers: list,
-            source,
-            peer_uri_san,
-            sni,
-        }),
+        Ok(target) => {
+            let authority = String::from_utf8_lossy(raw.authority.unwrap_or_default()).into_owned();
+            Ok(OutboundRequest::from_target(
+                id,
+                target,
+                authority,
+                list,
+                source,
+                peer_uri_san,
+                sni,
+            ))
+        }
         Err(error) => {
             let lossy =
                 |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
