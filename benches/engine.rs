@@ -159,7 +159,13 @@ fn prepare(size: usize) -> Prepared {
     let set = PolicySet::compile(&loaded.config.policies, loaded.config.default_action);
     let compile = started.elapsed();
     let resident = resident_mib() - before;
-    let snapshot = Snapshot::compile(&loaded.config, &loaded.version, &|_| None).unwrap();
+    let snapshot = Snapshot::compile(
+        &loaded.config,
+        &loaded.version,
+        &|_| None,
+        &Default::default(),
+    )
+    .unwrap();
     Prepared {
         size,
         set,
@@ -199,7 +205,7 @@ fn bench_engine(c: &mut Criterion, prepared: &[Prepared]) {
             b.iter(|| {
                 i = (i + 1) % p.requests.len();
                 let (request, tags) = &p.requests[i];
-                let decided = runtime.block_on(p.snapshot.decide(request, tags));
+                let decided = runtime.block_on(p.snapshot.decide(request, tags, None));
                 let record = portcullis::audit::AuditRecord::of(request, &decided, "v", 1.0);
                 black_box(serde_json::to_vec(&record).unwrap())
             })

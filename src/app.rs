@@ -17,7 +17,7 @@ use crate::audit::AuditSink;
 use crate::config::watch::{self as config_watch, ConfigWatch};
 use crate::config::{Config, ConfigErrors, version_of};
 use crate::extproc::{ExtProcService, Shared};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
 /// How long shutdown waits for open streams to finish.
@@ -44,7 +44,10 @@ pub enum ServeError {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
-    let (loaded, snapshot) = Snapshot::load(&options.config).map_err(ServeError::InvalidConfig)?;
+    install_crypto_provider();
+    let secrets = SecretsRuntime::default();
+    let (loaded, snapshot) =
+        Snapshot::load(&options.config, &secrets).map_err(ServeError::InvalidConfig)?;
     let config = loaded.config;
     let grpc_addr = options.grpc_listen.unwrap_or(config.server.grpc_listen);
     let admin_addr = options.admin_listen.unwrap_or(config.server.admin_listen);
@@ -81,8 +84,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         shared: shared.clone(),
         last_seen: Some(loaded.version),
         running: config.clone(),
+        secrets: secrets.clone(),
     };
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
+    let refresh_task = tokio::spawn(refresh_secrets(
+        shared.clone(),
+        secrets.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let grpc_addr = grpc_listener.local_addr().unwrap_or(grpc_addr);
     let incoming = TcpIncoming::from(grpc_listener)
@@ -108,6 +117,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         let _ = grpc_task.await;
         let _ = admin_task.await;
         let _ = reload_task.await;
+        let _ = refresh_task.await;
     })
     .await;
     if drained.is_err() {
@@ -117,6 +127,31 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // Every sink clone is gone with the servers: the writer flushes and ends.
     let _ = tokio::task::spawn_blocking(move || audit_writer.finish()).await;
     Ok(())
+}
+
+/// Secret values are read before requests need them, and re-read before they expire, so a
+/// request rarely waits on a backend; a reload's new sources are read at once.
+async fn refresh_secrets(
+    shared: Arc<Shared>,
+    secrets: SecretsRuntime,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let sources = shared.snapshot.load().pipeline.sources();
+                secrets.cache.refresh(&sources).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One TLS provider for every client (reqwest, the AWS SDK): aws-lc.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
@@ -140,6 +175,7 @@ struct Reloader {
     last_seen: Option<String>,
     /// The config `serve` started with, to warn about settings that need a restart.
     running: Config,
+    secrets: SecretsRuntime,
 }
 
 impl Reloader {
@@ -202,7 +238,9 @@ impl Reloader {
         self.last_seen = Some(version);
         let started = Instant::now();
         let path = self.path.clone();
-        let compiled = tokio::task::spawn_blocking(move || Snapshot::from_text(&text, &path)).await;
+        let secrets = self.secrets.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || Snapshot::from_text(&text, &path, &secrets)).await;
         let live = self.shared.snapshot.load().version.clone();
         match compiled {
             Ok(Ok((loaded, snapshot))) => {

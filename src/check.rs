@@ -93,7 +93,10 @@ pub struct CheckReport {
 pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckReport, String> {
     let request = build_request(check)?;
     let started = std::time::Instant::now();
-    let decided = snapshot.decide(&request, &check.extra_tags).await;
+    // A preview: credentials show as markers and no secret source is read.
+    let decided = snapshot
+        .preview(&request, &check.extra_tags, Some(&[]))
+        .await;
     let elapsed = started.elapsed();
     let record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
     let matches = match &decided.identity {
@@ -131,8 +134,10 @@ fn upstream_json(decided: &Decided) -> serde_json::Value {
                           "message": r.message}),
         None => json!({
             "forwarded": true,
-            "set_headers": outcome.mutations.set.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "set_headers": outcome.mutations.set.iter()
+                .map(|(n, v)| json!([n, v.expose()])).collect::<Vec<_>>(),
             "removed_headers": outcome.mutations.remove,
+            "path": outcome.mutations.path.as_ref().map(|p| p.expose()),
         }),
     }
 }
@@ -224,6 +229,23 @@ fn render_text(
         if let Some(reason) = t.annotations.reason {
             notes.push(reason.to_owned());
         }
+        for (verb, used) in [
+            ("injected", &t.annotations.injected),
+            ("swapped", &t.annotations.swapped),
+            ("signed", &t.annotations.signed),
+        ] {
+            if let Some(used) = used {
+                notes.push(format!(
+                    "{verb} {:?} at {}",
+                    &*used.secret,
+                    used.locations.join(", ")
+                ));
+            }
+        }
+        if !t.annotations.shadowed.is_empty() {
+            let names: Vec<&str> = t.annotations.shadowed.iter().map(|s| &**s).collect();
+            notes.push(format!("shadowed {}", names.join(", ")));
+        }
         if let Some(d) = &t.annotations.dry_run {
             notes.push(format!("dry run: {:?} would {}", &*d.policy, d.action));
         }
@@ -235,17 +257,51 @@ fn render_text(
             let _ = writeln!(out, "response    {} {}: {}", r.status, r.kind, r.message);
         }
         None => {
-            let removed = &decided.outcome.mutations.remove;
             let _ = writeln!(
                 out,
-                "upstream    forwarded{}",
-                if removed.is_empty() {
-                    String::new()
-                } else {
-                    format!("; headers removed: {}", removed.join(", "))
-                }
+                "upstream    forwarded as (credentials shown as markers):"
             );
+            for line in upstream_view(request, &decided.outcome.mutations) {
+                let _ = writeln!(out, "  {line}");
+            }
         }
     }
     out
+}
+
+/// The request as the upstream would get it. Run on a preview, so any credential is a
+/// marker (`<secret:name>`), never a value.
+fn upstream_view(
+    request: &OutboundRequest,
+    mutations: &crate::transforms::Mutations,
+) -> Vec<String> {
+    let path = match &mutations.path {
+        Some(path) => path.expose().to_owned(),
+        None => request
+            .header(":path")
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+    };
+    let mut lines = vec![if path.is_empty() {
+        format!("{} {}", request.method_name, request.authority)
+    } else {
+        format!("{} {}", request.method_name, path)
+    }];
+    lines.push(format!("host: {}", request.authority));
+    for (name, value) in &request.headers {
+        if name.starts_with(':')
+            || mutations.remove.contains(name)
+            || mutations.set.iter().any(|(n, _)| n == name)
+        {
+            continue;
+        }
+        lines.push(format!("{name}: {}", String::from_utf8_lossy(value)));
+    }
+    for (name, value) in &mutations.set {
+        lines.push(format!("{name}: {}", value.expose()));
+    }
+    if mutations.body.is_some() {
+        lines.push("(body rewritten)".to_owned());
+    }
+    lines
 }

@@ -15,6 +15,7 @@ pub mod extproc;
 pub mod identity;
 pub mod policy;
 pub mod request;
+pub mod secrets;
 pub mod snapshot;
 pub mod telemetry;
 pub mod transforms;

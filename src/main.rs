@@ -8,7 +8,7 @@ use portcullis::app::{self, ServeError, ServeOptions};
 use portcullis::check::{self, CheckRequest};
 use portcullis::policy::Decision;
 use portcullis::policy::rule::Tag;
-use portcullis::snapshot::Snapshot;
+use portcullis::snapshot::{SecretsRuntime, Snapshot};
 
 /// Portcullis: the egress policy gateway behind Envoy.
 #[derive(Parser)]
@@ -113,7 +113,7 @@ fn serve(options: ServeOptions) -> ExitCode {
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
-    match Snapshot::load(file) {
+    match Snapshot::load(file, &SecretsRuntime::default()) {
         Ok((loaded, snapshot)) => {
             println!(
                 "{}: ok (version {}, {} policies, {} active, transforms: {})",
@@ -134,7 +134,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    let snapshot = match Snapshot::load(&args.config) {
+    let snapshot = match Snapshot::load(&args.config, &SecretsRuntime::default()) {
         Ok((_, snapshot)) => snapshot,
         Err(errors) => {
             eprintln!("{errors}");

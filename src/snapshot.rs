@@ -12,10 +12,18 @@ use crate::identity::{Identity, IdentityError, IdentityResolver, Presented};
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
 use crate::request::OutboundRequest;
+use crate::secrets::{SourceCache, SourceContext};
 use crate::transforms::{
-    Annotations, Exchange, HeaderMutations, Outcome, Pipeline, Rejection, TraceAction,
-    TransformTrace,
+    Annotations, Exchange, Mutations, Outcome, Pipeline, Rejection, TraceAction, TransformTrace,
 };
+
+/// What outlives snapshots: the secret value cache (a reload that keeps a source keeps its
+/// value) and the HTTP client the sources share.
+#[derive(Clone, Default)]
+pub struct SecretsRuntime {
+    pub cache: SourceCache,
+    pub sources: Arc<SourceContext>,
+}
 
 /// One compiled config version.
 #[derive(Debug)]
@@ -25,6 +33,8 @@ pub struct Snapshot {
     pub policies: PolicySet,
     pub identities: IdentityResolver,
     pub pipeline: Pipeline,
+    /// The largest body buffered for transforms that need it.
+    pub max_body_bytes: usize,
 }
 
 /// The decision for one request and who it was decided for.
@@ -40,6 +50,7 @@ impl Snapshot {
         config: &Config,
         version: &str,
         env: &dyn Fn(&str) -> Option<String>,
+        runtime: &SecretsRuntime,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut first_use: HashMap<&str, usize> = HashMap::with_capacity(config.policies.len());
@@ -63,42 +74,96 @@ impl Snapshot {
         let identities = IdentityResolver::compile(&config.gateway.tags, &config.identities, env)
             .map_err(|e| errors.extend(e))
             .ok();
-        let pipeline = Pipeline::compile(&config.transforms)
-            .map_err(|e| errors.extend(e))
-            .ok();
+        let pipeline = Pipeline::compile(
+            &config.transforms,
+            &config.secrets,
+            &runtime.cache,
+            &runtime.sources,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
         match (identities, pipeline) {
             (Some(identities), Some(pipeline)) if errors.is_empty() => Ok(Snapshot {
                 version: Arc::from(version),
                 policies: PolicySet::compile(&config.policies, config.default_action),
                 identities,
                 pipeline,
+                max_body_bytes: config.gateway.max_body_bytes,
             }),
             _ => Err(errors),
         }
     }
 
     /// Reads, parses and compiles a config file, with every error placed in the file.
-    pub fn load(path: &Path) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
-        Snapshot::settle(load_file(path)?)
+    pub fn load(
+        path: &Path,
+        runtime: &SecretsRuntime,
+    ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
+        Snapshot::settle(load_file(path)?, runtime)
     }
 
     /// Parses and compiles config text read from `file`.
-    pub fn from_text(text: &str, file: &Path) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
-        Snapshot::settle(parse_str(text, Some(file))?)
+    pub fn from_text(
+        text: &str,
+        file: &Path,
+        runtime: &SecretsRuntime,
+    ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
+        Snapshot::settle(parse_str(text, Some(file))?, runtime)
     }
 
-    fn settle(loaded: LoadedConfig) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
+    fn settle(
+        loaded: LoadedConfig,
+        runtime: &SecretsRuntime,
+    ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
         let env = |name: &str| std::env::var(name).ok();
-        match Snapshot::compile(&loaded.config, &loaded.version, &env) {
+        match Snapshot::compile(&loaded.config, &loaded.version, &env, runtime) {
             Ok(snapshot) => Ok((loaded, snapshot)),
             Err(errors) => Err(loaded.place(errors)),
         }
     }
 
-    /// Decides one request: identity, then the transforms pipeline. A `Proxy-Authorization`
-    /// header never leaves, whatever the outcome.
-    pub async fn decide(&self, request: &OutboundRequest, listener_tags: &[Tag]) -> Decided {
-        let mut mutations = HeaderMutations::default();
+    /// Whether deciding this request needs its body first (a matching secret signs or
+    /// swaps in the body). Only asked for requests that have one.
+    pub fn needs_body(&self, request: &OutboundRequest, listener_tags: &[Tag]) -> bool {
+        match self.identities.resolve(&presented(request, listener_tags)) {
+            Ok(identity) => self.pipeline.needs_body(request, &identity),
+            // The request is refused at the identity step: no body needed.
+            Err(_) => false,
+        }
+    }
+
+    /// Decides one request. `body` is the buffered body when [`Snapshot::needs_body`]
+    /// asked for it (empty when the request has none).
+    pub async fn decide(
+        &self,
+        request: &OutboundRequest,
+        listener_tags: &[Tag],
+        body: Option<&[u8]>,
+    ) -> Decided {
+        self.run(request, listener_tags, body, false).await
+    }
+
+    /// Decides without reading any secret source: credentials appear as markers
+    /// (`<secret:github>`), for `portcullis check`.
+    pub async fn preview(
+        &self,
+        request: &OutboundRequest,
+        listener_tags: &[Tag],
+        body: Option<&[u8]>,
+    ) -> Decided {
+        self.run(request, listener_tags, body, true).await
+    }
+
+    /// Identity, then the transforms pipeline. A `Proxy-Authorization` header never
+    /// leaves, whatever the outcome.
+    async fn run(
+        &self,
+        request: &OutboundRequest,
+        listener_tags: &[Tag],
+        body: Option<&[u8]>,
+        preview: bool,
+    ) -> Decided {
+        let mut mutations = Mutations::default();
         if request.header("proxy-authorization").is_some() {
             mutations.remove("proxy-authorization");
         }
@@ -106,11 +171,13 @@ impl Snapshot {
             Ok(identity) => {
                 let exchange = Exchange {
                     request,
+                    body,
                     identity: &identity,
                     policies: &self.policies,
                     tag_ids: self.policies.tag_ids(&identity.tags),
                     mutations,
                     verdict: None,
+                    preview,
                 };
                 let outcome = self.pipeline.run(exchange).await;
                 Decided {
@@ -168,7 +235,7 @@ impl Snapshot {
                 decision: Decision::Denied,
                 verdict: None,
                 rejection: Some(rejection),
-                mutations: HeaderMutations::default(),
+                mutations: Mutations::default(),
                 trace: vec![TransformTrace {
                     name: stage,
                     action: TraceAction::Reject,

@@ -17,6 +17,7 @@ use super::{Config, FieldError, join_path};
 use crate::identity::{IdentityConfig, validate_identity};
 use crate::policy::{PolicyConfig, validate_policy};
 use crate::transforms::TransformEntry;
+use crate::transforms::secrets::{SecretConfig, validate_secret};
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "server",
@@ -24,6 +25,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "default_action",
     "identities",
     "policies",
+    "secrets",
     "transforms",
     "audit",
 ];
@@ -38,6 +40,8 @@ pub struct ConfigError {
     pub path: String,
     /// The name of the policy the path is in, when there is one.
     pub policy: Option<String>,
+    /// The name of the secret the path is in, when there is one.
+    pub secret: Option<String>,
     pub message: String,
 }
 
@@ -59,6 +63,9 @@ impl fmt::Display for ConfigError {
             f.write_str(&self.path)?;
             if let Some(policy) = &self.policy {
                 write!(f, " (policy {policy:?})")?;
+            }
+            if let Some(secret) = &self.secret {
+                write!(f, " (secret {secret:?})")?;
             }
             f.write_str(": ")?;
         }
@@ -93,6 +100,7 @@ pub struct LoadedConfig {
     pub version: String,
     index: PositionIndex,
     policy_names: Vec<Option<String>>,
+    secret_names: Vec<Option<String>>,
 }
 
 impl LoadedConfig {
@@ -102,6 +110,7 @@ impl LoadedConfig {
             file: self.file.as_deref(),
             index: &self.index,
             policy_names: &self.policy_names,
+            secret_names: &self.secret_names,
         };
         ConfigErrors(errors.into_iter().map(|e| context.place(e)).collect())
     }
@@ -111,6 +120,7 @@ struct Context<'a> {
     file: Option<&'a Path>,
     index: &'a PositionIndex,
     policy_names: &'a [Option<String>],
+    secret_names: &'a [Option<String>],
 }
 
 impl Context<'_> {
@@ -120,18 +130,24 @@ impl Context<'_> {
     }
 
     fn at(&self, error: FieldError, position: Option<Position>) -> ConfigError {
-        let policy = error
-            .path
-            .strip_prefix("policies[")
-            .and_then(|rest| rest.split(']').next())
-            .and_then(|i| i.parse::<usize>().ok())
-            .and_then(|i| self.policy_names.get(i).cloned().flatten());
+        let name_in = |section: &str, names: &[Option<String>]| {
+            error
+                .path
+                .strip_prefix(section)
+                .and_then(|rest| rest.strip_prefix('['))
+                .and_then(|rest| rest.split(']').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| names.get(i).cloned().flatten())
+        };
+        let policy = name_in("policies", self.policy_names);
+        let secret = name_in("secrets", self.secret_names);
         ConfigError {
             file: self.file.map(Path::to_path_buf),
             line: position.map(|p| p.line),
             column: position.map(|p| p.column),
             path: error.path,
             policy,
+            secret,
             message: error.message,
         }
     }
@@ -146,6 +162,7 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             column: None,
             path: String::new(),
             policy: None,
+            secret: None,
             message: format!("cannot read config file: {e}"),
         }])
     })?;
@@ -167,6 +184,7 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             column,
             path: String::new(),
             policy: None,
+            secret: None,
             message: format!("invalid YAML: {message}"),
         }])
     };
@@ -180,11 +198,13 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             location.as_ref().map(|l| l.column()),
         )
     })?;
-    let policy_names = policy_names(&document);
+    let policy_names = names_in(&document, "policies");
+    let secret_names = names_in(&document, "secrets");
     let context = Context {
         file,
         index: &index,
         policy_names: &policy_names,
+        secret_names: &secret_names,
     };
     let mut errors: Vec<FieldError> = Vec::new();
     let mut config = Config::default();
@@ -254,11 +274,17 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "transforms" => {
                 config.transforms = list(value, &key, &mut errors, TransformEntry::parse);
             }
-            "secrets" => errors.push(FieldError::new(
-                key,
-                "the `secrets` section (credential injection) is not supported by this \
-                 version of portcullis; remove it",
-            )),
+            "secrets" => {
+                config.secrets = list(value, &key, &mut errors, |v| {
+                    let secret: SecretConfig = from_value(v).map_err(|e| vec![e])?;
+                    let problems = validate_secret(&secret);
+                    if problems.is_empty() {
+                        Ok(secret)
+                    } else {
+                        Err(problems)
+                    }
+                })
+            }
             _ => errors.push(FieldError::new(
                 key.clone(),
                 format!(
@@ -274,6 +300,9 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
     }
     if config.transforms.is_empty() {
         config.transforms = vec![TransformEntry::allowlist()];
+        if !config.secrets.is_empty() {
+            config.transforms.push(TransformEntry::secrets());
+        }
     }
     if !errors.is_empty() {
         let mut placed: Vec<ConfigError> = errors.into_iter().map(|e| context.place(e)).collect();
@@ -286,6 +315,7 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
         version: version_of(text),
         index,
         policy_names,
+        secret_names,
     })
 }
 
@@ -301,9 +331,9 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-fn policy_names(document: &Value) -> Vec<Option<String>> {
+fn names_in(document: &Value, section: &str) -> Vec<Option<String>> {
     document
-        .get("policies")
+        .get(section)
         .and_then(Value::as_sequence)
         .map(|policies| {
             policies

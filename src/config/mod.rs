@@ -17,7 +17,7 @@ pub use load::{
 use crate::identity::IdentityConfig;
 use crate::policy::rule::Tag;
 use crate::policy::{DefaultAction, PolicyConfig};
-use crate::transforms::TransformEntry;
+use crate::transforms::{SecretConfig, TransformEntry};
 
 /// The whole config file. Unknown fields are rejected everywhere.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +28,10 @@ pub struct Config {
     pub default_action: DefaultAction,
     pub identities: Vec<IdentityConfig>,
     pub policies: Vec<PolicyConfig>,
-    /// The transforms pipeline, in order. Default: `[allowlist]`.
+    /// Credentials injected at the edge.
+    pub secrets: Vec<SecretConfig>,
+    /// The transforms pipeline, in order. Default: `[allowlist]`, plus `secrets` when
+    /// secrets are defined.
     pub transforms: Vec<TransformEntry>,
     pub audit: AuditConfig,
 }
@@ -63,12 +66,29 @@ impl Default for ServerConfig {
 }
 
 /// This gateway instance.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Tags every request through this gateway carries.
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// The largest request body Portcullis buffers (for transforms that need the body,
+    /// such as body-signing secrets); larger ones are refused with 413. Default 1 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            tags: Vec::new(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
 }
 
 /// Where audit records go: one JSON object per line.

@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
-    ProcessingResponse, processing_response,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingResponse, body_mutation, processing_response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, value::Kind};
@@ -17,7 +21,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::policy::rule::Tag;
 use crate::request::{OutboundRequest, RawRequest, RequestError};
-use crate::transforms::{HeaderMutations, Outcome, Rejection};
+use crate::transforms::{Mutations, Outcome, Rejection};
 
 /// The key Envoy files `request_attributes` under.
 const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
@@ -184,31 +188,84 @@ fn header(name: &str, value: &[u8]) -> HeaderValueOption {
     }
 }
 
-fn header_mutation(mutations: &HeaderMutations) -> Option<HeaderMutation> {
-    if mutations.is_empty() {
+fn header_mutation(mutations: &Mutations) -> Option<HeaderMutation> {
+    if mutations.set.is_empty()
+        && mutations.remove.is_empty()
+        && mutations.path.is_none()
+        && mutations.body.is_none()
+    {
         return None;
     }
+    let mut set_headers: Vec<HeaderValueOption> = mutations
+        .set
+        .iter()
+        .map(|(name, value)| header(name, value.expose().as_bytes()))
+        .collect();
+    if let Some(path) = &mutations.path {
+        set_headers.push(header(":path", path.expose().as_bytes()));
+    }
+    // Envoy refuses a mutated body whose length no longer matches `content-length`.
+    if let Some(body) = &mutations.body {
+        set_headers.push(header(
+            "content-length",
+            body.expose().len().to_string().as_bytes(),
+        ));
+    }
     Some(HeaderMutation {
-        set_headers: mutations
-            .set
-            .iter()
-            .map(|(name, value)| header(name, value))
-            .collect(),
+        set_headers,
         remove_headers: mutations.remove.clone(),
     })
 }
 
+fn common(mutations: &Mutations) -> CommonResponse {
+    CommonResponse {
+        header_mutation: header_mutation(mutations),
+        body_mutation: mutations.body.as_ref().map(|body| BodyMutation {
+            mutation: Some(body_mutation::Mutation::Body(body.expose().to_vec())),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Lets the request continue with the outcome's header mutations.
-pub fn continue_request(mutations: &HeaderMutations) -> ProcessingResponse {
+pub fn continue_request(mutations: &Mutations) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(processing_response::Response::RequestHeaders(
             HeadersResponse {
-                response: Some(CommonResponse {
-                    header_mutation: header_mutation(mutations),
-                    ..Default::default()
-                }),
+                response: Some(common(mutations)),
             },
         )),
+        ..Default::default()
+    }
+}
+
+/// Lets a buffered request continue, with header and body mutations.
+pub fn continue_body(mutations: &Mutations) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::RequestBody(BodyResponse {
+            response: Some(common(mutations)),
+        })),
+        ..Default::default()
+    }
+}
+
+/// Holds the decision until the whole body is here: continue the headers unchanged and
+/// ask Envoy to buffer the body and send it; nothing else of the stream is needed.
+pub fn buffer_body() -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::RequestHeaders(
+            HeadersResponse {
+                response: Some(CommonResponse::default()),
+            },
+        )),
+        mode_override: Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: BodySendMode::Buffered as i32,
+            response_header_mode: HeaderSendMode::Skip as i32,
+            response_body_mode: BodySendMode::None as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            response_trailer_mode: HeaderSendMode::Skip as i32,
+        }),
         ..Default::default()
     }
 }
@@ -268,11 +325,26 @@ pub fn refuse(request_id: &str, rejection: &Rejection) -> ProcessingResponse {
     }
 }
 
-/// The Envoy response for a decided request.
-pub fn respond(request: &OutboundRequest, outcome: &Outcome) -> ProcessingResponse {
-    match &outcome.rejection {
-        Some(rejection) => refuse(&request.id, rejection),
-        None => continue_request(&outcome.mutations),
+/// The Envoy response for a decided request, answering the request headers or, when the
+/// body was buffered, the request body.
+pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> ProcessingResponse {
+    match (&outcome.rejection, at_body) {
+        (Some(rejection), _) => refuse(&request.id, rejection),
+        (None, false) => continue_request(&outcome.mutations),
+        (None, true) => continue_body(&outcome.mutations),
+    }
+}
+
+/// The rejection for a body over `gateway.max_body_bytes`.
+pub fn body_too_large(limit: usize) -> Rejection {
+    Rejection {
+        status: 413,
+        kind: "body_too_large",
+        reason: "body_too_large",
+        message: format!("the request body is larger than the {limit}-byte limit"),
+        policy: None,
+        rule: None,
+        transform: "request",
     }
 }
 

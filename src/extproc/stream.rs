@@ -1,11 +1,13 @@
 //! One ext_proc stream = one HTTP request. Envoy sends the request headers first; the
-//! decision is made there. Whatever Envoy sends after an allowed request (bodies,
-//! trailers, response phases — depending on its processing mode) is answered with
-//! "continue", so a config that sends more than Portcullis needs still works. Anything out
-//! of order fails the stream, and Envoy fails the request closed.
+//! decision is made there — unless a transform needs the body (a secret that signs it), in
+//! which case Portcullis asks Envoy to buffer the body (`mode_override`) and decides when
+//! it arrives. Whatever Envoy sends after an allowed request (bodies, trailers, response
+//! phases — depending on its processing mode) is answered with "continue", so a config that
+//! sends more than Portcullis needs still works. Anything out of order fails the stream,
+//! and Envoy fails the request closed.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -18,6 +20,8 @@ use super::Shared;
 use super::convert::{self, ListenerContext};
 use crate::audit::{AuditRecord, micros};
 use crate::policy::Action;
+use crate::request::OutboundRequest;
+use crate::snapshot::{Decided, Snapshot};
 use crate::telemetry::metrics::StreamGuard;
 
 // Lives for one message; boxing the response would cost an allocation per request.
@@ -33,16 +37,28 @@ pub(super) enum Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitingRequestHeaders,
+    /// Headers seen; the decision waits for the buffered body.
+    AwaitingBody,
     /// Allowed; later phases pass through.
     Forwarded,
     /// Refused with an immediate response, or failed.
     Finished,
 }
 
+/// A request whose decision waits for its body.
+struct PendingBody {
+    request: OutboundRequest,
+    snapshot: Arc<Snapshot>,
+    /// Time spent on it so far (the headers phase).
+    spent: Duration,
+    body: Vec<u8>,
+}
+
 pub(super) struct StreamState {
     shared: Arc<Shared>,
     listener: ListenerContext,
     phase: Phase,
+    pending: Option<Box<PendingBody>>,
     _open: StreamGuard,
 }
 
@@ -53,6 +69,7 @@ impl StreamState {
             shared,
             listener,
             phase: Phase::AwaitingRequestHeaders,
+            pending: None,
             _open: open,
         }
     }
@@ -66,6 +83,9 @@ impl StreamState {
         let reply = match (self.phase, message.request) {
             (Phase::AwaitingRequestHeaders, Some(Message::RequestHeaders(headers))) => {
                 self.on_request_headers(headers, &message.attributes).await
+            }
+            (Phase::AwaitingBody, Some(Message::RequestBody(chunk))) => {
+                self.on_request_body(chunk.body, chunk.end_of_stream).await
             }
             (Phase::Forwarded, Some(Message::RequestBody(_))) => {
                 Reply::Send(answer(Answer::RequestBody(BodyResponse {
@@ -108,6 +128,7 @@ impl StreamState {
             Phase::AwaitingRequestHeaders => {
                 "before request_headers: is Envoy's processing_mode skipping request headers?"
             }
+            Phase::AwaitingBody => "while waiting for the buffered request body",
             Phase::Forwarded => "after request_headers were already decided",
             Phase::Finished => "after the request was refused",
         };
@@ -126,21 +147,110 @@ impl StreamState {
     ) -> Reply {
         let started = Instant::now();
         let snapshot = self.shared.snapshot.load_full();
-        let (request, decided) =
-            match convert::outbound_request(headers, attributes, &self.listener) {
-                Ok(request) => {
-                    let decided = snapshot.decide(&request, &self.listener.tags).await;
-                    (request, decided)
+        let has_body = !headers.end_of_stream;
+        match convert::outbound_request(headers, attributes, &self.listener) {
+            Ok(request) => {
+                if has_body && snapshot.needs_body(&request, &self.listener.tags) {
+                    // Refuse a declared oversize body before asking Envoy to buffer it:
+                    // Envoy can stall a stream whose body passes its own buffer limit
+                    // while the mode change is in flight.
+                    if declared_length(&request).is_some_and(|len| len > snapshot.max_body_bytes) {
+                        let rejection = convert::body_too_large(snapshot.max_body_bytes);
+                        let decided = snapshot.refused(&request, &self.listener.tags, rejection);
+                        return self
+                            .finish(&snapshot, request, decided, started, Duration::ZERO, false)
+                            .await;
+                    }
+                    self.pending = Some(Box::new(PendingBody {
+                        request,
+                        snapshot,
+                        spent: started.elapsed(),
+                        body: Vec::new(),
+                    }));
+                    self.phase = Phase::AwaitingBody;
+                    return Reply::Send(convert::buffer_body());
                 }
-                Err(invalid) => {
-                    let rejection = convert::invalid_request_rejection(&invalid.error);
-                    let decided =
-                        snapshot.refused(&invalid.request, &self.listener.tags, rejection);
-                    (invalid.request, decided)
-                }
-            };
-        let response = convert::respond(&request, &decided.outcome);
-        let elapsed = started.elapsed();
+                // A request without a body has an empty one, for transforms that sign it.
+                let body: Option<&[u8]> = if has_body { None } else { Some(&[]) };
+                let decided = snapshot.decide(&request, &self.listener.tags, body).await;
+                self.finish(&snapshot, request, decided, started, Duration::ZERO, false)
+                    .await
+            }
+            Err(invalid) => {
+                let rejection = convert::invalid_request_rejection(&invalid.error);
+                let decided = snapshot.refused(&invalid.request, &self.listener.tags, rejection);
+                self.finish(
+                    &snapshot,
+                    invalid.request,
+                    decided,
+                    started,
+                    Duration::ZERO,
+                    false,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn on_request_body(&mut self, chunk: Vec<u8>, end_of_stream: bool) -> Reply {
+        let started = Instant::now();
+        let Some(mut pending) = self.pending.take() else {
+            return self.fail(
+                Phase::AwaitingBody,
+                &Message::RequestBody(Default::default()),
+            );
+        };
+        let limit = pending.snapshot.max_body_bytes;
+        if pending.body.len() + chunk.len() > limit {
+            let decided = pending.snapshot.refused(
+                &pending.request,
+                &self.listener.tags,
+                convert::body_too_large(limit),
+            );
+            let snapshot = pending.snapshot.clone();
+            return self
+                .finish(
+                    &snapshot,
+                    pending.request,
+                    decided,
+                    started,
+                    pending.spent,
+                    true,
+                )
+                .await;
+        }
+        pending.body.extend_from_slice(&chunk);
+        if !end_of_stream {
+            // Envoy buffers the whole body in BUFFERED mode; a partial chunk means another
+            // mode is in force: keep collecting, answer this chunk unchanged.
+            self.pending = Some(pending);
+            return Reply::Send(convert::continue_body(&Default::default()));
+        }
+        let PendingBody {
+            request,
+            snapshot,
+            spent,
+            body,
+        } = *pending;
+        let decided = snapshot
+            .decide(&request, &self.listener.tags, Some(&body))
+            .await;
+        self.finish(&snapshot, request, decided, started, spent, true)
+            .await
+    }
+
+    /// Answers Envoy, records the decision, writes the audit line.
+    async fn finish(
+        &mut self,
+        snapshot: &Snapshot,
+        request: OutboundRequest,
+        decided: Decided,
+        started: Instant,
+        spent_before: Duration,
+        at_body: bool,
+    ) -> Reply {
+        let response = convert::respond(&request, &decided.outcome, at_body);
+        let elapsed = started.elapsed() + spent_before;
         let outcome = &decided.outcome;
         self.phase = if outcome.rejection.is_some() {
             Phase::Finished
@@ -167,6 +277,14 @@ impl StreamState {
         self.shared.audit.write(&record).await;
         Reply::Send(response)
     }
+}
+
+fn declared_length(request: &OutboundRequest) -> Option<usize> {
+    std::str::from_utf8(request.header("content-length")?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn answer(response: Answer) -> ProcessingResponse {

@@ -6,12 +6,14 @@
 //! `deny > gated > flag > allow`, then config order. Nothing matches: the default action.
 //! `warn: true` policies are evaluated but only recorded (dry run).
 
+pub mod index;
 mod model;
 pub mod rule;
 mod set;
 
+pub use index::WorkloadTagIds;
 pub use model::{Action, Decision, DefaultAction, PolicyConfig, PolicyStatus, validate_policy};
-pub use set::{CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict, WorkloadTagIds};
+pub use set::{CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict};
 
 #[cfg(test)]
 mod tests;

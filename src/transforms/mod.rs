@@ -7,6 +7,7 @@
 
 mod allowlist;
 pub mod header_allowlist;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -18,11 +19,13 @@ use crate::identity::Identity;
 use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
 use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::OutboundRequest;
+use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
 
 pub use header_allowlist::HeaderAllowlistConfig;
+pub use secrets::SecretConfig;
 
 /// The names users write in `transforms:`.
-const KNOWN: &[&str] = &["allowlist", "header_allowlist"];
+const KNOWN: &[&str] = &["allowlist", "secrets", "header_allowlist"];
 
 /// One entry of `transforms:` — either a bare name (`- allowlist`) or
 /// `{name, rules, config}`.
@@ -38,6 +41,8 @@ pub struct TransformEntry {
 pub enum TransformSpec {
     /// The policy engine. Its rules are the policies themselves.
     Allowlist,
+    /// Credential injection; the secrets themselves are the top-level `secrets:` section.
+    Secrets,
     HeaderAllowlist(HeaderAllowlistConfig),
 }
 
@@ -62,7 +67,15 @@ impl TransformEntry {
     pub fn name(&self) -> &'static str {
         match self.spec {
             TransformSpec::Allowlist => "allowlist",
+            TransformSpec::Secrets => "secrets",
             TransformSpec::HeaderAllowlist(_) => "header_allowlist",
+        }
+    }
+
+    pub fn secrets() -> TransformEntry {
+        TransformEntry {
+            spec: TransformSpec::Secrets,
+            rules: Vec::new(),
         }
     }
 
@@ -107,7 +120,17 @@ impl TransformEntry {
                     from_value(config).map_err(|e| vec![e.under("config")])?;
                 TransformSpec::HeaderAllowlist(config)
             }
-            "secrets" | "judge" | "body_capture" | "header_capture" | "grpc" => {
+            "secrets" => {
+                if raw.config.is_some() {
+                    return Err(vec![FieldError::new(
+                        "config",
+                        "secrets takes no `config`: the secrets are the top-level `secrets:` \
+                         section",
+                    )]);
+                }
+                TransformSpec::Secrets
+            }
+            "judge" | "body_capture" | "header_capture" | "grpc" => {
                 return Err(vec![FieldError::new(
                     "name",
                     format!(
@@ -155,6 +178,14 @@ pub struct DryRun {
 
 /// Per-transform audit context. Typed on purpose: nothing here can hold a header value or
 /// a credential, only names, indexes and fixed reasons.
+/// A credential put to use, for the audit record: the secret's name and where it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialUse {
+    pub secret: Arc<str>,
+    /// `header:authorization`, `query:key`, `path`, `body`.
+    pub locations: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Annotations {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,6 +200,18 @@ pub struct Annotations {
     pub dry_run: Option<DryRun>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stripped_headers: Vec<String>,
+    /// A credential added (bearer, basic, custom, path_token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injected: Option<CredentialUse>,
+    /// A placeholder replaced by the credential (proxy_token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<CredentialUse>,
+    /// A signature computed with the credential (aws_sigv4, hmac).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<CredentialUse>,
+    /// Other secrets that matched but lost to an earlier one in config order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<Arc<str>>,
 }
 
 impl Annotations {
@@ -201,24 +244,45 @@ pub struct Rejection {
     pub transform: &'static str,
 }
 
-/// Header changes for the upstream request.
+/// Changes to the upstream request. Values are [`SecretValue`]s: whatever a transform
+/// sets may carry a credential, so none of it is printable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderMutations {
-    /// Set (replacing any existing value). Names lower case.
-    pub set: Vec<(String, Vec<u8>)>,
-    /// Remove. Names lower case.
+pub struct Mutations {
+    /// Headers to set (replacing any existing value). Names lower case.
+    pub set: Vec<(String, SecretValue)>,
+    /// Headers to remove. Names lower case.
     pub remove: Vec<String>,
+    /// A new `:path` (path and query).
+    pub path: Option<SecretValue>,
+    /// A new request body.
+    pub body: Option<SecretBytes>,
 }
 
-impl HeaderMutations {
+impl Mutations {
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
+        self.set.is_empty() && self.remove.is_empty() && self.path.is_none() && self.body.is_none()
     }
 
     pub fn remove(&mut self, name: &str) {
         self.set.retain(|(n, _)| n != name);
         if !self.remove.iter().any(|n| n == name) {
             self.remove.push(name.to_owned());
+        }
+    }
+
+    pub fn set(&mut self, name: &str, value: SecretValue) {
+        self.remove.retain(|n| n != name);
+        match self.set.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.set.push((name.to_owned(), value)),
+        }
+    }
+
+    /// The `:path` as it will leave: mutated, or as sent.
+    pub fn path_or(&self, sent: &str) -> String {
+        match &self.path {
+            Some(path) => path.expose().to_owned(),
+            None => sent.to_owned(),
         }
     }
 }
@@ -230,18 +294,23 @@ pub struct Outcome {
     /// The policy engine's verdict, when the allowlist ran.
     pub verdict: Option<Verdict>,
     pub rejection: Option<Rejection>,
-    pub mutations: HeaderMutations,
+    pub mutations: Mutations,
     pub trace: Vec<TransformTrace>,
 }
 
 /// Everything a transform may look at.
 pub struct Exchange<'a> {
     pub request: &'a OutboundRequest,
+    /// The buffered request body, when a transform needed it (empty for a request without
+    /// one); `None` when the body was not requested.
+    pub body: Option<&'a [u8]>,
     pub identity: &'a Identity,
     pub policies: &'a PolicySet,
     pub tag_ids: WorkloadTagIds,
-    pub mutations: HeaderMutations,
+    pub mutations: Mutations,
     pub verdict: Option<Verdict>,
+    /// Render credentials as markers and read no source (`portcullis check`).
+    pub preview: bool,
 }
 
 /// A transform's result.
@@ -252,6 +321,7 @@ pub enum Step {
 
 enum Transform {
     Allowlist,
+    Secrets(Box<secrets::SecretsTransform>),
     HeaderAllowlist(header_allowlist::HeaderAllowlist),
 }
 
@@ -259,16 +329,23 @@ impl Transform {
     fn name(&self) -> &'static str {
         match self {
             Transform::Allowlist => "allowlist",
+            Transform::Secrets(_) => "secrets",
             Transform::HeaderAllowlist(_) => "header_allowlist",
         }
     }
 
-    // Async so transforms that call out (secret sources, judges) slot in without changing
-    // the pipeline; the ones here never await.
     async fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
         match self {
             Transform::Allowlist => allowlist::apply(exchange),
+            Transform::Secrets(t) => t.apply(exchange).await,
             Transform::HeaderAllowlist(t) => t.apply(exchange),
+        }
+    }
+
+    fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
+        match self {
+            Transform::Secrets(t) => t.needs_body(request, identity),
+            Transform::Allowlist | Transform::HeaderAllowlist(_) => false,
         }
     }
 }
@@ -292,23 +369,48 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Compiles validated entries; errors carry paths under `transforms[N]`.
-    pub fn compile(entries: &[TransformEntry]) -> Result<Pipeline, Vec<FieldError>> {
+    /// Compiles validated entries; errors carry paths under `transforms[N]` (and
+    /// `secrets[N]` for the secrets the `secrets` step holds).
+    pub fn compile(
+        entries: &[TransformEntry],
+        secrets: &[SecretConfig],
+        cache: &SourceCache,
+        sources: &SourceContext,
+    ) -> Result<Pipeline, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut stages = Vec::with_capacity(entries.len());
+        if !secrets.is_empty() && !entries.iter().any(|e| e.spec == TransformSpec::Secrets) {
+            errors.push(FieldError::new(
+                "transforms",
+                "`secrets:` are defined but the pipeline has no `secrets` step: add it \
+                 (after allowlist, before header_allowlist)",
+            ));
+        }
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("transforms[{i}]");
             if entries[..i].iter().any(|e| e.name() == entry.name())
-                && matches!(entry.spec, TransformSpec::Allowlist)
+                && matches!(
+                    entry.spec,
+                    TransformSpec::Allowlist | TransformSpec::Secrets
+                )
             {
                 errors.push(FieldError::new(
                     format!("{path}.name"),
-                    "allowlist is listed twice; the policies are evaluated once",
+                    format!("{} is listed twice; it runs once", entry.name()),
                 ));
                 continue;
             }
             let transform = match &entry.spec {
                 TransformSpec::Allowlist => Transform::Allowlist,
+                TransformSpec::Secrets => {
+                    match secrets::SecretsTransform::compile(secrets, cache, sources) {
+                        Ok(t) => Transform::Secrets(Box::new(t)),
+                        Err(e) => {
+                            errors.extend(e);
+                            continue;
+                        }
+                    }
+                }
                 TransformSpec::HeaderAllowlist(config) => {
                     match header_allowlist::HeaderAllowlist::compile(config) {
                         Ok(t) => Transform::HeaderAllowlist(t),
@@ -334,6 +436,27 @@ impl Pipeline {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.stages.iter().map(|s| s.transform.name()).collect()
+    }
+
+    /// Whether some stage in scope needs this request's body before it can decide.
+    pub fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
+        let facts = request.facts();
+        self.stages.iter().any(|stage| {
+            (stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts))
+                && stage.transform.needs_body(request, identity)
+        })
+    }
+
+    /// Every secret source the pipeline reads, for cache refreshes.
+    pub fn sources(&self) -> Vec<Arc<crate::secrets::CompiledSource>> {
+        self.stages
+            .iter()
+            .filter_map(|s| match &s.transform {
+                Transform::Secrets(t) => Some(t.sources()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 
     pub fn has_allowlist(&self) -> bool {

@@ -5,8 +5,13 @@ use crate::snapshot::Snapshot;
 
 fn snapshot(yaml: &str) -> Snapshot {
     let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
-    Snapshot::compile(&loaded.config, &loaded.version, &|_| None)
-        .unwrap_or_else(|e| panic!("{e:?}"))
+    Snapshot::compile(
+        &loaded.config,
+        &loaded.version,
+        &|_| None,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 async fn outcome(snapshot: &Snapshot, line: &str, headers: &[(&str, &str)]) -> Outcome {
@@ -19,7 +24,7 @@ async fn outcome(snapshot: &Snapshot, line: &str, headers: &[(&str, &str)]) -> O
         ..CheckRequest::default()
     })
     .unwrap();
-    snapshot.decide(&request, &[]).await.outcome
+    snapshot.decide(&request, &[], None).await.outcome
 }
 
 const PIPELINE: &str = r#"
@@ -117,7 +122,10 @@ fn transform_entries_parse_names_and_maps() {
     assert_eq!(err[0].path, "config");
     let err = parse("{name: header_allowlist, config: {allow: [ok], nope: 1}}").unwrap_err();
     assert_eq!(err[0].path, "config.nope");
-    let err = parse("{name: secrets}").unwrap_err();
+    assert_eq!(parse("secrets").unwrap(), TransformEntry::secrets());
+    let err = parse("{name: secrets, config: {}}").unwrap_err();
+    assert_eq!(err[0].path, "config");
+    let err = parse("{name: judge}").unwrap_err();
     assert!(err[0].message.contains("not supported"));
     let err = parse("{name: allowlist, extra: 1}").unwrap_err();
     assert_eq!(err[0].path, "extra");
@@ -126,6 +134,12 @@ fn transform_entries_parse_names_and_maps() {
 #[test]
 fn allowlist_twice_is_an_error() {
     let loaded = parse_str("transforms: [allowlist, allowlist]", None).unwrap();
-    let errors = Pipeline::compile(&loaded.config.transforms).unwrap_err();
+    let errors = Pipeline::compile(
+        &loaded.config.transforms,
+        &[],
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert_eq!(errors[0].path, "transforms[1].name");
 }

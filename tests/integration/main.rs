@@ -10,4 +10,7 @@ mod headers;
 mod identity;
 mod protocol;
 mod reload;
+mod secrets;
+mod secrets_aws;
+mod secrets_http;
 mod tunnels;

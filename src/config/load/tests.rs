@@ -74,9 +74,17 @@ fn unknown_top_level_sections_are_rejected() {
 }
 
 #[test]
-fn secrets_are_refused_until_supported() {
-    let found = errors("secrets: []\n");
-    assert!(found[0].contains("not supported"), "{}", found[0]);
+fn secrets_parse_and_join_the_default_pipeline() {
+    let loaded = parse_str(
+        "secrets:\n  - {name: gh, source: {type: env, var: GH}, rules: [{host: api.github.com}], inject: {style: bearer}}\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(loaded.config.secrets[0].name, "gh");
+    assert_eq!(
+        loaded.config.transforms,
+        vec![TransformEntry::allowlist(), TransformEntry::secrets()]
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The integration harness: a real Envoy (from `scripts/bootstrap`), the real `portcullis`
 //! binary, and a real upstream, on free ports, driven with curl as a user would.
 
+pub mod backends;
+pub mod moto;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -10,7 +12,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use upstream::{TestTls, Upstream};
+pub use upstream::{Seen, TestTls, Upstream};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -439,6 +441,33 @@ impl Gateway {
             all.push_str(&std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default());
         }
         all
+    }
+
+    /// Asserts that no sentinel value appears in anything the gateway wrote (Portcullis's
+    /// stdout and stderr, the audit trail, Envoy's logs and access log), on the metrics
+    /// page, or in the given replies (error bodies and headers the workload saw).
+    pub fn assert_no_leaks(&self, sentinels: &[&str], replies: &[&Reply]) {
+        let mut seen = self.all_output();
+        seen.push_str(&self.admin("/metrics").body);
+        for reply in replies {
+            seen.push_str(&reply.body);
+            seen.push_str(&format!("{:?}", reply.headers));
+        }
+        assert!(seen.len() > 100, "there is output to check");
+        for sentinel in sentinels {
+            assert!(!sentinel.is_empty());
+            if let Some(at) = seen.find(sentinel) {
+                let from = seen[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(80)
+                    .map_or(0, |(i, _)| i);
+                panic!(
+                    "sentinel {sentinel:?} leaked, near: {:?}",
+                    &seen[from..(at + sentinel.len()).min(seen.len())]
+                );
+            }
+        }
     }
 
     /// Restarts portcullis on the same ports (Envoy keeps running).

@@ -1,0 +1,276 @@
+//! The rule index shared by policies and secrets: which (item, rule) pairs could match a
+//! request, found without scanning every item.
+//!
+//! Items (policies, secrets) are grouped by an *anchor* tag — the rarest of their
+//! `match_tags` — so a request only looks at groups for tags its workload carries, plus the
+//! group of items without tags. Inside a group, rules are bucketed by host:
+//! - an exact-name map (IP addresses included);
+//! - a map of domains walked label by label (`*.suffix` patterns, and globs by their
+//!   literal domain);
+//! - CIDRs by first octet (IPv4) or first 16 bits (IPv6);
+//! - short lists for `*`, wide CIDRs and globs without a domain.
+//!
+//! Every bucket is sorted by [`Key`], so a caller can stop a bucket at its first hit.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use smallvec::SmallVec;
+
+use super::rule::{HostMatch, Rule, Tag};
+use crate::request::RequestFacts;
+
+type TagId = u32;
+
+/// The workload's tags, as ids known to one index; sorted.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadTagIds(SmallVec<[TagId; 8]>);
+
+impl WorkloadTagIds {
+    fn contains(&self, id: TagId) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+}
+
+/// The order candidates are decided in: derived ordering is precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub priority: i32,
+    pub rank: u8,
+    /// The item's index in config order.
+    pub item: u32,
+    /// The rule's index within the item.
+    pub rule: u32,
+}
+
+/// One item to index.
+pub struct Indexed<'a> {
+    pub priority: i32,
+    pub rank: u8,
+    pub match_tags: &'a [Tag],
+    pub rules: &'a [Rule],
+    /// Inactive items are not indexed (but keep their id).
+    pub active: bool,
+}
+
+/// Which CIDR bucket an address or network falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum CidrBucket {
+    V4(u8),
+    V6(u16),
+}
+
+impl CidrBucket {
+    fn of_ip(ip: IpAddr) -> CidrBucket {
+        match ip {
+            IpAddr::V4(v4) => CidrBucket::V4(v4.octets()[0]),
+            IpAddr::V6(v6) => CidrBucket::V6(v6.segments()[0]),
+        }
+    }
+
+    fn of_net(net: &IpNet) -> Option<CidrBucket> {
+        let narrow_enough = match net {
+            IpNet::V4(n) => n.prefix_len() >= 8,
+            IpNet::V6(n) => n.prefix_len() >= 16,
+        };
+        narrow_enough.then(|| CidrBucket::of_ip(net.network()))
+    }
+}
+
+#[derive(Debug, Default)]
+struct HostIndex {
+    exact: HashMap<Box<str>, Vec<Key>>,
+    /// `*.suffix` rules under `suffix`, and globs under their literal domain.
+    domain: HashMap<Box<str>, Vec<Key>>,
+    any: Vec<Key>,
+    cidr: HashMap<CidrBucket, Vec<Key>>,
+    wide_cidr: Vec<Key>,
+    /// Globs with no literal domain (`api-*`): looked at for every request.
+    glob: Vec<Key>,
+}
+
+impl HostIndex {
+    fn insert(&mut self, rule: &Rule, key: Key) {
+        match &rule.host.kind {
+            HostMatch::Any => self.any.push(key),
+            HostMatch::Exact(host) => self.exact.entry(host.clone()).or_default().push(key),
+            HostMatch::Suffix(suffix) => self.domain.entry(suffix.clone()).or_default().push(key),
+            HostMatch::Glob {
+                domain: Some(domain),
+                ..
+            } => self.domain.entry(domain.clone()).or_default().push(key),
+            HostMatch::Glob { domain: None, .. } => self.glob.push(key),
+            HostMatch::Cidr(net) if net.prefix_len() == net.max_prefix_len() => {
+                let host = net.addr().to_string().into_boxed_str();
+                self.exact.entry(host).or_default().push(key)
+            }
+            HostMatch::Cidr(net) => match CidrBucket::of_net(net) {
+                Some(bucket) => self.cidr.entry(bucket).or_default().push(key),
+                None => self.wide_cidr.push(key),
+            },
+        }
+    }
+
+    fn sort(&mut self) {
+        for list in self
+            .exact
+            .values_mut()
+            .chain(self.domain.values_mut())
+            .chain(self.cidr.values_mut())
+            .chain([&mut self.any, &mut self.wide_cidr, &mut self.glob])
+        {
+            list.sort_unstable();
+            list.shrink_to_fit();
+        }
+    }
+
+    /// Calls `bucket` with every bucket that can hold a rule for the request's host.
+    fn buckets<'s>(&'s self, req: &RequestFacts<'_>, mut bucket: impl FnMut(&'s [Key])) {
+        if let Some(list) = self.exact.get(req.host) {
+            bucket(list);
+        }
+        if !self.domain.is_empty() && req.ip.is_none() {
+            let mut rest = req.host;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if let Some(list) = self.domain.get(rest) {
+                    bucket(list);
+                }
+            }
+        }
+        bucket(&self.any);
+        if let Some(ip) = req.ip {
+            if let Some(list) = self.cidr.get(&CidrBucket::of_ip(ip)) {
+                bucket(list);
+            }
+            bucket(&self.wide_cidr);
+        }
+        bucket(&self.glob);
+    }
+}
+
+/// What a visitor wants after seeing a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep going through this bucket.
+    Continue,
+    /// Nothing later in this bucket can matter (buckets are sorted by [`Key`]).
+    SkipBucket,
+}
+
+/// An immutable index over items' rules.
+#[derive(Debug, Default)]
+pub struct RuleIndex {
+    tag_ids: HashMap<Arc<str>, TagId>,
+    /// Each item's match tags, as sorted ids.
+    item_tags: Vec<Box<[TagId]>>,
+    fleet: HostIndex,
+    /// Indexed by the anchor tag's id.
+    anchored: Vec<HostIndex>,
+}
+
+impl RuleIndex {
+    pub fn build(items: &[Indexed<'_>]) -> RuleIndex {
+        let mut tag_ids: HashMap<Arc<str>, TagId> = HashMap::new();
+        let mut item_tags = Vec::with_capacity(items.len());
+        for item in items {
+            let mut ids: Vec<TagId> = item
+                .match_tags
+                .iter()
+                .map(|tag| {
+                    let next = tag_ids.len() as TagId;
+                    *tag_ids.entry(Arc::from(tag.as_str())).or_insert(next)
+                })
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            item_tags.push(ids.into_boxed_slice());
+        }
+        let mut uses = vec![0u32; tag_ids.len()];
+        for (item, ids) in items.iter().zip(&item_tags) {
+            if item.active {
+                for id in ids.iter() {
+                    uses[*id as usize] += 1;
+                }
+            }
+        }
+        let mut fleet = HostIndex::default();
+        let mut anchored: Vec<HostIndex> = Vec::new();
+        anchored.resize_with(tag_ids.len(), HostIndex::default);
+        for (item_id, (item, ids)) in items.iter().zip(&item_tags).enumerate() {
+            if !item.active {
+                continue;
+            }
+            let index = match ids.iter().min_by_key(|id| uses[**id as usize]) {
+                Some(anchor) => &mut anchored[*anchor as usize],
+                None => &mut fleet,
+            };
+            for (rule_id, rule) in item.rules.iter().enumerate() {
+                let key = Key {
+                    priority: item.priority,
+                    rank: item.rank,
+                    item: item_id as u32,
+                    rule: rule_id as u32,
+                };
+                index.insert(rule, key);
+            }
+        }
+        fleet.sort();
+        for index in &mut anchored {
+            index.sort();
+        }
+        RuleIndex {
+            tag_ids,
+            item_tags,
+            fleet,
+            anchored,
+        }
+    }
+
+    /// Maps a workload's tags to this index's ids; tags no item mentions are dropped.
+    pub fn tag_ids<'t>(&self, tags: impl IntoIterator<Item = &'t Tag>) -> WorkloadTagIds {
+        let mut ids: SmallVec<[TagId; 8]> = tags
+            .into_iter()
+            .filter_map(|tag| self.tag_ids.get(tag.as_str()).copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        WorkloadTagIds(ids)
+    }
+
+    /// Whether the workload carries every match tag of `item`.
+    pub fn carries(&self, item: u32, tags: &WorkloadTagIds) -> bool {
+        self.item_tags[item as usize]
+            .iter()
+            .all(|id| tags.contains(*id))
+    }
+
+    /// Shows `visit` every candidate whose item's tags the workload carries and whose
+    /// rule's host bucket fits the request, bucket by bucket in [`Key`] order. The visitor
+    /// checks the rule itself.
+    pub fn visit(
+        &self,
+        req: &RequestFacts<'_>,
+        tags: &WorkloadTagIds,
+        mut visit: impl FnMut(Key) -> Next,
+    ) {
+        let mut in_bucket = |list: &[Key]| {
+            for key in list {
+                if !self.carries(key.item, tags) {
+                    continue;
+                }
+                if visit(*key) == Next::SkipBucket {
+                    return;
+                }
+            }
+        };
+        self.fleet.buckets(req, &mut in_bucket);
+        for id in &tags.0 {
+            if let Some(index) = self.anchored.get(*id as usize) {
+                index.buckets(req, &mut in_bucket);
+            }
+        }
+    }
+}

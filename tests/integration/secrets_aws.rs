@@ -1,0 +1,1 @@
+//! AWS Secrets Manager and SSM sources against a local moto, and SigV4 signing.
