@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::sources::CompiledSource;
+use super::sources::{CompiledSource, Current};
 use super::value::{SecretValue, SourceError};
 
 /// A minted token is dropped this long before the backend says it expires.
@@ -79,14 +79,26 @@ impl SourceCache {
     /// The source's value, from the cache or read now.
     pub async fn resolve(&self, source: &CompiledSource) -> Result<SecretValue, SourceError> {
         if source.changed() {
+            source.current.store(None);
             self.entries.invalidate(&source.key).await;
         }
-        if let Some(entry) = self.entries.get(&source.key).await {
-            return entry.result;
+        // Fast path: the value in use, while it is valid — no lock, no cache upkeep.
+        if let Some(current) = source.current.load().as_ref()
+            && current.until > Instant::now()
+        {
+            return Ok(current.value.clone());
         }
-        // Boxed: a nested source (a Vault token) resolves through here again.
-        let load = Box::pin(self.load(source));
-        self.entries.get_with(source.key, load).await.result
+        let entry = match self.entries.get(&source.key).await {
+            Some(entry) => entry,
+            // Boxed: a nested source (a Vault token) resolves through here again.
+            None => {
+                self.entries
+                    .get_with(source.key, Box::pin(self.load(source)))
+                    .await
+            }
+        };
+        remember(source, &entry);
+        entry.result
     }
 
     async fn load(&self, source: &CompiledSource) -> Entry {
@@ -130,8 +142,18 @@ impl SourceCache {
             if !due || recently_failed {
                 continue;
             }
+            if !self.entries.contains_key(&source.key) {
+                // Missing: read through `get_with`, so a request missing at the same time
+                // waits for this read instead of starting its own.
+                let entry = self
+                    .entries
+                    .get_with(source.key, Box::pin(self.load(source)))
+                    .await;
+                remember(source, &entry);
+                continue;
+            }
             let fresh = Box::pin(self.load(source)).await;
-            let keep_old = fresh.result.is_err() && self.entries.contains_key(&source.key);
+            let keep_old = fresh.result.is_err();
             if let Ok(mut failed) = self.failed_refresh.lock() {
                 if keep_old {
                     failed.insert(source.key, Instant::now());
@@ -140,6 +162,7 @@ impl SourceCache {
                 }
             }
             if !keep_old {
+                remember(source, &fresh);
                 self.entries.insert(source.key, fresh).await;
             }
         }
@@ -148,6 +171,16 @@ impl SourceCache {
     /// Drops everything (tests, and `check`).
     pub fn clear(&self) {
         self.entries.invalidate_all();
+    }
+}
+
+/// Makes a good value the source's fast-path value, until it expires.
+fn remember(source: &CompiledSource, entry: &Entry) {
+    if let Ok(value) = &entry.result {
+        source.current.store(Some(Arc::new(Current {
+            value: value.clone(),
+            until: entry.fetched + entry.lifetime,
+        })));
     }
 }
 

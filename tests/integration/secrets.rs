@@ -8,7 +8,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
+use crate::common::session::Session;
+use crate::common::{Gateway, GatewayOptions, Upstream, wait_until};
 
 const GITHUB: &str = "SENTINEL-ghp-7f3a9c2e";
 const BASIC: &str = "SENTINEL-basic-91be";
@@ -85,10 +86,21 @@ transforms: [allowlist, secrets]
 }
 
 struct Setup {
-    gw: Gateway,
-    upstream: Upstream,
+    s: Session,
     openai_file: std::path::PathBuf,
-    replies: Vec<Reply>,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.s
+    }
+}
+
+impl std::ops::DerefMut for Setup {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.s
+    }
 }
 
 impl Setup {
@@ -107,48 +119,20 @@ impl Setup {
             },
         );
         Setup {
-            gw,
-            upstream,
+            s: Session::new(gw, upstream),
             openai_file,
-            replies: Vec::new(),
         }
     }
 
-    fn url(&self, host: &str, path: &str) -> String {
-        format!("http://{host}:{}{path}", self.upstream.port())
-    }
-
-    fn send(&mut self, args: &[&str]) -> u16 {
-        let reply = self.gw.via_proxy(args);
-        let status = reply.status;
-        self.replies.push(reply);
-        status
-    }
-
-    fn last(&self) -> &Reply {
-        self.replies.last().unwrap()
-    }
-
-    /// The request the upstream saw at `path` (with query).
-    fn seen(&self, path: &str) -> crate::common::Seen {
-        self.upstream
-            .seen()
-            .into_iter()
-            .rev()
-            .find(|s| s.path == path)
-            .unwrap_or_else(|| panic!("upstream never saw {path}: {:?}", self.upstream.seen()))
-    }
-
     fn no_leaks(&self) {
-        let replies: Vec<&Reply> = self.replies.iter().collect();
-        self.gw.assert_no_leaks(ALL, &replies);
+        self.s.assert_no_leaks(ALL);
     }
 }
 
 #[test]
 fn bearer_basic_and_custom_reach_the_upstream_exactly() {
     let mut s = Setup::start();
-    let bearer = s.url("127.0.0.1", "/bearer/repos");
+    let bearer = s.url("/bearer/repos");
     assert_eq!(
         s.send(&[
             "--proxy-user",
@@ -179,7 +163,7 @@ fn bearer_basic_and_custom_reach_the_upstream_exactly() {
     );
 
     // Without the ci tag, `github` does not apply: the next secret in order does.
-    assert_eq!(s.send(&[&s.url("127.0.0.1", "/bearer/other")]), 200);
+    assert_eq!(s.get("/bearer/other"), 200);
     let seen = s.seen("/bearer/other");
     assert_eq!(
         seen.header("authorization"),
@@ -188,7 +172,7 @@ fn bearer_basic_and_custom_reach_the_upstream_exactly() {
     );
     assert_eq!(seen.header("x-shadow"), Some(GITHUB));
 
-    assert_eq!(s.send(&[&s.url("127.0.0.1", "/basic/x")]), 200);
+    assert_eq!(s.get("/basic/x"), 200);
     let expected =
         base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{BASIC}"));
     assert_eq!(
@@ -196,17 +180,14 @@ fn bearer_basic_and_custom_reach_the_upstream_exactly() {
         Some(format!("Basic {expected}").as_str())
     );
 
-    assert_eq!(s.send(&[&s.url("127.0.0.1", "/custom-header/x")]), 200);
+    assert_eq!(s.get("/custom-header/x"), 200);
     let b64 = base64::engine::general_purpose::STANDARD.encode(API_KEY);
     assert_eq!(
         s.seen("/custom-header/x").header("x-api-key"),
         Some(format!("token {API_KEY} b64={b64}").as_str())
     );
 
-    assert_eq!(
-        s.send(&[&s.url("127.0.0.1", "/custom-query/x?a=1&key=workload")]),
-        200
-    );
+    assert_eq!(s.get("/custom-query/x?a=1&key=workload"), 200);
     let encoded = API_KEY
         .replace('+', "%2B")
         .replace('/', "%2F")
@@ -216,11 +197,10 @@ fn bearer_basic_and_custom_reach_the_upstream_exactly() {
 
     // Outside every secret's rules: nothing is added.
     assert_eq!(
-        s.send(&[
-            "-H",
-            "Authorization: Bearer mine",
-            &s.url("127.0.0.1", "/plain")
-        ]),
+        {
+            let url = s.url("/plain");
+            s.send(&["-H", "Authorization: Bearer mine", &url])
+        },
         200
     );
     assert_eq!(
@@ -233,10 +213,7 @@ fn bearer_basic_and_custom_reach_the_upstream_exactly() {
 #[test]
 fn path_and_proxy_tokens_are_swapped_and_required() {
     let mut s = Setup::start();
-    assert_eq!(
-        s.send(&[&s.url("127.0.0.1", "/botTELEGRAM_PLACEHOLDER/sendMessage?chat=1")]),
-        200
-    );
+    assert_eq!(s.get("/botTELEGRAM_PLACEHOLDER/sendMessage?chat=1"), 200);
     s.seen(&format!("/bot{TELEGRAM}/sendMessage?chat=1"));
     let record =
         s.gw.audit_for(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/bot")));
@@ -246,7 +223,7 @@ fn path_and_proxy_tokens_are_swapped_and_required() {
     );
 
     // proxy_token in a header, the query and the path at once.
-    let url = s.url(
+    let url = s.url_at(
         "localhost",
         "/v1/ptok_openai_Zq81xk/chat?api_key=ptok_openai_Zq81xk",
     );
@@ -269,18 +246,18 @@ fn path_and_proxy_tokens_are_swapped_and_required() {
     // require: a request to the host without the placeholder is refused, never forwarded.
     let before = s.upstream.hits();
     assert_eq!(
-        s.send(&[
-            "-H",
-            "Authorization: Bearer sk-workload-own",
-            &s.url("localhost", "/v1/models")
-        ]),
+        {
+            let url = s.url_at("localhost", "/v1/models");
+            s.send(&["-H", "Authorization: Bearer sk-workload-own", &url])
+        },
         403
     );
     let body = s.last().json();
     assert_eq!(body["error"]["reason"], "credential_placeholder_missing");
     assert_eq!(body["error"]["transform"], "secrets");
     // A tunnel to the same host would bypass the swap: refused too.
-    let tunnel = s.gw.via_proxy(&["-p", &s.url("localhost", "/v1/models")]);
+    let tunnel =
+        s.gw.via_proxy(&["-p", &s.url_at("localhost", "/v1/models")]);
     assert_eq!(tunnel.connect_status, 403, "{tunnel:?}");
     s.replies.push(tunnel);
     assert_eq!(s.upstream.hits(), before);
@@ -292,7 +269,7 @@ fn bodies_are_buffered_only_when_a_secret_needs_them() {
     let mut s = Setup::start();
     // proxy_token in a JSON body: the value is JSON-escaped into the string.
     let body = r#"{"model":"m","api_key":"ptok_openai_Zq81xk","x":1}"#;
-    let url = s.url("localhost", "/v1/chat/completions");
+    let url = s.url_at("localhost", "/v1/chat/completions");
     assert_eq!(
         s.send(&[
             "-X",
@@ -322,13 +299,10 @@ fn bodies_are_buffered_only_when_a_secret_needs_them() {
     // HMAC over method, path, timestamp and the body digest.
     let payload = "{\"event\":\"push\"}";
     assert_eq!(
-        s.send(&[
-            "-X",
-            "POST",
-            "--data-binary",
-            payload,
-            &s.url("127.0.0.1", "/hooks/github?d=1")
-        ]),
+        {
+            let url = s.url("/hooks/github?d=1");
+            s.send(&["-X", "POST", "--data-binary", payload, &url])
+        },
         200
     );
     let seen = s.seen("/hooks/github?d=1");
@@ -354,25 +328,19 @@ fn bodies_are_buffered_only_when_a_secret_needs_them() {
     std::fs::write(&file, &big).unwrap();
     let data = format!("@{}", file.display());
     assert_eq!(
-        s.send(&[
-            "-X",
-            "POST",
-            "--data-binary",
-            &data,
-            &s.url("127.0.0.1", "/plain-upload")
-        ]),
+        {
+            let url = s.url("/plain-upload");
+            s.send(&["-X", "POST", "--data-binary", &data, &url])
+        },
         200
     );
     assert_eq!(s.seen("/plain-upload").body.len(), big.len());
     // The same body to a secret that signs it is over the limit: 413, nothing forwarded.
     let before = s.upstream.hits();
-    let status = s.send(&[
-        "-X",
-        "POST",
-        "--data-binary",
-        &data,
-        &s.url("127.0.0.1", "/hooks/big"),
-    ]);
+    let status = {
+        let url = s.url("/hooks/big");
+        s.send(&["-X", "POST", "--data-binary", &data, &url])
+    };
     assert_eq!(status, 413, "{:?}", s.last());
     assert_eq!(
         s.last().json()["error"]["reason"],
@@ -386,7 +354,7 @@ fn bodies_are_buffered_only_when_a_secret_needs_them() {
 #[test]
 fn rotation_is_seen_after_the_ttl_and_outages_fail_closed_after_it() {
     let mut s = Setup::start();
-    let url = s.url("localhost", "/v1/models");
+    let url = s.url_at("localhost", "/v1/models");
     let ask = ["-H", "Authorization: Bearer ptok_openai_Zq81xk"];
     let send = |s: &mut Setup| s.send(&[ask[0], ask[1], &url]);
     assert_eq!(send(&mut s), 200);
@@ -434,8 +402,7 @@ fn rotation_is_seen_after_the_ttl_and_outages_fail_closed_after_it() {
     assert_eq!(s.upstream.hits(), after_outage, "a 502 is never forwarded");
     let mut all = ALL.to_vec();
     all.push(rotated);
-    let replies: Vec<&Reply> = s.replies.iter().collect();
-    s.gw.assert_no_leaks(&all, &replies);
+    s.assert_no_leaks(&all);
 }
 
 fn hex(bytes: &[u8]) -> String {

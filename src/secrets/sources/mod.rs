@@ -7,6 +7,8 @@ pub mod aws;
 pub mod env;
 pub mod file;
 pub mod gcp;
+mod http;
+mod jwt;
 pub mod oauth2;
 pub mod onepassword;
 pub mod vault;
@@ -50,6 +52,19 @@ impl SourceContext {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
+            // A backend redirecting elsewhere would get the credentials we send it (a
+            // Vault token in X-Vault-Token is not stripped on cross-host redirects).
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.origin() == attempt.url().origin());
+                if same_origin && attempt.previous().len() < 3 {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
@@ -86,6 +101,15 @@ pub struct CompiledSource {
     pub(crate) ttl: Duration,
     pub(crate) failure_ttl: Duration,
     pub(crate) json_key: Option<String>,
+    /// The last good value and until when it may be used: the request path reads this
+    /// without touching the shared cache (see `SourceCache::resolve`).
+    pub(crate) current: arc_swap::ArcSwapOption<Current>,
+}
+
+/// A value in use, with its expiry.
+pub(crate) struct Current {
+    pub(crate) value: SecretValue,
+    pub(crate) until: std::time::Instant,
 }
 
 impl std::fmt::Debug for CompiledSource {
@@ -254,6 +278,7 @@ pub fn compile(
         ttl: config.ttl(),
         failure_ttl: config.failure_ttl(),
         json_key: config.json_key.clone(),
+        current: arc_swap::ArcSwapOption::empty(),
     }))
 }
 

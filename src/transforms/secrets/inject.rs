@@ -104,7 +104,6 @@ pub enum Refusal {
     /// credential JSON). The message never holds the value.
     UnusableValue(String),
     /// SigV4: the workload signed for another service or region.
-    #[allow(dead_code, reason = "constructed by the SigV4 signer")]
     ScopeMismatch(String),
 }
 

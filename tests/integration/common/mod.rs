@@ -3,6 +3,7 @@
 
 pub mod backends;
 pub mod moto;
+pub mod session;
 pub mod upstream;
 
 use std::net::TcpListener;

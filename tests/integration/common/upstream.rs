@@ -84,7 +84,8 @@ impl TestTls {
 }
 
 impl Upstream {
-    /// Starts a plain HTTP upstream; `delay` holds each answer back (for in-flight tests).
+    /// Starts the upstream: plain HTTP, or HTTPS with `tls`. `/slow/<ms>` paths answer
+    /// after that many milliseconds (a request in flight across a reload).
     pub fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
