@@ -214,6 +214,134 @@ fn bench_engine(c: &mut Criterion, prepared: &[Prepared]) {
     group.finish();
 }
 
+/// 1,000 per-tenant secrets (distinct env sources, a mix of styles) over the same policies,
+/// and requests that each match one secret.
+fn secrets_yaml(n: usize) -> String {
+    let mut yaml = String::from("secrets:\n");
+    for i in 0..n {
+        let inject = match i % 4 {
+            0 => "{style: bearer}".to_owned(),
+            1 => "{style: basic, username: bot}".to_owned(),
+            2 => "{style: custom, header: X-Api-Key, format: 'token {{ value }}'}".to_owned(),
+            _ => format!("{{style: proxy_token, placeholder: ptok_bench_{i:05}}}"),
+        };
+        yaml.push_str(&format!(
+            "  - {{name: s{i}, match_tags: [tenant:s{i}], source: {{type: env, var: PORTCULLIS_BENCH_SECRET_{i}}}, \
+             inject: {inject}, rules: [{{host: api{i}.secrets.example, paths: [\"/v1/*\"]}}]}}\n"
+        ));
+    }
+    yaml
+}
+
+fn secret_requests(n: usize) -> Vec<(OutboundRequest, Vec<Tag>)> {
+    let mut rng = Lcg(99);
+    (0..1024)
+        .map(|_| {
+            let i = rng.below(n);
+            let request = build_request(&CheckRequest {
+                request_line: format!("POST https://api{i}.secrets.example/v1/chat/completions"),
+                headers: vec![
+                    ("authorization".into(), format!("Bearer ptok_bench_{i:05}")),
+                    ("content-type".into(), "application/json".into()),
+                ],
+                ..CheckRequest::default()
+            })
+            .unwrap();
+            (request, vec![Tag::parse(&format!("tenant:s{i}")).unwrap()])
+        })
+        .collect()
+}
+
+/// Per-request `decide` percentiles (ns) over warm caches.
+fn decide_percentiles(
+    runtime: &tokio::runtime::Runtime,
+    snapshot: &Snapshot,
+    requests: &[(OutboundRequest, Vec<Tag>)],
+    count: usize,
+) -> [u64; 4] {
+    for (request, tags) in requests {
+        runtime.block_on(snapshot.decide(request, tags, None));
+    }
+    let mut samples = Vec::with_capacity(count);
+    for n in 0..count {
+        let (request, tags) = &requests[n % requests.len()];
+        let started = Instant::now();
+        black_box(runtime.block_on(snapshot.decide(black_box(request), tags, None)));
+        samples.push(started.elapsed().as_nanos() as u64);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    [at(0.5), at(0.99), at(0.999), *samples.last().unwrap()]
+}
+
+/// The cost of injection: the same requests decided with 1,000 policies, without and
+/// with 1,000 secrets loaded.
+fn secrets_case(count: usize) {
+    const SECRETS: usize = 1_000;
+    for i in 0..SECRETS {
+        // Set before any other thread exists (the bench is single-threaded here).
+        unsafe {
+            std::env::set_var(
+                format!("PORTCULLIS_BENCH_SECRET_{i}"),
+                format!("sk-bench-{i:08}"),
+            )
+        };
+    }
+    let policies = fleet_yaml(1_000).replace("policies:\n", "policies:\n  - {name: secrets-hosts, priority: 1, action: allow, rules: [{host: \"*.secrets.example\"}]}\n");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let requests = secret_requests(SECRETS);
+    let compile = |yaml: &str| {
+        let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
+        Snapshot::compile(
+            &loaded.config,
+            &loaded.version,
+            &|_| None,
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let without = compile(&policies);
+    let before = resident_mib();
+    let with = compile(&format!("{policies}{}", secrets_yaml(SECRETS)));
+    let memory = resident_mib() - before;
+    let check = runtime.block_on(with.decide(&requests[0].0, &requests[0].1, None));
+    assert!(
+        check
+            .outcome
+            .trace
+            .iter()
+            .any(|t| t.annotations.injected.is_some() || t.annotations.swapped.is_some()),
+        "the bench requests must match a secret"
+    );
+    let base = decide_percentiles(&runtime, &without, &requests, count);
+    let inj = decide_percentiles(&runtime, &with, &requests, count);
+    println!();
+    println!(
+        "decide() per matching request, 1,000 policies, warm cache, {count} timed decisions each"
+    );
+    println!("| case | p50 | p99 | p99.9 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, p) in [
+        ("no secrets", base),
+        ("1,000 secrets loaded, one injected", inj),
+    ] {
+        println!(
+            "| {name} | {:.2} µs | {:.2} µs | {:.2} µs | {:.1} µs |",
+            p[0] as f64 / 1000.0,
+            p[1] as f64 / 1000.0,
+            p[2] as f64 / 1000.0,
+            p[3] as f64 / 1000.0
+        );
+    }
+    println!(
+        "injection adds: p50 {:+.2} µs, p99 {:+.2} µs; 1,000 secrets hold {memory:.1} MiB",
+        (inj[0] as f64 - base[0] as f64) / 1000.0,
+        (inj[1] as f64 - base[1] as f64) / 1000.0
+    );
+}
+
 /// Times `count` decisions one by one and reports percentiles in nanoseconds.
 fn percentiles(p: &Prepared, count: usize) -> [u64; 4] {
     let ids: Vec<_> = p
@@ -236,6 +364,8 @@ fn percentiles(p: &Prepared, count: usize) -> [u64; 4] {
 
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
+    // First, while the process has one thread (it sets environment variables).
+    secrets_case(if benchmarking { 200_000 } else { 1_000 });
     let sizes: &[usize] = if benchmarking { &SIZES } else { &SIZES[..1] };
     let prepared: Vec<Prepared> = sizes.iter().map(|n| prepare(*n)).collect();
     let mut criterion = Criterion::default().configure_from_args();
