@@ -249,7 +249,8 @@ fn render_text(
         if let Some(d) = &t.annotations.dry_run {
             notes.push(format!("dry run: {:?} would {}", &*d.policy, d.action));
         }
-        let _ = writeln!(out, "  {:<17} {:<9} {}", t.name, action, notes.join("; "));
+        let line = format!("  {:<17} {:<9} {}", t.name, action, notes.join("; "));
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     let _ = writeln!(out, "decision    {}", record.decision.as_str());
     match &decided.outcome.rejection {
