@@ -343,7 +343,7 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
     //    re-signed with the real keys, the body's SHA-256 signed and sent.
     let body = br#"{"Name":"/app/config","WithDecryption":true}"#;
     let url = format!("http://127.0.0.1:{port}/aws/ssm");
-    let workload = SigV4Request {
+    let workload_request = SigV4Request {
         method: "POST",
         url: &url,
         headers: &[
@@ -353,25 +353,14 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
         body,
         service: "ssm",
         region: "us-east-1",
-    }
-    .signed_by_botocore(
+    };
+    let workload = workload_request.signed_by_botocore(
         "AKIDPLACEHOLDER",
         "placeholder-secret",
         Some("placeholder-token"),
     );
     assert!(workload.iter().any(|(n, _)| n == "authorization"));
-    let mut args: Vec<String> = Vec::new();
-    for (name, value) in &workload {
-        args.extend(["-H".into(), format!("{name}: {value}")]);
-    }
-    let body_text = std::str::from_utf8(body).unwrap();
-    args.extend([
-        "-X".into(),
-        "POST".into(),
-        "--data-binary".into(),
-        body_text.into(),
-        url.clone(),
-    ]);
+    let args = workload_request.curl_args(&workload);
     let reply = gw.via_proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(reply.status, 200, "{reply:?}\n{}", gw.portcullis_log());
     replies.push(reply);
@@ -435,20 +424,16 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
 
     // 4. Signed for another service and region: refused, never forwarded.
     let before = upstream.hits();
-    let other = SigV4Request {
+    let other_request = SigV4Request {
         method: "GET",
         url: &format!("http://127.0.0.1:{port}/aws/bucket"),
         headers: &[],
         body: b"",
         service: "s3",
         region: "eu-west-1",
-    }
-    .signed_by_botocore("AKIDPLACEHOLDER", "placeholder-secret", None);
-    let mut args: Vec<String> = Vec::new();
-    for (name, value) in &other {
-        args.extend(["-H".into(), format!("{name}: {value}")]);
-    }
-    args.push(format!("http://127.0.0.1:{port}/aws/bucket"));
+    };
+    let other = other_request.signed_by_botocore("AKIDPLACEHOLDER", "placeholder-secret", None);
+    let args = other_request.curl_args(&other);
     let reply = gw.via_proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(reply.status, 403, "{reply:?}");
     let error = reply.json();
@@ -512,24 +497,20 @@ transforms: [allowlist, secrets]
     let sts_url = format!("http://localhost:{}/", moto.port);
     let sts_body = b"Action=GetCallerIdentity&Version=2011-06-15";
     let form = "application/x-www-form-urlencoded; charset=utf-8";
-    let placeholder_signed = SigV4Request {
+    let placeholder_signed_request = SigV4Request {
         method: "POST",
         url: &sts_url,
         headers: &[("Content-Type", form)],
         body: sts_body,
         service: "sts",
         region: "us-east-1",
-    }
-    .signed_by_botocore("AKIDPLACEHOLDER", "placeholder-secret", None);
-    let mut args: Vec<String> = Vec::new();
-    for (name, value) in &placeholder_signed {
-        args.extend(["-H".into(), format!("{name}: {value}")]);
-    }
-    args.extend([
-        "--data-binary".into(),
-        std::str::from_utf8(sts_body).unwrap().into(),
-        sts_url.clone(),
-    ]);
+    };
+    let placeholder_signed = placeholder_signed_request.signed_by_botocore(
+        "AKIDPLACEHOLDER",
+        "placeholder-secret",
+        None,
+    );
+    let args = placeholder_signed_request.curl_args(&placeholder_signed);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     // Control: moto refuses the placeholder signature when it reaches it directly.
@@ -541,24 +522,16 @@ transforms: [allowlist, secrets]
         direct.body
     );
     // And it checks signatures, not just key ids: the real key id with a wrong secret.
-    let forged = SigV4Request {
+    let forged_request = SigV4Request {
         method: "POST",
         url: &sts_url,
         headers: &[("Content-Type", form)],
         body: sts_body,
         service: "sts",
         region: "us-east-1",
-    }
-    .signed_by_botocore(&key_id, "not-the-secret", None);
-    let mut forged_args: Vec<String> = Vec::new();
-    for (name, value) in &forged {
-        forged_args.extend(["-H".into(), format!("{name}: {value}")]);
-    }
-    forged_args.extend([
-        "--data-binary".into(),
-        std::str::from_utf8(sts_body).unwrap().into(),
-        sts_url.clone(),
-    ]);
+    };
+    let forged = forged_request.signed_by_botocore(&key_id, "not-the-secret", None);
+    let forged_args = forged_request.curl_args(&forged);
     let forged_args: Vec<&str> = forged_args.iter().map(String::as_str).collect();
     let direct = curl(gw.dir.path(), &forged_args);
     assert_eq!(direct.status, 403, "{direct:?}");
@@ -595,7 +568,7 @@ transforms: [allowlist, secrets]
     // A JSON-protocol call (x-amz-target signed) to SSM through the other host name.
     let ssm_url = format!("http://127.0.0.1:{}/", moto.port);
     let ssm_body = br#"{"Name":"/app/config"}"#;
-    let signed = SigV4Request {
+    let signed_request = SigV4Request {
         method: "POST",
         url: &ssm_url,
         headers: &[
@@ -605,21 +578,13 @@ transforms: [allowlist, secrets]
         body: ssm_body,
         service: "ssm",
         region: "us-east-1",
-    }
-    .signed_by_botocore(
+    };
+    let signed = signed_request.signed_by_botocore(
         "AKIDPLACEHOLDER",
         "placeholder-secret",
         Some("placeholder-token"),
     );
-    let mut args: Vec<String> = Vec::new();
-    for (name, value) in &signed {
-        args.extend(["-H".into(), format!("{name}: {value}")]);
-    }
-    args.extend([
-        "--data-binary".into(),
-        std::str::from_utf8(ssm_body).unwrap().into(),
-        ssm_url,
-    ]);
+    let args = signed_request.curl_args(&signed);
     let reply = gw.via_proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("plain-config-value"), "{}", reply.body);

@@ -279,6 +279,22 @@ impl SigV4Request<'_> {
             .collect()
     }
 
+    /// curl arguments that send this request with `signed` headers (from
+    /// [`SigV4Request::signed_by_botocore`]).
+    pub fn curl_args(&self, signed: &[(String, String)]) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        for (name, value) in signed {
+            args.extend(["-H".into(), format!("{name}: {value}")]);
+        }
+        args.extend(["-X".into(), self.method.into()]);
+        if !self.body.is_empty() {
+            let body = std::str::from_utf8(self.body).expect("a text body");
+            args.extend(["--data-binary".into(), body.into()]);
+        }
+        args.push(self.url.into());
+        args
+    }
+
     /// The signature botocore computes for this request (the headers given are the signed
     /// ones, as received), at `timestamp` (`x-amz-date`); with the canonical request.
     pub fn botocore_signature(&self, key: &str, secret: &str, timestamp: &str) -> (String, String) {
