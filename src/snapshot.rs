@@ -3,11 +3,12 @@
 //! immutable; a reload compiles a new one and swaps it in whole, so a request never sees
 //! half of a change, and an invalid change never replaces a good snapshot.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigErrors, FieldError, LoadedConfig, load_file, parse_str};
+use crate::config::{
+    Config, ConfigErrors, FieldError, LoadedConfig, duplicate_names, load_file, parse_str,
+};
 use crate::identity::{Identity, IdentityError, IdentityResolver, Presented};
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
@@ -52,22 +53,11 @@ impl Snapshot {
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &SecretsRuntime,
     ) -> Result<Snapshot, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let mut first_use: HashMap<&str, usize> = HashMap::with_capacity(config.policies.len());
-        for (i, policy) in config.policies.iter().enumerate() {
-            match first_use.get(policy.name.as_str()) {
-                Some(first) => errors.push(FieldError::new(
-                    format!("policies[{i}].name"),
-                    format!(
-                        "duplicate policy name {:?} (first used at policies[{first}])",
-                        policy.name
-                    ),
-                )),
-                None => {
-                    first_use.insert(&policy.name, i);
-                }
-            }
-        }
+        let mut errors = duplicate_names(
+            "policies",
+            "policy",
+            config.policies.iter().map(|p| p.name.as_str()),
+        );
         if config.audit.sink == crate::config::AuditSinkKind::File && config.audit.path.is_none() {
             errors.push(FieldError::new("audit.path", "`sink: file` needs a `path`"));
         }

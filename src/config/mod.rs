@@ -152,3 +152,26 @@ pub fn join_path(prefix: &str, rest: &str) -> String {
         (false, false) => format!("{prefix}.{rest}"),
     }
 }
+
+/// One error per name used again in a list (`policies`, `secrets`), at the later use, naming
+/// the first. Linear: reloads of large configs run it every time.
+pub fn duplicate_names<'a>(
+    section: &str,
+    what: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<FieldError> {
+    let mut first_use: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for (i, name) in names.into_iter().enumerate() {
+        match first_use.get(name) {
+            Some(first) => errors.push(FieldError::new(
+                format!("{section}[{i}].name"),
+                format!("duplicate {what} name {name:?} (first used at {section}[{first}])"),
+            )),
+            None => {
+                first_use.insert(name, i);
+            }
+        }
+    }
+    errors
+}

@@ -142,3 +142,22 @@ fn version_is_a_content_hash() {
     assert_ne!(version_of("a"), version_of("b"));
     assert_eq!(version_of("a").len(), 12);
 }
+
+#[test]
+fn duplicate_names_point_at_the_later_use_and_name_the_first() {
+    let errors = crate::config::duplicate_names("policies", "policy", ["a", "b", "a", "a"]);
+    let found: Vec<(String, String)> = errors.into_iter().map(|e| (e.path, e.message)).collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "policies[2].name".into(),
+                "duplicate policy name \"a\" (first used at policies[0])".into()
+            ),
+            (
+                "policies[3].name".into(),
+                "duplicate policy name \"a\" (first used at policies[0])".into()
+            ),
+        ]
+    );
+}

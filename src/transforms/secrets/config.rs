@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::template::{Template, TemplateVars, Var};
+use super::template::{Template, Var};
 use crate::config::FieldError;
 use crate::policy::rule::{RuleConfig, Tag};
 use crate::secrets::SourceConfig;
@@ -41,7 +41,7 @@ fn default_locations() -> Vec<Location> {
 }
 
 fn default_format() -> Template {
-    Template::parse("{{ value }}", TemplateVars::Value).expect("a valid template")
+    Template::parse("{{ value }}").expect("a valid template")
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -22,7 +22,7 @@ pub use config::{InjectConfig, Location, SecretConfig, validate_secret};
 use inject::{Credential, Refusal, Use};
 
 use super::{Annotations, CredentialUse, Exchange, Rejection, Step};
-use crate::config::FieldError;
+use crate::config::{FieldError, duplicate_names};
 use crate::identity::Identity;
 use crate::policy::index::{Indexed, Next, RuleIndex, WorkloadTagIds};
 use crate::policy::rule::{Rule, RuleCompiler, Tag};
@@ -58,20 +58,12 @@ impl SecretsTransform {
         cache: &SourceCache,
         ctx: &SourceContext,
     ) -> Result<SecretsTransform, Vec<FieldError>> {
-        let mut errors = Vec::new();
+        let mut errors =
+            duplicate_names("secrets", "secret", configs.iter().map(|c| c.name.as_str()));
         let mut rules = RuleCompiler::default();
         let mut secrets = Vec::with_capacity(configs.len());
         for (i, config) in configs.iter().enumerate() {
             let path = format!("secrets[{i}]");
-            if let Some(first) = configs[..i].iter().position(|c| c.name == config.name) {
-                errors.push(FieldError::new(
-                    format!("{path}.name"),
-                    format!(
-                        "duplicate secret name {:?} (first used at secrets[{first}])",
-                        config.name
-                    ),
-                ));
-            }
             if matches!(config.inject, InjectConfig::AwsSigv4 { .. }) && !sigv4::AVAILABLE {
                 errors.push(FieldError::new(
                     format!("{path}.inject.style"),

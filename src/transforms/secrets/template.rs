@@ -43,12 +43,6 @@ impl Var {
     }
 }
 
-/// Which variables a template may use, for the default format.
-#[derive(Debug, Clone, Copy)]
-pub enum TemplateVars {
-    Value,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
@@ -79,7 +73,7 @@ impl TryFrom<String> for Template {
     type Error = String;
 
     fn try_from(source: String) -> Result<Self, String> {
-        Template::parse_any(&source)
+        Template::parse(&source)
     }
 }
 
@@ -98,11 +92,7 @@ pub enum Fill<'a> {
 }
 
 impl Template {
-    pub fn parse(source: &str, _vars: TemplateVars) -> Result<Template, String> {
-        Template::parse_any(source)
-    }
-
-    fn parse_any(source: &str) -> Result<Template, String> {
+    pub fn parse(source: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut rest = source;
         while let Some(open) = rest.find("{{") {
