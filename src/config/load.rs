@@ -28,6 +28,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "secrets",
     "transforms",
     "audit",
+    "telemetry",
 ];
 
 /// One problem in a config file.
@@ -247,6 +248,11 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "audit" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.audit = v;
+                }
+            }
+            "telemetry" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.telemetry = v;
                 }
             }
             "identities" => {

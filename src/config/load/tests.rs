@@ -161,3 +161,70 @@ fn duplicate_names_point_at_the_later_use_and_name_the_first() {
         ]
     );
 }
+
+#[test]
+fn telemetry_otlp_parses_and_defaults_to_off() {
+    assert_eq!(
+        parse_str("gateway: {}\n", None).unwrap().config.telemetry,
+        crate::config::TelemetryConfig::default()
+    );
+    let loaded = parse_str(
+        "telemetry:\n  otlp: {endpoint: \"http://127.0.0.1:4317\", service_name: gw-a, sample_ratio: 0.25}\n",
+        None,
+    )
+    .unwrap();
+    let otlp = loaded.config.telemetry.otlp.unwrap();
+    assert_eq!(otlp.endpoint.unwrap().as_str(), "http://127.0.0.1:4317");
+    assert_eq!(otlp.service_name.as_deref(), Some("gw-a"));
+    assert_eq!(otlp.sample_ratio, Some(0.25));
+}
+
+#[test]
+fn telemetry_errors_name_the_field_and_line() {
+    let found = errors(
+        "\
+gateway: {}
+telemetry:
+  otlp:
+    endpoint: 127.0.0.1:4317
+",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "gw.yaml:4:5: telemetry.otlp.endpoint: invalid OTLP endpoint \"127.0.0.1:4317\""
+        ),
+        "{}",
+        found[0]
+    );
+    for (yaml, path, message) in [
+        (
+            "telemetry: {otlp: {endpoint: \"ftp://c:4317\"}}\n",
+            "telemetry.otlp.endpoint",
+            "expected http://host:port",
+        ),
+        (
+            "telemetry: {otlp: {sample_ratio: 1.5}}\n",
+            "telemetry.otlp.sample_ratio",
+            "between 0.0 and 1.0",
+        ),
+        (
+            "telemetry: {otlp: {endpont: \"http://c:4317\"}}\n",
+            "telemetry.otlp.endpont",
+            "unknown field",
+        ),
+        (
+            "telemetry: {jaeger: {}}\n",
+            "telemetry.jaeger",
+            "unknown field",
+        ),
+    ] {
+        let found = errors(yaml);
+        assert_eq!(found.len(), 1, "{yaml}: {found:#?}");
+        assert!(
+            found[0].contains(&format!("{path}: ")) && found[0].contains(message),
+            "{yaml}: {}",
+            found[0]
+        );
+    }
+}
