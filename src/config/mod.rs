@@ -176,8 +176,16 @@ impl TryFrom<String> for OtlpEndpoint {
         let uri: tonic::codegen::http::Uri = url
             .parse()
             .map_err(|e| format!("invalid OTLP endpoint {url:?}: {e}"))?;
+        // Not echoed: whatever is before `@` may be a password.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(
+                "an OTLP endpoint must not carry credentials (`user:password@`): \
+                        send them with OTEL_EXPORTER_OTLP_HEADERS"
+                    .to_owned(),
+            );
+        }
         let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-        if !scheme_ok || uri.host().is_none_or(str::is_empty) {
+        if !scheme_ok || uri.host().is_none_or(str::is_empty) || uri.query().is_some() {
             return Err(format!(
                 "invalid OTLP endpoint {url:?}: expected http://host:port or https://host:port"
             ));

@@ -204,6 +204,11 @@ telemetry:
             "expected http://host:port",
         ),
         (
+            "telemetry: {otlp: {endpoint: \"http://c:4317/?k=v\"}}\n",
+            "telemetry.otlp.endpoint",
+            "expected http://host:port",
+        ),
+        (
             "telemetry: {otlp: {sample_ratio: 1.5}}\n",
             "telemetry.otlp.sample_ratio",
             "between 0.0 and 1.0",
@@ -227,4 +232,17 @@ telemetry:
             found[0]
         );
     }
+}
+
+#[test]
+fn telemetry_endpoint_credentials_are_refused_without_being_echoed() {
+    let found =
+        errors("telemetry: {otlp: {endpoint: \"https://user:s3cr3t-pw@otel.example:4317\"}}\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("telemetry.otlp.endpoint: an OTLP endpoint must not carry credentials"),
+        "{}",
+        found[0]
+    );
+    assert!(!found[0].contains("s3cr3t-pw"), "{}", found[0]);
 }
