@@ -18,6 +18,7 @@ use crate::config::watch::{self as config_watch, ConfigWatch};
 use crate::config::{Config, ConfigErrors, version_of};
 use crate::extproc::{ExtProcService, Shared};
 use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
 
 /// How long shutdown waits for open streams to finish.
@@ -42,13 +43,15 @@ pub enum ServeError {
     Other(#[from] anyhow::Error),
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT or SIGTERM. Installs the process's logging (and trace export) once
+/// the config is loaded; errors before that are returned, for the caller to print.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     install_crypto_provider();
     let secrets = SecretsRuntime::default();
     let (loaded, snapshot) =
         Snapshot::load(&options.config, &secrets).map_err(ServeError::InvalidConfig)?;
     let config = loaded.config;
+    let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     let grpc_addr = options.grpc_listen.unwrap_or(config.server.grpc_listen);
     let admin_addr = options.admin_listen.unwrap_or(config.server.admin_listen);
     if !snapshot.pipeline.has_allowlist() {
@@ -122,10 +125,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     .await;
     if drained.is_err() {
         tracing::warn!("streams still open after {DRAIN_TIMEOUT:?}; exiting anyway");
-        return Ok(());
+    } else {
+        // Every sink clone is gone with the servers: the writer flushes and ends.
+        let _ = tokio::task::spawn_blocking(move || audit_writer.finish()).await;
     }
-    // Every sink clone is gone with the servers: the writer flushes and ends.
-    let _ = tokio::task::spawn_blocking(move || audit_writer.finish()).await;
+    telemetry.shutdown().await;
     Ok(())
 }
 
@@ -273,6 +277,9 @@ impl Reloader {
         }
         if new.audit != self.running.audit {
             tracing::warn!("`audit` sink changed: restart portcullis to apply");
+        }
+        if new.telemetry != self.running.telemetry {
+            tracing::warn!("`telemetry` changed: restart portcullis to apply");
         }
     }
 }

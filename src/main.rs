@@ -84,7 +84,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(options: ServeOptions) -> ExitCode {
-    portcullis::telemetry::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,6 +15,7 @@ use crate::identity::Identity;
 use crate::policy::Decision;
 use crate::request::OutboundRequest;
 use crate::snapshot::Decided;
+use crate::telemetry::trace::TraceId;
 use crate::transforms::{DryRun, TransformTrace};
 
 /// One audited request. Holds names, tags and reasons only — never header values.
@@ -23,6 +24,13 @@ pub struct AuditRecord<'a> {
     /// RFC 3339, microseconds, UTC.
     pub ts: String,
     pub request_id: &'a str,
+    /// The W3C trace of the request: the exported one when traces are exported, else the
+    /// caller's, from a valid `traceparent` header.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hex_trace_id"
+    )]
+    pub trace_id: Option<TraceId>,
     pub config_version: &'a str,
     pub decision: Decision,
     /// The status the workload got, for refused requests.
@@ -106,6 +114,7 @@ impl<'a> AuditRecord<'a> {
         AuditRecord {
             ts: now_rfc3339(),
             request_id: &request.id,
+            trace_id: None,
             config_version,
             decision: outcome.decision,
             status: rejection.map(|r| r.status),
@@ -124,6 +133,17 @@ impl<'a> AuditRecord<'a> {
             transforms: &outcome.trace,
             decision_us,
         }
+    }
+}
+
+/// 32 lower-case hex digits, as in `traceparent`.
+fn hex_trace_id<S: serde::Serializer>(
+    trace_id: &Option<TraceId>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match trace_id {
+        Some(id) => serializer.collect_str(id),
+        None => serializer.serialize_none(),
     }
 }
 

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingResponse, TrailersResponse, processing_response::Response as Answer,
 };
 use tonic::Status;
+use tracing::Instrument;
 
 use super::Shared;
 use super::convert::{self, ListenerContext};
@@ -23,6 +24,7 @@ use crate::policy::Action;
 use crate::request::OutboundRequest;
 use crate::snapshot::{Decided, Snapshot};
 use crate::telemetry::metrics::StreamGuard;
+use crate::telemetry::trace::StreamTrace;
 
 // Lives for one message; boxing the response would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
@@ -59,6 +61,8 @@ pub(super) struct StreamState {
     listener: ListenerContext,
     phase: Phase,
     pending: Option<Box<PendingBody>>,
+    /// The stream's span, from the request headers on; it ends with the stream.
+    trace: StreamTrace,
     _open: StreamGuard,
 }
 
@@ -70,6 +74,7 @@ impl StreamState {
             listener,
             phase: Phase::AwaitingRequestHeaders,
             pending: None,
+            trace: StreamTrace::default(),
             _open: open,
         }
     }
@@ -85,7 +90,10 @@ impl StreamState {
                 self.on_request_headers(headers, &message.attributes).await
             }
             (Phase::AwaitingBody, Some(Message::RequestBody(chunk))) => {
-                self.on_request_body(chunk.body, chunk.end_of_stream).await
+                let span = self.trace.span().clone();
+                self.on_request_body(chunk.body, chunk.end_of_stream)
+                    .instrument(span)
+                    .await
             }
             (Phase::Forwarded, Some(Message::RequestBody(_))) => {
                 Reply::Send(answer(Answer::RequestBody(BodyResponse {
@@ -133,6 +141,7 @@ impl StreamState {
             Phase::Finished => "after the request was refused",
         };
         tracing::warn!(message = what, "unexpected ext_proc message {why}");
+        self.trace.failed();
         self.shared.metrics.stream_error();
         self.phase = Phase::Finished;
         Reply::Fail(Status::failed_precondition(format!(
@@ -148,7 +157,25 @@ impl StreamState {
         let started = Instant::now();
         let snapshot = self.shared.snapshot.load_full();
         let has_body = !headers.end_of_stream;
-        match convert::outbound_request(headers, attributes, &self.listener) {
+        let parsed = convert::outbound_request(headers, attributes, &self.listener);
+        self.trace = StreamTrace::start(match &parsed {
+            Ok(request) => request,
+            Err(invalid) => &invalid.request,
+        });
+        let span = self.trace.span().clone();
+        self.decide_headers(parsed, snapshot, has_body, started)
+            .instrument(span)
+            .await
+    }
+
+    async fn decide_headers(
+        &mut self,
+        parsed: Result<OutboundRequest, Box<convert::InvalidRequest>>,
+        snapshot: Arc<Snapshot>,
+        has_body: bool,
+        started: Instant,
+    ) -> Reply {
+        match parsed {
             Ok(request) => {
                 if has_body && snapshot.needs_body(&request, &self.listener.tags) {
                     // Refuse a declared oversize body before asking Envoy to buffer it:
@@ -257,7 +284,9 @@ impl StreamState {
         } else {
             Phase::Forwarded
         };
-        let record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
+        let mut record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
+        record.trace_id = self.trace.trace_id();
+        self.trace.decided(&record);
         self.shared
             .metrics
             .record_decision(outcome.decision, record.policy, elapsed.as_secs_f64());

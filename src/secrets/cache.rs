@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use tracing::Instrument;
 
 use super::sources::{CompiledSource, Current};
 use super::value::{SecretValue, SourceError};
@@ -103,7 +104,12 @@ impl SourceCache {
 
     async fn load(&self, source: &CompiledSource) -> Entry {
         let fetched = Instant::now();
-        match source.fetch(self).await {
+        let span = crate::telemetry::trace::secret_fetch_span(&source.description);
+        let result = source.fetch(self).instrument(span.clone()).await;
+        if result.is_err() && !span.is_disabled() {
+            span.record("otel.status_code", "ERROR");
+        }
+        match result {
             Ok(value) => Entry {
                 lifetime: lifetime(source.ttl, value.expires_in),
                 result: Ok(value.value),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
+use tracing::Instrument;
 
 use crate::config::{FieldError, from_value};
 use crate::identity::Identity;
@@ -20,6 +21,7 @@ use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
 use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::OutboundRequest;
 use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
+use crate::telemetry::trace::transform_span;
 
 pub use header_allowlist::HeaderAllowlistConfig;
 pub use secrets::SecretConfig;
@@ -166,6 +168,16 @@ pub enum TraceAction {
     Reject,
     /// Out of the transform's `rules` scope: not run.
     Skip,
+}
+
+impl TraceAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceAction::Continue => "continue",
+            TraceAction::Reject => "reject",
+            TraceAction::Skip => "skip",
+        }
+    }
 }
 
 /// A dry-run policy's would-be decision.
@@ -465,7 +477,7 @@ impl Pipeline {
             .any(|s| matches!(s.transform, Transform::Allowlist))
     }
 
-    /// Runs every stage in order until one rejects.
+    /// Runs every stage in order until one rejects; each stage that runs has its own span.
     pub async fn run(&self, mut exchange: Exchange<'_>) -> Outcome {
         let mut trace = Vec::with_capacity(self.stages.len());
         let mut rejection = None;
@@ -480,21 +492,32 @@ impl Pipeline {
                 });
                 continue;
             }
-            match stage.transform.apply(&mut exchange).await {
-                Step::Continue(annotations) => trace.push(TransformTrace {
-                    name,
-                    action: TraceAction::Continue,
-                    annotations,
-                }),
+            let span = transform_span(name);
+            let step = stage
+                .transform
+                .apply(&mut exchange)
+                .instrument(span.clone())
+                .await;
+            let (action, annotations) = match step {
+                Step::Continue(annotations) => (TraceAction::Continue, annotations),
                 Step::Reject(r, annotations) => {
-                    trace.push(TransformTrace {
-                        name,
-                        action: TraceAction::Reject,
-                        annotations,
-                    });
                     rejection = Some(r);
-                    break;
+                    (TraceAction::Reject, annotations)
                 }
+            };
+            if !span.is_disabled() {
+                span.record("transform.action", action.as_str());
+                if let Some(reason) = annotations.reason {
+                    span.record("transform.reason", reason);
+                }
+            }
+            trace.push(TransformTrace {
+                name,
+                action,
+                annotations,
+            });
+            if action == TraceAction::Reject {
+                break;
             }
         }
         let decision = match (&rejection, exchange.verdict) {
