@@ -13,4 +13,5 @@ mod reload;
 mod secrets;
 mod secrets_aws;
 mod secrets_http;
+mod telemetry;
 mod tunnels;

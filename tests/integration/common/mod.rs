@@ -2,6 +2,7 @@
 //! binary, and a real upstream, on free ports, driven with curl as a user would.
 
 pub mod backends;
+pub mod collector;
 pub mod moto;
 pub mod session;
 pub mod upstream;
