@@ -362,6 +362,97 @@ fn percentiles(p: &Prepared, count: usize) -> [u64; 4] {
     [at(0.5), at(0.99), at(0.999), *samples.last().unwrap()]
 }
 
+/// A collector that takes every span at once.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        _: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// What tracing adds per request: the stream span (half the requests carry a
+/// `traceparent`), the transform spans, the audit record's trace id. First without an
+/// exporter (as `serve` runs by default), then with spans exported, through the layer
+/// `serve` installs, to a collector that takes everything.
+fn tracing_case(p: &Prepared, count: usize) {
+    use portcullis::telemetry::trace::StreamTrace;
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let requests: Vec<(OutboundRequest, Vec<Tag>)> = p
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, (request, tags))| {
+            let mut request = request.clone();
+            if i % 2 == 0 {
+                let traceparent = format!("00-{:032x}-{:016x}-01", i + 1, i + 1);
+                request
+                    .headers
+                    .push(("traceparent".into(), traceparent.into_bytes()));
+            }
+            (request, tags.clone())
+        })
+        .collect();
+    let run = |count: usize| {
+        let mut samples = Vec::with_capacity(count);
+        for n in 0..count {
+            let (request, tags) = &requests[n % requests.len()];
+            let started = Instant::now();
+            let trace = StreamTrace::start(request);
+            let decided = runtime.block_on(
+                p.snapshot
+                    .decide(black_box(request), tags, None)
+                    .instrument(trace.span().clone()),
+            );
+            let mut record = portcullis::audit::AuditRecord::of(request, &decided, "v", 1.0);
+            record.trace_id = trace.trace_id();
+            trace.decided(&record);
+            black_box(&record);
+            drop(trace);
+            samples.push(started.elapsed().as_nanos() as u64);
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        [at(0.5), at(0.99), at(0.999)]
+    };
+    run(requests.len());
+    let off = run(count);
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        .build();
+    tracing_subscriber::registry()
+        .with(portcullis::telemetry::span_layer(&provider))
+        .init();
+    run(requests.len());
+    let on = run(count);
+    println!();
+    println!(
+        "decide() + audit record per request, {} policies, {count} timed requests each",
+        p.size
+    );
+    println!("| spans | p50 | p99 | p99.9 |");
+    println!("|---|---:|---:|---:|");
+    for (case, [p50, p99, p999]) in [("not exported", off), ("exported", on)] {
+        println!(
+            "| {case} | {:.2} µs | {:.2} µs | {:.2} µs |",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            p999 as f64 / 1000.0
+        );
+    }
+    let _ = provider.shutdown();
+}
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     // First, while the process has one thread (it sets environment variables).
@@ -394,4 +485,6 @@ fn main() {
             p.resident_mib
         );
     }
+    // Last: it installs a subscriber for the rest of the process.
+    tracing_case(&prepared[1], 200_000);
 }
