@@ -463,6 +463,7 @@ fn main() {
     bench_engine(&mut criterion, &prepared);
     criterion.final_summary();
     if !benchmarking {
+        tracing_case(&prepared[0], 1_000);
         return;
     }
     println!();
