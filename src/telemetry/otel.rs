@@ -253,4 +253,19 @@ mod tests {
             "{error}"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_and_https_endpoints_build_an_exporter() {
+        for endpoint in ["http://127.0.0.1:4317", "https://otel.example:4317"] {
+            let settings = ExportSettings {
+                endpoint: OtlpEndpoint::try_from(endpoint.to_owned()).unwrap(),
+                service_name: "test".into(),
+                sample_ratio: 1.0,
+            };
+            let provider = provider(&settings).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+            // Nothing was exported: shutting down does not wait on the (absent) collector.
+            let shutdown = tokio::task::spawn_blocking(move || provider.shutdown());
+            assert!(shutdown.await.unwrap().is_ok(), "{endpoint}");
+        }
+    }
 }

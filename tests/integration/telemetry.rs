@@ -310,3 +310,46 @@ fn a_collector_that_is_down_never_fails_a_request_and_is_logged_once() {
     assert_eq!(gw.audit().len(), 5);
     gw.assert_no_leaks(&[SECRET, PROXY_TOKEN], &[]);
 }
+
+#[test]
+fn malformed_endpoints_are_refused_with_where_they_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &file,
+        "policies: []\ntelemetry:\n  otlp:\n    endpoint: collector:4317\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{}:4:5: telemetry.otlp.endpoint: invalid OTLP endpoint \"collector:4317\"",
+            file.display()
+        )),
+        "{stdout}"
+    );
+
+    std::fs::write(&file, "policies: []\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT: invalid OTLP endpoint \"collector:4317\""),
+        "{stderr}"
+    );
+}
