@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigErrors, version_of};
 use crate::extproc::{ExtProcService, Shared};
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::sds::SecretDiscovery;
 
 /// How long shutdown waits for open streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,12 +49,25 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let secrets = SecretsRuntime::default();
     let (loaded, snapshot) =
         Snapshot::load(&options.config, &secrets).map_err(ServeError::InvalidConfig)?;
-    let config = loaded.config;
+    let config = loaded.config.clone();
     let grpc_addr = options.grpc_listen.unwrap_or(config.server.grpc_listen);
     let admin_addr = options.admin_listen.unwrap_or(config.server.admin_listen);
     if !snapshot.pipeline.has_allowlist() {
         tracing::warn!("the transforms pipeline has no allowlist: no policy decides requests");
     }
+    let leaves = match &config.interception {
+        Some(interception) => {
+            let leaves = interception
+                .load()
+                .map_err(|e| ServeError::InvalidConfig(loaded.place(vec![e])))?;
+            tracing::info!(
+                leaf_lifetime = %interception.leaf_lifetime,
+                "HTTPS interception on: serving certificates over SDS"
+            );
+            Some(Arc::new(leaves))
+        }
+        None => None,
+    };
     let grpc_listener = TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("cannot listen for ext_proc on {grpc_addr}"))?;
@@ -101,6 +115,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(ExtProcService::new(shared.clone()).into_server())
+        .add_optional_service(
+            leaves.map(|leaves| SecretDiscovery::new(shared.clone(), leaves).into_server()),
+        )
         .serve_with_incoming_shutdown(incoming, wait_for(shutdown_rx.clone()));
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
@@ -270,6 +287,9 @@ impl Reloader {
     fn warn_restart_only(&mut self, new: &Config) {
         if new.server != self.running.server {
             tracing::warn!("`server` listen addresses changed: restart portcullis to apply");
+        }
+        if new.interception != self.running.interception {
+            tracing::warn!("`interception` changed: restart portcullis to apply");
         }
         if new.audit != self.running.audit {
             tracing::warn!("`audit` sink changed: restart portcullis to apply");

@@ -34,6 +34,8 @@ pub struct Config {
     /// secrets are defined.
     pub transforms: Vec<TransformEntry>,
     pub audit: AuditConfig,
+    /// HTTPS interception (the CA behind the certificates Envoy presents); off when absent.
+    pub interception: Option<crate::tls::InterceptionConfig>,
 }
 
 /// Listen addresses. Changing them needs a restart; the command line overrides them.
