@@ -90,6 +90,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         audit,
         metrics,
+        draining: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -120,18 +121,34 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         )
         .serve_with_incoming_shutdown(incoming, wait_for(shutdown_rx.clone()));
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
+    // The admin server outlives the drain, so probes see `/readyz` 503 while streams finish.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
-        .with_graceful_shutdown(wait_for(shutdown_rx.clone()));
+        .with_graceful_shutdown(wait_for(admin_stop_rx));
     tracing::info!(%grpc_addr, %admin_addr, "portcullis is serving");
+    let draining = shared.clone();
     drop(shared);
 
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     wait_for_signal().await;
-    tracing::info!("shutting down: no new streams, draining open ones");
+    tracing::info!("shutting down: not ready, no new streams, draining open ones");
+    draining
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(draining);
+    let delay = config.server.shutdown_delay.0;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "still deciding requests while load balancers move away"
+        );
+        tokio::time::sleep(delay).await;
+    }
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = grpc_task.await;
+        let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         let _ = reload_task.await;
         let _ = refresh_task.await;
