@@ -310,6 +310,128 @@ fn is_dns_name(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::{SecretsRuntime, Snapshot};
+
+    fn snapshot(yaml: &str) -> Arc<Snapshot> {
+        let (_, snapshot) = Snapshot::from_text(
+            yaml,
+            std::path::Path::new("t.yaml"),
+            &SecretsRuntime::default(),
+        )
+        .unwrap();
+        Arc::new(snapshot)
+    }
+
+    /// A stream wired to a live snapshot, with leaves that live `lifetime`.
+    fn stream(
+        lifetime: Duration,
+    ) -> (
+        SdsStream,
+        Arc<Shared>,
+        mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, _writer) = crate::audit::AuditSink::start(&crate::config::AuditConfig {
+            sink: crate::config::AuditSinkKind::File,
+            path: Some(dir.path().join("audit.jsonl")),
+        })
+        .unwrap();
+        let shared = Arc::new(Shared {
+            snapshot: Arc::new(arc_swap::ArcSwap::new(snapshot(
+                "policies: [{name: a, action: allow, rules: [{host: a.example}]}]",
+            ))),
+            audit,
+            metrics: Arc::new(crate::telemetry::metrics::Metrics::new()),
+            draining: Default::default(),
+        });
+        let generated = super::super::ca::generate("t", Duration::from_secs(3600)).unwrap();
+        let ca = super::super::ca::CertificateAuthority::from_pem(
+            &generated.cert_pem,
+            &generated.key_pem,
+            std::path::Path::new("ca.crt"),
+            std::path::Path::new("ca.key"),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let stream = SdsStream {
+            shared: shared.clone(),
+            leaves: Arc::new(LeafCertificates::new(ca, lifetime, 100)),
+            listener_tags: Vec::new(),
+            names: HashMap::new(),
+            nonce: 0,
+            tx,
+        };
+        (stream, shared, rx, dir)
+    }
+
+    fn subscribe(names: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: Secret::type_url(),
+            resource_names_subscribe: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_renews_before_expiry_and_withdraws_after_a_policy_change() {
+        let (mut stream, shared, mut rx, _dir) = stream(Duration::from_secs(3));
+        assert!(
+            stream
+                .on_request(subscribe(&["a.example", "b.example"]))
+                .await
+        );
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(first.resources.len(), 1);
+        assert_eq!(first.resources[0].name, "a.example");
+        assert_eq!(first.removed_resources, ["b.example"]);
+        // An ACK changes nothing and sends nothing.
+        assert!(
+            stream
+                .on_request(DeltaDiscoveryRequest {
+                    response_nonce: first.nonce.clone(),
+                    ..Default::default()
+                })
+                .await
+        );
+        assert!(stream.recheck(false).await);
+        assert!(rx.try_recv().is_err(), "nothing due yet");
+
+        // Two thirds of the lifetime later a successor is pushed, under a new version.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(stream.recheck(false).await);
+        let renewed = rx.recv().await.unwrap().unwrap();
+        assert_eq!(renewed.resources.len(), 1);
+        assert_eq!(renewed.resources[0].name, "a.example");
+        assert_ne!(renewed.resources[0].version, first.resources[0].version);
+        assert!(renewed.removed_resources.is_empty());
+
+        // The policy goes: the name is withdrawn; b.example stays unanswered.
+        shared.snapshot.store(snapshot(
+            "policies: [{name: b, action: allow, rules: [{host: c.example}]}]",
+        ));
+        assert!(stream.recheck(true).await);
+        let withdrawn = rx.recv().await.unwrap().unwrap();
+        assert!(withdrawn.resources.is_empty());
+        assert_eq!(withdrawn.removed_resources, ["a.example"]);
+        let exported = shared.metrics.render();
+        assert!(
+            exported.contains(r#"portcullis_certificates_total{result="issued"} 2"#),
+            "{exported}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_resource_type_ends_the_stream() {
+        let (mut stream, _shared, mut rx, _dir) = stream(Duration::from_secs(60));
+        let request = DeltaDiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            ..Default::default()
+        };
+        assert!(!stream.on_request(request).await);
+        let status = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
 
     #[test]
     fn server_names_that_can_have_a_certificate() {
