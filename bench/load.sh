@@ -5,6 +5,13 @@
 #   plain      Envoy forward proxy (envoy/forward-proxy.yaml with the ext_proc filter removed)
 #   noop       Envoy + examples/noop_extproc (answers CONTINUE to everything)
 #   portcullis Envoy + target/release/portcullis with a generated 1,000-policy config
+#   tls-plain      HTTPS interception without decisions: envoy/transparent.yaml with the
+#                  ext_proc filter removed; Portcullis only mints the certificate (SDS)
+#   tls-portcullis HTTPS interception: envoy/transparent.yaml, Portcullis mints the
+#                  certificate and decides every request (same 1,000 policies)
+#   The tls-* setups send `GET https://localhost:LISTEN/bench` (SNI localhost, Host naming the
+#   upstream's HTTPS port, as a redirected workload would) over kept-alive TLS; Envoy
+#   terminates it and originates TLS to examples/bench_upstream --tls-listen.
 # Each: a warm-up, `wrk -t2 -c50 --latency` and `wrk -t1 -c1 --latency` sending
 # `GET http://127.0.0.1:UP/bench` (absolute form) through the proxy to examples/bench_upstream.
 # The setups run interleaved ROUNDS times (the machine's noise hits each alike); the
@@ -15,7 +22,7 @@
 #   ROUNDS=3            setups run interleaved this many times; the report shows medians
 #   WARMUP=3s           warm-up before each setup
 #   CONNS=50 THREADS=2  wrk load for the loaded run
-#   SETUPS="plain noop portcullis"   which setups to run (portcullis needs the binary to build)
+#   SETUPS="plain noop portcullis tls-plain tls-portcullis"   which setups to run
 #   ENVOY_CONCURRENCY=2 Envoy worker threads
 #   BUILD=1             set BUILD=0 to skip `cargo build --release`
 #   PORTCULLIS_BIN      Portcullis binary (default target/release/portcullis)
@@ -30,7 +37,7 @@ ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3s}"
 CONNS="${CONNS:-50}"
 THREADS="${THREADS:-2}"
-SETUPS="${SETUPS:-plain noop portcullis}"
+SETUPS="${SETUPS:-plain noop portcullis tls-plain tls-portcullis}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 BUILD="${BUILD:-1}"
 KEEP="${KEEP:-0}"
@@ -74,7 +81,8 @@ wait_port() { # wait_port PORT PID NAME
 # ---------------------------------------------------------------- build & tools
 if [[ "${BUILD}" == 1 ]]; then
   build_args=(--example noop_extproc --example bench_upstream)
-  [[ " ${SETUPS} " == *" portcullis "* ]] && build_args=(--bin portcullis "${build_args[@]}")
+  [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" tls-"* ]] \
+    && build_args=(--bin portcullis "${build_args[@]}")
   log "cargo build --release ${build_args[*]}"
   cargo build --release "${build_args[@]}"
 fi
@@ -91,7 +99,22 @@ portcullis_bin="${PORTCULLIS_BIN:-${bin}/portcullis}"
 
 # ---------------------------------------------------------------- upstream
 up_port="$(free_port)"
-"${bin}/examples/bench_upstream" --listen "127.0.0.1:${up_port}" >"${work}/upstream.log" 2>&1 &
+tls_up_port="$(free_port)"
+# The upstream's own CA and a leaf for localhost (Envoy checks it); the Portcullis CA that
+# workloads trust for intercepted TLS.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=bench upstream CA" -keyout "${work}/up-ca.key" -out "${work}/up-ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "${work}/up.key" -out "${work}/up.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' >"${work}/up.ext"
+openssl x509 -req -in "${work}/up.csr" -CA "${work}/up-ca.crt" -CAkey "${work}/up-ca.key" \
+  -CAcreateserial -days 2 -extfile "${work}/up.ext" -out "${work}/up.crt" 2>/dev/null
+if [[ " ${SETUPS} " == *" tls-"* ]]; then
+  "${portcullis_bin}" ca init --dir "${work}/ca" >/dev/null
+fi
+"${bin}/examples/bench_upstream" --listen "127.0.0.1:${up_port}" \
+  --tls-listen "127.0.0.1:${tls_up_port}" --tls-cert "${work}/up.crt" --tls-key "${work}/up.key" \
+  >"${work}/upstream.log" 2>&1 &
 up_pid=$!; pids+=("${up_pid}")
 wait_port "${up_port}" "${up_pid}" upstream
 target="http://127.0.0.1:${up_port}/bench"
@@ -103,13 +126,19 @@ wrk.method = "GET"
 wrk.path = "${target}"
 wrk.headers["Host"] = "127.0.0.1:${up_port}"
 EOF
+cat >"${work}/tls.lua" <<EOF
+-- A redirected HTTPS client: SNI localhost (from the URL), Host naming the upstream.
+wrk.method = "GET"
+wrk.path = "/bench"
+wrk.headers["Host"] = "localhost:${tls_up_port}"
+EOF
 
 # ---------------------------------------------------------------- configs
-# envoy_config OUT LISTEN ADMIN GRPC WITH_EXTPROC(0|1)
+# envoy_config SOURCE OUT LISTEN ADMIN GRPC WITH_EXTPROC(0|1) TRUST_STORE
 envoy_config() {
-  python3 - "${repo_root}/envoy/forward-proxy.yaml" "$@" <<'PY'
+  python3 - "$@" <<'PY'
 import re, sys
-src, out, listen, admin, grpc, with_extproc = sys.argv[1:]
+src, out, listen, admin, grpc, with_extproc, trust = sys.argv[1:]
 lines = open(src).read().splitlines()
 keep, skip, drop_indent = [], False, None
 for line in lines:
@@ -133,14 +162,15 @@ text = "\n".join(keep) + "\n"
 for old, new in (("10000", listen), ("9902", admin), ("50051", grpc)):
     text, n = re.subn(r"port_value: %s\b" % old, "port_value: %s" % new, text)
     assert n == 1, (old, n)
+text = text.replace("/etc/ssl/certs/ca-certificates.crt", trust)
 open(out, "w").write(text)
 PY
 }
 
-portcullis_config() { # portcullis_config OUT AUDIT_PATH
-  python3 - "$1" "$2" <<'PY'
+portcullis_config() { # portcullis_config OUT AUDIT_PATH [CA_DIR: interception on]
+  python3 - "$1" "$2" "${3:-}" <<'PY'
 import sys
-out, audit = sys.argv[1:]
+out, audit, ca = sys.argv[1:]
 methods = [["GET", "POST"], ["GET"], ["POST", "PUT", "PATCH"], ["GET", "HEAD"], ["DELETE"]]
 paths = [["/v1/*"], ["/v2/items/*", "/v2/health"], ["/api/*"], ["/graphql"], ["/repos/*/issues", "/repos/*/pulls"]]
 o = ["gateway:", "  tags: [env:bench]", "default_action: deny", "policies:"]
@@ -163,8 +193,11 @@ o += [
     "    action: allow",
     "    rules:",
     "      - host: 127.0.0.1",
+    "      - host: localhost",
     "audit: { sink: file, path: %s }" % audit,
 ]
+if ca:
+    o += ["interception:", "  ca: {cert_file: %s/ca.crt, key_file: %s/ca.key}" % (ca, ca)]
 open(out, "w").write("\n".join(o) + "\n")
 PY
 }
@@ -177,24 +210,34 @@ cpu_ticks() { # cpu_ticks PID: utime+stime of a process, in clock ticks
 run_setup() { # run_setup NAME ROUND
   local name="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
   local out="${work}/${name}-r${round}"
+  local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
   listen="$(free_port)"; admin="$(free_port)"; grpc="$(free_port)"
+  local proxy_url="http://127.0.0.1:${listen}/"
+  local probe=(-x "http://127.0.0.1:${listen}" "${target}")
+  if [[ "${name}" == tls-* ]]; then
+    source="${repo_root}/envoy/transparent.yaml"; lua="${work}/tls.lua"; ca_dir="${work}/ca"
+    proxy_url="https://localhost:${listen}/"
+    probe=(--cacert "${work}/ca/ca.crt" -H "Host: localhost:${tls_up_port}" "https://localhost:${listen}/bench")
+  fi
   case "${name}" in
     plain) with_ext=0 ;;
     noop)
       "${bin}/examples/noop_extproc" --listen "127.0.0.1:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_port "${grpc}" "${ext_pid}" noop ;;
-    portcullis)
+    portcullis|tls-plain|tls-portcullis)
       [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
-      portcullis_config "${work}/portcullis.yaml" "${work}/audit.jsonl"
-      "${portcullis_bin}" serve --config "${work}/portcullis.yaml" \
+      [[ "${name}" == tls-plain ]] && with_ext=0
+      portcullis_config "${work}/portcullis-${name}.yaml" "${work}/audit.jsonl" "${ca_dir}"
+      "${portcullis_bin}" serve --config "${work}/portcullis-${name}.yaml" \
         --grpc-listen "127.0.0.1:${grpc}" --admin-listen "127.0.0.1:$(free_port)" \
         >"${out}-portcullis.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_port "${grpc}" "${ext_pid}" portcullis ;;
     *) die "unknown setup ${name}" ;;
   esac
-  envoy_config "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}"
+  envoy_config "${source}" "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
+    "${work}/up-ca.crt"
   "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
     --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
@@ -202,18 +245,17 @@ run_setup() { # run_setup NAME ROUND
 
   # The request must really reach the upstream through the proxy (and be allowed).
   local code
-  code="$(curl -sS -o "${out}-probe.txt" -w '%{http_code}' -x "http://127.0.0.1:${listen}" "${target}")" || true
+  code="$(curl -sS -o "${out}-probe.txt" -w '%{http_code}' "${probe[@]}")" || true
   [[ "${code}" == 200 && "$(cat "${out}-probe.txt")" == ok ]] \
     || die "${name}: probe through proxy got HTTP ${code}: $(head -c 300 "${out}-probe.txt")"
 
-  local proxy_url="http://127.0.0.1:${listen}/"
   log "${name} (round ${round}/${ROUNDS}): warm-up ${WARMUP}, then c=${CONNS} and c=1 for ${DURATION} each"
-  wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${work}/proxy.lua" "${proxy_url}" >/dev/null
+  wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${lua}" "${proxy_url}" >/dev/null
   before="$(upstream_count)"
   local envoy_cpu ext_cpu=0
   envoy_cpu="$(cpu_ticks "${envoy_pid}")"
   [[ -n "${ext_pid}" ]] && ext_cpu="$(cpu_ticks "${ext_pid}")"
-  wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" \
+  wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" \
     >"${out}-c${CONNS}.txt"
   echo "$(( $(cpu_ticks "${envoy_pid}") - envoy_cpu ))" >"${out}-envoy-cpu.txt"
   if [[ -n "${ext_pid}" ]]; then
@@ -221,11 +263,11 @@ run_setup() { # run_setup NAME ROUND
   else
     echo 0 >"${out}-ext-cpu.txt"
   fi
-  wrk -t1 -c1 -d"${DURATION}" --latency -s "${work}/proxy.lua" "${proxy_url}" >"${out}-c1.txt"
+  wrk -t1 -c1 -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" >"${out}-c1.txt"
   after="$(upstream_count)"
   echo "$((after - before))" >"${out}-upstream.txt"
   # How many ext_proc streams Envoy opened (0 for plain): proves the processor was consulted.
-  curl -fsS "http://127.0.0.1:${admin}/stats?filter=ext_proc\.portcullis\.streams_started" \
+  curl -gfsS "http://127.0.0.1:${admin}/stats?filter=ext_proc\.portcullis[a-z_]*\.streams_started" \
     | awk -F': ' '{n += $2} END {print n + 0}' >"${out}-extproc.txt"
 
   stop "${envoy_pid}"
@@ -236,7 +278,7 @@ run_setup() { # run_setup NAME ROUND
 for round in $(seq 1 "${ROUNDS}"); do
   for setup in ${SETUPS}; do run_setup "${setup}" "${round}"; done
 done
-if [[ " ${SETUPS} " == *" portcullis "* ]]; then
+if [[ " ${SETUPS} " == *portcullis* ]]; then
   log "portcullis: $(wc -l <"${work}/audit.jsonl" 2>/dev/null || echo 0) audit lines written"
 fi
 
@@ -284,26 +326,39 @@ for s in setups:
 def med(s, f):
     return statistics.median(f(r) for r in runs[s])
 
-hdr = ("setup", "rps c=%s" % conns, "p50", "p99", "rps c=1", "p50", "p99", "envoy cpu/req", "ext_proc cpu/req", "rps vs plain")
+def baseline(s):
+    """What a setup is compared with: plain Envoy of its own family (HTTP or HTTPS)."""
+    return "tls-plain" if s.startswith("tls-") else "plain"
+
+hdr = ("setup", "rps c=%s" % conns, "p50", "p99", "rps c=1", "p50", "p99", "envoy cpu/req", "ext_proc cpu/req", "rps vs its plain")
 rows = []
 for s in setups:
     rps = med(s, lambda r: r["c50"]["rps"])
-    vs = "%.2fx" % (rps / med("plain", lambda r: r["c50"]["rps"])) if "plain" in runs else "-"
+    base = baseline(s)
+    vs = "%.2fx" % (rps / med(base, lambda r: r["c50"]["rps"])) if base in runs else "-"
     rows.append((s, "%.0f" % rps, fmt_us(med(s, lambda r: r["c50"]["p50"])), fmt_us(med(s, lambda r: r["c50"]["p99"])),
                  "%.0f" % med(s, lambda r: r["c1"]["rps"]), fmt_us(med(s, lambda r: r["c1"]["p50"])),
                  fmt_us(med(s, lambda r: r["c1"]["p99"])), "%.0fus" % med(s, lambda r: r["envoy_cpu"]),
                  "%.0fus" % med(s, lambda r: r["ext_cpu"]) if s != "plain" else "-", vs))
+# tls-plain's "ext_proc cpu" is Portcullis serving SDS only.
 w = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
 print()
 print("Envoy forward proxy on loopback; medians of %d interleaved rounds, wrk %s per run;" % (rounds, duration))
-print("GET /bench via absolute-form proxy request; cpu/req = process CPU time / requests in the c=%s run" % conns)
+print("GET /bench via absolute-form proxy request (tls-*: intercepted HTTPS, kept-alive TLS);")
+print("cpu/req = process CPU time / requests in the c=%s run; tls-plain's ext_proc column is Portcullis serving SDS only" % conns)
 for r in [hdr] + rows:
     print("  ".join(str(x).rjust(n) for x, n in zip(r, w)))
-if "plain" in runs:
-    for s in setups:
-        if s != "plain":
-            print("%s vs plain: p50 added at c=1 %+.0fus (median of per-round differences)" % (
-                s, statistics.median(r["c1"]["p50"] - p["c1"]["p50"] for r, p in zip(runs[s], runs["plain"]))))
+for s in setups:
+    base = baseline(s)
+    if s != base and base in runs:
+        print("%s vs %s: p50 added at c=1 %+.0fus (median of per-round differences)" % (
+            s, base, statistics.median(r["c1"]["p50"] - p["c1"]["p50"] for r, p in zip(runs[s], runs[base]))))
+if "plain" in runs and "tls-plain" in runs:
+    print("intercepted HTTPS vs plain HTTP through Envoy: tls-plain/plain rps c=%s %.2fx" % (
+        conns, med("tls-plain", lambda r: r["c50"]["rps"]) / med("plain", lambda r: r["c50"]["rps"])))
+if "portcullis" in runs and "tls-portcullis" in runs:
+    print("Portcullis on intercepted HTTPS vs on plain HTTP: rps c=%s %.2fx" % (
+        conns, med("tls-portcullis", lambda r: r["c50"]["rps"]) / med("portcullis", lambda r: r["c50"]["rps"])))
 if "noop" in runs and "portcullis" in runs:
     ratios = [p["c50"]["rps"] / n["c50"]["rps"] for p, n in zip(runs["portcullis"], runs["noop"])]
     print("portcullis vs noop: rps c=%s %.2fx (per round: %s); p50 at c=1 %+.0fus; ext_proc cpu/req %+.0fus" % (
@@ -319,7 +374,7 @@ for s in setups:
         for c in ("c50", "c1"):
             if r[c]["non2xx"] or r[c]["errors"]:
                 problems.append("%s round %d %s: non-2xx=%d socket errors: %s" % (s, k, c, r[c]["non2xx"], r[c]["errors"]))
-        if s != "plain" and r["extproc"] < r["upstream"]:
+        if s not in ("plain", "tls-plain") and r["extproc"] < r["upstream"]:
             problems.append("%s round %d: fewer ext_proc streams (%d) than upstream requests (%d)" % (s, k, r["extproc"], r["upstream"]))
 print("requests reaching the upstream (all rounds): " + ", ".join("%s %d" % (s, sum(r["upstream"] for r in runs[s])) for s in setups))
 print("ext_proc streams opened by Envoy (all rounds): " + ", ".join("%s %d" % (s, sum(r["extproc"] for r in runs[s])) for s in setups))

@@ -19,13 +19,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Ready once a policy snapshot is live — `serve` only starts with a valid one.
+/// Ready once a policy snapshot is live — `serve` only starts with a valid one — and
+/// until shutdown begins.
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let snapshot = shared.snapshot.load();
+    let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     (
-        StatusCode::OK,
+        if draining {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        },
         axum::Json(json!({
-            "ready": true,
+            "ready": !draining,
+            "draining": draining,
             "config_version": &*snapshot.version,
             "policies_active": snapshot.policies.active_count(),
         })),

@@ -20,6 +20,7 @@ use crate::extproc::{ExtProcService, Shared};
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
+use crate::tls::sds::SecretDiscovery;
 
 /// How long shutdown waits for open streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,13 +51,26 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let secrets = SecretsRuntime::default();
     let (loaded, snapshot) =
         Snapshot::load(&options.config, &secrets).map_err(ServeError::InvalidConfig)?;
-    let config = loaded.config;
+    let config = loaded.config.clone();
     let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     let grpc_addr = options.grpc_listen.unwrap_or(config.server.grpc_listen);
     let admin_addr = options.admin_listen.unwrap_or(config.server.admin_listen);
     if !snapshot.pipeline.has_allowlist() {
         tracing::warn!("the transforms pipeline has no allowlist: no policy decides requests");
     }
+    let leaves = match &config.interception {
+        Some(interception) => {
+            let leaves = interception
+                .load()
+                .map_err(|e| ServeError::InvalidConfig(loaded.place(vec![e])))?;
+            tracing::info!(
+                leaf_lifetime = %interception.leaf_lifetime,
+                "HTTPS interception on: serving certificates over SDS"
+            );
+            Some(Arc::new(leaves))
+        }
+        None => None,
+    };
     let grpc_listener = TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("cannot listen for ext_proc on {grpc_addr}"))?;
@@ -79,6 +93,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         audit,
         metrics,
+        draining: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -104,20 +119,39 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(ExtProcService::new(shared.clone()).into_server())
+        .add_optional_service(
+            leaves.map(|leaves| SecretDiscovery::new(shared.clone(), leaves).into_server()),
+        )
         .serve_with_incoming_shutdown(incoming, wait_for(shutdown_rx.clone()));
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
+    // The admin server outlives the drain, so probes see `/readyz` 503 while streams finish.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
-        .with_graceful_shutdown(wait_for(shutdown_rx.clone()));
+        .with_graceful_shutdown(wait_for(admin_stop_rx));
     tracing::info!(%grpc_addr, %admin_addr, "portcullis is serving");
+    let draining = shared.clone();
     drop(shared);
 
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     wait_for_signal().await;
-    tracing::info!("shutting down: no new streams, draining open ones");
+    tracing::info!("shutting down: not ready, no new streams, draining open ones");
+    draining
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(draining);
+    let delay = config.server.shutdown_delay.0;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "still deciding requests while load balancers move away"
+        );
+        tokio::time::sleep(delay).await;
+    }
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = grpc_task.await;
+        let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         let _ = reload_task.await;
         let _ = refresh_task.await;
@@ -274,6 +308,9 @@ impl Reloader {
     fn warn_restart_only(&mut self, new: &Config) {
         if new.server != self.running.server {
             tracing::warn!("`server` listen addresses changed: restart portcullis to apply");
+        }
+        if new.interception != self.running.interception {
+            tracing::warn!("`interception` changed: restart portcullis to apply");
         }
         if new.audit != self.running.audit {
             tracing::warn!("`audit` sink changed: restart portcullis to apply");

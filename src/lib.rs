@@ -4,7 +4,8 @@
 //!
 //! Layout: [`policy`] is the engine (model, compile, evaluate), [`extproc`] is only the Envoy
 //! protocol, [`transforms`] is the per-request pipeline, [`identity`] turns a connection into
-//! tags, [`audit`] and [`telemetry`] record what happened.
+//! tags, [`tls`] is the interception CA and Envoy's certificate service (SDS), [`audit`] and
+//! [`telemetry`] record what happened.
 
 pub mod admin;
 pub mod app;
@@ -18,4 +19,5 @@ pub mod request;
 pub mod secrets;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod transforms;

@@ -1,6 +1,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -34,9 +35,31 @@ enum Command {
     },
     /// Check a config file; print every error and exit 1 if there is one.
     Validate { file: PathBuf },
+    /// The CA behind intercepted HTTPS.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Decide one request offline and print the decision trace.
     /// Exit status: 0 allowed or flagged, 3 denied, 1 invalid config or request.
     Check(CheckArgs),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA (ECDSA P-256): writes DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init {
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The CA's common name, shown to users who inspect a certificate.
+        #[arg(long, default_value = "Portcullis interception CA")]
+        common_name: String,
+        /// How long the CA is valid, e.g. 365d.
+        #[arg(long, default_value = "3650d")]
+        valid_for: humantime::Duration,
+        /// Replace an existing CA in DIR.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -79,6 +102,12 @@ fn main() -> ExitCode {
             admin_listen,
         }),
         Command::Validate { file } => validate(&file),
+        Command::Ca(CaCommand::Init {
+            dir,
+            common_name,
+            valid_for,
+            force,
+        }) => ca_init(&dir, &common_name, valid_for.into(), force),
         Command::Check(args) => check(args),
     }
 }
@@ -111,8 +140,32 @@ fn serve(options: ServeOptions) -> ExitCode {
     }
 }
 
+fn ca_init(dir: &std::path::Path, common_name: &str, valid_for: Duration, force: bool) -> ExitCode {
+    match portcullis::tls::ca::write_new(dir, common_name, valid_for, force) {
+        Ok((cert, key)) => {
+            println!("wrote {} and {}", cert.display(), key.display());
+            println!(
+                "point `interception.ca` at them; workloads must trust {}",
+                cert.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn validate(file: &std::path::Path) -> ExitCode {
-    match Snapshot::load(file, &SecretsRuntime::default()) {
+    let loaded = Snapshot::load(file, &SecretsRuntime::default()).and_then(|(loaded, snapshot)| {
+        // The CA files are part of a valid config: check they load and belong together.
+        match loaded.config.interception.as_ref().map(|i| i.load()) {
+            Some(Err(error)) => Err(loaded.place(vec![error])),
+            _ => Ok((loaded, snapshot)),
+        }
+    });
+    match loaded {
         Ok((loaded, snapshot)) => {
             println!(
                 "{}: ok (version {}, {} policies, {} active, transforms: {})",

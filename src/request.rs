@@ -81,6 +81,8 @@ pub struct RequestFacts<'a> {
     pub ip: Option<IpAddr>,
     /// Normalized path without query; empty for CONNECT.
     pub path: &'a str,
+    /// A CONNECT whose payload Envoy decrypts, each request inside decided on its own.
+    pub intercepted: bool,
 }
 
 impl RequestFacts<'_> {
@@ -114,6 +116,10 @@ pub struct OutboundRequest {
     pub peer_uri_san: Option<String>,
     /// The SNI the downstream presented, if TLS was terminated by Envoy.
     pub sni: Option<String>,
+    /// A CONNECT on a listener that intercepts TLS: the tunnel's requests come to
+    /// Portcullis one by one, so the CONNECT itself only needs a policy that could allow
+    /// some request to the host.
+    pub intercepted: bool,
 }
 
 impl OutboundRequest {
@@ -141,6 +147,7 @@ impl OutboundRequest {
             source,
             peer_uri_san,
             sni,
+            intercepted: false,
         }
     }
 
@@ -151,6 +158,7 @@ impl OutboundRequest {
             port: self.port,
             ip: self.ip,
             path: &self.path,
+            intercepted: self.intercepted,
         }
     }
 
@@ -176,6 +184,14 @@ pub enum RequestError {
     InvalidAuthority { authority: String, why: String },
     #[error("invalid path: {0}")]
     InvalidPath(String),
+    /// A request inside an intercepted tunnel names another host than the tunnel was
+    /// opened (and its certificate minted) for.
+    #[error("this connection was opened for {expected:?} ({by}), not for {host:?}")]
+    Misdirected {
+        host: String,
+        expected: String,
+        by: &'static str,
+    },
 }
 
 /// The pieces Envoy hands over, before normalization.

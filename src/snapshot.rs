@@ -112,6 +112,15 @@ impl Snapshot {
         }
     }
 
+    /// Whether Envoy may terminate TLS for `server_name` on a listener carrying
+    /// `listener_tags`: some workload there could be allowed a request to that host.
+    /// Only then is a certificate minted for it.
+    pub fn may_intercept(&self, server_name: &str, listener_tags: &[Tag]) -> bool {
+        let reachable = self.identities.reachable_tags(listener_tags);
+        self.policies
+            .could_allow_host(server_name, |tag| reachable.contains(tag))
+    }
+
     /// Whether deciding this request needs its body first (a matching secret signs or
     /// swaps in the body). Only asked for requests that have one.
     pub fn needs_body(&self, request: &OutboundRequest, listener_tags: &[Tag]) -> bool {

@@ -28,6 +28,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "secrets",
     "transforms",
     "audit",
+    "interception",
     "telemetry",
 ];
 
@@ -248,6 +249,13 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "audit" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.audit = v;
+                }
+            }
+            "interception" => {
+                if let Some(v) = section::<crate::tls::InterceptionConfig>(value, &key, &mut errors)
+                {
+                    errors.extend(v.validate());
+                    config.interception = Some(v);
                 }
             }
             "telemetry" => {

@@ -17,6 +17,7 @@ pub use load::{
 use crate::identity::IdentityConfig;
 use crate::policy::rule::Tag;
 use crate::policy::{DefaultAction, PolicyConfig};
+use crate::secrets::config::DurationText;
 use crate::transforms::{SecretConfig, TransformEntry};
 
 /// The whole config file. Unknown fields are rejected everywhere.
@@ -35,6 +36,8 @@ pub struct Config {
     pub transforms: Vec<TransformEntry>,
     pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,
+    /// HTTPS interception (the CA behind the certificates Envoy presents); off when absent.
+    pub interception: Option<crate::tls::InterceptionConfig>,
 }
 
 /// Listen addresses. Changing them needs a restart; the command line overrides them.
@@ -47,6 +50,15 @@ pub struct ServerConfig {
     /// `/healthz`, `/readyz`, `/metrics`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// After SIGTERM, how long to keep deciding requests while `/readyz` answers 503, so
+    /// load balancers and Envoys move away first. Then new streams are refused and open
+    /// ones drain (up to 10 s). Default `0s`.
+    #[serde(default = "default_shutdown_delay")]
+    pub shutdown_delay: DurationText,
+}
+
+fn default_shutdown_delay() -> DurationText {
+    DurationText(std::time::Duration::ZERO)
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -62,6 +74,7 @@ impl Default for ServerConfig {
         ServerConfig {
             grpc_listen: default_grpc_listen(),
             admin_listen: default_admin_listen(),
+            shutdown_delay: default_shutdown_delay(),
         }
     }
 }

@@ -34,6 +34,12 @@ pub struct ListenerContext {
     /// `x-portcullis-upstream-scheme: https`: the scheme towards the upstream when it
     /// differs from the workload's (base-URL mode originates TLS).
     pub upstream_scheme: Option<String>,
+    /// `x-portcullis-connect: intercept`: Envoy decrypts what CONNECTs here carry and sends
+    /// each request inside to Portcullis.
+    pub intercepts_connect: bool,
+    /// `x-portcullis-tunnel: intercepted`: requests here arrive through an intercepted
+    /// tunnel; Envoy wrote the tunnel's target and proxy credentials into them.
+    pub tunnel: bool,
 }
 
 impl ListenerContext {
@@ -59,6 +65,8 @@ impl ListenerContext {
         ListenerContext {
             tags,
             upstream_scheme,
+            intercepts_connect: text("x-portcullis-connect") == Some("intercept"),
+            tunnel: text("x-portcullis-tunnel") == Some("intercepted"),
         }
     }
 }
@@ -97,6 +105,11 @@ pub fn outbound_request(
             (name, value)
         })
         .collect();
+    let (list, connect_authority) = if listener.tunnel {
+        tunnel_headers(list)
+    } else {
+        (list, None)
+    };
     let find = |name: &str| {
         list.iter()
             .find(|(n, _)| n == name)
@@ -125,7 +138,7 @@ pub fn outbound_request(
     match raw.normalize(listener.upstream_scheme.as_deref()) {
         Ok(target) => {
             let authority = String::from_utf8_lossy(raw.authority.unwrap_or_default()).into_owned();
-            Ok(OutboundRequest::from_target(
+            let mut request = OutboundRequest::from_target(
                 id,
                 target,
                 authority,
@@ -133,7 +146,15 @@ pub fn outbound_request(
                 source,
                 peer_uri_san,
                 sni,
-            ))
+            );
+            request.intercepted =
+                listener.intercepts_connect && request.method == crate::request::Method::Connect;
+            if listener.tunnel
+                && let Err(error) = check_tunnel_target(&request, connect_authority.as_deref())
+            {
+                return Err(Box::new(InvalidRequest { error, request }));
+            }
+            Ok(request)
         }
         Err(error) => {
             let lossy =
@@ -153,10 +174,63 @@ pub fn outbound_request(
                 source,
                 peer_uri_san,
                 sni,
+                intercepted: false,
             };
             Err(Box::new(InvalidRequest { error, request }))
         }
     }
+}
+
+/// Written by Envoy into requests from an intercepted tunnel: the CONNECT's target.
+const CONNECT_AUTHORITY: &str = "x-portcullis-connect-authority";
+
+/// Takes the tunnel's target out of the headers, and drops the empty or `-` Proxy-Authorization
+/// Envoy writes when the CONNECT carried none (the workload's own was overwritten).
+fn tunnel_headers(list: Vec<(String, Vec<u8>)>) -> (Vec<(String, Vec<u8>)>, Option<String>) {
+    let mut connect_authority = None;
+    let list = list
+        .into_iter()
+        .filter(|(name, value)| match name.as_str() {
+            CONNECT_AUTHORITY => {
+                if !value.is_empty() && value != b"-" {
+                    connect_authority = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                false
+            }
+            "proxy-authorization" => !value.is_empty() && value != b"-",
+            _ => true,
+        })
+        .collect();
+    (list, connect_authority)
+}
+
+/// A request inside an intercepted tunnel must be for the host the tunnel was opened to,
+/// and — over TLS — for the server name its certificate was minted for: otherwise a
+/// workload could open a tunnel to an allowed host and send requests elsewhere.
+fn check_tunnel_target(
+    request: &OutboundRequest,
+    connect_authority: Option<&str>,
+) -> Result<(), RequestError> {
+    let misdirected = |expected: &str, by: &'static str| RequestError::Misdirected {
+        host: request.authority.clone(),
+        expected: expected.to_owned(),
+        by,
+    };
+    if let Some(sni) = &request.sni {
+        let sni_host = sni.trim_end_matches('.').to_ascii_lowercase();
+        if sni_host != request.host {
+            return Err(misdirected(sni, "TLS server name"));
+        }
+    }
+    if let Some(target) = connect_authority {
+        let same = crate::request::parse_authority(target).is_ok_and(|authority| {
+            authority.host == request.host && authority.port == Some(request.port)
+        });
+        if !same {
+            return Err(misdirected(target, "CONNECT"));
+        }
+    }
+    Ok(())
 }
 
 /// Envoy's `x-request-id` when it looks like one; a fresh UUID otherwise, so a workload
@@ -350,10 +424,14 @@ pub fn body_too_large(limit: usize) -> Rejection {
 
 /// The rejection for a request that could not be parsed.
 pub fn invalid_request_rejection(error: &RequestError) -> Rejection {
+    let (status, reason) = match error {
+        RequestError::Misdirected { .. } => (421, "misdirected_request"),
+        _ => (400, "invalid_request"),
+    };
     Rejection {
-        status: 400,
+        status,
         kind: "invalid_request",
-        reason: "invalid_request",
+        reason,
         message: error.to_string(),
         policy: None,
         rule: None,

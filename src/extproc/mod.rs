@@ -27,6 +27,9 @@ pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub audit: AuditSink,
     pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending new work while
+    /// open streams drain.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// The ext_proc service.

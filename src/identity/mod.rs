@@ -285,6 +285,25 @@ impl IdentityResolver {
         !self.tokens.is_empty()
     }
 
+    /// Every tag a request through a listener carrying `listener_tags` could have: the
+    /// gateway's, the listener's, and those of every configured identity.
+    pub fn reachable_tags<'a>(
+        &'a self,
+        listener_tags: &'a [Tag],
+    ) -> std::collections::HashSet<&'a Tag> {
+        let principals = self
+            .tokens
+            .iter()
+            .map(|(_, p)| p)
+            .chain(self.cidrs.iter().map(|(_, p)| p))
+            .chain(self.sans.iter().map(|(_, p)| p));
+        self.gateway_tags
+            .iter()
+            .chain(listener_tags)
+            .chain(principals.flat_map(|p| p.tags.iter()))
+            .collect()
+    }
+
     /// Resolves the identity of a request.
     pub fn resolve(&self, presented: &Presented<'_>) -> Result<Identity, IdentityError> {
         let token = match presented.proxy_authorization {

@@ -114,6 +114,20 @@ impl HostMatcher {
     }
 }
 
+impl HostMatcher {
+    /// Whether this pattern accepts a host name on some port (the port of a TLS server
+    /// name is not known before the request).
+    pub fn accepts_name(&self, host: &str) -> bool {
+        match &self.kind {
+            HostMatch::Any => true,
+            HostMatch::Exact(exact) => **exact == *host,
+            HostMatch::Suffix(suffix) => is_strict_subdomain(host, suffix),
+            HostMatch::Glob { matcher, .. } => matcher.is_match(host),
+            HostMatch::Cidr(_) => false,
+        }
+    }
+}
+
 /// `host` is a subdomain (at any depth) of `suffix`, and not `suffix` itself.
 pub fn is_strict_subdomain(host: &str, suffix: &str) -> bool {
     host.len() > suffix.len()
@@ -431,6 +445,12 @@ impl Rule {
     /// names.
     pub fn touches_tunnel(&self, req: &RequestFacts<'_>) -> bool {
         self.host.matches(req)
+    }
+
+    /// Whether this rule covers every request a tunnel to the request's host could carry:
+    /// any path, any method.
+    pub fn covers_tunnel(&self, req: &RequestFacts<'_>) -> bool {
+        self.host.matches(req) && self.methods == MethodSet::ALL && self.paths.is_any()
     }
 }
 

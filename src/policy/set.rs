@@ -24,14 +24,19 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Whether `rule` of this policy matches the request. For CONNECT, a granting action
-    /// needs a rule that covers the whole tunnel, while a deny applies to any rule naming
-    /// the host (what the tunnel would carry cannot be checked).
+    /// Whether `rule` of this policy matches the request. For an opaque CONNECT, a
+    /// granting action needs a rule that covers the whole tunnel, while a deny applies to
+    /// any rule naming the host (what the tunnel would carry cannot be checked). For an
+    /// intercepted CONNECT it is the other way round: each request inside is decided on
+    /// its own, so any granting rule naming the host opens the tunnel, and only a deny
+    /// covering every path and method keeps it shut.
     fn rule_matches(&self, rule: &Rule, req: &RequestFacts<'_>) -> bool {
         if req.is_connect() {
-            match self.action {
-                Action::Deny => rule.touches_tunnel(req),
-                Action::Allow | Action::Flag | Action::Gated => rule.grants_tunnel(req),
+            match (req.intercepted, self.action) {
+                (false, Action::Deny) => rule.touches_tunnel(req),
+                (false, Action::Allow | Action::Flag | Action::Gated) => rule.grants_tunnel(req),
+                (true, Action::Deny) => rule.covers_tunnel(req),
+                (true, Action::Allow | Action::Flag | Action::Gated) => rule.touches_tunnel(req),
             }
         } else {
             rule.matches(req)
@@ -146,6 +151,24 @@ impl PolicySet {
     /// the decision and dropped.
     pub fn tag_ids<'t>(&self, tags: impl IntoIterator<Item = &'t Tag>) -> WorkloadTagIds {
         self.index.tag_ids(tags)
+    }
+
+    /// Whether some request to `host` could be allowed for a workload whose tags all pass
+    /// `reachable`: an active, enforced granting policy (allow, flag, gated) whose match
+    /// tags are all reachable has a rule naming the host, or the default action allows.
+    /// Asked before any request is seen, to decide whether to mint a certificate for a
+    /// TLS server name. A linear scan, once per new name.
+    pub fn could_allow_host(&self, host: &str, reachable: impl Fn(&Tag) -> bool) -> bool {
+        if self.default_action.action() != Action::Deny {
+            return true;
+        }
+        self.policies.iter().any(|policy| {
+            policy.status == PolicyStatus::Active
+                && !policy.warn
+                && policy.action != Action::Deny
+                && policy.match_tags.iter().all(&reachable)
+                && policy.rules.iter().any(|rule| rule.host.accepts_name(host))
+        })
     }
 
     /// Decides one request.

@@ -548,3 +548,76 @@ proptest! {
         }
     }
 }
+
+/// An intercepted CONNECT opens when some request inside could be allowed; only a deny
+/// covering every path and method keeps it shut. An opaque one needs a whole-tunnel grant.
+#[test]
+fn intercepted_connect_opens_for_any_grant_naming_the_host() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: get-docs, action: allow, rules: [{host: api.example.com, paths: ["/docs/*"], methods: [GET]}]}
+  - {name: no-admin, priority: 1, action: deny, rules: [{host: api.example.com, paths: ["/admin/*"]}]}
+  - {name: blocked, priority: 1, action: deny, rules: [{host: blocked.example.com}]}
+  - {name: blocked-grant, action: allow, rules: [{host: blocked.example.com}]}
+"#,
+    );
+    let connect = |host: &str, intercepted: bool| {
+        let mut request = build_request(&CheckRequest {
+            request_line: format!("CONNECT {host}:443"),
+            ..CheckRequest::default()
+        })
+        .unwrap();
+        request.intercepted = intercepted;
+        let verdict = set.evaluate(&request.facts(), &set.tag_ids(&[]));
+        (
+            verdict.action,
+            verdict
+                .decided_by
+                .map(|r| set.policy(r.policy).name.to_string()),
+        )
+    };
+    assert_eq!(
+        connect("api.example.com", true),
+        (Action::Allow, Some("get-docs".into()))
+    );
+    // Opaque: a partial deny names the host, and no rule grants the whole tunnel.
+    assert_eq!(
+        connect("api.example.com", false),
+        (Action::Deny, Some("no-admin".into()))
+    );
+    assert_eq!(
+        connect("blocked.example.com", true),
+        (Action::Deny, Some("blocked".into()))
+    );
+    assert_eq!(connect("other.example.com", true), (Action::Deny, None));
+}
+
+#[test]
+fn certificates_only_for_hosts_a_reachable_policy_could_allow() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: ci, match_tags: [env:ci], action: allow, rules: [{host: "*.ci.example"}]}
+  - {name: prod, match_tags: [env:prod], action: allow, rules: [{host: prod.example}]}
+  - {name: dry, warn: true, action: allow, rules: [{host: dry.example}]}
+  - {name: off, status: disabled, action: allow, rules: [{host: off.example}]}
+  - {name: no, action: deny, rules: [{host: denied.example}]}
+  - {name: ip, action: allow, rules: [{host: 10.0.0.0/8}]}
+"#,
+    );
+    let reachable = tags(&["env:ci"]);
+    let may = |host: &str| set.could_allow_host(host, |t| reachable.contains(t));
+    assert!(may("a.ci.example"));
+    assert!(!may("ci.example"), "the glob needs a subdomain");
+    assert!(!may("prod.example"), "no workload here carries env:prod");
+    assert!(!may("dry.example"), "a dry-run policy never allows");
+    assert!(!may("off.example"));
+    assert!(!may("denied.example"));
+    assert!(
+        !may("10.1.2.3"),
+        "CIDR rules match addresses, not server names"
+    );
+    let open = policy_set("default_action: allow\n");
+    assert!(open.could_allow_host("anything.example", |_| false));
+}

@@ -21,6 +21,7 @@ pub struct Metrics {
     policies_loaded: IntGauge,
     active_streams: IntGauge,
     stream_errors: IntCounter,
+    certificates: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +69,14 @@ impl Metrics {
             "ext_proc streams ended by a protocol error (Envoy fails those requests closed)",
         )
         .expect("valid metric");
+        let certificates = IntCounterVec::new(
+            Opts::new(
+                "certificates_total",
+                "TLS server names answered over SDS: `issued`, or why no certificate was sent",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dry_runs.clone()),
@@ -76,6 +85,7 @@ impl Metrics {
             Box::new(policies_loaded.clone()),
             Box::new(active_streams.clone()),
             Box::new(stream_errors.clone()),
+            Box::new(certificates.clone()),
         ] {
             registry
                 .register(collector)
@@ -93,7 +103,13 @@ impl Metrics {
             policies_loaded,
             active_streams,
             stream_errors,
+            certificates,
         }
+    }
+
+    /// One SDS answer: `issued`, or the reason no certificate was sent.
+    pub fn record_certificate(&self, result: &str) {
+        self.certificates.with_label_values(&[result]).inc();
     }
 
     pub fn record_decision(&self, decision: Decision, policy: Option<&str>, seconds: f64) {

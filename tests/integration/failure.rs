@@ -61,3 +61,49 @@ fn graceful_shutdown_flushes_the_audit_trail() {
     assert_eq!(gw.audit().len(), 20, "every request audited before exit");
     assert!(gw.portcullis_log().contains("shutting down"));
 }
+
+#[test]
+fn sigterm_turns_not_ready_and_keeps_deciding_for_the_shutdown_delay() {
+    let upstream = Upstream::start(None);
+    let mut gw = Gateway::start(
+        "server: {shutdown_delay: 2s}\npolicies: [{name: all, action: allow, rules: [{host: '*'}]}]",
+        GatewayOptions::default(),
+    );
+    assert_eq!(gw.admin("/readyz").status, 200);
+    let slow = format!("http://127.0.0.1:{}/slow/1500", upstream.port());
+    let proxy = format!("http://127.0.0.1:{}", gw.proxy_port);
+    let dir = gw.dir.path().to_path_buf();
+    let in_flight =
+        std::thread::spawn(move || crate::common::curl(&dir, &["--proxy", &proxy, &slow]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = gw.portcullis.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut not_ready = None;
+    crate::common::wait_until(std::time::Duration::from_secs(2), || {
+        let reply = gw.admin("/readyz");
+        let done = reply.status == 503;
+        not_ready = Some(reply);
+        done
+    });
+    let not_ready = not_ready.unwrap();
+    assert_eq!(not_ready.status, 503, "{not_ready:?}");
+    assert_eq!(not_ready.json()["draining"], true);
+    let during = gw.via_proxy(&[&format!("http://127.0.0.1:{}/during", upstream.port())]);
+    assert_eq!(
+        during.status, 200,
+        "requests are still decided during the delay"
+    );
+    assert_eq!(
+        in_flight.join().unwrap().status,
+        200,
+        "the request in flight finished"
+    );
+    let exited = gw.portcullis.child.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+}

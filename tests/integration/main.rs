@@ -8,6 +8,7 @@ mod decisions;
 mod failure;
 mod headers;
 mod identity;
+mod interception;
 mod protocol;
 mod reload;
 mod secrets;

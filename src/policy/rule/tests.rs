@@ -8,6 +8,7 @@ fn facts<'a>(method: Method, host: &'a str, port: u16, path: &'a str) -> Request
         port,
         ip: host.parse().ok(),
         path,
+        intercepted: false,
     }
 }
 

@@ -3,8 +3,10 @@
 
 pub mod backends;
 pub mod collector;
+pub mod dns;
 pub mod moto;
 pub mod session;
+pub mod tls_probe;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -174,6 +176,8 @@ pub fn curl(dir: &Path, args: &[&str]) -> Reply {
 pub enum EnvoyMode {
     ForwardProxy,
     BaseUrl,
+    HttpsIntercept,
+    Transparent,
 }
 
 /// Options for [`Gateway::start`].
@@ -257,6 +261,8 @@ impl Gateway {
         let file = match options.mode {
             EnvoyMode::ForwardProxy => "forward-proxy.yaml",
             EnvoyMode::BaseUrl => "base-url.yaml",
+            EnvoyMode::HttpsIntercept => "https-intercept.yaml",
+            EnvoyMode::Transparent => "transparent.yaml",
         };
         let mut text = std::fs::read_to_string(repo().join("envoy").join(file)).unwrap();
         for (from, to) in [

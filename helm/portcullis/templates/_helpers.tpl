@@ -1,0 +1,461 @@
+{{/* Names */}}
+{{- define "portcullis.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "portcullis.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Common labels; pass (dict "root" $ "component" "envoy"). */}}
+{{- define "portcullis.labels" -}}
+helm.sh/chart: {{ include "portcullis.chart" .root }}
+{{ include "portcullis.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: portcullis
+{{- end -}}
+
+{{- define "portcullis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "portcullis.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "portcullis.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "portcullis.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether this release runs Envoy at all ("true" or ""). */}}
+{{- define "portcullis.envoyEnabled" -}}
+{{- if or (eq .Values.topology "sidecar") .Values.envoy.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The component label of the pods that run Envoy. */}}
+{{- define "portcullis.proxyComponent" -}}
+{{- ternary "gateway" "envoy" (eq .Values.topology "sidecar") -}}
+{{- end -}}
+
+{{/*
+The Portcullis gRPC Service (separate topology). It (and the Portcullis Deployment) take
+the release's plain name when no Envoy of ours needs it for the proxy Service, so a mesh can
+call portcullis.<namespace>.svc as the Istio example does.
+*/}}
+{{- define "portcullis.extprocServiceName" -}}
+{{- if include "portcullis.envoyEnabled" . -}}
+{{- printf "%s-extproc" (include "portcullis.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- include "portcullis.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.configMapName" -}}
+{{- default (printf "%s-config" (include "portcullis.fullname" .)) .Values.existingConfigMap -}}
+{{- end -}}
+
+{{/*
+The Deployments to render, as a YAML list of {name, component, replicas}.
+*/}}
+{{- define "portcullis.workloads" -}}
+{{- $full := include "portcullis.fullname" . -}}
+{{- if eq .Values.topology "sidecar" }}
+- {name: {{ $full }}, component: gateway, replicas: {{ .Values.replicaCount }}}
+{{- else }}
+{{- if .Values.envoy.enabled }}
+- {name: {{ printf "%s-envoy" $full | trunc 63 | trimSuffix "-" }}, component: envoy, replicas: {{ .Values.replicaCount }}}
+{{- end }}
+- {name: {{ include "portcullis.portcullisDeploymentName" . }}, component: portcullis, replicas: {{ .Values.portcullis.replicaCount }}}
+{{- end }}
+{{- end -}}
+
+{{/* The Deployment whose pods run Portcullis (the gateway pods in the sidecar topology). */}}
+{{- define "portcullis.portcullisDeploymentName" -}}
+{{- $full := include "portcullis.fullname" . -}}
+{{- if and (eq .Values.topology "separate") (include "portcullis.envoyEnabled" .) -}}
+{{- printf "%s-portcullis" $full | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $full -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Portcullis config file. A string config is kept verbatim (line numbers in Portcullis's
+errors stay right), an object is written as YAML; the interception section is appended.
+*/}}
+{{- define "portcullis.interceptionSection" -}}
+interception:
+  ca:
+    cert_file: /etc/portcullis/ca/ca.crt
+    key_file: /etc/portcullis/ca/ca.key
+  leaf_lifetime: {{ .Values.interception.leafLifetime | quote }}
+  max_certificates: {{ int64 .Values.interception.maxCertificates }}
+{{- end -}}
+
+{{/* The config as given: the value (string or object), else the chart's default file. */}}
+{{- define "portcullis.configSource" -}}
+{{- if kindIs "invalid" .Values.config -}}
+{{- .Files.Get "files/default-config.yaml" -}}
+{{- else if kindIs "string" .Values.config -}}
+{{- .Values.config -}}
+{{- else -}}
+{{- toYaml .Values.config -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.configYaml" -}}
+{{- $source := include "portcullis.configSource" . -}}
+{{- $cfg := fromYaml $source -}}
+{{- if hasKey $cfg "Error" -}}
+{{- fail (printf "config: not a YAML mapping: %s" $cfg.Error) -}}
+{{- end -}}
+{{- if and .Values.interception.enabled (hasKey $cfg "interception") -}}
+{{- fail "config.interception: set it with the chart's interception.* values, not in config" -}}
+{{- end -}}
+{{- trimSuffix "\n" $source }}
+{{- if .Values.interception.enabled }}
+# Added by the chart (interception.enabled): the CA is the Secret {{ .Values.interception.caSecretName }}.
+{{ include "portcullis.interceptionSection" . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The sections Portcullis reads only at start (server, audit, interception): their digest goes
+into the pod template, so changing one restarts the pods while policy edits hot-reload.
+*/}}
+{{- define "portcullis.restartChecksum" -}}
+{{- if .Values.existingConfigMap -}}
+{{- toYaml .Values.interception | sha256sum -}}
+{{- else -}}
+{{- $cfg := include "portcullis.configYaml" . | fromYaml -}}
+{{- pick $cfg "server" "audit" "interception" | toYaml | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Envoy's bootstrap: envoy/forward-proxy.yaml (or the interception bootstrap), copied verbatim
+into files/envoy/ and adapted structurally here, so the reviewed file stays the source:
+- the workload listener (port 10000) binds 0.0.0.0; the admin stays on 127.0.0.1:9902;
+- separate topology: the `portcullis` cluster resolves the headless Service (STRICT_DNS);
+- a status listener on 9903 exposes only GET /ready and /stats/prometheus from the admin,
+  and answers /healthz itself, for the kubelet and Prometheus.
+*/}}
+{{- define "portcullis.envoyBootstrap" -}}
+{{- $file := ternary "files/envoy/https-intercept.yaml" "files/envoy/forward-proxy.yaml" .Values.interception.enabled -}}
+{{- $b := .Files.Get $file | fromYaml -}}
+{{- if or (hasKey $b "Error") (not (hasKey $b "static_resources")) -}}
+{{- fail (printf "%s: not an Envoy bootstrap" $file) -}}
+{{- end -}}
+{{- $rebound := 0 -}}
+{{- range $b.static_resources.listeners -}}
+{{- if and (hasKey . "address") (hasKey .address "socket_address") -}}
+{{- if eq (int64 .address.socket_address.port_value) 10000 -}}
+{{- $_ := set .address.socket_address "address" "0.0.0.0" -}}
+{{- $rebound = add1 $rebound -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (int $rebound) 1 -}}
+{{- fail (printf "%s: expected exactly one listener on port 10000" $file) -}}
+{{- end -}}
+{{- $found := 0 -}}
+{{- range $b.static_resources.clusters -}}
+{{- if eq .name "portcullis" -}}
+{{- $found = add1 $found -}}
+{{- if eq $.Values.topology "separate" -}}
+{{- $_ := set . "type" "STRICT_DNS" -}}
+{{- /* Short refresh: a new or departing Portcullis pod is seen within seconds. */ -}}
+{{- $_ := set . "dns_refresh_rate" "5s" -}}
+{{- $_ := set . "dns_lookup_family" "V4_PREFERRED" -}}
+{{- $fqdn := printf "%s.%s.svc.%s" (include "portcullis.extprocServiceName" $) $.Release.Namespace $.Values.clusterDomain -}}
+{{- range .load_assignment.endpoints -}}
+{{- range .lb_endpoints -}}
+{{- $_ := set .endpoint.address.socket_address "address" $fqdn -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (int $found) 1 -}}
+{{- fail (printf "%s: expected one cluster named portcullis" $file) -}}
+{{- end -}}
+{{- $status := include "portcullis.envoyStatusListener" . | fromYaml -}}
+{{- $_ := set $b.static_resources "listeners" (append $b.static_resources.listeners $status) -}}
+{{- $admin := include "portcullis.envoyAdminCluster" . | fromYaml -}}
+{{- $_ := set $b.static_resources "clusters" (append $b.static_resources.clusters $admin) -}}
+{{- toYaml $b -}}
+{{- end -}}
+
+{{- define "portcullis.envoyStatusListener" -}}
+name: status
+address: {socket_address: {address: 0.0.0.0, port_value: 9903}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: status
+      codec_type: HTTP1
+      request_headers_timeout: 5s
+      route_config:
+        name: status
+        virtual_hosts:
+        - name: status
+          domains: ["*"]
+          routes:
+          # Liveness: answered by a worker thread, so it proves the listeners still serve.
+          - match: {path: /healthz, headers: [{name: ":method", string_match: {exact: GET}}]}
+            direct_response: {status: 200, body: {inline_string: "ok\n"}}
+          # Readiness: the admin's server state (503 once draining on termination).
+          - match: {path: /ready, headers: [{name: ":method", string_match: {exact: GET}}]}
+            route: {cluster: envoy_admin, timeout: 2s}
+          - match: {path: /stats/prometheus, headers: [{name: ":method", string_match: {exact: GET}}]}
+            route: {cluster: envoy_admin, timeout: 10s}
+          # Nothing else of the admin (it can drain, quit, dump config) is reachable here.
+          - match: {prefix: /}
+            direct_response: {status: 404}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{- end -}}
+
+{{- define "portcullis.envoyAdminCluster" -}}
+name: envoy_admin
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: envoy_admin
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9902}}}
+{{- end -}}
+
+{{/* Pod-level security context: both images run as non-root users. */}}
+{{- define "portcullis.podSecurityContext" -}}
+runAsNonRoot: true
+# Lets the Portcullis user read Secret volumes mounted with mode 0440.
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "portcullis.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+The Portcullis container; pass (dict "root" $ "sidecar" bool).
+As a native sidecar (restartable init container) it starts, and is ready, before Envoy, and
+is stopped only after Envoy has drained and exited.
+*/}}
+{{- define "portcullis.portcullisContainer" -}}
+{{- $v := .root.Values -}}
+- name: portcullis
+  image: "{{ $v.image.portcullis.repository }}:{{ $v.image.portcullis.tag | default .root.Chart.AppVersion }}"
+  imagePullPolicy: {{ $v.image.portcullis.pullPolicy }}
+  {{- if .sidecar }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    - serve
+    - --config
+    - /etc/portcullis/config/portcullis.yaml
+    - --grpc-listen
+    {{- if .sidecar }}
+    # Only Envoy in this pod may ask for decisions (and, with interception, for keys).
+    - 127.0.0.1:50051
+    {{- else }}
+    - 0.0.0.0:50051
+    {{- end }}
+    - --admin-listen
+    - 0.0.0.0:9901
+  env:
+    - name: PORTCULLIS_LOG
+      value: {{ $v.portcullis.logLevel | quote }}
+    - name: PORTCULLIS_LOG_FORMAT
+      value: {{ $v.portcullis.logFormat | quote }}
+    {{- with $v.portcullis.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $v.portcullis.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- if not .sidecar }}
+    - {name: grpc, containerPort: 50051, protocol: TCP}
+    {{- end }}
+    - {name: admin, containerPort: 9901, protocol: TCP}
+  {{- if .sidecar }}
+  startupProbe:
+    httpGet: {path: /readyz, port: admin}
+    periodSeconds: 1
+    failureThreshold: 60
+  {{- end }}
+  readinessProbe:
+    httpGet: {path: /readyz, port: admin}
+    periodSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    httpGet: {path: /healthz, port: admin}
+    periodSeconds: 10
+    failureThreshold: 3
+  {{- if not .sidecar }}
+  lifecycle:
+    preStop:
+      sleep:
+        seconds: {{ $v.portcullis.preStopSleepSeconds }}
+  {{- end }}
+  {{- with $v.portcullis.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- include "portcullis.containerSecurityContext" (dict "uid" 65532) | nindent 4 }}
+  volumeMounts:
+    # A directory, not a subPath: the kubelet's ..data swap reaches the file watcher.
+    - {name: config, mountPath: /etc/portcullis/config, readOnly: true}
+    {{- if $v.interception.enabled }}
+    - {name: ca, mountPath: /etc/portcullis/ca, readOnly: true}
+    {{- end }}
+    {{- range $v.portcullis.secretVolumes }}
+    - {name: {{ printf "secret-%s" .name | trunc 63 | trimSuffix "-" }}, mountPath: {{ .mountPath }}, readOnly: true}
+    {{- end }}
+    {{- with $v.portcullis.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{- define "portcullis.portcullisVolumes" -}}
+{{- $v := .Values -}}
+- name: config
+  configMap:
+    name: {{ include "portcullis.configMapName" . }}
+{{- if $v.interception.enabled }}
+- name: ca
+  secret:
+    secretName: {{ $v.interception.caSecretName }}
+    defaultMode: 288      # 0440
+    items:
+      - {key: ca.crt, path: ca.crt}
+      - {key: ca.key, path: ca.key}
+{{- end }}
+{{- range $v.portcullis.secretVolumes }}
+- name: {{ printf "secret-%s" .name | trunc 63 | trimSuffix "-" }}
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: {{ .defaultMode | default 288 }}
+    {{- with .items }}
+    items:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end }}
+{{- with $v.portcullis.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The Envoy container. Its preStop fails /ready, asks every connection to close (HTTP/1
+`Connection: close`, HTTP/2 GOAWAY) through the loopback admin, then waits drainSeconds
+before the kubelet sends SIGTERM. The envoyproxy/envoy image is Ubuntu-based: bash's
+/dev/tcp needs no curl. With a distroless Envoy image the hook fails and the kubelet goes
+straight to SIGTERM (no drain).
+*/}}
+{{- define "portcullis.envoyContainer" -}}
+{{- $v := .Values -}}
+- name: envoy
+  image: "{{ $v.image.envoy.repository }}:{{ $v.image.envoy.tag }}"
+  imagePullPolicy: {{ $v.image.envoy.pullPolicy }}
+  command: [envoy]
+  args:
+    - --config-path
+    - /etc/envoy/envoy.yaml
+    - --disable-hot-restart
+    - --concurrency
+    - {{ $v.envoy.concurrency | quote }}
+    - --drain-time-s
+    - {{ $v.envoy.drainSeconds | quote }}
+    - --drain-strategy
+    - immediate
+    - --log-level
+    - {{ $v.envoy.logLevel | quote }}
+    - --service-cluster
+    - {{ include "portcullis.fullname" . }}
+    - --service-node
+    - $(POD_NAME)
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef: {fieldPath: metadata.name}
+  ports:
+    - {name: proxy, containerPort: 10000, protocol: TCP}
+    - {name: envoy-status, containerPort: 9903, protocol: TCP}
+  readinessProbe:
+    httpGet: {path: /ready, port: envoy-status}
+    periodSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    httpGet: {path: /healthz, port: envoy-status}
+    periodSeconds: 10
+    failureThreshold: 3
+  lifecycle:
+    preStop:
+      exec:
+        command:
+          - /bin/bash
+          - -c
+          - |
+            admin() {
+              { printf 'POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' "$1" >&3
+                cat <&3 >/dev/null; } 3<>/dev/tcp/127.0.0.1/9902
+            }
+            admin /healthcheck/fail || true
+            admin '/drain_listeners?graceful' || true
+            sleep {{ $v.envoy.drainSeconds }}
+  {{- with $v.envoy.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- include "portcullis.containerSecurityContext" (dict "uid" 101) | nindent 4 }}
+  volumeMounts:
+    - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
+    - {name: envoy-tmp, mountPath: /tmp}
+{{- end -}}
+
+{{- define "portcullis.envoyVolumes" -}}
+- name: envoy-config
+  configMap:
+    name: {{ include "portcullis.fullname" . }}-envoy
+- name: envoy-tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end -}}
