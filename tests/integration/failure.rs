@@ -50,12 +50,7 @@ fn graceful_shutdown_flushes_the_audit_trail() {
             200
         );
     }
-    let pid = gw.portcullis.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gw.portcullis.terminate();
     let exited = gw.portcullis.child.wait().unwrap();
     assert!(exited.success(), "SIGTERM is a clean exit: {exited:?}");
     assert_eq!(gw.audit().len(), 20, "every request audited before exit");
@@ -76,14 +71,7 @@ fn sigterm_turns_not_ready_and_keeps_deciding_for_the_shutdown_delay() {
     let in_flight =
         std::thread::spawn(move || crate::common::curl(&dir, &["--proxy", &proxy, &slow]));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let pid = gw.portcullis.pid().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    gw.portcullis.terminate();
     let mut not_ready = None;
     crate::common::wait_until(std::time::Duration::from_secs(2), || {
         let reply = gw.admin("/readyz");

@@ -262,12 +262,7 @@ fn sigterm_exports_the_spans_still_queued() {
     gw.audit_for(|r| r["path"] == "/ok/last");
     assert!(collector.spans().is_empty(), "nothing exported yet");
 
-    let pid = gw.portcullis.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gw.portcullis.terminate();
     let exited = gw.portcullis.child.wait().unwrap();
     assert!(exited.success(), "SIGTERM is a clean exit: {exited:?}");
     let stream = stream_span(&collector, TRACE);

@@ -83,6 +83,15 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGTERM (a graceful shutdown), without waiting.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
