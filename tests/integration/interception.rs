@@ -391,3 +391,55 @@ fn a_ca_whose_key_does_not_match_is_refused_with_the_field_and_file() {
         assert!(!text.contains(body), "the key never appears in an error");
     }
 }
+
+#[test]
+fn plain_http_inside_an_intercepted_tunnel_is_decided_per_request() {
+    let tls = TestTls::generate_for(&["allowed.test"]);
+    let upstream = Upstream::start(None);
+    let dns = LoopbackDns::start();
+    let ca = Ca::init();
+    let gw = start(EnvoyMode::HttpsIntercept, &ca, &dns, &upstream, &tls);
+    let proxy_auth = format!("Proxy-Authorization: Bearer {TOKEN}");
+    let url = |path: &str| format!("http://allowed.test:{}{path}", upstream.port());
+    // `-p`: curl tunnels plain HTTP through CONNECT instead of sending it to the proxy.
+    let ok = gw.via_proxy(&["-p", "--proxy-header", &proxy_auth, &url("/allowed/plain")]);
+    assert_eq!((ok.connect_status, ok.status), (200, 200), "{ok:?}");
+    assert_eq!(upstream.seen()[0].path, "/allowed/plain");
+    assert_eq!(upstream.seen()[0].header("proxy-authorization"), None);
+    let record = gw.audit_for(|r| r["path"] == "/allowed/plain");
+    assert_eq!(record["scheme"], "http");
+    assert_eq!(record["identity"]["name"], "ci-agent");
+    let denied = gw.via_proxy(&["-p", "--proxy-header", &proxy_auth, &url("/admin")]);
+    assert_eq!(
+        (denied.connect_status, denied.status),
+        (200, 403),
+        "{denied:?}"
+    );
+    // Not HTTP at all inside the tunnel: the connection is closed, nothing goes upstream.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    use std::io::{Read, Write};
+    let target = format!("allowed.test:{}", upstream.port());
+    write!(
+        tcp,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{proxy_auth}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    tcp.write_all(b"\x00\x01binary protocol, not HTTP\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 200 OK\r\ncontent-length: 3"),
+        "{rest:?}"
+    );
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "only the allowed request reached the upstream"
+    );
+}
