@@ -23,6 +23,9 @@ pub struct CheckRequest {
     pub source: Option<IpAddr>,
     pub spiffe_id: Option<String>,
     pub token: Option<String>,
+    /// Decide a CONNECT as an intercepting listener does (could a request inside be
+    /// allowed?) rather than as an opaque tunnel.
+    pub intercepted: bool,
 }
 
 /// Builds the request Envoy would have sent.
@@ -71,7 +74,7 @@ pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
         all_headers.push((":path".to_owned(), path.as_bytes().to_vec()));
     }
     all_headers.extend(headers);
-    Ok(OutboundRequest::from_target(
+    let mut request = OutboundRequest::from_target(
         "check".into(),
         target,
         authority.to_owned(),
@@ -79,7 +82,9 @@ pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
         check.source.map(|ip| SocketAddr::new(ip, 0)),
         check.spiffe_id.clone(),
         None,
-    ))
+    );
+    request.intercepted = check.intercepted && request.method == crate::request::Method::Connect;
+    Ok(request)
 }
 
 /// The result of a check, ready to print.

@@ -84,6 +84,9 @@ struct CheckArgs {
     /// A proxy token, sent as Proxy-Authorization: Bearer.
     #[arg(long)]
     token: Option<String>,
+    /// Decide a CONNECT as the intercepting listener (envoy/https-intercept.yaml) does.
+    #[arg(long)]
+    intercepted: bool,
     /// Print JSON (the audit record, matching policies, upstream view).
     #[arg(long)]
     json: bool,
@@ -220,6 +223,7 @@ fn check(args: CheckArgs) -> ExitCode {
         source: args.source,
         spiffe_id: args.spiffe_id,
         token: args.token,
+        intercepted: args.intercepted,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -254,11 +254,7 @@ mod tests {
     fn request(headers: &[(&str, &str)]) -> OutboundRequest {
         let mut request = crate::check::build_request(&crate::check::CheckRequest {
             request_line: "GET http://api.example.com/x?token=abc".into(),
-            headers: Vec::new(),
-            extra_tags: Vec::new(),
-            source: None,
-            spiffe_id: None,
-            token: None,
+            ..Default::default()
         })
         .unwrap();
         request.headers.extend(

@@ -68,6 +68,14 @@ fn the_example_config_validates_and_checks() {
     );
     assert_eq!(code, 3, "denied exits 3: {out}");
     assert!(out.contains("decision    DENIED"), "{out}");
+    // A GET-only rule cannot open an opaque tunnel, but an intercepting listener's CONNECT
+    // opens when a request inside could be allowed.
+    let connect = ["check", "-c", example, "-r", "CONNECT example.com:443"];
+    let (code, _, _) = portcullis(&connect, &env);
+    assert_eq!(code, 3);
+    let (code, out, _) = portcullis(&[&connect[..], &["--intercepted"]].concat(), &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("decision    ALLOWED"), "{out}");
     let (code, out, _) = portcullis(
         &[
             "check",
