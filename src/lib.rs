@@ -18,6 +18,7 @@ pub mod policy;
 pub mod request;
 pub mod secrets;
 pub mod snapshot;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod transforms;

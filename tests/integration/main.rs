@@ -14,5 +14,6 @@ mod reload;
 mod secrets;
 mod secrets_aws;
 mod secrets_http;
+mod store;
 mod telemetry;
 mod tunnels;
