@@ -41,6 +41,29 @@ enum Command {
     /// Decide one request offline and print the decision trace.
     /// Exit status: 0 allowed or flagged, 3 denied, 1 invalid config or request.
     Check(CheckArgs),
+    /// Create or upgrade a store's schema (sqlite://PATH or postgres://…).
+    Migrate {
+        #[arg(long, env = "PORTCULLIS_STORE")]
+        store: String,
+    },
+    /// Write a config file's policies into a store, each change as a new version (GitOps).
+    /// Unchanged policies are left alone; policies missing from the file stay unless --prune.
+    Apply {
+        /// The config file whose `policies` are applied.
+        #[arg(long, short)]
+        file: PathBuf,
+        #[arg(long, env = "PORTCULLIS_STORE")]
+        store: String,
+        /// Recorded as the operator of every version written.
+        #[arg(long, default_value = "apply")]
+        operator: String,
+        /// Recorded as the reason of every version written.
+        #[arg(long, default_value = "portcullis apply")]
+        reason: String,
+        /// Delete stored policies the file does not have.
+        #[arg(long)]
+        prune: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +135,18 @@ fn main() -> ExitCode {
             force,
         }) => ca_init(&dir, &common_name, valid_for.into(), force),
         Command::Check(args) => check(args),
+        Command::Migrate { store } => with_runtime(async move {
+            let store = portcullis::store::Store::open(&store).await?;
+            println!("store schema is current ({:?})", store.backend());
+            Ok(())
+        }),
+        Command::Apply {
+            file,
+            store,
+            operator,
+            reason,
+            prune,
+        } => apply(&file, &store, &operator, &reason, prune),
     }
 }
 
@@ -141,6 +176,83 @@ fn serve(options: ServeOptions) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs one async command on a small runtime; an error prints and exits 1.
+fn with_runtime(
+    work: impl std::future::Future<Output = Result<(), portcullis::store::StoreError>>,
+) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn apply(file: &std::path::Path, url: &str, operator: &str, reason: &str, prune: bool) -> ExitCode {
+    use portcullis::store::{Change, Store, StoreError};
+    // The whole file must be valid before anything is written.
+    let config = match Snapshot::load(file, &SecretsRuntime::default()) {
+        Ok((loaded, _)) => loaded.config,
+        Err(errors) => {
+            println!("{errors}");
+            println!(
+                "{}: {} errors; nothing applied",
+                file.display(),
+                errors.0.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let change = Change::by(operator, reason);
+    with_runtime(async move {
+        let store = Store::open(url).await?;
+        let (mut created, mut updated, mut unchanged, mut deleted) = (0, 0, 0, 0);
+        for policy in &config.policies {
+            match store.get(&policy.name).await {
+                Ok(live) if live.policy == *policy => unchanged += 1,
+                Ok(live) => {
+                    let version = store.update(live.version, policy, &change).await?;
+                    println!("updated  {} (version {version})", policy.name);
+                    updated += 1;
+                }
+                Err(StoreError::NotFound(_)) => {
+                    let version = store.create(policy, &change).await?;
+                    println!("created  {} (version {version})", policy.name);
+                    created += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for stored in store.list().await? {
+            if config.policies.iter().any(|p| p.name == stored.policy.name) {
+                continue;
+            }
+            if prune {
+                store
+                    .delete(&stored.policy.name, stored.version, &change)
+                    .await?;
+                println!("deleted  {}", stored.policy.name);
+                deleted += 1;
+            } else {
+                println!(
+                    "kept     {} (not in the file; --prune deletes it)",
+                    stored.policy.name
+                );
+            }
+        }
+        println!(
+            "{}: {created} created, {updated} updated, {unchanged} unchanged, {deleted} deleted",
+            file.display()
+        );
+        Ok(())
+    })
 }
 
 fn ca_init(dir: &std::path::Path, common_name: &str, valid_for: Duration, force: bool) -> ExitCode {

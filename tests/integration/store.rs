@@ -177,3 +177,79 @@ fn an_unknown_store_url_is_refused_without_its_password() {
     );
     assert!(!error.contains("hunter2"), "{error}");
 }
+
+#[test]
+fn apply_writes_a_config_files_policies_as_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let file = dir.path().join("policies.yaml");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .env("PORTCULLIS_STORE", &url)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let path = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        "policies:\n  - {name: a, action: allow, rules: [{host: a.example}]}\n  - {name: b, action: deny, rules: [{host: b.example}]}\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["migrate"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["apply", "-f", path, "--operator", "ci"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("2 created, 0 updated, 0 unchanged, 0 deleted"),
+        "{out}"
+    );
+    let (_, out) = run(&["apply", "-f", path]);
+    assert!(out.contains("0 created, 0 updated, 2 unchanged"), "{out}");
+
+    std::fs::write(
+        &file,
+        "policies:\n  - {name: a, priority: 3, action: allow, rules: [{host: a.example}]}\n",
+    )
+    .unwrap();
+    let (_, out) = run(&["apply", "-f", path]);
+    assert!(out.contains("updated  a (version 2)"), "{out}");
+    assert!(out.contains("kept     b"), "{out}");
+    let (_, out) = run(&["apply", "-f", path, "--prune"]);
+    assert!(out.contains("1 unchanged, 1 deleted"), "{out}");
+
+    // An invalid file writes nothing and says where.
+    std::fs::write(
+        &file,
+        "policies:\n  - {name: a, action: allow, rules: [{host: 'a[.example'}]}\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["apply", "-f", path]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("policies.yaml:2") && out.contains("nothing applied"),
+        "{out}"
+    );
+
+    runtime().block_on(async {
+        let store = Store::open(&url).await.unwrap();
+        let history = store.history("a").await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].operator, "ci");
+        assert_eq!(store.get("a").await.unwrap().policy.priority, 3);
+        assert!(matches!(store.get("b").await, Err(StoreError::NotFound(_))));
+        assert_eq!(
+            store.history("b").await.unwrap().len(),
+            2,
+            "deleted, history kept"
+        );
+    });
+}
