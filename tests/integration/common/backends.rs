@@ -19,7 +19,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use super::repo;
 
@@ -106,13 +105,7 @@ struct Server {
 
 impl Server {
     fn start(handler: Handler) -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (runtime, listener, addr) = super::loopback_server();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let record = received.clone();
         runtime.spawn(async move {

@@ -12,7 +12,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 /// Runs until dropped.
@@ -39,13 +38,7 @@ impl TraceService for Receiver {
 
 impl Collector {
     pub fn start() -> Collector {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (runtime, listener, addr) = super::loopback_server();
         let requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
         let receiver = Receiver {
             requests: requests.clone(),

@@ -13,7 +13,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -87,13 +86,7 @@ impl Upstream {
     /// Starts the upstream: plain HTTP, or HTTPS with `tls`. `/slow/<ms>` paths answer
     /// after that many milliseconds (a request in flight across a reload).
     pub fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (runtime, listener, addr) = super::loopback_server();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
         runtime.spawn(async move {
