@@ -74,11 +74,6 @@ impl LeafCertificates {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Forgets every leaf (tests; a CA change needs a restart anyway).
-    pub fn clear(&self) {
-        self.cache.invalidate_all();
-    }
 }
 
 #[cfg(test)]
