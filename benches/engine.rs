@@ -206,7 +206,8 @@ fn bench_engine(c: &mut Criterion, prepared: &[Prepared]) {
                 i = (i + 1) % p.requests.len();
                 let (request, tags) = &p.requests[i];
                 let decided = runtime.block_on(p.snapshot.decide(request, tags, None));
-                let record = portcullis::audit::AuditRecord::of(request, &decided, "v", 1.0);
+                let record =
+                    portcullis::audit::AuditRecord::of(request, &decided, &p.snapshot, 1.0);
                 black_box(serde_json::to_vec(&record).unwrap())
             })
         });
@@ -414,7 +415,8 @@ fn tracing_case(p: &Prepared, count: usize) {
                     .decide(black_box(request), tags, None)
                     .instrument(trace.span().clone()),
             );
-            let mut record = portcullis::audit::AuditRecord::of(request, &decided, "v", 1.0);
+            let mut record =
+                portcullis::audit::AuditRecord::of(request, &decided, &p.snapshot, 1.0);
             record.trace_id = trace.trace_id();
             trace.decided(&record);
             black_box(&record);

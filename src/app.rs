@@ -13,11 +13,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::Control;
 use crate::audit::AuditSink;
 use crate::config::watch::{self as config_watch, ConfigWatch};
-use crate::config::{Config, ConfigErrors, version_of};
+use crate::config::{
+    Config, ConfigErrors, FieldError, LoadedConfig, StoreConfig, load_file, parse_str, version_of,
+};
 use crate::extproc::{ExtProcService, Shared};
+use crate::live::{Live, Refused};
 use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::sds::SecretDiscovery;
@@ -33,6 +38,8 @@ pub struct ServeOptions {
     pub grpc_listen: Option<SocketAddr>,
     /// Overrides `server.admin_listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// Overrides `store.url` (and turns the store on when the file has none).
+    pub store: Option<String>,
 }
 
 /// Why `serve` stopped before serving.
@@ -49,8 +56,51 @@ pub enum ServeError {
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     install_crypto_provider();
     let secrets = SecretsRuntime::default();
-    let (loaded, snapshot) =
-        Snapshot::load(&options.config, &secrets).map_err(ServeError::InvalidConfig)?;
+    let mut loaded = load_file(&options.config).map_err(ServeError::InvalidConfig)?;
+    if let Some(url) = &options.store {
+        let mut store = loaded
+            .config
+            .store
+            .clone()
+            .unwrap_or_else(|| StoreConfig::at(url));
+        store.url = Some(url.clone());
+        store.url_env = None;
+        loaded.config.store = Some(store);
+    }
+    let store_config = loaded.config.store.clone();
+    let env = |name: &str| std::env::var(name).ok();
+    let store_url = match &store_config {
+        Some(store) => {
+            let mut errors = Vec::new();
+            if !loaded.config.policies.is_empty() || !loaded.config.secrets.is_empty() {
+                errors.push(FieldError::new(
+                    if loaded.config.policies.is_empty() {
+                        "secrets"
+                    } else {
+                        "policies"
+                    },
+                    "with a `store`, policies and secrets come from the store: write this \
+                     file's into it with `portcullis apply -f FILE --store URL` (or the admin \
+                     API) and remove them here",
+                ));
+            }
+            let url = store
+                .resolve_url(&env)
+                .map_err(|e| errors.push(FieldError::new("store.url_env", e)))
+                .ok();
+            if !errors.is_empty() {
+                return Err(ServeError::InvalidConfig(loaded.place(errors)));
+            }
+            url
+        }
+        None => None,
+    };
+    // With a store, requests are refused (503) until its contents are first read.
+    let snapshot = match store_url {
+        Some(_) => Snapshot::unavailable(&loaded.config, &loaded.version, &env, &secrets),
+        None => Snapshot::compile(&loaded.config, &loaded.version, &env, &secrets),
+    }
+    .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
     let config = loaded.config.clone();
     let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     let grpc_addr = options.grpc_listen.unwrap_or(config.server.grpc_listen);
@@ -80,15 +130,30 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let (audit, audit_writer) =
         AuditSink::start(&config.audit).context("cannot open the audit sink")?;
     let metrics = Arc::new(Metrics::new());
+    let (audit, audit_for_store) = match &store_config {
+        Some(store) if store.audit => {
+            let (tx, rx) = mpsc::channel(crate::audit::STORE_QUEUE);
+            (audit.with_store(tx, metrics.clone()), Some(rx))
+        }
+        _ => (audit, None),
+    };
     metrics.set_active_policies(snapshot.policies.active_count());
-    tracing::info!(
-        config = %options.config.display(),
-        version = %snapshot.version,
-        policies = snapshot.policies.policies().len(),
-        active = snapshot.policies.active_count(),
-        transforms = ?snapshot.pipeline.names(),
-        "config loaded"
-    );
+    match &store_config {
+        Some(_) => tracing::info!(
+            config = %options.config.display(),
+            version = %snapshot.version,
+            transforms = ?snapshot.pipeline.names(),
+            "config loaded; policies, secrets and tokens come from the store"
+        ),
+        None => tracing::info!(
+            config = %options.config.display(),
+            version = %snapshot.version,
+            policies = snapshot.policies.policies().len(),
+            active = snapshot.policies.active_count(),
+            transforms = ?snapshot.pipeline.names(),
+            "config loaded"
+        ),
+    }
     let shared = Arc::new(Shared {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         audit,
@@ -96,13 +161,29 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         draining: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let live = Arc::new(Live::new(
+        shared.clone(),
+        secrets.clone(),
+        &loaded,
+        store_url.is_some(),
+    ));
+    let control = Arc::new(Control::new(live.clone()));
+    let mut background = Vec::new();
+    if let (Some(url), Some(store)) = (store_url, &store_config) {
+        background.push(tokio::spawn(connect_store(
+            url,
+            store.clone(),
+            control.clone(),
+            audit_for_store,
+            shutdown_rx.clone(),
+        )));
+    }
 
     let reloader = Reloader {
         path: options.config.clone(),
-        shared: shared.clone(),
-        last_seen: Some(loaded.version),
+        live: live.clone(),
+        last_seen: Some(loaded.version.clone()),
         running: config.clone(),
-        secrets: secrets.clone(),
     };
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
     let refresh_task = tokio::spawn(refresh_secrets(
@@ -126,8 +207,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
     // The admin server outlives the drain, so probes see `/readyz` 503 while streams finish.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let admin = axum::serve(admin_listener, crate::admin::router(shared.clone()))
+    let admin = axum::serve(admin_listener, crate::admin::router(control.clone()))
         .with_graceful_shutdown(wait_for(admin_stop_rx));
+    drop(control);
+    drop(live);
     tracing::info!(%grpc_addr, %admin_addr, "portcullis is serving");
     let draining = shared.clone();
     drop(shared);
@@ -155,6 +238,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         let _ = admin_task.await;
         let _ = reload_task.await;
         let _ = refresh_task.await;
+        for task in background {
+            let _ = task.await;
+        }
     })
     .await;
     if drained.is_err() {
@@ -208,12 +294,11 @@ async fn wait_for_signal() {
 /// when the whole new config is valid.
 struct Reloader {
     path: PathBuf,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     /// Version of the content last tried, valid or not: unchanged content is not retried.
     last_seen: Option<String>,
     /// The config `serve` started with, to warn about settings that need a restart.
     running: Config,
-    secrets: SecretsRuntime,
 }
 
 impl Reloader {
@@ -256,6 +341,7 @@ impl Reloader {
     }
 
     async fn check(&mut self) {
+        let metrics = self.live.shared.metrics.clone();
         let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(text) => text,
             Err(e) => {
@@ -263,7 +349,7 @@ impl Reloader {
                 if self.last_seen.as_deref() != Some(version.as_str()) {
                     tracing::error!(config = %self.path.display(), error = %e,
                         "cannot read config; keeping the live one");
-                    self.shared.metrics.record_reload(false, None);
+                    metrics.record_reload(false, None);
                     self.last_seen = Some(version);
                 }
                 return;
@@ -275,37 +361,37 @@ impl Reloader {
         }
         self.last_seen = Some(version);
         let started = Instant::now();
-        let path = self.path.clone();
-        let secrets = self.secrets.clone();
-        let compiled =
-            tokio::task::spawn_blocking(move || Snapshot::from_text(&text, &path, &secrets)).await;
-        let live = self.shared.snapshot.load().version.clone();
-        match compiled {
-            Ok(Ok((loaded, snapshot))) => {
-                self.warn_restart_only(&loaded.config);
+        let live = self.live.snapshot().version.clone();
+        let loaded = match parse_str(&text, Some(&self.path)) {
+            Ok(loaded) => self.restart_only(loaded),
+            Err(errors) => return reject(&metrics, &errors, &live),
+        };
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(errors) => return reject(&metrics, &errors, &live),
+        };
+        match self.live.apply_config(&loaded).await {
+            Ok(snapshot) => {
                 let active = snapshot.policies.active_count();
-                let version = snapshot.version.clone();
-                self.shared.snapshot.store(Arc::new(snapshot));
-                self.shared.metrics.record_reload(true, Some(active));
-                tracing::info!(%version, previous = %live, active,
+                metrics.record_reload(true, Some(active));
+                tracing::info!(version = %snapshot.version, previous = %live, active,
                     compile_ms = started.elapsed().as_millis() as u64, "config reloaded");
             }
-            Ok(Err(errors)) => {
-                for error in &errors.0 {
-                    tracing::error!("{error}");
-                }
-                self.shared.metrics.record_reload(false, None);
-                tracing::error!(errors = errors.0.len(), live = %live,
-                    "config change rejected; the last good config stays live");
-            }
-            Err(e) => {
-                self.shared.metrics.record_reload(false, None);
-                tracing::error!(error = %e, live = %live, "config compilation failed");
-            }
+            Err(Refused(errors)) => reject(&metrics, &loaded.place(errors), &live),
         }
     }
 
-    fn warn_restart_only(&mut self, new: &Config) {
+    /// Warns about changed settings that need a restart; refuses a change that would
+    /// move policies between the file and a store.
+    fn restart_only(&mut self, loaded: LoadedConfig) -> Result<LoadedConfig, ConfigErrors> {
+        let new = &loaded.config;
+        if self.live.store_mode() && (!new.policies.is_empty() || !new.secrets.is_empty()) {
+            return Err(loaded.place(vec![FieldError::new(
+                "policies",
+                "this gateway reads policies and secrets from its store: they cannot be \
+                 added to the config file (use `portcullis apply` or the admin API)",
+            )]));
+        }
         if new.server != self.running.server {
             tracing::warn!("`server` listen addresses changed: restart portcullis to apply");
         }
@@ -317,6 +403,106 @@ impl Reloader {
         }
         if new.telemetry != self.running.telemetry {
             tracing::warn!("`telemetry` changed: restart portcullis to apply");
+        }
+        if new.store != self.running.store {
+            tracing::warn!("`store` changed: restart portcullis to apply");
+        }
+        Ok(loaded)
+    }
+}
+
+fn reject(metrics: &Metrics, errors: &ConfigErrors, live: &str) {
+    for error in &errors.0 {
+        tracing::error!("{error}");
+    }
+    metrics.record_reload(false, None);
+    tracing::error!(errors = errors.0.len(), live = %live,
+        "config change rejected; the last good config stays live");
+}
+
+/// Opens the store (retrying with backoff while it is unreachable), then keeps the
+/// snapshot in step with it, writes the audit trail's copy into it and prunes old events.
+async fn connect_store(
+    url: String,
+    config: StoreConfig,
+    control: Arc<Control>,
+    audit: Option<mpsc::Receiver<crate::store::audit::AuditEvent>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let live = control.live.clone();
+    let mut wait = Duration::from_millis(200);
+    let mut warned = false;
+    let store = loop {
+        let opened = tokio::select! {
+            opened = Store::open(&url) => opened,
+            _ = shutdown.changed() => return,
+        };
+        match opened {
+            Ok(store) => break store,
+            Err(e) => {
+                live.shared.metrics.set_store_up(false);
+                if !warned {
+                    tracing::warn!(store = %crate::store::redact_url(&url), error = %e,
+                        "cannot open the policy store; refusing requests (503) until it answers");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    tracing::info!(store = %store.display_url(), backend = ?store.backend(), "policy store open");
+    control.set_store(store.clone());
+    let metrics = live.shared.metrics.clone();
+    let audit_task = audit.map(|rx| {
+        tokio::spawn(crate::audit::write_to_store(
+            store.clone(),
+            rx,
+            metrics.clone(),
+        ))
+    });
+    let prune_task = config.audit.then(|| {
+        tokio::spawn(prune_audit(
+            store.clone(),
+            config.audit_retention.0,
+            shutdown.clone(),
+        ))
+    });
+    crate::live::sync_from_store(live, store, config.resync_interval.0, shutdown).await;
+    // The audit copy below ends when the last sink is dropped; this task holds one.
+    drop(control);
+    if let Some(task) = prune_task {
+        let _ = task.await;
+    }
+    // The audit copy ends when every sink is gone; a store that is down gets a moment.
+    if let Some(task) = audit_task
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("audit records still queued for the store at exit were not written");
+    }
+}
+
+/// Deletes audit events older than `retention`, every ten minutes.
+async fn prune_audit(store: Store, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(before) = std::time::SystemTime::now().checked_sub(retention) else {
+            continue;
+        };
+        let before = humantime::format_rfc3339_micros(before).to_string();
+        match store.prune_audit(&before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, %before, "pruned audit events from the store"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune audit events"),
         }
     }
 }

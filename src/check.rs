@@ -26,6 +26,8 @@ pub struct CheckRequest {
     /// Decide a CONNECT as an intercepting listener does (could a request inside be
     /// allowed?) rather than as an opaque tunnel.
     pub intercepted: bool,
+    /// The request body (empty: none).
+    pub body: Vec<u8>,
 }
 
 /// Builds the request Envoy would have sent.
@@ -100,10 +102,10 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
     let started = std::time::Instant::now();
     // A preview: credentials show as markers and no secret source is read.
     let decided = snapshot
-        .preview(&request, &check.extra_tags, Some(&[]))
+        .preview(&request, &check.extra_tags, Some(&check.body))
         .await;
     let elapsed = started.elapsed();
-    let record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
+    let record = AuditRecord::of(&request, &decided, snapshot, micros(elapsed));
     let matches = match &decided.identity {
         Ok(identity) => {
             let ids = snapshot.policies.tag_ids(&identity.tags);
@@ -111,17 +113,31 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
         }
         Err(_) => Vec::new(),
     };
+    let decider = decided.outcome.verdict.and_then(|v| v.decided_by);
     let matches_json: Vec<_> = matches
         .iter()
         .map(|m| {
             let p = snapshot.policies.policy(m.policy);
-            json!({"policy": &*p.name, "priority": p.priority, "action": p.action,
-                   "rule": m.rule, "dry_run": p.warn})
+            json!({"policy": &*p.name, "version": p.version, "priority": p.priority,
+                   "action": p.action, "rule": m.rule, "dry_run": p.warn,
+                   "decides": decider.is_some_and(|d| d.policy == m.policy && d.rule == m.rule)})
         })
         .collect();
+    let deciding = match (decided.outcome.verdict, decider) {
+        (Some(verdict), Some(rule)) => {
+            let p = snapshot.policies.policy(rule.policy);
+            json!({"policy": &*p.name, "version": p.version, "priority": p.priority,
+                   "action": verdict.action, "rule": rule.rule})
+        }
+        (Some(verdict), None) => json!({"policy": null, "action": verdict.action,
+                                        "default_action": true}),
+        (None, _) => serde_json::Value::Null,
+    };
     let json = json!({
-        "audit": serde_json::to_value(&record).unwrap_or_default(),
+        "decision": decided.outcome.decision,
+        "deciding": deciding,
         "matching_policies": matches_json,
+        "audit": serde_json::to_value(&record).unwrap_or_default(),
         "upstream": upstream_json(&decided),
     });
     let text = render_text(&request, &decided, &snapshot.policies, &matches, &record);

@@ -5,7 +5,9 @@
 //! Layout: [`policy`] is the engine (model, compile, evaluate), [`extproc`] is only the Envoy
 //! protocol, [`transforms`] is the per-request pipeline, [`identity`] turns a connection into
 //! tags, [`tls`] is the interception CA and Envoy's certificate service (SDS), [`audit`] and
-//! [`telemetry`] record what happened.
+//! [`telemetry`] record what happened. [`store`] is the control plane's versioned store,
+//! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
+//! serves the admin API.
 
 pub mod admin;
 pub mod app;
@@ -14,6 +16,7 @@ pub mod check;
 pub mod config;
 pub mod extproc;
 pub mod identity;
+pub mod live;
 pub mod policy;
 pub mod request;
 pub mod secrets;

@@ -29,9 +29,14 @@ enum Command {
         /// Listen address for Envoy's ext_proc stream (overrides server.grpc_listen).
         #[arg(long, env = "PORTCULLIS_GRPC_LISTEN")]
         grpc_listen: Option<SocketAddr>,
-        /// Listen address for /healthz, /readyz, /metrics (overrides server.admin_listen).
+        /// Listen address for /healthz, /readyz, /metrics and the admin API (overrides
+        /// server.admin_listen).
         #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
+        /// Read policies, secrets and tokens from this store (sqlite://PATH or
+        /// postgres://…), overriding `store.url`.
+        #[arg(long, env = "PORTCULLIS_STORE")]
+        store: Option<String>,
     },
     /// Check a config file; print every error and exit 1 if there is one.
     Validate { file: PathBuf },
@@ -46,8 +51,9 @@ enum Command {
         #[arg(long, env = "PORTCULLIS_STORE")]
         store: String,
     },
-    /// Write a config file's policies into a store, each change as a new version (GitOps).
-    /// Unchanged policies are left alone; policies missing from the file stay unless --prune.
+    /// Write a config file's policies and secrets into a store, each change as a new
+    /// version (GitOps). Unchanged ones are left alone; ones missing from the file stay
+    /// unless --prune.
     Apply {
         /// The config file whose `policies` are applied.
         #[arg(long, short)]
@@ -60,7 +66,7 @@ enum Command {
         /// Recorded as the reason of every version written.
         #[arg(long, default_value = "portcullis apply")]
         reason: String,
-        /// Delete stored policies the file does not have.
+        /// Delete stored policies and secrets the file does not have.
         #[arg(long)]
         prune: bool,
     },
@@ -122,10 +128,12 @@ fn main() -> ExitCode {
             config,
             grpc_listen,
             admin_listen,
+            store,
         } => serve(ServeOptions {
             config,
             grpc_listen,
             admin_listen,
+            store,
         }),
         Command::Validate { file } => validate(&file),
         Command::Ca(CaCommand::Init {
@@ -196,7 +204,8 @@ fn with_runtime(
 }
 
 fn apply(file: &std::path::Path, url: &str, operator: &str, reason: &str, prune: bool) -> ExitCode {
-    use portcullis::store::{Change, Store, StoreError};
+    use portcullis::store::apply::{Applied, apply};
+    use portcullis::store::{Change, Store};
     // The whole file must be valid before anything is written.
     let config = match Snapshot::load(file, &SecretsRuntime::default()) {
         Ok((loaded, _)) => loaded.config,
@@ -213,38 +222,31 @@ fn apply(file: &std::path::Path, url: &str, operator: &str, reason: &str, prune:
     let change = Change::by(operator, reason);
     with_runtime(async move {
         let store = Store::open(url).await?;
+        let mut applied = apply(&store, &config.policies, &change, prune).await?;
+        let secrets = apply(&store, &config.secrets, &change, prune).await?;
         let (mut created, mut updated, mut unchanged, mut deleted) = (0, 0, 0, 0);
-        for policy in &config.policies {
-            match store.get(&policy.name).await {
-                Ok(live) if live.policy == *policy => unchanged += 1,
-                Ok(live) => {
-                    let version = store.update(live.version, policy, &change).await?;
-                    println!("updated  {} (version {version})", policy.name);
-                    updated += 1;
-                }
-                Err(StoreError::NotFound(_)) => {
-                    let version = store.create(policy, &change).await?;
-                    println!("created  {} (version {version})", policy.name);
+        for (kind, outcome) in applied
+            .drain(..)
+            .map(|a| ("policy", a))
+            .chain(secrets.into_iter().map(|a| ("secret", a)))
+        {
+            match outcome {
+                Applied::Created { name, version } => {
+                    println!("created  {kind} {name} (version {version})");
                     created += 1;
                 }
-                Err(e) => return Err(e),
-            }
-        }
-        for stored in store.list().await? {
-            if config.policies.iter().any(|p| p.name == stored.policy.name) {
-                continue;
-            }
-            if prune {
-                store
-                    .delete(&stored.policy.name, stored.version, &change)
-                    .await?;
-                println!("deleted  {}", stored.policy.name);
-                deleted += 1;
-            } else {
-                println!(
-                    "kept     {} (not in the file; --prune deletes it)",
-                    stored.policy.name
-                );
+                Applied::Updated { name, version } => {
+                    println!("updated  {kind} {name} (version {version})");
+                    updated += 1;
+                }
+                Applied::Unchanged { .. } => unchanged += 1,
+                Applied::Deleted { name, .. } => {
+                    println!("deleted  {kind} {name}");
+                    deleted += 1;
+                }
+                Applied::Kept { name } => {
+                    println!("kept     {kind} {name} (not in the file; --prune deletes it)")
+                }
             }
         }
         println!(
@@ -336,6 +338,7 @@ fn check(args: CheckArgs) -> ExitCode {
         spiffe_id: args.spiffe_id,
         token: args.token,
         intercepted: args.intercepted,
+        body: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

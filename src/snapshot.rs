@@ -6,14 +6,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::admin::auth::AdminAuth;
 use crate::config::{
     Config, ConfigErrors, FieldError, LoadedConfig, duplicate_names, load_file, parse_str,
 };
-use crate::identity::{Identity, IdentityError, IdentityResolver, Presented};
+use crate::identity::{
+    Identity, IdentityConfig, IdentityError, IdentityResolver, Presented, TokenSource,
+};
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
 use crate::request::OutboundRequest;
 use crate::secrets::{SourceCache, SourceContext};
+use crate::store::Contents;
 use crate::transforms::{
     Annotations, Exchange, Mutations, Outcome, Pipeline, Rejection, TraceAction, TransformTrace,
 };
@@ -29,13 +33,22 @@ pub struct SecretsRuntime {
 /// One compiled config version.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The config version (a short content hash), recorded in every audit record.
+    /// The config version (a short content hash, then `+r<revision>` with a store),
+    /// recorded in every audit record.
     pub version: Arc<str>,
     pub policies: PolicySet,
     pub identities: IdentityResolver,
     pub pipeline: Pipeline,
     /// The largest body buffered for transforms that need it.
     pub max_body_bytes: usize,
+    /// Who may call the admin API.
+    pub admin: AdminAuth,
+    /// The store revision the policies, secrets and tokens were read at; `None` when they
+    /// come from the config file.
+    pub store_revision: Option<i64>,
+    /// Set on the stand-in snapshot served before a store was ever read: every request is
+    /// refused (503) with this reason.
+    pub unavailable: Option<&'static str>,
 }
 
 /// The decision for one request and who it was decided for.
@@ -50,6 +63,16 @@ impl Snapshot {
     pub fn compile(
         config: &Config,
         version: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &SecretsRuntime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        Snapshot::compile_versions(config, version, &[], env, runtime)
+    }
+
+    fn compile_versions(
+        config: &Config,
+        version: &str,
+        policy_versions: &[i64],
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &SecretsRuntime,
     ) -> Result<Snapshot, Vec<FieldError>> {
@@ -72,16 +95,108 @@ impl Snapshot {
         )
         .map_err(|e| errors.extend(e))
         .ok();
-        match (identities, pipeline) {
-            (Some(identities), Some(pipeline)) if errors.is_empty() => Ok(Snapshot {
+        let admin = AdminAuth::compile(&config.admin.tokens, env)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        match (identities, pipeline, admin) {
+            (Some(identities), Some(pipeline), Some(admin)) if errors.is_empty() => Ok(Snapshot {
                 version: Arc::from(version),
-                policies: PolicySet::compile(&config.policies, config.default_action),
+                policies: PolicySet::compile_versioned(
+                    &config.policies,
+                    policy_versions,
+                    config.default_action,
+                ),
                 identities,
                 pipeline,
                 max_body_bytes: config.gateway.max_body_bytes,
+                admin,
+                store_revision: None,
+                unavailable: None,
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Compiles the gateway settings of `config` with the policies, secrets and
+    /// enrollment tokens read from a store. Errors in stored definitions are placed by
+    /// name (`policies["ci-npm"].rules[0].host`), not by list index.
+    pub fn compile_with_store(
+        config: &Config,
+        config_version: &str,
+        contents: &Contents,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &SecretsRuntime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        let mut effective = config.clone();
+        effective.policies = contents
+            .policies
+            .iter()
+            .map(|p| p.definition.clone())
+            .collect();
+        effective.secrets = contents
+            .secrets
+            .iter()
+            .map(|s| s.definition.clone())
+            .collect();
+        if !effective.secrets.is_empty()
+            && !effective
+                .transforms
+                .iter()
+                .any(|t| t.spec == crate::transforms::TransformSpec::Secrets)
+            && config.transforms == vec![crate::transforms::TransformEntry::allowlist()]
+        {
+            // The file left the pipeline at its default; the default has `secrets` when
+            // there are secrets, wherever they are written.
+            effective
+                .transforms
+                .push(crate::transforms::TransformEntry::secrets());
+        }
+        let file_identities = effective.identities.len();
+        effective
+            .identities
+            .extend(contents.tokens.iter().map(|token| IdentityConfig {
+                name: Some(token.name.clone()),
+                token: Some(TokenSource {
+                    env: None,
+                    file: None,
+                    sha256: Some(token.sha256.clone()),
+                }),
+                source_cidr: None,
+                uri_san: None,
+                tags: token.tags.clone(),
+            }));
+        let versions: Vec<i64> = contents.policies.iter().map(|p| p.version).collect();
+        let version = format!("{config_version}+r{}", contents.revision);
+        let mut snapshot = Snapshot::compile_versions(
+            &effective, &version, &versions, env, runtime,
+        )
+        .map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| name_stored(e, &effective, file_identities))
+                .collect::<Vec<_>>()
+        })?;
+        snapshot.store_revision = Some(contents.revision);
+        snapshot.identities.expect_tokens();
+        Ok(snapshot)
+    }
+
+    /// The snapshot served while a store has never been read: every request is refused
+    /// with 503 `policy_store_unavailable`, whatever the default action says.
+    pub fn unavailable(
+        config: &Config,
+        config_version: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &SecretsRuntime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        let mut bare = config.clone();
+        bare.policies.clear();
+        bare.secrets.clear();
+        bare.default_action = crate::policy::DefaultAction::Deny;
+        let mut snapshot =
+            Snapshot::compile(&bare, &format!("{config_version}+unloaded"), env, runtime)?;
+        snapshot.unavailable = Some("policy_store_unavailable");
+        Ok(snapshot)
     }
 
     /// Reads, parses and compiles a config file, with every error placed in the file.
@@ -166,6 +281,23 @@ impl Snapshot {
         if request.header("proxy-authorization").is_some() {
             mutations.remove("proxy-authorization");
         }
+        if let Some(reason) = self.unavailable {
+            return self.refused(
+                request,
+                listener_tags,
+                Rejection {
+                    status: 503,
+                    kind: "policy_unavailable",
+                    reason,
+                    message: "this gateway has not loaded its policies yet (the policy store \
+                              is unreachable); nothing is forwarded until it has"
+                        .to_owned(),
+                    policy: None,
+                    rule: None,
+                    transform: "allowlist",
+                },
+            );
+        }
         match self.identities.resolve(&presented(request, listener_tags)) {
             Ok(identity) => {
                 let exchange = Exchange {
@@ -245,6 +377,33 @@ impl Snapshot {
                 }],
             },
         }
+    }
+}
+
+/// Rewrites an error in a store-read definition from its list index to its name.
+fn name_stored(error: FieldError, config: &Config, file_identities: usize) -> FieldError {
+    let rename = |section: &str, name_of: &dyn Fn(usize) -> Option<String>| {
+        let rest = error.path.strip_prefix(section)?.strip_prefix('[')?;
+        let (index, tail) = rest.split_once(']')?;
+        let name = name_of(index.parse().ok()?)?;
+        Some(format!("{section}[{name:?}]{tail}"))
+    };
+    let policy = |i: usize| config.policies.get(i).map(|p| p.name.clone());
+    let secret = |i: usize| config.secrets.get(i).map(|s| s.name.clone());
+    let token = |i: usize| {
+        i.checked_sub(file_identities)
+            .and_then(|_| config.identities.get(i))
+            .and_then(|t| t.name.clone())
+    };
+    let path = rename("policies", &policy)
+        .or_else(|| rename("secrets", &secret))
+        .or_else(|| rename("identities", &token).map(|p| p.replacen("identities", "tokens", 1)));
+    match path {
+        Some(path) => FieldError {
+            path,
+            message: error.message,
+        },
+        None => error,
     }
 }
 

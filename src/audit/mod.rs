@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -14,7 +15,10 @@ use crate::config::{AuditConfig, AuditSinkKind};
 use crate::identity::Identity;
 use crate::policy::Decision;
 use crate::request::OutboundRequest;
-use crate::snapshot::Decided;
+use crate::snapshot::{Decided, Snapshot};
+use crate::store::Store;
+use crate::store::audit::AuditEvent;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::TraceId;
 use crate::transforms::{DryRun, TransformTrace};
 
@@ -41,6 +45,9 @@ pub struct AuditRecord<'a> {
     /// The deciding policy (or the refusing one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<&'a str>,
+    /// The store version of that policy (absent for policies from a config file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,
     /// The transform that refused the request.
@@ -79,7 +86,7 @@ impl<'a> AuditRecord<'a> {
     pub fn of(
         request: &'a OutboundRequest,
         decided: &'a Decided,
-        config_version: &'a str,
+        snapshot: &'a Snapshot,
         decision_us: f64,
     ) -> AuditRecord<'a> {
         let outcome = &decided.outcome;
@@ -111,15 +118,23 @@ impl<'a> AuditRecord<'a> {
                 Vec::new(),
             ),
         };
+        // The version of the policy named in the record: the engine's deciding policy.
+        let policy_version = outcome
+            .verdict
+            .and_then(|v| v.decided_by)
+            .map(|rule| snapshot.policies.policy(rule.policy))
+            .filter(|p| Some(&*p.name) == policy)
+            .and_then(|p| p.version);
         AuditRecord {
             ts: now_rfc3339(),
             request_id: &request.id,
             trace_id: None,
-            config_version,
+            config_version: &snapshot.version,
             decision: outcome.decision,
             status: rejection.map(|r| r.status),
             reason,
             policy,
+            policy_version,
             rule,
             transform: rejection.map(|r| r.transform),
             identity,
@@ -173,7 +188,19 @@ pub fn micros(elapsed: std::time::Duration) -> f64 {
 #[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<Vec<u8>>,
+    /// A copy of every record for the store, when it keeps audit events.
+    store: Option<StoreCopy>,
 }
+
+#[derive(Clone)]
+struct StoreCopy {
+    tx: mpsc::Sender<AuditEvent>,
+    metrics: Arc<Metrics>,
+}
+
+/// How many records may wait for the store before new ones are dropped from its copy
+/// (never from the sink): a store outage must not hold up requests.
+pub const STORE_QUEUE: usize = 64 * 1024;
 
 /// Joins the writer thread (flushing every record) when dropped after all sinks.
 pub struct AuditWriter {
@@ -207,11 +234,18 @@ impl AuditSink {
             .name("audit-writer".into())
             .spawn(move || write_lines(rx, out))?;
         Ok((
-            AuditSink { tx },
+            AuditSink { tx, store: None },
             AuditWriter {
                 thread: Some(thread),
             },
         ))
+    }
+
+    /// Also sends every record to `tx`, for the store; a full queue drops the store's copy
+    /// and counts it.
+    pub fn with_store(mut self, tx: mpsc::Sender<AuditEvent>, metrics: Arc<Metrics>) -> AuditSink {
+        self.store = Some(StoreCopy { tx, metrics });
+        self
     }
 
     /// Queues one record.
@@ -223,9 +257,85 @@ impl AuditSink {
                 return;
             }
         };
+        if let Some(store) = &self.store {
+            let event = stored_event(record, &line);
+            if store.tx.try_send(event).is_err() {
+                store.metrics.record_audit_store_dropped();
+            }
+        }
         line.push(b'\n');
         if self.tx.send(line).await.is_err() {
             tracing::error!("audit writer has stopped; record lost");
+        }
+    }
+}
+
+/// The store's row for a record, with `line` (its JSON) kept whole.
+fn stored_event(record: &AuditRecord<'_>, line: &[u8]) -> AuditEvent {
+    AuditEvent {
+        ts: record.ts.clone(),
+        request_id: record.request_id.to_owned(),
+        decision: record.decision.as_str().to_owned(),
+        policy: record.policy.map(str::to_owned),
+        policy_version: record.policy_version,
+        status: record.status.map(i64::from),
+        reason: record.reason.map(str::to_owned),
+        method: record.method.to_owned(),
+        scheme: record.scheme.to_owned(),
+        host: record.host.to_owned(),
+        port: record.port,
+        path: record.path.to_owned(),
+        identity: record.identity.name.map(str::to_owned),
+        tags: record.tags.iter().map(|t| (*t).to_owned()).collect(),
+        record: String::from_utf8_lossy(line).into_owned(),
+    }
+}
+
+/// Writes the store's copy of the audit trail in batches until every sink is dropped. A
+/// failed write is retried with backoff; records keep queueing meanwhile.
+pub async fn write_to_store(
+    store: Store,
+    mut rx: mpsc::Receiver<AuditEvent>,
+    metrics: Arc<Metrics>,
+) {
+    const BATCH: usize = 1000;
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH);
+    let mut failing = false;
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(event) => batch.push(event),
+                None => return,
+            }
+            // Let a burst gather into one transaction.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        match store.insert_audit(&batch).await {
+            Ok(()) => {
+                metrics.record_audit_stored(batch.len());
+                batch.clear();
+                if failing {
+                    tracing::info!("audit records reach the store again");
+                }
+                failing = false;
+                backoff = std::time::Duration::from_millis(200);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, queued = batch.len(),
+                        "cannot write audit records to the store; retrying (the audit sink has them)");
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
         }
     }
 }

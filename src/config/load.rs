@@ -30,6 +30,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "audit",
     "interception",
     "telemetry",
+    "store",
+    "admin",
 ];
 
 /// One problem in a config file.
@@ -261,6 +263,17 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "telemetry" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.telemetry = v;
+                }
+            }
+            "store" => {
+                if let Some(v) = section::<super::StoreConfig>(value, &key, &mut errors) {
+                    errors.extend(v.validate().into_iter().map(|e| e.under("store")));
+                    config.store = Some(v);
+                }
+            }
+            "admin" => {
+                if let Some(v) = section::<super::AdminConfig>(value, &key, &mut errors) {
+                    config.admin = v;
                 }
             }
             "identities" => {

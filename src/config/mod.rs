@@ -38,6 +38,129 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// HTTPS interception (the CA behind the certificates Envoy presents); off when absent.
     pub interception: Option<crate::tls::InterceptionConfig>,
+    /// The control plane's store; when set, policies, secrets and enrollment tokens come
+    /// from it instead of this file.
+    pub store: Option<StoreConfig>,
+    /// Who may use the admin API (`/v1/`).
+    pub admin: AdminConfig,
+}
+
+/// The control plane's store. Changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (embedded, created if missing) or `postgres://user@host/db`.
+    /// Exactly one of `url` and `url_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// An environment variable holding the URL (keeps a database password out of the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// A full reload from the store at this interval, whatever notifications said: the
+    /// safety net for a missed one. Default 30s.
+    #[serde(default = "default_resync_interval")]
+    pub resync_interval: DurationText,
+    /// Copy every audit record into the store, for audit search, fire counts and impact
+    /// previews. Default true.
+    #[serde(default = "default_true")]
+    pub audit: bool,
+    /// Audit events older than this are deleted from the store (the audit sink keeps its
+    /// own copy). Default 7d.
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention: DurationText,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_resync_interval() -> DurationText {
+    DurationText(std::time::Duration::from_secs(30))
+}
+
+fn default_audit_retention() -> DurationText {
+    DurationText(std::time::Duration::from_secs(7 * 24 * 3600))
+}
+
+impl StoreConfig {
+    /// A store at `url`, with every other field at its default.
+    pub fn at(url: &str) -> StoreConfig {
+        StoreConfig {
+            url: Some(url.to_owned()),
+            url_env: None,
+            resync_interval: default_resync_interval(),
+            audit: true,
+            audit_retention: default_audit_retention(),
+        }
+    }
+
+    /// Checks what deserialization cannot; paths relative to `store`.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => {
+                if let Err(e) = crate::store::Store::backend_of(url) {
+                    errors.push(FieldError::new("url", e.to_string()));
+                }
+            }
+            (None, Some(_)) => {}
+            _ => errors.push(FieldError::new(
+                "",
+                "a store needs exactly one of `url` and `url_env`",
+            )),
+        }
+        if self.resync_interval.0 < std::time::Duration::from_secs(1) {
+            errors.push(FieldError::new(
+                "resync_interval",
+                "resync_interval must be at least 1s",
+            ));
+        }
+        errors
+    }
+
+    /// The URL, from the file or the environment.
+    pub fn resolve_url(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        match (&self.url, &self.url_env) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(var)) => {
+                let url = env(var).ok_or_else(|| {
+                    format!("store.url_env: environment variable {var} is not set")
+                })?;
+                crate::store::Store::backend_of(&url)
+                    .map_err(|e| format!("store.url_env: {var}: {e}"))?;
+                Ok(url)
+            }
+            (None, None) => Err("store: no `url`".to_owned()),
+        }
+    }
+}
+
+/// The admin API's callers. Without tokens, every `/v1/` call but the OpenAPI document
+/// is refused (401).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub tokens: Vec<AdminTokenConfig>,
+}
+
+/// One admin bearer token.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Recorded as the operator of every change made with this token.
+    pub name: String,
+    /// `viewer` reads; `editor` also changes policies, secrets and tokens.
+    pub role: AdminRole,
+    /// Where the token comes from: `env`, `file` or `sha256`, as for proxy tokens.
+    pub token: crate::identity::TokenSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Viewer,
+    Editor,
 }
 
 /// Listen addresses. Changing them needs a restart; the command line overrides them.

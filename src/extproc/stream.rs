@@ -284,7 +284,7 @@ impl StreamState {
         } else {
             Phase::Forwarded
         };
-        let mut record = AuditRecord::of(&request, &decided, &snapshot.version, micros(elapsed));
+        let mut record = AuditRecord::of(&request, &decided, snapshot, micros(elapsed));
         record.trace_id = self.trace.trace_id();
         self.trace.decided(&record);
         self.shared

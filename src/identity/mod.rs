@@ -199,6 +199,9 @@ struct Principal {
 pub struct IdentityResolver {
     gateway_tags: Vec<Tag>,
     tokens: Vec<([u8; 32], Principal)>,
+    /// Refuse an unknown `Proxy-Authorization` even when no token is configured right now
+    /// (tokens come from a store, and the one presented may have been revoked).
+    tokens_expected: bool,
     /// Most specific first.
     cidrs: Vec<(IpNet, Principal)>,
     sans: Vec<(GlobMatcher, Principal)>,
@@ -226,6 +229,7 @@ impl IdentityResolver {
         let mut resolver = IdentityResolver {
             gateway_tags: gateway_tags.to_vec(),
             tokens: Vec::new(),
+            tokens_expected: false,
             cidrs: Vec::new(),
             sans: Vec::new(),
         };
@@ -282,7 +286,13 @@ impl IdentityResolver {
     }
 
     pub fn has_tokens(&self) -> bool {
-        !self.tokens.is_empty()
+        !self.tokens.is_empty() || self.tokens_expected
+    }
+
+    /// Tokens are minted and revoked in a store: a presented token that matches none is
+    /// refused (407), even while none exists.
+    pub fn expect_tokens(&mut self) {
+        self.tokens_expected = true;
     }
 
     /// Every tag a request through a listener carrying `listener_tags` could have: the
@@ -369,7 +379,8 @@ impl IdentityResolver {
     }
 }
 
-fn token_digest(
+/// The SHA-256 of a token from its source; errors have paths relative to the source.
+pub(crate) fn token_digest(
     source: &TokenSource,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<[u8; 32], FieldError> {

@@ -12,7 +12,7 @@ fn default_priority() -> i32 {
 }
 
 /// A policy as written in the config file (and, later, stored in the control plane).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Unique name; appears in audit records, metrics and deny responses.
@@ -40,7 +40,7 @@ pub struct PolicyConfig {
     pub rules: Vec<RuleConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyStatus {
     #[default]
@@ -53,7 +53,7 @@ pub enum PolicyStatus {
 }
 
 /// What a matching policy does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     #[serde(alias = "ALLOW", alias = "Allow")]

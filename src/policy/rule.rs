@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::request::{Method, RequestFacts};
 
 /// One request rule as written in the config: `host`, optional `paths` and `methods`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// `api.example.com`, `*.example.com` (any depth of subdomain, not the bare domain),
@@ -554,6 +554,28 @@ impl Tag {
         }
         Ok(Tag(trimmed.into()))
     }
+}
+
+/// The text-valued pattern types appear in JSON schemas as strings.
+macro_rules! string_schema {
+    ($($ty:ty => $description:literal),* $(,)?) => {$(
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($description))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {}
+    )*};
+}
+
+string_schema! {
+    Tag => "A workload tag such as `env:prod`: no whitespace, no commas.",
+    HostPattern => "`api.example.com`, `*.example.com` (any subdomain depth), `*`, a CIDR or an IP; optional `:port`.",
+    PathPattern => "A path glob starting with `/`; `*` spans `/`.",
+    MethodName => "An HTTP method (`GET`, …) or `ALL`.",
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub type PolicyId = u32;
 #[derive(Debug)]
 pub struct CompiledPolicy {
     pub name: Arc<str>,
+    /// The store version this was compiled from; `None` for a policy from a config file.
+    pub version: Option<i64>,
     pub priority: i32,
     pub status: PolicyStatus,
     pub action: Action,
@@ -96,11 +98,23 @@ impl PolicySet {
     /// Compiles validated policies. Disabled and draft policies are kept (for listing and
     /// explanations) but never indexed.
     pub fn compile(configs: &[PolicyConfig], default_action: DefaultAction) -> PolicySet {
+        PolicySet::compile_versioned(configs, &[], default_action)
+    }
+
+    /// Compiles policies read from the store: `versions[i]` is the store version of
+    /// `configs[i]` (missing entries: no version), recorded in audit records.
+    pub fn compile_versioned(
+        configs: &[PolicyConfig],
+        versions: &[i64],
+        default_action: DefaultAction,
+    ) -> PolicySet {
         let mut rules = RuleCompiler::default();
         let policies: Vec<CompiledPolicy> = configs
             .iter()
-            .map(|config| CompiledPolicy {
+            .enumerate()
+            .map(|(i, config)| CompiledPolicy {
                 name: Arc::from(config.name.as_str()),
+                version: versions.get(i).copied(),
                 priority: config.priority,
                 status: config.status,
                 action: config.action,

@@ -11,12 +11,17 @@ use serde_norway::Value;
 /// A source, plus the caching that applies to any source.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceConfig {
+    /// Serialized beside the common fields, as it is written (`{type: env, var: X, ttl: 1m}`).
+    #[serde(flatten)]
     pub kind: SourceKind,
     /// How long a value is reused before the source is read again. Default 5m.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<DurationText>,
     /// How long a failed read is remembered before the source is tried again. Default 5s.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_ttl: Option<DurationText>,
     /// Pick this field of a JSON object value.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub json_key: Option<String>,
 }
 
@@ -311,6 +316,18 @@ mod tests {
         };
         assert_eq!(mount, "secret");
         assert_eq!(token.ttl(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_source_serializes_back_to_what_was_written() {
+        // The control plane stores sources as JSON and reads them back.
+        let written = "{type: vault, address: 'http://v:8200', path: app/gh, ttl: 30s, \
+                       token: {type: env, var: VAULT_TOKEN, failure_ttl: 2s}}";
+        let source = parse(written).unwrap();
+        let json = serde_json::to_string(&source).unwrap();
+        assert!(json.contains(r#""type":"vault""#), "{json}");
+        let back: SourceConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, source);
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub struct Metrics {
     active_streams: IntGauge,
     stream_errors: IntCounter,
     certificates: IntCounterVec,
+    store_up: IntGauge,
+    store_revision: IntGauge,
+    store_syncs: IntCounterVec,
+    audit_stored: IntCounter,
+    audit_store_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -77,8 +82,41 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let store_up = IntGauge::new(
+            "store_up",
+            "1 while the policy store answers, 0 while it is unreachable (the last snapshot stays live)",
+        )
+        .expect("valid metric");
+        let store_revision = IntGauge::new(
+            "store_revision",
+            "The store revision the live snapshot was compiled from",
+        )
+        .expect("valid metric");
+        let store_syncs = IntCounterVec::new(
+            Opts::new(
+                "store_syncs_total",
+                "Snapshots compiled from the store, by result (`failure`: the last good one stays)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let audit_stored = IntCounter::new(
+            "audit_store_written_total",
+            "Audit records written to the store",
+        )
+        .expect("valid metric");
+        let audit_store_dropped = IntCounter::new(
+            "audit_store_dropped_total",
+            "Audit records not written to the store because its queue was full (the audit sink still has them)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_up.clone()),
+            Box::new(store_revision.clone()),
+            Box::new(store_syncs.clone()),
+            Box::new(audit_stored.clone()),
+            Box::new(audit_store_dropped.clone()),
             Box::new(dry_runs.clone()),
             Box::new(decision_seconds.clone()),
             Box::new(reloads.clone()),
@@ -93,6 +131,7 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
+            store_syncs.with_label_values(&[result]);
         }
         Metrics {
             registry,
@@ -104,7 +143,34 @@ impl Metrics {
             active_streams,
             stream_errors,
             certificates,
+            store_up,
+            store_revision,
+            store_syncs,
+            audit_stored,
+            audit_store_dropped,
         }
+    }
+
+    /// A snapshot compiled from the store (or refused, keeping the last good one).
+    pub fn record_store_sync(&self, ok: bool, revision: Option<i64>) {
+        self.store_syncs
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        if let Some(revision) = revision {
+            self.store_revision.set(revision);
+        }
+    }
+
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    pub fn record_audit_stored(&self, n: usize) {
+        self.audit_stored.inc_by(n as u64);
+    }
+
+    pub fn record_audit_store_dropped(&self) {
+        self.audit_store_dropped.inc();
     }
 
     /// One SDS answer: `issued`, or the reason no certificate was sent.

@@ -93,6 +93,7 @@ fn start(
             ],
             envoy_edits: vec![dns.envoy_edit()],
             upstream_ca_pem: Some(tls.ca_pem.clone()),
+            ..GatewayOptions::default()
         },
     )
 }

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod control;
 mod decisions;
 mod failure;
 mod headers;

@@ -10,7 +10,7 @@ use crate::policy::rule::{RuleConfig, Tag};
 use crate::secrets::SourceConfig;
 
 /// One secret.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretConfig {
     /// Unique; appears in audit annotations (`injected`, `swapped`, `signed`).
@@ -21,7 +21,14 @@ pub struct SecretConfig {
     /// Only requests matching a rule get the credential (rules OR-combine). Required:
     /// scope a credential as narrowly as you can.
     pub rules: Vec<RuleConfig>,
+    /// Where the value is read, on the gateway host: `{type: env, var: NAME}`, `file`,
+    /// `aws_secrets_manager`, `aws_ssm`, `vault`, `onepassword_connect`, `oauth2`,
+    /// `gcp_service_account`, … (docs/secrets.md). Never the value itself.
+    #[schema(value_type = Object)]
     pub source: SourceConfig,
+    /// How the value reaches the upstream: `{style: bearer}`, `basic`, `custom`,
+    /// `path_token`, `proxy_token`, `aws_sigv4`, `hmac` (docs/secrets.md).
+    #[schema(value_type = Object)]
     pub inject: InjectConfig,
 }
 

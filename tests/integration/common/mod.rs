@@ -5,6 +5,7 @@ pub mod backends;
 pub mod collector;
 pub mod dns;
 pub mod moto;
+pub mod postgres;
 pub mod session;
 pub mod tls_probe;
 pub mod upstream;
@@ -216,6 +217,9 @@ pub struct GatewayOptions {
     pub envoy_edits: Vec<(String, String)>,
     /// The trust store Envoy uses towards upstreams (base-URL mode).
     pub upstream_ca_pem: Option<String>,
+    /// Portcullis is expected to start unready (its store unreachable): wait for it to
+    /// answer `/healthz` only.
+    pub starts_unready: bool,
 }
 
 impl Default for GatewayOptions {
@@ -225,6 +229,7 @@ impl Default for GatewayOptions {
             env: Vec::new(),
             envoy_edits: Vec::new(),
             upstream_ca_pem: None,
+            starts_unready: false,
         }
     }
 }
@@ -270,7 +275,11 @@ impl Gateway {
             env: options.env.clone(),
             dir,
         };
-        gateway.wait_portcullis_ready();
+        if options.starts_unready {
+            gateway.wait_portcullis_answers();
+        } else {
+            gateway.wait_portcullis_ready();
+        }
         // Envoy binds its own ports; a port taken between our probe and its bind is retried.
         for attempt in 0..3 {
             gateway.proxy_port = free_port();
@@ -361,6 +370,39 @@ impl Gateway {
             "portcullis did not become ready; log:\n{}",
             self.portcullis_log()
         );
+    }
+
+    fn wait_portcullis_answers(&mut self) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.admin_port);
+        let dir = self.dir.path().to_path_buf();
+        let portcullis = &mut self.portcullis;
+        let up = wait_until(Duration::from_secs(20), || {
+            portcullis.is_running() && curl(&dir, &[&url]).status == 200
+        });
+        assert!(
+            up,
+            "portcullis did not start; log:\n{}",
+            self.portcullis_log()
+        );
+    }
+
+    /// Calls the admin API: `method path`, with a bearer token and a JSON body.
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        let authorization = token.map(|t| format!("authorization: Bearer {t}"));
+        let mut args = vec!["-X", method, url.as_str()];
+        if let Some(header) = &authorization {
+            args.extend(["-H", header.as_str()]);
+        }
+        if let Some(body) = body {
+            args.extend([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        curl(self.dir.path(), &args)
     }
 
     /// Sends a request through the forward proxy (`curl --proxy`).

@@ -1,0 +1,184 @@
+//! Who is calling the admin API: bearer tokens with a role, compared in constant time.
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::{AdminRole, AdminTokenConfig, FieldError, duplicate_names};
+use crate::identity::token_digest;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name: the operator recorded with every change.
+    pub name: Arc<str>,
+    pub role: AdminRole,
+}
+
+/// Why a call was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token: send `Authorization: Bearer <admin token>`")]
+    Missing,
+    #[error("the Authorization header is not `Bearer <admin token>`")]
+    Malformed,
+    #[error("the admin token is not recognised")]
+    Unknown,
+}
+
+struct AdminToken {
+    digest: [u8; 32],
+    caller: Caller,
+}
+
+/// The compiled admin tokens.
+#[derive(Default)]
+pub struct AdminAuth {
+    tokens: Vec<AdminToken>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl AdminAuth {
+    /// Reads every token's source; errors have paths under `admin.tokens[N]`.
+    pub fn compile(
+        configs: &[AdminTokenConfig],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<AdminAuth, Vec<FieldError>> {
+        let mut errors = duplicate_names(
+            "admin.tokens",
+            "admin token",
+            configs.iter().map(|t| t.name.as_str()),
+        );
+        let mut tokens: Vec<AdminToken> = Vec::with_capacity(configs.len());
+        for (i, config) in configs.iter().enumerate() {
+            let path = format!("admin.tokens[{i}]");
+            if config.name.trim().is_empty() {
+                errors.push(FieldError::new(
+                    format!("{path}.name"),
+                    "an admin token needs a name",
+                ));
+            }
+            match token_digest(&config.token, env) {
+                Ok(digest) => {
+                    if tokens.iter().any(|t| bool::from(t.digest.ct_eq(&digest))) {
+                        errors.push(FieldError::new(
+                            format!("{path}.token"),
+                            "this token is already used by another admin token",
+                        ));
+                    }
+                    tokens.push(AdminToken {
+                        digest,
+                        caller: Caller {
+                            name: Arc::from(config.name.as_str()),
+                            role: config.role,
+                        },
+                    });
+                }
+                Err(e) => errors.push(e.under(&format!("{path}.token"))),
+            }
+        }
+        if errors.is_empty() {
+            Ok(AdminAuth { tokens })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Authenticates an `Authorization` header value. Every configured token is compared,
+    /// in constant time, whichever matches.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, AuthError> {
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
+        let (scheme, token) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for candidate in &self.tokens {
+            if bool::from(candidate.digest.ct_eq(&digest)) {
+                found = Some(&candidate.caller);
+            }
+        }
+        found.cloned().ok_or(AuthError::Unknown)
+    }
+}
+
+use sha2::Digest as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::TokenSource;
+
+    fn token(name: &str, role: AdminRole, env: &str) -> AdminTokenConfig {
+        AdminTokenConfig {
+            name: name.into(),
+            role,
+            token: TokenSource {
+                env: Some(env.into()),
+                file: None,
+                sha256: None,
+            },
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_map_to_their_caller() {
+        let env = |var: &str| match var {
+            "A" => Some("alice-token".to_owned()),
+            "B" => Some("bob-token".to_owned()),
+            _ => None,
+        };
+        let auth = AdminAuth::compile(
+            &[
+                token("alice", AdminRole::Editor, "A"),
+                token("bob", AdminRole::Viewer, "B"),
+            ],
+            &env,
+        )
+        .unwrap();
+        let caller = auth.authenticate(Some(b"Bearer alice-token")).unwrap();
+        assert_eq!((&*caller.name, caller.role), ("alice", AdminRole::Editor));
+        assert_eq!(
+            auth.authenticate(Some(b"bearer bob-token")).unwrap().role,
+            AdminRole::Viewer
+        );
+        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(
+            auth.authenticate(Some(b"Basic YTpi")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer alice-token2")),
+            Err(AuthError::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_missing_source_or_a_reused_token_is_an_error_with_its_path() {
+        let env = |var: &str| (var == "A").then(|| "same".to_owned());
+        let errors = AdminAuth::compile(
+            &[
+                token("a", AdminRole::Editor, "A"),
+                token("b", AdminRole::Editor, "A"),
+                token("c", AdminRole::Editor, "MISSING"),
+            ],
+            &env,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["admin.tokens[1].token", "admin.tokens[2].token.env"]
+        );
+    }
+}

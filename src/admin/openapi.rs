@@ -1,0 +1,498 @@
+//! `/v1/openapi.json`: the admin API described as OpenAPI 3.1. The policy and secret
+//! schemas are derived from the very types the API parses (utoipa), so they cannot drift
+//! from what is accepted; the endpoints come from [`ENDPOINTS`], which an integration test
+//! walks against the running server.
+
+use serde_json::{Map, Value, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
+
+use crate::policy::PolicyConfig;
+use crate::transforms::secrets::SecretConfig;
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Viewer,
+    Editor,
+}
+
+/// One documented endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub access: Access,
+    /// A schema in `components.schemas` for the JSON body.
+    pub body: Option<&'static str>,
+    /// Query parameters: name and description.
+    pub query: &'static [(&'static str, &'static str)],
+}
+
+const fn endpoint(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        summary,
+        access,
+        body: None,
+        query: &[],
+    }
+}
+
+const fn with_body(mut e: Endpoint, body: &'static str) -> Endpoint {
+    e.body = Some(body);
+    e
+}
+
+const fn with_query(mut e: Endpoint, query: &'static [(&'static str, &'static str)]) -> Endpoint {
+    e.query = query;
+    e
+}
+
+use Access::{Editor, Public, Viewer};
+
+/// Every `/v1/` endpoint.
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("get", "/v1/openapi.json", Public, "This document"),
+    endpoint(
+        "get",
+        "/v1/status",
+        Viewer,
+        "Which snapshot this instance decides with",
+    ),
+    with_query(
+        endpoint("get", "/v1/policies", Viewer, "List policies"),
+        &[("window", "Add fire counts for this window, e.g. 24h")],
+    ),
+    with_body(
+        endpoint("post", "/v1/policies", Editor, "Create a policy"),
+        "PolicyCreate",
+    ),
+    endpoint("get", "/v1/policies/{name}", Viewer, "Read a policy"),
+    with_body(
+        endpoint(
+            "put",
+            "/v1/policies/{name}",
+            Editor,
+            "Replace a policy (optimistic concurrency: 409 on a stale version)",
+        ),
+        "PolicyUpdate",
+    ),
+    with_query(
+        endpoint(
+            "delete",
+            "/v1/policies/{name}",
+            Editor,
+            "Delete a policy (its history stays)",
+        ),
+        &[
+            ("version", "The version read (required)"),
+            ("reason", "Why"),
+        ],
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/policies/{name}/enable",
+            Editor,
+            "Set status active",
+        ),
+        "VersionedChange",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/policies/{name}/disable",
+            Editor,
+            "Set status disabled: stops firing, stays listed",
+        ),
+        "VersionedChange",
+    ),
+    endpoint(
+        "get",
+        "/v1/policies/{name}/history",
+        Viewer,
+        "Every version, oldest first",
+    ),
+    with_query(
+        endpoint(
+            "get",
+            "/v1/policies/{name}/diff",
+            Viewer,
+            "Changes between two versions, by field path",
+        ),
+        &[
+            ("from", "A version (required)"),
+            ("to", "A version (default: the newest)"),
+        ],
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/policies/{name}/rollback",
+            Editor,
+            "Make an earlier version live again, as a new version",
+        ),
+        "Rollback",
+    ),
+    endpoint(
+        "get",
+        "/v1/secrets",
+        Viewer,
+        "List secrets (metadata and source references only)",
+    ),
+    with_body(
+        endpoint("post", "/v1/secrets", Editor, "Create a secret"),
+        "SecretCreate",
+    ),
+    endpoint(
+        "get",
+        "/v1/secrets/{name}",
+        Viewer,
+        "Read a secret's definition",
+    ),
+    with_body(
+        endpoint("put", "/v1/secrets/{name}", Editor, "Replace a secret"),
+        "SecretUpdate",
+    ),
+    with_query(
+        endpoint(
+            "delete",
+            "/v1/secrets/{name}",
+            Editor,
+            "Delete a secret (its history stays)",
+        ),
+        &[
+            ("version", "The version read (required)"),
+            ("reason", "Why"),
+        ],
+    ),
+    endpoint(
+        "get",
+        "/v1/secrets/{name}/history",
+        Viewer,
+        "Every version, oldest first",
+    ),
+    with_query(
+        endpoint(
+            "get",
+            "/v1/secrets/{name}/diff",
+            Viewer,
+            "Changes between two versions",
+        ),
+        &[
+            ("from", "A version (required)"),
+            ("to", "A version (default: the newest)"),
+        ],
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/secrets/{name}/rollback",
+            Editor,
+            "Make an earlier version live again",
+        ),
+        "Rollback",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/playground",
+            Viewer,
+            "What the gateway would do with a request",
+        ),
+        "PlaygroundRequest",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/impact",
+            Viewer,
+            "Recent audited requests a draft policy would decide differently",
+        ),
+        "ImpactRequest",
+    ),
+    with_query(
+        endpoint(
+            "get",
+            "/v1/fire-counts",
+            Viewer,
+            "How often each policy decided, busiest first",
+        ),
+        &[("window", "e.g. 1h, 24h (default), 7d")],
+    ),
+    with_query(
+        endpoint(
+            "get",
+            "/v1/audit",
+            Viewer,
+            "Search audit events, newest first",
+        ),
+        &[
+            ("tag", "Comma-separated tags, all required"),
+            ("decision", "allowed, flagged or denied"),
+            ("policy", "The deciding policy"),
+            ("host", "A host, or *.example.com"),
+            ("since", "A duration back (1h) or an RFC 3339 time"),
+            ("until", "A duration back or an RFC 3339 time (exclusive)"),
+            ("limit", "Events per page, 1 to 1000 (default 50)"),
+            ("cursor", "next_cursor of the previous page"),
+        ],
+    ),
+    endpoint(
+        "get",
+        "/v1/tokens",
+        Viewer,
+        "List enrollment tokens (never their values)",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/tokens",
+            Editor,
+            "Mint an enrollment token; its value is shown once",
+        ),
+        "MintToken",
+    ),
+    endpoint(
+        "delete",
+        "/v1/tokens/{id}",
+        Editor,
+        "Revoke an enrollment token",
+    ),
+];
+
+/// The document, built once per call (it is small and rarely fetched).
+pub async fn document() -> axum::Json<Value> {
+    axum::Json(build())
+}
+
+fn schema_value<T: utoipa::ToSchema>(schemas: &mut Map<String, Value>) {
+    let mut nested: Vec<(String, RefOr<Schema>)> = Vec::new();
+    T::schemas(&mut nested);
+    nested.push((T::name().into_owned(), T::schema()));
+    for (name, schema) in nested {
+        schemas.insert(name, serde_json::to_value(schema).unwrap_or_default());
+    }
+}
+
+fn envelope(definition: &str, reference: &str, version: bool) -> Value {
+    let mut properties = json!({
+        definition: {"$ref": format!("#/components/schemas/{reference}")},
+        "reason": {"type": "string", "description": "Why: recorded with the version"},
+    });
+    let mut required = vec![definition.to_owned()];
+    if version {
+        properties["version"] = json!({"type": "integer", "minimum": 1,
+            "description": "The version you read; a stale one is a 409"});
+        required.push("version".to_owned());
+    }
+    json!({"type": "object", "additionalProperties": false,
+           "properties": properties, "required": required})
+}
+
+/// Builds the OpenAPI document.
+pub fn build() -> Value {
+    let mut schemas = Map::new();
+    schema_value::<PolicyConfig>(&mut schemas);
+    schema_value::<SecretConfig>(&mut schemas);
+    schemas.insert(
+        "PolicyCreate".into(),
+        envelope("policy", "PolicyConfig", false),
+    );
+    schemas.insert(
+        "PolicyUpdate".into(),
+        envelope("policy", "PolicyConfig", true),
+    );
+    schemas.insert(
+        "SecretCreate".into(),
+        envelope("secret", "SecretConfig", false),
+    );
+    schemas.insert(
+        "SecretUpdate".into(),
+        envelope("secret", "SecretConfig", true),
+    );
+    schemas.insert(
+        "VersionedChange".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["version"],
+               "properties": {"version": {"type": "integer", "minimum": 1},
+                              "reason": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "Rollback".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["to_version", "version"],
+               "properties": {"to_version": {"type": "integer", "minimum": 1,
+                                             "description": "The version to make live again"},
+                              "version": {"type": "integer", "minimum": 1,
+                                          "description": "The live version you read"},
+                              "reason": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "PlaygroundRequest".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["method", "url"],
+               "properties": {
+                   "method": {"type": "string", "examples": ["POST"]},
+                   "url": {"type": "string", "description": "An absolute URL, or host:port for CONNECT"},
+                   "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                   "body": {"type": "string"},
+                   "tags": {"type": "array", "items": {"type": "string"},
+                            "description": "Tags besides the identity's, as a listener would add"},
+                   "token": {"type": "string", "description": "A proxy token the workload presents"},
+                   "source": {"type": "string", "description": "The workload's IP address"},
+                   "spiffe_id": {"type": "string"},
+                   "intercepted": {"type": "boolean"}}}),
+    );
+    schemas.insert(
+        "ImpactRequest".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["policy"],
+               "properties": {
+                   "policy": {"$ref": "#/components/schemas/PolicyConfig"},
+                   "since": {"type": "string", "description": "A duration back (default 24h) or an RFC 3339 time"},
+                   "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}}),
+    );
+    schemas.insert(
+        "MintToken".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["name"],
+               "properties": {"name": {"type": "string"},
+                              "tags": {"type": "array", "items": {"type": "string"}}}}),
+    );
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["type", "message"], "properties": {
+                "type": {"type": "string", "enum": ["malformed_json", "invalid", "invalid_query",
+                    "not_found", "conflict", "stale_version", "unauthorized", "forbidden",
+                    "no_store", "store_unavailable"]},
+                "message": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object", "required": ["path", "message"],
+                    "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}},
+                "live_version": {"type": "integer"}}}}}),
+    );
+
+    let mut paths = Map::new();
+    for e in ENDPOINTS {
+        let mut parameters: Vec<Value> = path_parameters(e.path)
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        parameters.extend(e.query.iter().map(|(name, description)| {
+            json!({"name": name, "in": "query", "required": description.contains("(required)"),
+                   "description": description, "schema": {"type": "string"}})
+        }));
+        let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        let mut responses = json!({
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+        });
+        if e.method == "post" && matches!(e.path, "/v1/policies" | "/v1/secrets" | "/v1/tokens") {
+            responses["201"] = json!({"description": "Created"});
+        }
+        if e.access != Public {
+            responses["401"] = json!({"description": "No valid admin token"});
+            responses["401"]
+                .as_object_mut()
+                .unwrap()
+                .extend(error.as_object().unwrap().clone());
+        }
+        if e.access == Editor {
+            responses["403"] = json!({"description": "A viewer token"});
+            responses["409"] =
+                json!({"description": "A stale version, an existing name, or no store"});
+        }
+        if e.body.is_some() {
+            responses["400"] = json!({"description": "Malformed JSON"});
+            responses["422"] = json!({"description": "Invalid: every problem as {path, message}"});
+            for code in ["400", "422"] {
+                responses[code]
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(error.as_object().unwrap().clone());
+            }
+        }
+        let mut operation = json!({
+            "summary": e.summary,
+            "operationId": operation_id(e),
+            "parameters": parameters,
+            "responses": responses,
+        });
+        if e.access != Public {
+            operation["security"] = json!([{"bearer": []}]);
+        }
+        if let Some(body) = e.body {
+            operation["requestBody"] = json!({"required": true, "content": {"application/json": {
+                "schema": {"$ref": format!("#/components/schemas/{body}")}}}});
+        }
+        paths
+            .entry(e.path.to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("a path item is an object")
+            .insert(e.method.to_owned(), operation);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Portcullis admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The control plane of the Portcullis egress gateway (docs/api.md). \
+                            Authenticate with `Authorization: Bearer <admin token>`.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
+        "paths": paths,
+    })
+}
+
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+}
+
+fn operation_id(e: &Endpoint) -> String {
+    let mut id = e.method.to_owned();
+    for segment in e.path.trim_start_matches("/v1/").split('/') {
+        let word = segment
+            .trim_matches(|c| c == '{' || c == '}')
+            .replace(['-', '.'], "_");
+        id.push('_');
+        id.push_str(&word);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves_and_policy_fields_are_described() {
+        let doc = build();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "unresolved $ref {name}");
+        }
+        let policy = &schemas["PolicyConfig"];
+        assert!(
+            policy["properties"]["priority"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("Lower wins")
+        );
+        assert!(schemas.contains_key("RuleConfig"));
+        let ids: Vec<String> = ENDPOINTS.iter().map(operation_id).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(ids.len(), unique.len(), "operation ids are unique");
+    }
+}

@@ -1,0 +1,212 @@
+//! `/v1/playground`: what the gateway would do with a request, on the live snapshot and
+//! its own code path (`portcullis check`), with credentials shown as markers.
+//! `/v1/impact`: which recently audited requests a draft policy would decide differently.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::parse_body;
+use super::{ApiError, Control};
+use crate::check::{CheckRequest, build_request, run};
+use crate::config::{AdminRole, FieldError};
+use crate::policy::rule::Tag;
+use crate::policy::{PolicyConfig, PolicySet, Verdict, validate_policy};
+use crate::store::audit::{AuditEvent, AuditQuery};
+
+/// A request to try.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaygroundRequest {
+    /// `GET`, `POST`, … or `CONNECT`.
+    pub method: String,
+    /// An absolute URL (`https://api.github.com/repos/x`), or `host:port` for CONNECT.
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The request body, as text.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Tags the workload carries besides those its identity gives (as its listener would).
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// A proxy token the workload presents.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The workload's address, for `source_cidr` identities.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+    /// The mTLS peer's URI SAN, for `uri_san` identities.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// Decide a CONNECT as an intercepting listener does.
+    #[serde(default)]
+    pub intercepted: bool,
+}
+
+pub async fn playground(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    control.caller(&headers, AdminRole::Viewer)?;
+    let request: PlaygroundRequest = parse_body(&body)?;
+    let check = CheckRequest {
+        request_line: format!("{} {}", request.method.trim(), request.url.trim()),
+        headers: request.headers.into_iter().collect(),
+        extra_tags: request.tags,
+        source: request.source,
+        spiffe_id: request.spiffe_id,
+        token: request.token,
+        intercepted: request.intercepted,
+        body: request.body.map(String::into_bytes).unwrap_or_default(),
+    };
+    let snapshot = control.live.snapshot();
+    let report = run(&snapshot, &check)
+        .await
+        .map_err(|e| ApiError::invalid(vec![FieldError::new("url", e)], ""))?;
+    Ok(axum::Json(report.json))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImpactRequest {
+    /// The draft: a new policy, or a changed version of a live one (same name).
+    policy: PolicyConfig,
+    /// How far back to look: a duration (`24h`) or an RFC 3339 time. Default 24h.
+    #[serde(default)]
+    since: Option<String>,
+    /// The most recent requests to replay. Default 1000, at most 10000.
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// Replays recent audited requests (method, host, port, path, tags) against the live
+/// policies and against the live policies with the draft in place, and lists every request
+/// whose decision or deciding policy would change. Bodies and headers are not recorded, so
+/// body and header conditions evaluate as on an empty request.
+pub async fn impact(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    control.caller(&headers, AdminRole::Viewer)?;
+    let request: ImpactRequest = parse_body(&body)?;
+    let problems = validate_policy(&request.policy);
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems, "policy"));
+    }
+    let store = control.store()?;
+    let since = super::insight::time_param("since", request.since.as_deref().unwrap_or("24h"))?;
+    let limit = request.limit.unwrap_or(1000).clamp(1, 10_000) as usize;
+    let (mut policies, versions, default_action) = control.live.policy_definitions().await;
+    let before = PolicySet::compile_versioned(&policies, &versions, default_action);
+    let name = request.policy.name.clone();
+    match policies.iter_mut().find(|p| p.name == name) {
+        Some(slot) => *slot = request.policy,
+        None => policies.push(request.policy),
+    }
+    let after = PolicySet::compile(&policies, default_action);
+
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut query = AuditQuery {
+        since: Some(since.clone()),
+        limit: 1000,
+        ..AuditQuery::default()
+    };
+    while events.len() < limit {
+        let page = store
+            .search_audit(&query)
+            .await
+            .map_err(|e| ApiError::from_store(e, ""))?;
+        events.extend(page.events);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    events.truncate(limit);
+
+    let mut changed = Vec::new();
+    let mut replayed = 0;
+    for event in &events {
+        let Some((request, tags)) = replayable(event) else {
+            continue;
+        };
+        replayed += 1;
+        let facts = request.facts();
+        let was = before.evaluate(&facts, &before.tag_ids(&tags));
+        let would = after.evaluate(&facts, &after.tag_ids(&tags));
+        let (was, would) = (outcome(&before, &was), outcome(&after, &would));
+        if was != would {
+            changed.push(json!({
+                "request_id": event.request_id,
+                "ts": event.ts,
+                "method": event.method,
+                "host": event.host,
+                "port": event.port,
+                "path": event.path,
+                "tags": event.tags,
+                "recorded": {"decision": event.decision, "policy": event.policy},
+                "before": was,
+                "after": would,
+            }));
+        }
+    }
+    Ok(axum::Json(json!({
+        "policy": name,
+        "since": since,
+        "replayed": replayed,
+        "changed": changed.len(),
+        "requests": changed,
+        "note": "replays method, host, port, path and tags: body and header conditions see an empty request",
+    })))
+}
+
+/// The request an audit event describes, rebuilt as the engine sees it.
+fn replayable(event: &AuditEvent) -> Option<(crate::request::OutboundRequest, Vec<Tag>)> {
+    let line = if event.method == "CONNECT" {
+        format!("CONNECT {}:{}", bracketed(&event.host), event.port)
+    } else {
+        format!(
+            "{} {}://{}:{}{}",
+            event.method,
+            event.scheme,
+            bracketed(&event.host),
+            event.port,
+            event.path
+        )
+    };
+    let request = build_request(&CheckRequest {
+        request_line: line,
+        ..CheckRequest::default()
+    })
+    .ok()?;
+    let tags = event
+        .tags
+        .iter()
+        .filter_map(|t| Tag::parse(t).ok())
+        .collect();
+    Some((request, tags))
+}
+
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn outcome(set: &PolicySet, verdict: &Verdict) -> Value {
+    json!({
+        "decision": verdict.action.decision(),
+        "policy": verdict.decided_by.map(|r| &*set.policy(r.policy).name),
+    })
+}

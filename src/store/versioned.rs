@@ -1,0 +1,524 @@
+//! Versioned definitions: policies and secrets share one shape of storage — a live row per
+//! name and an append-only version row per change.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+
+use super::{Change, Contents, Store, StoreError, Touched, now};
+use crate::config::FieldError;
+use crate::policy::{PolicyConfig, PolicyStatus, validate_policy};
+use crate::transforms::secrets::{SecretConfig, validate_secret};
+
+/// What the store keeps versions of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Policy,
+    Secret,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Policy => "policy",
+            Kind::Secret => "secret",
+        }
+    }
+
+    /// `{live}` and `{versions}` in a query become this kind's tables.
+    fn sql(self, template: &str) -> sqlx::AssertSqlSafe<String> {
+        let (live, versions) = match self {
+            Kind::Policy => ("policies", "policy_versions"),
+            Kind::Secret => ("secrets", "secret_versions"),
+        };
+        // The table names come from this closed enum, never from input.
+        sqlx::AssertSqlSafe(
+            template
+                .replace("{live}", live)
+                .replace("{versions}", versions),
+        )
+    }
+}
+
+/// A definition the store versions: a policy or a secret (metadata and source reference
+/// only — a secret's value never reaches the store).
+pub trait Definition:
+    Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + Unpin + 'static
+{
+    const KIND: Kind;
+    fn name(&self) -> &str;
+    /// Checks what deserialization cannot; paths relative to the definition.
+    fn validate(&self) -> Vec<FieldError>;
+    /// This kind's definitions in a snapshot's contents.
+    fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>>;
+    /// This kind's store.
+    fn versioned(store: &Store) -> Versioned<'_, Self>;
+}
+
+impl Definition for PolicyConfig {
+    const KIND: Kind = Kind::Policy;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self) -> Vec<FieldError> {
+        validate_policy(self)
+    }
+    fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>> {
+        &mut contents.policies
+    }
+    fn versioned(store: &Store) -> Versioned<'_, Self> {
+        store.policies()
+    }
+}
+
+impl Definition for SecretConfig {
+    const KIND: Kind = Kind::Secret;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self) -> Vec<FieldError> {
+        validate_secret(self)
+    }
+    fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>> {
+        &mut contents.secrets
+    }
+    fn versioned(store: &Store) -> Versioned<'_, Self> {
+        store.secrets()
+    }
+}
+
+/// A live definition and its version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stored<T> {
+    pub version: i64,
+    pub definition: T,
+    pub updated_at: String,
+}
+
+/// What a version did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Create,
+    Update,
+    Disable,
+    Enable,
+    Delete,
+    Rollback,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Disable => "disable",
+            Operation::Enable => "enable",
+            Operation::Delete => "delete",
+            Operation::Rollback => "rollback",
+        }
+    }
+
+    fn parse(text: &str) -> Operation {
+        match text {
+            "create" => Operation::Create,
+            "disable" => Operation::Disable,
+            "enable" => Operation::Enable,
+            "delete" => Operation::Delete,
+            "rollback" => Operation::Rollback,
+            _ => Operation::Update,
+        }
+    }
+}
+
+/// One entry of a definition's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Version<T> {
+    pub version: i64,
+    pub operation: Operation,
+    pub operator: String,
+    pub reason: String,
+    pub at: String,
+    /// The definition after this change (for a delete: the last one before it).
+    pub definition: T,
+}
+
+/// The policies or the secrets of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct Versioned<'s, T> {
+    store: &'s Store,
+    _kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl Store {
+    pub fn policies(&self) -> Versioned<'_, PolicyConfig> {
+        Versioned {
+            store: self,
+            _kind: std::marker::PhantomData,
+        }
+    }
+
+    pub fn secrets(&self) -> Versioned<'_, SecretConfig> {
+        Versioned {
+            store: self,
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Definition> Versioned<'_, T> {
+    fn not_found(name: &str) -> StoreError {
+        StoreError::NotFound {
+            kind: T::KIND.as_str(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Every live (not deleted) definition, by name.
+    pub async fn list(&self) -> Result<Vec<Stored<T>>, StoreError> {
+        let mut conn = self.store.pool.acquire().await?;
+        live_rows(&mut conn).await
+    }
+
+    /// A live definition.
+    pub async fn get(&self, name: &str) -> Result<Stored<T>, StoreError> {
+        let row = sqlx::query(T::KIND.sql(
+            "SELECT version, definition, updated_at FROM {live} WHERE name = $1 AND deleted = 0",
+        ))
+        .bind(name)
+        .fetch_optional(&self.store.pool)
+        .await?
+        .ok_or_else(|| Self::not_found(name))?;
+        stored(&row)
+    }
+
+    /// Adds a new definition. A name that was deleted may be used again; its history
+    /// continues.
+    pub async fn create(&self, definition: &T, change: &Change) -> Result<i64, StoreError> {
+        check(definition)?;
+        let name = definition.name();
+        let mut tx = self.store.pool.begin().await?;
+        let existing =
+            sqlx::query(T::KIND.sql("SELECT version, deleted FROM {live} WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let version = match existing {
+            Some(row) if row.try_get::<i64, _>("deleted")? == 0 => {
+                return Err(StoreError::Exists {
+                    kind: T::KIND.as_str(),
+                    name: name.to_owned(),
+                });
+            }
+            Some(row) => row.try_get::<i64, _>("version")? + 1,
+            None => 1,
+        };
+        let now = now();
+        let text = to_json(definition);
+        sqlx::query(T::KIND.sql(
+            "INSERT INTO {live} (name, version, deleted, definition, updated_at)
+             VALUES ($1, $2, 0, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET version = $2, deleted = 0, definition = $3, updated_at = $4",
+        ))
+        .bind(name)
+        .bind(version)
+        .bind(text.as_str())
+        .bind(now.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let written = Written {
+            name,
+            version,
+            operation: Operation::Create,
+            at: &now,
+            definition: &text,
+        };
+        self.finish(tx, written, change).await?;
+        Ok(version)
+    }
+
+    /// Replaces a definition; `expected` is the version the caller read.
+    pub async fn update(
+        &self,
+        expected: i64,
+        definition: &T,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
+        check(definition)?;
+        self.write(
+            definition.name(),
+            expected,
+            Operation::Update,
+            change,
+            |_| Ok(definition.clone()),
+        )
+        .await
+    }
+
+    /// Removes a definition from decisions; its history stays.
+    pub async fn delete(
+        &self,
+        name: &str,
+        expected: i64,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
+        self.write(name, expected, Operation::Delete, change, |live| {
+            Ok(live.clone())
+        })
+        .await
+    }
+
+    /// Makes an earlier version's definition live again, as a new version. `expected` is
+    /// the live version the caller read, when it names one.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to_version: i64,
+        expected: Option<i64>,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
+        let earlier = self.version(name, to_version).await?;
+        let live = match expected {
+            Some(version) => version,
+            None => self.get(name).await?.version,
+        };
+        self.write(name, live, Operation::Rollback, change, |_| {
+            Ok(earlier.definition.clone())
+        })
+        .await
+    }
+
+    /// One version of a definition.
+    pub async fn version(&self, name: &str, version: i64) -> Result<Version<T>, StoreError> {
+        self.history(name)
+            .await?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| StoreError::NoSuchVersion {
+                kind: T::KIND.as_str(),
+                name: name.to_owned(),
+                version,
+            })
+    }
+
+    /// Every version of a definition, oldest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<Version<T>>, StoreError> {
+        let rows = sqlx::query(T::KIND.sql(
+            "SELECT version, operation, operator, reason, at, definition
+             FROM {versions} WHERE name = $1 ORDER BY version",
+        ))
+        .bind(name)
+        .fetch_all(&self.store.pool)
+        .await?;
+        if rows.is_empty() {
+            return Err(Self::not_found(name));
+        }
+        rows.iter()
+            .map(|row| {
+                Ok(Version {
+                    version: row.try_get("version")?,
+                    operation: Operation::parse(&row.try_get::<String, _>("operation")?),
+                    operator: row.try_get("operator")?,
+                    reason: row.try_get("reason")?,
+                    at: row.try_get("at")?,
+                    definition: from_json(&row.try_get::<String, _>("definition")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One change to a live definition at version `expected`, in one transaction: the new
+    /// definition from `next`, the live row, a version row and the store revision.
+    async fn write(
+        &self,
+        name: &str,
+        expected: i64,
+        operation: Operation,
+        change: &Change,
+        next: impl FnOnce(&T) -> Result<T, StoreError>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.store.pool.begin().await?;
+        let row = sqlx::query(
+            T::KIND.sql("SELECT version, definition FROM {live} WHERE name = $1 AND deleted = 0"),
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Self::not_found(name))?;
+        let live: i64 = row.try_get("version")?;
+        let stale = |live| StoreError::Stale {
+            kind: T::KIND.as_str(),
+            name: name.to_owned(),
+            expected,
+            live,
+        };
+        if live != expected {
+            return Err(stale(live));
+        }
+        let definition = next(&from_json(&row.try_get::<String, _>("definition")?)?)?;
+        if definition.name() != name {
+            return Err(StoreError::Invalid(vec![FieldError::new(
+                "name",
+                format!(
+                    "cannot rename {name:?} to {:?}: create the new name instead",
+                    definition.name()
+                ),
+            )]));
+        }
+        let version = live + 1;
+        let now = now();
+        let text = to_json(&definition);
+        let deleted = i64::from(operation == Operation::Delete);
+        // The version check is repeated in the UPDATE: a concurrent writer that got in
+        // between makes it match no row.
+        let updated = sqlx::query(T::KIND.sql(
+            "UPDATE {live} SET version = $1, deleted = $2, definition = $3, updated_at = $4
+             WHERE name = $5 AND version = $6",
+        ))
+        .bind(version)
+        .bind(deleted)
+        .bind(text.as_str())
+        .bind(now.as_str())
+        .bind(name)
+        .bind(live)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(stale(live + 1));
+        }
+        let written = Written {
+            name,
+            version,
+            operation,
+            at: &now,
+            definition: &text,
+        };
+        self.finish(tx, written, change).await?;
+        Ok(version)
+    }
+
+    /// Appends the version row, bumps the revision, announces the change, commits.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        written: Written<'_>,
+        change: &Change,
+    ) -> Result<(), StoreError> {
+        sqlx::query(T::KIND.sql(
+            "INSERT INTO {versions} (name, version, operation, operator, reason, at, definition)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ))
+        .bind(written.name)
+        .bind(written.version)
+        .bind(written.operation.as_str())
+        .bind(change.operator.as_str())
+        .bind(change.reason.as_str())
+        .bind(written.at)
+        .bind(written.definition)
+        .execute(&mut *tx)
+        .await?;
+        let touched = Touched {
+            kind: T::KIND.as_str(),
+            name: written.name,
+        };
+        self.store.touch(&mut tx, &touched).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A version row about to be written.
+struct Written<'a> {
+    name: &'a str,
+    version: i64,
+    operation: Operation,
+    at: &'a str,
+    definition: &'a str,
+}
+
+impl Versioned<'_, PolicyConfig> {
+    /// Sets `status: disabled`: the policy stays listed and versioned but stops acting.
+    pub async fn disable(
+        &self,
+        name: &str,
+        expected: i64,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
+        self.set_status(name, expected, PolicyStatus::Disabled, change)
+            .await
+    }
+
+    /// Sets `status: active`.
+    pub async fn enable(
+        &self,
+        name: &str,
+        expected: i64,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
+        self.set_status(name, expected, PolicyStatus::Active, change)
+            .await
+    }
+
+    async fn set_status(
+        &self,
+        name: &str,
+        expected: i64,
+        status: PolicyStatus,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
+        let operation = match status {
+            PolicyStatus::Disabled => Operation::Disable,
+            _ => Operation::Enable,
+        };
+        self.write(name, expected, operation, change, |live| {
+            let mut policy = live.clone();
+            policy.status = status;
+            Ok(policy)
+        })
+        .await
+    }
+}
+
+/// Every live definition of a kind, by name.
+pub(super) async fn live_rows<T: Definition>(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<Vec<Stored<T>>, StoreError> {
+    let rows =
+        sqlx::query(T::KIND.sql(
+            "SELECT version, definition, updated_at FROM {live} WHERE deleted = 0 ORDER BY name",
+        ))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(stored).collect()
+}
+
+fn check<T: Definition>(definition: &T) -> Result<(), StoreError> {
+    let errors = definition.validate();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(errors))
+    }
+}
+
+fn stored<T: Definition>(row: &sqlx::any::AnyRow) -> Result<Stored<T>, StoreError> {
+    Ok(Stored {
+        version: row.try_get("version")?,
+        definition: from_json(&row.try_get::<String, _>("definition")?)?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn to_json<T: Serialize>(definition: &T) -> String {
+    serde_json::to_string(definition).expect("a definition serializes")
+}
+
+pub(super) fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::Invalid(vec![FieldError::new(
+            "",
+            format!("a stored definition no longer parses: {e}"),
+        )])
+    })
+}
