@@ -261,7 +261,8 @@ impl PolicySet {
     }
 
     /// Every active policy that matches the request, in decision order, with its first
-    /// matching rule. A linear scan: for explanations, not for the request path.
+    /// matching rule; body conditions are checked against `req.body`. A linear scan: for
+    /// explanations, not for the request path.
     pub fn explain(&self, req: &RequestFacts<'_>, tags: &WorkloadTagIds) -> Vec<PolicyMatch> {
         let mut matches: Vec<(Key, PolicyMatch)> = Vec::new();
         for (policy_id, policy) in self.policies.iter().enumerate() {
