@@ -93,6 +93,28 @@ fn fleet_yaml(n: usize) -> String {
     yaml
 }
 
+/// The same fleet with body conditions: the seed patterns fleet-wide (a credential-leak
+/// deny on writes, a flag on sensitive words at a priority after the tenants' allows), and
+/// one tenant policy in twenty scanning its API's bodies.
+fn body_fleet_yaml(n: usize) -> String {
+    let tenants = (n / 10).max(1);
+    let mut yaml = fleet_yaml(n);
+    yaml.push_str(
+        "  - {name: leak, priority: 1, action: deny, rules: [{host: \"*\", methods: [POST, PUT, PATCH], \
+         body: {contains: [aws_secret_access_key]}}]}\n  \
+         - {name: sensitive, priority: 500, action: flag, rules: [{host: \"*\", \
+         body: {contains: [salary, customer list], regex: ['(?i)ssn:\\s*\\d{3}-\\d{2}-\\d{4}']}}]}\n",
+    );
+    for i in 0..(n / 20).max(1) {
+        yaml.push_str(&format!(
+            "  - {{name: scan{i}, priority: 10, match_tags: [tenant:t{}], action: deny, \
+             rules: [{{host: api{i}.example.com, paths: [\"/v1/*\"], body: {{regex: ['BEGIN [A-Z ]*PRIVATE KEY']}}}}]}}\n",
+            i % tenants
+        ));
+    }
+    yaml
+}
+
 /// Requests that hit indexed hosts and miss them, from workloads with one to three tags.
 fn requests(n: usize) -> Vec<(OutboundRequest, Vec<Tag>)> {
     let tenants = (n / 10).max(1);
@@ -135,6 +157,8 @@ fn requests(n: usize) -> Vec<(OutboundRequest, Vec<Tag>)> {
 struct Prepared {
     size: usize,
     set: PolicySet,
+    /// [`body_fleet_yaml`]'s set, for `needs_body`.
+    body_set: PolicySet,
     snapshot: Snapshot,
     requests: Vec<(OutboundRequest, Vec<Tag>)>,
     compile: Duration,
@@ -166,11 +190,28 @@ fn prepare(size: usize) -> Prepared {
         &Default::default(),
     )
     .unwrap();
+    let body_yaml = body_fleet_yaml(size);
+    let body_loaded = parse_str(&body_yaml, None).unwrap_or_else(|e| panic!("body config: {e}"));
+    let body_set = PolicySet::compile(
+        &body_loaded.config.policies,
+        body_loaded.config.default_action,
+    );
+    let requests = requests(size);
+    let needing = requests
+        .iter()
+        .filter(|(r, tags)| body_set.needs_body(&r.facts(), &body_set.tag_ids(tags)))
+        .count();
+    assert!(
+        0 < needing && needing < requests.len(),
+        "the body bench needs requests of both kinds ({needing} of {} need the body)",
+        requests.len()
+    );
     Prepared {
         size,
         set,
+        body_set,
         snapshot,
-        requests: requests(size),
+        requests,
         compile,
         resident_mib: resident,
     }
@@ -191,6 +232,26 @@ fn bench_engine(c: &mut Criterion, prepared: &[Prepared]) {
                 black_box(p.set.evaluate(&p.requests[i].0.facts(), &ids[i]))
             })
         });
+    }
+    group.finish();
+    // Asked on the headers of every request with a body: free without body conditions,
+    // one more index walk with them.
+    let mut group = c.benchmark_group("needs_body");
+    for p in prepared {
+        for (case, set) in [("no_body_rules", &p.set), ("body_rules", &p.body_set)] {
+            let ids: Vec<_> = p
+                .requests
+                .iter()
+                .map(|(_, tags)| set.tag_ids(tags))
+                .collect();
+            let mut i = 0;
+            group.bench_function(format!("{}_policies_{case}", p.size), |b| {
+                b.iter(|| {
+                    i = (i + 1) % p.requests.len();
+                    black_box(set.needs_body(&p.requests[i].0.facts(), &ids[i]))
+                })
+            });
+        }
     }
     group.finish();
     // The whole decision Portcullis makes per request (identity, tags, pipeline) plus the

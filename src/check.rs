@@ -7,9 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::json;
 
 use crate::audit::{AuditRecord, micros};
+use crate::extproc::convert::body_too_large;
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
-use crate::request::{OutboundRequest, RawRequest};
+use crate::request::{Method, OutboundRequest, RawRequest, RequestFacts};
 use crate::snapshot::{Decided, Snapshot};
 use crate::transforms::TraceAction;
 
@@ -26,7 +27,7 @@ pub struct CheckRequest {
     /// Decide a CONNECT as an intercepting listener does (could a request inside be
     /// allowed?) rather than as an opaque tunnel.
     pub intercepted: bool,
-    /// The request body (empty: none).
+    /// The request body; empty for a request without one.
     pub body: Vec<u8>,
 }
 
@@ -85,7 +86,7 @@ pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
         check.spiffe_id.clone(),
         None,
     );
-    request.intercepted = check.intercepted && request.method == crate::request::Method::Connect;
+    request.intercepted = check.intercepted && request.method == Method::Connect;
     Ok(request)
 }
 
@@ -99,17 +100,24 @@ pub struct CheckReport {
 /// Decides and explains one request.
 pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckReport, String> {
     let request = build_request(check)?;
+    if request.method == Method::Connect && !check.body.is_empty() {
+        return Err("a CONNECT carries no request body to check".into());
+    }
     let started = std::time::Instant::now();
-    // A preview: credentials show as markers and no secret source is read.
-    let decided = snapshot
-        .preview(&request, &check.extra_tags, Some(&check.body))
-        .await;
+    let buffered = !check.body.is_empty() && snapshot.needs_body(&request, &check.extra_tags);
+    let decided = decide(snapshot, &request, check, buffered).await;
     let elapsed = started.elapsed();
     let record = AuditRecord::of(&request, &decided, snapshot, micros(elapsed));
     let matches = match &decided.identity {
         Ok(identity) => {
             let ids = snapshot.policies.tag_ids(&identity.tags);
-            snapshot.policies.explain(&request.facts(), &ids)
+            // Every policy the body matches is listed, even one the gateway would not have
+            // needed the body for because it ranks after the decider.
+            let facts = RequestFacts {
+                body: Some(&check.body),
+                ..request.facts()
+            };
+            snapshot.policies.explain(&facts, &ids)
         }
         Err(_) => Vec::new(),
     };
@@ -138,14 +146,54 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
         "deciding": deciding,
         "matching_policies": matches_json,
         "audit": serde_json::to_value(&record).unwrap_or_default(),
+        "body": {"bytes": check.body.len(), "buffered": buffered},
         "upstream": upstream_json(&decided),
     });
-    let text = render_text(&request, &decided, &snapshot.policies, &matches, &record);
+    let body = (!check.body.is_empty()).then(|| body_line(check.body.len(), buffered));
+    let text = render_text(
+        &request,
+        body.as_deref(),
+        &decided,
+        &snapshot.policies,
+        &matches,
+        &record,
+    );
     Ok(CheckReport {
         decision: decided.outcome.decision,
         text,
         json,
     })
+}
+
+/// Decides as the gateway would (`extproc::stream`): the body is handed over only when
+/// the decision needs it (`buffered`), and a buffered body over `gateway.max_body_bytes`
+/// is refused. A preview: credentials show as markers and no secret source is read.
+async fn decide(
+    snapshot: &Snapshot,
+    request: &OutboundRequest,
+    check: &CheckRequest,
+    buffered: bool,
+) -> Decided {
+    let tags = &check.extra_tags;
+    if check.body.is_empty() {
+        return snapshot.preview(request, tags, Some(&[])).await;
+    }
+    if !buffered {
+        return snapshot.preview(request, tags, None).await;
+    }
+    if check.body.len() > snapshot.max_body_bytes {
+        return snapshot.refused(request, tags, body_too_large(snapshot.max_body_bytes));
+    }
+    snapshot.preview(request, tags, Some(&check.body)).await
+}
+
+/// Whether the gateway would buffer the body: its size, never its content.
+fn body_line(bytes: usize, buffered: bool) -> String {
+    if buffered {
+        format!("{bytes} bytes, buffered: the decision needs it")
+    } else {
+        format!("{bytes} bytes, not buffered: no rule or secret needs it")
+    }
 }
 
 fn upstream_json(decided: &Decided) -> serde_json::Value {
@@ -165,6 +213,7 @@ fn upstream_json(decided: &Decided) -> serde_json::Value {
 
 fn render_text(
     request: &OutboundRequest,
+    body: Option<&str>,
     decided: &Decided,
     policies: &PolicySet,
     matches: &[crate::policy::PolicyMatch],
@@ -180,6 +229,9 @@ fn render_text(
         )
     };
     let _ = writeln!(out, "request     {} {}", request.method_name, target);
+    if let Some(body) = body {
+        let _ = writeln!(out, "body        {body}");
+    }
     match &decided.identity {
         Ok(identity) => {
             let who = match &identity.name {

@@ -1,5 +1,6 @@
+use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -116,6 +117,12 @@ struct CheckArgs {
     /// Decide a CONNECT as the intercepting listener (envoy/https-intercept.yaml) does.
     #[arg(long)]
     intercepted: bool,
+    /// The request body, as text (like curl --data-binary).
+    #[arg(long, short = 'd', value_name = "TEXT", conflicts_with = "body_file")]
+    body: Option<String>,
+    /// The request body, read from a file as bytes; `-` reads standard input.
+    #[arg(long, value_name = "PATH")]
+    body_file: Option<PathBuf>,
     /// Print JSON (the audit record, matching policies, upstream view).
     #[arg(long)]
     json: bool,
@@ -330,6 +337,13 @@ fn check(args: CheckArgs) -> ExitCode {
             }
         }
     }
+    let body = match read_body(args.body, args.body_file.as_deref()) {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let request = CheckRequest {
         request_line: args.request,
         headers,
@@ -338,7 +352,7 @@ fn check(args: CheckArgs) -> ExitCode {
         spiffe_id: args.spiffe_id,
         token: args.token,
         intercepted: args.intercepted,
-        body: Vec::new(),
+        body,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -359,5 +373,22 @@ fn check(args: CheckArgs) -> ExitCode {
             eprintln!("portcullis: --request: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The body `check` was given with `--body` or `--body-file`; empty without either.
+fn read_body(text: Option<String>, file: Option<&Path>) -> Result<Vec<u8>, String> {
+    match (text, file) {
+        (Some(text), _) => Ok(text.into_bytes()),
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .map_err(|e| format!("--body-file -: cannot read standard input: {e}"))?;
+            Ok(body)
+        }
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| format!("--body-file {}: cannot read it: {e}", path.display())),
+        (None, None) => Ok(Vec::new()),
     }
 }

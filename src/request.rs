@@ -1,5 +1,6 @@
 //! The outbound request as Portcullis sees it, independent of how Envoy delivered it:
-//! method, normalized host/port/path, headers, and where it came from.
+//! method, normalized host/port/path, headers, and where it came from; the body, when it
+//! was buffered, travels beside it.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -83,6 +84,9 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     /// A CONNECT whose payload Envoy decrypts, each request inside decided on its own.
     pub intercepted: bool,
+    /// The buffered request body (empty for a request without one); `None` when it was
+    /// not buffered because nothing deciding the request needs it.
+    pub body: Option<&'a [u8]>,
 }
 
 impl RequestFacts<'_> {
@@ -151,6 +155,8 @@ impl OutboundRequest {
         }
     }
 
+    /// What rules match against. The body is not part of the request: set
+    /// [`RequestFacts::body`] where it was buffered.
     pub fn facts(&self) -> RequestFacts<'_> {
         RequestFacts {
             method: self.method,
@@ -159,6 +165,7 @@ impl OutboundRequest {
             ip: self.ip,
             path: &self.path,
             intercepted: self.intercepted,
+            body: None,
         }
     }
 

@@ -236,14 +236,28 @@ impl Snapshot {
             .could_allow_host(server_name, |tag| reachable.contains(tag))
     }
 
-    /// Whether deciding this request needs its body first (a matching secret signs or
-    /// swaps in the body). Only asked for requests that have one.
+    /// Whether deciding this request needs its body first: a matching secret signs or
+    /// swaps in the body, or a policy rule with a body condition could decide it. Only
+    /// asked for requests that have one.
     pub fn needs_body(&self, request: &OutboundRequest, listener_tags: &[Tag]) -> bool {
         match self.identities.resolve(&presented(request, listener_tags)) {
-            Ok(identity) => self.pipeline.needs_body(request, &identity),
+            Ok(identity) => {
+                self.pipeline.needs_body(request, &identity)
+                    || self.policies_need_body(request, &identity)
+            }
             // The request is refused at the identity step: no body needed.
             Err(_) => false,
         }
+    }
+
+    /// Whether the policy engine needs the body to decide. The precomputed flag keeps this
+    /// free for a config without body conditions.
+    fn policies_need_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
+        self.policies.has_body_conditions()
+            && self.pipeline.has_allowlist()
+            && self
+                .policies
+                .needs_body(&request.facts(), &self.policies.tag_ids(&identity.tags))
     }
 
     /// Decides one request. `body` is the buffered body when [`Snapshot::needs_body`]

@@ -1,7 +1,7 @@
 //! One ext_proc stream = one HTTP request. Envoy sends the request headers first; the
-//! decision is made there — unless a transform needs the body (a secret that signs it), in
-//! which case Portcullis asks Envoy to buffer the body (`mode_override`) and decides when
-//! it arrives. Whatever Envoy sends after an allowed request (bodies, trailers, response
+//! decision is made there — unless the decision needs the body (a secret that signs it, a
+//! policy rule with a body condition that could decide it), in which case Portcullis asks
+//! Envoy to buffer the body (`mode_override`) and decides when it arrives. Whatever Envoy sends after an allowed request (bodies, trailers, response
 //! phases — depending on its processing mode) is answered with "continue", so a config that
 //! sends more than Portcullis needs still works. Anything out of order fails the stream,
 //! and Envoy fails the request closed.
@@ -197,7 +197,8 @@ impl StreamState {
                     self.phase = Phase::AwaitingBody;
                     return Reply::Send(convert::buffer_body());
                 }
-                // A request without a body has an empty one, for transforms that sign it.
+                // A request without a body has an empty one, for transforms that sign it
+                // and body conditions; a body nothing needs streams through unseen.
                 let body: Option<&[u8]> = if has_body { None } else { Some(&[]) };
                 let decided = snapshot.decide(&request, &self.listener.tags, body).await;
                 self.finish(&snapshot, request, decided, started, Duration::ZERO, false)

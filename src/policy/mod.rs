@@ -4,8 +4,10 @@
 //! Decision rule (SPEC): among active policies whose `match_tags` the workload carries, the
 //! matching rule of the lowest-priority-number policy decides; at equal priority
 //! `deny > gated > flag > allow`, then config order. Nothing matches: the default action.
-//! `warn: true` policies are evaluated but only recorded (dry run).
+//! `warn: true` policies are evaluated but only recorded (dry run). A rule's body condition
+//! is only checked when the body could change the decision ([`PolicySet::needs_body`]).
 
+pub mod body;
 pub mod index;
 mod model;
 pub mod rule;

@@ -180,8 +180,9 @@ pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
     if policy.action == Action::Gated {
         errors.push(FieldError::new(
             "action",
-            "`gated` allows a request only when a condition holds, and this version of \
-             portcullis has no rule conditions yet: use `allow` or `deny`",
+            "`gated` allows a request only when a gate condition holds, and this version \
+             of portcullis has no gate conditions yet: use `allow` or `deny` (with a rule \
+             `body` condition where the content matters)",
         ));
     }
     errors

@@ -1,5 +1,6 @@
 //! The request-rule vocabulary shared by policies and transform scopes: host patterns,
-//! path globs, method sets, and the compiled [`Rule`] that matches a request against them.
+//! path globs, method sets, the body condition (policy rules only), and the compiled
+//! [`Rule`] that matches a request against them.
 //!
 //! Every user-written pattern is parsed at deserialization time (`TryFrom<String>`), so an
 //! invalid glob or CIDR is reported with the field path it came from, and keeps its original
@@ -15,9 +16,11 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::body::{BodyCondition, BodyMatcher};
 use crate::request::{Method, RequestFacts};
 
-/// One request rule as written in the config: `host`, optional `paths` and `methods`.
+/// One request rule as written in the config: `host`, optional `paths`, `methods` and
+/// `body`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
@@ -31,6 +34,10 @@ pub struct RuleConfig {
     /// HTTP methods; empty or `[ALL]`: any method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<MethodName>,
+    /// A condition on the request body, ANDed with the others: the body contains one of
+    /// `contains` (ASCII case-insensitive) or matches one of `regex`. Policy rules only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyCondition>,
 }
 
 /// What part of the host a [`HostPattern`] compares, as written (validated, uncompiled).
@@ -420,6 +427,8 @@ pub struct Rule {
     pub host: HostMatcher,
     pub paths: Arc<PathSet>,
     pub methods: MethodSet,
+    /// The body condition, when the rule has one.
+    pub body: Option<Arc<BodyMatcher>>,
 }
 
 impl Rule {
@@ -428,29 +437,51 @@ impl Rule {
         RuleCompiler::default().compile(config)
     }
 
-    /// Whether a request that Portcullis can see fully (method and path) matches.
+    /// Whether a request that Portcullis can see fully (method, path, body) matches. A
+    /// body that was not buffered counts as empty: [`super::PolicySet::needs_body`] makes
+    /// sure that only happens where the body cannot change the decision.
     pub fn matches(&self, req: &RequestFacts<'_>) -> bool {
+        self.matches_headers(req) && self.body_holds(req)
+    }
+
+    /// Whether the request's host, method and path match, whatever its body.
+    pub fn matches_headers(&self, req: &RequestFacts<'_>) -> bool {
         self.host.matches(req) && self.methods.contains(req.method) && self.paths.matches(req.path)
     }
 
+    /// Whether the body condition holds (always, for a rule without one).
+    fn body_holds(&self, req: &RequestFacts<'_>) -> bool {
+        match &self.body {
+            Some(condition) => condition.matches(req.body.unwrap_or_default()),
+            None => true,
+        }
+    }
+
     /// Whether this rule grants an opaque CONNECT tunnel to the request's host: only a rule
-    /// that accepts every path and the CONNECT method does, since nothing inside the tunnel
-    /// can be checked against narrower paths or methods.
+    /// that accepts every path and the CONNECT method, and has no body condition, does,
+    /// since nothing inside the tunnel can be checked against narrower paths, methods or
+    /// body content.
     pub fn grants_tunnel(&self, req: &RequestFacts<'_>) -> bool {
-        self.host.matches(req) && self.methods.contains(Method::Connect) && self.paths.is_any()
+        self.host.matches(req)
+            && self.methods.contains(Method::Connect)
+            && self.paths.is_any()
+            && self.body.is_none()
     }
 
     /// Whether this rule, as a restriction, touches a CONNECT tunnel to the request's host:
-    /// any rule naming the host does, since the tunnel could carry the path or method it
-    /// names.
+    /// any rule naming the host does, since the tunnel could carry the path, method or body
+    /// it names.
     pub fn touches_tunnel(&self, req: &RequestFacts<'_>) -> bool {
         self.host.matches(req)
     }
 
     /// Whether this rule covers every request a tunnel to the request's host could carry:
-    /// any path, any method.
+    /// any path, any method, any body.
     pub fn covers_tunnel(&self, req: &RequestFacts<'_>) -> bool {
-        self.host.matches(req) && self.methods == MethodSet::ALL && self.paths.is_any()
+        self.host.matches(req)
+            && self.methods == MethodSet::ALL
+            && self.paths.is_any()
+            && self.body.is_none()
     }
 }
 
@@ -492,6 +523,7 @@ impl RuleCompiler {
             },
             paths,
             methods: MethodSet::from_names(&config.methods),
+            body: config.body.as_ref().map(|body| body.matcher().clone()),
         }
     }
 }

@@ -27,11 +27,12 @@ pub struct CompiledPolicy {
 
 impl CompiledPolicy {
     /// Whether `rule` of this policy matches the request. For an opaque CONNECT, a
-    /// granting action needs a rule that covers the whole tunnel, while a deny applies to
-    /// any rule naming the host (what the tunnel would carry cannot be checked). For an
-    /// intercepted CONNECT it is the other way round: each request inside is decided on
-    /// its own, so any granting rule naming the host opens the tunnel, and only a deny
-    /// covering every path and method keeps it shut.
+    /// granting action needs a rule that covers the whole tunnel (every path, CONNECT, no
+    /// body condition), while a deny applies to any rule naming the host (what the tunnel
+    /// would carry cannot be checked). For an intercepted CONNECT it is the other way
+    /// round: each request inside is decided on its own, so any granting rule naming the
+    /// host opens the tunnel, and only a deny covering every path, method and body keeps
+    /// it shut.
     fn rule_matches(&self, rule: &Rule, req: &RequestFacts<'_>) -> bool {
         if req.is_connect() {
             match (req.intercepted, self.action) {
@@ -92,6 +93,9 @@ pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
     index: RuleIndex,
     default_action: DefaultAction,
+    /// Some active policy has a rule with a body condition: only then can a request need
+    /// its body for the decision.
+    body_conditions: bool,
 }
 
 impl PolicySet {
@@ -135,10 +139,14 @@ impl PolicySet {
             })
             .collect();
         let index = RuleIndex::build(&items);
+        let body_conditions = policies
+            .iter()
+            .any(|p| p.status == PolicyStatus::Active && p.rules.iter().any(|r| r.body.is_some()));
         PolicySet {
             policies,
             index,
             default_action,
+            body_conditions,
         }
     }
 
@@ -185,6 +193,47 @@ impl PolicySet {
         })
     }
 
+    /// Whether some active policy has a rule with a body condition.
+    pub fn has_body_conditions(&self) -> bool {
+        self.body_conditions
+    }
+
+    /// Whether the decision for this request could depend on its body, asked on the
+    /// headers: some candidate rule with a body condition (active, its tags carried, its
+    /// host, path and method matching) ranks ahead of the best enforced candidate without
+    /// one, which would decide whatever the body holds. Dry-run rules with a body condition
+    /// count too, since they are recorded. A CONNECT never needs one: nothing in a tunnel is
+    /// a body Portcullis could inspect.
+    pub fn needs_body(&self, req: &RequestFacts<'_>, tags: &WorkloadTagIds) -> bool {
+        if !self.body_conditions || req.is_connect() {
+            return false;
+        }
+        let mut first_body: Option<Key> = None;
+        let mut decider: Option<Key> = None;
+        // Buckets are sorted by key: a candidate ranked after the best body rule or the
+        // best header-only decider seen so far cannot change the answer.
+        self.index.visit(req, tags, |key| {
+            if decider.is_some_and(|d| key >= d) || first_body.is_some_and(|b| key >= b) {
+                return Next::SkipBucket;
+            }
+            let policy = &self.policies[key.item as usize];
+            let rule = &policy.rules[key.rule as usize];
+            if !rule.matches_headers(req) {
+                return Next::Continue;
+            }
+            if rule.body.is_some() {
+                first_body = Some(key);
+                Next::SkipBucket
+            } else if policy.warn {
+                Next::Continue
+            } else {
+                decider = Some(key);
+                Next::SkipBucket
+            }
+        });
+        first_body.is_some_and(|b| decider.is_none_or(|d| b < d))
+    }
+
     /// Decides one request.
     pub fn evaluate(&self, req: &RequestFacts<'_>, tags: &WorkloadTagIds) -> Verdict {
         let mut best = Best::default();
@@ -226,7 +275,8 @@ impl PolicySet {
     }
 
     /// Every active policy that matches the request, in decision order, with its first
-    /// matching rule. A linear scan: for explanations, not for the request path.
+    /// matching rule; body conditions are checked against `req.body`. A linear scan: for
+    /// explanations, not for the request path.
     pub fn explain(&self, req: &RequestFacts<'_>, tags: &WorkloadTagIds) -> Vec<PolicyMatch> {
         let mut matches: Vec<(Key, PolicyMatch)> = Vec::new();
         for (policy_id, policy) in self.policies.iter().enumerate() {

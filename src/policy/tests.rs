@@ -6,6 +6,7 @@ use super::rule::{HostPattern, MethodName, PathPattern, RuleConfig, Tag};
 use super::*;
 use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
+use crate::request::RequestFacts;
 
 fn policy_set(yaml: &str) -> PolicySet {
     let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
@@ -23,13 +24,27 @@ fn decide(
     request: &str,
     workload: &[&str],
 ) -> (Action, Option<String>, Option<String>) {
+    decide_with_body(set, request, workload, None)
+}
+
+/// [`decide`] with the body the gateway would have buffered.
+fn decide_with_body(
+    set: &PolicySet,
+    request: &str,
+    workload: &[&str],
+    body: Option<&[u8]>,
+) -> (Action, Option<String>, Option<String>) {
     let request = build_request(&CheckRequest {
         request_line: request.into(),
         ..CheckRequest::default()
     })
     .unwrap();
     let ids = set.tag_ids(&tags(workload));
-    let verdict = set.evaluate(&request.facts(), &ids);
+    let facts = RequestFacts {
+        body,
+        ..request.facts()
+    };
+    let verdict = set.evaluate(&facts, &ids);
     let name = |r: Option<RuleRef>| r.map(|r| set.policy(r.policy).name.to_string());
     (
         verdict.action,
@@ -388,12 +403,32 @@ fn naive_rule(rule: &RuleConfig, action: Action, req: &crate::request::RequestFa
     if req.is_connect() {
         return match action {
             Action::Deny => true,
-            _ => any_path && (any_method || method_names.iter().any(|m| m == "CONNECT")),
+            _ => {
+                any_path
+                    && (any_method || method_names.iter().any(|m| m == "CONNECT"))
+                    && rule.body.is_none()
+            }
         };
     }
     let method_ok = any_method || method_names.iter().any(|m| m == req.method.as_str());
     let path_ok = any_path || rule.paths.iter().any(|p| wildcard(p.as_str(), req.path));
-    method_ok && path_ok
+    method_ok && path_ok && naive_body(rule, req.body.unwrap_or_default())
+}
+
+/// The body condition as the docs word it: any substring, ignoring ASCII case, or any
+/// regex; no condition always holds.
+fn naive_body(rule: &RuleConfig, body: &[u8]) -> bool {
+    let Some(condition) = &rule.body else {
+        return true;
+    };
+    let lower = body.to_ascii_lowercase();
+    condition.contains().iter().any(|needle| {
+        let needle = needle.as_str().to_ascii_lowercase().into_bytes();
+        lower.windows(needle.len()).any(|w| w == needle)
+    }) || condition
+        .regex()
+        .iter()
+        .any(|r| regex::bytes::Regex::new(r.as_str()).unwrap().is_match(body))
 }
 
 type Key = (i32, u8, usize, usize);
@@ -448,14 +483,44 @@ const HOST_POOL: &[&str] = &[
 ];
 const PATH_POOL: &[&str] = &["/*", "/a/*", "/a/b", "/b*", "/a/*/c", "*"];
 const METHOD_POOL: &[&str] = &["GET", "POST", "DELETE", "CONNECT", "ALL"];
+/// Body conditions as (contains, regex).
+const BODY_CONDITION_POOL: &[(&[&str], &[&str])] = &[
+    (&["secret"], &[]),
+    (&[], &["k[0-9]+"]),
+    (&["Customer List", "zz"], &["^ssn"]),
+];
+const BODY_POOL: &[Option<&str>] = &[
+    None,
+    Some(""),
+    Some("my SECRET key"),
+    Some("k42"),
+    Some("ssn 1"),
+    Some("the customer list"),
+    Some("nothing to see"),
+];
+
+fn body_condition((contains, regex): (&[&str], &[&str])) -> body::BodyCondition {
+    body::BodyCondition::try_from(body::BodyFields {
+        contains: contains
+            .iter()
+            .map(|c| body::BodyText::try_from((*c).to_owned()).unwrap())
+            .collect(),
+        regex: regex
+            .iter()
+            .map(|r| body::BodyRegex::try_from((*r).to_owned()).unwrap())
+            .collect(),
+    })
+    .unwrap()
+}
 
 fn rule_strategy() -> impl Strategy<Value = RuleConfig> {
     (
         prop::sample::select(HOST_POOL),
         prop::sample::subsequence(PATH_POOL, 0..=2),
         prop::sample::subsequence(METHOD_POOL, 0..=2),
+        prop::option::weighted(0.3, prop::sample::select(BODY_CONDITION_POOL)),
     )
-        .prop_map(|(host, paths, methods)| RuleConfig {
+        .prop_map(|(host, paths, methods, body)| RuleConfig {
             host: HostPattern::try_from(host.to_owned()).unwrap(),
             paths: paths
                 .iter()
@@ -465,6 +530,7 @@ fn rule_strategy() -> impl Strategy<Value = RuleConfig> {
                 .iter()
                 .map(|m| MethodName::try_from((*m).to_owned()).unwrap())
                 .collect(),
+            body: body.map(body_condition),
         })
 }
 
@@ -527,24 +593,40 @@ proptest! {
         mut policies in prop::collection::vec(policy_strategy(), 0..24),
         default in prop::sample::select(&[DefaultAction::Allow, DefaultAction::Flag, DefaultAction::Deny][..]),
         requests in prop::collection::vec(
-            (prop::sample::select(REQUEST_POOL), prop::sample::subsequence(TAG_POOL, 0..=3)), 1..16),
+            (
+                prop::sample::select(REQUEST_POOL),
+                prop::sample::subsequence(TAG_POOL, 0..=3),
+                prop::sample::select(BODY_POOL),
+            ),
+            1..16,
+        ),
     ) {
         for (i, p) in policies.iter_mut().enumerate() {
             p.name = format!("p{i}");
         }
         let set = PolicySet::compile(&policies, default);
-        for (line, workload) in requests {
-            let request = build_request(&CheckRequest { request_line: line.into(), ..CheckRequest::default() }).unwrap();
-            let facts = request.facts();
-            let workload = tags(&workload);
-            let verdict = set.evaluate(&facts, &set.tag_ids(&workload));
-            let got = (
+        let verdict_of = |facts: &RequestFacts<'_>, workload: &[Tag]| {
+            let verdict = set.evaluate(facts, &set.tag_ids(workload));
+            (
                 verdict.action,
                 verdict.decided_by.map(|r| (r.policy as usize, r.rule as usize)),
                 verdict.dry_run.map(|r| (r.policy as usize, r.rule as usize)),
-            );
+            )
+        };
+        for (line, workload, body) in requests {
+            let request = build_request(&CheckRequest { request_line: line.into(), ..CheckRequest::default() }).unwrap();
+            let headers_only = request.facts();
+            let facts = RequestFacts { body: body.map(str::as_bytes), ..headers_only };
+            let workload = tags(&workload);
             let want = naive_decide(&policies, default, &facts, &workload);
-            prop_assert_eq!(got, want, "request {} tags {:?}", line, workload);
+            prop_assert_eq!(verdict_of(&facts, &workload), want, "request {} tags {:?} body {:?}", line, workload, body);
+            // A body the engine does not ask for cannot change the decision.
+            if !set.needs_body(&headers_only, &set.tag_ids(&workload)) {
+                prop_assert_eq!(
+                    verdict_of(&headers_only, &workload), want,
+                    "unbuffered: request {} tags {:?} body {:?}", line, workload, body
+                );
+            }
         }
     }
 }
@@ -620,4 +702,246 @@ policies:
     );
     let open = policy_set("default_action: allow\n");
     assert!(open.could_allow_host("anything.example", |_| false));
+}
+
+/// The "common patterns" the body condition exists for, as the integration test runs them.
+const SEEDS: &str = r#"
+policies:
+  - name: block-credential-leaks
+    priority: 10
+    action: deny
+    message: "request body carries an AWS secret key name"
+    rules:
+      - host: "*"
+        methods: [POST, PUT, PATCH]
+        body:
+          contains: [aws_secret_access_key]
+  - name: flag-sensitive
+    priority: 50
+    action: flag
+    rules:
+      - host: "*"
+        body:
+          contains: [salary, customer list, production database]
+          regex: ['(?i)ssn:\s*\d{3}-\d{2}-\d{4}']
+  - name: default-allow
+    priority: 1000
+    action: allow
+    rules: [{host: "*"}]
+"#;
+
+#[test]
+fn body_conditions_decide_the_seed_patterns() {
+    let set = policy_set(SEEDS);
+    let cases: &[(&str, Option<&str>, Action, &str)] = &[
+        (
+            "POST https://api.example.com/upload",
+            Some(r#"{"aws_secret_access_key": "x"}"#),
+            Action::Deny,
+            "block-credential-leaks",
+        ),
+        (
+            "PUT https://api.example.com/upload",
+            Some("AWS_Secret_Access_Key=x"),
+            Action::Deny,
+            "block-credential-leaks",
+        ),
+        // The credential rule is for writes only; a GET with the same body is not one.
+        (
+            "GET https://api.example.com/upload",
+            Some("aws_secret_access_key=x"),
+            Action::Allow,
+            "default-allow",
+        ),
+        (
+            "POST https://api.example.com/upload",
+            Some("the Customer List, attached"),
+            Action::Flag,
+            "flag-sensitive",
+        ),
+        (
+            "GET https://api.example.com/q",
+            Some("ssn: 123-45-6789"),
+            Action::Flag,
+            "flag-sensitive",
+        ),
+        // Both conditions hold: the lower priority number wins.
+        (
+            "POST https://api.example.com/upload",
+            Some("salary and aws_secret_access_key"),
+            Action::Deny,
+            "block-credential-leaks",
+        ),
+        (
+            "POST https://api.example.com/upload",
+            Some(r#"{"hello": "world"}"#),
+            Action::Allow,
+            "default-allow",
+        ),
+        // No body is an empty body: no condition holds.
+        (
+            "POST https://api.example.com/upload",
+            Some(""),
+            Action::Allow,
+            "default-allow",
+        ),
+        (
+            "POST https://api.example.com/upload",
+            None,
+            Action::Allow,
+            "default-allow",
+        ),
+    ];
+    for (request, body, action, policy) in cases {
+        let (got, by, _) = decide_with_body(&set, request, &[], body.map(str::as_bytes));
+        assert_eq!(
+            (got, by.as_deref()),
+            (*action, Some(*policy)),
+            "{request} with {body:?}"
+        );
+    }
+}
+
+#[test]
+fn explain_takes_the_body_into_account() {
+    let set = policy_set(SEEDS);
+    let request = build_request(&CheckRequest {
+        request_line: "POST https://api.example.com/upload".into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    let explain = |body: &[u8]| -> Vec<String> {
+        let facts = RequestFacts {
+            body: Some(body),
+            ..request.facts()
+        };
+        set.explain(&facts, &set.tag_ids(&[]))
+            .iter()
+            .map(|m| set.policy(m.policy).name.to_string())
+            .collect()
+    };
+    assert_eq!(
+        explain(b"salary, aws_secret_access_key"),
+        ["block-credential-leaks", "flag-sensitive", "default-allow"]
+    );
+    assert_eq!(explain(b"benign"), ["default-allow"]);
+}
+
+#[test]
+fn needs_body_only_when_a_body_rule_could_decide() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: trusted, priority: 1, action: allow, rules: [{host: trusted.example}]}
+  - {name: leak, priority: 10, action: deny,
+     rules: [{host: "*.example", methods: [POST], body: {contains: [secret]}}]}
+  - {name: tenant-scan, priority: 10, match_tags: [tenant:a], action: flag,
+     rules: [{host: other.net, body: {regex: ["x+"]}}]}
+  - {name: canary, priority: 5, action: deny, warn: true,
+     rules: [{host: dry.example, paths: ["/d/*"], body: {contains: [y]}}]}
+  - {name: off, status: disabled, action: deny, rules: [{host: off.net, body: {contains: [z]}}]}
+  - {name: late, priority: 200, action: flag, rules: [{host: late.net, body: {contains: [z]}}]}
+  - {name: allow-all, priority: 100, action: allow, rules: [{host: "*"}]}
+"#,
+    );
+    assert!(set.has_body_conditions());
+    let needs = |line: &str, workload: &[&str]| {
+        let request = build_request(&CheckRequest {
+            request_line: line.into(),
+            ..CheckRequest::default()
+        })
+        .unwrap();
+        set.needs_body(&request.facts(), &set.tag_ids(&tags(workload)))
+    };
+    assert!(needs("POST https://api.example/x", &[]));
+    assert!(!needs("GET https://api.example/x", &[]), "method");
+    assert!(!needs("POST https://elsewhere.org/x", &[]), "host");
+    assert!(
+        !needs("POST https://trusted.example/x", &[]),
+        "a header-only rule decides first"
+    );
+    assert!(!needs("POST https://other.net/x", &[]), "tags not carried");
+    assert!(needs("POST https://other.net/x", &["tenant:a"]));
+    assert!(
+        needs("GET https://dry.example/d/1", &[]),
+        "a dry-run rule is recorded"
+    );
+    assert!(!needs("GET https://dry.example/e", &[]), "path");
+    assert!(!needs("POST https://off.net/x", &[]), "disabled policy");
+    assert!(
+        !needs("POST https://late.net/x", &[]),
+        "ranks after the allow-all that decides anyway"
+    );
+    assert!(
+        !needs("CONNECT api.example:443", &[]),
+        "a tunnel has no body"
+    );
+
+    let headers_only = policy_set(
+        r#"
+policies:
+  - {name: off, status: draft, action: deny, rules: [{host: "*", body: {contains: [z]}}]}
+  - {name: allow-all, action: allow, rules: [{host: "*"}]}
+"#,
+    );
+    assert!(
+        !headers_only.has_body_conditions(),
+        "only active policies count"
+    );
+}
+
+#[test]
+fn body_conditions_never_grant_an_opaque_tunnel() {
+    let set = policy_set(
+        r#"
+policies:
+  - {name: leak-deny, priority: 1, action: deny,
+     rules: [{host: leaky.example, body: {contains: [secret]}}]}
+  - {name: leaky-allow, action: allow, rules: [{host: leaky.example}]}
+  - {name: body-allow, action: allow, rules: [{host: gated.example, body: {contains: [ok]}}]}
+  - {name: body-flag, action: flag, rules: [{host: flagged.example, body: {regex: [ok]}}]}
+"#,
+    );
+    let connect = |host: &str, intercepted: bool| {
+        let mut request = build_request(&CheckRequest {
+            request_line: format!("CONNECT {host}:443"),
+            ..CheckRequest::default()
+        })
+        .unwrap();
+        request.intercepted = intercepted;
+        let verdict = set.evaluate(&request.facts(), &set.tag_ids(&[]));
+        (
+            verdict.action,
+            verdict
+                .decided_by
+                .map(|r| set.policy(r.policy).name.to_string()),
+        )
+    };
+    // Opaque: what the tunnel carries cannot be checked, so a body deny closes it and a
+    // body grant does not open it.
+    assert_eq!(
+        connect("leaky.example", false),
+        (Action::Deny, Some("leak-deny".into()))
+    );
+    assert_eq!(connect("gated.example", false), (Action::Deny, None));
+    assert_eq!(connect("flagged.example", false), (Action::Deny, None));
+    // Intercepted: each request inside is decided with its body, so the tunnel opens for
+    // a grant naming the host, and a body deny does not cover every request.
+    assert_eq!(
+        connect("leaky.example", true),
+        (Action::Allow, Some("leaky-allow".into()))
+    );
+    assert_eq!(
+        connect("gated.example", true),
+        (Action::Allow, Some("body-allow".into()))
+    );
+    // Inside the tunnel, requests are decided on their bodies.
+    assert_eq!(
+        decide_with_body(&set, "POST https://gated.example/", &[], Some(b"ok")).0,
+        Action::Allow
+    );
+    assert_eq!(
+        decide_with_body(&set, "POST https://gated.example/", &[], Some(b"no")).0,
+        Action::Deny
+    );
 }

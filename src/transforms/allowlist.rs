@@ -2,9 +2,13 @@
 
 use super::{Annotations, DryRun, Exchange, Rejection, Step};
 use crate::policy::{Decision, Verdict};
+use crate::request::RequestFacts;
 
 pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
-    let facts = exchange.request.facts();
+    let facts = RequestFacts {
+        body: exchange.body,
+        ..exchange.request.facts()
+    };
     let verdict = exchange.policies.evaluate(&facts, &exchange.tag_ids);
     exchange.verdict = Some(verdict);
     let annotations = annotate(exchange, &verdict);

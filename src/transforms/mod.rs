@@ -153,11 +153,34 @@ impl TransformEntry {
                 )]);
             }
         };
+        let errors = body_conditions_unsupported(
+            &raw.rules,
+            "a transform's scope matches host, paths and methods",
+        );
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(TransformEntry {
             spec,
             rules: raw.rules,
         })
     }
+}
+
+/// Errors for rules that carry a body condition where only policy rules may; `reason`
+/// says what those rules match instead. Paths are `rules[N].body`.
+pub(crate) fn body_conditions_unsupported(rules: &[RuleConfig], reason: &str) -> Vec<FieldError> {
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| rule.body.is_some())
+        .map(|(i, _)| {
+            FieldError::new(
+                format!("rules[{i}].body"),
+                format!("body conditions apply to policy rules only; {reason}"),
+            )
+        })
+        .collect()
 }
 
 /// What a transform did, for the audit record.

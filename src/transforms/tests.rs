@@ -143,3 +143,54 @@ fn allowlist_twice_is_an_error() {
     .unwrap_err();
     assert_eq!(errors[0].path, "transforms[1].name");
 }
+
+const BODY_RULES: &str = r#"
+gateway: {tags: [env:ci]}
+policies:
+  - {name: leak, priority: 1, match_tags: [env:ci], action: deny, message: no keys,
+     rules: [{host: "*", methods: [POST], body: {contains: [aws_secret_access_key]}}]}
+  - {name: allow-all, priority: 100, action: allow, rules: [{host: "*"}]}
+"#;
+
+#[tokio::test]
+async fn the_allowlist_decides_on_the_buffered_body() {
+    let s = snapshot(BODY_RULES);
+    let request = build_request(&CheckRequest {
+        request_line: "POST https://api.example/upload".into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    assert!(
+        s.needs_body(&request, &[]),
+        "the gateway's own tags select the rule"
+    );
+    let body = b"{\"AWS_SECRET_ACCESS_KEY\": \"SENTINEL-body-7f3e\"}";
+    let o = s.decide(&request, &[], Some(body)).await.outcome;
+    assert_eq!(o.decision, Decision::Denied);
+    let r = o.rejection.unwrap();
+    assert_eq!(
+        (r.status, r.policy.as_deref(), r.rule, r.message.as_str()),
+        (403, Some("leak"), Some(0), "no keys")
+    );
+    assert_eq!(o.trace[0].annotations.policy.as_deref(), Some("leak"));
+    let traced = serde_json::to_string(&o.trace).unwrap();
+    assert!(!traced.contains("SENTINEL"), "{traced}");
+
+    let o = s.decide(&request, &[], Some(b"benign")).await.outcome;
+    assert_eq!(o.decision, Decision::Allowed);
+    assert_eq!(o.trace[0].annotations.policy.as_deref(), Some("allow-all"));
+}
+
+#[test]
+fn without_an_allowlist_step_no_policy_needs_the_body() {
+    let s = snapshot(&format!(
+        "{BODY_RULES}transforms:\n  - {{name: header_allowlist, config: {{allow: [accept]}}}}\n"
+    ));
+    let request = build_request(&CheckRequest {
+        request_line: "POST https://api.example/upload".into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    assert!(s.policies.has_body_conditions());
+    assert!(!s.needs_body(&request, &[]));
+}

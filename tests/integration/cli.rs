@@ -96,6 +96,127 @@ fn the_example_config_validates_and_checks() {
     assert!(!out.contains("\"demo\""), "the token is not echoed");
 }
 
+/// The seed patterns of `body` conditions (also in decisions.rs), with a small body limit.
+const BODY_SEEDS: &str = r#"
+gateway: {max_body_bytes: 256}
+policies:
+  - name: block-credential-leaks
+    priority: 10
+    action: deny
+    message: "request body carries an AWS secret key name"
+    rules:
+      - {host: "*", methods: [POST, PUT, PATCH], body: {contains: [aws_secret_access_key]}}
+  - name: flag-sensitive
+    priority: 50
+    action: flag
+    rules:
+      - host: "*"
+        body:
+          contains: [salary, customer list, production database]
+          regex: ['(?i)ssn:\s*\d{3}-\d{2}-\d{4}']
+  - {name: default-allow, priority: 1000, action: allow, rules: [{host: "*"}]}
+"#;
+
+#[test]
+fn check_decides_on_a_body_given_as_text_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("seeds.yaml");
+    std::fs::write(&config, BODY_SEEDS).unwrap();
+    let config = config.to_str().unwrap();
+    let post = [
+        "check",
+        "-c",
+        config,
+        "-r",
+        "POST http://api.example/upload",
+    ];
+    let with = |extra: &[&str]| portcullis(&[&post[..], extra].concat(), &[]);
+
+    let leak = r#"{"aws_secret_access_key": "SENTINEL-cli-body-91c2"}"#;
+    let (code, out, err) = with(&["--body", leak]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("decision    DENIED"), "{out}");
+    assert!(
+        out.contains("→ block-credential-leaks"),
+        "the deciding policy: {out}"
+    );
+    assert!(
+        out.contains(&format!("body        {} bytes, buffered", leak.len())),
+        "{out}"
+    );
+    assert!(
+        out.contains("request body carries an AWS secret key name"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("SENTINEL"),
+        "the body is never printed: {out}"
+    );
+
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, b"{\"note\": \"the customer list\"}").unwrap();
+    let (code, out, _) = with(&["--body-file", file.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["audit"]["decision"], "FLAGGED");
+    assert_eq!(json["audit"]["policy"], "flag-sensitive");
+    assert_eq!(json["body"]["buffered"], true);
+    let matching: Vec<&str> = json["matching_policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(matching, ["flag-sensitive", "default-allow"]);
+
+    // `-` reads the body from standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(post)
+        .args(["--body-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"SSN: 123-45-6789").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("decision    FLAGGED") && text.contains("→ flag-sensitive"),
+        "{text}"
+    );
+
+    // Without a body: no condition holds.
+    let (code, out, _) = with(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("decision    ALLOWED") && !out.contains("body    "),
+        "{out}"
+    );
+    // A body the decision needs is refused over the limit, as the gateway would.
+    let big = "x".repeat(300);
+    let (code, out, _) = with(&["--body", &big]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("response    413 body_too_large"), "{out}");
+    // A CONNECT has no body; --body and --body-file exclude each other.
+    let (code, _, err) = portcullis(
+        &[
+            "check",
+            "-c",
+            config,
+            "-r",
+            "CONNECT api.example:443",
+            "--body",
+            "x",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("a CONNECT carries no request body"), "{err}");
+    let (code, _, err) = with(&["--body", "x", "--body-file", "y"]);
+    assert_eq!(code, 2, "{err}");
+}
+
 #[test]
 fn every_envoy_config_passes_envoy_validate() {
     let mut checked = 0;

@@ -569,3 +569,115 @@ fn a_file_with_a_store_and_its_own_policies_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// The seeds' common patterns: deny credential leaks at priority 10, flag sensitive
+/// intents at 50, allow the rest at 1000.
+fn seed_patterns() -> [Value; 3] {
+    [
+        json!({"name": "block-credential-leaks", "priority": 10, "action": "deny",
+               "message": "the body names an AWS secret key",
+               "rules": [{"host": "*", "body": {"contains": ["aws_secret_access_key"]}}]}),
+        json!({"name": "flag-sensitive", "priority": 50, "action": "flag",
+               "rules": [{"host": "*", "body": {"contains": ["salary", "customer list", "production database"]}}]}),
+        json!({"name": "default-allow", "priority": 1000, "action": "allow",
+               "rules": [{"host": "*"}]}),
+    ]
+}
+
+#[test]
+fn the_playground_answers_what_the_gateway_does_for_the_seed_patterns() {
+    let upstream = Upstream::start(None);
+    let gw = sqlite_gateway();
+    for policy in seed_patterns() {
+        assert_eq!(create(&gw, &policy).status, 201);
+    }
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", upstream.port());
+    let cases = [
+        (
+            "POST",
+            r#"{"messages":[{"role":"user","content":"my aws_secret_access_key is AKIA..."}]}"#,
+            "DENIED",
+            "block-credential-leaks",
+            vec!["block-credential-leaks", "default-allow"],
+        ),
+        (
+            "POST",
+            r#"{"messages":[{"role":"user","content":"export the Customer List please"}]}"#,
+            "FLAGGED",
+            "flag-sensitive",
+            vec!["flag-sensitive", "default-allow"],
+        ),
+        (
+            "POST",
+            r#"{"messages":[{"role":"user","content":"aws_secret_access_key and salary"}]}"#,
+            "DENIED",
+            "block-credential-leaks",
+            vec!["block-credential-leaks", "flag-sensitive", "default-allow"],
+        ),
+        (
+            "POST",
+            r#"{"messages":[{"role":"user","content":"what is the weather"}]}"#,
+            "ALLOWED",
+            "default-allow",
+            vec!["default-allow"],
+        ),
+        ("GET", "", "ALLOWED", "default-allow", vec!["default-allow"]),
+    ];
+    for (i, (method, body, decision, policy, matching)) in cases.into_iter().enumerate() {
+        let path = format!("/v1/chat/completions?case={i}");
+        let full = format!("http://127.0.0.1:{}{path}", upstream.port());
+        let mut args = vec![
+            "-X",
+            method,
+            full.as_str(),
+            "-H",
+            "content-type: application/json",
+        ];
+        if !body.is_empty() {
+            args.extend(["--data-binary", body]);
+        }
+        let through_envoy = gw.via_proxy(&args);
+        // The query is not recorded: the i-th record for the chat path is this case's.
+        let mut chat: Vec<Value> = Vec::new();
+        assert!(wait_until(std::time::Duration::from_secs(5), || {
+            chat = gw
+                .audit()
+                .into_iter()
+                .filter(|r| r["path"] == "/v1/chat/completions")
+                .collect();
+            chat.len() > i
+        }));
+        let record = chat[i].clone();
+        let played = post(
+            &gw,
+            "/v1/playground",
+            json!({
+            "method": method, "url": url.clone() + &format!("?case={i}"),
+            "headers": {"content-type": "application/json"}, "body": body}),
+        );
+        assert_eq!(played.status, 200, "{played:?}");
+        let played = played.json();
+        // The same decision and deciding policy as the gateway's, through Envoy.
+        assert_eq!(record["decision"], decision, "case {i}: {record}");
+        assert_eq!(record["policy"], policy, "case {i}");
+        assert_eq!(played["decision"], decision, "case {i}: {played}");
+        assert_eq!(played["deciding"]["policy"], policy, "case {i}");
+        assert_eq!(played["audit"]["policy_version"], record["policy_version"]);
+        let listed: Vec<&str> = played["matching_policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["policy"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, matching, "case {i}: in priority order");
+        let expected_status = if decision == "DENIED" { 403 } else { 200 };
+        assert_eq!(
+            through_envoy.status, expected_status,
+            "case {i}: {through_envoy:?}"
+        );
+        if decision == "DENIED" {
+            assert_eq!(through_envoy.json()["error"]["policy"], policy);
+        }
+    }
+    assert_eq!(upstream.hits(), 3, "the two denied requests never left");
+}

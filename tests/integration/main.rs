@@ -3,6 +3,7 @@
 
 mod common;
 
+mod bodies;
 mod cli;
 mod control;
 mod decisions;

@@ -9,6 +9,7 @@ fn facts<'a>(method: Method, host: &'a str, port: u16, path: &'a str) -> Request
         ip: host.parse().ok(),
         path,
         intercepted: false,
+        body: None,
     }
 }
 
@@ -71,7 +72,8 @@ fn host_semantics_table() {
             Rule::compile(&RuleConfig {
                 host: host(pattern),
                 paths: vec![],
-                methods: vec![]
+                methods: vec![],
+                body: None,
             })
             .host
             .matches(&req),

@@ -171,6 +171,10 @@ pub fn validate_secret(secret: &SecretConfig) -> Vec<FieldError> {
             "a secret needs at least one rule: its rules are its blast radius",
         ));
     }
+    errors.extend(crate::transforms::body_conditions_unsupported(
+        &secret.rules,
+        "a secret's rules match host, paths and methods",
+    ));
     let header = |field: &str, name: &str, errors: &mut Vec<FieldError>| {
         if !header_name_ok(name) {
             errors.push(FieldError::new(

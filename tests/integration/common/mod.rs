@@ -437,6 +437,19 @@ impl Gateway {
             .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap()))
     }
 
+    /// The sum of Envoy's counters whose name ends with `suffix` (from its admin
+    /// `/stats`), e.g. `ext_proc.stream_msgs_sent`: what Envoy itself says it did.
+    pub fn envoy_counter(&self, suffix: &str) -> u64 {
+        let url = format!("http://127.0.0.1:{}/stats", self.envoy_admin_port);
+        curl(self.dir.path(), &[&url])
+            .body
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(name, _)| name.ends_with(suffix))
+            .map(|(_, value)| value.trim().parse::<u64>().unwrap_or(0))
+            .sum()
+    }
+
     /// Replaces the config file (as an editor would: write a temp file, rename over).
     pub fn write_config(&self, config: &str) {
         let tmp = self.dir.path().join(".portcullis.yaml.tmp");
