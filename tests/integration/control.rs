@@ -681,3 +681,84 @@ fn the_playground_answers_what_the_gateway_does_for_the_seed_patterns() {
     }
     assert_eq!(upstream.hits(), 3, "the two denied requests never left");
 }
+
+#[test]
+fn secrets_written_through_the_api_are_injected_and_never_read_back() {
+    const VALUE: &str = "SENTINEL-api-secret-4b1f";
+    let upstream = Upstream::start(None);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}", dir.join("store.db").display());
+    let mut options = options();
+    options.env.push(("UPSTREAM_KEY".into(), VALUE.into()));
+    let gw = Gateway::start(&config(&url), options);
+    assert_eq!(create(&gw, &allow("api", 10, &["/api/*"])).status, 201);
+    let secret = json!({"name": "upstream-key", "rules": [{"host": "127.0.0.1", "paths": ["/api/keyed/*"]}],
+                        "source": {"type": "env", "var": "UPSTREAM_KEY"}, "inject": {"style": "bearer"}});
+    let created = post(
+        &gw,
+        "/v1/secrets",
+        json!({"secret": secret, "reason": "upstream key"}),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+
+    let keyed = format!("http://127.0.0.1:{}/api/keyed/x", upstream.port());
+    assert_eq!(gw.via_proxy(&[&keyed]).status, 200);
+    let seen = upstream.seen();
+    let authorization = seen
+        .last()
+        .unwrap()
+        .header("authorization")
+        .map(str::to_owned);
+    assert_eq!(authorization, Some(format!("Bearer {VALUE}")));
+    let record = gw.audit_for(|r| r["path"] == "/api/keyed/x");
+    assert_eq!(
+        record["transforms"][1]["annotations"]["injected"]["secret"],
+        "upstream-key"
+    );
+
+    // Narrowing its rules through the API: the next request leaves without it.
+    let mut narrowed = secret.clone();
+    narrowed["rules"][0]["paths"] = json!(["/api/other/*"]);
+    let body = json!({"version": 1, "secret": narrowed}).to_string();
+    let reply = gw.api("PUT", "/v1/secrets/upstream-key", Some(EDITOR), Some(&body));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(gw.via_proxy(&[&keyed]).status, 200);
+    assert!(
+        upstream
+            .seen()
+            .last()
+            .unwrap()
+            .header("authorization")
+            .is_none()
+    );
+
+    // What the API returns is the source reference, never the value.
+    let read = gw.api("GET", "/v1/secrets/upstream-key", Some(VIEWER), None);
+    assert_eq!(
+        read.json()["secret"]["source"],
+        json!({"type": "env", "var": "UPSTREAM_KEY"})
+    );
+    let history = gw.api(
+        "GET",
+        "/v1/secrets/upstream-key/history",
+        Some(VIEWER),
+        None,
+    );
+    let played = post(
+        &gw,
+        "/v1/playground",
+        json!({"method": "GET", "url": keyed}),
+    );
+    let audit = gw.api("GET", "/v1/audit?limit=100", Some(VIEWER), None);
+    gw.assert_no_leaks(&[VALUE], &[&read, &history, &played, &audit]);
+    // Nor the store's files (the database, its WAL, its journal).
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let path = file.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+            "the value reached {}",
+            path.display()
+        );
+    }
+}
