@@ -138,19 +138,6 @@ impl Snapshot {
             .iter()
             .map(|s| s.definition.clone())
             .collect();
-        if !effective.secrets.is_empty()
-            && !effective
-                .transforms
-                .iter()
-                .any(|t| t.spec == crate::transforms::TransformSpec::Secrets)
-            && config.transforms == vec![crate::transforms::TransformEntry::allowlist()]
-        {
-            // The file left the pipeline at its default; the default has `secrets` when
-            // there are secrets, wherever they are written.
-            effective
-                .transforms
-                .push(crate::transforms::TransformEntry::secrets());
-        }
         let file_identities = effective.identities.len();
         effective
             .identities

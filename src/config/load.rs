@@ -327,7 +327,8 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
     }
     if config.transforms.is_empty() {
         config.transforms = vec![TransformEntry::allowlist()];
-        if !config.secrets.is_empty() {
+        // Secrets in the file, or in a store (where they can appear at any time).
+        if !config.secrets.is_empty() || config.store.is_some() {
             config.transforms.push(TransformEntry::secrets());
         }
     }

@@ -32,7 +32,7 @@ pub struct Config {
     /// Credentials injected at the edge.
     pub secrets: Vec<SecretConfig>,
     /// The transforms pipeline, in order. Default: `[allowlist]`, plus `secrets` when
-    /// secrets are defined.
+    /// secrets are defined or a store is configured.
     pub transforms: Vec<TransformEntry>,
     pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,

@@ -130,7 +130,21 @@ impl Store {
         install_default_drivers();
         let backend = Store::backend_of(url)?;
         let connect_url = match backend {
-            Backend::Sqlite => format!("{url}?mode=rwc"),
+            Backend::Sqlite => {
+                let path = url.trim_start_matches("sqlite://");
+                let path = path.split('?').next().unwrap_or(path);
+                // An embedded store is created on first use, directory included.
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                match url.contains('?') {
+                    true if url.contains("mode=") => url.to_owned(),
+                    true => format!("{url}&mode=rwc"),
+                    false => format!("{url}?mode=rwc"),
+                }
+            }
             Backend::Postgres => url.to_owned(),
         };
         // SQLite has one writer: one connection keeps writers from failing with "locked".
