@@ -1,0 +1,172 @@
+//! `portcullis check`: decides one request offline, against a config file, and prints the
+//! whole decision trace — the same code path as the gateway, without Envoy.
+
+pub mod render;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::json;
+
+use crate::audit::{AuditRecord, micros};
+use crate::policy::Decision;
+use crate::policy::rule::Tag;
+use crate::request::{OutboundRequest, RawRequest};
+use crate::snapshot::{Decided, Snapshot};
+
+pub use render::{Report, render_text};
+
+/// A request described on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct CheckRequest {
+    /// `GET https://api.github.com/repos/x`, or `CONNECT host:port`.
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub extra_tags: Vec<Tag>,
+    pub source: Option<IpAddr>,
+    pub spiffe_id: Option<String>,
+    pub token: Option<String>,
+    /// Decide a CONNECT as an intercepting listener does (could a request inside be
+    /// allowed?) rather than as an opaque tunnel.
+    pub intercepted: bool,
+    /// The request body (empty: none).
+    pub body: Vec<u8>,
+}
+
+/// Builds the request Envoy would have sent.
+pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
+    let line = check.request_line.trim();
+    let (method, target) = line
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("expected \"METHOD URL\", got {line:?}"))?;
+    let target = target.trim();
+    let (scheme, authority, path) = if method == "CONNECT" {
+        ("https", target, "")
+    } else {
+        let (scheme, rest) = target
+            .split_once("://")
+            .ok_or_else(|| format!("{target:?} is not an absolute URL (http://host/path)"))?;
+        match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (scheme, &rest[..i], &rest[i..]),
+            Some(i) => (scheme, &rest[..i], "/"),
+            None => (scheme, rest, "/"),
+        }
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = check
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect();
+    if let Some(token) = &check.token {
+        headers.push((
+            "proxy-authorization".into(),
+            format!("Bearer {token}").into_bytes(),
+        ));
+    }
+    let raw = RawRequest {
+        method: Some(method.as_bytes()),
+        scheme: Some(scheme.as_bytes()),
+        authority: Some(authority.as_bytes()),
+        path: (!path.is_empty()).then_some(path.as_bytes()),
+    };
+    let target = raw.normalize(None).map_err(|e| e.to_string())?;
+    let mut all_headers = vec![
+        (":method".to_owned(), method.as_bytes().to_vec()),
+        (":scheme".to_owned(), scheme.as_bytes().to_vec()),
+        (":authority".to_owned(), authority.as_bytes().to_vec()),
+    ];
+    if !path.is_empty() {
+        all_headers.push((":path".to_owned(), path.as_bytes().to_vec()));
+    }
+    all_headers.extend(headers);
+    let mut request = OutboundRequest::from_target(
+        "check".into(),
+        target,
+        authority.to_owned(),
+        all_headers,
+        check.source.map(|ip| SocketAddr::new(ip, 0)),
+        check.spiffe_id.clone(),
+        None,
+    );
+    request.intercepted = check.intercepted && request.method == crate::request::Method::Connect;
+    Ok(request)
+}
+
+/// The result of a check, ready to print.
+pub struct CheckReport {
+    pub decision: Decision,
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+/// Decides and explains one request.
+pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckReport, String> {
+    let request = build_request(check)?;
+    let started = std::time::Instant::now();
+    // A preview: credentials show as markers and no secret source is read.
+    let decided = snapshot
+        .preview(&request, &check.extra_tags, Some(&check.body))
+        .await;
+    let elapsed = started.elapsed();
+    let record = AuditRecord::of(&request, &decided, snapshot, micros(elapsed));
+    let matches = match &decided.identity {
+        Ok(identity) => {
+            let ids = snapshot.policies.tag_ids(&identity.tags);
+            snapshot.policies.explain(&request.facts(), &ids)
+        }
+        Err(_) => Vec::new(),
+    };
+    let decider = decided.outcome.verdict.and_then(|v| v.decided_by);
+    let matches_json: Vec<_> = matches
+        .iter()
+        .map(|m| {
+            let p = snapshot.policies.policy(m.policy);
+            json!({"policy": &*p.name, "version": p.version, "priority": p.priority,
+                   "action": p.action, "rule": m.rule, "dry_run": p.warn,
+                   "decides": decider.is_some_and(|d| d.policy == m.policy && d.rule == m.rule)})
+        })
+        .collect();
+    let deciding = match (decided.outcome.verdict, decider) {
+        (Some(verdict), Some(rule)) => {
+            let p = snapshot.policies.policy(rule.policy);
+            json!({"policy": &*p.name, "version": p.version, "priority": p.priority,
+                   "action": verdict.action, "rule": rule.rule})
+        }
+        (Some(verdict), None) => json!({"policy": null, "action": verdict.action,
+                                        "default_action": true}),
+        (None, _) => serde_json::Value::Null,
+    };
+    let json = json!({
+        "decision": decided.outcome.decision,
+        "deciding": deciding,
+        "default_action": snapshot.policies.default_action().action(),
+        "matching_policies": matches_json,
+        "audit": serde_json::to_value(&record).unwrap_or_default(),
+        "upstream": upstream_json(&decided),
+    });
+    // The text is rendered from the JSON, as `portcullis playground` renders the API's
+    // answer: both print the same trace for the same decision.
+    let report: Report = serde_json::from_value(json.clone())
+        .map_err(|e| format!("the decision report does not read back: {e}"))?;
+    let text = render_text(&request, &report);
+    Ok(CheckReport {
+        decision: decided.outcome.decision,
+        text,
+        json,
+    })
+}
+
+fn upstream_json(decided: &Decided) -> serde_json::Value {
+    let outcome = &decided.outcome;
+    match &outcome.rejection {
+        Some(r) => json!({"forwarded": false, "status": r.status, "type": r.kind,
+                          "reason": r.reason, "message": r.message}),
+        None => json!({
+            "forwarded": true,
+            "set_headers": outcome.mutations.set.iter()
+                .map(|(n, v)| json!([n, v.expose()])).collect::<Vec<_>>(),
+            "removed_headers": outcome.mutations.remove,
+            "path": outcome.mutations.path.as_ref().map(|p| p.expose()),
+            "body_rewritten": outcome.mutations.body.is_some(),
+        }),
+    }
+}
