@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod cli_api;
 mod control;
 mod decisions;
 mod failure;
