@@ -7,12 +7,13 @@
 //! tags, [`tls`] is the interception CA and Envoy's certificate service (SDS), [`audit`] and
 //! [`telemetry`] record what happened. [`store`] is the control plane's versioned store,
 //! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
-//! serves the admin API.
+//! serves the admin API. [`cli`] is the command line, the admin API's client among it.
 
 pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod extproc;
 pub mod identity;

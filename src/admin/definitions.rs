@@ -204,11 +204,7 @@ async fn list<T: Definition>(
             item["fires"] = super::insight::fires_of(&counts, Some(&name));
         }
     }
-    let plural = match T::KIND.as_str() {
-        "policy" => "policies",
-        _ => "secrets",
-    };
-    Ok(axum::Json(json!({ plural: items })))
+    Ok(axum::Json(json!({ T::KIND.plural(): items })))
 }
 
 async fn read<T: Definition>(
@@ -514,13 +510,7 @@ async fn check_edit<T: Definition>(
     edit: impl FnOnce(&mut Vec<Stored<T>>),
 ) -> Result<(), ApiError> {
     let kind = T::KIND.as_str();
-    let stored_prefix = written.map(|name| {
-        let section = match T::KIND {
-            crate::store::Kind::Policy => "policies",
-            crate::store::Kind::Secret => "secrets",
-        };
-        format!("{section}[{name:?}]")
-    });
+    let stored_prefix = written.map(|name| format!("{}[{name:?}]", T::KIND.plural()));
     control
         .live
         .check_contents(|contents| edit(T::in_contents(contents)))

@@ -351,7 +351,7 @@ fn sample_ratio<'de, D: serde::Deserializer<'de>>(
 
 /// A validation error at a field path (`policies[3].rules[0].host`), before it is placed
 /// in a file. Compilers return these; the loader adds file, line and policy name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     pub path: String,
     pub message: String,

@@ -26,6 +26,14 @@ impl Kind {
         }
     }
 
+    /// The config file section and the API collection: `policies`, `secrets`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Policy => "policies",
+            Kind::Secret => "secrets",
+        }
+    }
+
     /// `{live}` and `{versions}` in a query become this kind's tables.
     fn sql(self, template: &str) -> sqlx::AssertSqlSafe<String> {
         let (live, versions) = match self {

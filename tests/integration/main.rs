@@ -5,6 +5,7 @@ mod common;
 
 mod bodies;
 mod cli;
+mod cli_api;
 mod control;
 mod decisions;
 mod failure;

@@ -1,18 +1,20 @@
 //! `portcullis check`: decides one request offline, against a config file, and prints the
 //! whole decision trace — the same code path as the gateway, without Envoy.
 
-use std::fmt::Write as _;
+pub mod render;
+
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::json;
 
 use crate::audit::{AuditRecord, micros};
 use crate::extproc::convert::body_too_large;
+use crate::policy::Decision;
 use crate::policy::rule::Tag;
-use crate::policy::{Decision, PolicySet};
 use crate::request::{Method, OutboundRequest, RawRequest, RequestFacts};
 use crate::snapshot::{Decided, Snapshot};
-use crate::transforms::TraceAction;
+
+pub use render::{Report, render_text};
 
 /// A request described on the command line.
 #[derive(Debug, Clone, Default)]
@@ -144,20 +146,17 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
     let json = json!({
         "decision": decided.outcome.decision,
         "deciding": deciding,
+        "default_action": snapshot.policies.default_action().action(),
         "matching_policies": matches_json,
         "audit": serde_json::to_value(&record).unwrap_or_default(),
         "body": {"bytes": check.body.len(), "buffered": buffered},
         "upstream": upstream_json(&decided),
     });
-    let body = (!check.body.is_empty()).then(|| body_line(check.body.len(), buffered));
-    let text = render_text(
-        &request,
-        body.as_deref(),
-        &decided,
-        &snapshot.policies,
-        &matches,
-        &record,
-    );
+    // The text is rendered from the JSON, as `portcullis playground` renders the API's
+    // answer: both print the same trace for the same decision.
+    let report: Report = serde_json::from_value(json.clone())
+        .map_err(|e| format!("the decision report does not read back: {e}"))?;
+    let text = render_text(&request, &report);
     Ok(CheckReport {
         decision: decided.outcome.decision,
         text,
@@ -187,195 +186,18 @@ async fn decide(
     snapshot.preview(request, tags, Some(&check.body)).await
 }
 
-/// Whether the gateway would buffer the body: its size, never its content.
-fn body_line(bytes: usize, buffered: bool) -> String {
-    if buffered {
-        format!("{bytes} bytes, buffered: the decision needs it")
-    } else {
-        format!("{bytes} bytes, not buffered: no rule or secret needs it")
-    }
-}
-
 fn upstream_json(decided: &Decided) -> serde_json::Value {
     let outcome = &decided.outcome;
     match &outcome.rejection {
-        Some(r) => json!({"forwarded": false, "status": r.status, "reason": r.reason,
-                          "message": r.message}),
+        Some(r) => json!({"forwarded": false, "status": r.status, "type": r.kind,
+                          "reason": r.reason, "message": r.message}),
         None => json!({
             "forwarded": true,
             "set_headers": outcome.mutations.set.iter()
                 .map(|(n, v)| json!([n, v.expose()])).collect::<Vec<_>>(),
             "removed_headers": outcome.mutations.remove,
             "path": outcome.mutations.path.as_ref().map(|p| p.expose()),
+            "body_rewritten": outcome.mutations.body.is_some(),
         }),
     }
-}
-
-fn render_text(
-    request: &OutboundRequest,
-    body: Option<&str>,
-    decided: &Decided,
-    policies: &PolicySet,
-    matches: &[crate::policy::PolicyMatch],
-    record: &AuditRecord<'_>,
-) -> String {
-    let mut out = String::new();
-    let target = if request.path.is_empty() {
-        format!("{}:{}", request.host, request.port)
-    } else {
-        format!(
-            "{}://{}:{}{}",
-            request.scheme, request.host, request.port, request.path
-        )
-    };
-    let _ = writeln!(out, "request     {} {}", request.method_name, target);
-    if let Some(body) = body {
-        let _ = writeln!(out, "body        {body}");
-    }
-    match &decided.identity {
-        Ok(identity) => {
-            let who = match &identity.name {
-                Some(name) => format!("{} {name:?}", identity.kind.as_str()),
-                None => format!("{} (no principal)", identity.kind.as_str()),
-            };
-            let tags: Vec<&str> = identity.tags.iter().map(Tag::as_str).collect();
-            let _ = writeln!(out, "identity    {who}");
-            let _ = writeln!(
-                out,
-                "tags        {}",
-                if tags.is_empty() {
-                    "(none)".into()
-                } else {
-                    tags.join(", ")
-                }
-            );
-        }
-        Err(e) => {
-            let _ = writeln!(out, "identity    refused: {e}");
-        }
-    }
-    let decider = decided.outcome.verdict.and_then(|v| v.decided_by);
-    if matches.is_empty() {
-        let _ = writeln!(
-            out,
-            "policies    none match; default action: {}",
-            policies.default_action().action()
-        );
-    } else {
-        let _ = writeln!(out, "policies    matching, in decision order:");
-        for m in matches {
-            let p = policies.policy(m.policy);
-            let decides = decider.is_some_and(|d| d.policy == m.policy && d.rule == m.rule);
-            let _ = writeln!(
-                out,
-                "  {} {:<24} priority {:<6} {:<6} rule {}{}",
-                if decides { "→" } else { " " },
-                &*p.name,
-                p.priority,
-                p.action.as_str(),
-                m.rule,
-                if p.warn {
-                    "  (dry run: recorded, not enforced)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    let _ = writeln!(out, "transforms");
-    for t in &decided.outcome.trace {
-        let action = match t.action {
-            TraceAction::Continue => "continue",
-            TraceAction::Reject => "reject",
-            TraceAction::Skip => "skip (out of scope)",
-        };
-        let mut notes = Vec::new();
-        if let (Some(policy), Some(rule)) = (&t.annotations.policy, t.annotations.rule) {
-            notes.push(format!("policy {:?} rule {rule}", &**policy));
-        }
-        if !t.annotations.stripped_headers.is_empty() {
-            notes.push(format!(
-                "stripped {}",
-                t.annotations.stripped_headers.join(", ")
-            ));
-        }
-        if let Some(reason) = t.annotations.reason {
-            notes.push(reason.to_owned());
-        }
-        for (verb, used) in [
-            ("injected", &t.annotations.injected),
-            ("swapped", &t.annotations.swapped),
-            ("signed", &t.annotations.signed),
-        ] {
-            if let Some(used) = used {
-                notes.push(format!(
-                    "{verb} {:?} at {}",
-                    &*used.secret,
-                    used.locations.join(", ")
-                ));
-            }
-        }
-        if !t.annotations.shadowed.is_empty() {
-            let names: Vec<&str> = t.annotations.shadowed.iter().map(|s| &**s).collect();
-            notes.push(format!("shadowed {}", names.join(", ")));
-        }
-        if let Some(d) = &t.annotations.dry_run {
-            notes.push(format!("dry run: {:?} would {}", &*d.policy, d.action));
-        }
-        let line = format!("  {:<17} {:<9} {}", t.name, action, notes.join("; "));
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    let _ = writeln!(out, "decision    {}", record.decision.as_str());
-    match &decided.outcome.rejection {
-        Some(r) => {
-            let _ = writeln!(out, "response    {} {}: {}", r.status, r.kind, r.message);
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "upstream    forwarded as (credentials shown as markers):"
-            );
-            for line in upstream_view(request, &decided.outcome.mutations) {
-                let _ = writeln!(out, "  {line}");
-            }
-        }
-    }
-    out
-}
-
-/// The request as the upstream would get it. Run on a preview, so any credential is a
-/// marker (`<secret:name>`), never a value.
-fn upstream_view(
-    request: &OutboundRequest,
-    mutations: &crate::transforms::Mutations,
-) -> Vec<String> {
-    let path = match &mutations.path {
-        Some(path) => path.expose().to_owned(),
-        None => request
-            .header(":path")
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default(),
-    };
-    let mut lines = vec![if path.is_empty() {
-        format!("{} {}", request.method_name, request.authority)
-    } else {
-        format!("{} {}", request.method_name, path)
-    }];
-    lines.push(format!("host: {}", request.authority));
-    for (name, value) in &request.headers {
-        if name.starts_with(':')
-            || mutations.remove.contains(name)
-            || mutations.set.iter().any(|(n, _)| n == name)
-        {
-            continue;
-        }
-        lines.push(format!("{name}: {}", String::from_utf8_lossy(value)));
-    }
-    for (name, value) in &mutations.set {
-        lines.push(format!("{name}: {}", value.expose()));
-    }
-    if mutations.body.is_some() {
-        lines.push("(body rewritten)".to_owned());
-    }
-    lines
 }
