@@ -61,6 +61,30 @@ struct Fields {
     to_version: bool,
 }
 
+impl Fields {
+    const CREATE: Fields = Fields {
+        definition: true,
+        version: false,
+        to_version: false,
+    };
+    const UPDATE: Fields = Fields {
+        definition: true,
+        version: true,
+        to_version: false,
+    };
+    /// Enable and disable: the version read, nothing else.
+    const STATUS: Fields = Fields {
+        definition: false,
+        version: true,
+        to_version: false,
+    };
+    const ROLLBACK: Fields = Fields {
+        definition: false,
+        version: true,
+        to_version: true,
+    };
+}
+
 /// Parses an envelope: unknown or missing fields are 422s at their path; the definition's
 /// own errors are placed under its kind's name.
 fn envelope<T: Definition>(bytes: &[u8], fields: Fields) -> Result<Envelope<T>, ApiError> {
@@ -227,12 +251,7 @@ async fn create<T: Definition>(
 ) -> Result<(StatusCode, Json), ApiError> {
     let caller = control.caller(&headers, AdminRole::Editor)?;
     let store = control.store()?;
-    let fields = Fields {
-        definition: true,
-        version: false,
-        to_version: false,
-    };
-    let envelope = envelope::<T>(&body, fields)?;
+    let envelope = envelope::<T>(&body, Fields::CREATE)?;
     let definition = envelope.definition.expect("parsed with a definition");
     check::<T>(&control, definition.clone()).await?;
     let change = Change::by(&caller.name, &envelope.reason);
@@ -255,12 +274,7 @@ async fn update<T: Definition>(
 ) -> Result<Json, ApiError> {
     let caller = control.caller(&headers, AdminRole::Editor)?;
     let store = control.store()?;
-    let fields = Fields {
-        definition: true,
-        version: true,
-        to_version: false,
-    };
-    let envelope = envelope::<T>(&body, fields)?;
+    let envelope = envelope::<T>(&body, Fields::UPDATE)?;
     let definition = envelope.definition.expect("parsed with a definition");
     if definition.name() != name {
         return Err(ApiError::invalid(
@@ -410,12 +424,7 @@ async fn rollback<T: Definition>(
 ) -> Result<Json, ApiError> {
     let caller = control.caller(&headers, AdminRole::Editor)?;
     let store = control.store()?;
-    let fields = Fields {
-        definition: false,
-        version: true,
-        to_version: true,
-    };
-    let envelope = envelope::<T>(&body, fields)?;
+    let envelope = envelope::<T>(&body, Fields::ROLLBACK)?;
     let versioned = T::versioned(store);
     let earlier = versioned
         .version(&name, envelope.to_version.expect("parsed"))
@@ -458,12 +467,7 @@ async fn set_status(
 ) -> Result<Json, ApiError> {
     let caller = control.caller(&headers, AdminRole::Editor)?;
     let store = control.store()?;
-    let fields = Fields {
-        definition: false,
-        version: true,
-        to_version: false,
-    };
-    let envelope = envelope::<PolicyConfig>(&body, fields)?;
+    let envelope = envelope::<PolicyConfig>(&body, Fields::STATUS)?;
     let expected = envelope.version.expect("parsed");
     let change = Change::by(&caller.name, &envelope.reason);
     let policies = store.policies();
