@@ -110,6 +110,40 @@ interception:
   max_certificates: {{ int64 .Values.interception.maxCertificates }}
 {{- end -}}
 
+{{/*
+The store section (store.enabled): the URL stays in the Secret, read from the environment
+variable that url_env names.
+*/}}
+{{- define "portcullis.storeUrlEnv" -}}PORTCULLIS_STORE_URL{{- end -}}
+
+{{- define "portcullis.storeSection" -}}
+store:
+  url_env: {{ include "portcullis.storeUrlEnv" . }}
+  resync_interval: {{ .Values.store.resyncInterval | quote }}
+  audit: {{ .Values.store.audit }}
+  audit_retention: {{ .Values.store.auditRetention | quote }}
+{{- end -}}
+
+{{/* The environment variable carrying an admin token from its Secret; pass the token's name. */}}
+{{- define "portcullis.adminTokenEnv" -}}
+{{- printf "PORTCULLIS_ADMIN_TOKEN_%s" (regexReplaceAll "[^A-Z0-9]" (upper .) "_") -}}
+{{- end -}}
+
+{{/* The admin section (admin.tokens): environment variables and digests, never a token. */}}
+{{- define "portcullis.adminSection" -}}
+admin:
+  tokens:
+  {{- range .Values.admin.tokens }}
+    - name: {{ .name | quote }}
+      role: {{ .role }}
+      {{- if .sha256 }}
+      token: {sha256: {{ .sha256 | quote }}}
+      {{- else }}
+      token: {env: {{ include "portcullis.adminTokenEnv" .name }}}
+      {{- end }}
+  {{- end }}
+{{- end -}}
+
 {{/* The config as given: the value (string or object), else the chart's default file. */}}
 {{- define "portcullis.configSource" -}}
 {{- if kindIs "invalid" .Values.config -}}
@@ -130,23 +164,38 @@ interception:
 {{- if and .Values.interception.enabled (hasKey $cfg "interception") -}}
 {{- fail "config.interception: set it with the chart's interception.* values, not in config" -}}
 {{- end -}}
+{{- if and .Values.store.enabled (hasKey $cfg "store") -}}
+{{- fail "config.store: set it with the chart's store.* values (store.urlSecret holds the URL), not in config" -}}
+{{- end -}}
+{{- if and .Values.admin.tokens (hasKey $cfg "admin") -}}
+{{- fail "config.admin: with the chart's admin.tokens, leave the admin section out of config (the chart writes it)" -}}
+{{- end -}}
 {{- trimSuffix "\n" $source }}
 {{- if .Values.interception.enabled }}
 # Added by the chart (interception.enabled): the CA is the Secret {{ .Values.interception.caSecretName }}.
 {{ include "portcullis.interceptionSection" . }}
 {{- end }}
+{{- if .Values.store.enabled }}
+# Added by the chart (store.enabled): the URL is in the Secret {{ .Values.store.urlSecret.name }}, key {{ .Values.store.urlSecret.key }}.
+{{ include "portcullis.storeSection" . }}
+{{- end }}
+{{- if .Values.admin.tokens }}
+# Added by the chart (admin.tokens): each token from its Secret, or its SHA-256.
+{{ include "portcullis.adminSection" . }}
+{{- end }}
 {{- end -}}
 
 {{/*
-The sections Portcullis reads only at start (server, audit, interception): their digest goes
-into the pod template, so changing one restarts the pods while policy edits hot-reload.
+The sections Portcullis reads only at start (server, audit, interception, store): their
+digest goes into the pod template, so changing one restarts the pods while policy edits
+hot-reload.
 */}}
 {{- define "portcullis.restartChecksum" -}}
 {{- if .Values.existingConfigMap -}}
-{{- toYaml .Values.interception | sha256sum -}}
+{{- list .Values.interception .Values.store | toYaml | sha256sum -}}
 {{- else -}}
 {{- $cfg := include "portcullis.configYaml" . | fromYaml -}}
-{{- pick $cfg "server" "audit" "interception" | toYaml | sha256sum -}}
+{{- pick $cfg "server" "audit" "interception" "store" | toYaml | sha256sum -}}
 {{- end -}}
 {{- end -}}
 
@@ -301,6 +350,20 @@ is stopped only after Envoy has drained and exited.
       value: {{ $v.portcullis.logLevel | quote }}
     - name: PORTCULLIS_LOG_FORMAT
       value: {{ $v.portcullis.logFormat | quote }}
+    {{- if $v.store.enabled }}
+    # The store's URL, password included (the config's store.url_env names it).
+    - name: {{ include "portcullis.storeUrlEnv" .root }}
+      valueFrom:
+        secretKeyRef: {name: {{ $v.store.urlSecret.name | quote }}, key: {{ $v.store.urlSecret.key | quote }}}
+    {{- end }}
+    {{- range $v.admin.tokens }}
+    {{- if .secretName }}
+    # Admin token {{ .name | quote }} (the config's admin.tokens names this variable).
+    - name: {{ include "portcullis.adminTokenEnv" .name }}
+      valueFrom:
+        secretKeyRef: {name: {{ .secretName | quote }}, key: {{ .secretKey | quote }}}
+    {{- end }}
+    {{- end }}
     {{- with $v.portcullis.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
