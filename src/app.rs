@@ -69,32 +69,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let store_config = loaded.config.store.clone();
     let env = |name: &str| std::env::var(name).ok();
-    let store_url = match &store_config {
-        Some(store) => {
-            let mut errors = Vec::new();
-            if !loaded.config.policies.is_empty() || !loaded.config.secrets.is_empty() {
-                errors.push(FieldError::new(
-                    if loaded.config.policies.is_empty() {
-                        "secrets"
-                    } else {
-                        "policies"
-                    },
-                    "with a `store`, policies and secrets come from the store: write this \
-                     file's into it with `portcullis apply -f FILE --store URL` (or the admin \
-                     API) and remove them here",
-                ));
-            }
-            let url = store
-                .resolve_url(&env)
-                .map_err(|e| errors.push(FieldError::new("store.url_env", e)))
-                .ok();
-            if !errors.is_empty() {
-                return Err(ServeError::InvalidConfig(loaded.place(errors)));
-            }
-            url
-        }
-        None => None,
-    };
+    let store_url = loaded
+        .config
+        .store_url(&env)
+        .map_err(|errors| ServeError::InvalidConfig(loaded.place(errors)))?;
     // With a store, requests are refused (503) until its contents are first read.
     let snapshot = match store_url {
         Some(_) => Snapshot::unavailable(&loaded.config, &loaded.version, &env, &secrets),

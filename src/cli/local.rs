@@ -144,11 +144,16 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 }
 
 pub fn validate(file: &Path) -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
     let loaded = Snapshot::load(file, &SecretsRuntime::default()).and_then(|(loaded, snapshot)| {
         // The CA files are part of a valid config: check they load and belong together.
-        match loaded.config.interception.as_ref().map(|i| i.load()) {
-            Some(Err(error)) => Err(loaded.place(vec![error])),
-            _ => Ok((loaded, snapshot)),
+        if let Some(Err(error)) = loaded.config.interception.as_ref().map(|i| i.load()) {
+            return Err(loaded.place(vec![error]));
+        }
+        // As `serve` would: a store's URL must be found, and its policies are not here.
+        match loaded.config.store_url(&env) {
+            Err(errors) => Err(loaded.place(errors)),
+            Ok(_) => Ok((loaded, snapshot)),
         }
     });
     match loaded {

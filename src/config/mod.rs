@@ -45,6 +45,41 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
+impl Config {
+    /// What a config with a `store` must not hold, and a URL that cannot be found: the
+    /// checks `serve` and `validate` make beyond parsing. Returns the URL when there is a
+    /// store.
+    pub fn store_url(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, Vec<FieldError>> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let mut errors = Vec::new();
+        if !self.policies.is_empty() || !self.secrets.is_empty() {
+            errors.push(FieldError::new(
+                if self.policies.is_empty() {
+                    "secrets"
+                } else {
+                    "policies"
+                },
+                "with a `store`, policies and secrets come from the store: write this \
+                 file's into it with `portcullis apply -f FILE --store URL` (or the admin \
+                 API) and remove them here",
+            ));
+        }
+        let url = store
+            .resolve_url(env)
+            .map_err(|e| errors.push(FieldError::new("store.url_env", e)))
+            .ok();
+        match url {
+            Some(url) if errors.is_empty() => Ok(Some(url)),
+            _ => Err(errors),
+        }
+    }
+}
+
 /// The control plane's store. Changing it needs a restart.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

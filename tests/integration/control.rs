@@ -568,6 +568,17 @@ fn a_file_with_a_store_and_its_own_policies_is_refused_at_start() {
         err.contains("gw.yaml:2") && err.contains("portcullis apply"),
         "{err}"
     );
+    // `validate` says so too, without starting anything.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("gw.yaml:2") && printed.contains("policies"),
+        "{printed}"
+    );
 }
 
 /// The seeds' common patterns: deny credential leaks at priority 10, flag sensitive
