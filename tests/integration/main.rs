@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod decisions;
 mod failure;
+mod fleet;
 mod headers;
 mod identity;
 mod interception;
