@@ -613,6 +613,18 @@ fn bench_propagation_and_throughput_under_changes() {
     }
 }
 
+/// Changes timed for B's CPU per change applied.
+const SYNC_SAMPLES: u64 = 20;
+
+impl Instance {
+    /// Snapshots compiled from the store so far.
+    fn syncs(&self) -> u64 {
+        self.gw
+            .metric("portcullis_store_syncs_total{result=\"success\"}")
+            .unwrap_or(0.0) as u64
+    }
+}
+
 fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> Vec<String> {
     let db = TestDatabase::create();
     let seeded = Instant::now();
@@ -704,6 +716,25 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
     };
     assert_eq!(create(&a.gw, &churn(0)).status, 201);
     let mut churn_version = 1;
+    // What B spends applying one change (read the store, compile, publish), with no load.
+    let (cpu, syncs) = (cpu_seconds(b.gw.portcullis.pid()), b.syncs());
+    for _ in 0..SYNC_SAMPLES {
+        let reply = update(
+            &a.gw,
+            "churn",
+            churn_version,
+            &churn(churn_version as usize),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        churn_version += 1;
+        let revision = reply.json()["store_revision"].as_i64();
+        assert!(wait_until(Duration::from_secs(5), || b.revision() == revision));
+    }
+    let per_sync = (cpu_seconds(b.gw.portcullis.pid()) - cpu) / (b.syncs() - syncs) as f64;
+    lines.push(format!(
+        "B's CPU per change applied, no load: {:.1} ms ({SYNC_SAMPLES} changes, /readyz polled every 20 ms)",
+        per_sync * 1e3
+    ));
     let warmup = wrk(b.gw.proxy_port, &script, 3);
     assert_eq!(warmup.non_2xx, 0, "the benchmark request is allowed");
     let mut runs: Vec<(bool, Load)> = Vec::new();
@@ -966,10 +997,7 @@ impl Usage {
             a_cpu: cpu_seconds(a.gw.portcullis.pid()),
             b_cpu: cpu_seconds(b.gw.portcullis.pid()),
             b_envoy_cpu: cpu_seconds(b.gw.envoy.pid()),
-            syncs: b
-                .gw
-                .metric("portcullis_store_syncs_total{result=\"success\"}")
-                .unwrap_or(0.0) as u64,
+            syncs: b.syncs(),
             hits: upstream.hits(),
         }
     }
