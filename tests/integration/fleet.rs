@@ -582,9 +582,11 @@ fn seed(db: &TestDatabase, policies: &[Value]) -> i64 {
 ///    from A's answer until B's Envoy answers the other way (polled over one kept-alive
 ///    connection every millisecond: a curl per poll costs more than what is measured).
 /// 2. **Throughput.** wrk (`-t2 -c50`) through B's Envoy for `BENCH_DURATION` seconds
-///    (default 10), once with no changes and once while a thread updates another policy
-///    through A every 100 ms (B recompiles its snapshot for each), `BENCH_ROUNDS` times
-///    (default 2) interleaved.
+///    (default 10): with no changes; while a thread updates another policy through A every
+///    100 ms (B recompiles its snapshot for each); and, as a control, while the same
+///    thread writes the same changes to an instance on another database (what making
+///    changes costs this machine, with B applying none). `BENCH_ROUNDS` rounds (default 3)
+///    interleaved.
 #[test]
 #[ignore = "a benchmark: cargo test --test integration fleet::bench -- --ignored --nocapture"]
 fn bench_propagation_and_throughput_under_changes() {
@@ -595,7 +597,7 @@ fn bench_propagation_and_throughput_under_changes() {
         .collect();
     let changes: usize = setting("BENCH_CHANGES", "100").parse().unwrap();
     let duration: u64 = setting("BENCH_DURATION", "10").parse().unwrap();
-    let rounds: usize = setting("BENCH_ROUNDS", "2").parse().unwrap();
+    let rounds: usize = setting("BENCH_ROUNDS", "3").parse().unwrap();
     assert!(
         std::process::Command::new("wrk")
             .arg("--version")
@@ -735,38 +737,53 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
         "B's CPU per change applied, no load: {:.1} ms ({SYNC_SAMPLES} changes, /readyz polled every 20 ms)",
         per_sync * 1e3
     ));
+    // The control: the same writes to an instance on another database, which B never
+    // reads — what making changes costs this machine, without B applying them.
+    let elsewhere = TestDatabase::create();
+    seed(&elsewhere, &(0..fillers).map(filler).collect::<Vec<_>>());
+    let c = Instance::start(&elsewhere);
+    assert_eq!(create(&c.gw, &churn(0)).status, 201);
+    let mut versions = [churn_version, 1];
     let warmup = wrk(b.gw.proxy_port, &script, 3);
     assert_eq!(warmup.non_2xx, 0, "the benchmark request is allowed");
-    let mut runs: Vec<(bool, Load)> = Vec::new();
+    let mut runs: Vec<(Churn, Load)> = Vec::new();
     for _ in 0..rounds {
-        for with_changes in [false, true] {
-            let before = Usage::of(&a, &b, &upstream);
+        for churning in [Churn::None, Churn::ThroughA, Churn::Elsewhere] {
+            let writer = match churning {
+                Churn::None => None,
+                Churn::ThroughA => Some((&a, &mut versions[0])),
+                Churn::Elsewhere => Some((&c, &mut versions[1])),
+            };
+            let before = Usage::of(writer.as_ref().map_or(&a, |w| w.0), &b, &upstream);
             let stop = std::sync::atomic::AtomicBool::new(false);
             let (load, written) = std::thread::scope(|scope| {
-                let writer = with_changes.then(|| {
-                    let (stop, a, version) = (&stop, &a, &mut churn_version);
-                    scope.spawn(move || {
+                let writer = writer.map(|(to, version)| {
+                    let stop = &stop;
+                    let writes = move || {
                         let mut next = Instant::now();
                         let mut written = 0;
                         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let reply = update(&a.gw, "churn", *version, &churn(*version as usize));
+                            let reply =
+                                update(&to.gw, "churn", *version, &churn(*version as usize));
                             assert_eq!(reply.status, 200, "{reply:?}");
                             *version += 1;
                             written += 1;
                             next += Duration::from_millis(100);
                             std::thread::sleep(next.saturating_duration_since(Instant::now()));
                         }
-                        written
-                    })
+                        (to, written)
+                    };
+                    scope.spawn(writes)
                 });
                 let load = wrk(b.gw.proxy_port, &script, duration);
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                (load, writer.map_or(0, |w| w.join().unwrap()))
+                (load, writer.map(|w| w.join().unwrap()))
             });
-            // B followed every change (its revision is A's once the last one landed).
+            // B followed every change through A (its revision is A's once the last landed).
             assert!(wait_until(Duration::from_secs(5), || a.revision() == b.revision()));
             let mut load = load;
-            load.usage = Usage::of(&a, &b, &upstream).since(&before);
+            let (to, written) = written.unwrap_or((&a, 0));
+            load.usage = Usage::of(to, &b, &upstream).since(&before);
             load.changes = written;
             assert_eq!(load.non_2xx, 0, "every benchmark request stays allowed");
             assert!(
@@ -775,16 +792,14 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
                 load.usage.hits,
                 load.requests
             );
+            if churning != Churn::ThroughA {
+                assert_eq!(load.usage.syncs, 0, "B saw no change");
+            }
             eprintln!(
-                "{} changes: {:.0} req/s, p50 {}, p99 {}, {} changes, {} B syncs",
-                if with_changes { "with" } else { "no  " },
-                load.requests_per_second,
-                load.p50,
-                load.p99,
-                load.changes,
-                load.usage.syncs
+                "{churning:?}: {:.0} req/s, p50 {}, p99 {}, {} changes, {} B syncs",
+                load.requests_per_second, load.p50, load.p99, load.changes, load.usage.syncs
             );
-            runs.push((with_changes, load));
+            runs.push((churning, load));
         }
     }
     lines.push(String::new());
@@ -792,23 +807,20 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
         "## {total} policies: wrk -t2 -c50 -d{duration}s through B's Envoy, {rounds} rounds interleaved"
     ));
     lines.push(
-        "| round | changes through A | req/s | p50 | p99 | B syncs | upstream hits | B CPU/req | B Envoy CPU/req | A CPU |"
+        "| round | changes | req/s | p50 | p99 | B syncs | upstream hits | B CPU/req | B Envoy CPU/req | writer CPU |"
             .into(),
     );
     lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|".into());
-    for (i, (with_changes, load)) in runs.iter().enumerate() {
+    for (i, (churning, load)) in runs.iter().enumerate() {
         let usage = &load.usage;
+        let rate = load.changes as f64 / duration as f64;
         lines.push(format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} µs | {:.0} µs | {:.2} s |",
-            i / 2 + 1,
-            if *with_changes {
-                format!(
-                    "{} ({:.1}/s)",
-                    load.changes,
-                    load.changes as f64 / duration as f64
-                )
-            } else {
-                "none".into()
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} µs | {:.0} µs | {} |",
+            i / 3 + 1,
+            match churning {
+                Churn::None => "none".to_owned(),
+                Churn::ThroughA => format!("{} through A ({rate:.1}/s)", load.changes),
+                Churn::Elsewhere => format!("{} to another database ({rate:.1}/s)", load.changes),
             },
             load.requests_per_second,
             load.p50,
@@ -817,25 +829,45 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
             usage.hits,
             usage.b_cpu * 1e6 / load.requests as f64,
             usage.b_envoy_cpu * 1e6 / load.requests as f64,
-            usage.a_cpu,
+            if *churning == Churn::None {
+                "—".to_owned()
+            } else {
+                format!("{:.2} s", usage.writer_cpu)
+            },
         ));
     }
-    let rate = |changing: bool| {
+    let median = |churning: Churn| {
         let mut rates: Vec<f64> = runs
             .iter()
-            .filter(|(c, _)| *c == changing)
+            .filter(|(c, _)| *c == churning)
             .map(|(_, l)| l.requests_per_second)
             .collect();
         rates.sort_by(f64::total_cmp);
         (rates[(rates.len() - 1) / 2] + rates[rates.len() / 2]) / 2.0
     };
-    let (quiet, changing) = (rate(false), rate(true));
+    let (quiet, through_a, elsewhere) = (
+        median(Churn::None),
+        median(Churn::ThroughA),
+        median(Churn::Elsewhere),
+    );
     lines.push(format!(
-        "median req/s: {quiet:.0} without changes, {changing:.0} with: **{:.2}×**",
-        changing / quiet
+        "median req/s: {quiet:.0} without changes, {through_a:.0} with changes B applies \
+         (**{:.2}×**), {elsewhere:.0} with changes elsewhere ({:.2}×); B applying them: {:.2}× of the control",
+        through_a / quiet,
+        elsewhere / quiet,
+        through_a / elsewhere,
     ));
     lines.push(String::new());
     lines
+}
+
+/// What streams in while wrk runs: nothing, a change through A every 100 ms (B applies
+/// each), or the same changes to an instance on another database (B sees none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Churn {
+    None,
+    ThroughA,
+    Elsewhere,
 }
 
 /// A generated policy that never decides the benchmark's requests: per-tenant allowlists
@@ -980,11 +1012,11 @@ fn wrk(proxy_port: u16, script: &std::path::Path, seconds: u64) -> Load {
     }
 }
 
-/// Counters read around a run: CPU seconds of each process, B's successful syncs, the
+/// Counters read around a run: CPU seconds of the writing instance and of B's processes, B's successful syncs, the
 /// upstream's hits.
 #[derive(Default)]
 struct Usage {
-    a_cpu: f64,
+    writer_cpu: f64,
     b_cpu: f64,
     b_envoy_cpu: f64,
     syncs: u64,
@@ -992,9 +1024,9 @@ struct Usage {
 }
 
 impl Usage {
-    fn of(a: &Instance, b: &Instance, upstream: &Upstream) -> Usage {
+    fn of(writer: &Instance, b: &Instance, upstream: &Upstream) -> Usage {
         Usage {
-            a_cpu: cpu_seconds(a.gw.portcullis.pid()),
+            writer_cpu: cpu_seconds(writer.gw.portcullis.pid()),
             b_cpu: cpu_seconds(b.gw.portcullis.pid()),
             b_envoy_cpu: cpu_seconds(b.gw.envoy.pid()),
             syncs: b.syncs(),
@@ -1004,7 +1036,7 @@ impl Usage {
 
     fn since(&self, before: &Usage) -> Usage {
         Usage {
-            a_cpu: self.a_cpu - before.a_cpu,
+            writer_cpu: self.writer_cpu - before.writer_cpu,
             b_cpu: self.b_cpu - before.b_cpu,
             b_envoy_cpu: self.b_envoy_cpu - before.b_envoy_cpu,
             syncs: self.syncs - before.syncs,
