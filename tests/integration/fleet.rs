@@ -746,9 +746,12 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
     let mut versions = [churn_version, 1];
     let warmup = wrk(b.gw.proxy_port, &script, 3);
     assert_eq!(warmup.non_2xx, 0, "the benchmark request is allowed");
-    let mut runs: Vec<(Churn, Load)> = Vec::new();
-    for _ in 0..rounds {
-        for churning in [Churn::None, Churn::ThroughA, Churn::Elsewhere] {
+    let mut runs: Vec<(usize, Churn, Load)> = Vec::new();
+    for round in 0..rounds {
+        // Each round in another order: drift on this shared machine hits each setup alike.
+        let mut order = [Churn::None, Churn::ThroughA, Churn::Elsewhere];
+        order.rotate_left(round % 3);
+        for churning in order {
             let writer = match churning {
                 Churn::None => None,
                 Churn::ThroughA => Some((&a, &mut versions[0])),
@@ -799,7 +802,7 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
                 "{churning:?}: {:.0} req/s, p50 {}, p99 {}, {} changes, {} B syncs",
                 load.requests_per_second, load.p50, load.p99, load.changes, load.usage.syncs
             );
-            runs.push((churning, load));
+            runs.push((round, churning, load));
         }
     }
     lines.push(String::new());
@@ -811,12 +814,12 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
             .into(),
     );
     lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|".into());
-    for (i, (churning, load)) in runs.iter().enumerate() {
+    for (round, churning, load) in &runs {
         let usage = &load.usage;
         let rate = load.changes as f64 / duration as f64;
         lines.push(format!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} µs | {:.0} µs | {} |",
-            i / 3 + 1,
+            round + 1,
             match churning {
                 Churn::None => "none".to_owned(),
                 Churn::ThroughA => format!("{} through A ({rate:.1}/s)", load.changes),
@@ -836,26 +839,35 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
             },
         ));
     }
-    let median = |churning: Churn| {
-        let mut rates: Vec<f64> = runs
-            .iter()
-            .filter(|(c, _)| *c == churning)
-            .map(|(_, l)| l.requests_per_second)
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        (rates[(rates.len() - 1) / 2] + rates[rates.len() / 2]) / 2.0
+    // Ratios within each round (the machine's load drifts between rounds), then their median.
+    let rate = |round: usize, churning: Churn| {
+        runs.iter()
+            .find(|(r, c, _)| *r == round && *c == churning)
+            .map(|(_, _, l)| l.requests_per_second)
+            .unwrap()
     };
-    let (quiet, through_a, elsewhere) = (
-        median(Churn::None),
-        median(Churn::ThroughA),
-        median(Churn::Elsewhere),
-    );
+    let ratios = |over: Churn, under: Churn| {
+        let mut ratios: Vec<f64> = (0..rounds)
+            .map(|r| rate(r, over) / rate(r, under))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+        let each: Vec<String> = (0..rounds)
+            .map(|r| format!("{:.2}", rate(r, over) / rate(r, under)))
+            .collect();
+        format!("{median:.2}× (rounds: {})", each.join(", "))
+    };
     lines.push(format!(
-        "median req/s: {quiet:.0} without changes, {through_a:.0} with changes B applies \
-         (**{:.2}×**), {elsewhere:.0} with changes elsewhere ({:.2}×); B applying them: {:.2}× of the control",
-        through_a / quiet,
-        elsewhere / quiet,
-        through_a / elsewhere,
+        "req/s with changes B applies / without changes: **{}**",
+        ratios(Churn::ThroughA, Churn::None)
+    ));
+    lines.push(format!(
+        "req/s with changes elsewhere (control) / without changes: {}",
+        ratios(Churn::Elsewhere, Churn::None)
+    ));
+    lines.push(format!(
+        "req/s with changes B applies / control: **{}**",
+        ratios(Churn::ThroughA, Churn::Elsewhere)
     ));
     lines.push(String::new());
     lines
