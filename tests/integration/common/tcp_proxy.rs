@@ -1,7 +1,9 @@
 //! A TCP relay between Portcullis and its database that a test can cut: `block` closes every
 //! open connection and stops listening, so new ones are refused (`ECONNREFUSED`, as from a
-//! database that died); `unblock` listens on the same port again. Each instance gets its
-//! own, so one can lose the database while another keeps it.
+//! database that died); `unblock` listens on the same port again. `silence` stops relaying
+//! on every open connection without closing it (a flow a NAT or a load balancer dropped,
+//! a partition): nothing arrives and nothing reports an error; new connections go through.
+//! Each instance gets its own, so one can lose the database while another keeps it.
 
 use std::net::SocketAddr;
 
@@ -16,6 +18,8 @@ pub struct TcpProxy {
     listen: mpsc::UnboundedSender<(Option<std::net::TcpListener>, Done)>,
     /// Bumped to close every relayed connection.
     cut: watch::Sender<u64>,
+    /// Bumped to stop relaying on every open connection, leaving it open.
+    silence: watch::Sender<u64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -31,6 +35,7 @@ impl TcpProxy {
     pub fn start(target: SocketAddr) -> TcpProxy {
         let (runtime, listener, addr) = super::loopback_server();
         let (cut, cuts) = watch::channel(0u64);
+        let (silence, silences) = watch::channel(0u64);
         let (listen, mut commands) = mpsc::unbounded_channel();
         runtime.spawn(async move {
             let mut listener = Some(listener);
@@ -50,6 +55,8 @@ impl TcpProxy {
                         // accept cuts this connection.
                         let mut cuts = cuts.clone();
                         cuts.borrow_and_update();
+                        let mut silences = silences.clone();
+                        silences.borrow_and_update();
                         tokio::spawn(async move {
                             let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await
                             else {
@@ -58,6 +65,8 @@ impl TcpProxy {
                             tokio::select! {
                                 _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                                 _ = cuts.changed() => {}
+                                // Both sockets stay open, unread, until a cut.
+                                _ = silences.changed() => { let _ = cuts.changed().await; }
                             }
                         });
                     }
@@ -69,6 +78,7 @@ impl TcpProxy {
             port: addr.port(),
             listen,
             cut,
+            silence,
             _runtime: runtime,
         }
     }
@@ -77,6 +87,12 @@ impl TcpProxy {
     pub fn block(&self) {
         self.command(None);
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Stops relaying on every open connection, without closing it; new connections are
+    /// relayed as before.
+    pub fn silence(&self) {
+        self.silence.send_modify(|n| *n += 1);
     }
 
     /// Accepts connections again, on the same port.
