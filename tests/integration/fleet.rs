@@ -25,6 +25,12 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 /// connection at intervals of up to 6 s.
 const RECONNECTION: Duration = Duration::from_secs(10);
 
+/// How long an instance whose connections went silent (nothing arrives, nothing fails)
+/// may take to notice and decide with a change. The notification connection must answer
+/// every 5 s within 5 s; each silent connection left in the pool then costs its 5 s
+/// acquire timeout once.
+const SILENT: Duration = Duration::from_secs(25);
+
 /// One Portcullis instance with its Envoy, and the relay it reaches the database through.
 struct Instance {
     gw: Gateway,
@@ -49,11 +55,23 @@ impl Instance {
     }
 
     fn start_with(db: &TestDatabase, options: GatewayOptions, cut_off: bool) -> Instance {
+        Instance::start_configured(db, options, cut_off, "")
+    }
+
+    /// With `store_settings` (`resync_interval: 1h, `) added to the `store` section.
+    fn start_configured(
+        db: &TestDatabase,
+        options: GatewayOptions,
+        cut_off: bool,
+        store_settings: &str,
+    ) -> Instance {
         let relay = TcpProxy::start(db.server_addr());
         if cut_off {
             relay.block();
         }
-        let gw = Gateway::start(&config(&db.url_via(relay.port)), options);
+        let config = config(&db.url_via(relay.port))
+            .replace("store: {", &format!("store: {{{store_settings}"));
+        let gw = Gateway::start(&config, options);
         Instance { gw, relay }
     }
 
@@ -414,6 +432,50 @@ fn instances_cut_off_from_the_database_keep_deciding_and_catch_up_when_it_is_bac
     let history = get(&a.gw, "/v1/policies/outage/history");
     assert_eq!(history["versions"].as_array().unwrap().len(), 2);
     assert_eq!(a.revision(), Some(changed));
+}
+
+#[test]
+fn a_notification_connection_that_goes_silent_is_noticed_and_replaced() {
+    let db = TestDatabase::create();
+    let upstream = Upstream::start(None);
+    let a = Instance::start(&db);
+    // No resync to fall back on: whatever B learns, it learns through its notifications.
+    let b = Instance::start_configured(&db, options(), false, "resync_interval: 1h, ");
+    propagates(
+        "create",
+        || create(&a.gw, &allow("quiet", 10, &["/q/*"])),
+        &b,
+        &upstream,
+        "/q/a",
+        200,
+    );
+
+    // Every connection B holds goes silent, as a flow a NAT dropped: no notification
+    // arrives and nothing reports an error. New connections go through.
+    b.relay.silence();
+    let narrowed = update(&a.gw, "quiet", 1, &allow("quiet", 10, &["/q/public/*"]));
+    let written = Instant::now();
+    assert_eq!(narrowed.status, 200, "{narrowed:?}");
+    let noticed = time_until(written, SILENT, || b.status(&upstream, "/q/a") == 403);
+    let Some(noticed) = noticed else {
+        panic!(
+            "B still decides with the old policy {SILENT:?} after the change; log:\n{}",
+            b.gw.portcullis_log()
+        );
+    };
+    eprintln!(
+        "B decided with a change {} ms after it, its connections silent",
+        noticed.as_millis()
+    );
+    // Its notifications flow again: the next change arrives as any other.
+    propagates(
+        "update after the silence",
+        || update(&a.gw, "quiet", 2, &allow("quiet", 10, &["/q/*"])),
+        &b,
+        &upstream,
+        "/q/a",
+        200,
+    );
 }
 
 #[test]
