@@ -2,7 +2,9 @@
 //! which every committed change `NOTIFY`s. On SQLite (one node, but `portcullis apply` may
 //! write from another process): the store revision, polled. Either way a lost connection
 //! is reported, retried with backoff, and reported again when it is back — the listener
-//! then reloads everything, since changes made meanwhile were never announced to it.
+//! then reloads everything, since changes made meanwhile were never announced to it. The
+//! notification connection is also checked every [`HEARTBEAT`]: one that died silently
+//! reports nothing.
 
 use std::time::Duration;
 
@@ -25,6 +27,11 @@ pub enum Signal {
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the notification connection must answer a query, and how long it has to. A
+/// connection that died silently (a NAT or a load balancer dropped the idle flow, a
+/// failover moved the address) delivers no notification and no error: unchecked, the
+/// instance would hear of changes only at each resync while reporting the store up.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Starts the feed for `store`; it stops when `shutdown` turns true or the receiver is
 /// dropped.
@@ -84,15 +91,22 @@ async fn listen(store: Store, tx: mpsc::Sender<Signal>, mut shutdown: watch::Rec
         if tx.send(Signal::Connected).await.is_err() {
             return;
         }
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next = tokio::select! {
-                next = listener.try_recv() => next,
+            // `try_recv` is cancel-safe: a heartbeat between two notifications loses none.
+            let signal = tokio::select! {
+                next = listener.try_recv() => match next {
+                    Ok(Some(_)) => Signal::Changed,
+                    Ok(None) => Signal::Lost("the notification connection closed".to_owned()),
+                    Err(e) => Signal::Lost(describe(&e)),
+                },
+                _ = heartbeat.tick() => match answers(&mut listener).await {
+                    Ok(()) => continue,
+                    Err(why) => Signal::Lost(why),
+                },
                 _ = shutdown.changed() => return,
-            };
-            let signal = match next {
-                Ok(Some(_)) => Signal::Changed,
-                Ok(None) => Signal::Lost("the notification connection closed".to_owned()),
-                Err(e) => Signal::Lost(describe(&e)),
             };
             let is_lost = matches!(signal, Signal::Lost(_));
             if tx.send(signal).await.is_err() {
@@ -141,6 +155,18 @@ async fn poll(store: Store, tx: mpsc::Sender<Signal>, mut shutdown: watch::Recei
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Whether the notification connection answers a query within [`HEARTBEAT`].
+async fn answers(listener: &mut sqlx::postgres::PgListener) -> Result<(), String> {
+    let query = sqlx::query("SELECT 1").execute(listener);
+    match tokio::time::timeout(HEARTBEAT, query).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(format!(
+            "the notification connection did not answer within {HEARTBEAT:?}"
+        )),
     }
 }
 

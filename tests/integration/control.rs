@@ -61,17 +61,17 @@ pub fn update(gw: &Gateway, name: &str, version: i64, policy: &Value) -> Reply {
     )
 }
 
-fn post(gw: &Gateway, path: &str, body: Value) -> Reply {
+pub fn post(gw: &Gateway, path: &str, body: Value) -> Reply {
     gw.api("POST", path, Some(EDITOR), Some(&body.to_string()))
 }
 
-fn get(gw: &Gateway, path: &str) -> Value {
+pub fn get(gw: &Gateway, path: &str) -> Value {
     let reply = gw.api("GET", path, Some(VIEWER), None);
     assert_eq!(reply.status, 200, "GET {path}: {reply:?}");
     reply.json()
 }
 
-fn status_of(gw: &Gateway, upstream: &Upstream, path: &str) -> u16 {
+pub fn status_of(gw: &Gateway, upstream: &Upstream, path: &str) -> u16 {
     gw.via_proxy(&[&format!("http://127.0.0.1:{}{path}", upstream.port())])
         .status
 }

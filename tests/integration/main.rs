@@ -9,6 +9,7 @@ mod cli_api;
 mod control;
 mod decisions;
 mod failure;
+mod fleet;
 mod headers;
 mod identity;
 mod interception;

@@ -46,6 +46,39 @@ impl TestDatabase {
         };
         TestDatabase { name, url }
     }
+
+    /// The authority (`user@host:port`) and what follows it (`/db?…`) of the URL.
+    fn split(&self) -> (&str, &str, &str) {
+        let (scheme, rest) = self.url.split_once("://").expect("the URL has a scheme");
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        (scheme, &rest[..end], &rest[end..])
+    }
+
+    /// The URL with its host and port replaced by `127.0.0.1:port` (to go through a relay).
+    pub fn url_via(&self, port: u16) -> String {
+        let (scheme, authority, tail) = self.split();
+        let userinfo = authority.rsplit_once('@').map(|(user, _)| user);
+        let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{port}{tail}")
+    }
+
+    /// The server's address, for a relay in front of it.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let (_, authority, _) = self.split();
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (host, port.parse().expect("a port")),
+            _ => (hostport, 5432),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = match host {
+            "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip => ip
+                .parse()
+                .unwrap_or_else(|_| panic!("the test server's host {ip:?} is not an IP")),
+        };
+        std::net::SocketAddr::new(ip, port)
+    }
 }
 
 impl Drop for TestDatabase {
