@@ -210,20 +210,24 @@ pub async fn sync_from_store(
     loop {
         let retry_at = retry.map(|(at, _)| at);
         let full = tokio::select! {
-            signal = feed.recv() => match signal {
-                Some(Signal::Changed) => {
-                    // A burst of changes is one reload.
-                    while let Ok(Signal::Changed) = feed.try_recv() {}
-                    true
+            signal = feed.recv() => {
+                let Some(mut signal) = signal else { return };
+                // A burst of signals is one reload; the last one says where the feed is.
+                while let Ok(next) = feed.try_recv() {
+                    signal = match (signal, next) {
+                        (Signal::Lost(why), Signal::Changed) => Signal::Lost(why),
+                        (_, next) => next,
+                    };
                 }
-                Some(Signal::Connected) => true,
-                Some(Signal::Lost(why)) => {
-                    live.shared.metrics.set_store_up(false);
-                    tracing::warn!(store = %store.display_url(), error = %why, revision = ?live.revision(),
-                        "policy store unreachable; deciding with the last snapshot, reconnecting");
-                    continue;
+                match signal {
+                    Signal::Changed | Signal::Connected => true,
+                    Signal::Lost(why) => {
+                        live.shared.metrics.set_store_up(false);
+                        tracing::warn!(store = %store.display_url(), error = %why, revision = ?live.revision(),
+                            "policy store unreachable; deciding with the last snapshot, reconnecting");
+                        continue;
+                    }
                 }
-                None => return,
             },
             _ = live.kick.notified() => true,
             _ = timer.tick() => false,
