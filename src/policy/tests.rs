@@ -704,31 +704,8 @@ policies:
     assert!(open.could_allow_host("anything.example", |_| false));
 }
 
-/// The "common patterns" the body condition exists for, as the integration test runs them.
-const SEEDS: &str = r#"
-policies:
-  - name: block-credential-leaks
-    priority: 10
-    action: deny
-    message: "request body carries an AWS secret key name"
-    rules:
-      - host: "*"
-        methods: [POST, PUT, PATCH]
-        body:
-          contains: [aws_secret_access_key]
-  - name: flag-sensitive
-    priority: 50
-    action: flag
-    rules:
-      - host: "*"
-        body:
-          contains: [salary, customer list, production database]
-          regex: ['(?i)ssn:\s*\d{3}-\d{2}-\d{4}']
-  - name: default-allow
-    priority: 1000
-    action: allow
-    rules: [{host: "*"}]
-"#;
+/// The "common patterns" the body condition exists for, as the integration tests run them.
+const SEEDS: &str = include_str!("../../tests/fixtures/seed-policies.yaml");
 
 #[test]
 fn body_conditions_decide_the_seed_patterns() {

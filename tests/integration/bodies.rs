@@ -6,31 +6,13 @@ use std::time::Duration;
 
 use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
 
-const SEEDS: &str = r#"
-gateway: {max_body_bytes: 4096}
-policies:
-  - name: block-credential-leaks
-    priority: 10
-    action: deny
-    message: "request body carries an AWS secret key name"
-    rules:
-      - host: "*"
-        methods: [POST, PUT, PATCH]
-        body:
-          contains: [aws_secret_access_key]
-  - name: flag-sensitive
-    priority: 50
-    action: flag
-    rules:
-      - host: "*"
-        body:
-          contains: [salary, customer list, production database]
-          regex: ['(?i)ssn:\s*\d{3}-\d{2}-\d{4}']
-  - name: default-allow
-    priority: 1000
-    action: allow
-    rules: [{host: "*"}]
-"#;
+/// The seeds' common patterns, with a small body limit.
+fn seeds() -> String {
+    format!(
+        "gateway: {{max_body_bytes: 4096}}\n{}",
+        crate::common::seed_policies()
+    )
+}
 
 /// Sends one request through the proxy and counts the ext_proc messages Envoy sent for
 /// it, by Envoy's own stats: 1 when it was decided on its headers, 2 when its body was
@@ -62,7 +44,7 @@ fn post_json(gw: &Gateway, url: &str, body: &str) -> Reply {
 #[test]
 fn the_seed_body_policies_deny_flag_and_allow() {
     let upstream = Upstream::start(None);
-    let gw = Gateway::start(SEEDS, GatewayOptions::default());
+    let gw = Gateway::start(&seeds(), GatewayOptions::default());
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", upstream.port());
     let mut replies = Vec::new();
 

@@ -96,32 +96,19 @@ fn the_example_config_validates_and_checks() {
     assert!(!out.contains("\"demo\""), "the token is not echoed");
 }
 
-/// The seed patterns of `body` conditions (also in decisions.rs), with a small body limit.
-const BODY_SEEDS: &str = r#"
-gateway: {max_body_bytes: 256}
-policies:
-  - name: block-credential-leaks
-    priority: 10
-    action: deny
-    message: "request body carries an AWS secret key name"
-    rules:
-      - {host: "*", methods: [POST, PUT, PATCH], body: {contains: [aws_secret_access_key]}}
-  - name: flag-sensitive
-    priority: 50
-    action: flag
-    rules:
-      - host: "*"
-        body:
-          contains: [salary, customer list, production database]
-          regex: ['(?i)ssn:\s*\d{3}-\d{2}-\d{4}']
-  - {name: default-allow, priority: 1000, action: allow, rules: [{host: "*"}]}
-"#;
+/// The seeds' common patterns, with a smaller body limit.
+fn body_seeds() -> String {
+    format!(
+        "gateway: {{max_body_bytes: 256}}\n{}",
+        crate::common::seed_policies()
+    )
+}
 
 #[test]
 fn check_decides_on_a_body_given_as_text_or_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("seeds.yaml");
-    std::fs::write(&config, BODY_SEEDS).unwrap();
+    std::fs::write(&config, body_seeds()).unwrap();
     let config = config.to_str().unwrap();
     let post = [
         "check",

@@ -581,18 +581,10 @@ fn a_file_with_a_store_and_its_own_policies_is_refused_at_start() {
     );
 }
 
-/// The seeds' common patterns: deny credential leaks at priority 10, flag sensitive
-/// intents at 50, allow the rest at 1000.
-fn seed_patterns() -> [Value; 3] {
-    [
-        json!({"name": "block-credential-leaks", "priority": 10, "action": "deny",
-               "message": "the body names an AWS secret key",
-               "rules": [{"host": "*", "body": {"contains": ["aws_secret_access_key"]}}]}),
-        json!({"name": "flag-sensitive", "priority": 50, "action": "flag",
-               "rules": [{"host": "*", "body": {"contains": ["salary", "customer list", "production database"]}}]}),
-        json!({"name": "default-allow", "priority": 1000, "action": "allow",
-               "rules": [{"host": "*"}]}),
-    ]
+/// The seeds' common patterns, as JSON for the API.
+fn seed_patterns() -> Vec<Value> {
+    let file: Value = serde_norway::from_str(&crate::common::seed_policies()).unwrap();
+    file["policies"].as_array().unwrap().clone()
 }
 
 #[test]

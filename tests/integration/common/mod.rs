@@ -48,6 +48,12 @@ pub fn envoy_binary() -> &'static Path {
     })
 }
 
+/// The seeds' common patterns as a config's `policies:` section
+/// (`tests/fixtures/seed-policies.yaml`).
+pub fn seed_policies() -> String {
+    std::fs::read_to_string(repo().join("tests/fixtures/seed-policies.yaml")).unwrap()
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
