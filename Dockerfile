@@ -19,6 +19,8 @@ RUN mkdir -p src benches \
 
 COPY src ./src
 COPY benches ./benches
+# The store's migrations are compiled into the binary (sqlx::migrate!).
+COPY migrations ./migrations
 # COPY keeps the context's modification times, which may be older than the stubs' build:
 # touch the crate roots so cargo rebuilds the crate itself.
 RUN touch src/main.rs src/lib.rs \
