@@ -47,7 +47,12 @@ fn bench_propagation_and_throughput_under_changes() {
     for size in sizes {
         report.push(bench_fleet(size, changes, duration, rounds));
     }
-    eprintln!("\n==== fleet benchmark (dev profile, loopback, shared machine) ====");
+    let profile = if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    };
+    eprintln!("\n==== fleet benchmark ({profile} profile, loopback, shared machine) ====");
     for line in report.concat() {
         eprintln!("{line}");
     }
