@@ -8,6 +8,7 @@
 //! [`telemetry`] record what happened. [`store`] is the control plane's versioned store,
 //! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
 //! serves the admin API. [`cli`] is the command line, the admin API's client among it.
+//! [`mcp`] reads MCP's JSON-RPC messages and writes the answers to denied ones.
 
 pub mod admin;
 pub mod app;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod extproc;
 pub mod identity;
 pub mod live;
+pub mod mcp;
 pub mod policy;
 pub mod request;
 pub mod secrets;
