@@ -177,7 +177,16 @@ def wire_error(recorder: Recorder, start: int, method: str) -> tuple[Any, int | 
     return None, None
 
 
+def leaf(exc: BaseException) -> BaseException:
+    """The exception inside anyio's task-group wrappers: an MCPError if there is one."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = [leaf(e) for e in exc.exceptions]
+    return next((e for e in leaves if isinstance(e, MCPError)), leaves[0])
+
+
 def error_of(exc: BaseException, recorder: Recorder, start: int, method: str) -> dict[str, Any]:
+    exc = leaf(exc)
     if isinstance(exc, MCPError):
         wire_id, status = wire_error(recorder, start, method)
         return {"code": exc.code, "message": exc.message, "data": exc.data, "id": wire_id, "http_status": status}
