@@ -13,6 +13,7 @@ mod fleet;
 mod headers;
 mod identity;
 mod interception;
+mod mcp_harness;
 mod protocol;
 mod reload;
 mod secrets;
