@@ -8,18 +8,23 @@ use std::sync::Arc;
 
 use crate::admin::auth::AdminAuth;
 use crate::config::{
-    Config, ConfigErrors, FieldError, LoadedConfig, duplicate_names, load_file, parse_str,
+    Config, ConfigErrors, FieldError, LoadedConfig, McpConfig, duplicate_names, load_file,
+    parse_str,
 };
+use crate::dlp::Scanner;
 use crate::identity::{
     Identity, IdentityConfig, IdentityError, IdentityResolver, Presented, TokenSource,
 };
+use crate::mcp::{Message, MessageKind};
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
-use crate::request::OutboundRequest;
+use crate::request::Method;
+use crate::request::{OutboundRequest, RequestFacts};
 use crate::secrets::{SourceCache, SourceContext};
 use crate::store::Contents;
 use crate::transforms::{
-    Annotations, Exchange, Mutations, Outcome, Pipeline, Rejection, TraceAction, TransformTrace,
+    Annotations, Exchange, JsonRpcReply, Mutations, Outcome, Pipeline, Rejection, TraceAction,
+    TransformTrace,
 };
 
 /// What outlives snapshots: the secret value cache (a reload that keeps a source keeps its
@@ -49,6 +54,8 @@ pub struct Snapshot {
     /// Set on the stand-in snapshot served before a store was ever read: every request is
     /// refused (503) with this reason.
     pub unavailable: Option<&'static str>,
+    /// How refused MCP messages are answered.
+    pub mcp: McpConfig,
 }
 
 /// The decision for one request and who it was decided for.
@@ -98,21 +105,31 @@ impl Snapshot {
         let admin = AdminAuth::compile(&config.admin.tokens, env)
             .map_err(|e| errors.extend(e))
             .ok();
-        match (identities, pipeline, admin) {
-            (Some(identities), Some(pipeline), Some(admin)) if errors.is_empty() => Ok(Snapshot {
-                version: Arc::from(version),
-                policies: PolicySet::compile_versioned(
-                    &config.policies,
-                    policy_versions,
-                    config.default_action,
-                ),
-                identities,
-                pipeline,
-                max_body_bytes: config.gateway.max_body_bytes,
-                admin,
-                store_revision: None,
-                unavailable: None,
-            }),
+        let scanner = Scanner::compile(&config.dlp)
+            .map_err(|e| errors.extend(e.into_iter().map(|e| e.under("dlp"))))
+            .ok();
+        if let Some(scanner) = &scanner {
+            errors.extend(unknown_detectors(&config.policies, scanner));
+        }
+        match (identities, pipeline, admin, scanner) {
+            (Some(identities), Some(pipeline), Some(admin), Some(scanner)) if errors.is_empty() => {
+                Ok(Snapshot {
+                    version: Arc::from(version),
+                    policies: PolicySet::compile_versioned(
+                        &config.policies,
+                        policy_versions,
+                        config.default_action,
+                    )
+                    .with_dlp(Arc::new(scanner)),
+                    mcp: config.mcp.clone(),
+                    identities,
+                    pipeline,
+                    max_body_bytes: config.gateway.max_body_bytes,
+                    admin,
+                    store_revision: None,
+                    unavailable: None,
+                })
+            }
             _ => Err(errors),
         }
     }
@@ -231,10 +248,59 @@ impl Snapshot {
             Ok(identity) => {
                 self.pipeline.needs_body(request, &identity)
                     || self.policies_need_body(request, &identity)
+                    || self.watches_tools_list(request)
             }
             // The request is refused at the identity step: no body needed.
             Err(_) => false,
         }
+    }
+
+    /// Whether this request may be an MCP `tools/list` whose answer should be filtered: a
+    /// POST from a Streamable HTTP client (its MCP headers, or its `Accept` of both JSON and
+    /// SSE), while some policy names tools. Its body is then read, and its response watched.
+    pub fn watches_tools_list(&self, request: &OutboundRequest) -> bool {
+        self.mcp.filter_tools_list
+            && request.method == Method::Post
+            && self.policies.has_tool_conditions()
+            && self.pipeline.has_allowlist()
+            && request
+                .headers
+                .iter()
+                .any(|(name, value)| match name.as_str() {
+                    "mcp-session-id" | "mcp-protocol-version" => true,
+                    "accept" => value.windows(17).any(|w| w == b"text/event-stream"),
+                    _ => false,
+                })
+    }
+
+    /// The ids of the `tools/list` requests in an MCP body.
+    pub fn tools_list_ids(body: &[u8]) -> Vec<serde_json::Value> {
+        crate::mcp::parse_inbound(body)
+            .map(|inbound| inbound.request_ids("tools/list"))
+            .unwrap_or_default()
+    }
+
+    /// Whether a workload may call the tool `name` on this request's server with some
+    /// arguments: a `tools/call` of it is not denied when argument conditions are given the
+    /// benefit of the doubt. Tools it may not call are dropped from `tools/list` answers.
+    pub fn tool_visible(&self, request: &OutboundRequest, identity: &Identity, name: &str) -> bool {
+        let call = Message {
+            id: None,
+            kind: MessageKind::Request {
+                method: "tools/call".to_owned(),
+                params: Some(serde_json::json!({"name": name, "arguments": {}})),
+            },
+        };
+        let facts = RequestFacts {
+            message: Some(&call),
+            identity: Some(identity),
+            unknown_args: Some(true),
+            ..request.facts()
+        };
+        self.policies
+            .evaluate(&facts, &self.policies.tag_ids(&identity.tags))
+            .decision()
+            != Decision::Denied
     }
 
     /// Whether the policy engine needs the body to decide. The precomputed flag keeps this
@@ -242,9 +308,13 @@ impl Snapshot {
     fn policies_need_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
         self.policies.has_body_conditions()
             && self.pipeline.has_allowlist()
-            && self
-                .policies
-                .needs_body(&request.facts(), &self.policies.tag_ids(&identity.tags))
+            && self.policies.needs_body(
+                &RequestFacts {
+                    identity: Some(identity),
+                    ..request.facts()
+                },
+                &self.policies.tag_ids(&identity.tags),
+            )
     }
 
     /// Decides one request. `body` is the buffered body when [`Snapshot::needs_body`]
@@ -299,6 +369,32 @@ impl Snapshot {
                 },
             );
         }
+        if let Some(bytes) = body
+            && crate::mcp::looks_like_jsonrpc(bytes)
+            && let Err(error) = crate::mcp::parse_inbound(bytes)
+        {
+            // Policies on MCP messages cannot be applied to what cannot be read: refuse it
+            // as a JSON-RPC server would.
+            let mut decided = self.refused(
+                request,
+                listener_tags,
+                Rejection {
+                    status: 400,
+                    kind: "invalid_request",
+                    reason: "malformed_jsonrpc",
+                    message: format!("the JSON-RPC body is malformed: {error}"),
+                    policy: None,
+                    rule: None,
+                    transform: "mcp",
+                },
+            );
+            decided.outcome.mutations = mutations;
+            decided.outcome.jsonrpc_reply = Some(JsonRpcReply {
+                status: 400,
+                body: crate::mcp::parse_error_reply(&error),
+            });
+            return decided;
+        }
         match self.identities.resolve(&presented(request, listener_tags)) {
             Ok(identity) => {
                 let exchange = Exchange {
@@ -311,7 +407,10 @@ impl Snapshot {
                     verdict: None,
                     preview,
                 };
-                let outcome = self.pipeline.run(exchange).await;
+                let mut outcome = self.pipeline.run(exchange).await;
+                if let (Some(rejection), Some(bytes)) = (&outcome.rejection, body) {
+                    outcome.jsonrpc_reply = self.jsonrpc_refusal(request, rejection, bytes);
+                }
                 Decided {
                     identity: Ok(identity),
                     outcome,
@@ -345,10 +444,45 @@ impl Snapshot {
                                 ..Annotations::default()
                             },
                         }],
+                        jsonrpc_reply: None,
                     },
                 }
             }
         }
+    }
+
+    /// The JSON-RPC answer to a refused MCP message: HTTP 200 with an error per message
+    /// that has an id, as an MCP server answers a call it refuses; `None` for a body that
+    /// is not JSON-RPC, a refusal that is not a policy's, or a batch of notifications only
+    /// (which get the plain 403).
+    fn jsonrpc_refusal(
+        &self,
+        request: &OutboundRequest,
+        rejection: &Rejection,
+        body: &[u8],
+    ) -> Option<JsonRpcReply> {
+        if rejection.kind != "policy_denied" || !crate::mcp::looks_like_jsonrpc(body) {
+            return None;
+        }
+        let inbound = crate::mcp::parse_inbound(body).ok()?;
+        let data = serde_json::json!({
+            "type": rejection.kind,
+            "reason": rejection.reason,
+            "message": rejection.message,
+            "policy": rejection.policy.as_deref(),
+            "transform": rejection.transform,
+            "request_id": request.id,
+        });
+        let reply = crate::mcp::error_reply(
+            &inbound,
+            self.mcp.deny_code,
+            &self.mcp.deny_message,
+            Some(data),
+        )?;
+        Some(JsonRpcReply {
+            status: 200,
+            body: reply,
+        })
     }
 
     /// The record of a request refused before the pipeline ran (it could not be parsed):
@@ -376,9 +510,35 @@ impl Snapshot {
                         ..Annotations::default()
                     },
                 }],
+                jsonrpc_reply: None,
             },
         }
     }
+}
+
+/// `dlp:` conditions naming a detector that is neither built in nor defined under `dlp:`.
+fn unknown_detectors(
+    policies: &[crate::policy::PolicyConfig],
+    scanner: &Scanner,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (p, policy) in policies.iter().enumerate() {
+        for (r, rule) in policy.rules.iter().enumerate() {
+            for (d, name) in rule.dlp.iter().enumerate() {
+                if !scanner.names().any(|known| known == name) {
+                    errors.push(FieldError::new(
+                        format!("policies[{p}].rules[{r}].dlp[{d}]"),
+                        format!(
+                            "unknown DLP detector {name:?}; detectors: {} (define others under \
+                             `dlp.custom`)",
+                            scanner.names().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    errors
 }
 
 /// Rewrites an error in a store-read definition from its list index to its name.

@@ -206,7 +206,7 @@ fn bracketed(host: &str) -> String {
 
 fn outcome(set: &PolicySet, verdict: &Verdict) -> Value {
     json!({
-        "decision": verdict.action.decision(),
+        "decision": verdict.decision(),
         "policy": verdict.decided_by.map(|r| &*set.policy(r.policy).name),
     })
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::audit::{AuditRecord, micros};
 use crate::extproc::convert::body_too_large;
+use crate::inspect::Body;
 use crate::policy::Decision;
 use crate::policy::rule::Tag;
 use crate::request::{Method, OutboundRequest, RawRequest, RequestFacts};
@@ -115,8 +116,10 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
             let ids = snapshot.policies.tag_ids(&identity.tags);
             // Every policy the body matches is listed, even one the gateway would not have
             // needed the body for because it ranks after the decider.
+            let body = Body::new(&check.body, snapshot.policies.dlp());
             let facts = RequestFacts {
-                body: Some(&check.body),
+                body: Some(&body),
+                identity: Some(identity),
                 ..request.facts()
             };
             snapshot.policies.explain(&facts, &ids)

@@ -32,6 +32,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "telemetry",
     "store",
     "admin",
+    "dlp",
+    "mcp",
 ];
 
 /// One problem in a config file.
@@ -274,6 +276,16 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "admin" => {
                 if let Some(v) = section::<super::AdminConfig>(value, &key, &mut errors) {
                     config.admin = v;
+                }
+            }
+            "dlp" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.dlp = v;
+                }
+            }
+            "mcp" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.mcp = v;
                 }
             }
             "identities" => {

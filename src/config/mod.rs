@@ -43,6 +43,35 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     /// Who may use the admin API (`/v1/`).
     pub admin: AdminConfig,
+    /// Custom DLP detectors, beside the built-in ones.
+    pub dlp: crate::dlp::DlpConfig,
+    /// How denied MCP messages are answered.
+    pub mcp: McpConfig,
+}
+
+/// `mcp:` — how Portcullis answers MCP (JSON-RPC over Streamable HTTP) messages it
+/// refuses. A denied `tools/call` is answered with HTTP 200 and a JSON-RPC error carrying
+/// the request's id, which agents surface as a failed tool call instead of a transport
+/// failure.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// The JSON-RPC error code of a denied message. Default -32001.
+    pub deny_code: i64,
+    /// The error message; the policy's own `message`, when it has one, goes in `data`.
+    pub deny_message: String,
+    /// Remove the tools a workload may not call from `tools/list` answers. Default true.
+    pub filter_tools_list: bool,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            deny_code: -32001,
+            deny_message: "denied by policy".to_owned(),
+            filter_tools_list: true,
+        }
+    }
 }
 
 impl Config {

@@ -21,7 +21,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::policy::rule::Tag;
 use crate::request::{OutboundRequest, RawRequest, RequestError};
-use crate::transforms::{Mutations, Outcome, Rejection};
+use crate::transforms::{JsonRpcReply, Mutations, Outcome, Rejection};
 
 /// The key Envoy files `request_attributes` under.
 const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
@@ -324,8 +324,15 @@ pub fn continue_body(mutations: &Mutations) -> ProcessingResponse {
 }
 
 /// Holds the decision until the whole body is here: continue the headers unchanged and
-/// ask Envoy to buffer the body and send it; nothing else of the stream is needed.
-pub fn buffer_body() -> ProcessingResponse {
+/// ask Envoy to buffer the body and send it. With `watch_response`, the response headers
+/// and the buffered response body come too, so that a `tools/list` answer can be filtered;
+/// nothing else of the stream is needed.
+pub fn buffer_body(watch_response: bool) -> ProcessingResponse {
+    let (response_header_mode, response_body_mode) = if watch_response {
+        (HeaderSendMode::Send, BodySendMode::Buffered)
+    } else {
+        (HeaderSendMode::Skip, BodySendMode::None)
+    };
     ProcessingResponse {
         response: Some(processing_response::Response::RequestHeaders(
             HeadersResponse {
@@ -335,11 +342,73 @@ pub fn buffer_body() -> ProcessingResponse {
         mode_override: Some(ProcessingMode {
             request_header_mode: HeaderSendMode::Send as i32,
             request_body_mode: BodySendMode::Buffered as i32,
+            response_header_mode: response_header_mode as i32,
+            response_body_mode: response_body_mode as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            response_trailer_mode: HeaderSendMode::Skip as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The first value of a header in an Envoy header message, by lower-case name.
+pub fn header_text(headers: &HttpHeaders, name: &str) -> Option<String> {
+    let header = headers
+        .headers
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))?;
+    Some(if header.raw_value.is_empty() {
+        header.value.clone()
+    } else {
+        String::from_utf8_lossy(&header.raw_value).into_owned()
+    })
+}
+
+/// Answers response headers. `filtering`: the body will be rewritten, so its length is
+/// dropped (Envoy then frames it itself); otherwise the body is not wanted after all.
+pub fn continue_response_headers(filtering: bool) -> ProcessingResponse {
+    let common = if filtering {
+        CommonResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: Vec::new(),
+                remove_headers: vec!["content-length".to_owned()],
+            }),
+            ..Default::default()
+        }
+    } else {
+        CommonResponse::default()
+    };
+    ProcessingResponse {
+        response: Some(processing_response::Response::ResponseHeaders(
+            HeadersResponse {
+                response: Some(common),
+            },
+        )),
+        mode_override: (!filtering).then_some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: BodySendMode::None as i32,
             response_header_mode: HeaderSendMode::Skip as i32,
             response_body_mode: BodySendMode::None as i32,
             request_trailer_mode: HeaderSendMode::Skip as i32,
             response_trailer_mode: HeaderSendMode::Skip as i32,
         }),
+        ..Default::default()
+    }
+}
+
+/// Answers the response body: replaced by `body` when set, else unchanged.
+pub fn continue_response_body(body: Option<Vec<u8>>) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::ResponseBody(BodyResponse {
+            response: Some(CommonResponse {
+                body_mutation: body.map(|body| BodyMutation {
+                    mutation: Some(body_mutation::Mutation::Body(body)),
+                }),
+                ..Default::default()
+            }),
+        })),
         ..Default::default()
     }
 }
@@ -399,11 +468,42 @@ pub fn refuse(request_id: &str, rejection: &Rejection) -> ProcessingResponse {
     }
 }
 
+/// An MCP refusal: the JSON-RPC document the workload's MCP client reads as an error.
+fn jsonrpc_reply(
+    request_id: &str,
+    rejection: &Rejection,
+    reply: &JsonRpcReply,
+) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::ImmediateResponse(
+            ImmediateResponse {
+                status: Some(HttpStatus {
+                    code: i32::from(reply.status),
+                }),
+                headers: Some(HeaderMutation {
+                    set_headers: vec![
+                        header("content-type", b"application/json"),
+                        header("x-portcullis-request-id", request_id.as_bytes()),
+                    ],
+                    remove_headers: Vec::new(),
+                }),
+                body: reply.body.clone(),
+                grpc_status: None,
+                details: format!("portcullis_{}", rejection.reason),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
 /// The Envoy response for a decided request, answering the request headers or, when the
 /// body was buffered, the request body.
 pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> ProcessingResponse {
     match (&outcome.rejection, at_body) {
-        (Some(rejection), _) => refuse(&request.id, rejection),
+        (Some(rejection), _) => match &outcome.jsonrpc_reply {
+            Some(reply) => jsonrpc_reply(&request.id, rejection, reply),
+            None => refuse(&request.id, rejection),
+        },
         (None, false) => continue_request(&outcome.mutations),
         (None, true) => continue_body(&outcome.mutations),
     }

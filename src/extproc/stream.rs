@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::Shared;
 use super::convert::{self, ListenerContext};
 use crate::audit::{AuditRecord, micros};
+use crate::identity::Identity;
 use crate::policy::Action;
 use crate::request::OutboundRequest;
 use crate::snapshot::{Decided, Snapshot};
@@ -54,6 +55,26 @@ struct PendingBody {
     /// Time spent on it so far (the headers phase).
     spent: Duration,
     body: Vec<u8>,
+    /// Envoy was asked for the response too: the request may be an MCP `tools/list`.
+    watch_response: bool,
+}
+
+/// What the stream does with the upstream's response.
+enum ResponseWatch {
+    /// Nothing: Envoy does not send it.
+    Off,
+    /// Envoy sends the response headers, but there is nothing to filter: let it pass.
+    Pass,
+    /// A `tools/list` answer: drop the tools this workload may not call.
+    ToolsList(Box<ToolsListFilter>),
+}
+
+struct ToolsListFilter {
+    snapshot: Arc<Snapshot>,
+    request: OutboundRequest,
+    identity: Identity,
+    ids: Vec<serde_json::Value>,
+    content_type: String,
 }
 
 pub(super) struct StreamState {
@@ -61,6 +82,7 @@ pub(super) struct StreamState {
     listener: ListenerContext,
     phase: Phase,
     pending: Option<Box<PendingBody>>,
+    response: ResponseWatch,
     /// The stream's span, from the request headers on; it ends with the stream.
     trace: StreamTrace,
     _open: StreamGuard,
@@ -74,6 +96,7 @@ impl StreamState {
             listener,
             phase: Phase::AwaitingRequestHeaders,
             pending: None,
+            response: ResponseWatch::Off,
             trace: StreamTrace::default(),
             _open: open,
         }
@@ -100,10 +123,8 @@ impl StreamState {
                     response: Some(CommonResponse::default()),
                 })))
             }
-            (Phase::Forwarded, Some(Message::ResponseBody(_))) => {
-                Reply::Send(answer(Answer::ResponseBody(BodyResponse {
-                    response: Some(CommonResponse::default()),
-                })))
+            (Phase::Forwarded, Some(Message::ResponseBody(chunk))) => {
+                Reply::Send(self.on_response_body(&chunk.body, chunk.end_of_stream))
             }
             (Phase::Forwarded, Some(Message::RequestTrailers(_))) => {
                 Reply::Send(answer(Answer::RequestTrailers(TrailersResponse::default())))
@@ -111,10 +132,8 @@ impl StreamState {
             (Phase::Forwarded, Some(Message::ResponseTrailers(_))) => Reply::Send(answer(
                 Answer::ResponseTrailers(TrailersResponse::default()),
             )),
-            (Phase::Forwarded, Some(Message::ResponseHeaders(_))) => {
-                Reply::Send(answer(Answer::ResponseHeaders(HeadersResponse {
-                    response: Some(CommonResponse::default()),
-                })))
+            (Phase::Forwarded, Some(Message::ResponseHeaders(headers))) => {
+                Reply::Send(self.on_response_headers(&headers))
             }
             // Flow-control-only messages carry no phase.
             (_, None) => return Reply::Silent,
@@ -188,14 +207,16 @@ impl StreamState {
                             .finish(&snapshot, request, decided, started, Duration::ZERO, false)
                             .await;
                     }
+                    let watch_response = snapshot.watches_tools_list(&request);
                     self.pending = Some(Box::new(PendingBody {
                         request,
                         snapshot,
                         spent: started.elapsed(),
                         body: Vec::new(),
+                        watch_response,
                     }));
                     self.phase = Phase::AwaitingBody;
-                    return Reply::Send(convert::buffer_body());
+                    return Reply::Send(convert::buffer_body(watch_response));
                 }
                 // A request without a body has an empty one, for transforms that sign it
                 // and body conditions; a body nothing needs streams through unseen.
@@ -259,12 +280,68 @@ impl StreamState {
             snapshot,
             spent,
             body,
+            watch_response,
         } = *pending;
         let decided = snapshot
             .decide(&request, &self.listener.tags, Some(&body))
             .await;
+        if watch_response {
+            self.response = ResponseWatch::Pass;
+            if let (None, Ok(identity)) = (&decided.outcome.rejection, &decided.identity) {
+                let ids = Snapshot::tools_list_ids(&body);
+                if !ids.is_empty() {
+                    self.response = ResponseWatch::ToolsList(Box::new(ToolsListFilter {
+                        snapshot: snapshot.clone(),
+                        request: request.clone(),
+                        identity: identity.clone(),
+                        ids,
+                        content_type: String::new(),
+                    }));
+                }
+            }
+        }
         self.finish(&snapshot, request, decided, started, spent, true)
             .await
+    }
+
+    /// Response headers: kept for a `tools/list` answer (its body is coming, buffered),
+    /// otherwise passed, and the body Portcullis asked for is declined.
+    fn on_response_headers(&mut self, headers: &HttpHeaders) -> ProcessingResponse {
+        match &mut self.response {
+            ResponseWatch::ToolsList(filter) => {
+                filter.content_type =
+                    convert::header_text(headers, "content-type").unwrap_or_default();
+                convert::continue_response_headers(true)
+            }
+            ResponseWatch::Pass => convert::continue_response_headers(false),
+            ResponseWatch::Off => answer(Answer::ResponseHeaders(HeadersResponse {
+                response: Some(CommonResponse::default()),
+            })),
+        }
+    }
+
+    /// The buffered answer to a `tools/list`: rewritten without the tools this workload
+    /// may not call. Anything else passes unchanged.
+    fn on_response_body(&mut self, body: &[u8], end_of_stream: bool) -> ProcessingResponse {
+        let ResponseWatch::ToolsList(filter) = &self.response else {
+            return convert::continue_response_body(None);
+        };
+        if !end_of_stream {
+            // Only a buffered body is filtered whole; a streamed one is not ours to cut.
+            return convert::continue_response_body(None);
+        }
+        let visible = |tool: &str| {
+            filter
+                .snapshot
+                .tool_visible(&filter.request, &filter.identity, tool)
+        };
+        let rewritten =
+            crate::mcp::filter_tools_list(body, &filter.content_type, &filter.ids, &visible);
+        if rewritten.is_some() {
+            tracing::debug!(request_id = %filter.request.id, "tools/list answer filtered");
+        }
+        self.response = ResponseWatch::Pass;
+        convert::continue_response_body(rewritten)
     }
 
     /// Answers Envoy, records the decision, writes the audit line.

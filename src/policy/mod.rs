@@ -8,6 +8,8 @@
 //! is only checked when the body could change the decision ([`PolicySet::needs_body`]).
 
 pub mod body;
+pub mod cel;
+pub mod conditions;
 pub mod index;
 mod model;
 pub mod rule;

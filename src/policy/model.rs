@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::cel::CelExpr;
 use super::rule::{RuleConfig, Tag};
 use crate::config::FieldError;
 
@@ -38,6 +39,11 @@ pub struct PolicyConfig {
     pub message: Option<String>,
     /// Rules OR-combine: the policy matches a request that matches any rule.
     pub rules: Vec<RuleConfig>,
+    /// `gated` policies only: the CEL expression a matching request must satisfy to be
+    /// allowed; when it does not hold the request is denied, with the expression in the
+    /// reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<CelExpr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -86,13 +92,13 @@ impl Action {
         }
     }
 
-    /// The decision this action produces when it decides a request.
+    /// The decision this action produces when it decides a request; a gated policy's
+    /// depends on its condition ([`super::Verdict::decision`]).
     pub fn decision(self) -> Decision {
         match self {
             Action::Allow => Decision::Allowed,
             Action::Flag => Decision::Flagged,
-            // A gated policy allows only when its condition holds; without a way to check
-            // one it fails closed.
+            // Without the outcome of its condition, a gated policy fails closed.
             Action::Deny | Action::Gated => Decision::Denied,
         }
     }
@@ -177,13 +183,20 @@ pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
             "a policy needs at least one rule (use `host: \"*\"` to match every request)",
         ));
     }
-    if policy.action == Action::Gated {
-        errors.push(FieldError::new(
-            "action",
-            "`gated` allows a request only when a gate condition holds, and this version \
-             of portcullis has no gate conditions yet: use `allow` or `deny` (with a rule \
-             `body` condition where the content matters)",
-        ));
+    match (policy.action, &policy.condition) {
+        (Action::Gated, None) => errors.push(FieldError::new(
+            "condition",
+            "a `gated` policy needs a `condition`: the CEL expression a matching request must \
+             satisfy to be allowed (e.g. `request.args.channel_id == \"C_GENERAL\"`)",
+        )),
+        (action, Some(_)) if action != Action::Gated => errors.push(FieldError::new(
+            "condition",
+            format!(
+                "only `gated` policies take a `condition`; for an `{action}` policy put the \
+                 expression in a rule's `cel`"
+            ),
+        )),
+        _ => {}
     }
     errors
 }

@@ -1,6 +1,6 @@
 //! The request-rule vocabulary shared by policies and transform scopes: host patterns,
-//! path globs, method sets, the body condition (policy rules only), and the compiled
-//! [`Rule`] that matches a request against them.
+//! path globs, method sets, the conditions of policy rules ([`super::conditions`]), and
+//! the compiled [`Rule`] that matches a request against them.
 //!
 //! Every user-written pattern is parsed at deserialization time (`TryFrom<String>`), so an
 //! invalid glob or CIDR is reported with the field path it came from, and keeps its original
@@ -16,7 +16,10 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::body::{BodyCondition, BodyMatcher};
+use super::body::BodyCondition;
+use super::cel::CelExpr;
+use super::conditions::{ConditionSources, Conditions, HeaderCondition, ToolPattern};
+use crate::inspect::ActionType;
 use crate::request::{Method, RequestFacts};
 
 /// One request rule as written in the config: `host`, optional `paths`, `methods` and
@@ -38,6 +41,76 @@ pub struct RuleConfig {
     /// `contains` (ASCII case-insensitive) or matches one of `regex`. Policy rules only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<BodyCondition>,
+    /// Header matchers; every one must hold. Policy rules only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderCondition>,
+    /// The request is one of these action types (`chat_completion`, `embedding`,
+    /// `tool_call`, `mcp_request`, `http_request`). Policy rules only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub action_types: Vec<ActionType>,
+    /// Like `body`, over the prompt content of a chat body (messages, system prompt, tool
+    /// results) instead of the raw bytes. Policy rules only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<BodyCondition>,
+    /// MCP `tools/call` tool name globs (`send_*`): the request calls one of them.
+    /// Policy rules only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub tools: Vec<ToolPattern>,
+    /// DLP detectors (`aws_secret_key`, a custom one, …): one of them finds something in
+    /// the body. Policy rules only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dlp: Vec<String>,
+    /// A CEL expression over `request`, `identity` and `agent` that must hold. Policy
+    /// rules only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel: Option<CelExpr>,
+}
+
+impl RuleConfig {
+    /// A rule matching host, paths and methods only.
+    pub fn scope(host: HostPattern, paths: Vec<PathPattern>, methods: Vec<MethodName>) -> Self {
+        RuleConfig {
+            host,
+            paths,
+            methods,
+            body: None,
+            headers: Vec::new(),
+            action_types: Vec::new(),
+            prompt: None,
+            tools: Vec::new(),
+            dlp: Vec::new(),
+            cel: None,
+        }
+    }
+
+    /// The names of the conditions beyond host, paths and methods this rule sets, for
+    /// "policy rules only" errors.
+    pub fn condition_fields(&self) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if self.body.is_some() {
+            fields.push("body");
+        }
+        if !self.headers.is_empty() {
+            fields.push("headers");
+        }
+        if !self.action_types.is_empty() {
+            fields.push("action_types");
+        }
+        if self.prompt.is_some() {
+            fields.push("prompt");
+        }
+        if !self.tools.is_empty() {
+            fields.push("tools");
+        }
+        if !self.dlp.is_empty() {
+            fields.push("dlp");
+        }
+        if self.cel.is_some() {
+            fields.push("cel");
+        }
+        fields
+    }
 }
 
 /// What part of the host a [`HostPattern`] compares, as written (validated, uncompiled).
@@ -427,8 +500,8 @@ pub struct Rule {
     pub host: HostMatcher,
     pub paths: Arc<PathSet>,
     pub methods: MethodSet,
-    /// The body condition, when the rule has one.
-    pub body: Option<Arc<BodyMatcher>>,
+    /// Conditions beyond host, paths and methods, when the rule has any.
+    pub conditions: Option<Arc<Conditions>>,
 }
 
 impl Rule {
@@ -444,28 +517,42 @@ impl Rule {
         self.matches_headers(req) && self.body_holds(req)
     }
 
-    /// Whether the request's host, method and path match, whatever its body.
+    /// Whether the request's host, method, path and header conditions match, whatever
+    /// its body.
     pub fn matches_headers(&self, req: &RequestFacts<'_>) -> bool {
-        self.host.matches(req) && self.methods.contains(req.method) && self.paths.matches(req.path)
+        self.host.matches(req)
+            && self.methods.contains(req.method)
+            && self.paths.matches(req.path)
+            && self
+                .conditions
+                .as_ref()
+                .is_none_or(|c| c.hold_on_headers(req))
     }
 
-    /// Whether the body condition holds (always, for a rule without one).
+    /// Whether the conditions that read the body hold (always, for a rule without any).
     fn body_holds(&self, req: &RequestFacts<'_>) -> bool {
-        match &self.body {
-            Some(condition) => condition.matches(req.body.unwrap_or_default()),
-            None => true,
-        }
+        self.conditions.as_ref().is_none_or(|c| c.hold_on_body(req))
+    }
+
+    /// Whether some condition of this rule reads the body.
+    pub fn needs_body(&self) -> bool {
+        self.conditions.as_ref().is_some_and(|c| c.needs_body())
+    }
+
+    /// Whether the rule names MCP tools.
+    pub fn has_tools(&self) -> bool {
+        self.conditions.as_ref().is_some_and(|c| c.has_tools())
     }
 
     /// Whether this rule grants an opaque CONNECT tunnel to the request's host: only a rule
-    /// that accepts every path and the CONNECT method, and has no body condition, does,
-    /// since nothing inside the tunnel can be checked against narrower paths, methods or
-    /// body content.
+    /// that accepts every path and the CONNECT method, and has no other condition, does,
+    /// since nothing inside the tunnel can be checked against narrower paths, methods,
+    /// headers or content.
     pub fn grants_tunnel(&self, req: &RequestFacts<'_>) -> bool {
         self.host.matches(req)
             && self.methods.contains(Method::Connect)
             && self.paths.is_any()
-            && self.body.is_none()
+            && self.conditions.is_none()
     }
 
     /// Whether this rule, as a restriction, touches a CONNECT tunnel to the request's host:
@@ -476,12 +563,12 @@ impl Rule {
     }
 
     /// Whether this rule covers every request a tunnel to the request's host could carry:
-    /// any path, any method, any body.
+    /// any path, any method, any header or content.
     pub fn covers_tunnel(&self, req: &RequestFacts<'_>) -> bool {
         self.host.matches(req)
             && self.methods == MethodSet::ALL
             && self.paths.is_any()
-            && self.body.is_none()
+            && self.conditions.is_none()
     }
 }
 
@@ -523,7 +610,16 @@ impl RuleCompiler {
             },
             paths,
             methods: MethodSet::from_names(&config.methods),
-            body: config.body.as_ref().map(|body| body.matcher().clone()),
+            conditions: Conditions::compile(ConditionSources {
+                headers: &config.headers,
+                action_types: &config.action_types,
+                body: config.body.as_ref(),
+                prompt: config.prompt.as_ref(),
+                tools: &config.tools,
+                dlp: &config.dlp,
+                cel: config.cel.as_ref(),
+            })
+            .map(Arc::new),
         }
     }
 }

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use super::cel::CelExpr;
 use super::index::{Indexed, Key, Next, RuleIndex, WorkloadTagIds};
+use super::model::Decision;
 use super::model::{Action, DefaultAction, PolicyConfig, PolicyStatus};
 use super::rule::{Rule, RuleCompiler, Tag};
+use crate::dlp::Scanner;
 use crate::request::RequestFacts;
 
 /// Index of a policy in config order.
@@ -23,9 +26,17 @@ pub struct CompiledPolicy {
     pub match_tags: Vec<Tag>,
     pub message: Option<Arc<str>>,
     pub rules: Box<[Rule]>,
+    /// A gated policy's condition.
+    pub condition: Option<CelExpr>,
 }
 
 impl CompiledPolicy {
+    /// Whether deciding a request with `rule` takes its body: a condition of the rule, or
+    /// the gate condition, reads it.
+    fn rule_needs_body(&self, rule: &Rule) -> bool {
+        rule.needs_body() || self.condition.as_ref().is_some_and(CelExpr::reads_body)
+    }
+
     /// Whether `rule` of this policy matches the request. For an opaque CONNECT, a
     /// granting action needs a rule that covers the whole tunnel (every path, CONNECT, no
     /// body condition), while a deny applies to any rule naming the host (what the tunnel
@@ -34,6 +45,15 @@ impl CompiledPolicy {
     /// host opens the tunnel, and only a deny covering every path, method and body keeps
     /// it shut.
     fn rule_matches(&self, rule: &Rule, req: &RequestFacts<'_>) -> bool {
+        if req.unknown_args.is_some() {
+            // Could some call allow? Assume unknown arguments satisfy granting rules and
+            // escape deny rules.
+            let assumed = RequestFacts {
+                unknown_args: Some(self.action != Action::Deny),
+                ..*req
+            };
+            return rule.matches(&assumed);
+        }
         if req.is_connect() {
             match (req.intercepted, self.action) {
                 (false, Action::Deny) => rule.touches_tunnel(req),
@@ -63,6 +83,19 @@ pub struct Verdict {
     pub decided_by: Option<RuleRef>,
     /// A dry-run (`warn`) policy that would have decided the request ahead of `decided_by`.
     pub dry_run: Option<RuleRef>,
+    /// For a gated decider: whether its condition held.
+    pub gate: Option<bool>,
+}
+
+impl Verdict {
+    /// What the verdict means for the request: a gated policy allows only when its
+    /// condition held.
+    pub fn decision(&self) -> Decision {
+        match (self.action, self.gate) {
+            (Action::Gated, Some(true)) => Decision::Allowed,
+            (action, _) => action.decision(),
+        }
+    }
 }
 
 /// One matching policy, for explanations (`check`, playground).
@@ -96,6 +129,11 @@ pub struct PolicySet {
     /// Some active policy has a rule with a body condition: only then can a request need
     /// its body for the decision.
     body_conditions: bool,
+    /// The DLP detectors `dlp:` conditions name.
+    dlp: Option<Arc<Scanner>>,
+    /// Some active policy has a rule naming MCP tools: only then is a `tools/list` answer
+    /// worth filtering.
+    tool_conditions: bool,
 }
 
 impl PolicySet {
@@ -126,6 +164,7 @@ impl PolicySet {
                 match_tags: config.match_tags.clone(),
                 message: config.message.as_deref().map(Arc::from),
                 rules: config.rules.iter().map(|r| rules.compile(r)).collect(),
+                condition: config.condition.clone(),
             })
             .collect();
         let items: Vec<Indexed<'_>> = policies
@@ -139,15 +178,31 @@ impl PolicySet {
             })
             .collect();
         let index = RuleIndex::build(&items);
-        let body_conditions = policies
+        let body_conditions = policies.iter().any(|p| {
+            p.status == PolicyStatus::Active && p.rules.iter().any(|r| p.rule_needs_body(r))
+        });
+        let tool_conditions = policies
             .iter()
-            .any(|p| p.status == PolicyStatus::Active && p.rules.iter().any(|r| r.body.is_some()));
+            .any(|p| p.status == PolicyStatus::Active && p.rules.iter().any(Rule::has_tools));
         PolicySet {
             policies,
             index,
             default_action,
             body_conditions,
+            dlp: None,
+            tool_conditions,
         }
+    }
+
+    /// The set with the DLP detectors its `dlp:` conditions use.
+    pub fn with_dlp(mut self, scanner: Arc<Scanner>) -> PolicySet {
+        self.dlp = Some(scanner);
+        self
+    }
+
+    /// The DLP detectors, when the set was given them.
+    pub fn dlp(&self) -> Option<&Scanner> {
+        self.dlp.as_deref()
     }
 
     pub fn policies(&self) -> &[CompiledPolicy] {
@@ -193,6 +248,11 @@ impl PolicySet {
         })
     }
 
+    /// Whether some active policy has a rule naming MCP tools.
+    pub fn has_tool_conditions(&self) -> bool {
+        self.tool_conditions
+    }
+
     /// Whether some active policy has a rule with a body condition.
     pub fn has_body_conditions(&self) -> bool {
         self.body_conditions
@@ -221,7 +281,7 @@ impl PolicySet {
             if !rule.matches_headers(req) {
                 return Next::Continue;
             }
-            if rule.body.is_some() {
+            if policy.rule_needs_body(rule) {
                 first_body = Some(key);
                 Next::SkipBucket
             } else if policy.warn {
@@ -261,15 +321,23 @@ impl PolicySet {
             _ => None,
         };
         match best.enforced {
-            Some(key) => Verdict {
-                action: self.policies[key.item as usize].action,
-                decided_by: Some(rule_ref(key)),
-                dry_run,
-            },
+            Some(key) => {
+                let policy = &self.policies[key.item as usize];
+                Verdict {
+                    action: policy.action,
+                    decided_by: Some(rule_ref(key)),
+                    dry_run,
+                    gate: policy.condition.as_ref().map(|c| match req.unknown_args {
+                        Some(_) if c.reads_body() => true,
+                        _ => c.holds(req),
+                    }),
+                }
+            }
             None => Verdict {
                 action: self.default_action.action(),
                 decided_by: None,
                 dry_run,
+                gate: None,
             },
         }
     }

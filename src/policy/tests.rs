@@ -6,6 +6,7 @@ use super::rule::{HostPattern, MethodName, PathPattern, RuleConfig, Tag};
 use super::*;
 use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
+use crate::inspect::Body;
 use crate::request::RequestFacts;
 
 fn policy_set(yaml: &str) -> PolicySet {
@@ -40,8 +41,9 @@ fn decide_with_body(
     })
     .unwrap();
     let ids = set.tag_ids(&tags(workload));
+    let body = body.map(|b| Body::new(b, None));
     let facts = RequestFacts {
-        body,
+        body: body.as_ref(),
         ..request.facts()
     };
     let verdict = set.evaluate(&facts, &ids);
@@ -406,13 +408,13 @@ fn naive_rule(rule: &RuleConfig, action: Action, req: &crate::request::RequestFa
             _ => {
                 any_path
                     && (any_method || method_names.iter().any(|m| m == "CONNECT"))
-                    && rule.body.is_none()
+                    && rule.condition_fields().is_empty()
             }
         };
     }
     let method_ok = any_method || method_names.iter().any(|m| m == req.method.as_str());
     let path_ok = any_path || rule.paths.iter().any(|p| wildcard(p.as_str(), req.path));
-    method_ok && path_ok && naive_body(rule, req.body.unwrap_or_default())
+    method_ok && path_ok && naive_body(rule, req.body.map(Body::bytes).unwrap_or_default())
 }
 
 /// The body condition as the docs word it: any substring, ignoring ASCII case, or any
@@ -521,16 +523,18 @@ fn rule_strategy() -> impl Strategy<Value = RuleConfig> {
         prop::option::weighted(0.3, prop::sample::select(BODY_CONDITION_POOL)),
     )
         .prop_map(|(host, paths, methods, body)| RuleConfig {
-            host: HostPattern::try_from(host.to_owned()).unwrap(),
-            paths: paths
-                .iter()
-                .map(|p| PathPattern::try_from((*p).to_owned()).unwrap())
-                .collect(),
-            methods: methods
-                .iter()
-                .map(|m| MethodName::try_from((*m).to_owned()).unwrap())
-                .collect(),
             body: body.map(body_condition),
+            ..RuleConfig::scope(
+                HostPattern::try_from(host.to_owned()).unwrap(),
+                paths
+                    .iter()
+                    .map(|p| PathPattern::try_from((*p).to_owned()).unwrap())
+                    .collect(),
+                methods
+                    .iter()
+                    .map(|m| MethodName::try_from((*m).to_owned()).unwrap())
+                    .collect(),
+            )
         })
 }
 
@@ -561,6 +565,7 @@ fn policy_strategy() -> impl Strategy<Value = PolicyConfig> {
                 description: None,
                 message: None,
                 rules,
+                condition: None,
             },
         )
 }
@@ -616,7 +621,8 @@ proptest! {
         for (line, workload, body) in requests {
             let request = build_request(&CheckRequest { request_line: line.into(), ..CheckRequest::default() }).unwrap();
             let headers_only = request.facts();
-            let facts = RequestFacts { body: body.map(str::as_bytes), ..headers_only };
+            let body = body.map(|b| Body::new(b.as_bytes(), None));
+            let facts = RequestFacts { body: body.as_ref(), ..headers_only };
             let workload = tags(&workload);
             let want = naive_decide(&policies, default, &facts, &workload);
             prop_assert_eq!(verdict_of(&facts, &workload), want, "request {} tags {:?} body {:?}", line, workload, body);
@@ -788,8 +794,9 @@ fn explain_takes_the_body_into_account() {
     })
     .unwrap();
     let explain = |body: &[u8]| -> Vec<String> {
+        let body = Body::new(body, None);
         let facts = RequestFacts {
-            body: Some(body),
+            body: Some(&body),
             ..request.facts()
         };
         set.explain(&facts, &set.tag_ids(&[]))

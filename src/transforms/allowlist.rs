@@ -1,18 +1,29 @@
 //! The `allowlist` transform: the policy engine's verdict, as a pipeline step.
 
 use super::{Annotations, DryRun, Exchange, Rejection, Step};
-use crate::policy::{Decision, Verdict};
+use crate::inspect::Body;
+use crate::mcp::{Inbound, Message};
+use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::RequestFacts;
 
 pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
+    let body = exchange
+        .body
+        .map(|bytes| Body::new(bytes, exchange.policies.dlp()));
     let facts = RequestFacts {
-        body: exchange.body,
+        body: body.as_ref(),
+        identity: Some(exchange.identity),
         ..exchange.request.facts()
     };
-    let verdict = exchange.policies.evaluate(&facts, &exchange.tag_ids);
+    let verdict = match body.as_ref().and_then(Body::mcp) {
+        Some(Ok(Inbound::Batch(messages))) if !messages.is_empty() => {
+            batch_verdict(exchange.policies, &facts, messages, &exchange.tag_ids)
+        }
+        _ => exchange.policies.evaluate(&facts, &exchange.tag_ids),
+    };
     exchange.verdict = Some(verdict);
     let annotations = annotate(exchange, &verdict);
-    if verdict.action.decision() != Decision::Denied {
+    if verdict.decision() != Decision::Denied {
         return Step::Continue(annotations);
     }
     let request = exchange.request;
@@ -22,6 +33,25 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
         format!("{} {}{}", request.method_name, request.host, request.path)
     };
     let rejection = match verdict.decided_by {
+        Some(rule) if verdict.action == Action::Gated => {
+            let policy = exchange.policies.policy(rule.policy);
+            let condition = policy.condition.as_ref().map_or("", |c| c.as_str());
+            Rejection {
+                status: 403,
+                kind: "policy_denied",
+                reason: "gate_condition_failed",
+                message: match &policy.message {
+                    Some(message) => message.to_string(),
+                    None => format!(
+                        "{target} is gated by policy {:?}: condition `{condition}` does not hold",
+                        &*policy.name
+                    ),
+                },
+                policy: Some(policy.name.clone()),
+                rule: Some(rule.rule),
+                transform: "allowlist",
+            }
+        }
         Some(rule) => {
             let policy = exchange.policies.policy(rule.policy);
             Rejection {
@@ -50,6 +80,35 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
     Step::Reject(rejection, annotations)
 }
 
+/// A JSON-RPC batch is decided message by message and refused whole when any message is
+/// denied: the verdict is the first denying one, else a flagging one, else the first.
+fn batch_verdict(
+    policies: &PolicySet,
+    facts: &RequestFacts<'_>,
+    messages: &[Message],
+    tags: &WorkloadTagIds,
+) -> Verdict {
+    let mut chosen: Option<Verdict> = None;
+    for message in messages {
+        let verdict = policies.evaluate(
+            &RequestFacts {
+                message: Some(message),
+                ..*facts
+            },
+            tags,
+        );
+        match verdict.decision() {
+            Decision::Denied => return verdict,
+            Decision::Flagged if chosen.is_none_or(|c| c.decision() != Decision::Flagged) => {
+                chosen = Some(verdict);
+            }
+            _ if chosen.is_none() => chosen = Some(verdict),
+            _ => {}
+        }
+    }
+    chosen.unwrap_or_else(|| policies.evaluate(facts, tags))
+}
+
 fn annotate(exchange: &Exchange<'_>, verdict: &Verdict) -> Annotations {
     let policies = exchange.policies;
     let (policy, rule, reason) = match verdict.decided_by {
@@ -60,8 +119,13 @@ fn annotate(exchange: &Exchange<'_>, verdict: &Verdict) -> Annotations {
         ),
         None => (None, None, Some("no_matching_policy")),
     };
+    let reason = match verdict.gate {
+        Some(true) => Some("gate_condition_held"),
+        Some(false) => Some("gate_condition_failed"),
+        None => reason,
+    };
     Annotations {
-        decision: Some(verdict.action.decision()),
+        decision: Some(verdict.decision()),
         policy,
         rule,
         reason,

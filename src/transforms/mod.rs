@@ -167,18 +167,19 @@ impl TransformEntry {
     }
 }
 
-/// Errors for rules that carry a body condition where only policy rules may; `reason`
-/// says what those rules match instead. Paths are `rules[N].body`.
+/// Errors for rules that carry conditions (body, headers, cel, …) where only policy
+/// rules may; `reason` says what those rules match instead. Paths are `rules[N].<field>`.
 pub(crate) fn body_conditions_unsupported(rules: &[RuleConfig], reason: &str) -> Vec<FieldError> {
     rules
         .iter()
         .enumerate()
-        .filter(|(_, rule)| rule.body.is_some())
-        .map(|(i, _)| {
-            FieldError::new(
-                format!("rules[{i}].body"),
-                format!("body conditions apply to policy rules only; {reason}"),
-            )
+        .flat_map(|(i, rule)| {
+            rule.condition_fields().into_iter().map(move |field| {
+                FieldError::new(
+                    format!("rules[{i}].{field}"),
+                    format!("`{field}` conditions apply to policy rules only; {reason}"),
+                )
+            })
         })
         .collect()
 }
@@ -331,6 +332,16 @@ pub struct Outcome {
     pub rejection: Option<Rejection>,
     pub mutations: Mutations,
     pub trace: Vec<TransformTrace>,
+    /// The answer to a refused MCP message: a JSON-RPC error the agent's MCP client
+    /// understands, instead of the JSON error body.
+    pub jsonrpc_reply: Option<JsonRpcReply>,
+}
+
+/// An HTTP answer carrying a JSON-RPC document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonRpcReply {
+    pub status: u16,
+    pub body: Vec<u8>,
 }
 
 /// Everything a transform may look at.
@@ -554,6 +565,7 @@ impl Pipeline {
             rejection,
             mutations: exchange.mutations,
             trace,
+            jsonrpc_reply: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod agents;
 mod bodies;
 mod cli;
 mod cli_api;

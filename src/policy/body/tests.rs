@@ -141,12 +141,12 @@ transforms:
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
         errors.iter().any(|e| e
-            .starts_with("secrets[0].rules[1].body: body conditions apply to policy rules only")),
+            .starts_with("secrets[0].rules[1].body: `body` conditions apply to policy rules only")),
         "{errors:?}"
     );
     assert!(
         errors.iter().any(|e| e.starts_with(
-            "transforms[2].rules[0].body: body conditions apply to policy rules only"
+            "transforms[2].rules[0].body: `body` conditions apply to policy rules only"
         )),
         "{errors:?}"
     );

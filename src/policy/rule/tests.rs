@@ -4,12 +4,18 @@ use crate::request::parse_authority;
 fn facts<'a>(method: Method, host: &'a str, port: u16, path: &'a str) -> RequestFacts<'a> {
     RequestFacts {
         method,
+        method_name: method.as_str(),
+        scheme: "https",
         host,
         port,
         ip: host.parse().ok(),
         path,
+        headers: &[],
         intercepted: false,
         body: None,
+        message: None,
+        identity: None,
+        unknown_args: None,
     }
 }
 
@@ -69,14 +75,9 @@ fn host_semantics_table() {
         let port = authority.port.unwrap_or(*default_port);
         let req = facts(Method::Get, &authority.host, port, "/");
         assert_eq!(
-            Rule::compile(&RuleConfig {
-                host: host(pattern),
-                paths: vec![],
-                methods: vec![],
-                body: None,
-            })
-            .host
-            .matches(&req),
+            Rule::compile(&RuleConfig::scope(host(pattern), vec![], vec![]))
+                .host
+                .matches(&req),
             *want,
             "host {pattern:?} vs {authority:?} (port {port})"
         );

@@ -1,0 +1,478 @@
+//! CEL expressions in policies: a rule's `cel:` condition and a gated policy's `condition:`.
+//!
+//! An expression sees three variables:
+//! - `request`: `method`, `scheme`, `host`, `port`, `path`, `headers` (lower-case name →
+//!   first value), `action_type`, `body` (the JSON document, or the text, or null),
+//!   `tool` and `args` (the MCP `tools/call` name and arguments; `""` and `{}` otherwise);
+//! - `identity`: `name`, `kind`, `tags` (a list), `labels` (`key:value` tags as a map),
+//!   `spiffe_id`;
+//! - `agent`: `slug` (the value of the `agent:` tag), `name`, `tags`.
+//!
+//! Expressions are parsed when the policy is read and checked against a request of every
+//! shape, so an undeclared variable, a misspelt field of `identity`, a type error or a
+//! non-boolean result is a config error with its position, not a surprise at request time.
+//! At request time an expression that fails to evaluate (a missing `args` key, say) does
+//! not hold — fail closed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use cel::objects::Key;
+use cel::{Context, ExecutionError, Program, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::request::RequestFacts;
+
+/// A compiled expression that keeps its source.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CelExpr {
+    source: Arc<str>,
+    program: Arc<Program>,
+    /// It mentions `request.body`, `request.args`, `request.tool` or
+    /// `request.action_type`, which take the body.
+    reads_body: bool,
+}
+
+impl fmt::Debug for CelExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CelExpr").field(&self.source).finish()
+    }
+}
+
+impl PartialEq for CelExpr {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl From<CelExpr> for String {
+    fn from(expr: CelExpr) -> String {
+        expr.source.to_string()
+    }
+}
+
+impl fmt::Display for CelExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl utoipa::PartialSchema for CelExpr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A CEL expression over `request`, `identity` and `agent` giving a boolean.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CelExpr {}
+
+const VARIABLES: &[&str] = &["request", "identity", "agent"];
+const BODY_FIELDS: &[&str] = &["body", "args", "tool", "action_type"];
+
+impl TryFrom<String> for CelExpr {
+    type Error = String;
+
+    fn try_from(source: String) -> Result<Self, String> {
+        if source.trim().is_empty() {
+            return Err("a CEL expression must not be empty".into());
+        }
+        let program = Program::compile(&source).map_err(|e| {
+            format!(
+                "CEL expression {source:?} does not parse: {}",
+                one_line(&e.to_string())
+            )
+        })?;
+        let code = code_only(&source);
+        let references = program.references();
+        if let Some(unknown) = references
+            .variables()
+            .into_iter()
+            .find(|v| !VARIABLES.contains(v) && !is_bound_in(&code, v))
+        {
+            return Err(format!(
+                "CEL expression {source:?} uses an undeclared variable `{unknown}` (expressions \
+                 see `request`, `identity` and `agent`)"
+            ));
+        }
+        if let Some(problem) = unknown_field(&code) {
+            return Err(format!("CEL expression {source:?}: {problem}"));
+        }
+        let expr = CelExpr {
+            reads_body: identifiers(&code).any(|word| BODY_FIELDS.contains(&word)),
+            source: Arc::from(source.as_str()),
+            program: Arc::new(program),
+        };
+        expr.check()?;
+        Ok(expr)
+    }
+}
+
+impl CelExpr {
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+
+    /// Whether the expression holds for this request. Errors do not hold.
+    pub fn holds(&self, req: &RequestFacts<'_>) -> bool {
+        matches!(self.evaluate(req), Ok(Value::Bool(true)))
+    }
+
+    /// The expression's value for this request, for explanations.
+    pub fn evaluate(&self, req: &RequestFacts<'_>) -> Result<Value, ExecutionError> {
+        let mut context = Context::default();
+        for (name, value) in variables(req) {
+            context.add_variable_from_value(name, value);
+        }
+        self.program.execute(&context)
+    }
+
+    /// Runs the expression against requests of every shape the gateway produces: a
+    /// misspelt field or a type error fails on one of them, while a missing key in the
+    /// free-form `args`, `body` or `headers` is left to request time.
+    fn check(&self) -> Result<(), String> {
+        for shape in Shape::ALL {
+            let mut context = Context::default();
+            for (name, value) in shape.variables() {
+                context.add_variable_from_value(name, value);
+            }
+            match self.program.execute(&context) {
+                Ok(Value::Bool(_)) => {}
+                Ok(other) => {
+                    return Err(format!(
+                        "CEL expression {:?} must give a boolean, it gives {}",
+                        &*self.source,
+                        type_name(&other)
+                    ));
+                }
+                // Fields are checked above; a missing key is one of `args`, `body`,
+                // `headers` or `labels`, which vary per request.
+                Err(ExecutionError::NoSuchKey(_)) => {}
+                Err(error) => {
+                    return Err(format!(
+                        "CEL expression {:?} is not valid for a request: {}",
+                        &*self.source,
+                        one_line(&error.to_string())
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sample requests for [`CelExpr::check`]: an MCP tool call with arguments and a JSON
+/// body, and a bare request with neither.
+#[derive(Clone, Copy)]
+enum Shape {
+    ToolCall,
+    Bare,
+}
+
+impl Shape {
+    const ALL: [Shape; 2] = [Shape::ToolCall, Shape::Bare];
+
+    fn variables(self) -> Vec<(&'static str, Value)> {
+        let identity = Identity {
+            kind: crate::identity::IdentityKind::Token,
+            name: Some(Arc::from("check")),
+            spiffe_id: None,
+            tags: vec![
+                crate::policy::rule::Tag::parse("agent:check")
+                    .unwrap_or_else(|_| unreachable!("a fixed, valid tag")),
+            ],
+        };
+        let (body, tool, args) = match self {
+            Shape::ToolCall => (
+                serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}),
+                "check",
+                serde_json::json!({}),
+            ),
+            // An empty document rather than null: field lookups on a body are the point
+            // of `request.body`, and a body that is not JSON fails them at request time.
+            Shape::Bare => (serde_json::json!({}), "", serde_json::json!({})),
+        };
+        let request = RequestValues {
+            method: "POST",
+            scheme: "https",
+            host: "example.com",
+            port: 443,
+            path: "/",
+            headers: HashMap::new(),
+            action_type: "http_request",
+            body: json_to_cel(&body),
+            tool,
+            args: json_to_cel(&args),
+        };
+        vec![
+            ("request", request.into_value()),
+            ("identity", identity_value(Some(&identity))),
+            ("agent", agent_value(Some(&identity))),
+        ]
+    }
+}
+
+/// The request fields an expression sees.
+struct RequestValues<'a> {
+    method: &'a str,
+    scheme: &'a str,
+    host: &'a str,
+    port: u16,
+    path: &'a str,
+    headers: HashMap<Key, Value>,
+    action_type: &'a str,
+    body: Value,
+    tool: &'a str,
+    args: Value,
+}
+
+impl RequestValues<'_> {
+    fn into_value(self) -> Value {
+        let mut map: HashMap<Key, Value> = HashMap::new();
+        map.insert(key("method"), string(self.method));
+        map.insert(key("scheme"), string(self.scheme));
+        map.insert(key("host"), string(self.host));
+        map.insert(key("port"), Value::Int(i64::from(self.port)));
+        map.insert(key("path"), string(self.path));
+        map.insert(key("headers"), Value::Map(self.headers.into()));
+        map.insert(key("action_type"), string(self.action_type));
+        map.insert(key("body"), self.body);
+        map.insert(key("tool"), string(self.tool));
+        map.insert(key("args"), self.args);
+        Value::Map(map.into())
+    }
+}
+
+fn variables(req: &RequestFacts<'_>) -> Vec<(&'static str, Value)> {
+    let mut headers: HashMap<Key, Value> = HashMap::new();
+    for (name, value) in req.headers {
+        if name.starts_with(':') {
+            continue;
+        }
+        headers
+            .entry(key(name))
+            .or_insert_with(|| string(&String::from_utf8_lossy(value)));
+    }
+    let body = match req.body {
+        Some(body) => match body.json() {
+            Some(json) => json_to_cel(json),
+            None if body.bytes().is_empty() => Value::Null,
+            None => string(&String::from_utf8_lossy(body.bytes())),
+        },
+        None => Value::Null,
+    };
+    let (tool, args) = match req.tool_call() {
+        Some((name, args)) => (name, json_to_cel(args)),
+        None => ("", Value::Map(HashMap::<Key, Value>::new().into())),
+    };
+    let action_type = req.action_type();
+    let request = RequestValues {
+        method: req.method_name(),
+        scheme: req.scheme,
+        host: req.host,
+        port: req.port,
+        path: req.path,
+        headers,
+        action_type: action_type.as_str(),
+        body,
+        tool,
+        args: match args {
+            Value::Map(_) => args,
+            // `arguments` that are not an object: nothing to look up.
+            _ => Value::Map(HashMap::<Key, Value>::new().into()),
+        },
+    };
+    vec![
+        ("request", request.into_value()),
+        ("identity", identity_value(req.identity)),
+        ("agent", agent_value(req.identity)),
+    ]
+}
+
+fn identity_value(identity: Option<&Identity>) -> Value {
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    let tags = identity.map(|i| i.tags.as_slice()).unwrap_or_default();
+    map.insert(
+        key("name"),
+        string(identity.and_then(|i| i.name.as_deref()).unwrap_or("")),
+    );
+    map.insert(
+        key("kind"),
+        string(identity.map(|i| i.kind.as_str()).unwrap_or("none")),
+    );
+    map.insert(key("tags"), tag_list(tags));
+    let mut labels: HashMap<Key, Value> = HashMap::new();
+    for tag in tags {
+        if let Some((k, v)) = tag.as_str().split_once(':') {
+            labels.insert(key(k), string(v));
+        }
+    }
+    map.insert(key("labels"), Value::Map(labels.into()));
+    map.insert(
+        key("spiffe_id"),
+        string(identity.and_then(|i| i.spiffe_id.as_deref()).unwrap_or("")),
+    );
+    Value::Map(map.into())
+}
+
+fn agent_value(identity: Option<&Identity>) -> Value {
+    let tags = identity.map(|i| i.tags.as_slice()).unwrap_or_default();
+    let slug = tags
+        .iter()
+        .find_map(|t| t.as_str().strip_prefix("agent:"))
+        .unwrap_or("");
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    map.insert(key("slug"), string(slug));
+    map.insert(
+        key("name"),
+        string(identity.and_then(|i| i.name.as_deref()).unwrap_or("")),
+    );
+    map.insert(key("tags"), tag_list(tags));
+    Value::Map(map.into())
+}
+
+fn tag_list(tags: &[crate::policy::rule::Tag]) -> Value {
+    Value::List(Arc::new(tags.iter().map(|t| string(t.as_str())).collect()))
+}
+
+fn key(name: &str) -> Key {
+    Key::String(Arc::new(name.to_owned()))
+}
+
+fn string(text: &str) -> Value {
+    Value::String(Arc::new(text.to_owned()))
+}
+
+/// JSON as CEL: integers stay integers, so `request.args.count > 3` compares as written.
+fn json_to_cel(json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => string(s),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(json_to_cel).collect()))
+        }
+        serde_json::Value::Object(fields) => {
+            let map: HashMap<Key, Value> = fields
+                .iter()
+                .map(|(k, v)| (key(k), json_to_cel(v)))
+                .collect();
+            Value::Map(map.into())
+        }
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Int(_) | Value::UInt(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::List(_) => "a list",
+        Value::Map(_) => "a map",
+        Value::Null => "null",
+        _ => "a non-boolean value",
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `source` with the contents of its string literals blanked out, so that only code is
+/// scanned for names.
+fn code_only(source: &str) -> String {
+    let mut code = String::with_capacity(source.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in source.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                    code.push(c);
+                    continue;
+                }
+                code.push(' ');
+            }
+            None => {
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                }
+                code.push(c);
+            }
+        }
+    }
+    code
+}
+
+fn identifiers(code: &str) -> impl Iterator<Item = &str> {
+    code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+}
+
+/// Whether `variable` is introduced by a macro (`tags.exists(t, …)`) in `code`.
+fn is_bound_in(code: &str, variable: &str) -> bool {
+    let idents: Vec<&str> = identifiers(code).collect();
+    idents.windows(2).any(|pair| {
+        matches!(pair[0], "all" | "exists" | "exists_one" | "map" | "filter") && pair[1] == variable
+    })
+}
+
+/// The fields of each variable; a field outside these is a misspelling.
+const FIELDS: &[(&str, &[&str])] = &[
+    (
+        "request",
+        &[
+            "method",
+            "scheme",
+            "host",
+            "port",
+            "path",
+            "headers",
+            "action_type",
+            "body",
+            "tool",
+            "args",
+        ],
+    ),
+    ("identity", &["name", "kind", "tags", "labels", "spiffe_id"]),
+    ("agent", &["slug", "name", "tags"]),
+];
+
+/// The first `variable.field` in `code` naming a field the variable does not have.
+fn unknown_field(code: &str) -> Option<String> {
+    let select = regex::Regex::new(r"\b(request|identity|agent)\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+        .unwrap_or_else(|_| unreachable!("a fixed, valid regex"));
+    select.captures_iter(code).find_map(|found| {
+        let (variable, field) = (&found[1], &found[2]);
+        let fields = FIELDS.iter().find(|(v, _)| *v == variable)?.1;
+        (!fields.contains(&field)).then(|| {
+            format!(
+                "`{variable}` has no field `{field}` (it has {})",
+                fields.join(", ")
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;

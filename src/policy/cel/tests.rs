@@ -1,0 +1,131 @@
+use super::*;
+use crate::identity::IdentityKind;
+use crate::policy::rule::Tag;
+use crate::request::Method;
+
+fn expr(source: &str) -> Result<CelExpr, String> {
+    CelExpr::try_from(source.to_owned())
+}
+
+fn identity(tags: &[&str]) -> Identity {
+    Identity {
+        kind: IdentityKind::Token,
+        name: Some(Arc::from("claude")),
+        spiffe_id: None,
+        tags: tags.iter().map(|t| Tag::parse(t).unwrap()).collect(),
+    }
+}
+
+fn facts<'a>(
+    headers: &'a [(String, Vec<u8>)],
+    identity: Option<&'a Identity>,
+    body: Option<&'a crate::inspect::Body<'a>>,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        method: Method::Post,
+        method_name: "POST",
+        scheme: "https",
+        host: "api.openai.com",
+        port: 443,
+        ip: None,
+        path: "/v1/chat/completions",
+        headers,
+        intercepted: false,
+        body,
+        message: None,
+        identity,
+        unknown_args: None,
+    }
+}
+
+#[test]
+fn agent_identity_and_request_fields_evaluate() {
+    let who = identity(&["agent:claude-code", "team:infra"]);
+    let headers = vec![("x-session".to_owned(), b"s1".to_vec())];
+    let req = facts(&headers, Some(&who), None);
+    for (source, expected) in [
+        (r#"agent.slug == "claude-code""#, true),
+        (r#"agent.slug == "cursor""#, false),
+        (r#"identity.labels.team == "infra""#, true),
+        (r#""team:infra" in identity.tags"#, true),
+        (r#"identity.tags.exists(t, t.startsWith("agent:"))"#, true),
+        (
+            r#"request.host == "api.openai.com" && request.port == 443"#,
+            true,
+        ),
+        (r#"request.headers["x-session"] == "s1""#, true),
+        (r#"request.action_type == "chat_completion""#, true),
+        (r#"request.method == "GET""#, false),
+    ] {
+        let compiled = expr(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+        assert_eq!(compiled.holds(&req), expected, "{source}");
+    }
+}
+
+#[test]
+fn a_missing_key_at_request_time_does_not_hold() {
+    let req = facts(&[], None, None);
+    let compiled = expr(r#"request.args.channel_id == "C_GENERAL""#).unwrap();
+    assert!(!compiled.holds(&req));
+    let compiled = expr(r#"request.headers["x-absent"] == "v""#).unwrap();
+    assert!(!compiled.holds(&req));
+}
+
+#[test]
+fn body_reading_is_detected_from_the_code_not_from_strings() {
+    assert!(
+        expr(r#"request.args.channel_id == "C""#)
+            .unwrap()
+            .reads_body()
+    );
+    assert!(
+        expr(r#"request.body.model == "gpt-4o""#)
+            .unwrap()
+            .reads_body()
+    );
+    assert!(
+        expr(r#"request.tool == "send_message""#)
+            .unwrap()
+            .reads_body()
+    );
+    assert!(
+        !expr(r#"agent.slug == "body args tool""#)
+            .unwrap()
+            .reads_body()
+    );
+    assert!(
+        !expr(r#"request.path.startsWith("/v1")"#)
+            .unwrap()
+            .reads_body()
+    );
+}
+
+#[test]
+fn invalid_expressions_are_config_errors_that_say_why() {
+    let error = expr("agent.slug == ").unwrap_err();
+    assert!(error.contains("does not parse"), "{error}");
+    let error = expr(r#"user.name == "x""#).unwrap_err();
+    assert!(error.contains("undeclared variable `user`"), "{error}");
+    let error = expr(r#"identity.tgs == []"#).unwrap_err();
+    assert!(error.contains("`identity` has no field `tgs`"), "{error}");
+    assert!(
+        error.contains("name, kind, tags, labels, spiffe_id"),
+        "{error}"
+    );
+    let error = expr("request.host").unwrap_err();
+    assert!(
+        error.contains("must give a boolean, it gives a string"),
+        "{error}"
+    );
+    let error = expr("request.port + \"x\" == 1").unwrap_err();
+    assert!(error.contains("not valid for a request"), "{error}");
+    let error = expr("  ").unwrap_err();
+    assert!(error.contains("must not be empty"), "{error}");
+}
+
+#[test]
+fn expressions_compare_and_serialize_by_source() {
+    let a = expr(r#"agent.slug == "a""#).unwrap();
+    assert_eq!(a, expr(r#"agent.slug == "a""#).unwrap());
+    assert_eq!(String::from(a), r#"agent.slug == "a""#);
+}

@@ -1,0 +1,344 @@
+//! The conditions of a policy rule beyond host, path and method: header matchers, action
+//! types, body and prompt content, MCP tool names, DLP detectors and a CEL expression.
+//! They AND together and with the rule's host, paths and methods.
+//!
+//! Each condition knows whether it needs the request body: header matchers, `chat_completion`
+//! / `embedding` action types and CEL expressions that read neither `request.body` nor
+//! `request.args` are decided on the headers alone, so a rule made of them never makes
+//! Envoy buffer a body.
+
+use std::sync::Arc;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::body::{BodyCondition, BodyMatcher, BodyRegex};
+use super::cel::CelExpr;
+use crate::inspect::{ActionType, ActionTypeSet, classify_path};
+use crate::request::RequestFacts;
+
+/// One header matcher as written: `{name, exact | prefix | suffix | contains | regex |
+/// present, invert}`, as Envoy's route header matchers. Values compare case-sensitively;
+/// a header sent several times matches when any of its values does.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "HeaderFields", into = "HeaderFields")]
+pub struct HeaderCondition {
+    fields: HeaderFields,
+    matcher: Arc<HeaderMatcher>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFields {
+    /// The header name, case-insensitive.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// A regular expression that must match the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub regex: Option<BodyRegex>,
+    /// `true`: the header is sent (any value); `false`: it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    /// The condition holds when the matcher does not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+}
+
+impl utoipa::PartialSchema for HeaderCondition {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <HeaderFields as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for HeaderCondition {
+    fn name() -> std::borrow::Cow<'static, str> {
+        <HeaderFields as utoipa::ToSchema>::name()
+    }
+}
+
+impl PartialEq for HeaderCondition {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields == other.fields
+    }
+}
+
+impl From<HeaderCondition> for HeaderFields {
+    fn from(condition: HeaderCondition) -> HeaderFields {
+        condition.fields
+    }
+}
+
+#[derive(Debug)]
+enum ValueMatch {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    Suffix(Vec<u8>),
+    Contains(Vec<u8>),
+    Regex(regex::bytes::Regex),
+    Present(bool),
+}
+
+/// A compiled header matcher.
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    name: String,
+    value: ValueMatch,
+    invert: bool,
+}
+
+impl TryFrom<HeaderFields> for HeaderCondition {
+    type Error = String;
+
+    fn try_from(fields: HeaderFields) -> Result<Self, String> {
+        let name = fields.name.trim().to_ascii_lowercase();
+        if name.is_empty() {
+            return Err("a header condition needs a `name`".into());
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(*c)))
+        {
+            return Err(format!("header name {:?} contains {bad:?}", fields.name));
+        }
+        let mut values = Vec::new();
+        let bytes = |s: &Option<String>| s.as_ref().map(|s| s.as_bytes().to_vec());
+        if let Some(v) = bytes(&fields.exact) {
+            values.push(ValueMatch::Exact(v));
+        }
+        if let Some(v) = bytes(&fields.prefix) {
+            values.push(ValueMatch::Prefix(v));
+        }
+        if let Some(v) = bytes(&fields.suffix) {
+            values.push(ValueMatch::Suffix(v));
+        }
+        if let Some(v) = bytes(&fields.contains) {
+            values.push(ValueMatch::Contains(v));
+        }
+        if let Some(regex) = &fields.regex {
+            // Anchored: a header regex describes the whole value, as in Envoy.
+            let anchored = regex::bytes::Regex::new(&format!("^(?:{})$", regex.as_str()))
+                .map_err(|e| format!("regex {:?} is not valid: {e}", regex.as_str()))?;
+            values.push(ValueMatch::Regex(anchored));
+        }
+        if let Some(present) = fields.present {
+            values.push(ValueMatch::Present(present));
+        }
+        if values.len() != 1 {
+            return Err(format!(
+                "header condition on {name:?} needs exactly one of `exact`, `prefix`, `suffix`, \
+                 `contains`, `regex`, `present` (it has {})",
+                values.len()
+            ));
+        }
+        let matcher = HeaderMatcher {
+            name,
+            value: values.remove(0),
+            invert: fields.invert,
+        };
+        Ok(HeaderCondition {
+            fields,
+            matcher: Arc::new(matcher),
+        })
+    }
+}
+
+impl HeaderMatcher {
+    pub fn matches(&self, headers: &[(String, Vec<u8>)]) -> bool {
+        let mut values = headers
+            .iter()
+            .filter(|(n, _)| *n == self.name)
+            .map(|(_, v)| v.as_slice());
+        let held = match &self.value {
+            ValueMatch::Present(present) => values.next().is_some() == *present,
+            ValueMatch::Exact(want) => values.any(|v| v == want.as_slice()),
+            ValueMatch::Prefix(want) => values.any(|v| v.starts_with(want)),
+            ValueMatch::Suffix(want) => values.any(|v| v.ends_with(want)),
+            ValueMatch::Contains(want) => values
+                .any(|v| want.is_empty() || v.windows(want.len()).any(|w| w == want.as_slice())),
+            ValueMatch::Regex(regex) => values.any(|v| regex.is_match(v)),
+        };
+        held != self.invert
+    }
+}
+
+/// An MCP tool name pattern such as `send_*`; `*` matches any run of characters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ToolPattern {
+    original: String,
+    glob: globset::Glob,
+}
+
+impl PartialEq for ToolPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.original == other.original
+    }
+}
+
+impl From<ToolPattern> for String {
+    fn from(pattern: ToolPattern) -> String {
+        pattern.original
+    }
+}
+
+impl TryFrom<String> for ToolPattern {
+    type Error = String;
+
+    fn try_from(original: String) -> Result<Self, String> {
+        if original.trim().is_empty() {
+            return Err("a tool pattern must not be empty (use \"*\" for every tool)".into());
+        }
+        let glob = GlobBuilder::new(&original)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "tool pattern {original:?} is not a valid glob: {}",
+                    e.kind()
+                )
+            })?;
+        Ok(ToolPattern { original, glob })
+    }
+}
+
+/// The compiled conditions of one rule.
+#[derive(Debug)]
+pub struct Conditions {
+    headers: Box<[Arc<HeaderMatcher>]>,
+    action_types: ActionTypeSet,
+    body: Option<Arc<BodyMatcher>>,
+    prompt: Option<Arc<BodyMatcher>>,
+    tools: Option<GlobSet>,
+    dlp: Box<[Arc<str>]>,
+    cel: Option<CelExpr>,
+    needs_body: bool,
+}
+
+/// What a rule's conditions are compiled from.
+pub struct ConditionSources<'a> {
+    pub headers: &'a [HeaderCondition],
+    pub action_types: &'a [ActionType],
+    pub body: Option<&'a BodyCondition>,
+    pub prompt: Option<&'a BodyCondition>,
+    pub tools: &'a [ToolPattern],
+    pub dlp: &'a [String],
+    pub cel: Option<&'a CelExpr>,
+}
+
+impl Conditions {
+    /// `None` for a rule without conditions.
+    pub fn compile(sources: ConditionSources<'_>) -> Option<Conditions> {
+        let action_types = ActionTypeSet::of(sources.action_types);
+        let tools = (!sources.tools.is_empty()).then(|| {
+            let mut set = GlobSetBuilder::new();
+            for tool in sources.tools {
+                set.add(tool.glob.clone());
+            }
+            // Each glob compiled on its own when read; an empty set fails closed.
+            set.build().unwrap_or_else(|_| GlobSet::empty())
+        });
+        let needs_body = sources.body.is_some()
+            || sources.prompt.is_some()
+            || tools.is_some()
+            || !sources.dlp.is_empty()
+            || action_types.needs_body()
+            || sources.cel.is_some_and(CelExpr::reads_body);
+        let conditions = Conditions {
+            headers: sources.headers.iter().map(|h| h.matcher.clone()).collect(),
+            action_types,
+            body: sources.body.map(|b| b.matcher().clone()),
+            prompt: sources.prompt.map(|p| p.matcher().clone()),
+            tools,
+            dlp: sources.dlp.iter().map(|d| Arc::from(d.as_str())).collect(),
+            cel: sources.cel.cloned(),
+            needs_body,
+        };
+        let empty = conditions.headers.is_empty()
+            && conditions.action_types.is_empty()
+            && conditions.body.is_none()
+            && conditions.prompt.is_none()
+            && conditions.tools.is_none()
+            && conditions.dlp.is_empty()
+            && conditions.cel.is_none();
+        (!empty).then_some(conditions)
+    }
+
+    /// Whether some condition reads the body (it then counts as empty when unbuffered).
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
+    }
+
+    /// Whether the rule names MCP tools.
+    pub fn has_tools(&self) -> bool {
+        self.tools.is_some()
+    }
+
+    /// The conditions decidable on the headers: header matchers, header-classifiable
+    /// action types, and a CEL expression that reads no body.
+    pub fn hold_on_headers(&self, req: &RequestFacts<'_>) -> bool {
+        if !self.headers.iter().all(|h| h.matches(req.headers)) {
+            return false;
+        }
+        if !self.action_types.is_empty()
+            && !self.action_types.needs_body()
+            && !classify_path(req.method, req.path).is_some_and(|t| self.action_types.contains(t))
+        {
+            return false;
+        }
+        match &self.cel {
+            Some(cel) if !cel.reads_body() => cel.holds(req),
+            _ => true,
+        }
+    }
+
+    /// The conditions that read the body; an unbuffered body counts as empty.
+    pub fn hold_on_body(&self, req: &RequestFacts<'_>) -> bool {
+        if !self.needs_body {
+            return true;
+        }
+        let empty = crate::inspect::Body::empty();
+        let body = req.body.unwrap_or(&empty);
+        if self.action_types.needs_body() && !self.action_types.contains(req.action_type()) {
+            return false;
+        }
+        if let Some(matcher) = &self.body
+            && !matcher.matches(body.bytes())
+        {
+            return false;
+        }
+        if let Some(matcher) = &self.prompt
+            && !matcher.matches(body.prompt().as_bytes())
+        {
+            return false;
+        }
+        if let Some(tools) = &self.tools
+            && !req
+                .tool_call()
+                .is_some_and(|(name, _)| tools.is_match(name))
+        {
+            return false;
+        }
+        if !self.dlp.is_empty() {
+            let findings = body.findings();
+            if !findings
+                .iter()
+                .any(|(name, _)| self.dlp.iter().any(|d| **d == *name))
+            {
+                return false;
+            }
+        }
+        match &self.cel {
+            // A hypothetical call with unknown arguments: the caller says what to assume.
+            Some(cel) if cel.reads_body() => req.unknown_args.unwrap_or_else(|| cel.holds(req)),
+            _ => true,
+        }
+    }
+}
