@@ -13,6 +13,7 @@ mod fleet;
 mod headers;
 mod identity;
 mod interception;
+mod judge;
 mod protocol;
 mod reload;
 mod secrets;
