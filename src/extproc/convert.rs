@@ -413,6 +413,24 @@ pub fn continue_response_body(body: Option<Vec<u8>>) -> ProcessingResponse {
     }
 }
 
+/// Envoy's `max_message_timeout` in `envoy/*.yaml`: it ignores a longer override.
+pub const MAX_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks Envoy to wait for the answer to its last message longer than its
+/// `message_timeout`: `wait` plus a second of margin, at most [`MAX_MESSAGE_TIMEOUT`]. Envoy
+/// restarts that message's timer with the new value, once per message, and reads nothing
+/// else of this response; the real answer follows on the stream.
+pub fn extend_timeout(wait: std::time::Duration) -> ProcessingResponse {
+    let timeout = (wait + std::time::Duration::from_secs(1)).min(MAX_MESSAGE_TIMEOUT);
+    ProcessingResponse {
+        override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(timeout.subsec_nanos()).unwrap_or(0),
+        }),
+        ..Default::default()
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,

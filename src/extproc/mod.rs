@@ -68,15 +68,22 @@ impl ExternalProcessor for ExtProcService {
                     if state.is_finished() {
                         return None;
                     }
-                    let message = match inbound.message().await {
-                        Ok(Some(message)) => message,
-                        Ok(None) => return None,
-                        Err(status) => {
-                            tracing::debug!(%status, "ext_proc stream closed by Envoy");
-                            return None;
-                        }
+                    // A decision put off behind a timeout extension (an LLM judge) runs
+                    // now, before reading on: Envoy waits for its answer.
+                    let reply = if state.has_deferred() {
+                        state.resume().await
+                    } else {
+                        let message = match inbound.message().await {
+                            Ok(Some(message)) => message,
+                            Ok(None) => return None,
+                            Err(status) => {
+                                tracing::debug!(%status, "ext_proc stream closed by Envoy");
+                                return None;
+                            }
+                        };
+                        state.handle(message).await
                     };
-                    match state.handle(message).await {
+                    match reply {
                         Reply::Send(response) => return Some((Ok(response), (inbound, state))),
                         Reply::Silent => continue,
                         Reply::Fail(status) => return Some((Err(status), (inbound, state))),

@@ -77,12 +77,28 @@ struct ToolsListFilter {
     content_type: String,
 }
 
+/// A request ready to be decided. Kept in [`StreamState::deferred`] when the decision may
+/// outlast Envoy's message timeout (an LLM judge): Envoy is first told to wait longer.
+struct Undecided {
+    snapshot: Arc<Snapshot>,
+    request: OutboundRequest,
+    /// The buffered body; empty for a request without one; `None`: not buffered.
+    body: Option<Vec<u8>>,
+    started: Instant,
+    spent: Duration,
+    at_body: bool,
+    /// Envoy sends the response too (see [`PendingBody::watch_response`]).
+    watch_response: bool,
+}
+
 pub(super) struct StreamState {
     shared: Arc<Shared>,
     listener: ListenerContext,
     phase: Phase,
     pending: Option<Box<PendingBody>>,
     response: ResponseWatch,
+    /// A decision to make before reading Envoy's next message (see [`StreamState::resume`]).
+    deferred: Option<Box<Undecided>>,
     /// The stream's span, from the request headers on; it ends with the stream.
     trace: StreamTrace,
     _open: StreamGuard,
@@ -97,6 +113,7 @@ impl StreamState {
             phase: Phase::AwaitingRequestHeaders,
             pending: None,
             response: ResponseWatch::Off,
+            deferred: None,
             trace: StreamTrace::default(),
             _open: open,
         }
@@ -139,7 +156,72 @@ impl StreamState {
             (_, None) => return Reply::Silent,
             (phase, Some(other)) => self.fail(phase, &other),
         };
-        if observing { Reply::Silent } else { reply }
+        if observing {
+            // Nothing waits for the answer: decide now (for the audit trail), say nothing.
+            if self.has_deferred() {
+                let _ = self.resume().await;
+            }
+            Reply::Silent
+        } else {
+            reply
+        }
+    }
+
+    /// Whether a decision was put off behind a timeout extension: the stream loop then
+    /// calls [`StreamState::resume`] instead of reading another message.
+    pub(super) fn has_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// Makes the decision [`StreamState::decide`] put off. Envoy sends nothing more on this
+    /// stream until it has the answer, so there is no message to read in between.
+    pub(super) async fn resume(&mut self) -> Reply {
+        let Some(work) = self.deferred.take() else {
+            return Reply::Silent;
+        };
+        let span = self.trace.span().clone();
+        self.run(*work).instrument(span).await
+    }
+
+    /// Decides a request, unless a stage in scope may wait on something slow (an LLM
+    /// judge) for longer than Envoy's `message_timeout` (0.5 s): then the answer to this
+    /// message only extends Envoy's timer, and the decision runs on the stream loop's next
+    /// turn ([`StreamState::resume`]). One reply per turn keeps the loop task-free.
+    async fn decide(&mut self, work: Undecided) -> Reply {
+        let wait = match work.snapshot.unavailable {
+            Some(_) => None,
+            None => work.snapshot.pipeline.longest_wait(&work.request),
+        };
+        if let Some(wait) = wait {
+            self.deferred = Some(Box::new(work));
+            return Reply::Send(convert::extend_timeout(wait));
+        }
+        self.run(work).await
+    }
+
+    async fn run(&mut self, work: Undecided) -> Reply {
+        let Undecided {
+            snapshot,
+            request,
+            body,
+            started,
+            spent,
+            at_body,
+            watch_response,
+        } = work;
+        let decided = snapshot
+            .decide(&request, &self.listener.tags, body.as_deref())
+            .await;
+        if watch_response {
+            self.watch_response(
+                &snapshot,
+                &request,
+                &decided,
+                body.as_deref().unwrap_or_default(),
+            );
+        }
+        self.finish(&snapshot, request, decided, started, spent, at_body)
+            .await
     }
 
     fn fail(&mut self, phase: Phase, message: &Message) -> Reply {
@@ -220,10 +302,16 @@ impl StreamState {
                 }
                 // A request without a body has an empty one, for transforms that sign it
                 // and body conditions; a body nothing needs streams through unseen.
-                let body: Option<&[u8]> = if has_body { None } else { Some(&[]) };
-                let decided = snapshot.decide(&request, &self.listener.tags, body).await;
-                self.finish(&snapshot, request, decided, started, Duration::ZERO, false)
-                    .await
+                self.decide(Undecided {
+                    snapshot,
+                    request,
+                    body: if has_body { None } else { Some(Vec::new()) },
+                    started,
+                    spent: Duration::ZERO,
+                    at_body: false,
+                    watch_response: false,
+                })
+                .await
             }
             Err(invalid) => {
                 let rejection = convert::invalid_request_rejection(&invalid.error);
@@ -282,26 +370,40 @@ impl StreamState {
             body,
             watch_response,
         } = *pending;
-        let decided = snapshot
-            .decide(&request, &self.listener.tags, Some(&body))
-            .await;
-        if watch_response {
-            self.response = ResponseWatch::Pass;
-            if let (None, Ok(identity)) = (&decided.outcome.rejection, &decided.identity) {
-                let ids = Snapshot::tools_list_ids(&body);
-                if !ids.is_empty() {
-                    self.response = ResponseWatch::ToolsList(Box::new(ToolsListFilter {
-                        snapshot: snapshot.clone(),
-                        request: request.clone(),
-                        identity: identity.clone(),
-                        ids,
-                        content_type: String::new(),
-                    }));
-                }
+        self.decide(Undecided {
+            snapshot,
+            request,
+            body: Some(body),
+            started,
+            spent,
+            at_body: true,
+            watch_response,
+        })
+        .await
+    }
+
+    /// After an allowed request whose response Envoy will send: a `tools/list` answer is
+    /// filtered, anything else passes.
+    fn watch_response(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        request: &OutboundRequest,
+        decided: &Decided,
+        body: &[u8],
+    ) {
+        self.response = ResponseWatch::Pass;
+        if let (None, Ok(identity)) = (&decided.outcome.rejection, &decided.identity) {
+            let ids = Snapshot::tools_list_ids(body);
+            if !ids.is_empty() {
+                self.response = ResponseWatch::ToolsList(Box::new(ToolsListFilter {
+                    snapshot: snapshot.clone(),
+                    request: request.clone(),
+                    identity: identity.clone(),
+                    ids,
+                    content_type: String::new(),
+                }));
             }
         }
-        self.finish(&snapshot, request, decided, started, spent, true)
-            .await
     }
 
     /// Response headers: kept for a `tools/list` answer (its body is coming, buffered),
@@ -368,6 +470,13 @@ impl StreamState {
         self.shared
             .metrics
             .record_decision(outcome.decision, record.policy, elapsed.as_secs_f64());
+        for judge in outcome
+            .trace
+            .iter()
+            .filter_map(|t| t.annotations.judge.as_deref())
+        {
+            self.shared.metrics.record_judge(judge);
+        }
         if let Some(dry_run) = record.dry_run {
             self.shared
                 .metrics

@@ -6,6 +6,7 @@ use prometheus::{
 };
 
 use crate::policy::Decision;
+use crate::transforms::judge::{FallbackApplied, JudgeAnnotation};
 
 /// Label value for decisions no policy made (the default action, or a refusal before the
 /// policy engine ran).
@@ -27,6 +28,9 @@ pub struct Metrics {
     store_syncs: IntCounterVec,
     audit_stored: IntCounter,
     audit_store_dropped: IntCounter,
+    judge_verdicts: IntCounterVec,
+    judge_fallbacks: IntCounterVec,
+    judge_tokens: IntCounter,
 }
 
 impl Metrics {
@@ -110,8 +114,34 @@ impl Metrics {
             "Audit records not written to the store because its queue was full (the audit sink still has them)",
         )
         .expect("valid metric");
+        let judge_verdicts = IntCounterVec::new(
+            Opts::new(
+                "judge_verdicts_total",
+                "LLM judge outcomes, by verdict (allow, deny, none) and how it was reached \
+                 (judged, cached, fallback_deny, fallback_skip)",
+            ),
+            &["verdict", "outcome"],
+        )
+        .expect("valid metric");
+        let judge_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "judge_fallbacks_total",
+                "Requests the LLM judge gave no verdict for, by cause (timeout, error, status, \
+                 malformed, breaker_open, busy)",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        let judge_tokens = IntCounter::new(
+            "judge_tokens_total",
+            "Tokens the LLM judge's provider reported for its calls",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(judge_verdicts.clone()),
+            Box::new(judge_fallbacks.clone()),
+            Box::new(judge_tokens.clone()),
             Box::new(store_up.clone()),
             Box::new(store_revision.clone()),
             Box::new(store_syncs.clone()),
@@ -148,6 +178,30 @@ impl Metrics {
             store_syncs,
             audit_stored,
             audit_store_dropped,
+            judge_verdicts,
+            judge_fallbacks,
+            judge_tokens,
+        }
+    }
+
+    /// One LLM judge step of a decided request (from its audit annotation).
+    pub fn record_judge(&self, judge: &JudgeAnnotation) {
+        let outcome = match (judge.fallback, judge.cached) {
+            (FallbackApplied::Deny, _) => "fallback_deny",
+            (FallbackApplied::Skip, _) => "fallback_skip",
+            (FallbackApplied::None, true) => "cached",
+            (FallbackApplied::None, false) => "judged",
+        };
+        self.judge_verdicts
+            .with_label_values(&[judge.verdict.as_str(), outcome])
+            .inc();
+        if let Some(cause) = judge.cause {
+            self.judge_fallbacks
+                .with_label_values(&[cause.label()])
+                .inc();
+        }
+        if let Some(tokens) = judge.tokens {
+            self.judge_tokens.inc_by(tokens);
         }
     }
 

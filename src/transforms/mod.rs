@@ -7,9 +7,11 @@
 
 mod allowlist;
 pub mod header_allowlist;
+pub mod judge;
 pub mod secrets;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
@@ -24,10 +26,11 @@ use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
 use crate::telemetry::trace::transform_span;
 
 pub use header_allowlist::HeaderAllowlistConfig;
+pub use judge::{JudgeAnnotation, JudgeConfig};
 pub use secrets::SecretConfig;
 
 /// The names users write in `transforms:`.
-const KNOWN: &[&str] = &["allowlist", "secrets", "header_allowlist"];
+const KNOWN: &[&str] = &["allowlist", "judge", "secrets", "header_allowlist"];
 
 /// One entry of `transforms:` — either a bare name (`- allowlist`) or
 /// `{name, rules, config}`.
@@ -46,6 +49,8 @@ pub enum TransformSpec {
     /// Credential injection; the secrets themselves are the top-level `secrets:` section.
     Secrets,
     HeaderAllowlist(HeaderAllowlistConfig),
+    /// An LLM asked about each request in scope; it can deny, never allow.
+    Judge(Box<JudgeConfig>),
 }
 
 #[derive(Deserialize)]
@@ -71,6 +76,7 @@ impl TransformEntry {
             TransformSpec::Allowlist => "allowlist",
             TransformSpec::Secrets => "secrets",
             TransformSpec::HeaderAllowlist(_) => "header_allowlist",
+            TransformSpec::Judge(_) => "judge",
         }
     }
 
@@ -132,7 +138,23 @@ impl TransformEntry {
                 }
                 TransformSpec::Secrets
             }
-            "judge" | "body_capture" | "header_capture" | "grpc" => {
+            "judge" => {
+                let config = raw.config.ok_or_else(|| {
+                    vec![FieldError::new(
+                        "config",
+                        "judge needs a `config` with at least `provider`, `url`, `model` and \
+                         `policy`",
+                    )]
+                })?;
+                let config: JudgeConfig =
+                    from_value(config).map_err(|e| vec![e.under("config")])?;
+                let problems = config.validate();
+                if !problems.is_empty() {
+                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
+                }
+                TransformSpec::Judge(Box::new(config))
+            }
+            "body_capture" | "header_capture" | "grpc" => {
                 return Err(vec![FieldError::new(
                     "name",
                     format!(
@@ -245,6 +267,9 @@ pub struct Annotations {
     /// A signature computed with the credential (aws_sigv4, hmac).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<CredentialUse>,
+    /// What the LLM judge said, or why it said nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Box<JudgeAnnotation>>,
     /// Other secrets that matched but lost to an earlier one in config order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadowed: Vec<Arc<str>>,
@@ -369,6 +394,7 @@ enum Transform {
     Allowlist,
     Secrets(Box<secrets::SecretsTransform>),
     HeaderAllowlist(header_allowlist::HeaderAllowlist),
+    Judge(Box<judge::Judge>),
 }
 
 impl Transform {
@@ -377,6 +403,7 @@ impl Transform {
             Transform::Allowlist => "allowlist",
             Transform::Secrets(_) => "secrets",
             Transform::HeaderAllowlist(_) => "header_allowlist",
+            Transform::Judge(_) => "judge",
         }
     }
 
@@ -385,12 +412,14 @@ impl Transform {
             Transform::Allowlist => allowlist::apply(exchange),
             Transform::Secrets(t) => t.apply(exchange).await,
             Transform::HeaderAllowlist(t) => t.apply(exchange),
+            Transform::Judge(t) => t.apply(exchange).await,
         }
     }
 
     fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
         match self {
             Transform::Secrets(t) => t.needs_body(request, identity),
+            Transform::Judge(t) => t.needs_body(request),
             Transform::Allowlist | Transform::HeaderAllowlist(_) => false,
         }
     }
@@ -432,8 +461,25 @@ impl Pipeline {
                  (after allowlist, before header_allowlist)",
             ));
         }
+        let mut judge_timeouts = Duration::ZERO;
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("transforms[{i}]");
+            if let TransformSpec::Judge(config) = &entry.spec {
+                judge_timeouts += config.timeout.0;
+                if let Some(at) = entries[..i]
+                    .iter()
+                    .position(|e| e.spec == TransformSpec::Secrets)
+                {
+                    errors.push(FieldError::new(
+                        format!("{path}.name"),
+                        format!(
+                            "judge must run before `secrets` (transforms[{at}]): after it, the \
+                             judge's provider would be sent the credentials `secrets` injects"
+                        ),
+                    ));
+                    continue;
+                }
+            }
             if entries[..i].iter().any(|e| e.name() == entry.name())
                 && matches!(
                     entry.spec,
@@ -457,6 +503,16 @@ impl Pipeline {
                         }
                     }
                 }
+                TransformSpec::Judge(config) => {
+                    match judge::Judge::compile(config, cache, sources) {
+                        Ok(t) => Transform::Judge(Box::new(t)),
+                        Err(e) => {
+                            errors
+                                .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
+                            continue;
+                        }
+                    }
+                }
                 TransformSpec::HeaderAllowlist(config) => {
                     match header_allowlist::HeaderAllowlist::compile(config) {
                         Ok(t) => Transform::HeaderAllowlist(t),
@@ -472,6 +528,17 @@ impl Pipeline {
                 transform,
                 scope: entry.rules.iter().map(Rule::compile).collect(),
             });
+        }
+        if judge_timeouts > judge::config::MAX_TIMEOUT {
+            errors.push(FieldError::new(
+                "transforms",
+                format!(
+                    "the judges' timeouts add up to {} (a request in scope of all of them may \
+                     wait for each); Envoy waits at most 30s for a decision: keep the sum at \
+                     or under 29s",
+                    humantime::format_duration(judge_timeouts)
+                ),
+            ));
         }
         if errors.is_empty() {
             Ok(Pipeline { stages })
@@ -493,12 +560,30 @@ impl Pipeline {
         })
     }
 
-    /// Every secret source the pipeline reads, for cache refreshes.
+    /// The longest the stages in scope of this request may spend waiting on something
+    /// slow (an LLM judge): the sum of their timeouts; `None` when no such stage applies.
+    /// The ext_proc layer asks Envoy to wait that long (plus a margin) before deciding.
+    pub fn longest_wait(&self, request: &OutboundRequest) -> Option<Duration> {
+        let facts = request.facts();
+        let mut wait = None;
+        for stage in &self.stages {
+            if let Transform::Judge(judge) = &stage.transform
+                && judge.judges(request)
+                && (stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts))
+            {
+                *wait.get_or_insert(Duration::ZERO) += judge.timeout();
+            }
+        }
+        wait
+    }
+
+    /// Every secret source the pipeline reads (a judge's API key too), for cache refreshes.
     pub fn sources(&self) -> Vec<Arc<crate::secrets::CompiledSource>> {
         self.stages
             .iter()
             .filter_map(|s| match &s.transform {
                 Transform::Secrets(t) => Some(t.sources()),
+                Transform::Judge(t) => t.api_key_source().map(|s| vec![s]),
                 _ => None,
             })
             .flatten()

@@ -14,6 +14,7 @@ mod fleet;
 mod headers;
 mod identity;
 mod interception;
+mod judge;
 mod mcp_harness;
 mod protocol;
 mod reload;
