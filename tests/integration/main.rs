@@ -15,6 +15,7 @@ mod headers;
 mod identity;
 mod interception;
 mod judge;
+mod mcp;
 mod mcp_harness;
 mod protocol;
 mod reload;
