@@ -516,6 +516,89 @@ fn tracing_case(p: &Prepared, count: usize) {
     let _ = provider.shutdown();
 }
 
+/// Agent policies: each case is a snapshot holding one kind of condition in front of a
+/// default allow, deciding a clean OpenAI chat body (no condition holds, so every byte is
+/// looked at) of 4 KiB and 64 KiB, as the gateway does once the body is buffered.
+const AGENT_CASES: &[(&str, &str)] = &[
+    ("headers_only", ""),
+    (
+        "cel_on_agent_tag",
+        r#"  - {name: c, priority: 5, action: deny, rules: [{host: api.openai.com, cel: 'agent.slug == "cursor" && request.path.startsWith("/v1/")'}]}"#,
+    ),
+    (
+        "prompt_contains",
+        r#"  - {name: p, priority: 10, action: deny, rules: [{host: api.openai.com, action_types: [chat_completion], prompt: {contains: [aws_secret_access_key, salary, customer list, production database]}}]}"#,
+    ),
+    (
+        "dlp_all_detectors",
+        r#"  - {name: d, priority: 10, action: deny, rules: [{host: api.openai.com, dlp: [aws_access_key, aws_secret_key, private_key, github_token, gitlab_token, slack_token, openai_key, anthropic_key, stripe_key, jwt, credit_card, email]}]}"#,
+    ),
+    (
+        "cel_on_body",
+        r#"  - {name: b, priority: 10, action: deny, rules: [{host: api.openai.com, cel: 'request.body.model == "forbidden" || request.body.messages.size() > 500'}]}"#,
+    ),
+];
+
+/// A chat completion body of about `size` bytes of ordinary prose.
+fn chat_body(size: usize) -> Vec<u8> {
+    let sentence = "Please review the retry logic in the upload worker and suggest how to make the backoff jittered without breaking the tests. ";
+    let mut messages = Vec::new();
+    let mut total = 0;
+    let mut i = 0;
+    while total < size {
+        let text = sentence.repeat(4);
+        total += text.len() + 40;
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        messages.push(serde_json::json!({"role": role, "content": text}));
+        i += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({"model": "gpt-4o", "messages": messages})).unwrap()
+}
+
+fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let request = build_request(&CheckRequest {
+        request_line: "POST https://api.openai.com/v1/chat/completions".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    let bodies = [
+        ("4KiB", chat_body(4 * 1024)),
+        ("64KiB", chat_body(64 * 1024)),
+    ];
+    let mut group = c.benchmark_group("agent_conditions");
+    for (case, policy) in AGENT_CASES {
+        let yaml = format!(
+            "gateway: {{tags: [agent:claude-code], max_body_bytes: 1048576}}\npolicies:\n{policy}\n  - {{name: allow, priority: 1000, action: allow, rules: [{{host: \"*\"}}]}}\n"
+        );
+        let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let snapshot = Snapshot::compile(
+            &loaded.config,
+            &loaded.version,
+            &|_| None,
+            &Default::default(),
+        )
+        .unwrap();
+        let buffered = snapshot.needs_body(&request, &[]);
+        assert_eq!(
+            buffered,
+            !matches!(*case, "headers_only" | "cel_on_agent_tag"),
+            "{case}"
+        );
+        for (size, body) in &bodies {
+            let body = buffered.then_some(body.as_slice());
+            group.bench_function(format!("{case}_{size}"), |b| {
+                b.iter(|| {
+                    let decided = runtime.block_on(snapshot.decide(&request, &[], body));
+                    assert!(decided.outcome.rejection.is_none());
+                    black_box(decided)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     // First, while the process has one thread (it sets environment variables).
@@ -524,6 +607,10 @@ fn main() {
     let prepared: Vec<Prepared> = sizes.iter().map(|n| prepare(*n)).collect();
     let mut criterion = Criterion::default().configure_from_args();
     bench_engine(&mut criterion, &prepared);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    agents_case(&mut criterion, &runtime);
     criterion.final_summary();
     if !benchmarking {
         tracing_case(&prepared[0], 1_000);

@@ -470,6 +470,11 @@ impl StreamState {
         self.shared
             .metrics
             .record_decision(outcome.decision, record.policy, elapsed.as_secs_f64());
+        if let Some(rejection) = &outcome.rejection {
+            self.shared
+                .metrics
+                .record_rejection(rejection.transform, rejection.reason);
+        }
         for judge in outcome
             .trace
             .iter()

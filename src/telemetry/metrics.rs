@@ -17,6 +17,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
     dry_runs: IntCounterVec,
+    rejections: IntCounterVec,
     decision_seconds: Histogram,
     reloads: IntCounterVec,
     policies_loaded: IntGauge,
@@ -61,6 +62,15 @@ impl Metrics {
             .buckets(vec![
                 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2,
             ]),
+        )
+        .expect("valid metric");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "rejections_total",
+                "Refused requests, by the stage that refused and its fixed reason (e.g. \
+                 request/body_too_large, allowlist/policy_deny)",
+            ),
+            &["transform", "reason"],
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(
@@ -148,6 +158,7 @@ impl Metrics {
             Box::new(audit_stored.clone()),
             Box::new(audit_store_dropped.clone()),
             Box::new(dry_runs.clone()),
+            Box::new(rejections.clone()),
             Box::new(decision_seconds.clone()),
             Box::new(reloads.clone()),
             Box::new(policies_loaded.clone()),
@@ -167,6 +178,7 @@ impl Metrics {
             registry,
             decisions,
             dry_runs,
+            rejections,
             decision_seconds,
             reloads,
             policies_loaded,
@@ -237,6 +249,13 @@ impl Metrics {
             .with_label_values(&[decision.as_str(), policy.unwrap_or(NO_POLICY)])
             .inc();
         self.decision_seconds.observe(seconds);
+    }
+
+    /// A refusal: both labels are fixed strings, never request data.
+    pub fn record_rejection(&self, transform: &'static str, reason: &'static str) {
+        self.rejections
+            .with_label_values(&[transform, reason])
+            .inc();
     }
 
     pub fn record_dry_run(&self, policy: &str, action: &str) {

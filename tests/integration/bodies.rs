@@ -186,4 +186,9 @@ policies:
     let clean = gw.via_proxy(&["-X", "POST", "--data-binary", "hello", &url("/scan/c")]);
     assert_eq!(clean.status, 200, "{clean:?}");
     assert_eq!(upstream.hits(), 2);
+    assert_eq!(
+        gw.metric(r#"portcullis_rejections_total{reason="body_too_large",transform="request"}"#),
+        Some(1.0),
+        "an oversized body is counted"
+    );
 }
