@@ -3,7 +3,8 @@
 //! `cargo bench --bench engine` runs criterion (mean/median per decision) and then prints a
 //! percentile table (p50/p99/p99.9 per decision over individually timed decisions), the
 //! compile time of each set and the memory it holds. Under `cargo test` each benchmark runs
-//! once as a smoke test.
+//! once as a smoke test. `cargo bench --bench engine -- dlp` runs only the DLP scanner's
+//! group.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -601,6 +602,22 @@ fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
 
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
+    // `cargo bench --bench engine -- dlp` (or `agent_conditions`): the body-scanning groups
+    // alone, without the fleets.
+    if benchmarking
+        && std::env::args()
+            .skip(1)
+            .any(|a| a == "dlp" || a == "agent_conditions")
+    {
+        let mut criterion = Criterion::default().configure_from_args();
+        bench_dlp(&mut criterion);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        agents_case(&mut criterion, &runtime);
+        criterion.final_summary();
+        return;
+    }
     // First, while the process has one thread (it sets environment variables).
     secrets_case(if benchmarking { 200_000 } else { 1_000 });
     let sizes: &[usize] = if benchmarking { &SIZES } else { &SIZES[..1] };
@@ -611,6 +628,7 @@ fn main() {
         .build()
         .unwrap();
     agents_case(&mut criterion, &runtime);
+    bench_dlp(&mut criterion);
     criterion.final_summary();
     if !benchmarking {
         tracing_case(&prepared[0], 1_000);
@@ -638,4 +656,100 @@ fn main() {
     }
     // Last: it installs a subscriber for the rest of the process.
     tracing_case(&prepared[1], 200_000);
+}
+
+/// A chat request body (OpenAI shape) of `size` bytes: prose, code and log lines with ids,
+/// hashes and long numbers; with `secret`, a line holding it about 100 bytes before the end.
+fn chat_body(size: usize, secret: Option<&str>) -> Vec<u8> {
+    let mut rng = Lcg(size as u64);
+    let mut hex = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(b"0123456789abcdef"[rng.below(16)]))
+            .collect()
+    };
+    let envelope = |content: &str| {
+        serde_json::json!({
+            "model": "gpt-4o",
+            "temperature": 0.2,
+            "messages": [
+                {"role": "system", "content": "You are a careful senior engineer."},
+                {"role": "user", "content": content},
+            ],
+        })
+        .to_string()
+    };
+    let tail = "\nWhat went wrong, and how do we stop it happening again? Thanks!";
+    let mut text = String::from("Here are the logs from last night's incident:\n");
+    let mut n = 0u64;
+    while envelope(&text).len() + tail.len() + 160 < size {
+        n += 1;
+        let line = match n % 5 {
+            0 => format!(
+                "2024-03-{:02}T02:{:02}:{:02}.{:03}Z INFO request_id={}-{}-4{}-a{}-{} path=/v1/orders/{} status=200 duration_ms={}\n",
+                1 + n % 28,
+                n % 60,
+                (n * 7) % 60,
+                n % 1000,
+                hex(8),
+                hex(4),
+                hex(3),
+                hex(3),
+                hex(12),
+                1_000_000_000 + n * 7919,
+                n % 900
+            ),
+            1 => format!(
+                "  commit {} built image registry.example.com/api@sha256:{}\n",
+                hex(40),
+                hex(64)
+            ),
+            2 => "    let total: u64 = orders.iter().filter(|o| o.paid).map(|o| o.cents).sum();\n"
+                .to_owned(),
+            3 => format!(
+                "{} WARN job retry={} backoff={}ms trace_id={} order #{}\n",
+                1_709_000_000_000 + n * 1_337,
+                n % 5,
+                n * 13 % 60_000,
+                hex(32),
+                90_000_000 + n
+            ),
+            _ => "The worker restarts every few minutes and the queue keeps growing; memory looks flat.\n"
+                .to_owned(),
+        };
+        text.push_str(&line);
+    }
+    if let Some(secret) = secret {
+        text.push_str(&format!("env: aws_access_key_id={secret}\n"));
+    }
+    text.push_str(tail);
+    while envelope(&text).len() < size {
+        text.push(' ');
+    }
+    envelope(&text).into_bytes()
+}
+
+/// DLP: the builtin detectors over a clean chat body and one with a key near its end.
+fn bench_dlp(c: &mut Criterion) {
+    use portcullis::dlp::Scanner;
+    let scanner = Scanner::builtin();
+    let aws = scanner.detector_id("aws_access_key").unwrap();
+    let mut group = c.benchmark_group("dlp");
+    for (size, label) in [(4 << 10, "4KiB"), (64 << 10, "64KiB")] {
+        for (case, secret) in [
+            ("clean", None),
+            ("key_near_end", Some("AKIAIOSFODNN7EXAMPLE")),
+        ] {
+            let body = chat_body(size, secret);
+            let findings = scanner.scan(&body);
+            match secret {
+                None => assert!(findings.is_empty(), "{label} {case}: {findings:?}"),
+                Some(_) => assert!(findings.contains(aws), "{label} {case}: {findings:?}"),
+            }
+            group.throughput(criterion::Throughput::Bytes(body.len() as u64));
+            group.bench_function(format!("scan_{label}_{case}"), |b| {
+                b.iter(|| black_box(scanner.scan(black_box(&body))))
+            });
+        }
+    }
+    group.finish();
 }

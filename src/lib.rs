@@ -4,7 +4,8 @@
 //!
 //! Layout: [`policy`] is the engine (model, compile, evaluate), [`extproc`] is only the Envoy
 //! protocol, [`transforms`] is the per-request pipeline, [`identity`] turns a connection into
-//! tags, [`tls`] is the interception CA and Envoy's certificate service (SDS), [`audit`] and
+//! tags, [`dlp`] finds leaked credentials and personal data in bodies, [`tls`] is the
+//! interception CA and Envoy's certificate service (SDS), [`audit`] and
 //! [`telemetry`] record what happened. [`store`] is the control plane's versioned store,
 //! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
 //! serves the admin API. [`cli`] is the command line, the admin API's client among it.

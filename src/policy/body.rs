@@ -171,7 +171,7 @@ impl TryFrom<String> for BodyRegex {
 /// The regex crate's message on one line: a syntax error is printed over several lines
 /// (the pattern, a caret, then `error: …`), which would break `validate`'s one error per
 /// line; the pattern itself is already named.
-fn regex_error_summary(error: &regex::Error) -> String {
+pub(crate) fn regex_error_summary(error: &regex::Error) -> String {
     let message = error.to_string();
     message
         .lines()
