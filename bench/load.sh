@@ -9,6 +9,10 @@
 #                  ext_proc filter removed; Portcullis only mints the certificate (SDS)
 #   tls-portcullis HTTPS interception: envoy/transparent.yaml, Portcullis mints the
 #                  certificate and decides every request (same 1,000 policies)
+#   body-headers   Envoy + Portcullis (same policies), every request a POST of a 4 KiB JSON
+#                  chat body that no rule reads: decided on its headers, the body streams
+#   body-buffered  the same POSTs with a prompt rule ranking ahead of the allow: Envoy
+#                  buffers each body (mode_override BUFFERED) and Portcullis scans the prompt
 #   The tls-* setups send `GET https://localhost:LISTEN/bench` (SNI localhost, Host naming the
 #   upstream's HTTPS port, as a redirected workload would) over kept-alive TLS; Envoy
 #   terminates it and originates TLS to examples/bench_upstream --tls-listen.
@@ -81,7 +85,7 @@ wait_port() { # wait_port PORT PID NAME
 # ---------------------------------------------------------------- build & tools
 if [[ "${BUILD}" == 1 ]]; then
   build_args=(--example noop_extproc --example bench_upstream)
-  [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" tls-"* ]] \
+  [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" tls-"* || " ${SETUPS} " == *" body-"* ]] \
     && build_args=(--bin portcullis "${build_args[@]}")
   log "cargo build --release ${build_args[*]}"
   cargo build --release "${build_args[@]}"
@@ -126,6 +130,27 @@ wrk.method = "GET"
 wrk.path = "${target}"
 wrk.headers["Host"] = "127.0.0.1:${up_port}"
 EOF
+# A 4 KiB OpenAI-style chat body, POSTed by the body-* setups.
+python3 - "${work}/body.json" <<'PY'
+import json, sys
+sentence = "Please review the retry logic in the upload worker and suggest a jittered backoff. "
+messages, size = [], 0
+while size < 4096 - 200:
+    text = sentence * 3
+    messages.append({"role": "user" if len(messages) % 2 == 0 else "assistant", "content": text})
+    size += len(text) + 40
+open(sys.argv[1], "w").write(json.dumps({"model": "gpt-4o", "messages": messages}))
+PY
+cat >"${work}/post.lua" <<EOF
+-- The same absolute-form request, as a POST of a 4 KiB JSON chat body.
+wrk.method = "POST"
+wrk.path = "${target}"
+wrk.headers["Host"] = "127.0.0.1:${up_port}"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("${work}/body.json", "rb")
+wrk.body = f:read("*a")
+f:close()
+EOF
 cat >"${work}/tls.lua" <<EOF
 -- A redirected HTTPS client: SNI localhost (from the URL), Host naming the upstream.
 wrk.method = "GET"
@@ -167,10 +192,10 @@ open(out, "w").write(text)
 PY
 }
 
-portcullis_config() { # portcullis_config OUT AUDIT_PATH [CA_DIR: interception on]
-  python3 - "$1" "$2" "${3:-}" <<'PY'
+portcullis_config() { # portcullis_config OUT AUDIT_PATH [CA_DIR: interception on] [body: a prompt rule]
+  python3 - "$1" "$2" "${3:-}" "${4:-}" <<'PY'
 import sys
-out, audit, ca = sys.argv[1:]
+out, audit, ca, body = sys.argv[1:]
 methods = [["GET", "POST"], ["GET"], ["POST", "PUT", "PATCH"], ["GET", "HEAD"], ["DELETE"]]
 paths = [["/v1/*"], ["/v2/items/*", "/v2/health"], ["/api/*"], ["/graphql"], ["/repos/*/issues", "/repos/*/pulls"]]
 o = ["gateway:", "  tags: [env:bench]", "default_action: deny", "policies:"]
@@ -185,6 +210,17 @@ for i in range(1, 1000):
         '      - host: "%s"' % host,
         "        paths: [%s]" % ", ".join('"%s"' % p for p in paths[i % len(paths)]),
         "        methods: [%s]" % ", ".join(methods[i % len(methods)]),
+    ]
+if body:
+    # Ranks ahead of the allow below: every POST to the upstream has its body buffered and
+    # its prompt scanned (nothing in the bench body matches, so it is then allowed).
+    o += [
+        "  - name: prompt-scan",
+        "    priority: 50",
+        "    action: deny",
+        "    rules:",
+        "      - host: 127.0.0.1",
+        "        prompt: {contains: [aws_secret_access_key, customer list]}",
     ]
 o += [
     "  - name: bench-upstream",
@@ -219,16 +255,20 @@ run_setup() { # run_setup NAME ROUND
     proxy_url="https://localhost:${listen}/"
     probe=(--cacert "${work}/ca/ca.crt" -H "Host: localhost:${tls_up_port}" "https://localhost:${listen}/bench")
   fi
+  [[ "${name}" == body-* ]] && lua="${work}/post.lua"
   case "${name}" in
     plain) with_ext=0 ;;
     noop)
       "${bin}/examples/noop_extproc" --listen "127.0.0.1:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_port "${grpc}" "${ext_pid}" noop ;;
-    portcullis|tls-plain|tls-portcullis)
+    portcullis|tls-plain|tls-portcullis|body-headers|body-buffered)
       [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
       [[ "${name}" == tls-plain ]] && with_ext=0
-      portcullis_config "${work}/portcullis-${name}.yaml" "${work}/audit.jsonl" "${ca_dir}"
+      local body_rule=""
+      [[ "${name}" == body-buffered ]] && body_rule=body
+      portcullis_config "${work}/portcullis-${name}.yaml" "${work}/audit.jsonl" "${ca_dir}" \
+        "${body_rule}"
       "${portcullis_bin}" serve --config "${work}/portcullis-${name}.yaml" \
         --grpc-listen "127.0.0.1:${grpc}" --admin-listen "127.0.0.1:$(free_port)" \
         >"${out}-portcullis.log" 2>&1 &
@@ -278,7 +318,7 @@ run_setup() { # run_setup NAME ROUND
 for round in $(seq 1 "${ROUNDS}"); do
   for setup in ${SETUPS}; do run_setup "${setup}" "${round}"; done
 done
-if [[ " ${SETUPS} " == *portcullis* ]]; then
+if [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" body-"* ]]; then
   log "portcullis: $(wc -l <"${work}/audit.jsonl" 2>/dev/null || echo 0) audit lines written"
 fi
 

@@ -518,8 +518,9 @@ fn tracing_case(p: &Prepared, count: usize) {
 }
 
 /// Agent policies: each case is a snapshot holding one kind of condition in front of a
-/// default allow, deciding a clean OpenAI chat body (no condition holds, so every byte is
-/// looked at) of 4 KiB and 64 KiB, as the gateway does once the body is buffered.
+/// default allow, deciding a clean OpenAI chat body ([`chat_body`]: logs, ids, hashes; no
+/// condition holds, so every byte is looked at) of 4 KiB and 64 KiB, as the gateway does
+/// once the body is buffered.
 const AGENT_CASES: &[(&str, &str)] = &[
     ("headers_only", ""),
     (
@@ -540,22 +541,6 @@ const AGENT_CASES: &[(&str, &str)] = &[
     ),
 ];
 
-/// A chat completion body of about `size` bytes of ordinary prose.
-fn chat_body(size: usize) -> Vec<u8> {
-    let sentence = "Please review the retry logic in the upload worker and suggest how to make the backoff jittered without breaking the tests. ";
-    let mut messages = Vec::new();
-    let mut total = 0;
-    let mut i = 0;
-    while total < size {
-        let text = sentence.repeat(4);
-        total += text.len() + 40;
-        let role = if i % 2 == 0 { "user" } else { "assistant" };
-        messages.push(serde_json::json!({"role": role, "content": text}));
-        i += 1;
-    }
-    serde_json::to_vec(&serde_json::json!({"model": "gpt-4o", "messages": messages})).unwrap()
-}
-
 fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let request = build_request(&CheckRequest {
         request_line: "POST https://api.openai.com/v1/chat/completions".into(),
@@ -564,8 +549,8 @@ fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     })
     .unwrap();
     let bodies = [
-        ("4KiB", chat_body(4 * 1024)),
-        ("64KiB", chat_body(64 * 1024)),
+        ("4KiB", chat_body(4 * 1024, None)),
+        ("64KiB", chat_body(64 * 1024, None)),
     ];
     let mut group = c.benchmark_group("agent_conditions");
     for (case, policy) in AGENT_CASES {

@@ -152,7 +152,7 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
         "default_action": snapshot.policies.default_action().action(),
         "matching_policies": matches_json,
         "audit": serde_json::to_value(&record).unwrap_or_default(),
-        "body": {"bytes": check.body.len(), "buffered": buffered},
+        "body": body_json(snapshot, &request, check, buffered),
         "upstream": upstream_json(&decided),
     });
     // The text is rendered from the JSON, as `portcullis playground` renders the API's
@@ -165,6 +165,29 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
         text,
         json,
     })
+}
+
+/// The body's part of the report: size, whether it would be buffered, the action type,
+/// and which DLP detectors fire on it (every detector, not only those policies name).
+fn body_json(
+    snapshot: &Snapshot,
+    request: &OutboundRequest,
+    check: &CheckRequest,
+    buffered: bool,
+) -> serde_json::Value {
+    let scanner = snapshot.policies.dlp();
+    let body = Body::new(&check.body, scanner);
+    let facts = RequestFacts {
+        body: Some(&body),
+        ..request.facts()
+    };
+    let dlp: Vec<_> = body
+        .findings()
+        .iter()
+        .map(|(detector, count)| json!({"detector": detector, "count": count}))
+        .collect();
+    json!({"bytes": check.body.len(), "buffered": buffered,
+           "action_type": facts.action_type(), "dlp": dlp})
 }
 
 /// Decides as the gateway would (`extproc::stream`): the body is handed over only when

@@ -32,6 +32,18 @@ pub struct Report {
 pub struct BodyView {
     pub bytes: usize,
     pub buffered: bool,
+    /// The request's action type (absent from gateways that predate it).
+    #[serde(default)]
+    pub action_type: Option<String>,
+    /// The DLP detectors that fire on the body, with counts, never the matches.
+    #[serde(default)]
+    pub dlp: Vec<DlpView>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DlpView {
+    pub detector: String,
+    pub count: usize,
 }
 
 /// One active policy that matched, in decision order.
@@ -153,6 +165,17 @@ pub fn render_text(request: &OutboundRequest, report: &Report) -> String {
                 "not buffered: no rule or secret needs it"
             }
         );
+        if !body.dlp.is_empty() {
+            let found: Vec<String> = body
+                .dlp
+                .iter()
+                .map(|f| format!("{} ×{}", f.detector, f.count))
+                .collect();
+            let _ = writeln!(out, "dlp         {}", found.join(", "));
+        }
+    }
+    if let Some(action_type) = report.body.as_ref().and_then(|b| b.action_type.as_ref()) {
+        let _ = writeln!(out, "action      {action_type}");
     }
     if audit.identity.kind == "refused" {
         let why = report.upstream.message.as_deref().unwrap_or("refused");

@@ -342,3 +342,77 @@ impl Conditions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(yaml: &str) -> Result<HeaderCondition, String> {
+        serde_norway::from_str::<HeaderCondition>(yaml).map_err(|e| e.to_string())
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn header_matchers_follow_envoys() {
+        let sent = headers(&[
+            ("x-user", "alice@example.com"),
+            ("x-env", "prod"),
+            ("x-env", "ci"),
+        ]);
+        let cases = [
+            ("{name: X-User, exact: alice@example.com}", true),
+            ("{name: x-user, exact: Alice@example.com}", false),
+            ("{name: x-user, prefix: alice}", true),
+            ("{name: x-user, suffix: '@example.com'}", true),
+            ("{name: x-user, contains: '@'}", true),
+            ("{name: x-user, regex: '[a-z]+@example\\.com'}", true),
+            ("{name: x-user, regex: 'alice'}", false),
+            ("{name: x-env, exact: ci}", true),
+            ("{name: x-session, present: false}", true),
+            ("{name: x-session, present: true}", false),
+            ("{name: x-env, exact: prod, invert: true}", false),
+            ("{name: x-env, exact: dev, invert: true}", true),
+        ];
+        for (yaml, want) in cases {
+            let condition = header(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            assert_eq!(condition.matcher.matches(&sent), want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn header_matchers_need_exactly_one_test() {
+        let error = header("{name: x-a, exact: a, prefix: b}").unwrap_err();
+        assert!(error.contains("exactly one of"), "{error}");
+        let error = header("{name: x-a}").unwrap_err();
+        assert!(error.contains("exactly one of"), "{error}");
+        let error = header("{name: 'x a', present: true}").unwrap_err();
+        assert!(error.contains("contains ' '"), "{error}");
+        let error = header("{name: x-a, regex: '('}").unwrap_err();
+        assert!(error.contains("is not valid"), "{error}");
+        let error = header("{name: x-a, exact: a, typo: 1}").unwrap_err();
+        assert!(error.contains("unknown field `typo`"), "{error}");
+    }
+
+    #[test]
+    fn only_conditions_that_read_the_body_need_it() {
+        let compile = |yaml: &str| {
+            let rule: crate::policy::rule::RuleConfig = serde_norway::from_str(yaml).unwrap();
+            crate::policy::rule::Rule::compile(&rule)
+        };
+        assert!(!compile("{host: '*', headers: [{name: x-a, present: true}]}").needs_body());
+        assert!(!compile("{host: '*', action_types: [chat_completion, embedding]}").needs_body());
+        assert!(compile("{host: '*', action_types: [tool_call]}").needs_body());
+        assert!(!compile("{host: '*', cel: 'agent.slug == \"x\"'}").needs_body());
+        assert!(compile("{host: '*', cel: 'request.args.x == 1'}").needs_body());
+        assert!(compile("{host: '*', tools: ['send_*']}").needs_body());
+        assert!(compile("{host: '*', prompt: {contains: [x]}}").needs_body());
+        assert!(compile("{host: '*', dlp: [aws_access_key]}").needs_body());
+        assert!(compile("{host: '*'}").conditions.is_none());
+    }
+}

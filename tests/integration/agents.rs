@@ -218,3 +218,86 @@ fn a_gated_policy_allows_only_when_its_condition_holds() {
     assert_eq!(upstream.hits(), 2);
     gw.assert_no_leaks(&[CLAUDE, CURSOR], &[&allowed, &denied]);
 }
+
+const DLP_CONFIG: &str = r#"
+dlp:
+  custom:
+    - {name: internal_ticket_secret, regex: 'TKS-[0-9]{6}-[A-Z]{4}'}
+policies:
+  - name: no-leaked-credentials
+    priority: 10
+    action: deny
+    rules:
+      - host: "*"
+        methods: [POST]
+        dlp: [aws_access_key, private_key, credit_card, internal_ticket_secret]
+  - name: default-allow
+    priority: 1000
+    action: allow
+    rules: [{host: "*"}]
+"#;
+
+#[test]
+fn dlp_conditions_deny_what_a_detector_finds_and_nothing_else() {
+    let upstream = Upstream::start(None);
+    let gw = Gateway::start(DLP_CONFIG, GatewayOptions::default());
+    let chat = format!("http://127.0.0.1:{}/v1/chat/completions", upstream.port());
+    let body = |content: &str| {
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]})
+            .to_string()
+    };
+    let post = |content: &str| {
+        let body = body(content);
+        gw.via_proxy(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+            &chat,
+        ])
+    };
+    let mut replies = Vec::new();
+    for (content, denied) in [
+        ("my key is AKIAIOSFODNN7EXAMPLE, is that ok?", true),
+        ("card 4111 1111 1111 1111 exp 12/29", true),
+        ("ticket TKS-123456-ABCD needs a reset", true),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+            true,
+        ),
+        // Luhn-invalid, a near-miss key, an ordinary question.
+        ("card 4111 1111 1111 1112 exp 12/29", false),
+        ("AKIA is the prefix of AWS access key ids", false),
+        ("how do I rotate credentials safely?", false),
+    ] {
+        let reply = post(content);
+        let want = if denied { 403 } else { 200 };
+        assert_eq!(
+            reply.status,
+            want,
+            "{content:?}: {reply:?}\n{}",
+            gw.portcullis_log()
+        );
+        if denied {
+            assert_eq!(reply.json()["error"]["policy"], "no-leaked-credentials");
+        }
+        replies.push(reply);
+    }
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "only the clean bodies reached the upstream"
+    );
+    let leaked: Vec<&Reply> = replies.iter().collect();
+    gw.assert_no_leaks(
+        &[
+            "AKIAIOSFODNN7EXAMPLE",
+            "4111 1111 1111 1111",
+            "TKS-123456-ABCD",
+            "MIIEowIBAAKCAQEA",
+        ],
+        &leaked,
+    );
+}
