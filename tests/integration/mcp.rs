@@ -135,7 +135,7 @@ fn tool_calls_are_checked_by_name_and_arguments_and_tools_list_is_filtered() {
         );
         denied_by(&report, 4, "no-system-files");
         assert_eq!(report.error(5), None, "{style}: {:#}", report.0);
-        assert_eq!(report.text(6).is_empty(), false);
+        assert!(!report.text(6).is_empty());
 
         assert_eq!(
             server.called_tools(),
