@@ -70,9 +70,9 @@ impl TransformSpec {
     /// Transforms that must see the request as the workload sent it, before `secrets`.
     fn must_precede_secrets(&self) -> Option<&'static str> {
         match self {
-            TransformSpec::Judge(_) => Some(
-                "the judge's provider would be sent the credentials `secrets` injects",
-            ),
+            TransformSpec::Judge(_) => {
+                Some("the judge's provider would be sent the credentials `secrets` injects")
+            }
             TransformSpec::BodyCapture(_) | TransformSpec::HeaderCapture(_) => Some(
                 "it would capture the credentials `secrets` injects instead of what the \
                  workload sent",

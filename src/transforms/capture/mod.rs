@@ -99,7 +99,10 @@ impl HeaderCaptureConfig {
             let lower = name.to_ascii_lowercase();
             let path = format!("headers[{i}]");
             if !header_name_ok(&lower) {
-                errors.push(FieldError::new(path, format!("{name:?} is not a header name")));
+                errors.push(FieldError::new(
+                    path,
+                    format!("{name:?} is not a header name"),
+                ));
             } else if NEVER_CAPTURED.contains(&lower.as_str()) {
                 errors.push(FieldError::new(
                     path,
@@ -176,11 +179,23 @@ fn presented_token(request: &OutboundRequest) -> Option<String> {
     (token.len() >= 8).then_some(token)
 }
 
-fn redact(text: String, token: Option<&str>) -> String {
-    match token {
-        Some(token) if text.contains(token) => text.replace(token, REDACTED),
-        _ => text,
-    }
+/// At most `max` bytes of `bytes` as text, with every occurrence of `token` replaced by
+/// [`REDACTED`] *before* the cut, so no prefix of the token survives it; whether the text
+/// is shorter than the whole.
+fn capture_text(bytes: &[u8], max: usize, token: Option<&str>) -> (String, bool) {
+    let Some(token) = token else {
+        return prefix_text(bytes, max);
+    };
+    // Any occurrence starting within the first `max` bytes ends within this window.
+    let window = &bytes[..bytes.len().min(max + token.len())];
+    let text = String::from_utf8_lossy(window);
+    let redacted = if text.contains(token) {
+        text.replace(token, REDACTED)
+    } else {
+        text.into_owned()
+    };
+    let (text, cut) = prefix_text(redacted.as_bytes(), max);
+    (text, cut || window.len() < bytes.len())
 }
 
 /// The compiled `body_capture`.
@@ -216,13 +231,13 @@ impl BodyCapture {
                 });
             }
         };
-        let (text, truncated) = prefix_text(body, self.max_bytes);
         let token = presented_token(exchange.request);
+        let (text, truncated) = capture_text(body, self.max_bytes, token.as_deref());
         Step::Continue(Annotations {
             captured_body: Some(Box::new(CapturedBody {
                 bytes: body.len(),
                 truncated,
-                text: redact(text, token.as_deref()),
+                text,
             })),
             ..Annotations::default()
         })
@@ -277,10 +292,10 @@ impl HeaderCapture {
         // In config order; a header sent more than once is recorded once per value.
         for name in &self.headers {
             for (_, value) in exchange.request.headers.iter().filter(|(n, _)| n == name) {
-                let (value, truncated) = prefix_text(value, MAX_HEADER_VALUE);
+                let (value, truncated) = capture_text(value, MAX_HEADER_VALUE, token.as_deref());
                 captured.push(CapturedHeader {
                     name: name.clone(),
-                    value: redact(value, token.as_deref()),
+                    value,
                     truncated,
                 });
             }
