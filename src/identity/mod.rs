@@ -409,6 +409,11 @@ pub(crate) fn token_digest(
     Ok(Sha256::digest(value.as_bytes()).into())
 }
 
+/// The token a `Proxy-Authorization` value carries, if it is well formed (for redaction).
+pub(crate) fn proxy_authorization_token(header: &[u8]) -> Option<Vec<u8>> {
+    parse_proxy_authorization(header).ok()
+}
+
 /// Extracts the token from `Bearer <token>` or `Basic base64(user:password)` (the password,
 /// or the user name when the password is empty).
 fn parse_proxy_authorization(header: &[u8]) -> Result<Vec<u8>, IdentityError> {

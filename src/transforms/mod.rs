@@ -6,6 +6,7 @@
 //! change, later steps see earlier steps' changes, and the Envoy layer converts them once.
 
 mod allowlist;
+pub mod capture;
 pub mod header_allowlist;
 pub mod judge;
 pub mod secrets;
@@ -25,12 +26,20 @@ use crate::request::OutboundRequest;
 use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
 use crate::telemetry::trace::transform_span;
 
+pub use capture::{BodyCaptureConfig, CapturedBody, CapturedHeader, HeaderCaptureConfig};
 pub use header_allowlist::HeaderAllowlistConfig;
 pub use judge::{JudgeAnnotation, JudgeConfig};
 pub use secrets::SecretConfig;
 
 /// The names users write in `transforms:`.
-const KNOWN: &[&str] = &["allowlist", "judge", "secrets", "header_allowlist"];
+const KNOWN: &[&str] = &[
+    "allowlist",
+    "judge",
+    "body_capture",
+    "header_capture",
+    "secrets",
+    "header_allowlist",
+];
 
 /// One entry of `transforms:` — either a bare name (`- allowlist`) or
 /// `{name, rules, config}`.
@@ -51,6 +60,26 @@ pub enum TransformSpec {
     HeaderAllowlist(HeaderAllowlistConfig),
     /// An LLM asked about each request in scope; it can deny, never allow.
     Judge(Box<JudgeConfig>),
+    /// Records (the start of) the body in the audit record; never changes the request.
+    BodyCapture(BodyCaptureConfig),
+    /// Records listed header values in the audit record; never changes the request.
+    HeaderCapture(HeaderCaptureConfig),
+}
+
+impl TransformSpec {
+    /// Transforms that must see the request as the workload sent it, before `secrets`.
+    fn must_precede_secrets(&self) -> Option<&'static str> {
+        match self {
+            TransformSpec::Judge(_) => {
+                Some("the judge's provider would be sent the credentials `secrets` injects")
+            }
+            TransformSpec::BodyCapture(_) | TransformSpec::HeaderCapture(_) => Some(
+                "it would capture the credentials `secrets` injects instead of what the \
+                 workload sent",
+            ),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,6 +106,8 @@ impl TransformEntry {
             TransformSpec::Secrets => "secrets",
             TransformSpec::HeaderAllowlist(_) => "header_allowlist",
             TransformSpec::Judge(_) => "judge",
+            TransformSpec::BodyCapture(_) => "body_capture",
+            TransformSpec::HeaderCapture(_) => "header_capture",
         }
     }
 
@@ -154,7 +185,33 @@ impl TransformEntry {
                 }
                 TransformSpec::Judge(Box::new(config))
             }
-            "body_capture" | "header_capture" | "grpc" => {
+            "body_capture" => {
+                let config: BodyCaptureConfig = match raw.config {
+                    Some(config) => from_value(config).map_err(|e| vec![e.under("config")])?,
+                    None => BodyCaptureConfig::default(),
+                };
+                let problems = config.validate();
+                if !problems.is_empty() {
+                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
+                }
+                TransformSpec::BodyCapture(config)
+            }
+            "header_capture" => {
+                let config = raw.config.ok_or_else(|| {
+                    vec![FieldError::new(
+                        "config",
+                        "header_capture needs a `config` with a `headers` list of header names",
+                    )]
+                })?;
+                let config: HeaderCaptureConfig =
+                    from_value(config).map_err(|e| vec![e.under("config")])?;
+                let problems = config.validate();
+                if !problems.is_empty() {
+                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
+                }
+                TransformSpec::HeaderCapture(config)
+            }
+            "grpc" => {
                 return Err(vec![FieldError::new(
                     "name",
                     format!(
@@ -234,8 +291,6 @@ pub struct DryRun {
     pub action: Action,
 }
 
-/// Per-transform audit context. Typed on purpose: nothing here can hold a header value or
-/// a credential, only names, indexes and fixed reasons.
 /// A credential put to use, for the audit record: the secret's name and where it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CredentialUse {
@@ -244,6 +299,9 @@ pub struct CredentialUse {
     pub locations: Vec<String>,
 }
 
+/// Per-transform audit context. Typed on purpose: nothing here can hold a credential, only
+/// names, indexes and fixed reasons — and, from the capture transforms (which run before
+/// `secrets` and never capture credential headers), what the workload sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Annotations {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,6 +331,12 @@ pub struct Annotations {
     /// Other secrets that matched but lost to an earlier one in config order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadowed: Vec<Arc<str>>,
+    /// `body_capture`: the (first bytes of the) body the workload sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured_body: Option<Box<CapturedBody>>,
+    /// `header_capture`: the listed headers' values, as the workload sent them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub captured_headers: Vec<CapturedHeader>,
 }
 
 impl Annotations {
@@ -395,6 +459,8 @@ enum Transform {
     Secrets(Box<secrets::SecretsTransform>),
     HeaderAllowlist(header_allowlist::HeaderAllowlist),
     Judge(Box<judge::Judge>),
+    BodyCapture(capture::BodyCapture),
+    HeaderCapture(capture::HeaderCapture),
 }
 
 impl Transform {
@@ -404,6 +470,8 @@ impl Transform {
             Transform::Secrets(_) => "secrets",
             Transform::HeaderAllowlist(_) => "header_allowlist",
             Transform::Judge(_) => "judge",
+            Transform::BodyCapture(_) => "body_capture",
+            Transform::HeaderCapture(_) => "header_capture",
         }
     }
 
@@ -413,6 +481,8 @@ impl Transform {
             Transform::Secrets(t) => t.apply(exchange).await,
             Transform::HeaderAllowlist(t) => t.apply(exchange),
             Transform::Judge(t) => t.apply(exchange).await,
+            Transform::BodyCapture(t) => t.apply(exchange),
+            Transform::HeaderCapture(t) => t.apply(exchange),
         }
     }
 
@@ -420,7 +490,10 @@ impl Transform {
         match self {
             Transform::Secrets(t) => t.needs_body(request, identity),
             Transform::Judge(t) => t.needs_body(request),
-            Transform::Allowlist | Transform::HeaderAllowlist(_) => false,
+            Transform::BodyCapture(t) => t.needs_body(request),
+            Transform::Allowlist | Transform::HeaderAllowlist(_) | Transform::HeaderCapture(_) => {
+                false
+            }
         }
     }
 }
@@ -466,19 +539,20 @@ impl Pipeline {
             let path = format!("transforms[{i}]");
             if let TransformSpec::Judge(config) = &entry.spec {
                 judge_timeouts += config.timeout.0;
-                if let Some(at) = entries[..i]
+            }
+            if let Some(why) = entry.spec.must_precede_secrets()
+                && let Some(at) = entries[..i]
                     .iter()
                     .position(|e| e.spec == TransformSpec::Secrets)
-                {
-                    errors.push(FieldError::new(
-                        format!("{path}.name"),
-                        format!(
-                            "judge must run before `secrets` (transforms[{at}]): after it, the \
-                             judge's provider would be sent the credentials `secrets` injects"
-                        ),
-                    ));
-                    continue;
-                }
+            {
+                errors.push(FieldError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "{} must run before `secrets` (transforms[{at}]): after it, {why}",
+                        entry.name()
+                    ),
+                ));
+                continue;
             }
             if entries[..i].iter().any(|e| e.name() == entry.name())
                 && matches!(
@@ -506,6 +580,19 @@ impl Pipeline {
                 TransformSpec::Judge(config) => {
                     match judge::Judge::compile(config, cache, sources) {
                         Ok(t) => Transform::Judge(Box::new(t)),
+                        Err(e) => {
+                            errors
+                                .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
+                            continue;
+                        }
+                    }
+                }
+                TransformSpec::BodyCapture(config) => {
+                    Transform::BodyCapture(capture::BodyCapture::compile(config))
+                }
+                TransformSpec::HeaderCapture(config) => {
+                    match capture::HeaderCapture::compile(config, secrets) {
+                        Ok(t) => Transform::HeaderCapture(t),
                         Err(e) => {
                             errors
                                 .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));

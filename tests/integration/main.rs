@@ -5,6 +5,7 @@ mod common;
 
 mod agents;
 mod bodies;
+mod capture;
 mod cli;
 mod cli_api;
 mod control;
