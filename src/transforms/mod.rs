@@ -743,4 +743,6 @@ impl Pipeline {
 }
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

@@ -2,17 +2,7 @@ use super::*;
 use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
 use crate::snapshot::Snapshot;
-
-fn snapshot(yaml: &str) -> Snapshot {
-    let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
-    Snapshot::compile(
-        &loaded.config,
-        &loaded.version,
-        &|_| None,
-        &Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"))
-}
+use crate::transforms::test_support::snapshot;
 
 async fn outcome(snapshot: &Snapshot, line: &str, headers: &[(&str, &str)]) -> Outcome {
     let request = build_request(&CheckRequest {

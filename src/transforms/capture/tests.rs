@@ -1,4 +1,5 @@
 use super::*;
+use crate::transforms::test_support::{config_errors, request, snapshot};
 
 #[test]
 fn prefix_text_cuts_at_a_character_boundary() {
@@ -9,36 +10,7 @@ fn prefix_text_cuts_at_a_character_boundary() {
     assert_eq!(prefix_text(b"a\xffb", 10), ("a\u{fffd}b".to_owned(), false));
 }
 
-use crate::check::{CheckRequest, build_request};
-use crate::config::parse_str;
-use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::transforms::{Outcome, TraceAction, TransformTrace};
-
-/// Every error of a config, as `path: message` (parse errors and compile errors).
-fn config_errors(yaml: &str) -> Vec<String> {
-    let loaded = match parse_str(yaml, None) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            return e
-                .0
-                .iter()
-                .map(|e| format!("{}: {}", e.path, e.message))
-                .collect();
-        }
-    };
-    match Snapshot::compile(
-        &loaded.config,
-        &loaded.version,
-        &|_| None,
-        &SecretsRuntime::default(),
-    ) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors
-            .iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect(),
-    }
-}
 
 const SECRET: &str = "secrets:\n  - {name: gh, source: {type: env, var: S}, inject: {style: bearer}, rules: [{host: a.example}]}\n";
 
@@ -151,29 +123,6 @@ transforms:
   - name: header_capture
     config: {headers: [user-agent, x-agent-session, x-absent]}
 "#;
-
-fn snapshot(yaml: &str) -> Snapshot {
-    let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
-    Snapshot::compile(
-        &loaded.config,
-        &loaded.version,
-        &|_| None,
-        &SecretsRuntime::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"))
-}
-
-fn request(line: &str, headers: &[(&str, &str)]) -> OutboundRequest {
-    build_request(&CheckRequest {
-        request_line: line.into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect(),
-        ..CheckRequest::default()
-    })
-    .unwrap()
-}
 
 fn stage<'a>(outcome: &'a Outcome, name: &str) -> &'a TransformTrace {
     outcome

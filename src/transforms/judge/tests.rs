@@ -10,39 +10,13 @@ use serde_json::{Value, json};
 use super::provider::{Ruling, parse_answer, parse_verdict};
 use super::summary::SummaryRules;
 use super::*;
-use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
 use crate::policy::Decision;
 use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::transforms::test_support::{config_errors, request};
 use crate::transforms::{Outcome, TraceAction};
 
 // ---- config errors -------------------------------------------------------------------
-
-/// Every error of a config, as `path: message` (parse errors and compile errors).
-fn config_errors(yaml: &str) -> Vec<String> {
-    let loaded = match parse_str(yaml, None) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            return e
-                .0
-                .iter()
-                .map(|e| format!("{}: {}", e.path, e.message))
-                .collect();
-        }
-    };
-    match Snapshot::compile(
-        &loaded.config,
-        &loaded.version,
-        &|_| None,
-        &SecretsRuntime::default(),
-    ) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors
-            .iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect(),
-    }
-}
 
 fn judge_entry(extra: &str) -> String {
     format!(
@@ -289,18 +263,6 @@ fn reasons_are_cleaned_and_cut() {
 }
 
 // ---- the summary ---------------------------------------------------------------------
-
-fn request(line: &str, headers: &[(&str, &str)]) -> OutboundRequest {
-    build_request(&CheckRequest {
-        request_line: line.into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect(),
-        ..CheckRequest::default()
-    })
-    .unwrap()
-}
 
 #[test]
 fn the_summary_is_bounded_and_carries_no_credential_header() {

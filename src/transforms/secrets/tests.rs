@@ -1,22 +1,10 @@
 use super::*;
-use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
 use crate::secrets::{SecretValue, SourceCache};
 use crate::snapshot::Snapshot;
 use crate::transforms::Mutations;
+use crate::transforms::test_support::request;
 use inject::{Applied, apply};
-
-fn request(line: &str, headers: &[(&str, &str)]) -> OutboundRequest {
-    build_request(&CheckRequest {
-        request_line: line.into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect(),
-        ..CheckRequest::default()
-    })
-    .unwrap()
-}
 
 fn inject(yaml: &str) -> InjectConfig {
     serde_norway::from_str(yaml).unwrap()
