@@ -193,7 +193,7 @@ pub fn looks_like_jsonrpc(body: &[u8]) -> bool {
     let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return false;
     };
-    matches!(first, b'{' | b'[') && body.windows(9).any(|w| w == b"\"jsonrpc\"")
+    matches!(first, b'{' | b'[') && memchr::memmem::find(body, b"\"jsonrpc\"").is_some()
 }
 
 fn parse_message(mut object: Map<String, Value>) -> Result<Message, String> {

@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use cel::objects::Key;
-use cel::{Context, ExecutionError, Program, Value};
+use cel::{Context, Env, ExecutionError, Program, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
@@ -72,6 +72,10 @@ impl utoipa::PartialSchema for CelExpr {
 }
 
 impl utoipa::ToSchema for CelExpr {}
+
+/// CEL's standard functions, built once: `Context::default()` builds them afresh, which
+/// costs more than the rest of an evaluation.
+static STDLIB: std::sync::LazyLock<Arc<Env>> = std::sync::LazyLock::new(|| Arc::new(Env::stdlib()));
 
 const VARIABLES: &[&str] = &["request", "identity", "agent"];
 const BODY_FIELDS: &[&str] = &["body", "args", "tool", "action_type"];
@@ -130,7 +134,7 @@ impl CelExpr {
 
     /// The expression's value for this request, for explanations.
     pub fn evaluate(&self, req: &RequestFacts<'_>) -> Result<Value, ExecutionError> {
-        let mut context = Context::default();
+        let mut context = Context::with_env(STDLIB.clone());
         for (name, value) in variables(req) {
             context.add_variable_from_value(name, value);
         }
@@ -142,7 +146,7 @@ impl CelExpr {
     /// free-form `args`, `body` or `headers` is left to request time.
     fn check(&self) -> Result<(), String> {
         for shape in Shape::ALL {
-            let mut context = Context::default();
+            let mut context = Context::with_env(STDLIB.clone());
             for (name, value) in shape.variables() {
                 context.add_variable_from_value(name, value);
             }
