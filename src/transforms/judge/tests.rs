@@ -13,7 +13,7 @@ use super::*;
 use crate::config::parse_str;
 use crate::policy::Decision;
 use crate::snapshot::{SecretsRuntime, Snapshot};
-use crate::transforms::test_support::{config_errors, request};
+use crate::transforms::test_support::{config_errors, request, snapshot};
 use crate::transforms::{Outcome, TraceAction};
 
 // ---- config errors -------------------------------------------------------------------
@@ -435,14 +435,7 @@ fn gateway(url: &str, extra: &str) -> Snapshot {
     let yaml = format!(
         "policies:\n  - {{name: all, action: allow, rules: [{{host: '*.example'}}]}}\ntransforms:\n  - allowlist\n  - name: judge\n    rules: [{{host: api.example}}]\n    config:\n      provider: openai\n      url: {url}\n      model: judge-model\n      policy: Deny anything mentioning exfiltrate.\n      timeout: 300ms\n{extra}"
     );
-    let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("{e}"));
-    Snapshot::compile(
-        &loaded.config,
-        &loaded.version,
-        &|_| None,
-        &SecretsRuntime::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"))
+    snapshot(&yaml)
 }
 
 async fn decide(snapshot: &Snapshot, line: &str, body: &[u8]) -> Outcome {

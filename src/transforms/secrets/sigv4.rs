@@ -331,20 +331,8 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::check::{CheckRequest, build_request};
     use crate::transforms::secrets::inject::hex;
-
-    fn request(line: &str, headers: &[(&str, &str)]) -> OutboundRequest {
-        build_request(&CheckRequest {
-            request_line: line.into(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
-            ..CheckRequest::default()
-        })
-        .unwrap()
-    }
+    use crate::transforms::test_support::request;
 
     fn set(m: &Mutations, name: &str) -> Option<String> {
         m.set
