@@ -34,6 +34,48 @@ pub struct CelExpr {
     /// It mentions `request.body`, `request.args`, `request.tool` or
     /// `request.action_type`, which take the body.
     reads_body: bool,
+    /// What of the request it reads: only that is built for each evaluation.
+    reads: Reads,
+}
+
+/// The variables and `request` fields an expression reads. Over-approximated from the
+/// source: a `request` used other than as `request.<field>` reads every field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reads {
+    /// Bit `i`: `REQUEST_FIELDS[i]`.
+    request: u16,
+    identity: bool,
+    agent: bool,
+}
+
+impl Reads {
+    fn of(code: &str, variables: &[&str]) -> Reads {
+        let mut request = 0u16;
+        let select = regex::Regex::new(r"\brequest\b(\s*\.\s*([A-Za-z_][A-Za-z0-9_]*))?")
+            .unwrap_or_else(|_| unreachable!("a fixed, valid regex"));
+        for found in select.captures_iter(code) {
+            match found.get(2).and_then(|field| {
+                REQUEST_FIELDS
+                    .iter()
+                    .position(|known| *known == field.as_str())
+            }) {
+                Some(i) => request |= 1 << i,
+                None => request = u16::MAX,
+            }
+        }
+        Reads {
+            request,
+            identity: variables.contains(&"identity"),
+            agent: variables.contains(&"agent"),
+        }
+    }
+
+    fn field(&self, name: &str) -> bool {
+        REQUEST_FIELDS
+            .iter()
+            .position(|known| *known == name)
+            .is_some_and(|i| self.request & (1 << i) != 0)
+    }
 }
 
 impl fmt::Debug for CelExpr {
@@ -95,9 +137,10 @@ impl TryFrom<String> for CelExpr {
         })?;
         let code = code_only(&source);
         let references = program.references();
-        if let Some(unknown) = references
-            .variables()
-            .into_iter()
+        let variables = references.variables();
+        if let Some(unknown) = variables
+            .iter()
+            .copied()
             .find(|v| !VARIABLES.contains(v) && !is_bound_in(&code, v))
         {
             return Err(format!(
@@ -110,6 +153,7 @@ impl TryFrom<String> for CelExpr {
         }
         let expr = CelExpr {
             reads_body: identifiers(&code).any(|word| BODY_FIELDS.contains(&word)),
+            reads: Reads::of(&code, &variables),
             source: Arc::from(source.as_str()),
             program: Arc::new(program),
         };
@@ -135,7 +179,7 @@ impl CelExpr {
     /// The expression's value for this request, for explanations.
     pub fn evaluate(&self, req: &RequestFacts<'_>) -> Result<Value, ExecutionError> {
         let mut context = Context::with_env(STDLIB.clone());
-        for (name, value) in variables(req) {
+        for (name, value) in variables(req, self.reads) {
             context.add_variable_from_value(name, value);
         }
         self.program.execute(&context)
@@ -257,50 +301,57 @@ impl RequestValues<'_> {
     }
 }
 
-fn variables(req: &RequestFacts<'_>) -> Vec<(&'static str, Value)> {
-    let mut headers: HashMap<Key, Value> = HashMap::new();
-    for (name, value) in req.headers {
-        if name.starts_with(':') {
-            continue;
+/// The variables for one evaluation: only those the expression reads, and of `request`
+/// only the fields it reads (the headers map and the body's JSON cost the most).
+fn variables(req: &RequestFacts<'_>, reads: Reads) -> Vec<(&'static str, Value)> {
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    let mut put = |field: &'static str, value: &dyn Fn() -> Value| {
+        if reads.field(field) {
+            map.insert(key(field), value());
         }
-        headers
-            .entry(key(name))
-            .or_insert_with(|| string(&String::from_utf8_lossy(value)));
-    }
-    let body = match req.body {
+    };
+    put("method", &|| string(req.method_name()));
+    put("scheme", &|| string(req.scheme));
+    put("host", &|| string(req.host));
+    put("port", &|| Value::Int(i64::from(req.port)));
+    put("path", &|| string(req.path));
+    put("headers", &|| {
+        let mut headers: HashMap<Key, Value> = HashMap::new();
+        for (name, value) in req.headers {
+            if name.starts_with(':') {
+                continue;
+            }
+            headers
+                .entry(key(name))
+                .or_insert_with(|| string(&String::from_utf8_lossy(value)));
+        }
+        Value::Map(headers.into())
+    });
+    put("action_type", &|| string(req.action_type().as_str()));
+    put("body", &|| match req.body {
         Some(body) => match body.json() {
             Some(json) => json_to_cel(json),
             None if body.bytes().is_empty() => Value::Null,
             None => string(&String::from_utf8_lossy(body.bytes())),
         },
         None => Value::Null,
-    };
-    let (tool, args) = match req.tool_call() {
-        Some((name, args)) => (name, json_to_cel(args)),
-        None => ("", Value::Map(HashMap::<Key, Value>::new().into())),
-    };
-    let action_type = req.action_type();
-    let request = RequestValues {
-        method: req.method_name(),
-        scheme: req.scheme,
-        host: req.host,
-        port: req.port,
-        path: req.path,
-        headers,
-        action_type: action_type.as_str(),
-        body,
-        tool,
-        args: match args {
-            Value::Map(_) => args,
-            // `arguments` that are not an object: nothing to look up.
-            _ => Value::Map(HashMap::<Key, Value>::new().into()),
-        },
-    };
-    vec![
-        ("request", request.into_value()),
-        ("identity", identity_value(req.identity)),
-        ("agent", agent_value(req.identity)),
-    ]
+    });
+    put("tool", &|| {
+        string(req.tool_call().map_or("", |(name, _)| name))
+    });
+    put("args", &|| match req.tool_call() {
+        Some((_, args)) if args.is_object() => json_to_cel(args),
+        // No tool call, or `arguments` that are not an object: nothing to look up.
+        _ => Value::Map(HashMap::<Key, Value>::new().into()),
+    });
+    let mut variables = vec![("request", Value::Map(map.into()))];
+    if reads.identity {
+        variables.push(("identity", identity_value(req.identity)));
+    }
+    if reads.agent {
+        variables.push(("agent", agent_value(req.identity)));
+    }
+    variables
 }
 
 fn identity_value(identity: Option<&Identity>) -> Value {
@@ -441,23 +492,23 @@ fn is_bound_in(code: &str, variable: &str) -> bool {
     })
 }
 
+/// The fields of `request`.
+const REQUEST_FIELDS: &[&str] = &[
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "headers",
+    "action_type",
+    "body",
+    "tool",
+    "args",
+];
+
 /// The fields of each variable; a field outside these is a misspelling.
 const FIELDS: &[(&str, &[&str])] = &[
-    (
-        "request",
-        &[
-            "method",
-            "scheme",
-            "host",
-            "port",
-            "path",
-            "headers",
-            "action_type",
-            "body",
-            "tool",
-            "args",
-        ],
-    ),
+    ("request", REQUEST_FIELDS),
     ("identity", &["name", "kind", "tags", "labels", "spiffe_id"]),
     ("agent", &["slug", "name", "tags"]),
 ];

@@ -129,3 +129,41 @@ fn expressions_compare_and_serialize_by_source() {
     assert_eq!(a, expr(r#"agent.slug == "a""#).unwrap());
     assert_eq!(String::from(a), r#"agent.slug == "a""#);
 }
+
+#[test]
+fn only_what_an_expression_reads_is_built() {
+    let reads = |source: &str| expr(source).unwrap().reads;
+    let r = reads(r#"agent.slug == "claude-code" && request.args.channel_id == "C_GENERAL""#);
+    assert_eq!(
+        (
+            r.field("args"),
+            r.field("headers"),
+            r.field("body"),
+            r.identity,
+            r.agent
+        ),
+        (true, false, false, false, true)
+    );
+    // A field named in a string is not read; `request` used whole reads every field.
+    let r = reads(r#"request.method == "request.headers""#);
+    assert!(r.field("method") && !r.field("headers"));
+    let r = reads(r#""body" in request"#);
+    assert!(REQUEST_FIELDS.iter().all(|f| r.field(f)));
+    assert!(reads("identity.name == 'x'").identity);
+
+    // The value is the same as with everything built.
+    let headers = vec![("x-team".to_owned(), b"core".to_vec())];
+    let who = identity(&["agent:claude-code"]);
+    for source in [
+        r#"request.headers["x-team"] == "core" && agent.slug == "claude-code""#,
+        r#"request.method == "POST" && !("x-other" in request.headers)"#,
+        r#"size(request) == 10"#,
+    ] {
+        let e = expr(source).unwrap();
+        assert_eq!(
+            e.evaluate(&facts(&headers, Some(&who), None)).unwrap(),
+            Value::Bool(true),
+            "{source}"
+        );
+    }
+}
