@@ -176,6 +176,18 @@ fn resident_mib() -> f64 {
     pages * 4096.0 / (1024.0 * 1024.0)
 }
 
+/// A snapshot from config text; panics with what is wrong with it.
+fn compile_snapshot(yaml: &str) -> Snapshot {
+    let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("bench config: {e}"));
+    Snapshot::compile(
+        &loaded.config,
+        &loaded.version,
+        &|_| None,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("bench config: {e:?}"))
+}
+
 fn prepare(size: usize) -> Prepared {
     let yaml = fleet_yaml(size);
     let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("generated config: {e}"));
@@ -184,13 +196,7 @@ fn prepare(size: usize) -> Prepared {
     let set = PolicySet::compile(&loaded.config.policies, loaded.config.default_action);
     let compile = started.elapsed();
     let resident = resident_mib() - before;
-    let snapshot = Snapshot::compile(
-        &loaded.config,
-        &loaded.version,
-        &|_| None,
-        &Default::default(),
-    )
-    .unwrap();
+    let snapshot = compile_snapshot(&yaml);
     let body_yaml = body_fleet_yaml(size);
     let body_loaded = parse_str(&body_yaml, None).unwrap_or_else(|e| panic!("body config: {e}"));
     let body_set = PolicySet::compile(
@@ -355,16 +361,7 @@ fn secrets_case(count: usize) {
         .build()
         .unwrap();
     let requests = secret_requests(SECRETS);
-    let compile = |yaml: &str| {
-        let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
-        Snapshot::compile(
-            &loaded.config,
-            &loaded.version,
-            &|_| None,
-            &Default::default(),
-        )
-        .unwrap()
-    };
+    let compile = compile_snapshot;
     let without = compile(&policies);
     let before = resident_mib();
     let with = compile(&format!("{policies}{}", secrets_yaml(SECRETS)));
@@ -557,14 +554,7 @@ fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         let yaml = format!(
             "gateway: {{tags: [agent:claude-code], max_body_bytes: 1048576}}\npolicies:\n{policy}\n  - {{name: allow, priority: 1000, action: allow, rules: [{{host: \"*\"}}]}}\n"
         );
-        let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("{case}: {e}"));
-        let snapshot = Snapshot::compile(
-            &loaded.config,
-            &loaded.version,
-            &|_| None,
-            &Default::default(),
-        )
-        .unwrap();
+        let snapshot = compile_snapshot(&yaml);
         let buffered = snapshot.needs_body(&request, &[]);
         assert_eq!(
             buffered,

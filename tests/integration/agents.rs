@@ -3,9 +3,7 @@
 //! what the workload got, and how many ext_proc messages Envoy sent (headers only, or the
 //! body too).
 
-use std::time::Duration;
-
-use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
+use crate::common::{Gateway, GatewayOptions, Reply, Upstream};
 
 const CLAUDE: &str = "SENTINEL-agent-token-claude-41f0";
 const CURSOR: &str = "SENTINEL-agent-token-cursor-7a2c";
@@ -78,18 +76,10 @@ fn start() -> (Upstream, Gateway) {
 /// Sends one request and returns the reply and the ext_proc messages Envoy sent for it:
 /// 1 when it was decided on its headers, 2 when its body was buffered too.
 fn send(gw: &Gateway, token: &str, args: &[&str]) -> (Reply, u64) {
-    const SENT: &str = "ext_proc.portcullis.stream_msgs_sent";
-    const CLOSED: &str = "ext_proc.portcullis.streams_closed";
-    let (sent, closed) = (gw.envoy_counter(SENT), gw.envoy_counter(CLOSED));
     let auth = format!("Proxy-Authorization: Bearer {token}");
     let mut all = vec!["-H", &auth, "-H", "X-Agent-Session: s-1"];
     all.extend_from_slice(args);
-    let reply = gw.via_proxy(&all);
-    assert!(
-        wait_until(Duration::from_secs(5), || gw.envoy_counter(CLOSED) > closed),
-        "Envoy closed the ext_proc stream"
-    );
-    (reply, gw.envoy_counter(SENT) - sent)
+    gw.via_proxy_counting_messages(&all)
 }
 
 fn post<'a>(url: &'a str, body: &'a str) -> Vec<&'a str> {

@@ -2,9 +2,7 @@
 //! content, allow the rest), the body buffered only when a body rule could decide, the
 //! size limit, and no body content in anything the gateway writes.
 
-use std::time::Duration;
-
-use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
+use crate::common::{Gateway, GatewayOptions, Reply, Upstream};
 
 /// The seeds' common patterns, with a small body limit.
 fn seeds() -> String {
@@ -17,18 +15,6 @@ fn seeds() -> String {
 /// Sends one request through the proxy and counts the ext_proc messages Envoy sent for
 /// it, by Envoy's own stats: 1 when it was decided on its headers, 2 when its body was
 /// buffered and sent too. Envoy counts a stream's messages by the time it closes it.
-fn with_messages(gw: &Gateway, args: &[&str]) -> (Reply, u64) {
-    const SENT: &str = "ext_proc.portcullis.stream_msgs_sent";
-    const CLOSED: &str = "ext_proc.portcullis.streams_closed";
-    let (sent, closed) = (gw.envoy_counter(SENT), gw.envoy_counter(CLOSED));
-    let reply = gw.via_proxy(args);
-    assert!(
-        wait_until(Duration::from_secs(5), || gw.envoy_counter(CLOSED) > closed),
-        "Envoy closed the ext_proc stream"
-    );
-    (reply, gw.envoy_counter(SENT) - sent)
-}
-
 fn post_json(gw: &Gateway, url: &str, body: &str) -> Reply {
     gw.via_proxy(&[
         "-X",
@@ -86,10 +72,13 @@ fn the_seed_body_policies_deny_flag_and_allow() {
     replies.push(flagged);
 
     let benign = r#"{"greeting": "SENTINEL-body-hello-19b0"}"#;
-    let (allowed, messages) = with_messages(
-        &gw,
-        &["-X", "POST", "--data-binary", benign, &url("/upload/hello")],
-    );
+    let (allowed, messages) = gw.via_proxy_counting_messages(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        benign,
+        &url("/upload/hello"),
+    ]);
     assert_eq!(allowed.status, 200, "{allowed:?}");
     assert_eq!(
         messages, 2,
@@ -101,7 +90,7 @@ fn the_seed_body_policies_deny_flag_and_allow() {
     assert_eq!(upstream.seen()[1].body, benign.as_bytes());
     replies.push(allowed);
 
-    let (get, messages) = with_messages(&gw, &[&url("/page")]);
+    let (get, messages) = gw.via_proxy_counting_messages(&[&url("/page")]);
     assert_eq!(get.status, 200, "{get:?}");
     assert_eq!(
         messages, 1,
@@ -166,7 +155,7 @@ policies:
 
     // Over the limit, but no body rule names /plain: never buffered, so never refused.
     let (plain, messages) =
-        with_messages(&gw, &["-X", "POST", "--data-binary", &data, &url("/plain")]);
+        gw.via_proxy_counting_messages(&["-X", "POST", "--data-binary", &data, &url("/plain")]);
     assert_eq!(plain.status, 200, "{plain:?}\n{}", gw.portcullis_log());
     assert_eq!(messages, 1, "headers only");
     assert_eq!(upstream.seen()[0].body.len(), upload.len());

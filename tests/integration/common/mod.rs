@@ -421,6 +421,22 @@ impl Gateway {
         curl(self.dir.path(), &all)
     }
 
+    /// Sends a request through the forward proxy and waits for Envoy to close its ext_proc
+    /// stream; returns the reply and how many messages Portcullis sent on that stream
+    /// (1: headers only; 2: the body was buffered and answered too).
+    pub fn via_proxy_counting_messages(&self, args: &[&str]) -> (Reply, u64) {
+        const SENT: &str = "ext_proc.portcullis.stream_msgs_sent";
+        const CLOSED: &str = "ext_proc.portcullis.streams_closed";
+        let (sent, closed) = (self.envoy_counter(SENT), self.envoy_counter(CLOSED));
+        let reply = self.via_proxy(args);
+        assert!(
+            wait_until(Duration::from_secs(5), || self.envoy_counter(CLOSED)
+                > closed),
+            "Envoy closed the ext_proc stream"
+        );
+        (reply, self.envoy_counter(SENT) - sent)
+    }
+
     /// Sends a request straight to the Envoy listener (base-URL mode).
     pub fn to_listener(&self, path: &str, args: &[&str]) -> Reply {
         let url = format!("http://127.0.0.1:{}{path}", self.proxy_port);
