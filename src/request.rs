@@ -341,6 +341,14 @@ pub fn parse_authority(authority: &str) -> Result<Authority, String> {
     })
 }
 
+/// Whether `name` is an HTTP header name (an RFC 9110 token).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 pub fn default_port(scheme: &str) -> u16 {
     match scheme {
         "https" | "wss" => 443,

@@ -27,6 +27,11 @@ use crate::snapshot::{Decided, Snapshot};
 use crate::telemetry::metrics::StreamGuard;
 use crate::telemetry::trace::StreamTrace;
 
+/// Waits up to this long on other services are left inside Envoy's `message_timeout`
+/// (0.5 s in `envoy/*.yaml`), sparing a round trip; the other half is the margin for
+/// everything else the decision does (identity, secrets from cache).
+const FITS_IN_MESSAGE_TIMEOUT: Duration = Duration::from_millis(250);
+
 // Lives for one message; boxing the response would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Reply {
@@ -183,14 +188,19 @@ impl StreamState {
         self.run(*work).instrument(span).await
     }
 
-    /// Decides a request, unless a stage in scope may wait on something slow (an LLM
-    /// judge) for longer than Envoy's `message_timeout` (0.5 s): then the answer to this
-    /// message only extends Envoy's timer, and the decision runs on the stream loop's next
-    /// turn ([`StreamState::resume`]). One reply per turn keeps the loop task-free.
+    /// Decides a request, unless a stage in scope may wait on another service (an LLM
+    /// judge, a gRPC processor) for longer than fits in Envoy's `message_timeout` (0.5 s):
+    /// then the answer to this message only extends Envoy's timer, and the decision runs on
+    /// the stream loop's next turn ([`StreamState::resume`]). One reply per turn keeps the
+    /// loop task-free.
     async fn decide(&mut self, work: Undecided) -> Reply {
         let wait = match work.snapshot.unavailable {
             Some(_) => None,
-            None => work.snapshot.pipeline.longest_wait(&work.request),
+            None => work
+                .snapshot
+                .pipeline
+                .longest_wait(&work.request)
+                .filter(|wait| *wait > FITS_IN_MESSAGE_TIMEOUT),
         };
         if let Some(wait) = wait {
             self.deferred = Some(Box::new(work));
@@ -481,6 +491,13 @@ impl StreamState {
             .filter_map(|t| t.annotations.judge.as_deref())
         {
             self.shared.metrics.record_judge(judge);
+        }
+        for grpc in outcome
+            .trace
+            .iter()
+            .filter_map(|t| t.annotations.grpc.as_deref())
+        {
+            self.shared.metrics.record_grpc(grpc);
         }
         if let Some(dry_run) = record.dry_run {
             self.shared

@@ -6,6 +6,7 @@ use prometheus::{
 };
 
 use crate::policy::Decision;
+use crate::transforms::GrpcAnnotation;
 use crate::transforms::judge::{FallbackApplied, JudgeAnnotation};
 
 /// Label value for decisions no policy made (the default action, or a refusal before the
@@ -32,6 +33,7 @@ pub struct Metrics {
     judge_verdicts: IntCounterVec,
     judge_fallbacks: IntCounterVec,
     judge_tokens: IntCounter,
+    grpc_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,8 +149,19 @@ impl Metrics {
             "Tokens the LLM judge's provider reported for its calls",
         )
         .expect("valid metric");
+        let grpc_decisions = IntCounterVec::new(
+            Opts::new(
+                "grpc_decisions_total",
+                "gRPC decision processor outcomes (continue, reject, failed), by failure \
+                 (none, timeout, unavailable, error, invalid_response) and the fail mode \
+                 applied (none, closed, open)",
+            ),
+            &["outcome", "failure", "fail_mode"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc_decisions.clone()),
             Box::new(judge_verdicts.clone()),
             Box::new(judge_fallbacks.clone()),
             Box::new(judge_tokens.clone()),
@@ -193,7 +206,19 @@ impl Metrics {
             judge_verdicts,
             judge_fallbacks,
             judge_tokens,
+            grpc_decisions,
         }
+    }
+
+    /// One gRPC processor step of a decided request (from its audit annotation).
+    pub fn record_grpc(&self, grpc: &GrpcAnnotation) {
+        self.grpc_decisions
+            .with_label_values(&[
+                grpc.outcome.as_str(),
+                grpc.failure.map_or("none", |f| f.as_str()),
+                grpc.fail_mode.map_or("none", |m| m.as_str()),
+            ])
+            .inc();
     }
 
     /// One LLM judge step of a decided request (from its audit annotation).

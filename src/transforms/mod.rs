@@ -7,6 +7,7 @@
 
 mod allowlist;
 pub mod capture;
+pub mod grpc;
 pub mod header_allowlist;
 pub mod judge;
 pub mod secrets;
@@ -27,14 +28,20 @@ use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
 use crate::telemetry::trace::transform_span;
 
 pub use capture::{BodyCaptureConfig, CapturedBody, CapturedHeader, HeaderCaptureConfig};
+pub use grpc::{GrpcAnnotation, GrpcConfig};
 pub use header_allowlist::HeaderAllowlistConfig;
 pub use judge::{JudgeAnnotation, JudgeConfig};
 pub use secrets::SecretConfig;
+
+/// Headers that carry the workload's credentials: never sent to a judge or a decision
+/// processor, and never set by one.
+pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
 /// The names users write in `transforms:`.
 const KNOWN: &[&str] = &[
     "allowlist",
     "judge",
+    "grpc",
     "body_capture",
     "header_capture",
     "secrets",
@@ -60,6 +67,8 @@ pub enum TransformSpec {
     HeaderAllowlist(HeaderAllowlistConfig),
     /// An LLM asked about each request in scope; it can deny, never allow.
     Judge(Box<JudgeConfig>),
+    /// A decision delegated to an external gRPC processor; it can deny or add headers.
+    Grpc(Box<GrpcConfig>),
     /// Records (the start of) the body in the audit record; never changes the request.
     BodyCapture(BodyCaptureConfig),
     /// Records listed header values in the audit record; never changes the request.
@@ -72,6 +81,9 @@ impl TransformSpec {
         match self {
             TransformSpec::Judge(_) => {
                 Some("the judge's provider would be sent the credentials `secrets` injects")
+            }
+            TransformSpec::Grpc(_) => {
+                Some("the processor would be sent the credentials `secrets` injects")
             }
             TransformSpec::BodyCapture(_) | TransformSpec::HeaderCapture(_) => Some(
                 "it would capture the credentials `secrets` injects instead of what the \
@@ -106,6 +118,7 @@ impl TransformEntry {
             TransformSpec::Secrets => "secrets",
             TransformSpec::HeaderAllowlist(_) => "header_allowlist",
             TransformSpec::Judge(_) => "judge",
+            TransformSpec::Grpc(_) => "grpc",
             TransformSpec::BodyCapture(_) => "body_capture",
             TransformSpec::HeaderCapture(_) => "header_capture",
         }
@@ -212,15 +225,18 @@ impl TransformEntry {
                 TransformSpec::HeaderCapture(config)
             }
             "grpc" => {
-                return Err(vec![FieldError::new(
-                    "name",
-                    format!(
-                        "transform `{}` is not supported by this version of portcullis \
-                         (available: {})",
-                        raw.name,
-                        KNOWN.join(", ")
-                    ),
-                )]);
+                let config = raw.config.ok_or_else(|| {
+                    vec![FieldError::new(
+                        "config",
+                        "grpc needs a `config` with at least `endpoint` (http://host:port)",
+                    )]
+                })?;
+                let config: GrpcConfig = from_value(config).map_err(|e| vec![e.under("config")])?;
+                let problems = config.validate();
+                if !problems.is_empty() {
+                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
+                }
+                TransformSpec::Grpc(Box::new(config))
             }
             other => {
                 return Err(vec![FieldError::new(
@@ -328,6 +344,9 @@ pub struct Annotations {
     /// What the LLM judge said, or why it said nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<Box<JudgeAnnotation>>,
+    /// What the gRPC decision processor answered, or why it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<Box<GrpcAnnotation>>,
     /// Other secrets that matched but lost to an earlier one in config order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadowed: Vec<Arc<str>>,
@@ -459,6 +478,7 @@ enum Transform {
     Secrets(Box<secrets::SecretsTransform>),
     HeaderAllowlist(header_allowlist::HeaderAllowlist),
     Judge(Box<judge::Judge>),
+    Grpc(Box<grpc::GrpcProcessor>),
     BodyCapture(capture::BodyCapture),
     HeaderCapture(capture::HeaderCapture),
 }
@@ -470,6 +490,7 @@ impl Transform {
             Transform::Secrets(_) => "secrets",
             Transform::HeaderAllowlist(_) => "header_allowlist",
             Transform::Judge(_) => "judge",
+            Transform::Grpc(_) => "grpc",
             Transform::BodyCapture(_) => "body_capture",
             Transform::HeaderCapture(_) => "header_capture",
         }
@@ -481,6 +502,7 @@ impl Transform {
             Transform::Secrets(t) => t.apply(exchange).await,
             Transform::HeaderAllowlist(t) => t.apply(exchange),
             Transform::Judge(t) => t.apply(exchange).await,
+            Transform::Grpc(t) => t.apply(exchange).await,
             Transform::BodyCapture(t) => t.apply(exchange),
             Transform::HeaderCapture(t) => t.apply(exchange),
         }
@@ -490,6 +512,7 @@ impl Transform {
         match self {
             Transform::Secrets(t) => t.needs_body(request, identity),
             Transform::Judge(t) => t.needs_body(request),
+            Transform::Grpc(t) => t.needs_body(request),
             Transform::BodyCapture(t) => t.needs_body(request),
             Transform::Allowlist | Transform::HeaderAllowlist(_) | Transform::HeaderCapture(_) => {
                 false
@@ -534,11 +557,14 @@ impl Pipeline {
                  (after allowlist, before header_allowlist)",
             ));
         }
-        let mut judge_timeouts = Duration::ZERO;
+        // Judges and processors a request may wait on, one after the other.
+        let mut wait_timeouts = Duration::ZERO;
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("transforms[{i}]");
-            if let TransformSpec::Judge(config) = &entry.spec {
-                judge_timeouts += config.timeout.0;
+            match &entry.spec {
+                TransformSpec::Judge(config) => wait_timeouts += config.timeout.0,
+                TransformSpec::Grpc(config) => wait_timeouts += config.timeout.0,
+                _ => {}
             }
             if let Some(why) = entry.spec.must_precede_secrets()
                 && let Some(at) = entries[..i]
@@ -587,6 +613,13 @@ impl Pipeline {
                         }
                     }
                 }
+                TransformSpec::Grpc(config) => match grpc::GrpcProcessor::compile(config) {
+                    Ok(t) => Transform::Grpc(Box::new(t)),
+                    Err(e) => {
+                        errors.extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
+                        continue;
+                    }
+                },
                 TransformSpec::BodyCapture(config) => {
                     Transform::BodyCapture(capture::BodyCapture::compile(config))
                 }
@@ -616,14 +649,14 @@ impl Pipeline {
                 scope: entry.rules.iter().map(Rule::compile).collect(),
             });
         }
-        if judge_timeouts > judge::config::MAX_TIMEOUT {
+        if wait_timeouts > judge::config::MAX_TIMEOUT {
             errors.push(FieldError::new(
                 "transforms",
                 format!(
-                    "the judges' timeouts add up to {} (a request in scope of all of them may \
-                     wait for each); Envoy waits at most 30s for a decision: keep the sum at \
-                     or under 29s",
-                    humantime::format_duration(judge_timeouts)
+                    "the judges' and grpc processors' timeouts add up to {} (a request in \
+                     scope of all of them may wait for each); Envoy waits at most 30s for a \
+                     decision: keep the sum at or under 29s",
+                    humantime::format_duration(wait_timeouts)
                 ),
             ));
         }
@@ -647,18 +680,21 @@ impl Pipeline {
         })
     }
 
-    /// The longest the stages in scope of this request may spend waiting on something
-    /// slow (an LLM judge): the sum of their timeouts; `None` when no such stage applies.
-    /// The ext_proc layer asks Envoy to wait that long (plus a margin) before deciding.
+    /// The longest the stages in scope of this request may spend waiting on another
+    /// service (an LLM judge, a gRPC processor): the sum of their timeouts; `None` when no
+    /// such stage applies. The ext_proc layer asks Envoy to wait that long (plus a margin)
+    /// before deciding.
     pub fn longest_wait(&self, request: &OutboundRequest) -> Option<Duration> {
         let facts = request.facts();
         let mut wait = None;
         for stage in &self.stages {
-            if let Transform::Judge(judge) = &stage.transform
-                && judge.judges(request)
-                && (stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts))
-            {
-                *wait.get_or_insert(Duration::ZERO) += judge.timeout();
+            let timeout = match &stage.transform {
+                Transform::Judge(judge) if judge.judges(request) => judge.timeout(),
+                Transform::Grpc(processor) if processor.decides(request) => processor.timeout(),
+                _ => continue,
+            };
+            if stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts) {
+                *wait.get_or_insert(Duration::ZERO) += timeout;
             }
         }
         wait
@@ -740,6 +776,27 @@ impl Pipeline {
             jsonrpc_reply: None,
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Text from another service (a judge's reason, a processor's message) as it may be shown:
+/// no control characters, whitespace collapsed, at most `max_chars` characters.
+fn printable(text: &str, max_chars: usize) -> Option<String> {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if cleaned.is_empty() {
+        return None;
+    }
+    Some(match cleaned.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &cleaned[..at]),
+        None => cleaned,
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod control;
 mod decisions;
 mod failure;
 mod fleet;
+mod grpc;
 mod headers;
 mod identity;
 mod interception;

@@ -78,13 +78,6 @@ pub struct HeaderCaptureConfig {
     pub headers: Vec<String>,
 }
 
-fn header_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 impl HeaderCaptureConfig {
     /// Checks that need no other section; paths relative to `config`.
     pub fn validate(&self) -> Vec<FieldError> {
@@ -98,7 +91,7 @@ impl HeaderCaptureConfig {
         for (i, name) in self.headers.iter().enumerate() {
             let lower = name.to_ascii_lowercase();
             let path = format!("headers[{i}]");
-            if !header_name_ok(&lower) {
+            if !crate::request::is_header_name(&lower) {
                 errors.push(FieldError::new(
                     path,
                     format!("{name:?} is not a header name"),

@@ -60,11 +60,7 @@ impl TryFrom<String> for HeaderNamePattern {
             return Ok(HeaderNamePattern::Regex { source: text });
         }
         let name = text.trim().to_ascii_lowercase();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        if !crate::request::is_header_name(&name) {
             return Err(format!(
                 "{text:?} is not a header name (write a regex between slashes: \"/^x-.*/\")"
             ));

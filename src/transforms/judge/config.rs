@@ -14,7 +14,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(29);
 
 /// Headers that carry credentials: never sent to the judge, and refused in
 /// `summary.headers`.
-pub const NEVER_SENT: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+pub use crate::transforms::CREDENTIAL_HEADERS as NEVER_SENT;
 
 /// An LLM asked whether a request may leave, against a natural-language policy. It can
 /// deny a request, never allow one that another transform refuses.
@@ -241,11 +241,7 @@ impl JudgeConfig {
                         NEVER_SENT.join(", ")
                     ),
                 ));
-            } else if lower.is_empty()
-                || !lower
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-            {
+            } else if !crate::request::is_header_name(&lower) {
                 errors.push(FieldError::new(
                     format!("summary.headers[{i}]"),
                     format!("{name:?} is not a header name"),

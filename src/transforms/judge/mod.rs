@@ -31,7 +31,7 @@ pub use config::{Fallback, JudgeConfig, Provider};
 use provider::{Ruling, Verdict};
 use summary::{Summary, SummaryRules};
 
-use super::{Annotations, Exchange, Rejection, Step};
+use super::{Annotations, Exchange, Rejection, Step, millis, printable};
 use crate::config::FieldError;
 use crate::request::OutboundRequest;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
@@ -242,7 +242,7 @@ impl Judge {
         }
         match self.consult(&text, &request.id).await {
             Ok((verdict, tokens)) => {
-                let reason = clean_reason(&verdict.reason);
+                let reason = printable(&verdict.reason, MAX_REASON_CHARS);
                 if let Some(cache) = &self.state.cache {
                     cache
                         .insert(
@@ -462,26 +462,6 @@ fn verdict_of(ruling: Ruling) -> JudgeVerdict {
         Ruling::Allow => JudgeVerdict::Allow,
         Ruling::Deny => JudgeVerdict::Deny,
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The judge's reason as it may be shown: no control characters, at most 200 characters.
-fn clean_reason(reason: &str) -> Option<String> {
-    let cleaned: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
-    if cleaned.is_empty() {
-        return None;
-    }
-    Some(match cleaned.char_indices().nth(MAX_REASON_CHARS) {
-        Some((at, _)) => format!("{}…", &cleaned[..at]),
-        None => cleaned,
-    })
 }
 
 #[cfg(test)]

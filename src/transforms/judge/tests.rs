@@ -154,7 +154,7 @@ fn judges_that_together_could_outwait_envoy_are_refused() {
     );
     let e = single(&config_errors(&yaml)).to_owned();
     assert!(
-        e.starts_with("transforms: the judges' timeouts add up to 30s"),
+        e.starts_with("transforms: the judges' and grpc processors' timeouts add up to 30s"),
         "{e}"
     );
 }
@@ -252,12 +252,12 @@ fn provider_answers_give_text_and_tokens() {
 #[test]
 fn reasons_are_cleaned_and_cut() {
     assert_eq!(
-        clean_reason("  bad\nidea\t\u{7}now  ").as_deref(),
+        printable("  bad\nidea\t\u{7}now  ", MAX_REASON_CHARS).as_deref(),
         Some("bad idea now")
     );
-    assert_eq!(clean_reason(" \n "), None);
+    assert_eq!(printable(" \n ", MAX_REASON_CHARS), None);
     let long = "é".repeat(300);
-    let cut = clean_reason(&long).unwrap();
+    let cut = printable(&long, MAX_REASON_CHARS).unwrap();
     assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
     assert!(cut.ends_with('…'));
 }

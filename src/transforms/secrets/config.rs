@@ -139,13 +139,6 @@ impl InjectConfig {
 /// A placeholder shorter than this could match by accident.
 const MIN_PLACEHOLDER: usize = 8;
 
-fn header_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// Headers a secret may not write: they route or frame the request.
 fn header_reserved(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
@@ -176,7 +169,7 @@ pub fn validate_secret(secret: &SecretConfig) -> Vec<FieldError> {
         "a secret's rules match host, paths and methods",
     ));
     let header = |field: &str, name: &str, errors: &mut Vec<FieldError>| {
-        if !header_name_ok(name) {
+        if !crate::request::is_header_name(name) {
             errors.push(FieldError::new(
                 field,
                 format!("{name:?} is not a header name"),

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod mcp;
 pub mod moto;
 pub mod postgres;
+pub mod processor;
 pub mod session;
 pub mod tcp_proxy;
 pub mod tls_probe;
