@@ -163,8 +163,9 @@ fn prefix_text(bytes: &[u8], max: usize) -> (String, bool) {
     (String::from_utf8_lossy(cut).into_owned(), true)
 }
 
-/// The workload's proxy token, as presented in `Proxy-Authorization` (Bearer or Basic).
-fn presented_token(request: &OutboundRequest) -> Option<String> {
+/// The workload's proxy token, as presented in `Proxy-Authorization` (Bearer or Basic):
+/// what must not leave in a capture, a judge's summary or a processor's request.
+pub(in crate::transforms) fn presented_token(request: &OutboundRequest) -> Option<String> {
     let header = request.header("proxy-authorization")?;
     let token = crate::identity::proxy_authorization_token(header)?;
     let token = String::from_utf8(token).ok()?;
@@ -175,7 +176,11 @@ fn presented_token(request: &OutboundRequest) -> Option<String> {
 /// At most `max` bytes of `bytes` as text, with every occurrence of `token` replaced by
 /// [`REDACTED`] *before* the cut, so no prefix of the token survives it; whether the text
 /// is shorter than the whole.
-fn capture_text(bytes: &[u8], max: usize, token: Option<&str>) -> (String, bool) {
+pub(in crate::transforms) fn capture_text(
+    bytes: &[u8],
+    max: usize,
+    token: Option<&str>,
+) -> (String, bool) {
     let Some(token) = token else {
         return prefix_text(bytes, max);
     };
@@ -189,6 +194,34 @@ fn capture_text(bytes: &[u8], max: usize, token: Option<&str>) -> (String, bool)
     };
     let (text, cut) = prefix_text(redacted.as_bytes(), max);
     (text, cut || window.len() < bytes.len())
+}
+
+/// [`capture_text`] for bytes that need not be text: at most `max` bytes of `bytes`, every
+/// occurrence of `token` replaced by [`REDACTED`] before the cut; whether anything was cut.
+pub(in crate::transforms) fn capture_bytes(
+    bytes: &[u8],
+    max: usize,
+    token: Option<&str>,
+) -> (Vec<u8>, bool) {
+    let Some(token) = token.map(str::as_bytes) else {
+        let kept = &bytes[..bytes.len().min(max)];
+        return (kept.to_vec(), kept.len() < bytes.len());
+    };
+    let window = &bytes[..bytes.len().min(max + token.len())];
+    let mut redacted = Vec::with_capacity(window.len());
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(window, token) {
+        if at < from {
+            continue;
+        }
+        redacted.extend_from_slice(&window[from..at]);
+        redacted.extend_from_slice(REDACTED.as_bytes());
+        from = at + token.len();
+    }
+    redacted.extend_from_slice(&window[from..]);
+    let cut = redacted.len() > max;
+    redacted.truncate(max);
+    (redacted, cut || window.len() < bytes.len())
 }
 
 /// The compiled `body_capture`.

@@ -24,6 +24,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub use config::{FailMode, GrpcConfig};
 
+use super::capture::{capture_bytes, capture_text, presented_token};
 use super::{Annotations, CREDENTIAL_HEADERS, Exchange, Rejection, Step, millis, printable};
 use crate::config::FieldError;
 use crate::inspect::Body;
@@ -261,20 +262,26 @@ impl GrpcProcessor {
         self.failed(failure, started)
     }
 
-    /// What the processor is told: the request as the workload sent it, bounded.
+    /// What the processor is told: the request as the workload sent it, bounded, with the
+    /// workload's proxy token (should it quote it) redacted.
     fn decide_request(&self, exchange: &Exchange<'_>) -> proto::DecideRequest {
         let request = exchange.request;
+        let token = presented_token(request);
         let headers = request
             .headers
             .iter()
             .filter(|(name, _)| self.headers.iter().any(|h| h == name))
-            .map(|(name, value)| proto::Header {
-                name: name.clone(),
-                value: String::from_utf8_lossy(value).into_owned(),
+            .map(|(name, value)| {
+                let (value, _) = capture_text(value, value.len(), token.as_deref());
+                proto::Header {
+                    name: name.clone(),
+                    value,
+                }
             })
             .collect();
         let body_bytes = exchange.body.filter(|_| self.send_body).unwrap_or_default();
-        let kept = &body_bytes[..body_bytes.len().min(self.max_body_bytes)];
+        let (kept, body_truncated) =
+            capture_bytes(body_bytes, self.max_body_bytes, token.as_deref());
         let body = exchange
             .body
             .map(|bytes| Body::new(bytes, exchange.policies.dlp()));
@@ -313,9 +320,9 @@ impl GrpcProcessor {
             path: request.path.clone(),
             query,
             headers,
-            body: kept.to_vec(),
+            body: kept,
             body_size: body_bytes.len() as u64,
-            body_truncated: kept.len() < body_bytes.len(),
+            body_truncated,
             action_type: facts.action_type().as_str().to_owned(),
             workload: Some(proto::Workload {
                 identity_kind: identity.kind.as_str().to_owned(),

@@ -279,6 +279,54 @@ async fn the_processor_sees_the_request_bounded_and_without_credentials() {
 }
 
 #[tokio::test]
+async fn the_workloads_proxy_token_is_redacted_wherever_it_quotes_it() {
+    let processor = StandIn::start(Duration::ZERO, |_| proceed(&[], &[])).await;
+    let s = gateway(
+        &processor.endpoint,
+        "      send_body: true\n      max_body_bytes: 20\n",
+    );
+    let token = "SENTINEL-ptok-5512aa";
+    let auth = format!("Bearer {token}");
+    let quoted = format!("run {token}");
+    decide(
+        &s,
+        "POST http://api.example/x",
+        &[("proxy-authorization", &auth), ("x-agent", &quoted)],
+        format!("key={token}&more").as_bytes(),
+    )
+    .await;
+    let [asked] = processor.received().try_into().unwrap();
+    assert_eq!(asked.headers[0].value, "run <redacted>");
+    // Redacted before the cut: no prefix of the token survives it either.
+    assert_eq!(asked.body, b"key=<redacted>&more");
+    assert!(!asked.body_truncated);
+    assert!(!format!("{asked:?}").contains("SENTINEL"));
+}
+
+#[test]
+fn bytes_are_redacted_before_the_cut() {
+    use crate::transforms::capture::capture_bytes;
+    let token = Some("ptok-0123456789");
+    assert_eq!(
+        capture_bytes(b"ab ptok-0123456789 ptok-0123456789!", 64, token),
+        (b"ab <redacted> <redacted>!".to_vec(), false)
+    );
+    // The token straddles the cut.
+    assert_eq!(
+        capture_bytes(b"abcdefgh ptok-0123456789 tail", 12, token),
+        (b"abcdefgh <re".to_vec(), true)
+    );
+    assert_eq!(
+        capture_bytes(b"abcd ptok-0123456789", 4, token),
+        (b"abcd".to_vec(), true)
+    );
+    assert_eq!(
+        capture_bytes(b"\xff\x00binary", 3, None),
+        (b"\xff\x00b".to_vec(), true)
+    );
+}
+
+#[tokio::test]
 async fn without_send_body_no_body_is_sent_or_buffered() {
     let processor = StandIn::start(Duration::ZERO, |_| proceed(&[], &[])).await;
     let s = gateway(&processor.endpoint, "");

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::{NEVER_SENT, SummaryConfig};
 use crate::request::{Method, OutboundRequest, default_port};
+use crate::transforms::capture::{capture_text, presented_token};
 
 /// A header value or the URL is cut after this many bytes.
 const MAX_FIELD_BYTES: usize = 2048;
@@ -53,15 +54,17 @@ impl SummaryRules {
         }
     }
 
-    /// Summarizes a request. `body` is the buffered body (`None`: not buffered).
+    /// Summarizes a request. `body` is the buffered body (`None`: not buffered). The
+    /// workload's proxy token, should it quote it, is redacted.
     pub fn summarize(&self, request: &OutboundRequest, body: Option<&[u8]>) -> Summary {
+        let token = presented_token(request);
         let mut headers = BTreeMap::new();
         for name in &self.headers {
             let values: Vec<String> = request
                 .headers
                 .iter()
                 .filter(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .map(|(_, v)| capture_text(v, v.len(), token.as_deref()).0)
                 .collect();
             if !values.is_empty() {
                 headers.insert(name.clone(), cut(&values.join(", "), MAX_FIELD_BYTES));
@@ -69,12 +72,8 @@ impl SummaryRules {
         }
         let (body, body_bytes, body_truncated) = match body {
             Some(bytes) if !bytes.is_empty() && self.max_body_bytes > 0 => {
-                let kept = &bytes[..bytes.len().min(self.max_body_bytes)];
-                (
-                    Some(String::from_utf8_lossy(kept).into_owned()),
-                    Some(bytes.len()),
-                    kept.len() < bytes.len(),
-                )
+                let (text, truncated) = capture_text(bytes, self.max_body_bytes, token.as_deref());
+                (Some(text), Some(bytes.len()), truncated)
             }
             Some(bytes) if !bytes.is_empty() => (None, Some(bytes.len()), true),
             _ => (None, None, false),

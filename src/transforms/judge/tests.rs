@@ -299,12 +299,25 @@ fn the_summary_is_bounded_and_carries_no_credential_header() {
             "method": "POST",
             "url": "https://api.example.com:8443/v1/chat?x=1&y=2",
             "headers": {"content-type": "application/json", "x-multi": "a, b"},
-            // 9 bytes cut inside `ö`: replaced, never a panic.
-            "body": "héllo w\u{fffd}",
+            // 9 bytes cut inside `ö`: the partial character is dropped, never a panic.
+            "body": "héllo w",
             "body_bytes": body.len(),
             "body_truncated": true,
         })
     );
+
+    // The workload's proxy token, quoted in a header or the body, is redacted.
+    let quoting = request(
+        "POST https://api.example.com/v1/chat",
+        &[
+            ("proxy-authorization", "Bearer SENTINEL-proxy-0042"),
+            ("x-multi", "tok SENTINEL-proxy-0042"),
+        ],
+    );
+    let s = rules.summarize(&quoting, Some(b"k=SENTINEL-proxy-0042"));
+    assert_eq!(s.headers["x-multi"], "tok <redacted>");
+    assert_eq!(s.body.as_deref(), Some("k=<redact"));
+    assert!(!s.to_json().contains("SENTINEL"));
 
     let small = rules.summarize(&r, Some(b"tiny"));
     assert_eq!(small.body.as_deref(), Some("tiny"));
