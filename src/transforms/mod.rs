@@ -778,6 +778,48 @@ impl Pipeline {
     }
 }
 
+/// What is wrong with the timeout of a transform that waits on another service (a judge, a
+/// processor), at `timeout`.
+fn wait_timeout_problem(timeout: &crate::secrets::config::DurationText) -> Option<FieldError> {
+    if timeout.0.is_zero() {
+        Some(FieldError::new("timeout", "must be more than 0s"))
+    } else if timeout.0 > judge::config::MAX_TIMEOUT {
+        Some(FieldError::new(
+            "timeout",
+            format!(
+                "{timeout} is over the limit of 29s: Envoy waits at most its \
+                 max_message_timeout (30s) for a decision"
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// What is wrong with a list of request headers to be sent to `recipient` (at `field`):
+/// names that are not header names, and credential headers, which are never sent.
+fn sent_header_problems(names: &[String], field: &str, recipient: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let lower = name.trim().to_ascii_lowercase();
+        if CREDENTIAL_HEADERS.contains(&lower.as_str()) {
+            errors.push(FieldError::new(
+                format!("{field}[{i}]"),
+                format!(
+                    "{name:?} carries credentials and is never sent to {recipient} (refused: {})",
+                    CREDENTIAL_HEADERS.join(", ")
+                ),
+            ));
+        } else if !crate::request::is_header_name(&lower) {
+            errors.push(FieldError::new(
+                format!("{field}[{i}]"),
+                format!("{name:?} is not a header name"),
+            ));
+        }
+    }
+    errors
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -5,10 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FieldError;
-use crate::request::is_header_name;
 use crate::secrets::config::DurationText;
-use crate::transforms::CREDENTIAL_HEADERS;
-use crate::transforms::judge::config::MAX_TIMEOUT;
+use crate::transforms::{sent_header_problems, wait_timeout_problem};
 
 /// The most of a body a processor may be sent.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -82,19 +80,7 @@ impl GrpcConfig {
         if let Err(why) = endpoint_problem(&self.endpoint) {
             errors.push(FieldError::new("endpoint", why));
         }
-        let timeout = self.timeout.0;
-        if timeout.is_zero() {
-            errors.push(FieldError::new("timeout", "must be more than 0s"));
-        } else if timeout > MAX_TIMEOUT {
-            errors.push(FieldError::new(
-                "timeout",
-                format!(
-                    "{} is over the limit of 29s: Envoy waits at most its max_message_timeout \
-                     (30s) for a decision",
-                    self.timeout
-                ),
-            ));
-        }
+        errors.extend(wait_timeout_problem(&self.timeout));
         if self.send_body && (self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES) {
             errors.push(FieldError::new(
                 "max_body_bytes",
@@ -104,24 +90,11 @@ impl GrpcConfig {
                 ),
             ));
         }
-        for (i, name) in self.headers.iter().enumerate() {
-            let lower = name.trim().to_ascii_lowercase();
-            if CREDENTIAL_HEADERS.contains(&lower.as_str()) {
-                errors.push(FieldError::new(
-                    format!("headers[{i}]"),
-                    format!(
-                        "{name:?} carries credentials and is never sent to a processor \
-                         (refused: {})",
-                        CREDENTIAL_HEADERS.join(", ")
-                    ),
-                ));
-            } else if !is_header_name(&lower) {
-                errors.push(FieldError::new(
-                    format!("headers[{i}]"),
-                    format!("{name:?} is not a header name"),
-                ));
-            }
-        }
+        errors.extend(sent_header_problems(
+            &self.headers,
+            "headers",
+            "a processor",
+        ));
         errors
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::FieldError;
 use crate::identity::TokenSource;
 use crate::secrets::config::DurationText;
+use crate::transforms::{sent_header_problems, wait_timeout_problem};
 
 /// The longest `timeout`: Envoy is asked to wait `timeout + 1s` for the decision, and it
 /// refuses to wait longer than its `max_message_timeout` (30 s in `envoy/*.yaml`).
@@ -205,19 +206,7 @@ impl JudgeConfig {
                 )),
             }
         }
-        let timeout = self.timeout.0;
-        if timeout.is_zero() {
-            errors.push(FieldError::new("timeout", "must be more than 0s"));
-        } else if timeout > MAX_TIMEOUT {
-            errors.push(FieldError::new(
-                "timeout",
-                format!(
-                    "{} is over the limit of 29s: Envoy waits at most its max_message_timeout \
-                     (30s) for a decision",
-                    self.timeout
-                ),
-            ));
-        }
+        errors.extend(wait_timeout_problem(&self.timeout));
         if self.max_concurrency == 0 {
             errors.push(FieldError::new(
                 "max_concurrency",
@@ -230,24 +219,11 @@ impl JudgeConfig {
                 "must be at least 1",
             ));
         }
-        for (i, name) in self.summary.headers.iter().enumerate() {
-            let lower = name.trim().to_ascii_lowercase();
-            if NEVER_SENT.contains(&lower.as_str()) {
-                errors.push(FieldError::new(
-                    format!("summary.headers[{i}]"),
-                    format!(
-                        "{name:?} carries credentials and is never sent to the judge \
-                         (refused: {})",
-                        NEVER_SENT.join(", ")
-                    ),
-                ));
-            } else if !crate::request::is_header_name(&lower) {
-                errors.push(FieldError::new(
-                    format!("summary.headers[{i}]"),
-                    format!("{name:?} is not a header name"),
-                ));
-            }
-        }
+        errors.extend(sent_header_problems(
+            &self.summary.headers,
+            "summary.headers",
+            "the judge",
+        ));
         errors
     }
 }
