@@ -16,6 +16,9 @@ use portcullis::policy::PolicySet;
 use portcullis::policy::rule::Tag;
 use portcullis::request::OutboundRequest;
 use portcullis::snapshot::Snapshot;
+use portcullis::transforms::grpc::proto::decide_response::Decision as Answer;
+use portcullis::transforms::grpc::proto::processor_server::{Processor, ProcessorServer};
+use portcullis::transforms::grpc::proto::{Continue, DecideRequest, DecideResponse};
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 
@@ -572,7 +575,70 @@ fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
             });
         }
     }
+    // The `grpc` transform against a processor on loopback that always continues: the
+    // cost of one gRPC round trip per decision, headers only and with a 4 KiB body sent.
+    let (_server, endpoint) = continuing_processor();
+    for (case, extra) in [
+        ("grpc_processor_headers", ""),
+        (
+            "grpc_processor_body",
+            "      send_body: true\n      max_body_bytes: 65536\n",
+        ),
+    ] {
+        let snapshot = compile_snapshot(&format!(
+            "policies:\n  - {{name: allow, action: allow, rules: [{{host: \"*\"}}]}}\ntransforms:\n  - allowlist\n  - name: grpc\n    config:\n      endpoint: {endpoint}\n      timeout: 1s\n{extra}"
+        ));
+        let buffered = snapshot.needs_body(&request, &[]);
+        assert_eq!(buffered, !extra.is_empty(), "{case}");
+        let body = buffered.then_some(bodies[0].1.as_slice());
+        group.bench_function(format!("{case}_4KiB"), |b| {
+            b.iter(|| {
+                let decided = runtime.block_on(snapshot.decide(&request, &[], body));
+                assert!(
+                    decided.outcome.rejection.is_none(),
+                    "{:?}",
+                    decided.outcome.rejection
+                );
+                black_box(decided)
+            })
+        });
+    }
     group.finish();
+}
+
+/// A `portcullis.processor.v1.Processor` that answers `continue` to everything.
+struct Continuing;
+
+#[tonic::async_trait]
+impl Processor for Continuing {
+    async fn decide(
+        &self,
+        _: tonic::Request<DecideRequest>,
+    ) -> Result<tonic::Response<DecideResponse>, tonic::Status> {
+        Ok(tonic::Response::new(DecideResponse {
+            decision: Some(Answer::ContinueRequest(Continue::default())),
+        }))
+    }
+}
+
+/// [`Continuing`] on a free loopback port, on its own one-worker runtime (kept alive by
+/// the returned handle); its `http://` endpoint.
+fn continuing_processor() -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(ProcessorServer::new(Continuing))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (runtime, endpoint)
 }
 
 fn main() {
@@ -587,6 +653,7 @@ fn main() {
         let mut criterion = Criterion::default().configure_from_args();
         bench_dlp(&mut criterion);
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         agents_case(&mut criterion, &runtime);
@@ -600,6 +667,7 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_engine(&mut criterion, &prepared);
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     agents_case(&mut criterion, &runtime);
