@@ -636,7 +636,9 @@ fn continuing_processor() -> (tokio::runtime::Runtime, String) {
     runtime.spawn(
         tonic::transport::Server::builder()
             .add_service(ProcessorServer::new(Continuing))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     (runtime, endpoint)
 }

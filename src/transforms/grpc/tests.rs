@@ -151,7 +151,7 @@ impl StandIn {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(ProcessorServer::new(service))
-                .serve_with_incoming(TcpIncoming::from(listener)),
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
         );
         StandIn { endpoint, received }
     }

@@ -72,7 +72,7 @@ impl DecisionProcessor {
                 .add_service(ProcessorServer::new(ByPath {
                     asked: asked.clone(),
                 }))
-                .serve_with_incoming(TcpIncoming::from(listener)),
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
         );
         DecisionProcessor {
             addr,
