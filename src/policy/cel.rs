@@ -23,7 +23,8 @@ use cel::{Context, Env, ExecutionError, Program, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
-use crate::request::RequestFacts;
+use crate::inspect::Body;
+use crate::request::{Method, RequestFacts};
 
 /// A compiled expression that keeps its source.
 #[derive(Clone, Deserialize, Serialize)]
@@ -49,6 +50,12 @@ struct Reads {
 }
 
 impl Reads {
+    const ALL: Reads = Reads {
+        request: u16::MAX,
+        identity: true,
+        agent: true,
+    };
+
     fn of(code: &str, variables: &[&str]) -> Reads {
         let mut request = 0u16;
         let select = regex::Regex::new(r"\brequest\b(\s*\.\s*([A-Za-z_][A-Za-z0-9_]*))?")
@@ -230,6 +237,7 @@ enum Shape {
 impl Shape {
     const ALL: [Shape; 2] = [Shape::ToolCall, Shape::Bare];
 
+    /// The variables of a request of this shape, built as for a real one.
     fn variables(self) -> Vec<(&'static str, Value)> {
         let identity = Identity {
             kind: crate::identity::IdentityKind::Token,
@@ -240,64 +248,31 @@ impl Shape {
                     .unwrap_or_else(|_| unreachable!("a fixed, valid tag")),
             ],
         };
-        let (body, tool, args) = match self {
-            Shape::ToolCall => (
-                serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}),
-                "check",
-                serde_json::json!({}),
-            ),
+        let body: &[u8] = match self {
+            Shape::ToolCall => {
+                br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "check", "arguments": {}}}"#
+            }
             // An empty document rather than null: field lookups on a body are the point
             // of `request.body`, and a body that is not JSON fails them at request time.
-            Shape::Bare => (serde_json::json!({}), "", serde_json::json!({})),
+            Shape::Bare => b"{}",
         };
-        let request = RequestValues {
-            method: "POST",
+        let body = Body::new(body, None);
+        let facts = RequestFacts {
+            method: Method::Post,
+            method_name: "POST",
             scheme: "https",
             host: "example.com",
             port: 443,
+            ip: None,
             path: "/",
-            headers: HashMap::new(),
-            action_type: "http_request",
-            body: json_to_cel(&body),
-            tool,
-            args: json_to_cel(&args),
+            headers: &[],
+            intercepted: false,
+            body: Some(&body),
+            message: None,
+            identity: Some(&identity),
+            unknown_args: None,
         };
-        vec![
-            ("request", request.into_value()),
-            ("identity", identity_value(Some(&identity))),
-            ("agent", agent_value(Some(&identity))),
-        ]
-    }
-}
-
-/// The request fields an expression sees.
-struct RequestValues<'a> {
-    method: &'a str,
-    scheme: &'a str,
-    host: &'a str,
-    port: u16,
-    path: &'a str,
-    headers: HashMap<Key, Value>,
-    action_type: &'a str,
-    body: Value,
-    tool: &'a str,
-    args: Value,
-}
-
-impl RequestValues<'_> {
-    fn into_value(self) -> Value {
-        let mut map: HashMap<Key, Value> = HashMap::new();
-        map.insert(key("method"), string(self.method));
-        map.insert(key("scheme"), string(self.scheme));
-        map.insert(key("host"), string(self.host));
-        map.insert(key("port"), Value::Int(i64::from(self.port)));
-        map.insert(key("path"), string(self.path));
-        map.insert(key("headers"), Value::Map(self.headers.into()));
-        map.insert(key("action_type"), string(self.action_type));
-        map.insert(key("body"), self.body);
-        map.insert(key("tool"), string(self.tool));
-        map.insert(key("args"), self.args);
-        Value::Map(map.into())
+        variables(&facts, Reads::ALL)
     }
 }
 
