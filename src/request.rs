@@ -199,6 +199,13 @@ pub struct OutboundRequest {
 }
 
 impl OutboundRequest {
+    /// The query string as sent, without `?`; `None` when `:path` has none.
+    pub fn query(&self) -> Option<&[u8]> {
+        let path = self.header(":path")?;
+        let at = memchr::memchr(b'?', path)?;
+        Some(&path[at + 1..])
+    }
+
     /// A request from its normalized target and what came with it.
     pub fn from_target(
         id: String,

@@ -778,6 +778,16 @@ impl Pipeline {
     }
 }
 
+/// Whether a request header (lower case) routes or frames the request, or is the
+/// workload's credential towards the gateway: no transform may write it.
+fn routes_or_frames(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "content-length" | "transfer-encoding" | "connection" | "proxy-authorization"
+    ) || name.starts_with(':')
+        || name.starts_with("x-envoy-")
+}
+
 /// What is wrong with the timeout of a transform that waits on another service (a judge, a
 /// processor), at `timeout`.
 fn wait_timeout_problem(timeout: &crate::secrets::config::DurationText) -> Option<FieldError> {
@@ -818,6 +828,19 @@ fn sent_header_problems(names: &[String], field: &str, recipient: &str) -> Vec<F
         }
     }
     errors
+}
+
+/// The configured names of headers sent to another service, as compiled: trimmed, lower
+/// case, each once, never a credential header (refused at load; dropped again here).
+fn sent_header_names(names: &[String]) -> Vec<String> {
+    let mut sent: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = name.trim().to_ascii_lowercase();
+        if !sent.contains(&name) && !CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            sent.push(name);
+        }
+    }
+    sent
 }
 
 fn millis(d: Duration) -> u64 {

@@ -25,7 +25,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 pub use config::{FailMode, GrpcConfig};
 
 use super::capture::{capture_bytes, capture_text, presented_token};
-use super::{Annotations, CREDENTIAL_HEADERS, Exchange, Rejection, Step, millis, printable};
+use super::{
+    Annotations, CREDENTIAL_HEADERS, Exchange, Rejection, Step, millis, printable,
+    routes_or_frames, sent_header_names,
+};
 use crate::config::FieldError;
 use crate::inspect::Body;
 use crate::request::{OutboundRequest, RequestFacts, is_header_name};
@@ -42,16 +45,10 @@ use proto::processor_client::ProcessorClient;
 /// A processor's `message` is cut to this many characters.
 const MAX_MESSAGE_CHARS: usize = 200;
 
-/// Headers a processor may neither set nor remove: credentials, and those that route or
-/// frame the request or identify it in the audit trail.
+/// Headers a processor may neither set nor remove: credentials, those that route or
+/// frame the request, and the one that identifies it in the audit trail.
 fn reserved(name: &str) -> bool {
-    CREDENTIAL_HEADERS.contains(&name)
-        || matches!(
-            name,
-            "host" | "content-length" | "transfer-encoding" | "connection" | "x-request-id"
-        )
-        || name.starts_with(':')
-        || name.starts_with("x-envoy-")
+    CREDENTIAL_HEADERS.contains(&name) || routes_or_frames(name) || name == "x-request-id"
 }
 
 /// The compiled transform.
@@ -170,13 +167,7 @@ impl GrpcProcessor {
                 .tls_config(ClientTlsConfig::new().with_native_roots())
                 .map_err(invalid)?;
         }
-        let mut headers: Vec<String> = Vec::with_capacity(config.headers.len());
-        for name in &config.headers {
-            let name = name.trim().to_ascii_lowercase();
-            if !headers.contains(&name) && !CREDENTIAL_HEADERS.contains(&name.as_str()) {
-                headers.push(name);
-            }
-        }
+        let headers = sent_header_names(&config.headers);
         Ok(GrpcProcessor {
             endpoint,
             channel: OnceLock::new(),
@@ -307,8 +298,7 @@ impl GrpcProcessor {
                 action: verdict.action.as_str().to_owned(),
             });
         let query = request
-            .header(":path")
-            .and_then(|p| p.iter().position(|b| *b == b'?').map(|i| &p[i + 1..]))
+            .query()
             .map(|q| String::from_utf8_lossy(q).into_owned())
             .unwrap_or_default();
         proto::DecideRequest {

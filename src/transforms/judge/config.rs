@@ -13,10 +13,6 @@ use crate::transforms::{sent_header_problems, wait_timeout_problem};
 /// refuses to wait longer than its `max_message_timeout` (30 s in `envoy/*.yaml`).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(29);
 
-/// Headers that carry credentials: never sent to the judge, and refused in
-/// `summary.headers`.
-pub use crate::transforms::CREDENTIAL_HEADERS as NEVER_SENT;
-
 /// An LLM asked whether a request may leave, against a natural-language policy. It can
 /// deny a request, never allow one that another transform refuses.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

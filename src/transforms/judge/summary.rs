@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::config::{NEVER_SENT, SummaryConfig};
+use super::config::SummaryConfig;
 use crate::request::{Method, OutboundRequest, default_port};
 use crate::transforms::capture::{capture_text, presented_token};
 
@@ -16,7 +16,7 @@ const MAX_FIELD_BYTES: usize = 2048;
 /// The configured summary, compiled.
 #[derive(Debug, Clone)]
 pub struct SummaryRules {
-    /// Lower case; never one of [`NEVER_SENT`] (refused at load, and skipped again here).
+    /// Lower case; never one of [`crate::transforms::CREDENTIAL_HEADERS`] (refused at load, and skipped again here).
     headers: Vec<String>,
     max_body_bytes: usize,
 }
@@ -41,15 +41,8 @@ pub struct Summary {
 
 impl SummaryRules {
     pub fn compile(config: &SummaryConfig) -> SummaryRules {
-        let mut headers: Vec<String> = config
-            .headers
-            .iter()
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !NEVER_SENT.contains(&h.as_str()))
-            .collect();
-        headers.dedup();
         SummaryRules {
-            headers,
+            headers: crate::transforms::sent_header_names(&config.headers),
             max_body_bytes: config.max_body_bytes,
         }
     }
@@ -117,9 +110,8 @@ fn url(request: &OutboundRequest) -> String {
         format!(":{}", request.port)
     };
     let query = request
-        .header(":path")
-        .and_then(|p| p.iter().position(|b| *b == b'?').map(|i| &p[i..]))
-        .map(String::from_utf8_lossy)
+        .query()
+        .map(|q| format!("?{}", String::from_utf8_lossy(q)))
         .unwrap_or_default();
     format!("{}://{host}{port}{}{query}", request.scheme, request.path)
 }

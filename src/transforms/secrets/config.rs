@@ -141,12 +141,7 @@ const MIN_PLACEHOLDER: usize = 8;
 
 /// Headers a secret may not write: they route or frame the request.
 fn header_reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    matches!(
-        lower.as_str(),
-        "host" | "content-length" | "transfer-encoding" | "connection" | "proxy-authorization"
-    ) || lower.starts_with(':')
-        || lower.starts_with("x-envoy-")
+    crate::transforms::routes_or_frames(&name.to_ascii_lowercase())
 }
 
 /// Checks what deserialization cannot; paths relative to the secret.
