@@ -364,10 +364,9 @@ fn secrets_case(count: usize) {
         .build()
         .unwrap();
     let requests = secret_requests(SECRETS);
-    let compile = compile_snapshot;
-    let without = compile(&policies);
+    let without = compile_snapshot(&policies);
     let before = resident_mib();
-    let with = compile(&format!("{policies}{}", secrets_yaml(SECRETS)));
+    let with = compile_snapshot(&format!("{policies}{}", secrets_yaml(SECRETS)));
     let memory = resident_mib() - before;
     let check = runtime.block_on(with.decide(&requests[0].0, &requests[0].1, None));
     assert!(
