@@ -32,6 +32,7 @@ use super::{
 use crate::config::FieldError;
 use crate::inspect::Body;
 use crate::request::{OutboundRequest, RequestFacts, is_header_name};
+use crate::secrets::SecretValue;
 
 /// The generated messages, client and server of `proto/portcullis/processor/v1`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -347,12 +348,13 @@ impl GrpcProcessor {
                     if reserved(&name) {
                         return Err(format!("set_headers: {name} may not be set by a processor"));
                     }
-                    if !header_value_ok(&header.value) {
+                    let value = SecretValue::new(header.value);
+                    if value.has_control_chars() {
                         return Err(format!(
                             "set_headers: the value for {name} has control characters"
                         ));
                     }
-                    set.push((name, header.value));
+                    set.push((name, value));
                 }
                 let mut removed = Vec::with_capacity(answer.remove_headers.len());
                 for name in answer.remove_headers {
@@ -377,9 +379,7 @@ impl GrpcProcessor {
                     exchange.mutations.remove(name);
                 }
                 for (name, value) in set {
-                    exchange
-                        .mutations
-                        .set(&name, crate::secrets::SecretValue::new(value));
+                    exchange.mutations.set(&name, value);
                 }
                 Ok(Step::Continue(Annotations {
                     grpc: Some(Box::new(note)),
@@ -469,11 +469,4 @@ impl GrpcProcessor {
             ),
         }
     }
-}
-
-/// Visible ASCII, spaces and tabs, and bytes past ASCII (RFC 9110 field-value).
-fn header_value_ok(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
