@@ -15,6 +15,7 @@ use crate::dlp::Scanner;
 use crate::identity::{
     Identity, IdentityConfig, IdentityError, IdentityResolver, Presented, TokenSource,
 };
+use crate::inspect::Body;
 use crate::mcp::{Message, MessageKind};
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
@@ -369,10 +370,9 @@ impl Snapshot {
                 },
             );
         }
-        if let Some(bytes) = body
-            && crate::mcp::looks_like_jsonrpc(bytes)
-            && let Err(error) = crate::mcp::parse_inbound(bytes)
-        {
+        // Parsed lazily, once, for every transform that looks into it.
+        let body = body.map(|bytes| Body::new(bytes, self.policies.dlp()));
+        if let Some(Err(error)) = body.as_ref().and_then(Body::mcp) {
             // Policies on MCP messages cannot be applied to what cannot be read: refuse it
             // as a JSON-RPC server would.
             let mut decided = self.refused(
@@ -391,7 +391,7 @@ impl Snapshot {
             decided.outcome.mutations = mutations;
             decided.outcome.jsonrpc_reply = Some(JsonRpcReply {
                 status: 400,
-                body: crate::mcp::parse_error_reply(&error),
+                body: crate::mcp::parse_error_reply(error),
             });
             return decided;
         }
@@ -399,7 +399,7 @@ impl Snapshot {
             Ok(identity) => {
                 let exchange = Exchange {
                     request,
-                    body,
+                    body: body.as_ref(),
                     identity: &identity,
                     policies: &self.policies,
                     tag_ids: self.policies.tag_ids(&identity.tags),
@@ -408,8 +408,8 @@ impl Snapshot {
                     preview,
                 };
                 let mut outcome = self.pipeline.run(exchange).await;
-                if let (Some(rejection), Some(bytes)) = (&outcome.rejection, body) {
-                    outcome.jsonrpc_reply = self.jsonrpc_refusal(request, rejection, bytes);
+                if let (Some(rejection), Some(body)) = (&outcome.rejection, &body) {
+                    outcome.jsonrpc_reply = self.jsonrpc_refusal(request, rejection, body);
                 }
                 Decided {
                     identity: Ok(identity),
@@ -459,12 +459,14 @@ impl Snapshot {
         &self,
         request: &OutboundRequest,
         rejection: &Rejection,
-        body: &[u8],
+        body: &Body<'_>,
     ) -> Option<JsonRpcReply> {
-        if rejection.kind != "policy_denied" || !crate::mcp::looks_like_jsonrpc(body) {
+        if rejection.kind != "policy_denied" {
             return None;
         }
-        let inbound = crate::mcp::parse_inbound(body).ok()?;
+        let Some(Ok(inbound)) = body.mcp() else {
+            return None;
+        };
         let data = serde_json::json!({
             "type": rejection.kind,
             "reason": rejection.reason,
@@ -474,7 +476,7 @@ impl Snapshot {
             "request_id": request.id,
         });
         let reply = crate::mcp::error_reply(
-            &inbound,
+            inbound,
             self.mcp.deny_code,
             &self.mcp.deny_message,
             Some(data),

@@ -7,15 +7,13 @@ use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::RequestFacts;
 
 pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
-    let body = exchange
-        .body
-        .map(|bytes| Body::new(bytes, exchange.policies.dlp()));
+    let body = exchange.body;
     let facts = RequestFacts {
-        body: body.as_ref(),
+        body,
         identity: Some(exchange.identity),
         ..exchange.request.facts()
     };
-    let verdict = match body.as_ref().and_then(Body::mcp) {
+    let verdict = match body.and_then(Body::mcp) {
         Some(Ok(Inbound::Batch(messages))) if !messages.is_empty() => {
             batch_verdict(exchange.policies, &facts, messages, &exchange.tag_ids)
         }

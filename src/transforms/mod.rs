@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::config::{FieldError, from_value};
 use crate::identity::Identity;
+use crate::inspect::Body;
 use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
 use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::OutboundRequest;
@@ -456,8 +457,9 @@ pub struct JsonRpcReply {
 pub struct Exchange<'a> {
     pub request: &'a OutboundRequest,
     /// The buffered request body, when a transform needed it (empty for a request without
-    /// one); `None` when the body was not requested.
-    pub body: Option<&'a [u8]>,
+    /// one); `None` when the body was not requested. Parsed lazily and once, whichever
+    /// transforms look into it (JSON, MCP messages, DLP findings).
+    pub body: Option<&'a Body<'a>>,
     pub identity: &'a Identity,
     pub policies: &'a PolicySet,
     pub tag_ids: WorkloadTagIds,

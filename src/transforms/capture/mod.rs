@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::secrets::config::InjectConfig;
 use super::{Annotations, Exchange, SecretConfig, Step};
 use crate::config::FieldError;
+use crate::inspect::Body;
 use crate::request::OutboundRequest;
 
 /// Headers never captured, whatever the config says.
@@ -242,7 +243,7 @@ impl BodyCapture {
     }
 
     pub(super) fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
-        let body = match exchange.body {
+        let body = match exchange.body.map(Body::bytes) {
             Some(body) if !body.is_empty() => body,
             Some(_) => {
                 return Step::Continue(Annotations {

@@ -271,14 +271,15 @@ impl GrpcProcessor {
                 }
             })
             .collect();
-        let body_bytes = exchange.body.filter(|_| self.send_body).unwrap_or_default();
+        let body_bytes = exchange
+            .body
+            .filter(|_| self.send_body)
+            .map(Body::bytes)
+            .unwrap_or_default();
         let (kept, body_truncated) =
             capture_bytes(body_bytes, self.max_body_bytes, token.as_deref());
-        let body = exchange
-            .body
-            .map(|bytes| Body::new(bytes, exchange.policies.dlp()));
         let facts = RequestFacts {
-            body: body.as_ref(),
+            body: exchange.body,
             identity: Some(exchange.identity),
             ..request.facts()
         };

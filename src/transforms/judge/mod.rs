@@ -33,6 +33,7 @@ use summary::{Summary, SummaryRules};
 
 use super::{Annotations, Exchange, Rejection, Step, millis, printable};
 use crate::config::FieldError;
+use crate::inspect::Body;
 use crate::request::OutboundRequest;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
 use crate::secrets::{SourceCache, SourceConfig, SourceKind};
@@ -224,7 +225,10 @@ impl Judge {
             });
         }
         let started = Instant::now();
-        let text = self.summary.summarize(request, exchange.body).to_json();
+        let text = self
+            .summary
+            .summarize(request, exchange.body.map(Body::bytes))
+            .to_json();
         let key = Summary::key(&text);
         if let Some(cache) = &self.state.cache
             && let Some(hit) = cache.get(&key).await

@@ -24,6 +24,7 @@ use inject::{Credential, Refusal, Use};
 use super::{Annotations, CredentialUse, Exchange, Rejection, Step};
 use crate::config::{FieldError, duplicate_names};
 use crate::identity::Identity;
+use crate::inspect::Body;
 use crate::policy::index::{Indexed, Next, RuleIndex, WorkloadTagIds};
 use crate::policy::rule::{Rule, RuleCompiler, Tag};
 use crate::request::{OutboundRequest, RequestFacts};
@@ -200,7 +201,7 @@ impl SecretsTransform {
             &secret.inject,
             credential,
             request,
-            exchange.body,
+            exchange.body.map(Body::bytes),
             &mut exchange.mutations,
         ) {
             Ok(applied) => {
