@@ -20,6 +20,7 @@ mod judge;
 mod mcp;
 mod mcp_harness;
 mod protocol;
+mod redteam;
 mod reload;
 mod secrets;
 mod secrets_aws;
