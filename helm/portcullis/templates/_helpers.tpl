@@ -209,7 +209,18 @@ into files/envoy/ and adapted structurally here, so the reviewed file stays the 
 */}}
 {{- define "portcullis.envoyBootstrap" -}}
 {{- $file := ternary "files/envoy/https-intercept.yaml" "files/envoy/forward-proxy.yaml" .Values.interception.enabled -}}
-{{- $b := .Files.Get $file | fromYaml -}}
+{{- $text := "" -}}
+{{- if .Values.meshMtls.enabled -}}
+{{- if .Values.interception.enabled -}}
+{{- fail "meshMtls.enabled and interception.enabled: choose one workload listener" -}}
+{{- end -}}
+{{- $file = "files/envoy/mesh-mtls.yaml" -}}
+{{- /* The file's one trust domain becomes the configured one. */ -}}
+{{- $text = .Files.Get $file | replace "- name: cluster.local\n" (printf "- name: %s\n" .Values.meshMtls.trustDomain) -}}
+{{- else -}}
+{{- $text = .Files.Get $file -}}
+{{- end -}}
+{{- $b := $text | fromYaml -}}
 {{- if or (hasKey $b "Error") (not (hasKey $b "static_resources")) -}}
 {{- fail (printf "%s: not an Envoy bootstrap" $file) -}}
 {{- end -}}
@@ -512,6 +523,9 @@ straight to SIGTERM (no drain).
   volumeMounts:
     - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
     - {name: envoy-tmp, mountPath: /tmp}
+    {{- if $v.meshMtls.enabled }}
+    - {name: mesh-tls, mountPath: /etc/portcullis/mesh, readOnly: true}
+    {{- end }}
 {{- end -}}
 
 {{- define "portcullis.envoyVolumes" -}}
@@ -521,4 +535,14 @@ straight to SIGTERM (no drain).
 - name: envoy-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if .Values.meshMtls.enabled }}
+- name: mesh-tls
+  secret:
+    secretName: {{ .Values.meshMtls.secretName }}
+    defaultMode: 288      # 0440
+    items:
+      - {key: tls.crt, path: gateway.crt}
+      - {key: tls.key, path: gateway.key}
+      - {key: ca.crt, path: trust-bundle.pem}
+{{- end }}
 {{- end -}}

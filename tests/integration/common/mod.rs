@@ -215,6 +215,9 @@ pub enum EnvoyMode {
     BaseUrl,
     HttpsIntercept,
     Transparent,
+    /// The forward proxy over mutual TLS (`envoy/mesh-mtls.yaml`); its certificate files are
+    /// swapped in through `envoy_edits`.
+    MeshMtls,
 }
 
 /// Options for [`Gateway::start`].
@@ -308,6 +311,7 @@ impl Gateway {
             EnvoyMode::BaseUrl => "base-url.yaml",
             EnvoyMode::HttpsIntercept => "https-intercept.yaml",
             EnvoyMode::Transparent => "transparent.yaml",
+            EnvoyMode::MeshMtls => "mesh-mtls.yaml",
         };
         let mut text = std::fs::read_to_string(repo().join("envoy").join(file)).unwrap();
         for (from, to) in [
