@@ -91,9 +91,18 @@ impl Mesh {
             path.display().to_string()
         };
         let edits = [
-            ("/etc/portcullis/mesh/gateway.crt", write("gateway.crt", &cert)),
-            ("/etc/portcullis/mesh/gateway.key", write("gateway.key", &key)),
-            ("/etc/portcullis/mesh/trust-bundle.pem", write("bundle.pem", &ca.pem)),
+            (
+                "/etc/portcullis/mesh/gateway.crt",
+                write("gateway.crt", &cert),
+            ),
+            (
+                "/etc/portcullis/mesh/gateway.key",
+                write("gateway.key", &key),
+            ),
+            (
+                "/etc/portcullis/mesh/trust-bundle.pem",
+                write("bundle.pem", &ca.pem),
+            ),
         ];
         let gateway = Gateway::start(
             CONFIG,
@@ -188,11 +197,13 @@ fn forged_foreign_expired_or_missing_certificates_get_no_identity() {
         // bundle's trust domain.
         (
             "cross-domain",
-            Some(mesh.workload(
-                "cross-domain",
-                mesh.ca
-                    .issue(&[], Some("spiffe://other.example/ns/ci/sa/builder"), false),
-            )),
+            Some(
+                mesh.workload(
+                    "cross-domain",
+                    mesh.ca
+                        .issue(&[], Some("spiffe://other.example/ns/ci/sa/builder"), false),
+                ),
+            ),
         ),
         // The right SAN from the right CA, but expired.
         (
