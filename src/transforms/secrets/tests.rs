@@ -89,7 +89,7 @@ fn query_and_path_values_are_percent_encoded() {
 
 #[test]
 fn proxy_tokens_swap_everywhere_and_require_their_placeholder() {
-    let style = "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header, query, path, body], require: true}";
+    let style = "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header:authorization, query:k, path, body], require: true}";
     let req = request(
         "POST https://api.example.com/v1/ptok_abcdef12?k=ptok_abcdef12",
         &[
@@ -100,7 +100,7 @@ fn proxy_tokens_swap_everywhere_and_require_their_placeholder() {
     let (applied, m) = run(style, &req, Some(br#"{"key":"ptok_abcdef12"}"#));
     assert_eq!(
         applied.unwrap().locations,
-        ["header:authorization", "path", "query", "body"]
+        ["header:authorization", "path", "query:k", "body"]
     );
     assert_eq!(
         set(&m, "authorization").as_deref(),
@@ -111,12 +111,97 @@ fn proxy_tokens_swap_everywhere_and_require_their_placeholder() {
         "/v1/s3cr3t%2Fv+1?k=s3cr3t%2Fv%2B1"
     );
     assert_eq!(m.body.unwrap().expose(), br#"{"key":"s3cr3t/v+1"}"#);
-    let bare = request(
-        "GET https://api.example.com/v1/models",
-        &[("authorization", "Bearer own")],
-    );
+    let bare = request("GET https://api.example.com/v1/models", &[]);
     let (refused, _) = run(style, &bare, Some(b""));
     assert_eq!(refused.unwrap_err(), Refusal::PlaceholderMissing);
+}
+
+#[test]
+fn proxy_tokens_are_swapped_only_where_declared() {
+    let req = request(
+        "GET https://api.example.com/v1/ptok_abcdef12?debug=ptok_abcdef12&k=ptok_abcdef12",
+        &[
+            ("authorization", "Bearer ptok_abcdef12"),
+            ("x-debug", "ptok_abcdef12"),
+        ],
+    );
+    // The default: only Authorization.
+    let (applied, m) = run(
+        "{style: proxy_token, placeholder: ptok_abcdef12}",
+        &req,
+        None,
+    );
+    assert_eq!(applied.unwrap().locations, ["header:authorization"]);
+    assert_eq!(m.set.len(), 1, "x-debug keeps its placeholder");
+    assert!(m.path.is_none(), "the path and query keep theirs");
+    let (applied, m) = run(
+        "{style: proxy_token, placeholder: ptok_abcdef12, locations: [query:k, header:X-Debug]}",
+        &req,
+        None,
+    );
+    assert_eq!(applied.unwrap().locations, ["header:x-debug", "query:k"]);
+    assert_eq!(set(&m, "x-debug").as_deref(), Some("s3cr3t/v+1"));
+    assert_eq!(set(&m, "authorization"), None);
+    assert_eq!(
+        m.path.unwrap().expose(),
+        "/v1/ptok_abcdef12?debug=ptok_abcdef12&k=s3cr3t%2Fv%2B1"
+    );
+}
+
+#[test]
+fn require_refuses_the_workloads_own_credential_in_a_declared_place() {
+    let style = "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header:authorization, query:key], require: true}";
+    let refused =
+        |headers: &[(&str, &str)], line: &str| run(style, &request(line, headers), None).0.err();
+    let get = "GET https://api.example.com/v1";
+    for (headers, line, location) in [
+        (
+            &[
+                ("authorization", "Bearer mine"),
+                ("x-api-key", "ptok_abcdef12"),
+            ][..],
+            get.to_owned(),
+            "header:authorization",
+        ),
+        (
+            &[("authorization", "Bearer mine,ptok_abcdef12")][..],
+            get.to_owned(),
+            "header:authorization",
+        ),
+        (
+            &[("authorization", "Bearer mine ptok_abcdef12")][..],
+            get.to_owned(),
+            "header:authorization",
+        ),
+        (
+            &[("authorization", "Bearer ptok_abcdef12")][..],
+            format!("{get}?key=mine"),
+            "query:key",
+        ),
+        (
+            &[("authorization", "Bearer ptok_abcdef12")][..],
+            format!("{get}?key=ptok_abcdef12mine"),
+            "query:key",
+        ),
+    ] {
+        assert_eq!(
+            refused(headers, &line),
+            Some(Refusal::ForeignCredential(location.into())),
+            "{headers:?} {line}"
+        );
+    }
+    for value in [
+        "Bearer ptok_abcdef12",
+        "ptok_abcdef12",
+        "token ptok_abcdef12",
+    ] {
+        assert_eq!(refused(&[("authorization", value)], get), None, "{value}");
+    }
+    assert_eq!(
+        refused(&[], &format!("{get}?key=ptok_abcdef12")),
+        None,
+        "the placeholder in the query alone"
+    );
 }
 
 #[test]
@@ -197,6 +282,26 @@ fn config_mistakes_are_found_at_load() {
         ),
         ("{style: custom, header: Host}", "cannot set \"Host\""),
         ("{style: proxy_token, placeholder: short}", "shorter than 8"),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header]}",
+            "`header:authorization`",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: [query]}",
+            "every query",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: [cookie]}",
+            "unknown location",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: ['header:Host']}",
+            "cannot set \"host\"",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: ['header:proxy-authorization']}",
+            "stripped before egress",
+        ),
         (
             "{style: hmac, header: X-S, message: '{{ value }}'}",
             "HMAC key",
