@@ -409,3 +409,63 @@ secrets:
     assert!(o.mutations.is_empty(), "nothing half-injected");
     let _ = SourceCache::new();
 }
+
+#[tokio::test]
+async fn plaintext_requests_get_no_credential_unless_the_secret_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("value");
+    std::fs::write(&file, "s3cr3t-value/1").unwrap();
+    let snapshot = compile(&format!(
+        r#"
+default_action: allow
+secrets:
+  - {{name: strict, source: {{type: file, path: {path}}}, rules: [{{host: strict.example}}], inject: {{style: basic, username: bot}}}}
+  - {{name: lenient, source: {{type: file, path: {path}}}, rules: [{{host: lenient.example}}], inject: {{style: bearer}}, allow_plaintext: true}}
+  - {{name: absent, source: {{type: file, path: {path}}}, rules: [{{host: absent.example}}], inject: {{style: path_token, placeholder: PLACEHOLDER-1}}}}
+"#,
+        path = file.display()
+    ))
+    .unwrap();
+    let decide = |line: &'static str| {
+        let snapshot = &snapshot;
+        async move {
+            snapshot
+                .decide(&request(line, &[]), &[], Some(&[]))
+                .await
+                .outcome
+        }
+    };
+    let refused = decide("GET http://strict.example/x").await;
+    let r = refused.rejection.unwrap();
+    assert_eq!((r.status, r.reason), (403, "credential_over_plaintext"));
+    assert!(r.message.contains("allow_plaintext"), "{}", r.message);
+    assert!(refused.mutations.is_empty() && refused.mutations.scrub.is_empty());
+
+    // Over TLS: injected, and the response will be scrubbed of every form it left in.
+    let o = decide("GET https://strict.example/x").await;
+    assert!(o.rejection.is_none());
+    let forms: Vec<&[u8]> = o.mutations.scrub.iter().map(|f| f.expose()).collect();
+    assert!(forms.contains(&&b"s3cr3t-value/1"[..]));
+    assert!(forms.contains(&&b"s3cr3t-value%2F1"[..]));
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("bot:s3cr3t-value/1");
+    assert!(forms.contains(&basic.as_bytes()));
+    assert_eq!(
+        o.mutations
+            .set
+            .iter()
+            .find(|(n, _)| n == "accept-encoding")
+            .map(|(_, v)| v.expose()),
+        Some("identity")
+    );
+
+    assert!(
+        decide("GET http://lenient.example/x")
+            .await
+            .rejection
+            .is_none()
+    );
+    // Nothing to inject (no placeholder in the path): nothing to refuse.
+    let o = decide("GET http://absent.example/x").await;
+    assert!(o.rejection.is_none() && o.mutations.scrub.is_empty());
+}
