@@ -7,7 +7,8 @@
 //! - **Failures.** A source that cannot be read fails the request closed (502,
 //!   `credential_unavailable`); the request never leaves without its credential.
 //! - **Tunnels.** A CONNECT tunnel is opaque: nothing can be injected into it. A secret with
-//!   `require: true` refuses the tunnel, which would otherwise bypass the swap.
+//!   `require: true` refuses the tunnel, which would otherwise bypass the swap, unless
+//!   Envoy intercepts it: its requests are then swapped one by one.
 
 pub mod config;
 mod inject;
@@ -172,7 +173,8 @@ impl SecretsTransform {
             ..Annotations::default()
         };
         if facts.is_connect() {
-            if secret.requires_placeholder() {
+            // An intercepted tunnel's requests come one by one, and are swapped then.
+            if secret.requires_placeholder() && !request.intercepted {
                 annotations.reason = Some("tunnel_bypasses_credential");
                 let message = format!(
                     "a CONNECT tunnel to {}:{} cannot carry credential {:?}, which requires its \

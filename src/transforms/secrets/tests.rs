@@ -394,6 +394,11 @@ secrets:
         o.rejection.unwrap().reason,
         "credential_placeholder_missing"
     );
+    // Intercepted, the tunnel's requests are decided (and swapped) one by one.
+    let mut intercepted = request("CONNECT strict.example.org:443", &[]);
+    intercepted.intercepted = true;
+    let o = snapshot.preview(&intercepted, &[], Some(&[])).await.outcome;
+    assert!(o.rejection.is_none(), "{:?}", o.rejection);
 
     // Live, the unset variable fails the request closed.
     let o = snapshot
