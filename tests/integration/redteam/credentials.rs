@@ -445,6 +445,11 @@ fn echoed_credential_is_scrubbed_from_the_response() {
     inject: {style: custom, query: key}
     allow_plaintext: true
     rules: [{host: 127.0.0.1, paths: ["/echo-query/*"]}]
+  - name: body
+    source: {type: env, var: SWAPPED}
+    inject: {style: proxy_token, placeholder: ptok_redteam_Q7x2k9, locations: [body]}
+    allow_plaintext: true
+    rules: [{host: 127.0.0.1, paths: ["/echo-body/*"]}]
 "#,
     );
     let mut replies = Vec::new();
@@ -491,6 +496,22 @@ fn echoed_credential_is_scrubbed_from_the_response() {
         assert!(reply.body.contains(MARKER), "{path}: {reply:?}");
         replies.push(reply);
     }
+    // Decided at the body (the swap needs it): the response is asked for then, too.
+    let body = format!(r#"{{"api_key":"{PLACEHOLDER}"}}"#);
+    let swapped = gw.via_proxy(&[
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &body,
+        &upstream.url("/echo-body/x"),
+    ]);
+    assert_eq!(swapped.status, 200, "{swapped:?}");
+    assert_eq!(
+        upstream.seen("/echo-body/x").body,
+        format!(r#"{{"api_key":"{SWAPPED}"}}"#).as_bytes()
+    );
+    assert!(swapped.body.contains(MARKER), "{swapped:?}");
+    replies.push(swapped);
     // Audited (how many, never the value) and counted.
     let record = gw.audit_for(|r| r["event"] == "response_scrubbed" && r["secret"] == "bearer");
     assert!(record["replacements"].as_u64().unwrap() >= 2, "{record}");
