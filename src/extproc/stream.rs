@@ -104,6 +104,21 @@ struct ResponseScrub {
     scrubber: Scrubber,
     secret: Arc<str>,
     request_id: String,
+    /// Envoy sent the response headers, as asked.
+    response_seen: bool,
+}
+
+impl Drop for ResponseScrub {
+    fn drop(&mut self) {
+        if !self.response_seen {
+            // Envoy answers a failed upstream itself, and a workload may hang up first; but
+            // an Envoy that ignores `mode_override` never sends any response: say so.
+            tracing::warn!(request_id = %self.request_id, secret = &*self.secret,
+                "the response to a request that carried a credential never came to be \
+                 scrubbed (no response, or Envoy ignores mode_override: is \
+                 allow_mode_override set?)");
+        }
+    }
 }
 
 impl ResponseScrub {
@@ -122,6 +137,7 @@ impl ResponseScrub {
             scrubber,
             secret,
             request_id: request.id.clone(),
+            response_seen: false,
         })
     }
 }
@@ -469,6 +485,7 @@ impl StreamState {
         let Some(scrub) = self.scrub.as_deref_mut() else {
             return Reply::Send(convert::continue_response_headers(filtering));
         };
+        scrub.response_seen = true;
         let body_follows = !headers.end_of_stream;
         let encoding = convert::header_text(headers, "content-encoding").unwrap_or_default();
         let encoding = encoding.trim();

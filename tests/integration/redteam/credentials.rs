@@ -522,6 +522,17 @@ fn echoed_credential_is_scrubbed_from_the_response() {
         "{}",
         gw.admin("/metrics").body
     );
+    // An upstream that is not there: Envoy's own 503 passes through Portcullis too.
+    let dead = crate::common::free_port();
+    let gone = gw.via_proxy(&[&format!("http://127.0.0.1:{dead}/echo/gone")]);
+    assert_eq!(gone.status, 503, "{gone:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !gw.portcullis_log().contains("never came to be scrubbed"),
+        "{}",
+        gw.portcullis_log()
+    );
+    replies.push(gone);
     let replies: Vec<&Reply> = replies.iter().collect();
     assert_no_leaks(&gw, &replies);
 }
@@ -596,4 +607,40 @@ secrets:
     );
     assert_eq!(plain.hits(), 0);
     assert_no_leaks(&gw, &[&over_tls, &in_clear]);
+}
+
+/// The limit of scrubbing, made loud: an Envoy that ignores `mode_override` never sends the
+/// response to Portcullis, so nothing can be scrubbed; Portcullis logs it for each request.
+#[test]
+fn an_envoy_that_ignores_mode_override_is_reported() {
+    let upstream = Echo::start();
+    let gw = Gateway::start(
+        r#"
+policies:
+  - {name: upstream, action: allow, rules: [{host: 127.0.0.1}]}
+secrets:
+  - name: bearer
+    source: {type: env, var: BEARER}
+    inject: {style: bearer}
+    allow_plaintext: true
+    rules: [{host: 127.0.0.1}]
+"#,
+        GatewayOptions {
+            env: env(),
+            envoy_edits: vec![(
+                "allow_mode_override: true".into(),
+                "allow_mode_override: false".into(),
+            )],
+            ..GatewayOptions::default()
+        },
+    );
+    let reply = gw.via_proxy(&[&upstream.url("/echo/x")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        crate::common::wait_until(Duration::from_secs(5), || gw
+            .portcullis_log()
+            .contains("never came to be scrubbed")),
+        "{}",
+        gw.portcullis_log()
+    );
 }
