@@ -4,7 +4,7 @@
 //! percentile table (p50/p99/p99.9 per decision over individually timed decisions), the
 //! compile time of each set and the memory it holds. Under `cargo test` each benchmark runs
 //! once as a smoke test. `cargo bench --bench engine -- dlp` runs only the DLP scanner's
-//! group.
+//! group (`-- scrub`: the response scrubber's).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -649,10 +649,11 @@ fn main() {
     if benchmarking
         && std::env::args()
             .skip(1)
-            .any(|a| a == "dlp" || a == "agent_conditions")
+            .any(|a| a == "dlp" || a == "agent_conditions" || a == "scrub")
     {
         let mut criterion = Criterion::default().configure_from_args();
         bench_dlp(&mut criterion);
+        bench_scrub(&mut criterion);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -673,6 +674,7 @@ fn main() {
         .unwrap();
     agents_case(&mut criterion, &runtime);
     bench_dlp(&mut criterion);
+    bench_scrub(&mut criterion);
     criterion.final_summary();
     if !benchmarking {
         tracing_case(&prepared[0], 1_000);
@@ -795,5 +797,69 @@ fn bench_dlp(c: &mut Criterion) {
             });
         }
     }
+    group.finish();
+}
+
+/// The response scrubber: a credential's forms (value, base64, percent-encoded, basic's
+/// `base64(user:value)`) cut out of a 4 KiB body in one piece, a 1 MiB body streamed in
+/// 16 KiB pieces, and an event stream of 1,000 small events, one piece each; the scrubber
+/// is built per response, as a request with a credential does.
+fn bench_scrub(c: &mut Criterion) {
+    use base64::Engine;
+    use portcullis::secrets::SecretBytes;
+    use portcullis::secrets::scrub::Scrubber;
+    let secret = "SENTINEL-bench-ghp_7f3a9c2e0d1b4a5f";
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let forms = [
+        secret.to_owned(),
+        b64(secret),
+        secret.replace('_', "%5F"),
+        b64(&format!("bot:{secret}")),
+    ];
+    let scrubber = || {
+        Scrubber::new(
+            forms
+                .iter()
+                .map(|f| SecretBytes::new(f.as_bytes().to_vec())),
+        )
+    };
+    let mut group = c.benchmark_group("scrub");
+    let small = chat_body(4 << 10, Some(secret));
+    let large = chat_body(1 << 20, Some(secret));
+    let events: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            let data = if i == 500 {
+                secret.to_owned()
+            } else {
+                format!("token {i} of the answer")
+            };
+            format!("event: delta\ndata: {{\"i\":{i},\"text\":\"{data}\"}}\n\n").into_bytes()
+        })
+        .collect();
+    let sse_bytes: usize = events.iter().map(Vec::len).sum();
+    let run = |pieces: &[&[u8]]| {
+        let mut s = scrubber().unwrap();
+        let mut out = 0;
+        for (i, piece) in pieces.iter().enumerate() {
+            out += s.piece(piece, i + 1 == pieces.len()).len();
+        }
+        assert_eq!(s.replaced(), 1);
+        out
+    };
+    for (label, body, piece) in [
+        ("4KiB", &small, small.len()),
+        ("1MiB_16KiB_pieces", &large, 16 << 10),
+    ] {
+        let pieces: Vec<&[u8]> = body.chunks(piece).collect();
+        group.throughput(criterion::Throughput::Bytes(body.len() as u64));
+        group.bench_function(label, |b| b.iter(|| black_box(run(black_box(&pieces)))));
+    }
+    let pieces: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+    group.throughput(criterion::Throughput::Bytes(sse_bytes as u64));
+    group.bench_function("sse_1000_events", |b| {
+        b.iter(|| black_box(run(black_box(&pieces))))
+    });
+    group.throughput(criterion::Throughput::Elements(1));
+    group.bench_function("build", |b| b.iter(|| black_box(scrubber())));
     group.finish();
 }

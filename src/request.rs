@@ -196,6 +196,10 @@ pub struct OutboundRequest {
     /// Portcullis one by one, so the CONNECT itself only needs a policy that could allow
     /// some request to the host.
     pub intercepted: bool,
+    /// The request leaves over TLS. From Envoy's listener (`x-portcullis-upstream-scheme:
+    /// https`), never from the workload's `:scheme`: the forward proxy connects in
+    /// plaintext whatever scheme a request claims.
+    pub upstream_tls: bool,
 }
 
 impl OutboundRequest {
@@ -206,7 +210,9 @@ impl OutboundRequest {
         Some(&path[at + 1..])
     }
 
-    /// A request from its normalized target and what came with it.
+    /// A request from its normalized target and what came with it. It leaves over TLS when
+    /// its scheme says so: true offline (`portcullis check`); the ext_proc layer asks the
+    /// listener instead.
     pub fn from_target(
         id: String,
         target: RequestTarget,
@@ -218,6 +224,7 @@ impl OutboundRequest {
     ) -> OutboundRequest {
         OutboundRequest {
             id,
+            upstream_tls: target.scheme == "https",
             method: target.method,
             method_name: target.method_name,
             scheme: target.scheme,

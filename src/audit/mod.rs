@@ -179,6 +179,23 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
+/// What happened to the response of an audited request, when something did: a credential
+/// echoed back was scrubbed, or the response was withheld because it could not be. A
+/// second line for the same `request_id`; counts and names only, never a value.
+#[derive(Debug, Serialize)]
+pub struct ResponseRecord<'a> {
+    pub ts: String,
+    pub request_id: &'a str,
+    /// `response_scrubbed` or `response_withheld`.
+    pub event: &'static str,
+    /// The secret whose credential the request carried.
+    pub secret: &'a str,
+    /// How many times a form of the credential was replaced by the marker.
+    pub replacements: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
 /// Rounds to 0.1 µs: finer digits are noise.
 pub fn micros(elapsed: std::time::Duration) -> f64 {
     (elapsed.as_nanos() as f64 / 100.0).round() / 10.0
@@ -263,6 +280,19 @@ impl AuditSink {
                 store.metrics.record_audit_store_dropped();
             }
         }
+        line.push(b'\n');
+        if self.tx.send(line).await.is_err() {
+            tracing::error!("audit writer has stopped; record lost");
+        }
+    }
+}
+
+impl AuditSink {
+    /// Queues a response record, for the sink only: the store keeps one row per decision.
+    pub async fn write_response(&self, record: &ResponseRecord<'_>) {
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
         line.push(b'\n');
         if self.tx.send(line).await.is_err() {
             tracing::error!("audit writer has stopped; record lost");

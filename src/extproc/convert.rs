@@ -149,6 +149,7 @@ pub fn outbound_request(
             );
             request.intercepted =
                 listener.intercepts_connect && request.method == crate::request::Method::Connect;
+            request.upstream_tls = listener.upstream_scheme.as_deref() == Some("https");
             if listener.tunnel
                 && let Err(error) = check_tunnel_target(&request, connect_authority.as_deref())
             {
@@ -175,6 +176,7 @@ pub fn outbound_request(
                 peer_uri_san,
                 sni,
                 intercepted: false,
+                upstream_tls: false,
             };
             Err(Box::new(InvalidRequest { error, request }))
         }
@@ -348,6 +350,107 @@ pub fn buffer_body(watch_response: bool) -> ProcessingResponse {
             response_trailer_mode: HeaderSendMode::Skip as i32,
         }),
         ..Default::default()
+    }
+}
+
+/// Makes a [`buffer_body`] answer ask for the response too (headers, the body streamed
+/// unless it is already buffered, trailers): the decision, at the body, may put a
+/// credential on the request whose echo must be scrubbed, and Envoy takes a mode override
+/// only while it processes headers. Passed at once when nothing is to be scrubbed
+/// ([`continue_response_headers`]).
+pub fn may_scrub_response(response: &mut ProcessingResponse) {
+    if let Some(mode) = &mut response.mode_override {
+        mode.response_header_mode = HeaderSendMode::Send as i32;
+        if mode.response_body_mode == BodySendMode::None as i32 {
+            mode.response_body_mode = BodySendMode::Streamed as i32;
+        }
+        mode.response_trailer_mode = HeaderSendMode::Send as i32;
+    }
+}
+
+/// Asks Envoy, in the answer to the request headers, for the response headers, its body
+/// streamed and its trailers: the request carries a credential, and the response is
+/// scrubbed of it.
+pub fn scrub_response(response: &mut ProcessingResponse) {
+    response.mode_override = Some(ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        request_body_mode: BodySendMode::None as i32,
+        response_header_mode: HeaderSendMode::Send as i32,
+        response_body_mode: BodySendMode::Streamed as i32,
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Send as i32,
+    });
+}
+
+/// Answers response headers that were scrubbed: `set` are the scrubbed values; with
+/// `body_follows`, the length is dropped (the body is scrubbed too, and Envoy frames it).
+pub fn scrubbed_response_headers(
+    set: &[(String, Vec<u8>)],
+    body_follows: bool,
+) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::ResponseHeaders(
+            HeadersResponse {
+                response: Some(CommonResponse {
+                    header_mutation: Some(HeaderMutation {
+                        set_headers: set.iter().map(|(n, v)| header(n, v)).collect(),
+                        remove_headers: if body_follows {
+                            vec!["content-length".to_owned()]
+                        } else {
+                            Vec::new()
+                        },
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Answers response trailers, with `set` the scrubbed values.
+pub fn scrubbed_response_trailers(set: &[(String, Vec<u8>)]) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::ResponseTrailers(
+            envoy_types::pb::envoy::service::ext_proc::v3::TrailersResponse {
+                header_mutation: (!set.is_empty()).then(|| HeaderMutation {
+                    set_headers: set.iter().map(|(n, v)| header(n, v)).collect(),
+                    remove_headers: Vec::new(),
+                }),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Every header of an Envoy header (or trailer) map: names lower case, values as bytes.
+pub fn header_list(
+    map: Option<&envoy_types::pb::envoy::config::core::v3::HeaderMap>,
+) -> impl Iterator<Item = (String, &[u8])> {
+    map.into_iter().flat_map(|map| &map.headers).map(|h| {
+        let value = if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            h.raw_value.as_slice()
+        };
+        (h.key.to_ascii_lowercase(), value)
+    })
+}
+
+/// The refusal of a response that could not be scrubbed: it is not forwarded.
+pub fn response_not_scrubbable(encoding: &str) -> Rejection {
+    Rejection {
+        status: 502,
+        kind: "response_withheld",
+        reason: "response_not_scrubbable",
+        message: format!(
+            "the upstream answered with content-encoding {encoding:?} although Portcullis \
+             asked for none: a credential it echoed could not be removed, so the response \
+             was withheld"
+        ),
+        policy: None,
+        rule: None,
+        transform: "secrets",
     }
 }
 

@@ -11,21 +11,23 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeadersResponse, HttpHeaders, ProcessingRequest,
-    ProcessingResponse, TrailersResponse, processing_response::Response as Answer,
+    BodyResponse, CommonResponse, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
+    TrailersResponse, processing_response::Response as Answer,
 };
 use tonic::Status;
 use tracing::Instrument;
 
 use super::Shared;
 use super::convert::{self, ListenerContext};
-use crate::audit::{AuditRecord, micros};
+use crate::audit::{AuditRecord, ResponseRecord, micros};
 use crate::identity::Identity;
 use crate::policy::Action;
 use crate::request::OutboundRequest;
+use crate::secrets::scrub::Scrubber;
 use crate::snapshot::{Decided, Snapshot};
 use crate::telemetry::metrics::StreamGuard;
 use crate::telemetry::trace::StreamTrace;
+use crate::transforms::Outcome;
 
 /// Waits up to this long on other services are left inside Envoy's `message_timeout`
 /// (0.5 s in `envoy/*.yaml`), sparing a round trip; the other half is the margin for
@@ -96,12 +98,58 @@ struct Undecided {
     watch_response: bool,
 }
 
+/// The response to a request that carried a credential: scrubbed of it (every form it left
+/// in) before the workload sees it.
+struct ResponseScrub {
+    scrubber: Scrubber,
+    secret: Arc<str>,
+    request_id: String,
+    /// Envoy sent the response headers, as asked.
+    response_seen: bool,
+}
+
+impl Drop for ResponseScrub {
+    fn drop(&mut self) {
+        if !self.response_seen {
+            // Envoy answers a failed upstream itself, and a workload may hang up first; but
+            // an Envoy that ignores `mode_override` never sends any response: say so.
+            tracing::warn!(request_id = %self.request_id, secret = &*self.secret,
+                "the response to a request that carried a credential never came to be \
+                 scrubbed (no response, or Envoy ignores mode_override: is \
+                 allow_mode_override set?)");
+        }
+    }
+}
+
+impl ResponseScrub {
+    fn of(request: &OutboundRequest, outcome: &Outcome) -> Option<ResponseScrub> {
+        if outcome.rejection.is_some() {
+            return None;
+        }
+        let scrubber = Scrubber::new(outcome.mutations.scrub.iter().cloned())?;
+        let secret = outcome.trace.iter().find_map(|t| {
+            let a = &t.annotations;
+            [&a.injected, &a.swapped, &a.signed]
+                .into_iter()
+                .find_map(|used| used.as_ref().map(|u| u.secret.clone()))
+        })?;
+        Some(ResponseScrub {
+            scrubber,
+            secret,
+            request_id: request.id.clone(),
+            response_seen: false,
+        })
+    }
+}
+
 pub(super) struct StreamState {
     shared: Arc<Shared>,
     listener: ListenerContext,
     phase: Phase,
     pending: Option<Box<PendingBody>>,
     response: ResponseWatch,
+    /// Set when the request left with a credential.
+    scrub: Option<Box<ResponseScrub>>,
     /// A decision to make before reading Envoy's next message (see [`StreamState::resume`]).
     deferred: Option<Box<Undecided>>,
     /// The stream's span, from the request headers on; it ends with the stream.
@@ -118,6 +166,7 @@ impl StreamState {
             phase: Phase::AwaitingRequestHeaders,
             pending: None,
             response: ResponseWatch::Off,
+            scrub: None,
             deferred: None,
             trace: StreamTrace::default(),
             _open: open,
@@ -146,16 +195,16 @@ impl StreamState {
                 })))
             }
             (Phase::Forwarded, Some(Message::ResponseBody(chunk))) => {
-                Reply::Send(self.on_response_body(&chunk.body, chunk.end_of_stream))
+                self.on_response_body(chunk.body, chunk.end_of_stream).await
             }
             (Phase::Forwarded, Some(Message::RequestTrailers(_))) => {
                 Reply::Send(answer(Answer::RequestTrailers(TrailersResponse::default())))
             }
-            (Phase::Forwarded, Some(Message::ResponseTrailers(_))) => Reply::Send(answer(
-                Answer::ResponseTrailers(TrailersResponse::default()),
-            )),
+            (Phase::Forwarded, Some(Message::ResponseTrailers(trailers))) => {
+                self.on_response_trailers(&trailers).await
+            }
             (Phase::Forwarded, Some(Message::ResponseHeaders(headers))) => {
-                Reply::Send(self.on_response_headers(&headers))
+                self.on_response_headers(&headers).await
             }
             // Flow-control-only messages carry no phase.
             (_, None) => return Reply::Silent,
@@ -300,6 +349,7 @@ impl StreamState {
                             .await;
                     }
                     let watch_response = snapshot.watches_tools_list(&request);
+                    let pending_may_scrub = snapshot.pipeline.may_put_credential(&request);
                     self.pending = Some(Box::new(PendingBody {
                         request,
                         snapshot,
@@ -308,7 +358,11 @@ impl StreamState {
                         watch_response,
                     }));
                     self.phase = Phase::AwaitingBody;
-                    return Reply::Send(convert::buffer_body(watch_response));
+                    let mut response = convert::buffer_body(watch_response);
+                    if pending_may_scrub {
+                        convert::may_scrub_response(&mut response);
+                    }
+                    return Reply::Send(response);
                 }
                 // A request without a body has an empty one, for transforms that sign it
                 // and body conditions; a body nothing needs streams through unseen.
@@ -417,43 +471,151 @@ impl StreamState {
     }
 
     /// Response headers: kept for a `tools/list` answer (its body is coming, buffered),
-    /// otherwise passed, and the body Portcullis asked for is declined.
-    fn on_response_headers(&mut self, headers: &HttpHeaders) -> ProcessingResponse {
-        match &mut self.response {
+    /// scrubbed of a credential the request carried, otherwise passed, and the body
+    /// Portcullis asked for is declined.
+    async fn on_response_headers(&mut self, headers: &HttpHeaders) -> Reply {
+        let filtering = match &mut self.response {
             ResponseWatch::ToolsList(filter) => {
                 filter.content_type =
                     convert::header_text(headers, "content-type").unwrap_or_default();
-                convert::continue_response_headers(true)
+                true
             }
-            ResponseWatch::Pass => convert::continue_response_headers(false),
-            ResponseWatch::Off => answer(Answer::ResponseHeaders(HeadersResponse {
-                response: Some(CommonResponse::default()),
-            })),
+            ResponseWatch::Pass | ResponseWatch::Off => false,
+        };
+        let Some(scrub) = self.scrub.as_deref_mut() else {
+            return Reply::Send(convert::continue_response_headers(filtering));
+        };
+        scrub.response_seen = true;
+        let body_follows = !headers.end_of_stream;
+        let encoding = convert::header_text(headers, "content-encoding").unwrap_or_default();
+        let encoding = encoding.trim();
+        if body_follows && !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            // Asked for `accept-encoding: identity` and compressed anyway: what is inside
+            // cannot be scrubbed, so it does not reach the workload.
+            let rejection = convert::response_not_scrubbable(encoding);
+            tracing::warn!(request_id = %scrub.request_id, secret = &*scrub.secret,
+                encoding, "encoded response to a request with a credential withheld");
+            self.shared
+                .metrics
+                .record_rejection(rejection.transform, rejection.reason);
+            let response = convert::refuse(&scrub.request_id, &rejection);
+            self.end_scrub(Some(rejection.reason)).await;
+            self.phase = Phase::Finished;
+            return Reply::Send(response);
         }
+        let before = scrub.scrubber.replaced();
+        let scrubbed: Vec<(String, Vec<u8>)> = convert::header_list(headers.headers.as_ref())
+            .filter(|(name, _)| !name.starts_with(':'))
+            .filter_map(|(name, value)| Some((name, scrub.scrubber.whole(value)?)))
+            .collect();
+        let replaced = scrub.scrubber.replaced() - before;
+        if replaced > 0 {
+            self.shared
+                .metrics
+                .record_response_scrubbed(&scrub.secret, replaced);
+        }
+        if !body_follows {
+            self.end_scrub(None).await;
+        }
+        Reply::Send(convert::scrubbed_response_headers(
+            &scrubbed,
+            body_follows || filtering,
+        ))
     }
 
-    /// The buffered answer to a `tools/list`: rewritten without the tools this workload
-    /// may not call. Anything else passes unchanged.
-    fn on_response_body(&mut self, body: &[u8], end_of_stream: bool) -> ProcessingResponse {
-        let ResponseWatch::ToolsList(filter) = &self.response else {
-            return convert::continue_response_body(None);
-        };
-        if !end_of_stream {
+    /// A piece of the response body: scrubbed of the request's credential, and when it is
+    /// the buffered answer to a `tools/list`, rewritten without the tools this workload may
+    /// not call. Anything else passes unchanged.
+    async fn on_response_body(&mut self, body: Vec<u8>, end_of_stream: bool) -> Reply {
+        let mut body = body;
+        let mut changed = false;
+        if let Some(scrub) = self.scrub.as_deref_mut() {
+            let before = scrub.scrubber.replaced();
+            let scrubbed = scrub.scrubber.piece(&body, end_of_stream);
+            let replaced = scrub.scrubber.replaced() - before;
+            if replaced > 0 {
+                self.shared
+                    .metrics
+                    .record_response_scrubbed(&scrub.secret, replaced);
+            }
+            changed = scrubbed != body;
+            body = scrubbed;
+        }
+        let mut rewritten = None;
+        if let ResponseWatch::ToolsList(filter) = &self.response
+            && end_of_stream
+        {
             // Only a buffered body is filtered whole; a streamed one is not ours to cut.
-            return convert::continue_response_body(None);
+            let visible = |tool: &str| {
+                filter
+                    .snapshot
+                    .tool_visible(&filter.request, &filter.identity, tool)
+            };
+            rewritten =
+                crate::mcp::filter_tools_list(&body, &filter.content_type, &filter.ids, &visible);
+            if rewritten.is_some() {
+                tracing::debug!(request_id = %filter.request.id, "tools/list answer filtered");
+            }
+            self.response = ResponseWatch::Pass;
         }
-        let visible = |tool: &str| {
-            filter
-                .snapshot
-                .tool_visible(&filter.request, &filter.identity, tool)
+        if end_of_stream {
+            self.end_scrub(None).await;
+        }
+        Reply::Send(convert::continue_response_body(
+            rewritten.or(changed.then_some(body)),
+        ))
+    }
+
+    /// Response trailers: scrubbed like the headers. Bytes held back from the body (the
+    /// start of what could have been a credential) can no longer be sent: the stream fails,
+    /// and Envoy resets the response rather than hand over a cut one silently.
+    async fn on_response_trailers(&mut self, trailers: &HttpTrailers) -> Reply {
+        let Some(scrub) = self.scrub.as_deref_mut() else {
+            return Reply::Send(answer(
+                Answer::ResponseTrailers(TrailersResponse::default()),
+            ));
         };
-        let rewritten =
-            crate::mcp::filter_tools_list(body, &filter.content_type, &filter.ids, &visible);
-        if rewritten.is_some() {
-            tracing::debug!(request_id = %filter.request.id, "tools/list answer filtered");
+        if scrub.scrubber.holds_back() {
+            tracing::warn!(request_id = %scrub.request_id, secret = &*scrub.secret,
+                "response trailers after a body that ended in what could begin a credential; \
+                 response reset");
+            self.shared.metrics.stream_error();
+            self.end_scrub(Some("response_not_scrubbable")).await;
+            self.phase = Phase::Finished;
+            return Reply::Fail(Status::failed_precondition(
+                "portcullis: response body ended in what could begin a credential, then trailers",
+            ));
         }
-        self.response = ResponseWatch::Pass;
-        convert::continue_response_body(rewritten)
+        let scrubbed: Vec<(String, Vec<u8>)> = convert::header_list(trailers.trailers.as_ref())
+            .filter_map(|(name, value)| Some((name, scrub.scrubber.whole(value)?)))
+            .collect();
+        self.end_scrub(None).await;
+        Reply::Send(convert::scrubbed_response_trailers(&scrubbed))
+    }
+
+    /// The response is over (or withheld, for `withheld`): its audit line, when a
+    /// credential was cut out of it or it was withheld.
+    async fn end_scrub(&mut self, withheld: Option<&'static str>) {
+        let Some(scrub) = self.scrub.take() else {
+            return;
+        };
+        let replacements = scrub.scrubber.replaced();
+        if replacements == 0 && withheld.is_none() {
+            return;
+        }
+        let record = ResponseRecord {
+            ts: crate::audit::now_rfc3339(),
+            request_id: &scrub.request_id,
+            event: if withheld.is_some() {
+                "response_withheld"
+            } else {
+                "response_scrubbed"
+            },
+            secret: &scrub.secret,
+            replacements,
+            reason: withheld,
+        };
+        self.shared.audit.write_response(&record).await;
     }
 
     /// Answers Envoy, records the decision, writes the audit line.
@@ -466,9 +628,16 @@ impl StreamState {
         spent_before: Duration,
         at_body: bool,
     ) -> Reply {
-        let response = convert::respond(&request, &decided.outcome, at_body);
+        let mut response = convert::respond(&request, &decided.outcome, at_body);
         let elapsed = started.elapsed() + spent_before;
         let outcome = &decided.outcome;
+        if let Some(scrub) = ResponseScrub::of(&request, outcome) {
+            self.scrub = Some(Box::new(scrub));
+            // Decided at the body: the response was already asked for (`buffer_body`).
+            if !at_body {
+                convert::scrub_response(&mut response);
+            }
+        }
         self.phase = if outcome.rejection.is_some() {
             Phase::Finished
         } else {

@@ -4,6 +4,7 @@
 
 mod cache;
 pub mod config;
+pub mod scrub;
 pub mod sources;
 mod value;
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     judge_fallbacks: IntCounterVec,
     judge_tokens: IntCounter,
     grpc_decisions: IntCounterVec,
+    response_scrubbed: IntCounterVec,
 }
 
 impl Metrics {
@@ -159,8 +160,18 @@ impl Metrics {
             &["outcome", "failure", "fail_mode"],
         )
         .expect("valid metric");
+        let response_scrubbed = IntCounterVec::new(
+            Opts::new(
+                "response_scrubbed_total",
+                "Credentials cut out of responses (an upstream echoed what Portcullis \
+                 injected), by secret",
+            ),
+            &["secret"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(response_scrubbed.clone()),
             Box::new(grpc_decisions.clone()),
             Box::new(judge_verdicts.clone()),
             Box::new(judge_fallbacks.clone()),
@@ -207,6 +218,7 @@ impl Metrics {
             judge_fallbacks,
             judge_tokens,
             grpc_decisions,
+            response_scrubbed,
         }
     }
 
@@ -262,6 +274,13 @@ impl Metrics {
 
     pub fn record_audit_store_dropped(&self) {
         self.audit_store_dropped.inc();
+    }
+
+    /// `count` credentials of `secret` cut out of a response.
+    pub fn record_response_scrubbed(&self, secret: &str, count: u64) {
+        self.response_scrubbed
+            .with_label_values(&[secret])
+            .inc_by(count);
     }
 
     /// One SDS answer: `issued`, or the reason no certificate was sent.

@@ -401,6 +401,9 @@ pub struct Mutations {
     pub path: Option<SecretValue>,
     /// A new request body.
     pub body: Option<SecretBytes>,
+    /// Every form in which a credential left with the request (the value, its encodings):
+    /// cut out of the response ([`crate::secrets::scrub`]). Not a change to the request.
+    pub scrub: Vec<SecretBytes>,
 }
 
 impl Mutations {
@@ -679,6 +682,15 @@ impl Pipeline {
         self.stages.iter().any(|stage| {
             (stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts))
                 && stage.transform.needs_body(request, identity)
+        })
+    }
+
+    /// Whether a secret's rules match this request (whatever the workload's tags): the
+    /// secrets step may then put a credential on it, whose echo the response is scrubbed of.
+    pub fn may_put_credential(&self, request: &OutboundRequest) -> bool {
+        self.stages.iter().any(|stage| match &stage.transform {
+            Transform::Secrets(t) => t.rules_match(request),
+            _ => false,
         })
     }
 

@@ -23,10 +23,12 @@ policies:
 secrets:
   - name: openai
     source: {{type: env, var: OPENAI_KEY}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/v1/*"]}}]
   - name: swapped
     source: {{type: env, var: SWAPPED_KEY}}
+    allow_plaintext: true
     inject: {{style: proxy_token, placeholder: {PLACEHOLDER}, locations: [body]}}
     rules: [{{host: localhost, paths: ["/v1/*"]}}]
 transforms:

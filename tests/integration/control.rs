@@ -696,7 +696,8 @@ fn secrets_written_through_the_api_are_injected_and_never_read_back() {
     let gw = Gateway::start(&config(&url), options);
     assert_eq!(create(&gw, &allow("api", 10, &["/api/*"])).status, 201);
     let secret = json!({"name": "upstream-key", "rules": [{"host": "127.0.0.1", "paths": ["/api/keyed/*"]}],
-                        "source": {"type": "env", "var": "UPSTREAM_KEY"}, "inject": {"style": "bearer"}});
+                        "source": {"type": "env", "var": "UPSTREAM_KEY"}, "inject": {"style": "bearer"},
+                        "allow_plaintext": true});
     let created = post(
         &gw,
         "/v1/secrets",

@@ -32,6 +32,7 @@ policies:
 secrets:
   - name: upstream-key
     source: {{type: env, var: UPSTREAM_KEY}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1}}]
 transforms:

@@ -68,6 +68,7 @@ policies:
 secrets:
   - name: upstream-api
     source: {{type: env, var: INTERCEPT_SECRET}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: "allowed.test:{upstream_port}"}}]
 "#,

@@ -215,6 +215,7 @@ policies:
 secrets:
   - name: upstream-token
     source: {{type: env, var: UPSTREAM_TOKEN}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1}}]
 transforms:

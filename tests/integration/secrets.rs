@@ -45,34 +45,42 @@ secrets:
   - name: github
     match_tags: [team:ci]
     source: {{type: env, var: GITHUB_TOKEN}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/bearer/*"], methods: [GET, POST]}}]
   - name: github-shadowed
     source: {{type: env, var: GITHUB_TOKEN}}
+    allow_plaintext: true
     inject: {{style: custom, header: X-Shadow, format: "{{{{ value }}}}"}}
     rules: [{{host: 127.0.0.1, paths: ["/bearer/*"]}}]
   - name: registry
     source: {{type: env, var: BASIC_PASSWORD}}
+    allow_plaintext: true
     inject: {{style: basic, username: x-access-token}}
     rules: [{{host: 127.0.0.1, paths: ["/basic/*"]}}]
   - name: api-header
     source: {{type: env, var: API_KEY}}
+    allow_plaintext: true
     inject: {{style: custom, header: X-Api-Key, format: "token {{{{ value }}}} b64={{{{ base64 .Value }}}}"}}
     rules: [{{host: 127.0.0.1, paths: ["/custom-header/*"]}}]
   - name: api-query
     source: {{type: env, var: API_KEY}}
+    allow_plaintext: true
     inject: {{style: custom, query: key}}
     rules: [{{host: 127.0.0.1, paths: ["/custom-query/*"]}}]
   - name: telegram
     source: {{type: env, var: TELEGRAM_TOKEN}}
+    allow_plaintext: true
     inject: {{style: path_token, placeholder: TELEGRAM_PLACEHOLDER}}
     rules: [{{host: 127.0.0.1, paths: ["/bot*"]}}]
   - name: openai
     source: {{type: file, path: {openai_file}, ttl: 1s, failure_ttl: 1s}}
-    inject: {{style: proxy_token, placeholder: ptok_openai_Zq81xk, locations: [header, query, path, body], require: true}}
+    allow_plaintext: true
+    inject: {{style: proxy_token, placeholder: ptok_openai_Zq81xk, locations: [header:authorization, query:api_key, path, body], require: true}}
     rules: [{{host: localhost, paths: ["/v1/*"]}}]
   - name: webhook
     source: {{type: env, var: HMAC_KEY}}
+    allow_plaintext: true
     inject:
       style: hmac
       header: X-Signature
@@ -240,10 +248,11 @@ fn path_and_proxy_tokens_are_swapped_and_required() {
         s.gw.audit_for(|r| r["path"] == "/v1/ptok_openai_Zq81xk/chat");
     assert_eq!(
         record["transforms"][1]["annotations"]["swapped"],
-        serde_json::json!({"secret": "openai", "locations": ["header:authorization", "path", "query"]})
+        serde_json::json!({"secret": "openai", "locations": ["header:authorization", "path", "query:api_key"]})
     );
 
-    // require: a request to the host without the placeholder is refused, never forwarded.
+    // require: a request to the host with its own credential where the placeholder belongs
+    // is refused, never forwarded.
     let before = s.upstream.hits();
     assert_eq!(
         {
@@ -253,7 +262,7 @@ fn path_and_proxy_tokens_are_swapped_and_required() {
         403
     );
     let body = s.last().json();
-    assert_eq!(body["error"]["reason"], "credential_placeholder_missing");
+    assert_eq!(body["error"]["reason"], "foreign_credential");
     assert_eq!(body["error"]["transform"], "secrets");
     // A tunnel to the same host would bypass the swap: refused too.
     let tunnel =

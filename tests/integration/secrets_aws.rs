@@ -29,26 +29,32 @@ policies:
 secrets:
   - name: sm-plain
     source: {{type: aws_secrets_manager, secret_id: app/plain, endpoint_url: "{moto}"}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/sm-plain/*"]}}]
   - name: sm-json
     source: {{type: aws_secrets_manager, secret_id: app/json, json_key: token, region: us-east-1, endpoint_url: "{moto}"}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/sm-json/*"]}}]
   - name: ssm-key
     source: {{type: aws_ssm, parameter: /app/api-key, endpoint_url: "{moto}"}}
+    allow_plaintext: true
     inject: {{style: custom, header: X-Api-Key}}
     rules: [{{host: 127.0.0.1, paths: ["/ssm/*"]}}]
   - name: sm-missing
     source: {{type: aws_secrets_manager, secret_id: app/never-created, endpoint_url: "{moto}"}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/missing/*"]}}]
   - name: sm-rotating
     source: {{type: aws_secrets_manager, secret_id: app/rotating, endpoint_url: "{moto}", ttl: 1s}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/rotating/*"]}}]
   - name: sm-outage
     source: {{type: aws_secrets_manager, secret_id: app/outage, endpoint_url: "{moto}", ttl: 3s, failure_ttl: 1s}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/outage/*"]}}]
 transforms: [allowlist, secrets]
@@ -249,10 +255,12 @@ policies:
 secrets:
   - name: aws-ssm
     source: {type: env, var: AWS_SIGNING_KEYS}
+    allow_plaintext: true
     inject: {style: aws_sigv4, service: ssm, region: us-east-1}
     rules: [{host: 127.0.0.1, paths: ["/aws/*"]}]
   - name: aws-broken
     source: {type: env, var: AWS_BROKEN_KEYS}
+    allow_plaintext: true
     inject: {style: aws_sigv4, service: ssm, region: us-east-1}
     rules: [{host: 127.0.0.1, paths: ["/broken/*"]}]
 transforms: [allowlist, secrets]
@@ -474,10 +482,12 @@ policies:
 secrets:
   - name: moto-sts
     source: {type: aws_credentials}
+    allow_plaintext: true
     inject: {style: aws_sigv4, service: sts, region: us-east-1}
     rules: [{host: localhost}]
   - name: moto-ssm
     source: {type: aws_credentials}
+    allow_plaintext: true
     inject: {style: aws_sigv4, service: ssm, region: us-east-1}
     rules: [{host: 127.0.0.1}]
 transforms: [allowlist, secrets]

@@ -148,22 +148,27 @@ fn vault_and_onepassword_values_reach_the_upstream_exactly() {
         r#"
   - name: vault-github
     source: {}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: {}
   - name: vault-registry
     source: {}
+    allow_plaintext: true
     inject: {{style: custom, header: X-Registry-Auth, format: "{{{{ base64 value }}}}"}}
     rules: {}
   - name: vault-denied
     source: {}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: {}
   - name: op-stripe
     source: {}
+    allow_plaintext: true
     inject: {{style: custom, header: X-Api-Key}}
     rules: {}
   - name: op-db
     source: {}
+    allow_plaintext: true
     inject: {{style: basic, username: db}}
     rules: {}
 "#,
@@ -327,7 +332,7 @@ fn vault_rotation_is_seen_after_the_ttl_and_an_outage_fails_closed() {
     vault.put("secret/app/rotating", json!({"token": V1}));
     let secrets = format!(
         "  - name: rotating\n    source: {{type: vault, address: '{}', path: app/rotating, key: token, \
-         ttl: 3s, failure_ttl: 1s, token: {{type: env, var: VAULT_TOKEN}}}}\n    inject: {{style: bearer}}\n    rules: {}\n",
+         ttl: 3s, failure_ttl: 1s, token: {{type: env, var: VAULT_TOKEN}}}}\n    allow_plaintext: true\n    inject: {{style: bearer}}\n    rules: {}\n",
         vault.address(),
         rules("/rot/*")
     );
@@ -414,6 +419,7 @@ fn oauth2_concurrent_requests_on_a_cold_cache_mint_one_token() {
         "  - name: api\n    source: {{type: oauth2, token_url: '{}', grant: client_credentials, \
          client_id: 'portcullis test:client', client_secret: {{type: env, var: OAUTH_CLIENT_SECRET}}, \
          scopes: [repo, 'read:org'], audience: 'https://api.example.test'}}\n    \
+         allow_plaintext: true\n    \
          inject: {{style: bearer}}\n    rules: {}\n",
         oauth.token_url(),
         rules("/cc/*")
@@ -539,6 +545,7 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
       client_auth: body
       client_secret: {{type: env, var: OAUTH_CLIENT_SECRET_2}}
       refresh_token: {{type: env, var: OAUTH_REFRESH_TOKEN}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: {}
   - name: jwt
@@ -553,6 +560,7 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
         algorithm: ES256
         key_id: ec-test-1
         private_key: {{type: file, path: '{}'}}
+    allow_plaintext: true
     inject: {{style: custom, header: X-Service-Token, format: "Bearer {{{{ value }}}}"}}
     rules: {}
 "#,
@@ -702,11 +710,13 @@ fn gcp_service_account_tokens_reach_the_upstream() {
         "  - name: gcp\n    source: {{type: gcp_service_account, key: {{type: file, path: '{local}'}}, \
          scopes: ['https://www.googleapis.com/auth/cloud-platform', \
          'https://www.googleapis.com/auth/devstorage.read_only'], subject: admin@example.test}}\n    \
+         allow_plaintext: true\n    \
          inject: {{style: bearer}}\n    rules: {}\n\
          \x20 - name: gcp-override\n    source: {{type: gcp_service_account, key: {{type: file, path: '{overridden}'}}, \
          token_url: '{}', subject: admin@example.test, \
          scopes: ['https://www.googleapis.com/auth/cloud-platform', \
          'https://www.googleapis.com/auth/devstorage.read_only']}}\n    \
+         allow_plaintext: true\n    \
          inject: {{style: bearer}}\n    rules: {}\n",
         rules("/gcp/*"),
         google.token_url(),

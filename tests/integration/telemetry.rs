@@ -27,6 +27,7 @@ policies:
 secrets:
   - name: github
     source: {{type: env, var: GITHUB_TOKEN}}
+    allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/ok/*"]}}]
 transforms: [allowlist, secrets]

@@ -160,3 +160,28 @@ fn listener_metadata_gives_tags_and_scheme() {
     assert_eq!(tags, ["listener:fwd", "env:dev"]);
     assert_eq!(l.upstream_scheme.as_deref(), Some("https"));
 }
+
+#[test]
+fn only_the_listener_says_a_request_leaves_over_tls() {
+    let request = |scheme: &str, listener: &ListenerContext| {
+        let h = headers(
+            &[
+                (":method", "GET"),
+                (":scheme", scheme),
+                (":authority", "api.example.com"),
+                (":path", "/"),
+            ],
+            true,
+        );
+        outbound_request(h, &HashMap::new(), listener).unwrap()
+    };
+    // The workload's `:scheme: https` on the plain forward proxy: still plaintext.
+    let forward_proxy = ListenerContext::default();
+    assert!(!request("https", &forward_proxy).upstream_tls);
+    assert!(!request("http", &forward_proxy).upstream_tls);
+    let tls_chain = ListenerContext {
+        upstream_scheme: Some("https".into()),
+        ..ListenerContext::default()
+    };
+    assert!(request("http", &tls_chain).upstream_tls);
+}

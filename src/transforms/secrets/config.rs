@@ -30,21 +30,70 @@ pub struct SecretConfig {
     /// `path_token`, `proxy_token`, `aws_sigv4`, `hmac` (docs/secrets.md).
     #[schema(value_type = Object)]
     pub inject: InjectConfig,
+    /// Also put this credential on requests that leave over plaintext HTTP. Off by default:
+    /// such a request is refused (403 `credential_over_plaintext`) rather than sent with
+    /// the credential in clear.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext: bool,
 }
 
-/// Where a proxy token is looked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Where a proxy token is looked for and swapped: one named header (`header:authorization`),
+/// one named query parameter (`query:key`), the path, or the body. Named, because an
+/// upstream that echoes a request (debug endpoints, error pages) hands back whatever was
+/// swapped: a placeholder anywhere else stays a placeholder.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Location {
-    Header,
-    Query,
+    /// The header of this name (lower case).
+    Header(String),
+    /// The query parameter of this name.
+    Query(String),
     Path,
     /// The request body (buffered for requests this secret matches).
     Body,
 }
 
+impl TryFrom<String> for Location {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Location, String> {
+        let whole = |what: &str, example: &str| {
+            format!(
+                "`{what}` alone would swap the placeholder in every {what}, and an upstream \
+                 that echoes one hands the credential back: name it, e.g. `{what}:{example}`"
+            )
+        };
+        match text.split_once(':') {
+            None if text == "path" => Ok(Location::Path),
+            None if text == "body" => Ok(Location::Body),
+            None if text == "header" => Err(whole("header", "authorization")),
+            None if text == "query" => Err(whole("query", "api_key")),
+            Some(("header", name)) if !name.is_empty() => {
+                Ok(Location::Header(name.to_ascii_lowercase()))
+            }
+            Some(("query", name)) if !name.is_empty() => Ok(Location::Query(name.to_owned())),
+            _ => Err(format!(
+                "unknown location {text:?}: expected `header:<name>`, `query:<name>`, `path` \
+                 or `body`"
+            )),
+        }
+    }
+}
+
+impl From<Location> for String {
+    fn from(location: Location) -> String {
+        match location {
+            Location::Header(name) => format!("header:{name}"),
+            Location::Query(name) => format!("query:{name}"),
+            Location::Path => "path".into(),
+            Location::Body => "body".into(),
+        }
+    }
+}
+
+/// By default a proxy token is swapped only where a bearer token goes.
 fn default_locations() -> Vec<Location> {
-    vec![Location::Header, Location::Query, Location::Path]
+    vec![Location::Header("authorization".into())]
 }
 
 fn default_format() -> Template {
@@ -89,9 +138,11 @@ pub enum InjectConfig {
     },
     /// Replace a placeholder you choose in the URL path (`/bot<TOKEN>/sendMessage`).
     PathToken { placeholder: String },
-    /// The workload holds `placeholder`; it is replaced by the real value wherever it
-    /// appears in `locations` (default header, query, path). `require: true` refuses a
-    /// matching request that does not carry it, so a workload cannot use its own credential.
+    /// The workload holds `placeholder`; it is replaced by the real value where it appears
+    /// in one of `locations` (default `[header:authorization]`), and left as it is
+    /// anywhere else. `require: true` refuses a matching request that does not carry it, or
+    /// that carries anything else in a declared header or query parameter, so a workload
+    /// cannot use its own credential.
     ProxyToken {
         placeholder: String,
         #[serde(default = "default_locations")]
@@ -236,6 +287,20 @@ pub fn validate_secret(secret: &SecretConfig) -> Vec<FieldError> {
                     "inject.locations",
                     "list at least one location",
                 ));
+            }
+            for (i, location) in locations.iter().enumerate() {
+                if let Location::Header(name) = location {
+                    let field = format!("inject.locations[{i}]");
+                    if name == "proxy-authorization" {
+                        errors.push(FieldError::new(
+                            &field,
+                            "Proxy-Authorization is the workload's credential for the \
+                             gateway, stripped before egress",
+                        ));
+                    } else {
+                        header(&field, name, &mut errors);
+                    }
+                }
             }
         }
         InjectConfig::AwsSigv4 { service, region } => {

@@ -98,8 +98,11 @@ pub struct Applied {
 /// Why a style refused the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// `require: true` and the placeholder is nowhere.
+    /// `require: true` and the placeholder is in none of its locations.
     PlaceholderMissing,
+    /// `require: true` and a declared header or query parameter (`header:authorization`)
+    /// holds something other than the placeholder: the workload's own credential.
+    ForeignCredential(String),
     /// The value cannot be used as this style needs (controls in a header value, bad AWS
     /// credential JSON). The message never holds the value.
     UnusableValue(String),
@@ -222,7 +225,12 @@ pub fn apply(
             locations,
             require,
         } => {
-            let swapped = swap(placeholder, locations, credential, request, body, mutations)?;
+            let swap = Swap {
+                placeholder,
+                require: *require,
+                credential,
+            };
+            let swapped = swap.apply(locations, request, body, mutations)?;
             if swapped.is_empty() && *require {
                 return Err(Refusal::PlaceholderMissing);
             }
@@ -296,6 +304,50 @@ pub fn apply(
     }
 }
 
+/// The forms in which `value` may have left with a request `inject` applied to, for the
+/// response scrubber: the value, the encodings Portcullis writes values in (base64,
+/// percent-encoding, JSON escaping), and what the style wrote around it (basic's
+/// `base64(username:value)`, a custom format). A SigV4 value is JSON: its session token
+/// travels in `x-amz-security-token`.
+pub fn echo_forms(inject: &InjectConfig, value: &SecretValue) -> Vec<SecretBytes> {
+    let raw = value.expose();
+    let base64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let mut forms = vec![
+        raw.to_owned(),
+        base64(raw),
+        utf8_percent_encode(raw, QUERY_VALUE).to_string(),
+        utf8_percent_encode(raw, PATH_SEGMENT).to_string(),
+        json_escaped(raw),
+    ];
+    match inject {
+        InjectConfig::Basic { username } => forms.push(base64(&format!("{username}:{raw}"))),
+        InjectConfig::Custom { format, query, .. } => {
+            let rendered = format.render(&Fill::Secret(raw), &|_| String::new());
+            if query.is_some() {
+                forms.push(utf8_percent_encode(&rendered, QUERY_VALUE).to_string());
+            }
+            forms.push(rendered);
+        }
+        InjectConfig::AwsSigv4 { .. } => {
+            for key in [
+                "session_token",
+                "SessionToken",
+                "secret_access_key",
+                "SecretAccessKey",
+            ] {
+                if let Ok(field) = value.json_field(key) {
+                    forms.push(field.expose().to_owned());
+                }
+            }
+        }
+        _ => {}
+    }
+    forms
+        .into_iter()
+        .map(|form| SecretBytes::new(form.into_bytes()))
+        .collect()
+}
+
 fn injected(locations: Vec<String>) -> Applied {
     Applied {
         used: Use::Injected,
@@ -303,78 +355,171 @@ fn injected(locations: Vec<String>) -> Applied {
     }
 }
 
-/// Replaces the placeholder everywhere it is allowed; returns where it was found.
-fn swap(
-    placeholder: &str,
-    locations: &[Location],
-    credential: Credential<'_>,
-    request: &OutboundRequest,
-    body: Option<&[u8]>,
-    mutations: &mut Mutations,
-) -> Result<Vec<String>, Refusal> {
-    let mut found = Vec::new();
-    if locations.contains(&Location::Header) {
-        for (name, value) in &request.headers {
-            if name.starts_with(':') || name == "proxy-authorization" {
-                continue;
+/// A proxy token's swap: the placeholder replaced by the credential in the declared
+/// locations only.
+struct Swap<'a> {
+    placeholder: &'a str,
+    require: bool,
+    credential: Credential<'a>,
+}
+
+impl Swap<'_> {
+    /// Replaces the placeholder in each location; returns where it was found. Under
+    /// `require`, a declared header or query parameter must hold the placeholder and
+    /// nothing else (a `Bearer ` style scheme word aside).
+    fn apply(
+        &self,
+        locations: &[Location],
+        request: &OutboundRequest,
+        body: Option<&[u8]>,
+        mutations: &mut Mutations,
+    ) -> Result<Vec<String>, Refusal> {
+        let mut found = Vec::new();
+        let mut query_names: Vec<&str> = Vec::new();
+        let mut in_path = false;
+        for location in locations {
+            match location {
+                Location::Header(name) => {
+                    if self.header(name, request, mutations)? {
+                        found.push(format!("header:{name}"));
+                    }
+                }
+                Location::Query(name) => query_names.push(name),
+                Location::Path => in_path = true,
+                Location::Body => {}
             }
-            let Ok(text) = std::str::from_utf8(value) else {
+        }
+        if in_path || !query_names.is_empty() {
+            let current = mutations.path_or(raw_path(request));
+            let (path, query) = split_query(&current);
+            let mut new_path = path.to_owned();
+            if in_path && path.contains(self.placeholder) {
+                new_path = path.replace(self.placeholder, &self.credential.encoded(PATH_SEGMENT));
+                found.push("path".into());
+            }
+            let new_query = match query {
+                Some(query) if !query_names.is_empty() => {
+                    Some(self.query(query, &query_names, &mut found)?)
+                }
+                other => other.map(str::to_owned),
+            };
+            if new_path != path || new_query.as_deref() != query {
+                mutations.path = Some(SecretValue::new(join(&new_path, new_query.as_deref())));
+            }
+        }
+        if locations.contains(&Location::Body)
+            && let Some(body) = body
+            && contains(body, self.placeholder.as_bytes())
+        {
+            mutations.body = Some(SecretBytes::new(self.body(request, body)));
+            found.push("body".into());
+        }
+        Ok(found)
+    }
+
+    /// Swaps the placeholder in header `name`; whether it was there.
+    fn header(
+        &self,
+        name: &str,
+        request: &OutboundRequest,
+        mutations: &mut Mutations,
+    ) -> Result<bool, Refusal> {
+        let mut carrier = None;
+        for (_, value) in request.headers.iter().filter(|(n, _)| n == name) {
+            let text = std::str::from_utf8(value).ok();
+            let holds = text.filter(|t| t.contains(self.placeholder));
+            if self.require && !text.is_some_and(|t| self.is_credential_form(t)) {
+                return Err(Refusal::ForeignCredential(format!("header:{name}")));
+            }
+            if carrier.is_none() {
+                carrier = holds;
+            }
+        }
+        let Some(text) = carrier else {
+            return Ok(false);
+        };
+        // Envoy overwrites every value of the header with this one.
+        let swapped = text.replace(self.placeholder, self.credential.raw());
+        mutations.set(name, header_value(&self.credential, swapped)?);
+        Ok(true)
+    }
+
+    /// The placeholder alone, or after one scheme word (`Bearer ptok_…`, `token ptok_…`).
+    fn is_credential_form(&self, value: &str) -> bool {
+        let value = value.trim();
+        match value.strip_suffix(self.placeholder) {
+            Some("") => true,
+            Some(scheme) => scheme.strip_suffix(' ').is_some_and(|word| {
+                !word.is_empty()
+                    && word
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }),
+            None => false,
+        }
+    }
+
+    /// The query with the placeholder swapped in the named parameters' values.
+    fn query(
+        &self,
+        query: &str,
+        names: &[&str],
+        found: &mut Vec<String>,
+    ) -> Result<String, Refusal> {
+        let mut pairs = Vec::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded_key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            let Some(name) = names.iter().find(|n| **n == decoded_key) else {
+                pairs.push(pair.to_owned());
                 continue;
             };
-            if text.contains(placeholder) {
-                let swapped = text.replace(placeholder, credential.raw());
-                mutations.set(name, header_value(&credential, swapped)?);
-                found.push(format!("header:{name}"));
+            let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            if self.require && decoded != self.placeholder {
+                return Err(Refusal::ForeignCredential(format!("query:{name}")));
+            }
+            if value.contains(self.placeholder) {
+                let location = format!("query:{name}");
+                if !found.contains(&location) {
+                    found.push(location);
+                }
+                let encoded = self.credential.encoded(QUERY_VALUE);
+                pairs.push(format!(
+                    "{key}={}",
+                    value.replace(self.placeholder, &encoded)
+                ));
+            } else {
+                pairs.push(pair.to_owned());
             }
         }
+        Ok(pairs.join("&"))
     }
-    let in_query = locations.contains(&Location::Query);
-    let in_path = locations.contains(&Location::Path);
-    if in_query || in_path {
-        let current = mutations.path_or(raw_path(request));
-        let (path, query) = split_query(&current);
-        let mut new_path = path.to_owned();
-        let mut new_query = query.map(str::to_owned);
-        if in_path && path.contains(placeholder) {
-            new_path = path.replace(placeholder, &credential.encoded(PATH_SEGMENT));
-            found.push("path".into());
-        }
-        if in_query && let Some(q) = query.filter(|q| q.contains(placeholder)) {
-            new_query = Some(q.replace(placeholder, &credential.encoded(QUERY_VALUE)));
-            found.push("query".into());
-        }
-        if new_path != path || new_query.as_deref() != query {
-            mutations.path = Some(SecretValue::new(join(&new_path, new_query.as_deref())));
-        }
-    }
-    if locations.contains(&Location::Body)
-        && let Some(body) = body
-        && contains(body, placeholder.as_bytes())
-    {
+
+    /// The body with the placeholder swapped, the value encoded for the body's type.
+    fn body(&self, request: &OutboundRequest, body: &[u8]) -> Vec<u8> {
         let content_type = request
             .header("content-type")
             .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
             .unwrap_or_default();
-        let raw = credential.raw();
-        let replacement: String = if credential.is_marker() {
+        let raw = self.credential.raw();
+        let replacement: String = if self.credential.is_marker() {
             raw.to_owned()
         } else if content_type.contains("json") {
             // The placeholder sits inside a JSON string: the value must be escaped.
-            let quoted = serde_json::to_string(raw).unwrap_or_default();
-            quoted[1..quoted.len() - 1].to_owned()
+            json_escaped(raw)
         } else if content_type.contains("x-www-form-urlencoded") {
             utf8_percent_encode(raw, QUERY_VALUE).to_string()
         } else {
             raw.to_owned()
         };
-        mutations.body = Some(SecretBytes::new(replace_bytes(
-            body,
-            placeholder.as_bytes(),
-            replacement.as_bytes(),
-        )));
-        found.push("body".into());
+        replace_bytes(body, self.placeholder.as_bytes(), replacement.as_bytes())
     }
-    Ok(found)
+}
+
+/// `value` escaped for the inside of a JSON string.
+fn json_escaped(value: &str) -> String {
+    let quoted = serde_json::to_string(value).unwrap_or_default();
+    quoted[1..quoted.len() - 1].to_owned()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

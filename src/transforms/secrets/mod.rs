@@ -7,7 +7,8 @@
 //! - **Failures.** A source that cannot be read fails the request closed (502,
 //!   `credential_unavailable`); the request never leaves without its credential.
 //! - **Tunnels.** A CONNECT tunnel is opaque: nothing can be injected into it. A secret with
-//!   `require: true` refuses the tunnel, which would otherwise bypass the swap.
+//!   `require: true` refuses the tunnel, which would otherwise bypass the swap, unless
+//!   Envoy intercepts it: its requests are then swapped one by one.
 
 pub mod config;
 mod inject;
@@ -28,8 +29,8 @@ use crate::inspect::Body;
 use crate::policy::index::{Indexed, Next, RuleIndex, WorkloadTagIds};
 use crate::policy::rule::{Rule, RuleCompiler, Tag};
 use crate::request::{OutboundRequest, RequestFacts};
-use crate::secrets::SourceCache;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
+use crate::secrets::{SecretValue, SourceCache};
 
 struct CompiledSecret {
     name: Arc<str>,
@@ -37,6 +38,7 @@ struct CompiledSecret {
     rules: Box<[Rule]>,
     source: Arc<CompiledSource>,
     inject: InjectConfig,
+    allow_plaintext: bool,
 }
 
 impl CompiledSecret {
@@ -84,6 +86,7 @@ impl SecretsTransform {
                 rules: config.rules.iter().map(|r| rules.compile(r)).collect(),
                 source,
                 inject: config.inject.clone(),
+                allow_plaintext: config.allow_plaintext,
             });
         }
         if !errors.is_empty() {
@@ -131,6 +134,16 @@ impl SecretsTransform {
         found
     }
 
+    /// Whether some secret's rules match this request, whoever sends it.
+    pub fn rules_match(&self, request: &OutboundRequest) -> bool {
+        let facts = request.facts();
+        !facts.is_connect()
+            && self
+                .secrets
+                .iter()
+                .any(|s| s.rules.iter().any(|rule| rule.matches(&facts)))
+    }
+
     /// Whether the secret that applies to this request needs its body.
     pub fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
         let facts = request.facts();
@@ -160,7 +173,8 @@ impl SecretsTransform {
             ..Annotations::default()
         };
         if facts.is_connect() {
-            if secret.requires_placeholder() {
+            // An intercepted tunnel's requests come one by one, and are swapped then.
+            if secret.requires_placeholder() && !request.intercepted {
                 annotations.reason = Some("tunnel_bypasses_credential");
                 let message = format!(
                     "a CONNECT tunnel to {}:{} cannot carry credential {:?}, which requires its \
@@ -197,14 +211,43 @@ impl SecretsTransform {
                 }
             }
         };
-        match inject::apply(
+        let step = match inject::apply(
             &secret.inject,
             credential,
             request,
             exchange.body.map(Body::bytes),
             &mut exchange.mutations,
         ) {
+            Ok(applied)
+                if !applied.locations.is_empty()
+                    && !request.upstream_tls
+                    && !secret.allow_plaintext =>
+            {
+                // Dropped with the refusal: the mutations never reach Envoy.
+                annotations.reason = Some("credential_over_plaintext");
+                let message = format!(
+                    "credential {:?} is sent over HTTPS only, and this request to {}:{} leaves \
+                     over plaintext HTTP: use https://, or set `allow_plaintext: true` on the \
+                     secret",
+                    &*secret.name, request.host, request.port
+                );
+                Step::Reject(
+                    refusal(403, "credential_over_plaintext", message),
+                    annotations,
+                )
+            }
             Ok(applied) => {
+                if let Credential::Secret(value) = credential
+                    && !applied.locations.is_empty()
+                {
+                    // Upstreams echo requests: the response is scrubbed of every form the
+                    // credential left in, which needs it unencoded.
+                    let mutations = &mut exchange.mutations;
+                    mutations
+                        .scrub
+                        .extend(inject::echo_forms(&secret.inject, value));
+                    mutations.set("accept-encoding", SecretValue::new("identity"));
+                }
                 let used = Some(CredentialUse {
                     secret: secret.name.clone(),
                     locations: applied.locations,
@@ -228,6 +271,15 @@ impl SecretsTransform {
                     annotations,
                 )
             }
+            Err(Refusal::ForeignCredential(location)) => {
+                annotations.reason = Some("foreign_credential");
+                let message = format!(
+                    "requests to {} must carry the placeholder of credential {:?} in {location}, \
+                     and nothing else there: not a credential of their own",
+                    request.host, &*secret.name
+                );
+                Step::Reject(refusal(403, "foreign_credential", message), annotations)
+            }
             Err(Refusal::UnusableValue(why)) => {
                 tracing::warn!(secret = &*secret.name, why, request_id = %request.id,
                     "credential unusable; request refused");
@@ -240,7 +292,12 @@ impl SecretsTransform {
                 let message = format!("credential {:?}: {why}", &*secret.name);
                 Step::Reject(refusal(403, "signing_scope_mismatch", message), annotations)
             }
+        };
+        if let Step::Reject(..) = step {
+            // A refused request keeps nothing a style wrote before it refused.
+            exchange.mutations = super::Mutations::default();
         }
+        step
     }
 }
 

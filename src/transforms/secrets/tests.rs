@@ -89,7 +89,7 @@ fn query_and_path_values_are_percent_encoded() {
 
 #[test]
 fn proxy_tokens_swap_everywhere_and_require_their_placeholder() {
-    let style = "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header, query, path, body], require: true}";
+    let style = "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header:authorization, query:k, path, body], require: true}";
     let req = request(
         "POST https://api.example.com/v1/ptok_abcdef12?k=ptok_abcdef12",
         &[
@@ -100,7 +100,7 @@ fn proxy_tokens_swap_everywhere_and_require_their_placeholder() {
     let (applied, m) = run(style, &req, Some(br#"{"key":"ptok_abcdef12"}"#));
     assert_eq!(
         applied.unwrap().locations,
-        ["header:authorization", "path", "query", "body"]
+        ["header:authorization", "path", "query:k", "body"]
     );
     assert_eq!(
         set(&m, "authorization").as_deref(),
@@ -111,12 +111,97 @@ fn proxy_tokens_swap_everywhere_and_require_their_placeholder() {
         "/v1/s3cr3t%2Fv+1?k=s3cr3t%2Fv%2B1"
     );
     assert_eq!(m.body.unwrap().expose(), br#"{"key":"s3cr3t/v+1"}"#);
-    let bare = request(
-        "GET https://api.example.com/v1/models",
-        &[("authorization", "Bearer own")],
-    );
+    let bare = request("GET https://api.example.com/v1/models", &[]);
     let (refused, _) = run(style, &bare, Some(b""));
     assert_eq!(refused.unwrap_err(), Refusal::PlaceholderMissing);
+}
+
+#[test]
+fn proxy_tokens_are_swapped_only_where_declared() {
+    let req = request(
+        "GET https://api.example.com/v1/ptok_abcdef12?debug=ptok_abcdef12&k=ptok_abcdef12",
+        &[
+            ("authorization", "Bearer ptok_abcdef12"),
+            ("x-debug", "ptok_abcdef12"),
+        ],
+    );
+    // The default: only Authorization.
+    let (applied, m) = run(
+        "{style: proxy_token, placeholder: ptok_abcdef12}",
+        &req,
+        None,
+    );
+    assert_eq!(applied.unwrap().locations, ["header:authorization"]);
+    assert_eq!(m.set.len(), 1, "x-debug keeps its placeholder");
+    assert!(m.path.is_none(), "the path and query keep theirs");
+    let (applied, m) = run(
+        "{style: proxy_token, placeholder: ptok_abcdef12, locations: [query:k, header:X-Debug]}",
+        &req,
+        None,
+    );
+    assert_eq!(applied.unwrap().locations, ["header:x-debug", "query:k"]);
+    assert_eq!(set(&m, "x-debug").as_deref(), Some("s3cr3t/v+1"));
+    assert_eq!(set(&m, "authorization"), None);
+    assert_eq!(
+        m.path.unwrap().expose(),
+        "/v1/ptok_abcdef12?debug=ptok_abcdef12&k=s3cr3t%2Fv%2B1"
+    );
+}
+
+#[test]
+fn require_refuses_the_workloads_own_credential_in_a_declared_place() {
+    let style = "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header:authorization, query:key], require: true}";
+    let refused =
+        |headers: &[(&str, &str)], line: &str| run(style, &request(line, headers), None).0.err();
+    let get = "GET https://api.example.com/v1";
+    for (headers, line, location) in [
+        (
+            &[
+                ("authorization", "Bearer mine"),
+                ("x-api-key", "ptok_abcdef12"),
+            ][..],
+            get.to_owned(),
+            "header:authorization",
+        ),
+        (
+            &[("authorization", "Bearer mine,ptok_abcdef12")][..],
+            get.to_owned(),
+            "header:authorization",
+        ),
+        (
+            &[("authorization", "Bearer mine ptok_abcdef12")][..],
+            get.to_owned(),
+            "header:authorization",
+        ),
+        (
+            &[("authorization", "Bearer ptok_abcdef12")][..],
+            format!("{get}?key=mine"),
+            "query:key",
+        ),
+        (
+            &[("authorization", "Bearer ptok_abcdef12")][..],
+            format!("{get}?key=ptok_abcdef12mine"),
+            "query:key",
+        ),
+    ] {
+        assert_eq!(
+            refused(headers, &line),
+            Some(Refusal::ForeignCredential(location.into())),
+            "{headers:?} {line}"
+        );
+    }
+    for value in [
+        "Bearer ptok_abcdef12",
+        "ptok_abcdef12",
+        "token ptok_abcdef12",
+    ] {
+        assert_eq!(refused(&[("authorization", value)], get), None, "{value}");
+    }
+    assert_eq!(
+        refused(&[], &format!("{get}?key=ptok_abcdef12")),
+        None,
+        "the placeholder in the query alone"
+    );
 }
 
 #[test]
@@ -197,6 +282,26 @@ fn config_mistakes_are_found_at_load() {
         ),
         ("{style: custom, header: Host}", "cannot set \"Host\""),
         ("{style: proxy_token, placeholder: short}", "shorter than 8"),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: [header]}",
+            "`header:authorization`",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: [query]}",
+            "every query",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: [cookie]}",
+            "unknown location",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: ['header:Host']}",
+            "cannot set \"host\"",
+        ),
+        (
+            "{style: proxy_token, placeholder: ptok_abcdef12, locations: ['header:proxy-authorization']}",
+            "stripped before egress",
+        ),
         (
             "{style: hmac, header: X-S, message: '{{ value }}'}",
             "HMAC key",
@@ -289,6 +394,11 @@ secrets:
         o.rejection.unwrap().reason,
         "credential_placeholder_missing"
     );
+    // Intercepted, the tunnel's requests are decided (and swapped) one by one.
+    let mut intercepted = request("CONNECT strict.example.org:443", &[]);
+    intercepted.intercepted = true;
+    let o = snapshot.preview(&intercepted, &[], Some(&[])).await.outcome;
+    assert!(o.rejection.is_none(), "{:?}", o.rejection);
 
     // Live, the unset variable fails the request closed.
     let o = snapshot
@@ -303,4 +413,64 @@ secrets:
     assert_eq!((r.status, r.reason), (502, "credential_unavailable"));
     assert!(o.mutations.is_empty(), "nothing half-injected");
     let _ = SourceCache::new();
+}
+
+#[tokio::test]
+async fn plaintext_requests_get_no_credential_unless_the_secret_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("value");
+    std::fs::write(&file, "s3cr3t-value/1").unwrap();
+    let snapshot = compile(&format!(
+        r#"
+default_action: allow
+secrets:
+  - {{name: strict, source: {{type: file, path: {path}}}, rules: [{{host: strict.example}}], inject: {{style: basic, username: bot}}}}
+  - {{name: lenient, source: {{type: file, path: {path}}}, rules: [{{host: lenient.example}}], inject: {{style: bearer}}, allow_plaintext: true}}
+  - {{name: absent, source: {{type: file, path: {path}}}, rules: [{{host: absent.example}}], inject: {{style: path_token, placeholder: PLACEHOLDER-1}}}}
+"#,
+        path = file.display()
+    ))
+    .unwrap();
+    let decide = |line: &'static str| {
+        let snapshot = &snapshot;
+        async move {
+            snapshot
+                .decide(&request(line, &[]), &[], Some(&[]))
+                .await
+                .outcome
+        }
+    };
+    let refused = decide("GET http://strict.example/x").await;
+    let r = refused.rejection.unwrap();
+    assert_eq!((r.status, r.reason), (403, "credential_over_plaintext"));
+    assert!(r.message.contains("allow_plaintext"), "{}", r.message);
+    assert!(refused.mutations.is_empty() && refused.mutations.scrub.is_empty());
+
+    // Over TLS: injected, and the response will be scrubbed of every form it left in.
+    let o = decide("GET https://strict.example/x").await;
+    assert!(o.rejection.is_none());
+    let forms: Vec<&[u8]> = o.mutations.scrub.iter().map(|f| f.expose()).collect();
+    assert!(forms.contains(&&b"s3cr3t-value/1"[..]));
+    assert!(forms.contains(&&b"s3cr3t-value%2F1"[..]));
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("bot:s3cr3t-value/1");
+    assert!(forms.contains(&basic.as_bytes()));
+    assert_eq!(
+        o.mutations
+            .set
+            .iter()
+            .find(|(n, _)| n == "accept-encoding")
+            .map(|(_, v)| v.expose()),
+        Some("identity")
+    );
+
+    assert!(
+        decide("GET http://lenient.example/x")
+            .await
+            .rejection
+            .is_none()
+    );
+    // Nothing to inject (no placeholder in the path): nothing to refuse.
+    let o = decide("GET http://absent.example/x").await;
+    assert!(o.rejection.is_none() && o.mutations.scrub.is_empty());
 }
