@@ -2,6 +2,7 @@
 //! (X-Forwarded-For, request ids, SNI).
 
 use std::net::TcpStream;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -285,4 +286,349 @@ fn tls_without_sni_on_the_transparent_listener_is_refused_at_once() {
         tls_probe::handshake(&mut tcp, "127.0.0.1", &ca_pem)
     });
     assert_eq!(setup.tls_upstream.hits(), 0);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const CHANNEL_SECRET: &str = "SENTINEL-channel-credential-51f0";
+
+/// A plain-HTTP upstream anyone may reach, with a credential injected into every request.
+const CREDENTIAL_CONFIG: &str = r#"
+policies:
+  - {name: anyone, action: allow, rules: [{host: api.test}]}
+secrets:
+  - name: api-key
+    source: {type: env, var: CHANNEL_SECRET}
+    inject: {style: bearer}
+    rules: [{host: api.test}]
+"#;
+
+/// A gRPC message frame holding the request headers of `GET http://api.test/x`, as Envoy
+/// would send them on an ext_proc stream.
+fn ext_proc_frame() -> Vec<u8> {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+    use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
+    use prost::Message as _;
+    let header = |key: &str, value: &str| HeaderValue {
+        key: key.into(),
+        raw_value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let message = ProcessingRequest {
+        request: Some(Message::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![
+                    header(":method", "GET"),
+                    header(":scheme", "http"),
+                    header(":authority", "api.test"),
+                    header(":path", "/x"),
+                ],
+            }),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// Calls ext_proc over Portcullis's socket with curl (HTTP/2, one gRPC frame), as the user
+/// `as_user` (`None`: this test's own user). Returns curl's exit code and what it received.
+fn ext_proc_with_curl(gw: &Gateway, as_user: Option<u32>) -> (i32, Vec<u8>) {
+    use std::io::Write as _;
+    let mut command = match as_user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "curl",
+            ]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    command
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "--unix-socket",
+        ])
+        .arg(&gw.grpc_socket)
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@-",
+            "http://portcullis/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("curl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&ext_proc_frame())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut seen = out.stdout;
+    seen.extend_from_slice(&out.stderr);
+    (out.status.code().unwrap_or(-1), seen)
+}
+
+#[test]
+fn another_local_user_gets_no_decision_and_no_credential_from_the_grpc_socket() {
+    let gw = Gateway::start(
+        CREDENTIAL_CONFIG,
+        GatewayOptions {
+            env: vec![("CHANNEL_SECRET".into(), CHANNEL_SECRET.into())],
+            ..GatewayOptions::default()
+        },
+    );
+    // Envoy's own user (here: this test's) gets the decision, credential included: what
+    // the socket is worth to an attacker.
+    let (exit, seen) = ext_proc_with_curl(&gw, None);
+    assert_eq!(exit, 0, "{}", String::from_utf8_lossy(&seen));
+    assert!(
+        String::from_utf8_lossy(&seen).contains(CHANNEL_SECRET),
+        "the owner's call is decided with the credential"
+    );
+    // Anyone else on the host (nobody, 65534) cannot connect: the directory is opened up
+    // for the test, so the socket's own mode is what refuses.
+    std::fs::set_permissions(gw.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (exit, seen) = ext_proc_with_curl(&gw, Some(65534));
+    let seen = String::from_utf8_lossy(&seen);
+    assert_ne!(exit, 0, "another user reached the gRPC socket: {seen}");
+    assert!(!seen.contains(CHANNEL_SECRET), "{seen}");
+    let meta = std::fs::symlink_metadata(&gw.grpc_socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner-only");
+}
+
+/// The channel's own PKI, as a deployment would issue it: one CA, Portcullis's server
+/// certificate, Envoy's client certificate.
+struct ChannelPki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+impl ChannelPki {
+    fn generate(name: &str) -> ChannelPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let leaf = |names: &[&str]| {
+            let key = KeyPair::generate().unwrap();
+            let params =
+                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                    .unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        ChannelPki {
+            ca_pem: ca.pem(),
+            server: leaf(&["portcullis.test"]),
+            client: leaf(&["envoy.test"]),
+        }
+    }
+}
+
+/// Portcullis alone, its gRPC port on TCP with mutual TLS.
+struct MutualTlsPortcullis {
+    dir: tempfile::TempDir,
+    grpc_port: u16,
+    _process: crate::common::Process,
+}
+
+impl MutualTlsPortcullis {
+    fn start(pki: &ChannelPki) -> MutualTlsPortcullis {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (cert, key) = (
+            write("server.crt", &pki.server.0),
+            write("server.key", &pki.server.1),
+        );
+        let ca = write("ca.crt", &pki.ca_pem);
+        let grpc_port = crate::common::free_port();
+        let admin_port = crate::common::free_port();
+        let config = write(
+            "portcullis.yaml",
+            &format!(
+                r#"
+server:
+  grpc_listen: 127.0.0.1:{grpc_port}
+  admin_listen: 127.0.0.1:{admin_port}
+  grpc_tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca}}}
+policies:
+  - {{name: trusted-listener, match_tags: [listener:trusted], action: allow, rules: [{{host: api.test}}]}}
+secrets:
+  - name: api-key
+    source: {{type: env, var: CHANNEL_SECRET}}
+    inject: {{style: bearer}}
+    rules: [{{host: api.test}}]
+"#
+            ),
+        );
+        let log = std::fs::File::create(dir.path().join("portcullis.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config", &config])
+            .env("CHANNEL_SECRET", CHANNEL_SECRET)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut process = crate::common::Process { child };
+        let url = format!("http://127.0.0.1:{admin_port}/readyz");
+        let ready = wait_until(Duration::from_secs(20), || {
+            process.is_running() && curl(dir.path(), &[&url]).status == 200
+        });
+        assert!(
+            ready,
+            "{}",
+            std::fs::read_to_string(dir.path().join("portcullis.log")).unwrap()
+        );
+        MutualTlsPortcullis {
+            dir,
+            grpc_port,
+            _process: process,
+        }
+    }
+
+    /// One ext_proc call for `GET http://api.test/x` carrying `x-portcullis-tags`, over TLS
+    /// trusting the channel CA and presenting `client` (or no certificate).
+    fn decide(&self, ca_pem: &str, client: Option<&(String, String)>) -> Result<String, String> {
+        use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
+        use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+        use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
+        use prost::Message as _;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let frame = ext_proc_frame();
+        let request = ProcessingRequest::decode(&frame[5..]).unwrap();
+        let port = self.grpc_port;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name("portcullis.test");
+        if let Some((cert, key)) = client {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        runtime().block_on(async move {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                    .unwrap()
+                    .tls_config(tls)
+                    .map_err(|e| format!("{e:?}"))?
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect: {e:?}"))?;
+            let mut request = tonic::Request::new(futures::stream::iter(vec![request]));
+            request
+                .metadata_mut()
+                .insert("x-portcullis-tags", "listener:trusted".parse().unwrap());
+            let mut inbound = ExternalProcessorClient::new(channel)
+                .process(request)
+                .await
+                .map_err(|e| format!("process: {e:?}"))?
+                .into_inner();
+            let answer = inbound
+                .message()
+                .await
+                .map_err(|e| format!("answer: {e:?}"))?
+                .ok_or("no answer")?;
+            // The headers Portcullis told Envoy to set, values as text.
+            let set = match answer.response {
+                Some(Answer::RequestHeaders(headers)) => headers
+                    .response
+                    .and_then(|r| r.header_mutation)
+                    .map(|m| m.set_headers)
+                    .unwrap_or_default(),
+                other => return Err(format!("not a headers answer: {other:?}")),
+            };
+            Ok(set
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| format!("{}: {}", h.key, String::from_utf8_lossy(&h.raw_value)))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+    }
+}
+
+#[test]
+fn grpc_over_tcp_answers_only_envoy_with_its_client_certificate() {
+    let pki = ChannelPki::generate("portcullis channel CA");
+    let portcullis = MutualTlsPortcullis::start(&pki);
+    // Envoy, with the deployment's client certificate: decided with its listener's tags,
+    // credential included.
+    let envoy = portcullis.decide(&pki.ca_pem, Some(&pki.client)).unwrap();
+    assert!(envoy.contains(CHANNEL_SECRET), "{envoy}");
+    // No client certificate, or one from another CA: no decision, no credential, whatever
+    // tags it claims.
+    let stranger = ChannelPki::generate("someone else's CA");
+    for (who, client) in [
+        ("no certificate", None),
+        ("another CA", Some(&stranger.client)),
+    ] {
+        let answer = portcullis.decide(&pki.ca_pem, client);
+        assert!(answer.is_err(), "{who}: {answer:?}");
+        assert!(!format!("{answer:?}").contains(CHANNEL_SECRET));
+    }
+    // Plaintext to the TLS port: nothing either.
+    let plain = curl(
+        portcullis.dir.path(),
+        &[
+            "--http2-prior-knowledge",
+            &format!("http://127.0.0.1:{}/", portcullis.grpc_port),
+        ],
+    );
+    assert_ne!(plain.exit, 0, "{plain:?}");
+}
+
+#[test]
+fn plaintext_tcp_grpc_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(&config, "policies: []\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server.grpc_listen"), "{stderr}");
+    assert!(stderr.contains("server.grpc_tls"), "{stderr}");
 }
