@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+
 use crate::common::dns::LoopbackDns;
 use crate::common::tls_probe::{self, ProbeError};
 use crate::common::{
@@ -288,11 +293,118 @@ fn tls_without_sni_on_the_transparent_listener_is_refused_at_once() {
     assert_eq!(setup.tls_upstream.hits(), 0);
 }
 
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// A gRPC channel to the gateway's Portcullis, as Envoy opens it.
+async fn grpc_channel(gw: &Gateway) -> tonic::transport::Channel {
+    crate::common::grpc_channel(&gw.grpc_socket).await.unwrap()
+}
+
+/// One delta SDS stream: sends each request in turn and collects one response for each.
+async fn sds_exchange(
+    channel: tonic::transport::Channel,
+    metadata: &[(&'static str, &str)],
+    requests: Vec<DeltaDiscoveryRequest>,
+) -> Result<Vec<DeltaDiscoveryResponse>, tonic::Status> {
+    let mut client = SecretDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream_of(rx));
+    for (key, value) in metadata {
+        request.metadata_mut().insert(*key, value.parse().unwrap());
+    }
+    let mut inbound = client.delta_secrets(request).await?.into_inner();
+    let mut responses = Vec::new();
+    for message in requests {
+        tx.send(message).await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(20), inbound.message())
+            .await
+            .expect("an SDS answer within 20 s")?
+            .expect("the stream stays open");
+        responses.push(response);
+    }
+    Ok(responses)
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}
+
+fn subscribe(names: Vec<String>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE.into(),
+        resource_names_subscribe: names,
+        ..Default::default()
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
+}
+
+#[test]
+fn sds_flooded_with_names_mints_nothing_more() {
+    let setup = Intercepting::start(EnvoyMode::HttpsIntercept, OPEN_CONFIG);
+    let gw = &setup.gw;
+    let flood: Vec<String> = (0..10_000).map(|i| format!("n{i}.flood.test")).collect();
+    let responses = runtime().block_on(async {
+        sds_exchange(
+            grpc_channel(gw).await,
+            &[("x-portcullis-tags", "listener:forward-proxy")],
+            vec![subscribe(flood), subscribe(vec!["allowed.test".into()])],
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(responses[0].removed_resources.len(), 10_000);
+    assert!(
+        responses[1].resources.is_empty(),
+        "a stream holding 10000 names got another leaf (and its key)"
+    );
+    assert_eq!(responses[1].removed_resources, ["allowed.test"]);
+    assert!(
+        gw.metric(r#"portcullis_certificates_total{result="too_many_names"}"#)
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        gw.admin("/metrics").body
+    );
+}
+
+#[test]
+fn tls_server_name_other_than_the_connect_target_gets_no_request_through() {
+    const TWO_HOSTS: &str = r#"
+policies:
+  - {name: anyone, action: allow, rules: [{host: allowed.test}, {host: other.test}]}
+"#;
+    let setup = Intercepting::start(EnvoyMode::HttpsIntercept, TWO_HOSTS);
+    let gw = &setup.gw;
+    let port = setup.tls_upstream.port();
+    // The tunnel goes to allowed.test, the TLS inside names other.test (a leaf Envoy holds,
+    // never the workload): every request inside is refused, whatever its Host says.
+    let redirect = format!("other.test:{port}:allowed.test:{port}");
+    for host in ["other.test", "allowed.test"] {
+        let reply = gw.via_proxy(&[
+            "--cacert",
+            &setup.cacert,
+            "--connect-to",
+            &redirect,
+            "-H",
+            &format!("Host: {host}:{port}"),
+            &format!("https://other.test:{port}/x"),
+        ]);
+        assert_eq!(reply.connect_status, 200, "{reply:?}");
+        assert_eq!(reply.status, 421, "Host {host}: {reply:?}");
+    }
+    let record = gw.audit_for(|r| r["path"] == "/x");
+    assert_eq!(record["reason"], "misdirected_request", "{record}");
+    assert_eq!(setup.tls_upstream.hits(), 0);
 }
 
 const CHANNEL_SECRET: &str = "SENTINEL-channel-credential-51f0";
