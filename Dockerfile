@@ -1,8 +1,9 @@
 # Portcullis container image: the `portcullis` binary on distroless, as a non-root user.
 #   docker build -t ghcr.io/portcullis/portcullis:0.1.0 .
-# Listeners default to loopback (127.0.0.1:50051, 127.0.0.1:9901), as outside a container;
-# the Helm chart passes --grpc-listen/--admin-listen, and `docker run` users pass them too
-# (or PORTCULLIS_GRPC_LISTEN / PORTCULLIS_ADMIN_LISTEN).
+# Listeners default to an owner-only Unix socket (unix:/run/portcullis/grpc.sock: mount a
+# volume there, shared with Envoy running as the same user) and 127.0.0.1:9901; the Helm
+# chart passes --grpc-listen/--admin-listen, and `docker run` users pass them too (or
+# PORTCULLIS_GRPC_LISTEN / PORTCULLIS_ADMIN_LISTEN). TCP needs server.grpc_tls (mutual TLS).
 
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /build

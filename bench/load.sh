@@ -27,6 +27,8 @@
 #   WARMUP=3s           warm-up before each setup
 #   CONNS=50 THREADS=2  wrk load for the loaded run
 #   SETUPS="plain noop portcullis tls-plain tls-portcullis"   which setups to run
+#                                   (also: portcullis-tcp, Portcullis over loopback TCP
+#                                   instead of its Unix socket; body-headers, body-buffered)
 #   ENVOY_CONCURRENCY=2 Envoy worker threads
 #   BUILD=1             set BUILD=0 to skip `cargo build --release`
 #   PORTCULLIS_BIN      Portcullis binary (default target/release/portcullis)
@@ -70,6 +72,16 @@ stop() { # stop PID: stop one process we started, and forget it
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_socket() { # wait_socket PATH PID NAME
+  local i
+  for i in $(seq 1 200); do
+    [[ -S "$1" ]] && return 0
+    kill -0 "$2" 2>/dev/null || die "$3 exited before listening on $1 (see ${work}/$3.log)"
+    sleep 0.05
+  done
+  die "$3 did not listen on $1 within 10s"
 }
 
 wait_port() { # wait_port PORT PID NAME
@@ -184,9 +196,17 @@ for line in lines:
         continue
     keep.append(line)
 text = "\n".join(keep) + "\n"
-for old, new in (("10000", listen), ("9902", admin), ("50051", grpc)):
+for old, new in (("10000", listen), ("9902", admin)):
     text, n = re.subn(r"port_value: %s\b" % old, "port_value: %s" % new, text)
     assert n == 1, (old, n)
+# GRPC: the Unix socket's path, or a TCP port (the portcullis-tcp setup).
+socket = "path: /run/portcullis/grpc.sock"
+assert text.count(socket) == 1, socket
+if grpc.isdigit():
+    text = text.replace("{pipe: {%s}}" % socket,
+                        "{socket_address: {address: 127.0.0.1, port_value: %s}}" % grpc)
+else:
+    text = text.replace(socket, "path: %s" % grpc)
 text = text.replace("/etc/ssl/certs/ca-certificates.crt", trust)
 open(out, "w").write(text)
 PY
@@ -247,7 +267,8 @@ run_setup() { # run_setup NAME ROUND
   local name="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
   local out="${work}/${name}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
-  listen="$(free_port)"; admin="$(free_port)"; grpc="$(free_port)"
+  listen="$(free_port)"; admin="$(free_port)"; grpc="${work}/grpc-${name}.sock"
+  local grpc_listen="unix:${grpc}"
   local proxy_url="http://127.0.0.1:${listen}/"
   local probe=(-x "http://127.0.0.1:${listen}" "${target}")
   if [[ "${name}" == tls-* ]]; then
@@ -259,21 +280,28 @@ run_setup() { # run_setup NAME ROUND
   case "${name}" in
     plain) with_ext=0 ;;
     noop)
-      "${bin}/examples/noop_extproc" --listen "127.0.0.1:${grpc}" >"${out}-noop.log" 2>&1 &
+      "${bin}/examples/noop_extproc" --listen "unix:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
-      wait_port "${grpc}" "${ext_pid}" noop ;;
-    portcullis|tls-plain|tls-portcullis|body-headers|body-buffered)
+      wait_socket "${grpc}" "${ext_pid}" noop ;;
+    portcullis|portcullis-tcp|tls-plain|tls-portcullis|body-headers|body-buffered)
       [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
       [[ "${name}" == tls-plain ]] && with_ext=0
       local body_rule=""
       [[ "${name}" == body-buffered ]] && body_rule=body
       portcullis_config "${work}/portcullis-${name}.yaml" "${work}/audit.jsonl" "${ca_dir}" \
         "${body_rule}"
+      # portcullis-tcp: the same over plaintext TCP on loopback (mesh-authenticated), only
+      # to price the Unix socket against it.
+      if [[ "${name}" == portcullis-tcp ]]; then
+        grpc="$(free_port)"; grpc_listen="127.0.0.1:${grpc}"
+        printf 'server: {grpc_mesh_authenticated: true}\n' >>"${work}/portcullis-${name}.yaml"
+      fi
       "${portcullis_bin}" serve --config "${work}/portcullis-${name}.yaml" \
-        --grpc-listen "127.0.0.1:${grpc}" --admin-listen "127.0.0.1:$(free_port)" \
+        --grpc-listen "${grpc_listen}" --admin-listen "127.0.0.1:$(free_port)" \
         >"${out}-portcullis.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
-      wait_port "${grpc}" "${ext_pid}" portcullis ;;
+      if [[ "${grpc}" == */* ]]; then wait_socket "${grpc}" "${ext_pid}" portcullis
+      else wait_port "${grpc}" "${ext_pid}" portcullis; fi ;;
     *) die "unknown setup ${name}" ;;
   esac
   envoy_config "${source}" "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \

@@ -5,8 +5,7 @@
 //! stream is mapped straight into the outbound one (no per-stream task).
 //!
 //!     cargo run --release --example noop_extproc -- --listen 127.0.0.1:50052
-
-use std::net::SocketAddr;
+//!     cargo run --release --example noop_extproc -- --listen unix:/tmp/noop.sock
 
 use clap::Parser;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -25,9 +24,9 @@ use tonic::{Status, Streaming};
 #[derive(Parser, Debug)]
 #[command(about = "No-op Envoy ext_proc server (answers CONTINUE to everything)")]
 struct Args {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on: HOST:PORT or unix:/PATH (as Portcullis's --grpc-listen).
     #[arg(long, default_value = "127.0.0.1:50052")]
-    listen: SocketAddr,
+    listen: String,
 }
 
 type Item = Result<ProcessingResponse, Status>;
@@ -95,13 +94,28 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         eprintln!("noop_extproc listening on {}", args.listen);
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(ExternalProcessorServer::new(Noop))
-            .serve_with_shutdown(args.listen, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            .add_service(ExternalProcessorServer::new(Noop));
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        match args.listen.strip_prefix("unix:") {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path)?;
+                let incoming = futures::stream::unfold(listener, |listener| async move {
+                    let accepted = listener.accept().await.map(|(stream, _)| stream);
+                    Some((accepted, listener))
+                });
+                router.serve_with_incoming_shutdown(incoming, stop).await?;
+            }
+            None => {
+                router
+                    .serve_with_shutdown(args.listen.parse()?, stop)
+                    .await?
+            }
+        }
         Ok(())
     })
 }

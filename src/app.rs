@@ -15,10 +15,12 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Control;
 use crate::audit::AuditSink;
+use crate::config::channel::GrpcListen;
 use crate::config::watch::{self as config_watch, ConfigWatch};
 use crate::config::{
     Config, ConfigErrors, FieldError, LoadedConfig, StoreConfig, load_file, parse_str, version_of,
 };
+use crate::extproc::listen::{self, GrpcListener};
 use crate::extproc::{ExtProcService, Shared};
 use crate::live::{Live, Refused};
 use crate::snapshot::{SecretsRuntime, Snapshot};
@@ -35,7 +37,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeOptions {
     pub config: PathBuf,
     /// Overrides `server.grpc_listen`.
-    pub grpc_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<GrpcListen>,
     /// Overrides `server.admin_listen`.
     pub admin_listen: Option<SocketAddr>,
     /// Overrides `store.url` (and turns the store on when the file has none).
@@ -81,7 +83,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
     let config = loaded.config.clone();
     let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;
-    let grpc_addr = options.grpc_listen.unwrap_or(config.server.grpc_listen);
+    let grpc_addr = options
+        .grpc_listen
+        .clone()
+        .unwrap_or_else(|| config.server.grpc_listen.clone());
+    let channel_errors = crate::config::channel::validate(
+        &grpc_addr,
+        config.server.grpc_tls.as_ref(),
+        config.server.grpc_mesh_authenticated,
+    );
+    if !channel_errors.is_empty() {
+        return Err(ServeError::InvalidConfig(loaded.place(channel_errors)));
+    }
     let admin_addr = options.admin_listen.unwrap_or(config.server.admin_listen);
     if !snapshot.pipeline.has_allowlist() {
         tracing::warn!("the transforms pipeline has no allowlist: no policy decides requests");
@@ -99,9 +112,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let grpc_listener = TcpListener::bind(grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen for ext_proc on {grpc_addr}"))?;
+    let grpc_listener = listen::bind(
+        &grpc_addr,
+        config.server.grpc_tls.as_ref(),
+        config.server.grpc_mesh_authenticated,
+    )
+    .await?;
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen for admin on {admin_addr}"))?;
@@ -170,18 +186,40 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         shutdown_rx.clone(),
     ));
 
-    let grpc_addr = grpc_listener.local_addr().unwrap_or(grpc_addr);
-    let incoming = TcpIncoming::from(grpc_listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let (grpc_addr, incoming) = match grpc_listener {
+        GrpcListener::Unix(listener) => (grpc_addr.to_string(), GrpcIncoming::Unix(listener)),
+        GrpcListener::Tcp(listener, tls) => {
+            if let Some(tls) = tls {
+                builder = builder.tls_config(*tls).context("server.grpc_tls")?;
+            }
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| grpc_addr.to_string(), |a| a.to_string());
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)));
+            (addr, GrpcIncoming::Tcp(incoming))
+        }
+    };
+    let router = builder
         .add_service(ExtProcService::new(shared.clone()).into_server())
         .add_optional_service(
             leaves.map(|leaves| SecretDiscovery::new(shared.clone(), leaves).into_server()),
-        )
-        .serve_with_incoming_shutdown(incoming, wait_for(shutdown_rx.clone()));
+        );
+    let grpc_shutdown = wait_for(shutdown_rx.clone());
+    let grpc: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match incoming {
+        GrpcIncoming::Unix(listener) => {
+            Box::pin(router.serve_with_incoming_shutdown(unix_incoming(listener), grpc_shutdown))
+        }
+        GrpcIncoming::Tcp(incoming) => {
+            Box::pin(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
+        }
+    };
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
     // The admin server outlives the drain, so probes see `/readyz` 503 while streams finish.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -495,4 +533,20 @@ async fn settle(changes: &mut mpsc::Receiver<()>) {
             return;
         }
     }
+}
+
+/// A bound gRPC listener, ready to serve.
+enum GrpcIncoming {
+    Unix(tokio::net::UnixListener),
+    Tcp(TcpIncoming),
+}
+
+/// Connections accepted on a Unix socket, as tonic takes them.
+fn unix_incoming(
+    listener: tokio::net::UnixListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
 }

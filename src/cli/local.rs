@@ -23,9 +23,10 @@ pub struct ServeArgs {
     /// The config file (watched: valid changes go live without a restart).
     #[arg(long, short, env = "PORTCULLIS_CONFIG")]
     config: PathBuf,
-    /// Listen address for Envoy's ext_proc stream (overrides server.grpc_listen).
+    /// Where Envoy's ext_proc and SDS streams connect: unix:/PATH (owner-only socket) or
+    /// HOST:PORT with server.grpc_tls (overrides server.grpc_listen).
     #[arg(long, env = "PORTCULLIS_GRPC_LISTEN")]
-    grpc_listen: Option<SocketAddr>,
+    grpc_listen: Option<crate::config::channel::GrpcListen>,
     /// Listen address for /healthz, /readyz, /metrics and the admin API (overrides
     /// server.admin_listen).
     #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN")]

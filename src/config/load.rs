@@ -236,7 +236,12 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
         };
         match key.as_str() {
             "server" => {
-                if let Some(v) = section(value, &key, &mut errors) {
+                if let Some(v) = section::<super::ServerConfig>(value, &key, &mut errors) {
+                    errors.extend(super::channel::validate(
+                        &v.grpc_listen,
+                        v.grpc_tls.as_ref(),
+                        v.grpc_mesh_authenticated,
+                    ));
                     config.server = v;
                 }
             }

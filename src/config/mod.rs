@@ -1,6 +1,7 @@
 //! The configuration file: its model (doc comments here are the user documentation of
 //! each field), loading with positioned errors, and the file watcher for hot reload.
 
+pub mod channel;
 mod load;
 mod position;
 pub mod watch;
@@ -231,9 +232,19 @@ pub enum AdminRole {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// The ext_proc gRPC listener Envoy connects to.
-    #[serde(default = "default_grpc_listen")]
-    pub grpc_listen: SocketAddr,
+    /// The gRPC listener (ext_proc and SDS) Envoy connects to: `unix:/PATH` (default
+    /// `unix:/run/portcullis/grpc.sock`, owner-only) or `HOST:PORT` with `grpc_tls`.
+    #[serde(default)]
+    pub grpc_listen: channel::GrpcListen,
+    /// Mutual TLS for a TCP `grpc_listen`: required there unless
+    /// `grpc_mesh_authenticated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls: Option<channel::GrpcTls>,
+    /// A TCP `grpc_listen` without TLS, for a service mesh sidecar that terminates mutual
+    /// TLS and lets only the gateway's identity through (Istio: PeerAuthentication STRICT
+    /// and an AuthorizationPolicy on the port, `envoy/istio/`). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc_mesh_authenticated: bool,
     /// `/healthz`, `/readyz`, `/metrics`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
@@ -248,10 +259,6 @@ fn default_shutdown_delay() -> DurationText {
     DurationText(std::time::Duration::ZERO)
 }
 
-fn default_grpc_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 50051))
-}
-
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
@@ -259,7 +266,9 @@ fn default_admin_listen() -> SocketAddr {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            grpc_listen: default_grpc_listen(),
+            grpc_listen: channel::GrpcListen::default(),
+            grpc_tls: None,
+            grpc_mesh_authenticated: false,
             admin_listen: default_admin_listen(),
             shutdown_delay: default_shutdown_delay(),
         }

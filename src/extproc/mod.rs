@@ -3,6 +3,7 @@
 //! Envoy's responses; decisions come from [`crate::snapshot::Snapshot::decide`].
 
 pub mod convert;
+pub mod listen;
 mod stream;
 
 use std::pin::Pin;

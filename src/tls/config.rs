@@ -22,6 +22,12 @@ pub struct InterceptionConfig {
     /// The most leaf certificates kept; the least recently used go first. Default 10000.
     #[serde(default = "default_max_certificates")]
     pub max_certificates: u64,
+    /// The most server names one SDS stream (one Envoy) may hold. Names asked for beyond it
+    /// get no certificate (the handshake fails; counted as `too_many_names`) until Envoy
+    /// lets some go: whoever can open streams cannot make Portcullis track, or mint for,
+    /// an unbounded set of names. Default 10000.
+    #[serde(default = "default_max_names_per_stream")]
+    pub max_names_per_stream: u64,
 }
 
 /// Where the CA lives: PEM files, e.g. a Kubernetes Secret mounted as a volume.
@@ -43,6 +49,10 @@ fn default_max_certificates() -> u64 {
     10_000
 }
 
+fn default_max_names_per_stream() -> u64 {
+    10_000
+}
+
 impl InterceptionConfig {
     /// Reads the CA and sets up the leaf cache. Errors name the field and the file.
     pub fn load(&self) -> Result<super::leaves::LeafCertificates, FieldError> {
@@ -56,11 +66,10 @@ impl InterceptionConfig {
                 };
                 FieldError::new(field, e.to_string())
             })?;
-        Ok(super::leaves::LeafCertificates::new(
-            ca,
-            self.leaf_lifetime.0,
-            self.max_certificates,
-        ))
+        Ok(
+            super::leaves::LeafCertificates::new(ca, self.leaf_lifetime.0, self.max_certificates)
+                .with_max_names_per_stream(self.max_names_per_stream),
+        )
     }
 
     /// Checks the values; the CA files themselves are read by `serve` and `validate`.
@@ -75,6 +84,12 @@ impl InterceptionConfig {
         if self.max_certificates == 0 {
             errors.push(FieldError::new(
                 "interception.max_certificates",
+                "must be at least 1",
+            ));
+        }
+        if self.max_names_per_stream == 0 {
+            errors.push(FieldError::new(
+                "interception.max_names_per_stream",
                 "must be at least 1",
             ));
         }

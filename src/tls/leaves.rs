@@ -11,6 +11,8 @@ pub struct LeafCertificates {
     ca: CertificateAuthority,
     lifetime: Duration,
     cache: moka::future::Cache<Arc<str>, Arc<Leaf>>,
+    /// See `interception.max_names_per_stream`.
+    max_names_per_stream: usize,
 }
 
 impl std::fmt::Debug for LeafCertificates {
@@ -33,7 +35,19 @@ impl LeafCertificates {
                 // successor while the old leaf is still valid.
                 .time_to_live(Self::renew_after(lifetime))
                 .build(),
+            max_names_per_stream: 10_000,
         }
+    }
+
+    /// Bounds the names one SDS stream may hold.
+    pub fn with_max_names_per_stream(mut self, max: u64) -> LeafCertificates {
+        self.max_names_per_stream = usize::try_from(max).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// The most names one SDS stream may hold.
+    pub fn max_names_per_stream(&self) -> usize {
+        self.max_names_per_stream
     }
 
     /// How long after minting a leaf is replaced.

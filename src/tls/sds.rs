@@ -115,6 +115,8 @@ struct SdsStream {
 enum Answer {
     Leaf(Arc<Leaf>),
     Refused(&'static str),
+    /// The stream already holds `max_names_per_stream` names: refused, and not tracked.
+    OverLimit,
 }
 
 impl SdsStream {
@@ -176,9 +178,16 @@ impl SdsStream {
         if wanted.is_empty() {
             return true;
         }
-        let mut answers = Vec::with_capacity(wanted.len());
+        let max = self.leaves.max_names_per_stream();
+        let mut answers = Vec::with_capacity(wanted.len().min(max));
+        let mut held = self.names.len();
         for name in wanted {
-            let answer = self.answer(&name).await;
+            let answer = if self.names.contains_key(&name) || held < max {
+                held += usize::from(!self.names.contains_key(&name));
+                self.answer(&name).await
+            } else {
+                Answer::OverLimit
+            };
             answers.push((name, answer));
         }
         self.send(answers).await
@@ -201,7 +210,7 @@ impl SdsStream {
             let answer = self.answer(&name).await;
             let unchanged = match (&answer, &sent) {
                 (Answer::Leaf(new), Some(old)) => Arc::ptr_eq(new, old),
-                (Answer::Refused(_), None) => true,
+                (Answer::Refused(_) | Answer::OverLimit, None) => true,
                 _ => false,
             };
             if !unchanged {
@@ -241,6 +250,7 @@ impl SdsStream {
             nonce: self.nonce.to_string(),
             ..Default::default()
         };
+        let mut over_limit = 0usize;
         for (name, answer) in answers {
             match answer {
                 Answer::Leaf(leaf) => {
@@ -256,7 +266,21 @@ impl SdsStream {
                     response.removed_resources.push(name.clone());
                     self.names.insert(name, None);
                 }
+                Answer::OverLimit => {
+                    over_limit += 1;
+                    self.shared.metrics.record_certificate("too_many_names");
+                    response.removed_resources.push(name);
+                }
             }
+        }
+        if over_limit > 0 {
+            tracing::warn!(
+                refused = over_limit,
+                held = self.names.len(),
+                max = self.leaves.max_names_per_stream(),
+                "an SDS stream asked for more server names than interception.max_names_per_stream: \
+                 no certificates for the rest"
+            );
         }
         self.tx.send(Ok(response)).await.is_ok()
     }
@@ -331,6 +355,18 @@ mod tests {
         mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>,
         tempfile::TempDir,
     ) {
+        bounded_stream(lifetime, 10_000)
+    }
+
+    fn bounded_stream(
+        lifetime: Duration,
+        max_names: u64,
+    ) -> (
+        SdsStream,
+        Arc<Shared>,
+        mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let (audit, _writer) = crate::audit::AuditSink::start(&crate::config::AuditConfig {
             sink: crate::config::AuditSinkKind::File,
@@ -356,7 +392,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let stream = SdsStream {
             shared: shared.clone(),
-            leaves: Arc::new(LeafCertificates::new(ca, lifetime, 100)),
+            leaves: Arc::new(
+                LeafCertificates::new(ca, lifetime, 100).with_max_names_per_stream(max_names),
+            ),
             listener_tags: Vec::new(),
             names: HashMap::new(),
             nonce: 0,
@@ -417,6 +455,43 @@ mod tests {
         let exported = shared.metrics.render();
         assert!(
             exported.contains(r#"portcullis_certificates_total{result="issued"} 2"#),
+            "{exported}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_beyond_the_bound_get_nothing_and_are_not_held() {
+        let (mut stream, shared, mut rx, _dir) = bounded_stream(Duration::from_secs(60), 2);
+        let flood = ["x1.example", "x2.example", "x3.example", "a.example"];
+        assert!(stream.on_request(subscribe(&flood)).await);
+        let first = rx.recv().await.unwrap().unwrap();
+        // Sorted: a.example and x1.example fit; a.example gets its leaf.
+        assert_eq!(first.resources.len(), 1);
+        assert_eq!(first.resources[0].name, "a.example");
+        assert_eq!(
+            first.removed_resources,
+            ["x1.example", "x2.example", "x3.example"]
+        );
+        assert_eq!(stream.names.len(), 2, "names over the bound are not held");
+        // A name already held is answered again; a new one still is not.
+        assert!(
+            stream
+                .on_request(subscribe(&["a.example", "b.example"]))
+                .await
+        );
+        let second = rx.recv().await.unwrap().unwrap();
+        assert_eq!(second.resources.len(), 1);
+        assert_eq!(second.removed_resources, ["b.example"]);
+        // Letting a name go makes room.
+        let mut release = subscribe(&["c.example"]);
+        release.resource_names_unsubscribe = vec!["x1.example".into()];
+        assert!(stream.on_request(release).await);
+        let third = rx.recv().await.unwrap().unwrap();
+        assert_eq!(third.removed_resources, ["c.example"]);
+        assert!(stream.names.contains_key("c.example"));
+        let exported = shared.metrics.render();
+        assert!(
+            exported.contains(r#"portcullis_certificates_total{result="too_many_names"} 3"#),
             "{exported}"
         );
     }

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request a
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
 
-use crate::common::{Gateway, GatewayOptions, Upstream};
+use crate::common::{Gateway, GatewayOptions, Upstream, grpc_channel};
 
 const ALLOW_ALL: &str = "policies: [{name: all, action: allow, rules: [{host: '127.0.0.1'}]}]";
 
@@ -66,15 +66,16 @@ fn headers(list: &[(&str, &str)]) -> ProcessingRequest {
 }
 
 /// Sends `messages` on one stream; returns what came back, and the error ending it, if any.
-fn exchange(port: u16, messages: Vec<ProcessingRequest>) -> (Vec<Answer>, Option<tonic::Status>) {
+fn exchange(
+    socket: &std::path::Path,
+    messages: Vec<ProcessingRequest>,
+) -> (Vec<Answer>, Option<tonic::Status>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
-            .await
-            .unwrap();
+        let mut client = ExternalProcessorClient::new(grpc_channel(socket).await.unwrap());
         let mut inbound = client
             .process(futures::stream::iter(messages))
             .await
@@ -97,7 +98,7 @@ fn malformed_and_out_of_order_streams_fail_closed() {
 
     // No :authority: a 400 with a JSON body.
     let (answers, _) = exchange(
-        gw.grpc_port,
+        &gw.grpc_socket,
         vec![headers(&[(":method", "GET"), (":path", "/")])],
     );
     let Some(Answer::ImmediateResponse(immediate)) = answers.first() else {
@@ -117,7 +118,7 @@ fn malformed_and_out_of_order_streams_fail_closed() {
 
     // A path that cannot be normalized is a 400 too.
     let (answers, _) = exchange(
-        gw.grpc_port,
+        &gw.grpc_socket,
         vec![headers(&[
             (":method", "GET"),
             (":authority", "127.0.0.1"),
@@ -136,7 +137,7 @@ fn malformed_and_out_of_order_streams_fail_closed() {
         })),
         ..Default::default()
     };
-    let (answers, error) = exchange(gw.grpc_port, vec![body_first]);
+    let (answers, error) = exchange(&gw.grpc_socket, vec![body_first]);
     assert!(answers.is_empty());
     assert_eq!(
         error.expect("stream error").code(),
@@ -151,7 +152,7 @@ fn malformed_and_out_of_order_streams_fail_closed() {
             (":path", "/"),
         ])
     };
-    let (answers, error) = exchange(gw.grpc_port, vec![get(), get()]);
+    let (answers, error) = exchange(&gw.grpc_socket, vec![get(), get()]);
     assert!(matches!(&answers[0], Answer::RequestHeaders(_)));
     assert_eq!(
         error.expect("stream error").code(),
@@ -166,7 +167,7 @@ fn malformed_and_out_of_order_streams_fail_closed() {
         (":path", "/observed"),
     ]);
     observed.observability_mode = true;
-    let (answers, error) = exchange(gw.grpc_port, vec![observed]);
+    let (answers, error) = exchange(&gw.grpc_socket, vec![observed]);
     assert!(answers.is_empty() && error.is_none());
     gw.audit_for(|r| r["path"] == "/observed");
 }
@@ -207,7 +208,7 @@ policies:
         message
             .attributes
             .insert("envoy.filters.http.ext_proc".into(), Struct { fields });
-        let (answers, _) = exchange(gw.grpc_port, vec![message]);
+        let (answers, _) = exchange(&gw.grpc_socket, vec![message]);
         match &answers[0] {
             Answer::RequestHeaders(_) => 200,
             Answer::ImmediateResponse(i) => i.status.as_ref().unwrap().code,

@@ -170,7 +170,22 @@ admin:
 {{- if and .Values.admin.tokens (hasKey $cfg "admin") -}}
 {{- fail "config.admin: with the chart's admin.tokens, leave the admin section out of config (the chart writes it)" -}}
 {{- end -}}
+{{- if and (eq .Values.topology "separate") (hasKey $cfg "server") -}}
+{{- fail "config.server: in the separate topology the chart writes it (channel.* values)" -}}
+{{- end -}}
 {{- trimSuffix "\n" $source }}
+{{- if eq .Values.topology "separate" }}
+# Added by the chart (topology: separate): how the gRPC port authenticates its callers.
+server:
+  {{- if .Values.channel.tlsSecretName }}
+  grpc_tls:
+    cert_file: {{ include "portcullis.channelTlsDir" . }}/tls.crt
+    key_file: {{ include "portcullis.channelTlsDir" . }}/tls.key
+    client_ca_file: {{ include "portcullis.channelTlsDir" . }}/ca.crt
+  {{- else }}
+  grpc_mesh_authenticated: true
+  {{- end }}
+{{- end }}
 {{- if .Values.interception.enabled }}
 # Added by the chart (interception.enabled): the CA is the Secret {{ .Values.interception.caSecretName }}.
 {{ include "portcullis.interceptionSection" . }}
@@ -245,12 +260,15 @@ into files/envoy/ and adapted structurally here, so the reviewed file stays the 
 {{- /* Short refresh: a new or departing Portcullis pod is seen within seconds. */ -}}
 {{- $_ := set . "dns_refresh_rate" "5s" -}}
 {{- $_ := set . "dns_lookup_family" "V4_PREFERRED" -}}
-{{- $fqdn := printf "%s.%s.svc.%s" (include "portcullis.extprocServiceName" $) $.Release.Namespace $.Values.clusterDomain -}}
+{{- $fqdn := include "portcullis.extprocFqdn" $ -}}
 {{- range .load_assignment.endpoints -}}
 {{- range .lb_endpoints -}}
-{{- $_ := set .endpoint.address.socket_address "address" $fqdn -}}
+{{- $_ := set .endpoint "address" (dict "socket_address" (dict "address" $fqdn "port_value" 50051)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* Mutual TLS to Portcullis (channel.tlsSecretName, mounted at /etc/portcullis/channel). */ -}}
+{{- $_ := set . "transport_socket" (include "portcullis.envoyChannelTls" $ | fromYaml) -}}
+{{- $_ := set . "upstream_connection_options" (dict "tcp_keepalive" (dict "keepalive_time" 30 "keepalive_interval" 5 "keepalive_probes" 3)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -262,6 +280,34 @@ into files/envoy/ and adapted structurally here, so the reviewed file stays the 
 {{- $admin := include "portcullis.envoyAdminCluster" . | fromYaml -}}
 {{- $_ := set $b.static_resources "clusters" (append $b.static_resources.clusters $admin) -}}
 {{- toYaml $b -}}
+{{- end -}}
+
+{{- define "portcullis.extprocFqdn" -}}
+{{- printf "%s.%s.svc.%s" (include "portcullis.extprocServiceName" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* Where the sidecar topology's Envoy and Portcullis share the gRPC socket. */}}
+{{- define "portcullis.grpcSocketDir" -}}/run/portcullis{{- end -}}
+
+{{/* Where channel.tlsSecretName is mounted, in Portcullis and in the separate Envoy. */}}
+{{- define "portcullis.channelTlsDir" -}}/etc/portcullis/channel{{- end -}}
+
+{{- define "portcullis.envoyChannelTls" -}}
+{{- $dir := include "portcullis.channelTlsDir" . -}}
+name: envoy.transport_sockets.tls
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+  sni: {{ include "portcullis.extprocFqdn" . }}
+  common_tls_context:
+    alpn_protocols: [h2]
+    tls_certificates:
+    - certificate_chain: {filename: {{ $dir }}/tls.crt}
+      private_key: {filename: {{ $dir }}/tls.key}
+    validation_context:
+      trusted_ca: {filename: {{ $dir }}/ca.crt}
+      match_typed_subject_alt_names:
+      - san_type: DNS
+        matcher: {exact: {{ include "portcullis.extprocFqdn" . }}}
 {{- end -}}
 
 {{- define "portcullis.envoyStatusListener" -}}
@@ -349,9 +395,11 @@ is stopped only after Envoy has drained and exited.
     - /etc/portcullis/config/portcullis.yaml
     - --grpc-listen
     {{- if .sidecar }}
-    # Only Envoy in this pod may ask for decisions (and, with interception, for keys).
-    - 127.0.0.1:50051
+    # Only Envoy in this pod, running as the same user, may ask for decisions (and, with
+    # interception, for keys): the socket is 0600.
+    - unix:{{ include "portcullis.grpcSocketDir" .root }}/grpc.sock
     {{- else }}
+    # Mutual TLS or the mesh's authentication: the chart's `server` section of the config.
     - 0.0.0.0:50051
     {{- end }}
     - --admin-listen
@@ -416,6 +464,11 @@ is stopped only after Envoy has drained and exited.
   volumeMounts:
     # A directory, not a subPath: the kubelet's ..data swap reaches the file watcher.
     - {name: config, mountPath: /etc/portcullis/config, readOnly: true}
+    {{- if .sidecar }}
+    - {name: grpc-socket, mountPath: {{ include "portcullis.grpcSocketDir" .root }}}
+    {{- else if $v.channel.tlsSecretName }}
+    - {name: channel-tls, mountPath: {{ include "portcullis.channelTlsDir" .root }}, readOnly: true}
+    {{- end }}
     {{- if $v.interception.enabled }}
     - {name: ca, mountPath: /etc/portcullis/ca, readOnly: true}
     {{- end }}
@@ -432,6 +485,24 @@ is stopped only after Envoy has drained and exited.
 - name: config
   configMap:
     name: {{ include "portcullis.configMapName" . }}
+{{- if eq $v.topology "separate" }}
+{{- if $v.channel.tlsSecretName }}
+- name: channel-tls
+  secret:
+    secretName: {{ $v.channel.tlsSecretName }}
+    defaultMode: 288      # 0440
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- else }}
+# The gRPC socket, shared with Envoy in this pod only.
+- name: grpc-socket
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}
 {{- if $v.interception.enabled }}
 - name: ca
   secret:
@@ -519,10 +590,16 @@ straight to SIGTERM (no drain).
     {{- toYaml . | nindent 4 }}
   {{- end }}
   securityContext:
-    {{- include "portcullis.containerSecurityContext" (dict "uid" 101) | nindent 4 }}
+    {{- /* Sidecar: Portcullis's user, the only one its 0600 gRPC socket admits. */}}
+    {{- include "portcullis.containerSecurityContext" (dict "uid" (ternary 65532 101 (eq $v.topology "sidecar"))) | nindent 4 }}
   volumeMounts:
     - {name: envoy-config, mountPath: /etc/envoy, readOnly: true}
     - {name: envoy-tmp, mountPath: /tmp}
+    {{- if eq $v.topology "sidecar" }}
+    - {name: grpc-socket, mountPath: {{ include "portcullis.grpcSocketDir" . }}}
+    {{- else if $v.channel.tlsSecretName }}
+    - {name: channel-tls, mountPath: {{ include "portcullis.channelTlsDir" . }}, readOnly: true}
+    {{- end }}
     {{- if $v.meshMtls.enabled }}
     - {name: mesh-tls, mountPath: /etc/portcullis/mesh, readOnly: true}
     {{- end }}
@@ -535,6 +612,16 @@ straight to SIGTERM (no drain).
 - name: envoy-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if and (eq .Values.topology "separate") .Values.channel.tlsSecretName }}
+- name: channel-tls
+  secret:
+    secretName: {{ .Values.channel.tlsSecretName }}
+    defaultMode: 288      # 0440
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
 {{- if .Values.meshMtls.enabled }}
 - name: mesh-tls
   secret:

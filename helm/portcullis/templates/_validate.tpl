@@ -47,6 +47,17 @@
 {{- $_ := set $envs $env (printf "admin token %q" .name) -}}
 {{- end -}}
 {{- end -}}
+{{- if eq $v.topology "separate" -}}
+{{- if and $v.channel.tlsSecretName $v.channel.meshAuthenticated -}}
+{{- fail "channel: set tlsSecretName (Portcullis checks Envoy's client certificate) or meshAuthenticated (a mesh sidecar does), not both" -}}
+{{- end -}}
+{{- if and $v.envoy.enabled (not $v.channel.tlsSecretName) -}}
+{{- fail "channel.tlsSecretName: the separate topology needs mutual TLS between Envoy and Portcullis (a Secret with tls.crt, tls.key and ca.crt): whoever reaches a plaintext gRPC port gets decisions with injected credentials" -}}
+{{- end -}}
+{{- if and (not $v.envoy.enabled) (not $v.channel.tlsSecretName) (not $v.channel.meshAuthenticated) -}}
+{{- fail "channel: with envoy.enabled=false set meshAuthenticated (a mesh sidecar authenticates callers, docs/istio.md) or tlsSecretName" -}}
+{{- end -}}
+{{- end -}}
 {{- if and $v.networkPolicy.enabled (eq $v.topology "separate") (not $v.envoy.enabled) (not $v.networkPolicy.extprocFrom) -}}
 {{- fail "networkPolicy.extprocFrom must name Portcullis's clients when envoy.enabled=false (nothing could reach its gRPC port)" -}}
 {{- end -}}

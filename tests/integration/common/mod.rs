@@ -208,6 +208,47 @@ pub fn curl(dir: &Path, args: &[&str]) -> Reply {
     }
 }
 
+/// How the shipped Envoy configs reach Portcullis: replaced by the test's own socket.
+const GRPC_SOCKET_IN_ENVOY_CONFIGS: &str = "path: /run/portcullis/grpc.sock";
+
+/// A gRPC channel over Portcullis's Unix socket, as Envoy (or any process of this user)
+/// opens it.
+pub async fn grpc_channel(
+    socket: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://portcullis.invalid")
+        .connect_with_connector(UnixConnector(socket))
+        .await
+}
+
+#[derive(Clone)]
+struct UnixConnector(PathBuf);
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        })
+    }
+}
+
 /// Which Envoy bootstrap to run, from `envoy/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvoyMode {
@@ -251,7 +292,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub proxy_port: u16,
-    pub grpc_port: u16,
+    /// Portcullis's gRPC socket (ext_proc and SDS), owner-only, in the temp dir.
+    pub grpc_socket: PathBuf,
     pub admin_port: u16,
     pub envoy_admin_port: u16,
     pub envoy: Process,
@@ -265,19 +307,19 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let grpc_port = free_port();
+        let grpc_socket = dir.path().join("grpc.sock");
         let admin_port = free_port();
         let portcullis = spawn_portcullis(
             dir.path(),
             &config_path,
-            grpc_port,
+            &grpc_socket,
             admin_port,
             &options.env,
         );
         let mut gateway = Gateway {
             config_path,
             proxy_port: 0,
-            grpc_port,
+            grpc_socket,
             admin_port,
             envoy_admin_port: 0,
             envoy: Process {
@@ -314,17 +356,24 @@ impl Gateway {
             EnvoyMode::MeshMtls => "mesh-mtls.yaml",
         };
         let mut text = std::fs::read_to_string(repo().join("envoy").join(file)).unwrap();
+        let socket = format!("path: {}", self.grpc_socket.display());
         for (from, to) in [
-            ("port_value: 10000", self.proxy_port),
-            ("port_value: 50051", self.grpc_port),
-            ("port_value: 9902", self.envoy_admin_port),
+            (
+                "port_value: 10000",
+                format!("port_value: {}", self.proxy_port),
+            ),
+            (GRPC_SOCKET_IN_ENVOY_CONFIGS, socket),
+            (
+                "port_value: 9902",
+                format!("port_value: {}", self.envoy_admin_port),
+            ),
         ] {
             assert_eq!(
                 text.matches(from).count(),
                 1,
                 "{file} holds {from} exactly once"
             );
-            text = text.replace(from, &format!("port_value: {to}"));
+            text = text.replace(from, &to);
         }
         if let Some(ca) = &options.upstream_ca_pem {
             let ca_path = self.dir.path().join("upstream-ca.pem");
@@ -595,7 +644,7 @@ impl Gateway {
         self.portcullis = spawn_portcullis(
             self.dir.path(),
             &self.config_path,
-            self.grpc_port,
+            &self.grpc_socket,
             self.admin_port,
             &self.env,
         );
@@ -606,7 +655,7 @@ impl Gateway {
 fn spawn_portcullis(
     dir: &Path,
     config: &Path,
-    grpc_port: u16,
+    grpc_socket: &Path,
     admin_port: u16,
     env: &[(String, String)],
 ) -> Process {
@@ -625,7 +674,7 @@ fn spawn_portcullis(
         .arg("--config")
         .arg(config)
         .arg("--grpc-listen")
-        .arg(format!("127.0.0.1:{grpc_port}"))
+        .arg(format!("unix:{}", grpc_socket.display()))
         .arg("--admin-listen")
         .arg(format!("127.0.0.1:{admin_port}"))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
