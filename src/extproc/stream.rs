@@ -466,7 +466,7 @@ impl StreamState {
         spent_before: Duration,
         at_body: bool,
     ) -> Reply {
-        let response = convert::respond(&request, &decided.outcome, at_body);
+        let mut response = convert::respond(&request, &decided.outcome, at_body);
         let elapsed = started.elapsed() + spent_before;
         let outcome = &decided.outcome;
         self.phase = if outcome.rejection.is_some() {
@@ -512,7 +512,13 @@ impl StreamState {
                 );
             }
         }
-        self.shared.audit.write(&record).await;
+        // No forward without its audit record (audit.when_full: block).
+        if let Err(unavailable) = self.shared.audit.write(&record).await
+            && outcome.rejection.is_none()
+        {
+            self.phase = Phase::Finished;
+            response = convert::refuse(&request.id, &unavailable.rejection());
+        }
         Reply::Send(response)
     }
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     judge_fallbacks: IntCounterVec,
     judge_tokens: IntCounter,
     grpc_decisions: IntCounterVec,
+    /// Store faults, revision regressions, the audit queue.
+    pub control: super::control::ControlMetrics,
 }
 
 impl Metrics {
@@ -187,7 +189,9 @@ impl Metrics {
             reloads.with_label_values(&[result]);
             store_syncs.with_label_values(&[result]);
         }
+        let control = super::control::ControlMetrics::register(&registry);
         Metrics {
+            control,
             registry,
             decisions,
             dry_runs,
