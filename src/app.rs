@@ -124,6 +124,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let (audit, audit_writer) =
         AuditSink::start(&config.audit).context("cannot open the audit sink")?;
     let metrics = Arc::new(Metrics::new());
+    let audit = audit.counted(metrics.clone());
     let (audit, audit_for_store) = match &store_config {
         Some(store) if store.audit => {
             let (tx, rx) = mpsc::channel(crate::audit::STORE_QUEUE);

@@ -14,7 +14,8 @@ use crate::extproc::Shared;
 use crate::policy::{DefaultAction, PolicyConfig};
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::store::changes::{self, Signal};
-use crate::store::{Contents, Store};
+use crate::store::faults::policy_stand_in;
+use crate::store::{Contents, Fault, Store};
 
 /// The sources of the live snapshot.
 struct Sources {
@@ -34,11 +35,21 @@ pub struct Live {
     store_mode: bool,
     /// Asks the store sync to read the store now (after a write through this instance).
     kick: Notify,
+    /// The stored objects the live snapshot cannot use (`/readyz`); apart from `sources`
+    /// so a probe never waits for a compilation.
+    faults: std::sync::Mutex<Arc<Vec<Fault>>>,
 }
 
 /// Why a change was not published.
 #[derive(Debug)]
 pub struct Refused(pub Vec<FieldError>);
+
+/// Store contents as compiled: the stored objects that did not compile set aside.
+struct Isolated {
+    contents: Arc<Contents>,
+    /// The compile errors that set them aside.
+    set_aside: Vec<FieldError>,
+}
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -61,7 +72,13 @@ impl Live {
             }),
             store_mode,
             kick: Notify::new(),
+            faults: std::sync::Mutex::default(),
         }
+    }
+
+    /// The stored objects the live snapshot cannot use, and what stands in for each.
+    pub fn faults(&self) -> Arc<Vec<Fault>> {
+        self.faults.lock().expect("not poisoned").clone()
     }
 
     pub fn store_mode(&self) -> bool {
@@ -77,11 +94,13 @@ impl Live {
         self.kick.notify_one();
     }
 
-    /// A new config file: compiled with the store contents last read.
+    /// A new config file: compiled with the store contents last read. Stored objects it
+    /// no longer lets compile (narrower `store.secret_sources`) become faults, and ones it
+    /// lets compile again stop being faults; an error in the file itself refuses it.
     pub async fn apply_config(&self, loaded: &LoadedConfig) -> Result<Arc<Snapshot>, Refused> {
         let mut sources = self.sources.lock().await;
-        let snapshot = self
-            .compile(
+        let (snapshot, compiled) = self
+            .compile_isolated(
                 loaded.config.clone(),
                 loaded.version.clone(),
                 sources.contents.clone(),
@@ -89,45 +108,144 @@ impl Live {
             .await?;
         sources.config = loaded.config.clone();
         sources.config_version = loaded.version.clone();
+        if let Some(compiled) = compiled {
+            self.report_faults(&compiled.contents.faults);
+        }
         Ok(self.publish(snapshot))
     }
 
     /// New store contents: compiled with the current config file.
     pub async fn apply_contents(&self, contents: Contents) -> Result<Arc<Snapshot>, Refused> {
+        self.apply_store(contents, false).await
+    }
+
+    /// Contents read after the store's revision went backwards (a restored backup): they
+    /// replace the live ones although their revision is lower.
+    pub async fn follow_restored(&self, contents: Contents) -> Result<Arc<Snapshot>, Refused> {
+        self.apply_store(contents, true).await
+    }
+
+    /// Compiles and publishes store contents. A stored object that does not compile here
+    /// costs only itself: it is set aside as a fault (docs/store.md) and the rest is
+    /// compiled again. Only an error no stored object explains refuses the whole change.
+    async fn apply_store(
+        &self,
+        contents: Contents,
+        restored: bool,
+    ) -> Result<Arc<Snapshot>, Refused> {
         let contents = Arc::new(contents);
         let mut sources = self.sources.lock().await;
         // Two readers (the sync task and a write through the API) may race; an older read
-        // never replaces a newer one.
+        // never replaces a newer one — unless the store itself went back.
         if let Some(current) = &sources.contents
             && current.revision >= contents.revision
+            && !restored
         {
             return Ok(self.snapshot());
         }
-        let snapshot = self
-            .compile(
+        let (snapshot, compiled) = self
+            .compile_isolated(
                 sources.config.clone(),
                 sources.config_version.clone(),
                 Some(contents.clone()),
             )
             .await?;
+        if let Some(compiled) = compiled {
+            self.report_faults(&compiled.contents.faults);
+        }
+        // As read: a later config may let what was set aside here compile.
         sources.contents = Some(contents);
         Ok(self.publish(snapshot))
     }
 
+    /// Compiles `config` with store `contents`, setting aside each stored object that
+    /// does not compile (a fault, docs/store.md) and compiling the rest again. Only an
+    /// error no stored object explains refuses the whole. Returns the contents as
+    /// compiled, with what was set aside.
+    async fn compile_isolated(
+        &self,
+        config: Config,
+        version: String,
+        contents: Option<Arc<Contents>>,
+    ) -> Result<(Snapshot, Option<Isolated>), Refused> {
+        let (true, Some(mut contents)) = (self.store_mode, contents.clone()) else {
+            let snapshot = self.compile(config, version, contents).await?;
+            return Ok((snapshot, None));
+        };
+        let mut set_aside = std::collections::HashSet::new();
+        let mut set_aside_errors = Vec::new();
+        loop {
+            let compiled = self
+                .compile(config.clone(), version.clone(), Some(contents.clone()))
+                .await;
+            match compiled {
+                Ok(snapshot) => {
+                    let isolated = Isolated {
+                        contents,
+                        set_aside: set_aside_errors,
+                    };
+                    return Ok((snapshot, Some(isolated)));
+                }
+                Err(Refused(errors)) => {
+                    // Each round sets aside at least one object, never the same one twice.
+                    let faulty = Arc::make_mut(&mut contents);
+                    if !set_aside_faulty(faulty, &errors, &mut set_aside) {
+                        return Err(Refused(errors));
+                    }
+                    set_aside_errors.extend(errors);
+                }
+            }
+        }
+    }
+
+    /// Logs each fault that is new (with the object's name) and each that is gone, and
+    /// updates the metric and `/readyz`.
+    fn report_faults(&self, faults: &[Fault]) {
+        let mut current = self.faults.lock().expect("not poisoned");
+        for fault in faults.iter().filter(|f| !current.contains(f)) {
+            tracing::error!(kind = fault.kind, name = %fault.name, version = ?fault.version,
+                outcome = fault.outcome, error = %fault.error,
+                "a stored object cannot be used; everything else in the store still applies");
+        }
+        for fault in current.iter().filter(|f| !faults.contains(f)) {
+            tracing::info!(kind = fault.kind, name = %fault.name, "a stored object is usable again");
+        }
+        let kinds: Vec<&'static str> = faults.iter().map(|f| f.kind).collect();
+        self.shared.metrics.control.set_store_faults(&kinds);
+        *current = Arc::new(faults.to_vec());
+    }
+
     /// Whether the store contents, changed by `edit`, would compile with this instance's
     /// config: checked before a change is written, so nothing is stored that the
-    /// gateway would refuse. Nothing is published.
-    pub async fn check_contents(&self, edit: impl FnOnce(&mut Contents)) -> Result<(), Refused> {
+    /// gateway would refuse. `written` names the changed object as errors do
+    /// (`policies["p"]`): an error of its own refuses the change; other stored objects
+    /// that do not compile are set aside as when the store is read. Nothing is published.
+    pub async fn check_contents(
+        &self,
+        written: Option<&str>,
+        edit: impl FnOnce(&mut Contents),
+    ) -> Result<(), Refused> {
         let sources = self.sources.lock().await;
         let mut contents = sources.contents.as_deref().cloned().unwrap_or_default();
         edit(&mut contents);
-        self.compile(
-            sources.config.clone(),
-            sources.config_version.clone(),
-            Some(Arc::new(contents)),
-        )
-        .await
-        .map(drop)
+        let (_, isolated) = self
+            .compile_isolated(
+                sources.config.clone(),
+                sources.config_version.clone(),
+                Some(Arc::new(contents)),
+            )
+            .await?;
+        let own: Vec<FieldError> = isolated
+            .map(|i| i.set_aside)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| written.is_some_and(|w| e.path.starts_with(w)))
+            .collect();
+        if own.is_empty() {
+            Ok(())
+        } else {
+            Err(Refused(own))
+        }
     }
 
     /// The policies of the live snapshot as written, in decision order of ties, with
@@ -190,8 +308,108 @@ impl Live {
     }
 }
 
+/// Sets aside every stored object an error names (`policies["p"].rules[0]`): a policy is
+/// replaced by its fail-closed stand-in (or left out), a secret or a token is left out,
+/// each recorded as a fault. Whether anything was set aside.
+fn set_aside_faulty(
+    contents: &mut Contents,
+    errors: &[FieldError],
+    set_aside: &mut std::collections::HashSet<(&'static str, String)>,
+) -> bool {
+    let named = |section: &str, name: &str| format!("{section}[{name:?}]");
+    let why = |prefix: &str| {
+        let mut messages: Vec<String> = errors
+            .iter()
+            .filter_map(|e| {
+                let rest = e.path.strip_prefix(prefix)?;
+                let rest = rest.trim_start_matches('.');
+                Some(if rest.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{rest}: {}", e.message)
+                })
+            })
+            .collect();
+        messages.dedup();
+        (!messages.is_empty()).then(|| messages.join("; "))
+    };
+    let mut progress = false;
+    let mut faults = Vec::new();
+    let mut kept = Vec::with_capacity(contents.policies.len());
+    for mut stored in std::mem::take(&mut contents.policies) {
+        let name = stored.definition.name.clone();
+        let Some(error) = why(&named("policies", &name)) else {
+            kept.push(stored);
+            continue;
+        };
+        progress = true;
+        // A stand-in that fails again is left out.
+        let first = set_aside.insert(("policy", name.clone()));
+        let raw = serde_json::to_value(&stored.definition).ok();
+        let stand_in = first
+            .then(|| policy_stand_in(&name, raw.as_ref()))
+            .flatten();
+        faults.push(Fault {
+            kind: "policy",
+            name,
+            version: Some(stored.version),
+            error,
+            outcome: if stand_in.is_some() {
+                "denies"
+            } else {
+                "left_out"
+            },
+        });
+        if let Some(definition) = stand_in {
+            stored.definition = definition;
+            kept.push(stored);
+        }
+    }
+    contents.policies = kept;
+    contents.secrets.retain(|stored| {
+        let Some(error) = why(&named("secrets", &stored.definition.name)) else {
+            return true;
+        };
+        progress = true;
+        faults.push(Fault {
+            kind: "secret",
+            name: stored.definition.name.clone(),
+            version: Some(stored.version),
+            error,
+            outcome: "left_out",
+        });
+        false
+    });
+    contents.tokens.retain(|token| {
+        let Some(error) = why(&named("tokens", &token.name)) else {
+            return true;
+        };
+        progress = true;
+        faults.push(Fault {
+            kind: "token",
+            name: token.name.clone(),
+            version: None,
+            error,
+            outcome: "left_out",
+        });
+        false
+    });
+    // A policy set aside again replaces its earlier fault.
+    contents
+        .faults
+        .retain(|f| !faults.iter().any(|n| n.kind == f.kind && n.name == f.name));
+    contents.faults.extend(faults);
+    progress
+}
+
 /// The first retry after a failed read of the store; it doubles up to the resync interval.
 const RETRY_START: Duration = Duration::from_millis(200);
+
+/// How often the store is read when nothing else reads it, and how long a read may take
+/// before the store counts as unreachable. With the notification connection's own
+/// heartbeat (the same interval), a connection that went silent — packets dropped, not
+/// refused — is noticed within two of these in every state, right after a recovery too.
+pub const LIVENESS: Duration = Duration::from_secs(5);
 
 /// Keeps the live snapshot in step with the store: reads it when the change feed says so,
 /// when this instance wrote to it, and every `resync` (when its revision moved). While the
@@ -206,6 +424,8 @@ pub async fn sync_from_store(
     let mut timer = tokio::time::interval(resync);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer.tick().await;
+    let mut liveness = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Option<(Instant, Duration)> = Some((Instant::now(), RETRY_START));
     loop {
         let retry_at = retry.map(|(at, _)| at);
@@ -223,6 +443,9 @@ pub async fn sync_from_store(
                     Signal::Changed | Signal::Connected => true,
                     Signal::Lost(why) => {
                         live.shared.metrics.set_store_up(false);
+                        // What silenced the notification connection likely silenced the
+                        // pool's too: start over with fresh ones.
+                        store.renew();
                         tracing::warn!(store = %store.display_url(), error = %why, revision = ?live.revision(),
                             "policy store unreachable; deciding with the last snapshot, reconnecting");
                         continue;
@@ -231,6 +454,8 @@ pub async fn sync_from_store(
             },
             _ = live.kick.notified() => true,
             _ = timer.tick() => false,
+            // Reading the revision is the pool's heartbeat.
+            _ = liveness.tick() => false,
             _ = sleep_until(retry_at) => true,
             _ = shutdown.changed() => return,
         };
@@ -249,6 +474,21 @@ pub async fn sync_from_store(
     }
 }
 
+/// A read of the store, bounded by [`LIVENESS`]. One that does not answer in time went
+/// through a silent connection: the pool is renewed, so the next read connects afresh.
+async fn answered<T>(
+    store: &Store,
+    read: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(LIVENESS, read).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(_) => {
+            store.renew();
+            Err(format!("the store did not answer within {LIVENESS:?}"))
+        }
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -260,16 +500,29 @@ async fn sleep_until(at: Option<Instant>) {
 /// whenever the snapshot was never read). A store definition that does not compile here
 /// is logged and the last good snapshot stays.
 async fn reload(live: &Live, store: &Store, full: bool) -> Result<(), String> {
-    let revision = store.revision().await.map_err(|e| e.to_string())?;
+    // Read before the store: a revision published since can only be higher than this.
+    let previous = live.revision();
+    let revision = answered(store, store.revision()).await?;
     live.shared.metrics.set_store_up(true);
-    if live.revision() == Some(revision) && !(full && live.snapshot().unavailable.is_some()) {
+    if previous == Some(revision) && !(full && live.snapshot().unavailable.is_some()) {
         return Ok(());
     }
     let started = Instant::now();
-    let contents = store.contents().await.map_err(|e| e.to_string())?;
+    let contents = answered(store, store.contents()).await?;
     let revision = contents.revision;
-    let previous = live.revision();
-    match live.apply_contents(contents).await {
+    // A live store's revision only grows: lower means it was restored (or replaced), and
+    // what it holds now is what decides, whatever this instance read before.
+    let restored = previous.is_some_and(|previous| revision < previous);
+    let applied = if restored {
+        live.shared.metrics.control.record_store_regression();
+        tracing::warn!(revision, live = ?previous, store = %store.display_url(),
+            "the policy store's revision went backwards (restored from a backup?); \
+             following it: read in full and published");
+        live.follow_restored(contents).await
+    } else {
+        live.apply_contents(contents).await
+    };
+    match applied {
         Ok(snapshot) => {
             live.shared.metrics.record_store_sync(true, Some(revision));
             tracing::info!(

@@ -172,15 +172,31 @@ impl Snapshot {
             }));
         let versions: Vec<i64> = contents.policies.iter().map(|p| p.version).collect();
         let version = format!("{config_version}+r{}", contents.revision);
-        let mut snapshot = Snapshot::compile_versions(
-            &effective, &version, &versions, env, runtime,
-        )
-        .map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| name_stored(e, &effective, file_identities))
-                .collect::<Vec<_>>()
-        })?;
+        // A stored secret reads only what the file config lets the store's writers reach.
+        let bounds = config.store.as_ref().map(|s| &s.secret_sources);
+        let mut errors: Vec<FieldError> = effective
+            .secrets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, secret)| {
+                let checked = bounds.map(|b| b.check(&secret.source)).unwrap_or_default();
+                checked
+                    .into_iter()
+                    .map(move |e| e.under(&format!("secrets[{i}].source")))
+            })
+            .collect();
+        let compiled = Snapshot::compile_versions(&effective, &version, &versions, env, runtime)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let mut snapshot = match compiled {
+            Some(snapshot) if errors.is_empty() => snapshot,
+            _ => {
+                return Err(errors
+                    .into_iter()
+                    .map(|e| name_stored(e, &effective, file_identities))
+                    .collect());
+            }
+        };
         snapshot.store_revision = Some(contents.revision);
         snapshot.identities.expect_tokens();
         Ok(snapshot)

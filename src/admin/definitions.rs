@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 
 use super::error::parse_body;
 use super::{ApiError, Control};
+use crate::config::every_error::deserialize_every_error;
 use crate::config::{AdminRole, FieldError};
 use crate::live::Refused;
 use crate::policy::PolicyConfig;
-use crate::store::{Change, Definition, Stored, diff};
+use crate::store::{Change, Definition, Kind, Stored, diff};
 
 type Json = axum::Json<Value>;
 
@@ -42,6 +43,15 @@ pub fn status_routes(base: &str) -> Router<Arc<Control>> {
     Router::new()
         .route(&format!("{base}/{{name}}/enable"), post(enable))
         .route(&format!("{base}/{{name}}/disable"), post(disable))
+}
+
+/// The role that changes a kind: secrets need `admin`, since a secret chooses what the
+/// gateway host reads and which requests carry it.
+fn writer<T: Definition>() -> AdminRole {
+    match T::KIND {
+        Kind::Policy => AdminRole::Editor,
+        Kind::Secret => AdminRole::Admin,
+    }
 }
 
 /// A change's request body: the definition under its kind's name (`policy`, `secret`),
@@ -158,18 +168,14 @@ fn envelope<T: Definition>(bytes: &[u8], fields: Fields) -> Result<Envelope<T>, 
                 errors.push(FieldError::new(kind, format!("missing `{kind}`")));
                 None
             }
-            Some(value) => match serde_path_to_error::deserialize::<_, T>(value) {
-                Ok(definition) => {
-                    let problems = definition.validate();
-                    if problems.is_empty() {
-                        Some(definition)
-                    } else {
-                        errors.extend(problems.into_iter().map(|e| e.under(kind)));
-                        None
-                    }
-                }
-                Err(e) => {
-                    errors.push(super::error::field_error(e).under(kind));
+            // Every error of the definition, not only the first (as `portcullis validate`).
+            Some(value) => match serde_norway::to_value(value)
+                .map_err(|e| vec![FieldError::new("", e.to_string())])
+                .and_then(|value| deserialize_every_error::<T>(value, T::validate))
+            {
+                Ok(definition) => Some(definition),
+                Err(problems) => {
+                    errors.extend(problems.into_iter().map(|e| e.under(kind)));
                     None
                 }
             },
@@ -212,11 +218,13 @@ async fn list<T: Definition>(
     control.caller(&headers, AdminRole::Viewer)?;
     let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let store = control.store()?;
-    let stored = T::versioned(store)
-        .list()
+    let rows = T::versioned(store)
+        .rows()
         .await
         .map_err(|e| ApiError::from_store(e, ""))?;
-    let mut items: Vec<Value> = stored.iter().map(one).collect();
+    // A row that does not parse is listed apart, with what stands in for it.
+    let faulty = |s: &&Stored<T>| rows.faults.iter().any(|f| f.name == s.definition.name());
+    let mut items: Vec<Value> = rows.stored.iter().filter(|s| !faulty(s)).map(one).collect();
     if let Some(window) = &query.window {
         let since = super::insight::window_start(window)?;
         let counts = store
@@ -228,7 +236,11 @@ async fn list<T: Definition>(
             item["fires"] = super::insight::fires_of(&counts, Some(&name));
         }
     }
-    Ok(axum::Json(json!({ T::KIND.plural(): items })))
+    let mut listed = json!({ T::KIND.plural(): items });
+    if !rows.faults.is_empty() {
+        listed["faults"] = json!(rows.faults);
+    }
+    Ok(axum::Json(listed))
 }
 
 async fn read<T: Definition>(
@@ -249,7 +261,7 @@ async fn create<T: Definition>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json), ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&headers, writer::<T>())?;
     let store = control.store()?;
     let envelope = envelope::<T>(&body, Fields::CREATE)?;
     let definition = envelope.definition.expect("parsed with a definition");
@@ -272,7 +284,7 @@ async fn update<T: Definition>(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&headers, writer::<T>())?;
     let store = control.store()?;
     let envelope = envelope::<T>(&body, Fields::UPDATE)?;
     let definition = envelope.definition.expect("parsed with a definition");
@@ -313,7 +325,7 @@ async fn delete<T: Definition>(
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&headers, writer::<T>())?;
     let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let store = control.store()?;
     let Some(expected) = query.version else {
@@ -326,8 +338,9 @@ async fn delete<T: Definition>(
         ));
     };
     let versioned = T::versioned(store);
-    let live = versioned
-        .get(&name)
+    // Not parsed: a row that no longer parses can be deleted.
+    versioned
+        .live_version(&name)
         .await
         .map_err(|e| ApiError::from_store(e, ""))?;
     let removed = name.clone();
@@ -337,7 +350,7 @@ async fn delete<T: Definition>(
     .await?;
     let change = Change::by(&caller.name, query.reason.as_deref().unwrap_or(""));
     let version = versioned
-        .delete(live.definition.name(), expected, &change)
+        .delete(&name, expected, &change)
         .await
         .map_err(|e| ApiError::from_store(e, ""))?;
     let revision = control.refresh().await;
@@ -422,7 +435,7 @@ async fn rollback<T: Definition>(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&headers, writer::<T>())?;
     let store = control.store()?;
     let envelope = envelope::<T>(&body, Fields::ROLLBACK)?;
     let versioned = T::versioned(store);
@@ -517,7 +530,9 @@ async fn check_edit<T: Definition>(
     let stored_prefix = written.map(|name| format!("{}[{name:?}]", T::KIND.plural()));
     control
         .live
-        .check_contents(|contents| edit(T::in_contents(contents)))
+        .check_contents(stored_prefix.as_deref(), |contents| {
+            edit(T::in_contents(contents))
+        })
         .await
         .map_err(|Refused(errors)| {
             let errors = errors

@@ -108,12 +108,23 @@ impl Control {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "admin token {:?} is a viewer: this call needs an editor",
-                    &*caller.name
+                    "admin token {:?} is {} {}: this call needs {} {} (`admin.tokens[].role`)",
+                    &*caller.name,
+                    article(caller.role),
+                    caller.role.as_str(),
+                    article(role),
+                    role.as_str()
                 ),
             ));
         }
         Ok(caller)
+    }
+}
+
+fn article(role: AdminRole) -> &'static str {
+    match role {
+        AdminRole::Viewer => "a",
+        AdminRole::Editor | AdminRole::Admin => "an",
     }
 }
 
@@ -159,6 +170,11 @@ async fn readyz(State(control): State<Arc<Control>>) -> impl IntoResponse {
         body["store_revision"] = json!(snapshot.store_revision);
         if !loaded {
             body["reason"] = json!("the policy store has not been read yet");
+        }
+        // Ready all the same: everything else in the store applies (docs/store.md).
+        let faults = control.live.faults();
+        if !faults.is_empty() {
+            body["store_faults"] = json!(*faults);
         }
     }
     (

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::{AuditConfig, AuditSinkKind};
+use crate::config::{AuditConfig, AuditSinkKind, AuditWhenFull};
 use crate::identity::Identity;
 use crate::policy::Decision;
 use crate::request::OutboundRequest;
@@ -207,6 +207,38 @@ pub struct AuditSink {
     tx: mpsc::Sender<Vec<u8>>,
     /// A copy of every record for the store, when it keeps audit events.
     store: Option<StoreCopy>,
+    when_full: AuditWhenFull,
+    block_timeout: std::time::Duration,
+    /// Where a full queue is counted.
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The audit trail could not take a request's record in time (`audit.when_full: block`):
+/// the request is refused rather than forwarded unaudited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuditUnavailable {
+    #[error("the audit trail is not keeping up: its queue stayed full for {0:?}")]
+    Full(std::time::Duration),
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+impl AuditUnavailable {
+    /// The workload's answer: 503, so a client retries later; never a 500.
+    pub fn rejection(&self) -> crate::transforms::Rejection {
+        crate::transforms::Rejection {
+            status: 503,
+            kind: "audit_unavailable",
+            reason: "audit_unavailable",
+            message: format!(
+                "{self}; the request was not forwarded, since it could not be audited \
+                 (audit.when_full: block)"
+            ),
+            policy: None,
+            rule: None,
+            transform: "audit",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -234,8 +266,6 @@ impl AuditWriter {
     }
 }
 
-const QUEUE: usize = 16 * 1024;
-
 impl AuditSink {
     /// Opens the sink and starts its writer thread.
     pub fn start(config: &AuditConfig) -> std::io::Result<(AuditSink, AuditWriter)> {
@@ -246,12 +276,18 @@ impl AuditSink {
             }
             (AuditSinkKind::Stdout, _) => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(config.queue.max(1));
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || write_lines(rx, out))?;
         Ok((
-            AuditSink { tx, store: None },
+            AuditSink {
+                tx,
+                store: None,
+                when_full: config.when_full,
+                block_timeout: config.block_timeout.0,
+                metrics: None,
+            },
             AuditWriter {
                 thread: Some(thread),
             },
@@ -265,13 +301,21 @@ impl AuditSink {
         self
     }
 
-    /// Queues one record.
-    pub async fn write(&self, record: &AuditRecord<'_>) {
+    /// Counts full-queue events in `metrics`.
+    pub fn counted(mut self, metrics: Arc<Metrics>) -> AuditSink {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Queues one record. When the queue is full, `audit.when_full` decides: `block` waits
+    /// up to `block_timeout`, then gives up — the caller must not forward the request —
+    /// and `drop` loses the record.
+    pub async fn write(&self, record: &AuditRecord<'_>) -> Result<(), AuditUnavailable> {
         let mut line = match serde_json::to_vec(record) {
             Ok(line) => line,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize audit record");
-                return;
+                return Ok(());
             }
         };
         if let Some(store) = &self.store {
@@ -281,8 +325,42 @@ impl AuditSink {
             }
         }
         line.push(b'\n');
-        if self.tx.send(line).await.is_err() {
-            tracing::error!("audit writer has stopped; record lost");
+        let count = |outcome: &'static str| {
+            if let Some(metrics) = &self.metrics {
+                metrics.control.record_audit_queue_full(outcome);
+            }
+        };
+        let line = match self.tx.try_send(line) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer has stopped; record lost");
+                return Err(AuditUnavailable::Stopped);
+            }
+            Err(mpsc::error::TrySendError::Full(line)) => line,
+        };
+        match self.when_full {
+            AuditWhenFull::Drop => {
+                count("dropped");
+                tracing::warn!(
+                    request_id = record.request_id,
+                    "audit queue full: record dropped (audit.when_full: drop)"
+                );
+                Ok(())
+            }
+            AuditWhenFull::Block => {
+                count("block");
+                match tokio::time::timeout(self.block_timeout, self.tx.send(line)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(AuditUnavailable::Stopped),
+                    Err(_) => {
+                        count("refused");
+                        tracing::warn!(request_id = record.request_id,
+                            wait = ?self.block_timeout,
+                            "audit queue full: request refused (audit.when_full: block)");
+                        Err(AuditUnavailable::Full(self.block_timeout))
+                    }
+                }
+            }
         }
     }
 }

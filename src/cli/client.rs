@@ -41,7 +41,7 @@ pub enum ClientError {
         sent: bool,
     },
     /// 403: a viewer token on a changing call.
-    #[error("{message}; set PORTCULLIS_ADMIN_TOKEN (or --token) to an editor token")]
+    #[error("{message}; set PORTCULLIS_ADMIN_TOKEN (or --token) to a token with that role")]
     Forbidden { message: String },
     /// Any other error answer, in the API's own words.
     #[error("{0}")]
@@ -371,7 +371,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("is a viewer") && e.contains("editor token"),
+            e.contains("is a viewer") && e.contains("needs an editor") && e.contains("that role"),
             "{e}"
         );
 

@@ -295,24 +295,15 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             }
             "identities" => {
                 config.identities = list(value, &key, &mut errors, |v| {
-                    let identity: IdentityConfig = from_value(v).map_err(|e| vec![e])?;
-                    let problems = validate_identity(&identity);
-                    if problems.is_empty() {
-                        Ok(identity)
-                    } else {
-                        Err(problems)
-                    }
+                    super::every_error::deserialize_every_error::<IdentityConfig>(
+                        v,
+                        validate_identity,
+                    )
                 })
             }
             "policies" => {
                 config.policies = list(value, &key, &mut errors, |v| {
-                    let policy: PolicyConfig = from_value(v).map_err(|e| vec![e])?;
-                    let problems = validate_policy(&policy);
-                    if problems.is_empty() {
-                        Ok(policy)
-                    } else {
-                        Err(problems)
-                    }
+                    super::every_error::deserialize_every_error::<PolicyConfig>(v, validate_policy)
                 })
             }
             "transforms" => {
@@ -320,13 +311,7 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             }
             "secrets" => {
                 config.secrets = list(value, &key, &mut errors, |v| {
-                    let secret: SecretConfig = from_value(v).map_err(|e| vec![e])?;
-                    let problems = validate_secret(&secret);
-                    if problems.is_empty() {
-                        Ok(secret)
-                    } else {
-                        Err(problems)
-                    }
+                    super::every_error::deserialize_every_error::<SecretConfig>(v, validate_secret)
                 })
             }
             _ => errors.push(FieldError::new(

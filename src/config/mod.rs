@@ -2,6 +2,7 @@
 //! each field), loading with positioned errors, and the file watcher for hot reload.
 
 pub mod channel;
+pub mod every_error;
 mod load;
 mod position;
 pub mod watch;
@@ -133,6 +134,15 @@ pub struct StoreConfig {
     /// own copy). Default 7d.
     #[serde(default = "default_audit_retention")]
     pub audit_retention: DurationText,
+    /// What a secret read from the store may use as its source: nothing by default
+    /// (docs/store.md). A stored secret outside these bounds is refused by the API (422)
+    /// and, if written another way, never injected.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub secret_sources: crate::secrets::config::SourceBounds,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_true() -> bool {
@@ -156,6 +166,7 @@ impl StoreConfig {
             resync_interval: default_resync_interval(),
             audit: true,
             audit_retention: default_audit_retention(),
+            secret_sources: Default::default(),
         }
     }
 
@@ -180,6 +191,12 @@ impl StoreConfig {
                 "resync_interval must be at least 1s",
             ));
         }
+        errors.extend(
+            self.secret_sources
+                .validate()
+                .into_iter()
+                .map(|e| e.under("secret_sources")),
+        );
         errors
     }
 
@@ -215,7 +232,8 @@ pub struct AdminConfig {
 pub struct AdminTokenConfig {
     /// Recorded as the operator of every change made with this token.
     pub name: String,
-    /// `viewer` reads; `editor` also changes policies, secrets and tokens.
+    /// `viewer` reads; `editor` also changes policies and enrollment tokens; `admin` also
+    /// changes secrets (which choose what the gateway host reads and where it is sent).
     pub role: AdminRole,
     /// Where the token comes from: `env`, `file` or `sha256`, as for proxy tokens.
     pub token: crate::identity::TokenSource,
@@ -226,6 +244,17 @@ pub struct AdminTokenConfig {
 pub enum AdminRole {
     Viewer,
     Editor,
+    Admin,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::Editor => "editor",
+            AdminRole::Admin => "admin",
+        }
+    }
 }
 
 /// Listen addresses. Changing them needs a restart; the command line overrides them.
@@ -311,6 +340,28 @@ pub struct AuditConfig {
     /// Required for `sink: file`; appended to, created if missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// What a request does when the audit queue is full (the sink is slower than the
+    /// traffic, or blocked): `block` (default) waits up to `block_timeout` for room, then
+    /// refuses the request with 503 `audit_unavailable` — nothing is forwarded unaudited;
+    /// `drop` loses the record, counts it, and lets the request go on.
+    #[serde(default)]
+    pub when_full: AuditWhenFull,
+    /// How long a request waits for room with `when_full: block`. Default 200ms: below
+    /// the ext_proc `message_timeout` of the shipped Envoy configs (0.5s), so the workload
+    /// gets Portcullis's 503 rather than Envoy's 500.
+    #[serde(default = "default_audit_block_timeout")]
+    pub block_timeout: DurationText,
+    /// How many records may wait for the sink. Default 16384.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+fn default_audit_block_timeout() -> DurationText {
+    DurationText(std::time::Duration::from_millis(200))
+}
+
+fn default_audit_queue() -> usize {
+    16 * 1024
 }
 
 impl Default for AuditConfig {
@@ -318,8 +369,22 @@ impl Default for AuditConfig {
         AuditConfig {
             sink: AuditSinkKind::Stdout,
             path: None,
+            when_full: AuditWhenFull::default(),
+            block_timeout: default_audit_block_timeout(),
+            queue: default_audit_queue(),
         }
     }
+}
+
+/// `audit.when_full`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditWhenFull {
+    /// Wait for room, up to `block_timeout`; then refuse the request (fail closed).
+    #[default]
+    Block,
+    /// Lose the record (counted) and let the request go on (fail open).
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -681,7 +681,13 @@ impl StreamState {
                 );
             }
         }
-        self.shared.audit.write(&record).await;
+        // No forward without its audit record (audit.when_full: block).
+        if let Err(unavailable) = self.shared.audit.write(&record).await
+            && outcome.rejection.is_none()
+        {
+            self.phase = Phase::Finished;
+            response = convert::refuse(&request.id, &unavailable.rejection());
+        }
         Reply::Send(response)
     }
 }

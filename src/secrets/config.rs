@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
+use crate::config::FieldError;
+
 /// A source, plus the caching that applies to any source.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceConfig {
@@ -193,6 +195,208 @@ impl SourceKind {
     }
 }
 
+impl SourceKind {
+    /// The sources this one reads its own credentials from (a Vault token, an OAuth2
+    /// client secret, a signing key), each with its field name.
+    fn nested(&self) -> Vec<(&'static str, &SourceConfig)> {
+        match self {
+            SourceKind::OnepasswordConnect { token, .. } | SourceKind::Vault { token, .. } => {
+                vec![("token", &**token)]
+            }
+            SourceKind::GcpServiceAccount { key, .. } => vec![("key", &**key)],
+            SourceKind::Oauth2(oauth2) => {
+                let mut nested = Vec::new();
+                if let Some(secret) = &oauth2.client_secret {
+                    nested.push(("client_secret", &**secret));
+                }
+                if let Some(token) = &oauth2.refresh_token {
+                    nested.push(("refresh_token", &**token));
+                }
+                if let Some(assertion) = &oauth2.assertion {
+                    nested.push(("assertion.private_key", &*assertion.private_key));
+                }
+                nested
+            }
+            SourceKind::Env { .. }
+            | SourceKind::File { .. }
+            | SourceKind::AwsSecretsManager { .. }
+            | SourceKind::AwsSsm { .. }
+            | SourceKind::AwsCredentials { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Every `type` a source may have, for errors.
+const SOURCE_TYPES: [&str; 9] = [
+    "env",
+    "file",
+    "aws_secrets_manager",
+    "aws_ssm",
+    "aws_credentials",
+    "onepassword_connect",
+    "vault",
+    "oauth2",
+    "gcp_service_account",
+];
+
+/// `store.secret_sources`: what a secret read from the store may use as its source. A
+/// store is written by admin tokens and `portcullis apply --store`, which are not the
+/// gateway host's owner: unbounded, an `env` or `file` source reads any variable or file
+/// of the gateway process (`/proc/self/environ`, the CA key) and injects it into a
+/// request to a host the writer chose. Nothing is allowed by default; secrets in the
+/// config file are not bounded.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceBounds {
+    /// `env` sources whose variable name starts with one of these (`PORTCULLIS_SECRET_`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_prefixes: Vec<String>,
+    /// `file` sources inside one of these absolute directories. A path with `..` is
+    /// refused; an existing file is resolved (symlinks included) before it is compared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_dirs: Vec<PathBuf>,
+    /// The other source types allowed (`vault`, `aws_secrets_manager`, …). Their own
+    /// credential sources (a Vault token, an OAuth2 client secret) are bounded by the same
+    /// rules. A writer chooses a remote source's address, so allowing a type trusts the
+    /// writer with what it sends there (the gateway's AWS identity, a Vault token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+}
+
+impl SourceBounds {
+    /// Checks the bounds themselves; paths relative to `secret_sources`.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (i, prefix) in self.env_prefixes.iter().enumerate() {
+            if prefix.is_empty() {
+                errors.push(FieldError::new(
+                    format!("env_prefixes[{i}]"),
+                    "an empty prefix allows every variable of the gateway process: list the \
+                     prefixes of the variables meant for stored secrets",
+                ));
+            }
+        }
+        for (i, dir) in self.file_dirs.iter().enumerate() {
+            if !dir.is_absolute() || has_parent_component(dir) {
+                errors.push(FieldError::new(
+                    format!("file_dirs[{i}]"),
+                    format!("{dir:?} is not an absolute directory without `..`"),
+                ));
+            } else if dir.parent().is_none() {
+                errors.push(FieldError::new(
+                    format!("file_dirs[{i}]"),
+                    "`/` allows every file of the gateway host: name the directory meant \
+                     for stored secrets",
+                ));
+            }
+        }
+        for (i, kind) in self.types.iter().enumerate() {
+            let problem = match kind.as_str() {
+                "env" => Some("`env` sources are bounded by `env_prefixes`".to_owned()),
+                "file" => Some("`file` sources are bounded by `file_dirs`".to_owned()),
+                known if SOURCE_TYPES.contains(&known) => None,
+                unknown => Some(format!(
+                    "unknown source type {unknown:?}; types: {}",
+                    SOURCE_TYPES[2..].join(", ")
+                )),
+            };
+            if let Some(problem) = problem {
+                errors.push(FieldError::new(format!("types[{i}]"), problem));
+            }
+        }
+        errors
+    }
+
+    /// Whether a stored secret may read `source`; errors have paths relative to it.
+    pub fn check(&self, source: &SourceConfig) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        self.check_into(source, "", &mut errors);
+        errors
+    }
+
+    fn check_into(&self, source: &SourceConfig, path: &str, errors: &mut Vec<FieldError>) {
+        let at = |field: &str| crate::config::join_path(path, field);
+        match &source.kind {
+            SourceKind::Env { var } => {
+                if !self
+                    .env_prefixes
+                    .iter()
+                    .any(|p| var.starts_with(p.as_str()))
+                {
+                    errors.push(FieldError::new(
+                        at("var"),
+                        format!(
+                            "a stored secret may not read the environment variable {var:?}: \
+                             allowed prefixes (store.secret_sources.env_prefixes): {}",
+                            listed(self.env_prefixes.iter().map(String::as_str))
+                        ),
+                    ));
+                }
+            }
+            SourceKind::File { path: file } => {
+                if !self.file_allowed(file) {
+                    errors.push(FieldError::new(
+                        at("path"),
+                        format!(
+                            "a stored secret may not read {file:?}: allowed directories \
+                             (store.secret_sources.file_dirs): {}",
+                            listed(self.file_dirs.iter().map(|d| d.to_str().unwrap_or("?")))
+                        ),
+                    ));
+                }
+            }
+            other => {
+                let kind = other.type_name();
+                if !self.types.iter().any(|t| t == kind) {
+                    errors.push(FieldError::new(
+                        at("type"),
+                        format!(
+                            "a stored secret may not use a `{kind}` source: allowed types \
+                             (store.secret_sources.types): {}",
+                            listed(self.types.iter().map(String::as_str))
+                        ),
+                    ));
+                }
+                for (field, nested) in other.nested() {
+                    self.check_into(nested, &at(field), errors);
+                }
+            }
+        }
+    }
+
+    fn file_allowed(&self, file: &std::path::Path) -> bool {
+        if !file.is_absolute() || has_parent_component(file) {
+            return false;
+        }
+        let inside = |path: &std::path::Path| self.file_dirs.iter().any(|d| path.starts_with(d));
+        // A symlink inside an allowed directory must not lead out of it.
+        match std::fs::canonicalize(file) {
+            Ok(resolved) => {
+                inside(file)
+                    && self
+                        .file_dirs
+                        .iter()
+                        .any(|d| std::fs::canonicalize(d).is_ok_and(|d| resolved.starts_with(d)))
+            }
+            Err(_) => inside(file),
+        }
+    }
+}
+
+fn has_parent_component(path: &std::path::Path) -> bool {
+    path.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+fn listed<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuth2Grant {
@@ -328,6 +532,92 @@ mod tests {
         assert!(json.contains(r#""type":"vault""#), "{json}");
         let back: SourceConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, source);
+    }
+
+    fn bounds(yaml: &str) -> SourceBounds {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    fn refused(bounds: &SourceBounds, source: &str) -> Vec<String> {
+        bounds
+            .check(&parse(source).unwrap())
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_secret_reads_nothing_by_default() {
+        let none = SourceBounds::default();
+        assert_eq!(refused(&none, "{type: env, var: HOME}"), ["var"]);
+        assert_eq!(
+            refused(&none, "{type: file, path: /proc/self/environ}"),
+            ["path"]
+        );
+        assert_eq!(
+            refused(
+                &none,
+                "{type: vault, address: 'http://v', path: p, token: {type: env, var: T}}"
+            ),
+            ["type", "token.var"]
+        );
+    }
+
+    #[test]
+    fn bounds_allow_what_they_name_and_nothing_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("key"), "k").unwrap();
+        std::fs::write(dir.path().join("outside"), "o").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), allowed.join("link")).unwrap();
+        let b = bounds(&format!(
+            "{{env_prefixes: [STORED_], file_dirs: [{}], types: [vault]}}",
+            allowed.display()
+        ));
+        assert!(b.validate().is_empty());
+        assert!(refused(&b, "{type: env, var: STORED_KEY}").is_empty());
+        assert_eq!(refused(&b, "{type: env, var: XSTORED_KEY}"), ["var"]);
+        let file = |p: &std::path::Path| format!("{{type: file, path: '{}'}}", p.display());
+        assert!(refused(&b, &file(&allowed.join("key"))).is_empty());
+        assert!(refused(&b, &file(&allowed.join("not-yet"))).is_empty());
+        // Out through `..` or a symlink.
+        assert_eq!(refused(&b, &file(&allowed.join("../outside"))), ["path"]);
+        assert_eq!(refused(&b, &file(&allowed.join("link"))), ["path"]);
+        assert_eq!(refused(&b, "{type: file, path: relative/key}"), ["path"]);
+        // A prefix of the directory's name is not the directory.
+        let sibling = format!("{}-other/key", allowed.display());
+        assert_eq!(refused(&b, &file(std::path::Path::new(&sibling))), ["path"]);
+        assert!(
+            refused(
+                &b,
+                "{type: vault, address: 'http://v', path: p, token: {type: env, var: STORED_T}}"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            refused(&b, "{type: aws_credentials}"),
+            ["type"],
+            "the gateway's own AWS identity is not allowed unless named"
+        );
+    }
+
+    #[test]
+    fn bounds_that_would_allow_everything_are_refused() {
+        let b =
+            bounds("{env_prefixes: [''], file_dirs: [/, relative, /a/../b], types: [env, vaullt]}");
+        let paths: Vec<String> = b.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "env_prefixes[0]",
+                "file_dirs[0]",
+                "file_dirs[1]",
+                "file_dirs[2]",
+                "types[0]",
+                "types[1]"
+            ]
+        );
     }
 
     #[test]

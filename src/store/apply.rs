@@ -45,6 +45,12 @@ pub async fn apply<T: Definition>(
                 let version = versioned.update(live.version, definition, change).await?;
                 applied.push(Applied::Updated { name, version });
             }
+            // A live row that no longer parses is replaced by the file's definition.
+            Err(StoreError::Invalid(_)) => {
+                let live = versioned.live_version(&name).await?;
+                let version = versioned.update(live, definition, change).await?;
+                applied.push(Applied::Updated { name, version });
+            }
             Err(StoreError::NotFound { .. }) => {
                 let version = versioned.create(definition, change).await?;
                 applied.push(Applied::Created { name, version });

@@ -79,7 +79,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_events (ts, request_id, decision, policy, policy_version, \
@@ -190,7 +190,7 @@ impl Store {
         for value in &binds {
             q = q.bind(value.as_str());
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.pool()).await?;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             events.push(event_row(row)?);
@@ -213,7 +213,7 @@ impl Store {
              GROUP BY policy, decision ORDER BY policy, decision",
         )
         .bind(since)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         rows.iter()
             .map(|row| {
@@ -228,7 +228,7 @@ impl Store {
 
     /// Deletes events older than `before`; returns how many.
     pub async fn prune_audit(&self, before: &str) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         sqlx::query("DELETE FROM audit_event_tags WHERE ts < $1")
             .bind(before)
             .execute(&mut *tx)
@@ -256,7 +256,7 @@ impl Store {
             for e in chunk.iter() {
                 q = q.bind(e.ts.as_str()).bind(e.request_id.as_str());
             }
-            for row in q.fetch_all(&self.pool).await? {
+            for row in q.fetch_all(&self.pool()).await? {
                 let ts: String = row.try_get("ts")?;
                 let id: String = row.try_get("request_id")?;
                 if let Some(e) = chunk.iter_mut().find(|e| e.ts == ts && e.request_id == id) {

@@ -14,18 +14,23 @@ pub mod apply;
 pub mod audit;
 pub mod changes;
 mod diff;
+pub mod faults;
 pub mod tokens;
 mod versioned;
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 pub use diff::{DiffEntry, diff};
+pub use faults::Fault;
 pub use tokens::{EnrollmentToken, MintedToken};
-pub use versioned::{Definition, Kind, Operation, Stored, Version, Versioned};
+pub use versioned::{Definition, Kind, Operation, Rows, Stored, Version, Versioned};
 
 use crate::config::FieldError;
 use crate::policy::PolicyConfig;
@@ -105,6 +110,9 @@ pub struct Contents {
     pub secrets: Vec<Stored<SecretConfig>>,
     /// Tokens not revoked.
     pub tokens: Vec<EnrollmentToken>,
+    /// Stored objects this gateway cannot use, each left out or standing in for itself
+    /// ([`faults`]); the rest apply as usual.
+    pub faults: Vec<Fault>,
 }
 
 /// What a change touched, announced to listening instances.
@@ -117,10 +125,13 @@ pub(crate) struct Touched<'a> {
 /// A connected store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    /// Replaced whole by [`Store::renew`] when its connections went silent.
+    pools: Arc<ArcSwap<AnyPool>>,
     backend: Backend,
     /// The URL as given (with its password): [`changes`] opens its own connection.
     url: String,
+    /// The URL the pool connects to (for SQLite, with its open mode).
+    connect_url: String,
 }
 
 impl Store {
@@ -147,19 +158,49 @@ impl Store {
             }
             Backend::Postgres => url.to_owned(),
         };
-        // SQLite has one writer: one connection keeps writers from failing with "locked".
-        let connections = if backend == Backend::Sqlite { 1 } else { 8 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&connect_url)
-            .await?;
+        let pool = Store::pool_options(backend).connect(&connect_url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store {
-            pool,
+            pools: Arc::new(ArcSwap::from_pointee(pool)),
             backend,
             url: url.to_owned(),
+            connect_url,
         })
+    }
+
+    fn pool_options(backend: Backend) -> AnyPoolOptions {
+        // SQLite has one writer: one connection keeps writers from failing with "locked".
+        let connections = if backend == Backend::Sqlite { 1 } else { 8 };
+        AnyPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+    }
+
+    /// The connection pool in use.
+    fn pool(&self) -> AnyPool {
+        AnyPool::clone(&self.pools.load())
+    }
+
+    /// Replaces the connection pool with a fresh one that connects on first use; the old
+    /// one is closed in the background. For connections that went silent (a NAT or a
+    /// failover dropped their flows): nothing reports them, and each would cost a caller
+    /// its acquire timeout before being thrown away. A file (SQLite) keeps its pool.
+    pub fn renew(&self) {
+        if self.backend == Backend::Sqlite {
+            return;
+        }
+        let fresh = match Store::pool_options(self.backend).connect_lazy(&self.connect_url) {
+            Ok(pool) => pool,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the store's connection pool");
+                return;
+            }
+        };
+        let old = self.pools.swap(Arc::new(fresh));
+        tokio::spawn(async move {
+            // A connection stuck in a silent query would hold `close` forever.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), old.close()).await;
+        });
     }
 
     /// Which backend a URL names, without connecting.
@@ -185,7 +226,7 @@ impl Store {
     /// The store revision: bumped by every change to policies, secrets or tokens.
     pub async fn revision(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT revision FROM store_revision WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
         Ok(row.try_get("revision")?)
     }
@@ -193,7 +234,7 @@ impl Store {
     /// Every live policy and secret and every unrevoked token, read in one transaction so
     /// they belong to one revision.
     pub async fn contents(&self) -> Result<Contents, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 .execute(&mut *tx)
@@ -205,13 +246,17 @@ impl Store {
             .try_get("revision")?;
         let policies = versioned::live_rows(&mut tx).await?;
         let secrets = versioned::live_rows(&mut tx).await?;
-        let tokens = tokens::active_rows(&mut tx).await?;
+        let (tokens, token_faults) = tokens::active_rows(&mut tx).await?;
         tx.commit().await?;
+        let mut faults = policies.faults;
+        faults.extend(secrets.faults);
+        faults.extend(token_faults);
         Ok(Contents {
             revision,
-            policies,
-            secrets,
+            policies: policies.stored,
+            secrets: secrets.stored,
             tokens,
+            faults,
         })
     }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{Change, Store, StoreError, Touched, now};
+use super::{Change, Fault, Store, StoreError, Touched, now};
 use crate::config::FieldError;
 use crate::policy::rule::Tag;
 
@@ -71,7 +71,7 @@ impl Store {
             revoked_at: None,
             revoked_by: None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let taken =
             sqlx::query("SELECT id FROM enrollment_tokens WHERE name = $1 AND revoked_at IS NULL")
                 .bind(name)
@@ -112,7 +112,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM enrollment_tokens ORDER BY created_at, id"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         rows.iter().map(token_row).collect()
     }
@@ -123,7 +123,7 @@ impl Store {
         id: &str,
         change: &Change,
     ) -> Result<EnrollmentToken, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM enrollment_tokens WHERE id = $1"
         )))
@@ -160,16 +160,40 @@ impl Store {
     }
 }
 
-/// Unrevoked tokens, for a snapshot.
+/// Unrevoked tokens, for a snapshot. A row that does not parse grants nothing: it is left
+/// out, as a fault.
 pub(super) async fn active_rows(
     conn: &mut sqlx::AnyConnection,
-) -> Result<Vec<EnrollmentToken>, StoreError> {
+) -> Result<(Vec<EnrollmentToken>, Vec<Fault>), StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM enrollment_tokens WHERE revoked_at IS NULL ORDER BY name"
     )))
     .fetch_all(conn)
     .await?;
-    rows.iter().map(token_row).collect()
+    let mut tokens = Vec::with_capacity(rows.len());
+    let mut faults = Vec::new();
+    for row in &rows {
+        match token_row(row) {
+            Ok(token) if is_sha256_hex(&token.sha256) => tokens.push(token),
+            parsed => faults.push(Fault {
+                kind: "token",
+                name: row
+                    .try_get::<String, _>("name")
+                    .unwrap_or_else(|_| "?".to_owned()),
+                version: None,
+                error: match parsed {
+                    Ok(_) => "sha256: not 64 hex digits".to_owned(),
+                    Err(e) => e.to_string(),
+                },
+                outcome: "left_out",
+            }),
+        }
+    }
+    Ok((tokens, faults))
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn token_row(row: &sqlx::any::AnyRow) -> Result<EnrollmentToken, StoreError> {

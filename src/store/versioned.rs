@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
 
+use super::faults::Fault;
 use super::{Change, Contents, Store, StoreError, Touched, now};
 use crate::config::FieldError;
 use crate::policy::{PolicyConfig, PolicyStatus, validate_policy};
@@ -62,6 +63,9 @@ pub trait Definition:
     fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>>;
     /// This kind's store.
     fn versioned(store: &Store) -> Versioned<'_, Self>;
+    /// What stands in for a stored definition that cannot be used (docs/store.md): `None`
+    /// leaves it out. `raw` is what of it is still JSON.
+    fn stand_in(name: &str, raw: Option<&serde_json::Value>) -> Option<Self>;
 }
 
 impl Definition for PolicyConfig {
@@ -78,6 +82,9 @@ impl Definition for PolicyConfig {
     fn versioned(store: &Store) -> Versioned<'_, Self> {
         store.policies()
     }
+    fn stand_in(name: &str, raw: Option<&serde_json::Value>) -> Option<Self> {
+        super::faults::policy_stand_in(name, raw)
+    }
 }
 
 impl Definition for SecretConfig {
@@ -93,6 +100,9 @@ impl Definition for SecretConfig {
     }
     fn versioned(store: &Store) -> Versioned<'_, Self> {
         store.secrets()
+    }
+    fn stand_in(_: &str, _: Option<&serde_json::Value>) -> Option<Self> {
+        None
     }
 }
 
@@ -183,10 +193,26 @@ impl<T: Definition> Versioned<'_, T> {
         }
     }
 
-    /// Every live (not deleted) definition, by name.
+    /// Every live (not deleted) definition that parses, by name.
     pub async fn list(&self) -> Result<Vec<Stored<T>>, StoreError> {
-        let mut conn = self.store.pool.acquire().await?;
+        Ok(self.rows().await?.stored)
+    }
+
+    /// Every live definition, by name, and the rows that do not parse.
+    pub async fn rows(&self) -> Result<Rows<T>, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
         live_rows(&mut conn).await
+    }
+
+    /// The live version of a definition, whether or not it parses.
+    pub async fn live_version(&self, name: &str) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query(T::KIND.sql("SELECT version FROM {live} WHERE name = $1 AND deleted = 0"))
+                .bind(name)
+                .fetch_optional(&self.store.pool())
+                .await?
+                .ok_or_else(|| Self::not_found(name))?;
+        Ok(row.try_get("version")?)
     }
 
     /// A live definition.
@@ -195,7 +221,7 @@ impl<T: Definition> Versioned<'_, T> {
             "SELECT version, definition, updated_at FROM {live} WHERE name = $1 AND deleted = 0",
         ))
         .bind(name)
-        .fetch_optional(&self.store.pool)
+        .fetch_optional(&self.store.pool())
         .await?
         .ok_or_else(|| Self::not_found(name))?;
         stored(&row)
@@ -206,7 +232,7 @@ impl<T: Definition> Versioned<'_, T> {
     pub async fn create(&self, definition: &T, change: &Change) -> Result<i64, StoreError> {
         check(definition)?;
         let name = definition.name();
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let existing =
             sqlx::query(T::KIND.sql("SELECT version, deleted FROM {live} WHERE name = $1"))
                 .bind(name)
@@ -259,22 +285,21 @@ impl<T: Definition> Versioned<'_, T> {
             expected,
             Operation::Update,
             change,
-            |_| Ok(definition.clone()),
+            |_| Ok(Some(definition.clone())),
         )
         .await
     }
 
-    /// Removes a definition from decisions; its history stays.
+    /// Removes a definition from decisions; its history stays. A definition that no
+    /// longer parses can be deleted too.
     pub async fn delete(
         &self,
         name: &str,
         expected: i64,
         change: &Change,
     ) -> Result<i64, StoreError> {
-        self.write(name, expected, Operation::Delete, change, |live| {
-            Ok(live.clone())
-        })
-        .await
+        self.write(name, expected, Operation::Delete, change, |_| Ok(None))
+            .await
     }
 
     /// Makes an earlier version's definition live again, as a new version. `expected` is
@@ -292,7 +317,7 @@ impl<T: Definition> Versioned<'_, T> {
             None => self.get(name).await?.version,
         };
         self.write(name, live, Operation::Rollback, change, |_| {
-            Ok(earlier.definition.clone())
+            Ok(Some(earlier.definition.clone()))
         })
         .await
     }
@@ -317,7 +342,7 @@ impl<T: Definition> Versioned<'_, T> {
              FROM {versions} WHERE name = $1 ORDER BY version",
         ))
         .bind(name)
-        .fetch_all(&self.store.pool)
+        .fetch_all(&self.store.pool())
         .await?;
         if rows.is_empty() {
             return Err(Self::not_found(name));
@@ -337,16 +362,18 @@ impl<T: Definition> Versioned<'_, T> {
     }
 
     /// One change to a live definition at version `expected`, in one transaction: the new
-    /// definition from `next`, the live row, a version row and the store revision.
+    /// definition from `next` (given the live row's text; `None` keeps that text), the
+    /// live row, a version row and the store revision. The live text is parsed only by a
+    /// `next` that needs it, so a row that no longer parses can still be replaced.
     async fn write(
         &self,
         name: &str,
         expected: i64,
         operation: Operation,
         change: &Change,
-        next: impl FnOnce(&T) -> Result<T, StoreError>,
+        next: impl FnOnce(&str) -> Result<Option<T>, StoreError>,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let row = sqlx::query(
             T::KIND.sql("SELECT version, definition FROM {live} WHERE name = $1 AND deleted = 0"),
         )
@@ -364,8 +391,11 @@ impl<T: Definition> Versioned<'_, T> {
         if live != expected {
             return Err(stale(live));
         }
-        let definition = next(&from_json(&row.try_get::<String, _>("definition")?)?)?;
-        if definition.name() != name {
+        let live_text: String = row.try_get("definition")?;
+        let definition = next(&live_text)?;
+        if let Some(definition) = &definition
+            && definition.name() != name
+        {
             return Err(StoreError::Invalid(vec![FieldError::new(
                 "name",
                 format!(
@@ -376,7 +406,7 @@ impl<T: Definition> Versioned<'_, T> {
         }
         let version = live + 1;
         let now = now();
-        let text = to_json(&definition);
+        let text = definition.as_ref().map_or(live_text, to_json);
         let deleted = i64::from(operation == Operation::Delete);
         // The version check is repeated in the UPDATE: a concurrent writer that got in
         // between makes it match no row.
@@ -480,25 +510,77 @@ impl Versioned<'_, PolicyConfig> {
             _ => Operation::Enable,
         };
         self.write(name, expected, operation, change, |live| {
-            let mut policy = live.clone();
+            let mut policy: PolicyConfig = from_json(live)?;
             policy.status = status;
-            Ok(policy)
+            Ok(Some(policy))
         })
         .await
     }
 }
 
-/// Every live definition of a kind, by name.
+/// The live definitions of a kind: those that parse, and a fault for each that does not
+/// (with its stand-in among `stored`, when the kind has one).
+#[derive(Debug, Clone)]
+pub struct Rows<T> {
+    pub stored: Vec<Stored<T>>,
+    pub faults: Vec<Fault>,
+}
+
+/// Every live definition of a kind, by name. A row that does not parse costs only itself.
 pub(super) async fn live_rows<T: Definition>(
     conn: &mut sqlx::AnyConnection,
-) -> Result<Vec<Stored<T>>, StoreError> {
-    let rows =
-        sqlx::query(T::KIND.sql(
-            "SELECT version, definition, updated_at FROM {live} WHERE deleted = 0 ORDER BY name",
-        ))
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(stored).collect()
+) -> Result<Rows<T>, StoreError> {
+    let rows = sqlx::query(T::KIND.sql(
+        "SELECT name, version, definition, updated_at FROM {live} WHERE deleted = 0 ORDER BY name",
+    ))
+    .fetch_all(conn)
+    .await?;
+    let mut parsed = Rows {
+        stored: Vec::with_capacity(rows.len()),
+        faults: Vec::new(),
+    };
+    for row in &rows {
+        let name: String = row.try_get("name")?;
+        let version: i64 = row.try_get("version")?;
+        let updated_at: String = row.try_get("updated_at")?;
+        let text: String = row.try_get("definition")?;
+        let error = match parse_row::<T>(&text) {
+            Ok(definition) if definition.name() == name => {
+                parsed.stored.push(Stored {
+                    version,
+                    definition,
+                    updated_at,
+                });
+                continue;
+            }
+            Ok(definition) => format!(
+                "the stored definition is named {:?}, its row {name:?}",
+                definition.name()
+            ),
+            Err(e) => e,
+        };
+        let raw: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let stand_in = T::stand_in(&name, raw.as_ref());
+        parsed.faults.push(Fault {
+            kind: T::KIND.as_str(),
+            name,
+            version: Some(version),
+            error,
+            outcome: if stand_in.is_some() {
+                "denies"
+            } else {
+                "left_out"
+            },
+        });
+        if let Some(definition) = stand_in {
+            parsed.stored.push(Stored {
+                version,
+                definition,
+                updated_at,
+            });
+        }
+    }
+    Ok(parsed)
 }
 
 fn check<T: Definition>(definition: &T) -> Result<(), StoreError> {
@@ -515,6 +597,19 @@ fn stored<T: Definition>(row: &sqlx::any::AnyRow) -> Result<Stored<T>, StoreErro
         version: row.try_get("version")?,
         definition: from_json(&row.try_get::<String, _>("definition")?)?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// A stored row's definition, or what is wrong with it and where (`rules[0].methods[1]:
+/// …`).
+fn parse_row<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." | "" => e.inner().to_string(),
+            _ => format!("{path}: {}", e.inner()),
+        }
     })
 }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     judge_tokens: IntCounter,
     grpc_decisions: IntCounterVec,
     response_scrubbed: IntCounterVec,
+    /// Store faults, revision regressions, the audit queue.
+    pub control: super::control::ControlMetrics,
 }
 
 impl Metrics {
@@ -198,7 +200,9 @@ impl Metrics {
             reloads.with_label_values(&[result]);
             store_syncs.with_label_values(&[result]);
         }
+        let control = super::control::ControlMetrics::register(&registry);
         Metrics {
+            control,
             registry,
             decisions,
             dry_runs,

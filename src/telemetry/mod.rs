@@ -4,6 +4,7 @@
 //! the target [`trace::SPAN_TARGET`], exported over OTLP/gRPC when an endpoint is
 //! configured (`telemetry.otlp` or `OTEL_EXPORTER_OTLP_ENDPOINT`); logs never show them.
 
+pub mod control;
 pub mod metrics;
 mod otel;
 pub mod trace;

@@ -371,6 +371,7 @@ mod tests {
         let (audit, _writer) = crate::audit::AuditSink::start(&crate::config::AuditConfig {
             sink: crate::config::AuditSinkKind::File,
             path: Some(dir.path().join("audit.jsonl")),
+            ..Default::default()
         })
         .unwrap();
         let shared = Arc::new(Shared {

@@ -339,7 +339,7 @@ fn policy_apply_makes_the_store_hold_the_file_and_each_policy_command_takes_effe
     let run = op.run_as(VIEWER, &["policy", "apply", "-f", file]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr.contains("is a viewer") && run.stderr.contains("editor token"),
+        run.stderr.contains("is a viewer") && run.stderr.contains("needs an editor"),
         "{run:?}"
     );
     assert_eq!(op.ok(&["policy", "list"]).row("repos")[1], "5");

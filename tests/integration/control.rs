@@ -10,15 +10,17 @@ use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
 pub const EDITOR: &str = "editor-token-7d1c";
 pub const VIEWER: &str = "viewer-token-29ab";
 
-/// A gateway whose policies live in `store_url`, with an editor and a viewer token.
+/// A gateway whose policies live in `store_url`, with an admin token (`EDITOR`: it also
+/// changes secrets, which may read the variables the tests set aside) and a viewer token.
+/// What an editor may not do is in `redteam::control`.
 pub fn config(store_url: &str) -> String {
     format!(
         r#"
-store: {{url: "{store_url}"}}
+store: {{url: "{store_url}", secret_sources: {{env_prefixes: [GH, UPSTREAM_, LATE_]}}}}
 gateway: {{tags: [env:test]}}
 admin:
   tokens:
-    - {{name: alice, role: editor, token: {{env: EDITOR_TOKEN}}}}
+    - {{name: alice, role: admin, token: {{env: EDITOR_TOKEN}}}}
     - {{name: dashboards, role: viewer, token: {{env: VIEWER_TOKEN}}}}
 "#
     )

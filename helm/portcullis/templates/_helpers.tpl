@@ -122,6 +122,9 @@ store:
   resync_interval: {{ .Values.store.resyncInterval | quote }}
   audit: {{ .Values.store.audit }}
   audit_retention: {{ .Values.store.auditRetention | quote }}
+  {{- with .Values.store.secretSources }}
+  secret_sources: {{ toJson . }}
+  {{- end }}
 {{- end -}}
 
 {{/* The environment variable carrying an admin token from its Secret; pass the token's name. */}}
