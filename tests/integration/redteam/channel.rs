@@ -601,11 +601,12 @@ server:
   grpc_tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca}}}
 policies:
   - {{name: trusted-listener, match_tags: [listener:trusted], action: allow, rules: [{{host: api.test}}]}}
+  - {{name: proxied, match_tags: [listener:forward-proxy], action: allow, rules: [{{host: 127.0.0.1}}]}}
 secrets:
   - name: api-key
     source: {{type: env, var: CHANNEL_SECRET}}
     inject: {{style: bearer}}
-    rules: [{{host: api.test}}]
+    rules: [{{host: api.test}}, {{host: 127.0.0.1}}]
 "#
             ),
         );
@@ -743,4 +744,105 @@ fn plaintext_tcp_grpc_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("server.grpc_listen"), "{stderr}");
     assert!(stderr.contains("server.grpc_tls"), "{stderr}");
+}
+
+/// The separate topology's channel end to end: the shipped forward-proxy config with the
+/// `portcullis` cluster turned into TCP with the client certificate and Portcullis's name
+/// (what the Helm chart renders), against Portcullis with `server.grpc_tls`.
+#[test]
+fn envoy_reaches_portcullis_over_mutual_tls() {
+    let pki = ChannelPki::generate("portcullis channel CA");
+    let portcullis = MutualTlsPortcullis::start(&pki);
+    let upstream = Upstream::start(None);
+    let dir = portcullis.dir.path();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key) = (
+        write("envoy.crt", &pki.client.0),
+        write("envoy.key", &pki.client.1),
+    );
+    let ca = write("channel-ca.crt", &pki.ca_pem);
+    let (proxy_port, admin_port) = (crate::common::free_port(), crate::common::free_port());
+    let mut text =
+        std::fs::read_to_string(crate::common::repo().join("envoy/forward-proxy.yaml")).unwrap();
+    for (from, to) in [
+        (
+            "port_value: 10000".to_owned(),
+            format!("port_value: {proxy_port}"),
+        ),
+        (
+            "port_value: 9902".to_owned(),
+            format!("port_value: {admin_port}"),
+        ),
+        (
+            "{pipe: {path: /run/portcullis/grpc.sock}}".to_owned(),
+            format!(
+                "{{socket_address: {{address: 127.0.0.1, port_value: {}}}}}",
+                portcullis.grpc_port
+            ),
+        ),
+        (
+            "  - name: portcullis\n    type: STATIC\n".to_owned(),
+            format!(
+                "  - name: portcullis\n    type: STATIC\n    transport_socket:\n      \
+                 name: envoy.transport_sockets.tls\n      typed_config:\n        \
+                 \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        \
+                 sni: portcullis.test\n        common_tls_context:\n          \
+                 alpn_protocols: [h2]\n          \
+                 tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]\n          \
+                 validation_context:\n            trusted_ca: {{filename: {ca}}}\n            \
+                 match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: portcullis.test}}}}]\n"
+            ),
+        ),
+    ] {
+        assert_eq!(text.matches(from.as_str()).count(), 1, "{from}");
+        text = text.replace(from.as_str(), &to);
+    }
+    let config = write("envoy.yaml", &text);
+    let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+    let child = Command::new(crate::common::envoy_binary())
+        .args([
+            "-c",
+            &config,
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+        ])
+        .args(["--concurrency", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut envoy = crate::common::Process { child };
+    let ready_url = format!("http://127.0.0.1:{admin_port}/ready");
+    let ready = wait_until(Duration::from_secs(20), || {
+        envoy.is_running() && curl(dir, &[&ready_url]).status == 200
+    });
+    assert!(
+        ready,
+        "{}",
+        std::fs::read_to_string(dir.join("envoy.log")).unwrap()
+    );
+    let reply = curl(
+        dir,
+        &[
+            "--proxy",
+            &format!("http://127.0.0.1:{proxy_port}"),
+            &format!("http://127.0.0.1:{}/over-mtls", upstream.port()),
+        ],
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{reply:?}\n{}",
+        std::fs::read_to_string(dir.join("envoy.log")).unwrap()
+    );
+    assert_eq!(
+        upstream.seen()[0].header("authorization"),
+        Some(format!("Bearer {CHANNEL_SECRET}").as_str()),
+        "decided by Portcullis over the mutual-TLS channel"
+    );
 }
