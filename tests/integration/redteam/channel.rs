@@ -417,6 +417,7 @@ secrets:
   - name: api-key
     source: {type: env, var: CHANNEL_SECRET}
     inject: {style: bearer}
+    allow_plaintext: true   # the test's upstream is plain HTTP
     rules: [{host: api.test}]
 "#;
 
@@ -606,6 +607,7 @@ secrets:
   - name: api-key
     source: {{type: env, var: CHANNEL_SECRET}}
     inject: {{style: bearer}}
+    allow_plaintext: true   # the test's upstream is plain HTTP
     rules: [{{host: api.test}}, {{host: 127.0.0.1}}]
 "#
             ),

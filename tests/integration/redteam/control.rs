@@ -48,6 +48,7 @@ fn call(gw: &Gateway, token: &str, method: &str, path: &str, body: Value) -> Rep
 /// A bearer secret for the loopback upstream's `/keyed/*`, read from `source`.
 fn keyed_secret(name: &str, source: Value) -> Value {
     json!({"secret": {"name": name, "source": source, "inject": {"style": "bearer"},
+           "allow_plaintext": true,
            "rules": [{"host": "127.0.0.1", "paths": ["/keyed/*"]}]}})
 }
 
