@@ -443,9 +443,6 @@ pub async fn sync_from_store(
                     Signal::Changed | Signal::Connected => true,
                     Signal::Lost(why) => {
                         live.shared.metrics.set_store_up(false);
-                        // What silenced the notification connection likely silenced the
-                        // pool's too: start over with fresh ones.
-                        store.renew();
                         tracing::warn!(store = %store.display_url(), error = %why, revision = ?live.revision(),
                             "policy store unreachable; deciding with the last snapshot, reconnecting");
                         continue;

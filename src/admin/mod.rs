@@ -171,10 +171,18 @@ async fn readyz(State(control): State<Arc<Control>>) -> impl IntoResponse {
         if !loaded {
             body["reason"] = json!("the policy store has not been read yet");
         }
-        // Ready all the same: everything else in the store applies (docs/store.md).
+        // Ready all the same: everything else in the store applies (docs/store.md). This
+        // endpoint needs no token: which objects, not why (the log and `/v1/` say why).
         let faults = control.live.faults();
         if !faults.is_empty() {
-            body["store_faults"] = json!(*faults);
+            let named: Vec<serde_json::Value> = faults
+                .iter()
+                .map(|f| {
+                    json!({"kind": f.kind, "name": f.name, "version": f.version,
+                           "outcome": f.outcome})
+                })
+                .collect();
+            body["store_faults"] = json!(named);
         }
     }
     (

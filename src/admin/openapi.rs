@@ -16,6 +16,8 @@ pub enum Access {
     Public,
     Viewer,
     Editor,
+    /// Secrets: an `admin` token.
+    Admin,
 }
 
 /// One documented endpoint.
@@ -57,7 +59,7 @@ const fn with_query(mut e: Endpoint, query: &'static [(&'static str, &'static st
     e
 }
 
-use Access::{Editor, Public, Viewer};
+use Access::{Admin, Editor, Public, Viewer};
 
 /// Every `/v1/` endpoint.
 pub const ENDPOINTS: &[Endpoint] = &[
@@ -150,7 +152,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "List secrets (metadata and source references only)",
     ),
     with_body(
-        endpoint("post", "/v1/secrets", Editor, "Create a secret"),
+        endpoint("post", "/v1/secrets", Admin, "Create a secret"),
         "SecretCreate",
     ),
     endpoint(
@@ -160,14 +162,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Read a secret's definition",
     ),
     with_body(
-        endpoint("put", "/v1/secrets/{name}", Editor, "Replace a secret"),
+        endpoint("put", "/v1/secrets/{name}", Admin, "Replace a secret"),
         "SecretUpdate",
     ),
     with_query(
         endpoint(
             "delete",
             "/v1/secrets/{name}",
-            Editor,
+            Admin,
             "Delete a secret (its history stays)",
         ),
         &[
@@ -197,7 +199,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         endpoint(
             "post",
             "/v1/secrets/{name}/rollback",
-            Editor,
+            Admin,
             "Make an earlier version live again",
         ),
         "Rollback",
@@ -400,8 +402,12 @@ pub fn build() -> Value {
                 .unwrap()
                 .extend(error.as_object().unwrap().clone());
         }
-        if e.access == Editor {
-            responses["403"] = json!({"description": "A viewer token"});
+        if matches!(e.access, Editor | Admin) {
+            responses["403"] = json!({"description": if e.access == Admin {
+                "A viewer or editor token: changing secrets needs an admin token"
+            } else {
+                "A viewer token"
+            }});
             responses["409"] =
                 json!({"description": "A stale version, an existing name, or no store"});
         }

@@ -211,6 +211,9 @@ pub struct AuditSink {
     block_timeout: std::time::Duration,
     /// Where a full queue is counted.
     metrics: Option<Arc<Metrics>>,
+    /// Records that met a full queue, for logging the 1st, 2nd, 4th, 8th… only: a stuck
+    /// sink must not flood the log as well.
+    full: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The audit trail could not take a request's record in time (`audit.when_full: block`):
@@ -287,6 +290,7 @@ impl AuditSink {
                 when_full: config.when_full,
                 block_timeout: config.block_timeout.0,
                 metrics: None,
+                full: Arc::default(),
             },
             AuditWriter {
                 thread: Some(thread),
@@ -330,6 +334,10 @@ impl AuditSink {
                 metrics.control.record_audit_queue_full(outcome);
             }
         };
+        let seen = || {
+            let n = self.full.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            n.is_power_of_two().then_some(n)
+        };
         let line = match self.tx.try_send(line) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -341,10 +349,13 @@ impl AuditSink {
         match self.when_full {
             AuditWhenFull::Drop => {
                 count("dropped");
-                tracing::warn!(
-                    request_id = record.request_id,
-                    "audit queue full: record dropped (audit.when_full: drop)"
-                );
+                if let Some(n) = seen() {
+                    tracing::warn!(
+                        request_id = record.request_id,
+                        full_so_far = n,
+                        "audit queue full: record dropped (audit.when_full: drop)"
+                    );
+                }
                 Ok(())
             }
             AuditWhenFull::Block => {
@@ -354,9 +365,11 @@ impl AuditSink {
                     Ok(Err(_)) => Err(AuditUnavailable::Stopped),
                     Err(_) => {
                         count("refused");
-                        tracing::warn!(request_id = record.request_id,
-                            wait = ?self.block_timeout,
-                            "audit queue full: request refused (audit.when_full: block)");
+                        if let Some(n) = seen() {
+                            tracing::warn!(request_id = record.request_id,
+                                wait = ?self.block_timeout, full_so_far = n,
+                                "audit queue full: request refused (audit.when_full: block)");
+                        }
                         Err(AuditUnavailable::Full(self.block_timeout))
                     }
                 }

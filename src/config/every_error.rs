@@ -228,6 +228,62 @@ mod tests {
         assert!(errors_of("{name: p, action: allow, rules: [{host: a}]}").is_empty());
     }
 
+    proptest::proptest! {
+        /// Whatever mix of bad methods and unknown keys, each is reported once, at its own
+        /// path in the value as written.
+        #[test]
+        fn each_error_is_reported_once_at_its_own_path(
+            rules in proptest::collection::vec(
+                (
+                    proptest::collection::vec(
+                        proptest::prop_oneof![
+                            proptest::strategy::Just("GET"),
+                            proptest::strategy::Just("POST"),
+                            proptest::strategy::Just("FETCH"),
+                            proptest::strategy::Just("PUTT"),
+                        ],
+                        0..4,
+                    ),
+                    proptest::arbitrary::any::<bool>(),
+                ),
+                1..5,
+            ),
+            colour in proptest::arbitrary::any::<bool>(),
+        ) {
+            let mut expected = Vec::new();
+            let mut listed = Vec::new();
+            if colour {
+                expected.push("colour".to_owned());
+            }
+            for (i, (methods, unknown)) in rules.iter().enumerate() {
+                let mut rule = serde_json::json!({"host": "a.example", "methods": methods});
+                for (j, method) in methods.iter().enumerate() {
+                    if matches!(*method, "FETCH" | "PUTT") {
+                        expected.push(format!("rules[{i}].methods[{j}]"));
+                    }
+                }
+                if *unknown {
+                    rule["pths"] = serde_json::json!(["/x"]);
+                    expected.push(format!("rules[{i}].pths"));
+                }
+                listed.push(rule);
+            }
+            let mut policy = serde_json::json!({"name": "p", "action": "allow", "rules": listed});
+            if colour {
+                policy["colour"] = serde_json::json!("red");
+            }
+            let value = serde_norway::to_value(&policy).unwrap();
+            let mut reported: Vec<String> =
+                match deserialize_every_error::<PolicyConfig>(value, validate_policy) {
+                    Ok(_) => Vec::new(),
+                    Err(errors) => errors.into_iter().map(|e| e.path).collect(),
+                };
+            reported.sort();
+            expected.sort();
+            proptest::prop_assert_eq!(reported, expected);
+        }
+    }
+
     #[test]
     fn paths_map_back_over_removed_elements() {
         let steps = original(

@@ -27,7 +27,8 @@ pub enum Signal {
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often the notification connection must answer a query, and how long it has to. A
+/// How often the notification connection must answer a query, how long it has to, and how
+/// long it may take to open. A
 /// connection that died silently (a NAT or a load balancer dropped the idle flow, a
 /// failover moved the address) delivers no notification and no error: unchecked, the
 /// instance would hear of changes only at each resync while reporting the store up.
@@ -70,14 +71,24 @@ async fn listen(store: Store, tx: mpsc::Sender<Signal>, mut shutdown: watch::Rec
             listener.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };
+        // A connection whose packets are dropped never completes its handshake and
+        // reports nothing: bounded like the heartbeat, whatever state the feed is in.
+        let connected = async {
+            match tokio::time::timeout(HEARTBEAT, connected).await {
+                Ok(outcome) => outcome.map_err(|e| describe(&e)),
+                Err(_) => Err(format!(
+                    "the notification connection did not open within {HEARTBEAT:?}"
+                )),
+            }
+        };
         let outcome = tokio::select! {
             outcome = connected => outcome,
             _ = shutdown.changed() => return,
         };
         let mut listener = match outcome {
             Ok(listener) => listener,
-            Err(e) => {
-                if !lost && tx.send(Signal::Lost(describe(&e))).await.is_err() {
+            Err(why) => {
+                if !lost && tx.send(Signal::Lost(why)).await.is_err() {
                     return;
                 }
                 lost = true;

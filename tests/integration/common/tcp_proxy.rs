@@ -4,6 +4,8 @@
 //! on every open connection without closing it (a flow a NAT or a load balancer dropped,
 //! a partition): nothing arrives and nothing reports an error; new connections go through.
 //! Each instance gets its own, so one can lose the database while another keeps it.
+//! `swallow_new` makes new connections a black hole (accepted, never relayed: a handshake
+//! that never completes) while open ones keep relaying.
 
 use std::net::SocketAddr;
 
@@ -20,6 +22,8 @@ pub struct TcpProxy {
     cut: watch::Sender<u64>,
     /// Bumped to stop relaying on every open connection, leaving it open.
     silence: watch::Sender<u64>,
+    /// While true, new connections are accepted and held, never relayed.
+    swallow: watch::Sender<bool>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -36,6 +40,7 @@ impl TcpProxy {
         let (runtime, listener, addr) = super::loopback_server();
         let (cut, cuts) = watch::channel(0u64);
         let (silence, silences) = watch::channel(0u64);
+        let (swallow, swallowing) = watch::channel(false);
         let (listen, mut commands) = mpsc::unbounded_channel();
         runtime.spawn(async move {
             let mut listener = Some(listener);
@@ -57,6 +62,14 @@ impl TcpProxy {
                         cuts.borrow_and_update();
                         let mut silences = silences.clone();
                         silences.borrow_and_update();
+                        if *swallowing.borrow() {
+                            // Held open, unread, until a cut.
+                            tokio::spawn(async move {
+                                let _held = inbound;
+                                let _ = cuts.changed().await;
+                            });
+                            continue;
+                        }
                         tokio::spawn(async move {
                             let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await
                             else {
@@ -79,6 +92,7 @@ impl TcpProxy {
             listen,
             cut,
             silence,
+            swallow,
             _runtime: runtime,
         }
     }
@@ -93,6 +107,11 @@ impl TcpProxy {
     /// relayed as before.
     pub fn silence(&self) {
         self.silence.send_modify(|n| *n += 1);
+    }
+
+    /// New connections are accepted and never relayed (`true`), or relayed again.
+    pub fn swallow_new(&self, swallow: bool) {
+        self.swallow.send_replace(swallow);
     }
 
     /// Accepts connections again, on the same port.

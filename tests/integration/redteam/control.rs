@@ -302,10 +302,7 @@ fn one_unparseable_store_row_does_not_freeze_the_fleet() {
             (&policy["kind"], &policy["outcome"]),
             (&json!("policy"), &json!("denies"))
         );
-        assert!(
-            policy["error"].as_str().unwrap().contains("action"),
-            "{policy}"
-        );
+        assert!(policy.get("error").is_none(), "/readyz says which, not why");
         let secret = find("host-reader");
         assert_eq!(
             (&secret["kind"], &secret["outcome"]),
@@ -336,7 +333,12 @@ fn one_unparseable_store_row_does_not_freeze_the_fleet() {
     check_loud(&gw);
     let listed = gw.api("GET", "/v1/policies", Some(VIEWER), None);
     assert_eq!(listed.status, 200, "{listed:?}");
-    assert_eq!(listed.json()["faults"][0]["name"], "acme-guard");
+    let fault = &listed.json()["faults"][0];
+    assert_eq!(fault["name"], "acme-guard");
+    assert!(
+        fault["error"].as_str().unwrap().contains("action"),
+        "the API says why: {fault}"
+    );
 
     // Fixed through the API: the fault is gone.
     let fixed = json!({"version": 2, "policy": {"name": "acme-guard", "priority": 1,
@@ -462,59 +464,42 @@ fn a_store_restored_to_a_lower_revision_is_followed() {
     assert_eq!(status("/again/x"), 200);
 }
 
-/// Issue 13 item 13, last part: right after an instance recovered from an outage, its
-/// connections went silent (packets dropped, not refused) while it was reading the store —
-/// and nothing noticed: `portcullis_store_up` stayed 1, its API answered
-/// `store_unavailable`, and no change arrived any more.
+/// Issue 13 item 13, last part: the notification connection dropped, and its reconnection
+/// went where packets are dropped, not refused: the handshake never completed, nothing
+/// reported it, and the instance heard of no change any more (with `resync_interval: 1h`,
+/// for an hour) while its other connections worked.
 #[test]
-fn a_notification_connection_silenced_right_after_a_recovery_is_noticed() {
+fn a_notification_connection_that_cannot_reopen_is_noticed_and_changes_still_arrive() {
     use crate::common::postgres::TestDatabase;
     use crate::common::tcp_proxy::TcpProxy;
     use crate::common::wait_until;
     use std::time::{Duration, Instant};
 
-    /// docs/store.md: a silent connection is noticed within 10 s (a read bounded by 5 s,
-    /// a heartbeat every 5 s answered within 5 s); then a change arrives as usual. A
-    /// little slack for a loaded machine.
-    const FOLLOWS: Duration = Duration::from_secs(15);
+    /// docs/store.md: the store is read every 5 s, and a connection must open within 5 s.
+    const FOLLOWS: Duration = Duration::from_secs(12);
     let db = TestDatabase::create();
     let upstream = Upstream::start(None);
     let a = Gateway::start(&crate::control::config(&db.url), crate::control::options());
     let relay = TcpProxy::start(db.server_addr());
-    // No resync to fall back on: what B learns, it learns through the store's signals.
     let b_config = crate::control::config(&db.url_via(relay.port))
         .replace("store: {", "store: {resync_interval: 1h, ");
     let b = Gateway::start(&b_config, crate::control::options());
-    let store_up = || b.metric("portcullis_store_up");
     let status = |path: &str| crate::control::status_of(&b, &upstream, path);
     let created = crate::control::create(&a, &crate::control::allow("quiet", 10, &["/q/*"]));
     assert_eq!(created.status, 201, "{created:?}");
     assert!(wait_until(Duration::from_secs(5), || status("/q/a") == 200));
 
-    // An outage; a change B has yet to read.
-    relay.block();
+    // New connections to the database now go nowhere; B's open ones still work. Then its
+    // notification connection drops (A's too: A reconnects directly).
+    relay.swallow_new(true);
+    terminate_listeners(&db.url);
     assert!(
-        wait_until(Duration::from_secs(10), || store_up() == Some(0.0)),
-        "the outage is not noticed: store_up {:?}",
-        store_up()
-    );
-    let during = crate::control::create(&a, &crate::control::allow("during", 10, &["/d/*"]));
-    assert_eq!(during.status, 201, "{during:?}");
-    // The recovery: B reads the store again. A lock keeps that read in flight...
-    let (release, lock) = hold_policies_lock(&db.url);
-    relay.unblock();
-    assert!(
-        wait_until(Duration::from_secs(15), || store_up() == Some(1.0)),
-        "the recovery is not noticed: store_up {:?}; log:\n{}",
-        store_up(),
+        wait_until(Duration::from_secs(5), || {
+            b.portcullis_log().contains("policy store unreachable")
+        }),
+        "B does not notice its notification connection dropped:\n{}",
         b.portcullis_log()
     );
-    // ...when every connection B holds goes silent: the answer never arrives.
-    relay.silence();
-    release.send(()).unwrap();
-    lock.join().unwrap();
-
-    // B notices, and a change made now reaches it.
     let narrowed = crate::control::update(
         &a,
         "quiet",
@@ -526,55 +511,50 @@ fn a_notification_connection_silenced_right_after_a_recovery_is_noticed() {
     let followed = wait_until(FOLLOWS, || status("/q/a") == 403);
     assert!(
         followed,
-        "B still decides with the old policy {:?} after the change (store_up {:?}); log:\n{}",
+        "B still decides with the old policy {:?} after the change; log:\n{}",
         written.elapsed(),
-        store_up(),
         b.portcullis_log()
     );
     eprintln!(
-        "B decided with the change {} ms after it, its connections silent",
+        "B decided with the change {} ms after it, its notifications gone",
         written.elapsed().as_millis()
     );
-    assert_eq!(
-        status("/d/x"),
-        200,
-        "and with the one made during the outage"
+
+    // The network is back: notifications flow again.
+    relay.swallow_new(false);
+    assert!(wait_until(Duration::from_secs(15), || {
+        b.metric("portcullis_store_up") == Some(1.0)
+    }));
+    std::thread::sleep(Duration::from_secs(6));
+    let widened = crate::control::update(
+        &a,
+        "quiet",
+        2,
+        &crate::control::allow("quiet", 10, &["/q/*"]),
     );
-    assert!(
-        b.portcullis_log().contains("did not answer within"),
-        "the silence is logged:\n{}",
-        b.portcullis_log()
-    );
-    assert!(wait_until(FOLLOWS, || store_up() == Some(1.0)));
-    let listed = b.api("GET", "/v1/policies", Some(crate::control::VIEWER), None);
-    assert_eq!(listed.status, 200, "B's API answers again: {listed:?}");
+    assert_eq!(widened.status, 200, "{widened:?}");
+    assert!(wait_until(Duration::from_secs(6), || status("/q/a") == 200));
 }
 
-/// Holds an exclusive lock on the policies table (a long migration, a `VACUUM FULL`) until
-/// told to release it: a read of the store waits meanwhile.
-fn hold_policies_lock(url: &str) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-    let url = url.to_owned();
-    let holder = std::thread::spawn(move || {
-        use sqlx::Connection as _;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql("BEGIN; LOCK TABLE policies IN ACCESS EXCLUSIVE MODE")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            locked.send(()).unwrap();
-            let _ = tokio::task::spawn_blocking(move || released.recv()).await;
-            sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
-        });
+/// Ends every `LISTEN`ing connection to the test database, as a failover or an idle-flow
+/// reaper would.
+fn terminate_listeners(url: &str) {
+    use sqlx::Connection as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND (query ILIKE 'LISTEN%' OR query = 'SELECT 1')",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
     });
-    is_locked.recv().unwrap();
-    (release, holder)
 }
 
 /// `GET url` through the proxy on one kept-alive connection: the status and the body.
