@@ -57,7 +57,13 @@ fn reads_raw_values_attributes_and_request_id() {
             "spiffe://td/ns/a/sa/b",
         ),
     ]);
-    let req = outbound_request(h, &attrs, &ListenerContext::default()).unwrap();
+    let req = outbound_request(
+        h,
+        &attrs,
+        &ListenerContext::default(),
+        &RequestConfig::default(),
+    )
+    .unwrap();
     assert_eq!(
         (
             req.method_name.as_str(),
@@ -85,9 +91,14 @@ fn reads_raw_values_attributes_and_request_id() {
         false,
     );
     assert_eq!(
-        outbound_request(h, &HashMap::new(), &ListenerContext::default())
-            .unwrap()
-            .host,
+        outbound_request(
+            h,
+            &HashMap::new(),
+            &ListenerContext::default(),
+            &RequestConfig::default()
+        )
+        .unwrap()
+        .host,
         "a.example"
     );
 }
@@ -104,7 +115,13 @@ fn suspicious_request_ids_are_replaced() {
 #[test]
 fn invalid_requests_keep_what_can_be_audited() {
     let h = headers(&[(":method", "GET"), (":path", "/x?secret=1")], true);
-    let invalid = outbound_request(h, &HashMap::new(), &ListenerContext::default()).unwrap_err();
+    let invalid = outbound_request(
+        h,
+        &HashMap::new(),
+        &ListenerContext::default(),
+        &RequestConfig::default(),
+    )
+    .unwrap_err();
     assert_eq!(invalid.error, RequestError::MissingAuthority);
     assert_eq!(invalid.request.path, "/x", "query dropped even here");
 }
