@@ -104,6 +104,55 @@ fn reads_raw_values_attributes_and_request_id() {
 }
 
 #[test]
+fn a_host_header_disagreeing_with_the_authority_is_refused() {
+    // HTTP/2 carries both; Envoy passes a `host` header beside `:authority` through.
+    let h = headers(
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "allowed.example"),
+            ("host", "denied.example"),
+            (":path", "/"),
+        ],
+        true,
+    );
+    let invalid = outbound_request(
+        h,
+        &HashMap::new(),
+        &ListenerContext::default(),
+        &RequestConfig::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(invalid.error, RequestError::ConflictingAuthority { .. }),
+        "{:?}",
+        invalid.error
+    );
+    assert_eq!(invalid_request_rejection(&invalid.error).status, 400);
+}
+
+#[test]
+fn decoded_escaped_slashes_replace_the_path_sent_upstream() {
+    let h = headers(
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a.example"),
+            (":path", "/admin/..%2F../public%2Fx?q=%2F"),
+        ],
+        true,
+    );
+    let config = RequestConfig {
+        escaped_slashes: crate::request::EscapedSlashes::Decode,
+        ..RequestConfig::default()
+    };
+    let req = outbound_request(h, &HashMap::new(), &ListenerContext::default(), &config).unwrap();
+    assert_eq!(req.path, "/public/x");
+    assert!(req.path_rewritten);
+    assert_eq!(req.header(":path"), Some(&b"/public/x?q=%2F"[..]));
+}
+
+#[test]
 fn suspicious_request_ids_are_replaced() {
     for bad in ["", "has space", "new\nline", &"x".repeat(200)] {
         let id = request_id(Some(bad.as_bytes()));
