@@ -311,7 +311,7 @@ fn conflicting_host_and_absolute_uri_are_decided_by_the_routed_authority_or_refu
 }
 
 #[test]
-fn ip_literal_in_another_notation_is_matched_as_the_address() {
+fn ip_literal_in_another_notation_is_refused_or_matched_as_the_address() {
     let upstream = Upstream::start(None);
     let port = upstream.port();
     let gw = gateway(
