@@ -2,14 +2,17 @@
 //! method, normalized host/port/path, headers, and where it came from; the body, when it
 //! was buffered, travels beside it.
 
-use std::borrow::Cow;
+mod host;
+mod path;
+
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
+
+pub use host::{Authority, Host, canonical_host, canonical_ip, canonical_net, parse_authority};
+pub use path::{EscapedSlashes, NormalPath, PathParameters, RequestConfig, normalize_path};
 
 use crate::identity::Identity;
 use crate::inspect::{ActionType, Body, classify_path};
 use crate::mcp::{Inbound, Message};
-use crate::policy::rule::split_host_port;
 
 /// An HTTP method. The discriminant is the bit position in [`crate::policy::rule::MethodSet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,6 +203,9 @@ pub struct OutboundRequest {
     /// https`), never from the workload's `:scheme`: the forward proxy connects in
     /// plaintext whatever scheme a request claims.
     pub upstream_tls: bool,
+    /// The `:path` header was replaced by the decoded form the request is decided on
+    /// (`request.escaped_slashes: decode`): Envoy must be told to forward it.
+    pub path_rewritten: bool,
 }
 
 impl OutboundRequest {
@@ -222,6 +228,14 @@ impl OutboundRequest {
         peer_uri_san: Option<String>,
         sni: Option<String>,
     ) -> OutboundRequest {
+        let mut headers = headers;
+        let mut path_rewritten = false;
+        if let Some(forward) = target.forward_path
+            && let Some((_, path)) = headers.iter_mut().find(|(n, _)| n == ":path")
+        {
+            *path = forward.into_bytes();
+            path_rewritten = true;
+        }
         OutboundRequest {
             id,
             upstream_tls: target.scheme == "https",
@@ -238,6 +252,7 @@ impl OutboundRequest {
             peer_uri_san,
             sni,
             intercepted: false,
+            path_rewritten,
         }
     }
 
@@ -276,12 +291,22 @@ impl OutboundRequest {
 pub enum RequestError {
     #[error("request has no :method")]
     MissingMethod,
+    /// A standard method in another case (`delete`): some servers read it as the method,
+    /// others as an unknown one, so rules written for the method cannot be trusted on it.
+    #[error(
+        "method {0:?} is not upper case; methods are case-sensitive and servers disagree on \
+             what {0:?} means, so it is refused"
+    )]
+    MethodCase(String),
     #[error("request has no :authority (Host) header")]
     MissingAuthority,
-    #[error("request has no :path")]
-    MissingPath,
     #[error("invalid authority {authority:?}: {why}")]
     InvalidAuthority { authority: String, why: String },
+    /// `:authority` and `Host` (or two `Host` headers) name different hosts or ports.
+    #[error("the request names more than one host ({first:?} and {second:?}), so it is refused")]
+    ConflictingAuthority { first: String, second: String },
+    #[error("request has no :path")]
+    MissingPath,
     #[error("invalid path: {0}")]
     InvalidPath(String),
     /// A request inside an intercepted tunnel names another host than the tunnel was
@@ -300,6 +325,35 @@ pub struct RawRequest<'a> {
     pub scheme: Option<&'a [u8]>,
     pub authority: Option<&'a [u8]>,
     pub path: Option<&'a [u8]>,
+    /// Every other `:authority` and `Host` value the request carries: each must name the
+    /// same host and port as `authority`.
+    pub other_authorities: Vec<&'a [u8]>,
+}
+
+impl<'a> RawRequest<'a> {
+    /// The request line out of a header list (names lower case): `:authority`, or `Host`
+    /// when there is none (HTTP/1.1 without Envoy's conversion).
+    pub fn from_headers(headers: &'a [(String, Vec<u8>)]) -> RawRequest<'a> {
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let mut authorities = headers
+            .iter()
+            .filter(|(n, _)| n == ":authority")
+            .chain(headers.iter().filter(|(n, _)| n == "host"))
+            .map(|(_, v)| v.as_slice());
+        let authority = authorities.next();
+        RawRequest {
+            method: find(":method"),
+            scheme: find(":scheme"),
+            authority,
+            path: find(":path"),
+            other_authorities: authorities.collect(),
+        }
+    }
 }
 
 /// The normalized request line: what [`RawRequest::normalize`] returns.
@@ -311,48 +365,9 @@ pub struct RequestTarget {
     pub authority: Authority,
     pub port: u16,
     pub path: String,
-}
-
-/// A parsed authority.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Authority {
-    pub host: String,
-    pub port: Option<u16>,
-    pub ip: Option<IpAddr>,
-}
-
-/// Parses `host[:port]`: lower-cases the name, drops a trailing dot, strips IPv6 brackets
-/// and canonicalises IP literals, so `EXAMPLE.com.:443` and `example.com:443` compare equal.
-pub fn parse_authority(authority: &str) -> Result<Authority, String> {
-    if authority.is_empty() {
-        return Err("empty".into());
-    }
-    if authority.contains('@') {
-        return Err("userinfo is not allowed in an authority".into());
-    }
-    let (name, port) = split_host_port(authority)?;
-    if let Ok(ip) = IpAddr::from_str(name) {
-        return Ok(Authority {
-            host: ip.to_string(),
-            port,
-            ip: Some(ip),
-        });
-    }
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() {
-        return Err("empty host".into());
-    }
-    if let Some(bad) = name
-        .bytes()
-        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')))
-    {
-        return Err(format!("host contains {:?}", bad as char));
-    }
-    Ok(Authority {
-        host: name.to_ascii_lowercase(),
-        port,
-        ip: None,
-    })
+    /// The `:path` (query included) to forward instead of the one sent, when the upstream
+    /// must see the decoded form that was decided (`request.escaped_slashes: decode`).
+    pub forward_path: Option<String>,
 }
 
 /// Whether `name` is an HTTP header name (an RFC 9110 token).
@@ -370,30 +385,41 @@ pub fn default_port(scheme: &str) -> u16 {
     }
 }
 
+fn authority_of(bytes: &[u8]) -> Result<Authority, RequestError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| RequestError::InvalidAuthority {
+        authority: String::from_utf8_lossy(bytes).into_owned(),
+        why: "not UTF-8".into(),
+    })?;
+    parse_authority(text).map_err(|why| RequestError::InvalidAuthority {
+        authority: text.to_owned(),
+        why,
+    })
+}
+
 impl RawRequest<'_> {
     /// Validates and normalizes. `scheme_override` is the upstream scheme when the listener
     /// knows better than the request (base-URL mode: the workload speaks http, Envoy https).
-    pub fn normalize(&self, scheme_override: Option<&str>) -> Result<RequestTarget, RequestError> {
+    pub fn normalize(
+        &self,
+        scheme_override: Option<&str>,
+        config: &RequestConfig,
+    ) -> Result<RequestTarget, RequestError> {
         let method_bytes = self
             .method
             .filter(|m| !m.is_empty())
             .ok_or(RequestError::MissingMethod)?;
         let method = Method::from_bytes(method_bytes);
         let method_name = String::from_utf8_lossy(method_bytes).into_owned();
+        if method == Method::Other
+            && Method::from_bytes(&method_bytes.to_ascii_uppercase()) != Method::Other
+        {
+            return Err(RequestError::MethodCase(method_name));
+        }
         let authority_bytes = self
             .authority
             .filter(|a| !a.is_empty())
             .ok_or(RequestError::MissingAuthority)?;
-        let authority_text =
-            std::str::from_utf8(authority_bytes).map_err(|_| RequestError::InvalidAuthority {
-                authority: String::from_utf8_lossy(authority_bytes).into_owned(),
-                why: "not UTF-8".into(),
-            })?;
-        let authority =
-            parse_authority(authority_text).map_err(|why| RequestError::InvalidAuthority {
-                authority: authority_text.to_owned(),
-                why,
-            })?;
+        let authority = authority_of(authority_bytes)?;
         let scheme = match scheme_override {
             Some(s) => s.to_owned(),
             None => match self.scheme {
@@ -401,8 +427,24 @@ impl RawRequest<'_> {
                 _ => "http".to_owned(),
             },
         };
-        let (port, path) = if method == Method::Connect {
-            (authority.port.unwrap_or(443), String::new())
+        let default = if method == Method::Connect {
+            443
+        } else {
+            default_port(&scheme)
+        };
+        let port = authority.port.unwrap_or(default);
+        for other in &self.other_authorities {
+            let same = authority_of(other)
+                .is_ok_and(|o| o.host == authority.host && o.port.unwrap_or(default) == port);
+            if !same {
+                return Err(RequestError::ConflictingAuthority {
+                    first: String::from_utf8_lossy(authority_bytes).into_owned(),
+                    second: String::from_utf8_lossy(other).into_owned(),
+                });
+            }
+        }
+        let (path, forward_path) = if method == Method::Connect {
+            (String::new(), None)
         } else {
             let raw_path = self
                 .path
@@ -410,11 +452,14 @@ impl RawRequest<'_> {
                 .ok_or(RequestError::MissingPath)?;
             let raw_path = std::str::from_utf8(raw_path)
                 .map_err(|_| RequestError::InvalidPath("not UTF-8".into()))?;
-            let path = normalize_path(raw_path).map_err(RequestError::InvalidPath)?;
-            (
-                authority.port.unwrap_or_else(|| default_port(&scheme)),
-                path.into_owned(),
-            )
+            let normal = normalize_path(raw_path, config).map_err(RequestError::InvalidPath)?;
+            let forward = normal.forward.map(|mut forward| {
+                if let Some(at) = raw_path.find('?') {
+                    forward.push_str(&raw_path[at..]);
+                }
+                forward
+            });
+            (normal.matched.into_owned(), forward)
         };
         Ok(RequestTarget {
             method,
@@ -423,200 +468,10 @@ impl RawRequest<'_> {
             authority,
             port,
             path,
+            forward_path,
         })
     }
 }
 
-/// Normalizes a request path for matching: drops the query and fragment, decodes
-/// percent-encoded unreserved characters (so `%2e` is `.`, `%61` is `a`), upper-cases the
-/// hex of the escapes it keeps (`%2f` → `%2F`), merges repeated slashes and resolves `.`
-/// and `..` segments. An absolute-form path (`http://host/p`) is reduced to its path.
-pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, String> {
-    let mut path = raw;
-    if let Some(i) = path.find(['?', '#']) {
-        path = &path[..i];
-    }
-    if !path.starts_with('/') {
-        if path == "*" {
-            // OPTIONS * — server-wide; nothing to normalize.
-            return Ok(Cow::Borrowed(path));
-        }
-        return Err(format!("path {:?} does not start with '/'", truncate(raw)));
-    }
-    let needs_work = path.contains('%') || path.contains("//") || path.contains("/.");
-    if !needs_work {
-        return Ok(Cow::Borrowed(path));
-    }
-    let decoded = decode_unreserved(path)?;
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-fn decode_unreserved(path: &str) -> Result<String, String> {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .ok_or_else(|| "malformed percent-escape".to_string())?;
-            let value = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("00"), 16)
-                .map_err(|_| "malformed percent-escape".to_string())?;
-            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
-                out.push(value as char);
-            } else {
-                out.push('%');
-                out.push(hex[0].to_ascii_uppercase() as char);
-                out.push(hex[1].to_ascii_uppercase() as char);
-            }
-            i += 3;
-        } else {
-            // Copy the run up to the next escape in one go (keeps multi-byte chars whole).
-            let next = path[i..].find('%').map_or(bytes.len(), |j| i + j);
-            out.push_str(&path[i..next]);
-            i = next;
-        }
-    }
-    Ok(out)
-}
-
-/// RFC 3986 §5.2.4 over `/`-separated segments, also merging empty segments.
-fn remove_dot_segments(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
-    let trailing_slash = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(path.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || trailing_slash {
-        out.push('/');
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_normalization_table() {
-        let cases = [
-            ("/", "/"),
-            ("/repos/a?x=1", "/repos/a"),
-            ("/a#frag", "/a"),
-            ("/a//b", "/a/b"),
-            ("/a/./b", "/a/b"),
-            ("/a/../b", "/b"),
-            ("/../../etc", "/etc"),
-            ("/a/%2e%2e/b", "/b"),
-            ("/%61dmin", "/admin"),
-            ("/a%2fb", "/a%2Fb"),
-            ("/a/b/", "/a/b/"),
-            ("/a/b/..", "/a/"),
-            ("/caf%C3%A9", "/caf%C3%A9"),
-            ("/ünï", "/ünï"),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(
-                normalize_path(raw).unwrap(),
-                want,
-                "normalize_path({raw:?})"
-            );
-        }
-        assert!(normalize_path("/a%zz").is_err());
-        assert!(normalize_path("/a%2").is_err());
-        assert!(normalize_path("relative").is_err());
-    }
-
-    #[test]
-    fn authority_table() {
-        let ok = [
-            ("Example.COM", "example.com", None),
-            ("example.com.", "example.com", None),
-            ("example.com.:8443", "example.com", Some(8443)),
-            ("127.0.0.1:80", "127.0.0.1", Some(80)),
-            ("[::1]:443", "::1", Some(443)),
-            ("[0:0::1]", "::1", None),
-        ];
-        for (input, host, port) in ok {
-            let a = parse_authority(input).unwrap();
-            assert_eq!((a.host.as_str(), a.port), (host, port), "{input}");
-        }
-        for bad in [
-            "",
-            "user@host",
-            "host:0",
-            "host:99999",
-            "ho st",
-            "[::1",
-            ":80",
-        ] {
-            assert!(parse_authority(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
-    #[test]
-    fn connect_takes_port_from_authority_and_has_no_path() {
-        let raw = RawRequest {
-            method: Some(b"CONNECT"),
-            scheme: None,
-            authority: Some(b"api.github.com:443"),
-            path: None,
-        };
-        let target = raw.normalize(None).unwrap();
-        assert_eq!(target.method, Method::Connect);
-        assert_eq!(target.authority.host, "api.github.com");
-        assert_eq!(target.port, 443);
-        assert_eq!(target.path, "");
-    }
-
-    #[test]
-    fn missing_pieces_are_request_errors() {
-        let raw = RawRequest {
-            method: Some(b"GET"),
-            scheme: Some(b"http"),
-            authority: None,
-            path: Some(b"/"),
-        };
-        assert_eq!(raw.normalize(None), Err(RequestError::MissingAuthority));
-        let raw = RawRequest {
-            method: Some(b"GET"),
-            scheme: Some(b"http"),
-            authority: Some(b"a.example"),
-            path: None,
-        };
-        assert_eq!(raw.normalize(None), Err(RequestError::MissingPath));
-    }
-
-    #[test]
-    fn scheme_override_sets_default_port() {
-        let raw = RawRequest {
-            method: Some(b"GET"),
-            scheme: Some(b"http"),
-            authority: Some(b"api.github.com"),
-            path: Some(b"/user"),
-        };
-        let target = raw.normalize(Some("https")).unwrap();
-        assert_eq!((target.scheme.as_str(), target.port), ("https", 443));
-        let target = raw.normalize(None).unwrap();
-        assert_eq!((target.scheme.as_str(), target.port), ("http", 80));
-    }
-}
+mod tests;

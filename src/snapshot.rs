@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub unavailable: Option<&'static str>,
     /// How refused MCP messages are answered.
     pub mcp: McpConfig,
+    /// How a request's target is read before it is decided.
+    pub request: crate::request::RequestConfig,
 }
 
 /// The decision for one request and who it was decided for.
@@ -123,6 +125,7 @@ impl Snapshot {
                     )
                     .with_dlp(Arc::new(scanner)),
                     mcp: config.mcp.clone(),
+                    request: config.request,
                     identities,
                     pipeline,
                     max_body_bytes: config.gateway.max_body_bytes,

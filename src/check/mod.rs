@@ -12,7 +12,7 @@ use crate::extproc::convert::body_too_large;
 use crate::inspect::Body;
 use crate::policy::Decision;
 use crate::policy::rule::Tag;
-use crate::request::{Method, OutboundRequest, RawRequest, RequestFacts};
+use crate::request::{Method, OutboundRequest, RawRequest, RequestConfig, RequestFacts};
 use crate::snapshot::{Decided, Snapshot};
 
 pub use render::{Report, render_text};
@@ -34,8 +34,16 @@ pub struct CheckRequest {
     pub body: Vec<u8>,
 }
 
-/// Builds the request Envoy would have sent.
+/// Builds the request Envoy would have sent, read with the default `request:` settings.
 pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
+    build_request_with(check, &RequestConfig::default())
+}
+
+/// Builds the request Envoy would have sent, read with `config`.
+pub fn build_request_with(
+    check: &CheckRequest,
+    config: &RequestConfig,
+) -> Result<OutboundRequest, String> {
     let line = check.request_line.trim();
     let (method, target) = line
         .split_once(char::is_whitespace)
@@ -69,8 +77,9 @@ pub fn build_request(check: &CheckRequest) -> Result<OutboundRequest, String> {
         scheme: Some(scheme.as_bytes()),
         authority: Some(authority.as_bytes()),
         path: (!path.is_empty()).then_some(path.as_bytes()),
+        other_authorities: Vec::new(),
     };
-    let target = raw.normalize(None).map_err(|e| e.to_string())?;
+    let target = raw.normalize(None, config).map_err(|e| e.to_string())?;
     let mut all_headers = vec![
         (":method".to_owned(), method.as_bytes().to_vec()),
         (":scheme".to_owned(), scheme.as_bytes().to_vec()),
@@ -102,7 +111,7 @@ pub struct CheckReport {
 
 /// Decides and explains one request.
 pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckReport, String> {
-    let request = build_request(check)?;
+    let request = build_request_with(check, &snapshot.request)?;
     if request.method == Method::Connect && !check.body.is_empty() {
         return Err("a CONNECT carries no request body to check".into());
     }

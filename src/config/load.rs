@@ -34,6 +34,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "admin",
     "dlp",
     "mcp",
+    "request",
 ];
 
 /// One problem in a config file.
@@ -291,6 +292,11 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "mcp" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.mcp = v;
+                }
+            }
+            "request" => {
+                if let Some(v) = section(value, &key, &mut errors) {
+                    config.request = v;
                 }
             }
             "identities" => {

@@ -49,6 +49,9 @@ pub struct Config {
     pub dlp: crate::dlp::DlpConfig,
     /// How denied MCP messages are answered.
     pub mcp: McpConfig,
+    /// How a request's path is read where servers disagree (escaped slashes, `;`
+    /// parameters).
+    pub request: crate::request::RequestConfig,
 }
 
 /// `mcp:` — how Portcullis answers MCP (JSON-RPC over Streamable HTTP) messages it

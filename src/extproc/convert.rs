@@ -20,7 +20,8 @@ use serde::Serialize;
 use tonic::metadata::MetadataMap;
 
 use crate::policy::rule::Tag;
-use crate::request::{OutboundRequest, RawRequest, RequestError};
+use crate::request::{OutboundRequest, RawRequest, RequestConfig, RequestError};
+use crate::secrets::SecretValue;
 use crate::transforms::{JsonRpcReply, Mutations, Outcome, Rejection};
 
 /// The key Envoy files `request_attributes` under.
@@ -83,6 +84,7 @@ pub fn outbound_request(
     headers: HttpHeaders,
     attributes: &HashMap<String, Struct>,
     listener: &ListenerContext,
+    config: &RequestConfig,
 ) -> Result<OutboundRequest, Box<InvalidRequest>> {
     let HttpHeaders {
         headers,
@@ -129,13 +131,8 @@ pub fn outbound_request(
     let peer_uri_san = attr("connection.uri_san_peer_certificate");
     let sni = attr("connection.requested_server_name");
     let id = request_id(find("x-request-id"));
-    let raw = RawRequest {
-        method: find(":method"),
-        scheme: find(":scheme"),
-        authority: find(":authority").or_else(|| find("host")),
-        path: find(":path"),
-    };
-    match raw.normalize(listener.upstream_scheme.as_deref()) {
+    let raw = RawRequest::from_headers(&list);
+    match raw.normalize(listener.upstream_scheme.as_deref(), config) {
         Ok(target) => {
             let authority = String::from_utf8_lossy(raw.authority.unwrap_or_default()).into_owned();
             let mut request = OutboundRequest::from_target(
@@ -177,6 +174,7 @@ pub fn outbound_request(
                 sni,
                 intercepted: false,
                 upstream_tls: false,
+                path_rewritten: false,
             };
             Err(Box::new(InvalidRequest { error, request }))
         }
@@ -625,8 +623,26 @@ pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> P
             Some(reply) => jsonrpc_reply(&request.id, rejection, reply),
             None => refuse(&request.id, rejection),
         },
-        (None, false) => continue_request(&outcome.mutations),
-        (None, true) => continue_body(&outcome.mutations),
+        (None, at_body) => {
+            // The upstream gets the decoded path that was decided, unless a transform
+            // rewrote it again (from that same decoded path).
+            let rewritten;
+            let mut mutations = &outcome.mutations;
+            if request.path_rewritten
+                && mutations.path.is_none()
+                && let Some(path) = request.header(":path")
+            {
+                let mut with_path = outcome.mutations.clone();
+                with_path.path = Some(SecretValue::new(String::from_utf8_lossy(path)));
+                rewritten = with_path;
+                mutations = &rewritten;
+            }
+            if at_body {
+                continue_body(mutations)
+            } else {
+                continue_request(mutations)
+            }
+        }
     }
 }
 

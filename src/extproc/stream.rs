@@ -317,7 +317,8 @@ impl StreamState {
         let started = Instant::now();
         let snapshot = self.shared.snapshot.load_full();
         let has_body = !headers.end_of_stream;
-        let parsed = convert::outbound_request(headers, attributes, &self.listener);
+        let parsed =
+            convert::outbound_request(headers, attributes, &self.listener, &snapshot.request);
         self.trace = StreamTrace::start(match &parsed {
             Ok(request) => request,
             Err(invalid) => &invalid.request,

@@ -20,7 +20,7 @@ use super::body::BodyCondition;
 use super::cel::CelExpr;
 use super::conditions::{ConditionSources, Conditions, HeaderCondition, ToolPattern};
 use crate::inspect::ActionType;
-use crate::request::{Method, RequestFacts};
+use crate::request::{Host, Method, RequestFacts, canonical_host, canonical_ip, canonical_net};
 
 /// One request rule as written in the config: `host`, optional `paths`, `methods` and
 /// `body`.
@@ -261,24 +261,51 @@ fn parse_host_pattern(text: &str) -> Result<(HostKind, Option<u16>), String> {
         let net = IpNet::from_str(text).map_err(|_| {
             format!("host {text:?} is not a valid CIDR (expected e.g. 10.0.0.0/8 or fd00::/8)")
         })?;
-        return Ok((HostKind::Cidr(net.trunc()), None));
+        return Ok((HostKind::Cidr(canonical_net(net.trunc())), None));
     }
     let (name, port) =
         split_host_port(text).map_err(|why| format!("host {text:?} has an invalid port: {why}"))?;
     if let Ok(ip) = IpAddr::from_str(name) {
-        return Ok((HostKind::Cidr(IpNet::from(ip)), port));
+        return Ok((HostKind::Cidr(IpNet::from(canonical_ip(ip))), port));
     }
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
         return Err(format!("host {text:?} has no name"));
     }
+    // The form requests are compared in: UTS-46 ASCII, label by label so that wildcards
+    // survive; a name that is a number in disguise (`0x7f.1`) is its address.
+    let name = if name.contains(['*', '?']) {
+        name.split('.')
+            .map(
+                |label| match label.contains(['*', '?']) || label.is_empty() {
+                    true => Ok(label.to_ascii_lowercase()),
+                    false => match canonical_host(label) {
+                        Ok(Host::Name(ascii)) => Ok(ascii),
+                        _ => Err(format!("host {text:?} has an invalid label {label:?}")),
+                    },
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?
+            .join(".")
+    } else {
+        match canonical_host(name) {
+            Ok(Host::Name(ascii)) => ascii,
+            Ok(Host::Ip(ip)) => return Ok((HostKind::Cidr(IpNet::from(ip)), port)),
+            Err(why) => {
+                return Err(format!(
+                    "host {text:?} is not a host name: {why}; host names use letters, \
+                     digits, '-', '.', '_' and the wildcard '*'"
+                ));
+            }
+        }
+    };
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*' | '?')))
     {
         return Err(format!(
             "host {text:?} contains {bad:?}; host names use letters, digits, '-', '.', '_' \
-             and the wildcard '*' (write internationalised names in their xn-- form)"
+             and the wildcard '*'"
         ));
     }
     if name.contains("..") {

@@ -57,7 +57,13 @@ fn reads_raw_values_attributes_and_request_id() {
             "spiffe://td/ns/a/sa/b",
         ),
     ]);
-    let req = outbound_request(h, &attrs, &ListenerContext::default()).unwrap();
+    let req = outbound_request(
+        h,
+        &attrs,
+        &ListenerContext::default(),
+        &RequestConfig::default(),
+    )
+    .unwrap();
     assert_eq!(
         (
             req.method_name.as_str(),
@@ -85,11 +91,65 @@ fn reads_raw_values_attributes_and_request_id() {
         false,
     );
     assert_eq!(
-        outbound_request(h, &HashMap::new(), &ListenerContext::default())
-            .unwrap()
-            .host,
+        outbound_request(
+            h,
+            &HashMap::new(),
+            &ListenerContext::default(),
+            &RequestConfig::default()
+        )
+        .unwrap()
+        .host,
         "a.example"
     );
+}
+
+#[test]
+fn a_host_header_disagreeing_with_the_authority_is_refused() {
+    // HTTP/2 carries both; Envoy passes a `host` header beside `:authority` through.
+    let h = headers(
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "allowed.example"),
+            ("host", "denied.example"),
+            (":path", "/"),
+        ],
+        true,
+    );
+    let invalid = outbound_request(
+        h,
+        &HashMap::new(),
+        &ListenerContext::default(),
+        &RequestConfig::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(invalid.error, RequestError::ConflictingAuthority { .. }),
+        "{:?}",
+        invalid.error
+    );
+    assert_eq!(invalid_request_rejection(&invalid.error).status, 400);
+}
+
+#[test]
+fn decoded_escaped_slashes_replace_the_path_sent_upstream() {
+    let h = headers(
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a.example"),
+            (":path", "/admin/..%2F../public%2Fx?q=%2F"),
+        ],
+        true,
+    );
+    let config = RequestConfig {
+        escaped_slashes: crate::request::EscapedSlashes::Decode,
+        ..RequestConfig::default()
+    };
+    let req = outbound_request(h, &HashMap::new(), &ListenerContext::default(), &config).unwrap();
+    assert_eq!(req.path, "/public/x");
+    assert!(req.path_rewritten);
+    assert_eq!(req.header(":path"), Some(&b"/public/x?q=%2F"[..]));
 }
 
 #[test]
@@ -104,7 +164,13 @@ fn suspicious_request_ids_are_replaced() {
 #[test]
 fn invalid_requests_keep_what_can_be_audited() {
     let h = headers(&[(":method", "GET"), (":path", "/x?secret=1")], true);
-    let invalid = outbound_request(h, &HashMap::new(), &ListenerContext::default()).unwrap_err();
+    let invalid = outbound_request(
+        h,
+        &HashMap::new(),
+        &ListenerContext::default(),
+        &RequestConfig::default(),
+    )
+    .unwrap_err();
     assert_eq!(invalid.error, RequestError::MissingAuthority);
     assert_eq!(invalid.request.path, "/x", "query dropped even here");
 }

@@ -93,7 +93,9 @@ fn invalid_hosts_are_rejected_with_a_reason() {
         ("api.example.com:0", "invalid port"),
         ("api.example.com:http", "invalid port"),
         ("api example.com", "contains ' '"),
-        ("bücher.de", "xn--"),
+        ("xn--a.example", "internationalised"),
+        ("0x7f.1", "notation"),
+        ("*.xn--a.example", "invalid label"),
         ("a..b", "empty label"),
         ("[::1", "invalid port"),
     ];
@@ -104,6 +106,17 @@ fn invalid_hosts_are_rejected_with_a_reason() {
             "{pattern:?}: {err:?} should mention {expected:?}"
         );
     }
+}
+
+#[test]
+fn rule_hosts_are_read_in_the_form_requests_are_compared_in() {
+    let kind = |pattern: &str| HostPattern::try_from(pattern.to_owned()).unwrap().kind;
+    assert!(matches!(kind("Bücher.de."), HostKind::Exact(h) if &*h == "xn--bcher-kva.de"));
+    assert!(matches!(kind("*.bücher.de"), HostKind::Suffix(h) if &*h == "xn--bcher-kva.de"));
+    assert!(
+        matches!(kind("::ffff:127.0.0.0/104"), HostKind::Cidr(n) if n.to_string() == "127.0.0.0/8")
+    );
+    assert!(matches!(kind("::ffff:10.0.0.1"), HostKind::Cidr(n) if n.to_string() == "10.0.0.1/32"));
 }
 
 /// (patterns, path, matches)
