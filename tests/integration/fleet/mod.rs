@@ -564,7 +564,7 @@ fn an_instance_joining_late_reads_everything_already_stored() {
         a,
         "/v1/secrets",
         json!({"secret": {"name": "upstream-key", "source": {"type": "env", "var": "LATE_KEY"},
-               "inject": {"style": "bearer"},
+               "inject": {"style": "bearer"}, "allow_plaintext": true,
                "rules": [{"host": "127.0.0.1", "paths": ["/docs/v2/api/*"]}]}}),
     );
     assert_eq!(secret.status, 201, "{secret:?}");
