@@ -929,3 +929,64 @@ policies:
         Action::Deny
     );
 }
+
+/// Issue 13, item 11: deciding the messages of a batch one by one never reads the whole
+/// body again per message — each content matcher runs once per body, so the work is linear
+/// in the body, not in messages × body. (A CEL expression reading `request.body` is the
+/// exception: the `cel` crate converts a bound value on every evaluation; `mcp.max_batch`
+/// bounds that.)
+#[test]
+fn a_batch_is_decided_without_rescanning_the_body_per_message() {
+    let set = policy_set(
+        r#"
+policies:
+  - name: no-keys
+    priority: 1
+    action: deny
+    rules:
+      - {host: mcp.example, body: {contains: [aws_secret_access_key]}}
+      - {host: mcp.example, prompt: {contains: [password]}}
+  - name: no-big
+    priority: 2
+    action: deny
+    rules: [{host: mcp.example, cel: 'request.args.n > 5'}]
+  - name: mcp
+    priority: 10
+    action: allow
+    rules: [{host: mcp.example, tools: ["list_*"]}]
+"#,
+    );
+    let request = build_request(&CheckRequest {
+        request_line: "POST http://mcp.example/mcp".into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    let ids = set.tag_ids(&tags(&[]));
+    for n in [10, 1000] {
+        let messages: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"list_things","arguments":{{"n":1}}}}}}"#
+                )
+            })
+            .collect();
+        let bytes = format!("[{}]", messages.join(","));
+        let body = Body::new(bytes.as_bytes(), None);
+        let Some(Ok(crate::mcp::Inbound::Batch(batch))) = body.mcp() else {
+            panic!("not a batch");
+        };
+        for message in batch {
+            let facts = RequestFacts {
+                body: Some(&body),
+                message: Some(message),
+                ..request.facts()
+            };
+            assert_eq!(set.evaluate(&facts, &ids).action, Action::Allow);
+        }
+        assert_eq!(
+            body.matchers_run(),
+            2,
+            "the body and prompt matchers ran once each for {n} messages"
+        );
+    }
+}
