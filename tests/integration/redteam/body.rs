@@ -316,3 +316,73 @@ fn string_amount_does_not_escape_a_cel_deny() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(upstream.hits(), 1);
 }
+
+/// An Envoy whose ext_proc filter ignores `mode_override` and streams the body: the decision
+/// that needs the whole body is not made on a first piece — the request is refused, loudly
+/// (a 500 `body_not_buffered`, an audit record, an error log line, a metric).
+#[test]
+fn envoy_streaming_what_it_was_asked_to_buffer_fails_closed() {
+    let upstream = Upstream::start(None);
+    let gw = Gateway::start(
+        DENY_AWS_KEYS,
+        GatewayOptions {
+            envoy_edits: vec![
+                (
+                    "allow_mode_override: true".into(),
+                    "allow_mode_override: false".into(),
+                ),
+                (
+                    "request_body_mode: NONE".into(),
+                    "request_body_mode: STREAMED".into(),
+                ),
+            ],
+            ..GatewayOptions::default()
+        },
+    );
+    let mut body = "x".repeat(400_000);
+    body.push_str("aws_secret_access_key");
+    let file = gw.dir.path().join("streamed.txt");
+    std::fs::write(&file, &body).unwrap();
+    let data = format!("@{}", file.display());
+    let url = format!("http://127.0.0.1:{}/upload", upstream.port());
+    // Sent slowly, so that Envoy has answered the headers before the body is complete (a
+    // body complete by then is sent whole even in STREAMED mode).
+    let reply = gw.via_proxy(&[
+        "-X",
+        "POST",
+        "--limit-rate",
+        "200k",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
+    assert_eq!(reply.status, 500, "{reply:?}\n{}", gw.portcullis_log());
+    assert_eq!(
+        reply.json()["error"]["type"],
+        "body_not_buffered",
+        "{reply:?}"
+    );
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .all(|seen| seen.body.len() < body.len()),
+        "the whole body reached the upstream"
+    );
+    let record = gw.audit_for(|r| r["reason"] == "body_not_buffered");
+    assert_eq!(record["status"], 500);
+    assert!(
+        gw.portcullis_log()
+            .contains("Envoy streamed a request body"),
+        "{}",
+        gw.portcullis_log()
+    );
+    assert_eq!(
+        gw.metric(
+            "portcullis_rejections_total{reason=\"body_not_buffered\",transform=\"request\"}"
+        ),
+        Some(1.0),
+        "{}",
+        gw.admin("/metrics").body
+    );
+}
