@@ -990,3 +990,79 @@ policies:
         );
     }
 }
+
+/// Issue 13, item 10: an expression that fails on what the workload sent fails closed — a
+/// deny or gated policy refuses (and says it was an error), an allow rule does not match.
+#[test]
+fn condition_errors_refuse_in_deny_and_gated_policies_and_grant_nothing_in_allow() {
+    let set = policy_set(
+        r#"
+default_action: deny
+policies:
+  - name: big-payments
+    priority: 1
+    action: deny
+    rules: [{host: pay.example, paths: ["/deny"], cel: 'request.body.amount > 1000'}]
+  - name: small-refunds
+    priority: 2
+    action: gated
+    condition: 'request.body.amount < 100'
+    rules: [{host: pay.example, paths: ["/gated"]}]
+  - name: vip
+    priority: 3
+    action: allow
+    rules: [{host: pay.example, paths: ["/allow"], cel: 'request.body.vip == true'}]
+"#,
+    );
+    let ids = set.tag_ids(&tags(&[]));
+    let verdict = |path: &str, body: &[u8]| {
+        let request = build_request(&CheckRequest {
+            request_line: format!("POST http://pay.example{path}"),
+            ..CheckRequest::default()
+        })
+        .unwrap();
+        let body = Body::new(body, None);
+        let facts = RequestFacts {
+            body: Some(&body),
+            ..request.facts()
+        };
+        let verdict = set.evaluate(&facts, &ids);
+        let error = verdict
+            .decided_by
+            .and_then(|rule| set.condition_error(rule, &facts));
+        (verdict.decision(), verdict.condition_error, error)
+    };
+
+    let (decision, errored, error) = verdict("/deny", br#"{"amount": "999999"}"#);
+    assert_eq!((decision, errored), (Decision::Denied, true));
+    let error = error.unwrap();
+    assert!(error.contains("(string, int)"), "{error}");
+    assert!(!error.contains("999999"), "no request data: {error}");
+    let (decision, errored, _) = verdict("/deny", br#"{"amount": 5}"#);
+    assert_eq!(
+        (decision, errored),
+        (Decision::Denied, false),
+        "a deny that does not hold falls to the default, without an error"
+    );
+
+    let (decision, errored, error) = verdict("/gated", br#"{"amount": "5"}"#);
+    assert_eq!((decision, errored), (Decision::Denied, true));
+    assert!(
+        error
+            .unwrap()
+            .starts_with("`condition` `request.body.amount < 100`")
+    );
+    assert_eq!(verdict("/gated", br#"{"amount": 5}"#).0, Decision::Allowed);
+
+    // A byte order mark before the JSON: the same JSON.
+    assert_eq!(
+        verdict("/gated", b"\xef\xbb\xbf{\"amount\": 5}").0,
+        Decision::Allowed
+    );
+
+    // An allow rule whose expression fails grants nothing: the default denies, and not
+    // because of an error.
+    let (decision, errored, _) = verdict("/allow", br#"{"name": "x"}"#);
+    assert_eq!((decision, errored), (Decision::Denied, false));
+    assert_eq!(verdict("/allow", br#"{"vip": true}"#).0, Decision::Allowed);
+}
