@@ -16,7 +16,7 @@ use crate::identity::{
     Identity, IdentityConfig, IdentityError, IdentityResolver, Presented, TokenSource,
 };
 use crate::inspect::Body;
-use crate::mcp::{Message, MessageKind};
+use crate::mcp::{Inbound, Message, MessageKind, ParseError};
 use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
 use crate::request::Method;
@@ -391,17 +391,38 @@ impl Snapshot {
         }
         // Parsed lazily, once, for every transform that looks into it.
         let body = body.map(|bytes| Body::new(bytes, self.policies.dlp()));
-        if let Some(Err(error)) = body.as_ref().and_then(Body::mcp) {
+        let unreadable = match body.as_ref().and_then(Body::mcp) {
             // Policies on MCP messages cannot be applied to what cannot be read: refuse it
             // as a JSON-RPC server would.
+            Some(Err(error)) => Some((
+                "malformed_jsonrpc",
+                format!("the JSON-RPC body is malformed: {error}"),
+                error.clone(),
+            )),
+            // Each message is decided on its own: a bound on their number bounds the work.
+            Some(Ok(Inbound::Batch(messages))) if messages.len() > self.mcp.max_batch => {
+                let reason = format!(
+                    "the batch holds {} messages, more than the {} allowed (mcp.max_batch)",
+                    messages.len(),
+                    self.mcp.max_batch
+                );
+                Some((
+                    "jsonrpc_batch_too_large",
+                    format!("the JSON-RPC body is refused: {reason}"),
+                    ParseError::NotJsonRpc(reason),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((reason, message, error)) = unreadable {
             let mut decided = self.refused(
                 request,
                 listener_tags,
                 Rejection {
                     status: 400,
                     kind: "invalid_request",
-                    reason: "malformed_jsonrpc",
-                    message: format!("the JSON-RPC body is malformed: {error}"),
+                    reason,
+                    message,
                     policy: None,
                     rule: None,
                     transform: "mcp",
@@ -410,7 +431,7 @@ impl Snapshot {
             decided.outcome.mutations = mutations;
             decided.outcome.jsonrpc_reply = Some(JsonRpcReply {
                 status: 400,
-                body: crate::mcp::parse_error_reply(error),
+                body: crate::mcp::parse_error_reply(&error),
             });
             return decided;
         }

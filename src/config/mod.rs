@@ -67,6 +67,9 @@ pub struct McpConfig {
     pub deny_message: String,
     /// Remove the tools a workload may not call from `tools/list` answers. Default true.
     pub filter_tools_list: bool,
+    /// The most messages a JSON-RPC batch may hold; a larger batch is refused whole with a
+    /// JSON-RPC error (`-32600`, HTTP 400) before any of it is decided. Default 100.
+    pub max_batch: usize,
 }
 
 impl Default for McpConfig {
@@ -75,6 +78,7 @@ impl Default for McpConfig {
             deny_code: -32001,
             deny_message: "denied by policy".to_owned(),
             filter_tools_list: true,
+            max_batch: 100,
         }
     }
 }

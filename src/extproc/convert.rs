@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ImmediateResponse, ProcessingResponse, body_mutation, processing_response,
+    ImmediateResponse, ProcessingResponse, TrailersResponse, body_mutation, processing_response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, value::Kind};
@@ -324,9 +324,11 @@ pub fn continue_body(mutations: &Mutations) -> ProcessingResponse {
 }
 
 /// Holds the decision until the whole body is here: continue the headers unchanged and
-/// ask Envoy to buffer the body and send it. With `watch_response`, the response headers
-/// and the buffered response body come too, so that a `tools/list` answer can be filtered;
-/// nothing else of the stream is needed.
+/// ask Envoy to buffer the body and send it. The request trailers are asked for too: with
+/// them Envoy sends the buffered body with `end_of_stream: false`, and their arrival
+/// confirms that the body decided on was the whole body (see `extproc::stream`). With
+/// `watch_response`, the response headers and the buffered response body come too, so that
+/// a `tools/list` answer can be filtered; nothing else of the stream is needed.
 pub fn buffer_body(watch_response: bool) -> ProcessingResponse {
     let (response_header_mode, response_body_mode) = if watch_response {
         (HeaderSendMode::Send, BodySendMode::Buffered)
@@ -344,7 +346,7 @@ pub fn buffer_body(watch_response: bool) -> ProcessingResponse {
             request_body_mode: BodySendMode::Buffered as i32,
             response_header_mode: response_header_mode as i32,
             response_body_mode: response_body_mode as i32,
-            request_trailer_mode: HeaderSendMode::Skip as i32,
+            request_trailer_mode: HeaderSendMode::Send as i32,
             response_trailer_mode: HeaderSendMode::Skip as i32,
         }),
         ..Default::default()
@@ -656,6 +658,50 @@ pub fn body_too_large(limit: usize) -> Rejection {
         policy: None,
         rule: None,
         transform: "request",
+    }
+}
+
+/// The rejection for a request whose body Envoy streamed although Portcullis asked for it
+/// buffered (`mode_override` ignored): a decision that needs the body is made on the whole
+/// body or not at all.
+pub fn body_not_buffered(detail: &str) -> Rejection {
+    Rejection {
+        status: 500,
+        kind: "body_not_buffered",
+        reason: "body_not_buffered",
+        message: format!(
+            "the request body came in pieces although Portcullis asked Envoy to buffer it \
+             ({detail}); check that the ext_proc filter sets `allow_mode_override: true`"
+        ),
+        policy: None,
+        rule: None,
+        transform: "request",
+    }
+}
+
+/// The rejection for a request with trailers but no body whose decision writes headers:
+/// Envoy takes header changes with the body or the headers, never with the trailers.
+pub fn trailers_without_body() -> Rejection {
+    Rejection {
+        status: 400,
+        kind: "invalid_request",
+        reason: "trailers_without_body",
+        message: "a request with trailers and an empty body cannot carry the headers this \
+                  gateway adds; send it without trailers"
+            .to_owned(),
+        policy: None,
+        rule: None,
+        transform: "request",
+    }
+}
+
+/// Continues the request trailers unchanged.
+pub fn continue_trailers() -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::RequestTrailers(
+            TrailersResponse::default(),
+        )),
+        ..Default::default()
     }
 }
 

@@ -1,10 +1,21 @@
 //! One ext_proc stream = one HTTP request. Envoy sends the request headers first; the
 //! decision is made there — unless the decision needs the body (a secret that signs it, a
 //! policy rule with a body condition that could decide it), in which case Portcullis asks
-//! Envoy to buffer the body (`mode_override`) and decides when it arrives. Whatever Envoy sends after an allowed request (bodies, trailers, response
-//! phases — depending on its processing mode) is answered with "continue", so a config that
-//! sends more than Portcullis needs still works. Anything out of order fails the stream,
-//! and Envoy fails the request closed.
+//! Envoy to buffer the body and send the trailers (`mode_override`) and decides when the
+//! body arrives. Whatever Envoy sends after an allowed request that the decision did not
+//! need (bodies, trailers, response phases — depending on its processing mode) is answered
+//! with "continue", so a config that sends more than Portcullis needs still works. Anything
+//! out of order fails the stream, and Envoy fails the request closed.
+//!
+//! No forward without a decision on the whole body. In BUFFERED mode Envoy sends the body
+//! once, whole: with `end_of_stream: true`, or — when trailers follow (HTTP/2, or HTTP/1.1
+//! chunked with a trailer) — with `end_of_stream: false`, holding the request until the body
+//! and then the trailers are answered. Either way the decision is made on that body, where
+//! header changes (credentials) can still be applied. An Envoy that ignores the mode
+//! override and streams the body instead is caught and refused with `body_not_buffered`
+//! (a 500, an audit record, an error log, `portcullis_rejections_total`): a first chunk
+//! shorter than the declared `content-length` is refused at once; without one, any body
+//! after the part decided on is refused before Envoy lets it move.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +27,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use tonic::Status;
 use tracing::Instrument;
+
+#[cfg(test)]
+mod tests;
 
 use super::Shared;
 use super::convert::{self, ListenerContext};
@@ -49,10 +63,37 @@ enum Phase {
     AwaitingRequestHeaders,
     /// Headers seen; the decision waits for the buffered body.
     AwaitingBody,
-    /// Allowed; later phases pass through.
+    /// Allowed; later phases pass through (see [`BodySeen`] for the request body).
     Forwarded,
     /// Refused with an immediate response, or failed.
     Finished,
+}
+
+/// What the decision saw of the request body, and so what Envoy may still send of it.
+enum BodySeen {
+    /// The decision did not need it: whatever Envoy sends of it passes unseen.
+    Unneeded,
+    /// All of it: the request had none, or its buffered body came with `end_of_stream`.
+    Whole,
+    /// The buffered body came with `end_of_stream: false` and was decided on: only the
+    /// trailers may follow. More body means Envoy streamed what it was asked to buffer; the
+    /// request is then refused before that body moves.
+    BeforeTrailers(Box<DecidedRequest>),
+}
+
+/// The request an allowed decision was made for, kept to refuse it after all.
+struct DecidedRequest {
+    snapshot: Arc<Snapshot>,
+    request: OutboundRequest,
+}
+
+/// The Envoy message a decision answers: it decides the shape of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Answering {
+    Headers,
+    Body,
+    /// The trailers of a request with trailers but no body.
+    Trailers,
 }
 
 /// A request whose decision waits for its body.
@@ -93,7 +134,9 @@ struct Undecided {
     body: Option<Vec<u8>>,
     started: Instant,
     spent: Duration,
-    at_body: bool,
+    answering: Answering,
+    /// The body came with `end_of_stream: false`: the trailers follow.
+    trailers_follow: bool,
     /// Envoy sends the response too (see [`PendingBody::watch_response`]).
     watch_response: bool,
 }
@@ -147,6 +190,7 @@ pub(super) struct StreamState {
     listener: ListenerContext,
     phase: Phase,
     pending: Option<Box<PendingBody>>,
+    body_seen: BodySeen,
     response: ResponseWatch,
     /// Set when the request left with a credential.
     scrub: Option<Box<ResponseScrub>>,
@@ -165,6 +209,7 @@ impl StreamState {
             listener,
             phase: Phase::AwaitingRequestHeaders,
             pending: None,
+            body_seen: BodySeen::Unneeded,
             response: ResponseWatch::Off,
             scrub: None,
             deferred: None,
@@ -189,15 +234,22 @@ impl StreamState {
                     .instrument(span)
                     .await
             }
-            (Phase::Forwarded, Some(Message::RequestBody(_))) => {
-                Reply::Send(answer(Answer::RequestBody(BodyResponse {
-                    response: Some(CommonResponse::default()),
-                })))
+            (Phase::AwaitingBody, Some(Message::RequestTrailers(_))) => {
+                let span = self.trace.span().clone();
+                self.on_trailers_before_body().instrument(span).await
+            }
+            (Phase::Forwarded, Some(Message::RequestBody(chunk))) => {
+                let span = self.trace.span().clone();
+                self.on_body_after_decision(chunk).instrument(span).await
             }
             (Phase::Forwarded, Some(Message::ResponseBody(chunk))) => {
                 self.on_response_body(chunk.body, chunk.end_of_stream).await
             }
             (Phase::Forwarded, Some(Message::RequestTrailers(_))) => {
+                // Nothing of the request comes after its trailers.
+                if !matches!(self.body_seen, BodySeen::Unneeded) {
+                    self.body_seen = BodySeen::Whole;
+                }
                 Reply::Send(answer(Answer::RequestTrailers(TrailersResponse::default())))
             }
             (Phase::Forwarded, Some(Message::ResponseTrailers(trailers))) => {
@@ -265,12 +317,23 @@ impl StreamState {
             body,
             started,
             spent,
-            at_body,
+            answering,
+            trailers_follow,
             watch_response,
         } = work;
-        let decided = snapshot
+        let mut decided = snapshot
             .decide(&request, &self.listener.tags, body.as_deref())
             .await;
+        if answering == Answering::Trailers
+            && decided.outcome.rejection.is_none()
+            && !decided.outcome.mutations.is_empty()
+        {
+            decided = snapshot.refused(
+                &request,
+                &self.listener.tags,
+                convert::trailers_without_body(),
+            );
+        }
         if watch_response {
             self.watch_response(
                 &snapshot,
@@ -279,8 +342,23 @@ impl StreamState {
                 body.as_deref().unwrap_or_default(),
             );
         }
-        self.finish(&snapshot, request, decided, started, spent, at_body)
-            .await
+        let seen = match (&body, trailers_follow) {
+            (None, _) => BodySeen::Unneeded,
+            (Some(_), false) => BodySeen::Whole,
+            // Kept only for an allowed request: a refused one ends the stream.
+            (Some(_), true) if decided.outcome.rejection.is_none() => {
+                BodySeen::BeforeTrailers(Box::new(DecidedRequest {
+                    snapshot: snapshot.clone(),
+                    request: request.clone(),
+                }))
+            }
+            (Some(_), true) => BodySeen::Whole,
+        };
+        let reply = self
+            .finish(&snapshot, request, decided, started, spent, answering)
+            .await;
+        self.body_seen = seen;
+        reply
     }
 
     fn fail(&mut self, phase: Phase, message: &Message) -> Reply {
@@ -297,7 +375,7 @@ impl StreamState {
                 "before request_headers: is Envoy's processing_mode skipping request headers?"
             }
             Phase::AwaitingBody => "while waiting for the buffered request body",
-            Phase::Forwarded => "after request_headers were already decided",
+            Phase::Forwarded => "after the request was decided on all of its body",
             Phase::Finished => "after the request was refused",
         };
         tracing::warn!(message = what, "unexpected ext_proc message {why}");
@@ -346,7 +424,14 @@ impl StreamState {
                         let rejection = convert::body_too_large(snapshot.max_body_bytes);
                         let decided = snapshot.refused(&request, &self.listener.tags, rejection);
                         return self
-                            .finish(&snapshot, request, decided, started, Duration::ZERO, false)
+                            .finish(
+                                &snapshot,
+                                request,
+                                decided,
+                                started,
+                                Duration::ZERO,
+                                Answering::Headers,
+                            )
                             .await;
                     }
                     let watch_response = snapshot.watches_tools_list(&request);
@@ -373,7 +458,8 @@ impl StreamState {
                     body: if has_body { None } else { Some(Vec::new()) },
                     started,
                     spent: Duration::ZERO,
-                    at_body: false,
+                    answering: Answering::Headers,
+                    trailers_follow: false,
                     watch_response: false,
                 })
                 .await
@@ -387,7 +473,7 @@ impl StreamState {
                     decided,
                     started,
                     Duration::ZERO,
-                    false,
+                    Answering::Headers,
                 )
                 .await
             }
@@ -417,16 +503,31 @@ impl StreamState {
                     decided,
                     started,
                     pending.spent,
-                    true,
+                    Answering::Body,
                 )
                 .await;
         }
         pending.body.extend_from_slice(&chunk);
-        if !end_of_stream {
-            // Envoy buffers the whole body in BUFFERED mode; a partial chunk means another
-            // mode is in force: keep collecting, answer this chunk unchanged.
-            self.pending = Some(pending);
-            return Reply::Send(convert::continue_body(&Default::default()));
+        // In BUFFERED mode this is the whole body, `end_of_stream: false` saying only that
+        // trailers follow. A body shorter than the length the headers declare is a first
+        // chunk: Envoy is streaming what it was asked to buffer.
+        if !end_of_stream
+            && let Some(declared) = declared_length(&pending.request)
+            && pending.body.len() < declared
+        {
+            let detail = format!(
+                "a first chunk of {} of the {declared} bytes declared",
+                pending.body.len()
+            );
+            return self
+                .refuse_unbuffered(
+                    pending.snapshot,
+                    pending.request,
+                    &detail,
+                    started,
+                    pending.spent,
+                )
+                .await;
         }
         let PendingBody {
             request,
@@ -441,10 +542,91 @@ impl StreamState {
             body: Some(body),
             started,
             spent,
-            at_body: true,
+            answering: Answering::Body,
+            trailers_follow: !end_of_stream,
             watch_response,
         })
         .await
+    }
+
+    /// Trailers while the body is awaited: the request has trailers and no body at all
+    /// (Envoy sends a buffered body before the trailers whenever there is one). Decided
+    /// on the empty body.
+    async fn on_trailers_before_body(&mut self) -> Reply {
+        let started = Instant::now();
+        let Some(pending) = self.pending.take() else {
+            return self.fail(
+                Phase::AwaitingBody,
+                &Message::RequestTrailers(Default::default()),
+            );
+        };
+        let PendingBody {
+            request,
+            snapshot,
+            spent,
+            body,
+            watch_response,
+        } = *pending;
+        self.decide(Undecided {
+            snapshot,
+            request,
+            body: Some(body),
+            started,
+            spent,
+            answering: Answering::Trailers,
+            trailers_follow: false,
+            watch_response,
+        })
+        .await
+    }
+
+    /// Request body after the decision: it passes when the decision did not need it;
+    /// after a decision on a body that came before trailers, it is body the decision never
+    /// saw (Envoy streams what it was asked to buffer), and the request is refused.
+    async fn on_body_after_decision(
+        &mut self,
+        chunk: envoy_types::pb::envoy::service::ext_proc::v3::HttpBody,
+    ) -> Reply {
+        match std::mem::replace(&mut self.body_seen, BodySeen::Whole) {
+            BodySeen::Unneeded => {
+                self.body_seen = BodySeen::Unneeded;
+                Reply::Send(answer(Answer::RequestBody(BodyResponse {
+                    response: Some(CommonResponse::default()),
+                })))
+            }
+            BodySeen::BeforeTrailers(decided) => {
+                let DecidedRequest { snapshot, request } = *decided;
+                let detail = format!(
+                    "{} more bytes after the body the decision was made on",
+                    chunk.body.len()
+                );
+                self.refuse_unbuffered(snapshot, request, &detail, Instant::now(), Duration::ZERO)
+                    .await
+            }
+            BodySeen::Whole => self.fail(Phase::Forwarded, &Message::RequestBody(chunk)),
+        }
+    }
+
+    /// Refuses a request whose body Envoy streams instead of buffering: loudly, since it
+    /// means the Envoy config defeats body decisions.
+    async fn refuse_unbuffered(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        request: OutboundRequest,
+        detail: &str,
+        started: Instant,
+        spent: Duration,
+    ) -> Reply {
+        tracing::error!(
+            request_id = %request.id,
+            host = %request.host,
+            "Envoy streamed a request body Portcullis asked it to buffer ({detail}): refused; \
+             is `allow_mode_override: true` set on the ext_proc filter?"
+        );
+        let rejection = convert::body_not_buffered(detail);
+        let decided = snapshot.refused(&request, &self.listener.tags, rejection);
+        self.finish(&snapshot, request, decided, started, spent, Answering::Body)
+            .await
     }
 
     /// After an allowed request whose response Envoy will send: a `tools/list` answer is
@@ -627,15 +809,22 @@ impl StreamState {
         decided: Decided,
         started: Instant,
         spent_before: Duration,
-        at_body: bool,
+        answering: Answering,
     ) -> Reply {
-        let mut response = convert::respond(&request, &decided.outcome, at_body);
+        let mut response = match answering {
+            Answering::Headers => convert::respond(&request, &decided.outcome, false),
+            Answering::Body => convert::respond(&request, &decided.outcome, true),
+            Answering::Trailers if decided.outcome.rejection.is_none() => {
+                convert::continue_trailers()
+            }
+            Answering::Trailers => convert::respond(&request, &decided.outcome, true),
+        };
         let elapsed = started.elapsed() + spent_before;
         let outcome = &decided.outcome;
         if let Some(scrub) = ResponseScrub::of(&request, outcome) {
             self.scrub = Some(Box::new(scrub));
             // Decided at the body: the response was already asked for (`buffer_body`).
-            if !at_body {
+            if matches!(answering, Answering::Headers) {
                 convert::scrub_response(&mut response);
             }
         }

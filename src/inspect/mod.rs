@@ -4,15 +4,18 @@
 //!
 //! A buffered body is wrapped once in a [`Body`], which parses lazily: a request whose
 //! rules only ask for a substring never has its JSON parsed, and one that no DLP condition
-//! reaches is never scanned.
+//! reaches is never scanned. It is parsed at most once: the JSON document and the JSON-RPC
+//! messages come from the same parse. What is read from it is kept, so that deciding the
+//! messages of a batch one by one never reads the whole body again per message.
 
 mod classify;
 mod prompt;
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use crate::dlp::{Findings, Scanner};
-use crate::mcp::{Inbound, ParseError};
+use crate::mcp::{BodyJson, Inbound, ParseError};
 
 pub use classify::{ActionType, ActionTypeSet, classify_path};
 
@@ -20,10 +23,13 @@ pub use classify::{ActionType, ActionTypeSet, classify_path};
 pub struct Body<'a> {
     bytes: &'a [u8],
     scanner: Option<&'a Scanner>,
-    json: OnceLock<Option<serde_json::Value>>,
+    parsed: OnceLock<BodyJson>,
     prompt: OnceLock<String>,
-    mcp: OnceLock<Option<Result<Inbound, ParseError>>>,
     findings: OnceLock<Findings>,
+    /// Results of content matchers run on it, by matcher (see [`Body::remember`]).
+    matched: Mutex<HashMap<usize, bool>>,
+    /// `request.body` as a CEL value, built once for every expression that reads it.
+    cel: OnceLock<cel::Value>,
 }
 
 impl std::fmt::Debug for Body<'_> {
@@ -41,10 +47,11 @@ impl<'a> Body<'a> {
         Body {
             bytes,
             scanner,
-            json: OnceLock::new(),
+            parsed: OnceLock::new(),
             prompt: OnceLock::new(),
-            mcp: OnceLock::new(),
             findings: OnceLock::new(),
+            matched: Mutex::new(HashMap::new()),
+            cel: OnceLock::new(),
         }
     }
 
@@ -57,17 +64,14 @@ impl<'a> Body<'a> {
         self.bytes
     }
 
-    /// The body as JSON, when it is a JSON document.
+    fn parsed(&self) -> &BodyJson {
+        self.parsed
+            .get_or_init(|| crate::mcp::read_body(self.bytes))
+    }
+
+    /// The body as JSON, when it is a JSON object or array.
     pub fn json(&self) -> Option<&serde_json::Value> {
-        self.json
-            .get_or_init(|| {
-                let first = self.bytes.iter().find(|b| !b.is_ascii_whitespace())?;
-                if !matches!(first, b'{' | b'[') {
-                    return None;
-                }
-                serde_json::from_slice(self.bytes).ok()
-            })
-            .as_ref()
+        self.parsed().json.as_ref()
     }
 
     /// The prompt content of a chat body (messages, system prompt, tool results), one
@@ -78,14 +82,44 @@ impl<'a> Body<'a> {
     }
 
     /// The body's JSON-RPC messages, when it is (or tries to be) JSON-RPC: `None` for a
-    /// body that does not look like JSON-RPC at all.
+    /// body that is not JSON-RPC ([`crate::mcp::read_body`]).
     pub fn mcp(&self) -> Option<&Result<Inbound, ParseError>> {
-        self.mcp
-            .get_or_init(|| {
-                crate::mcp::looks_like_jsonrpc(self.bytes)
-                    .then(|| crate::mcp::parse_inbound(self.bytes))
-            })
-            .as_ref()
+        self.parsed().mcp.as_ref()
+    }
+
+    /// The result of the content matcher `key` (its address: matchers live as long as the
+    /// snapshot that decides with this body) on this body, computed by `run` the first time
+    /// only.
+    pub fn remember(&self, key: usize, run: impl FnOnce() -> bool) -> bool {
+        let known = self
+            .matched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(held) = known {
+            return held;
+        }
+        let held = run();
+        self.matched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key, held);
+        held
+    }
+
+    /// `request.body` as a CEL value, built by `build` the first time only.
+    pub fn cel_value(&self, build: impl FnOnce() -> cel::Value) -> cel::Value {
+        self.cel.get_or_init(build).clone()
+    }
+
+    /// How many content matchers have run on this body: each at most once, whatever the
+    /// number of messages decided with it.
+    pub fn matchers_run(&self) -> usize {
+        self.matched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     /// What the DLP detectors find in the body, scanned once.

@@ -6,8 +6,14 @@
 //! What a client's POST body may be ([`parse_inbound`]): one JSON-RPC message object, or a
 //! non-empty array of them (a batch, which MCP revisions before 2025-06-18 allowed). Each is a
 //! request (`method` and `id`), a notification (`method`, no `id`) or a response (`result` or
-//! `error`, answering a request the server sent). The parser is stricter than JSON-RPC where
-//! leniency would let a gateway and a server read one body differently:
+//! `error`, answering a request the server sent).
+//!
+//! A body is JSON-RPC when, read as JSON ([`read_body`]), it is an object with a `jsonrpc`
+//! member, or an array holding one — however the key is written (`"jsonrp\u0063"` is the
+//! same key to every server), after a byte order mark, in UTF-16 or UTF-32 (which Python's
+//! `json.loads` reads). Recognition is by parsing, never by searching the raw bytes. The
+//! parser is stricter than JSON-RPC where leniency would let a gateway and a server read one
+//! body differently:
 //! - an object that repeats a key is refused (parsers disagree on which one counts);
 //! - an `id` that is a number must be an integer that fits 64 bits (anything else would not
 //!   survive being echoed in an error);
@@ -149,15 +155,83 @@ impl ParseError {
     }
 }
 
-/// Parses a client's POST body: one JSON-RPC 2.0 message or a batch of them.
+/// Parses a client's POST body as JSON-RPC, whether or not it is JSON-RPC: one JSON-RPC 2.0
+/// message or a batch of them.
 pub fn parse_inbound(body: &[u8]) -> Result<Inbound, ParseError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let text = strict::decode_text(body);
+    if text.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::NotJson("the body is empty".into()));
     }
-    let value = strict::from_slice(body).map_err(|e| match e {
+    let value = strict::from_slice(&text).map_err(|e| match e {
         strict::StrictError::Syntax(reason) => ParseError::NotJson(reason),
         strict::StrictError::Refused(reason) => ParseError::NotJsonRpc(reason),
     })?;
+    inbound(&value)
+}
+
+/// A request body read once as JSON: the document, and its JSON-RPC messages when it is
+/// JSON-RPC.
+#[derive(Debug, Default)]
+pub struct BodyJson {
+    /// The JSON document (a repeated key keeps its last value); `None` when the body is
+    /// not a JSON object or array.
+    pub json: Option<Value>,
+    /// `None`: not JSON-RPC. `Some(Err)`: JSON-RPC that is malformed — an object repeating
+    /// a key, a message that breaks the rules above, or (for a body that is not JSON at
+    /// all) text that names `"jsonrpc"`.
+    pub mcp: Option<Result<Inbound, ParseError>>,
+}
+
+/// Reads a request body as JSON, once, and recognises JSON-RPC in what was read (see the
+/// module documentation).
+pub fn read_body(body: &[u8]) -> BodyJson {
+    let text = strict::decode_text(body);
+    let Some(first) = text.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return BodyJson::default();
+    };
+    if !matches!(first, b'{' | b'[') {
+        return BodyJson::default();
+    }
+    match strict::from_slice(&text) {
+        Ok(value) => {
+            let mcp = is_jsonrpc(&value).then(|| inbound(&value));
+            BodyJson {
+                json: Some(value),
+                mcp,
+            }
+        }
+        // A repeated key, or a number out of range: read it as other JSON readers do, and
+        // refuse it if that makes it JSON-RPC. Only such bodies are read twice.
+        Err(strict::StrictError::Refused(reason)) => {
+            let json: Option<Value> = serde_json::from_slice(&text).ok();
+            let mcp = json
+                .as_ref()
+                .is_some_and(is_jsonrpc)
+                .then_some(Err(ParseError::NotJsonRpc(reason)));
+            BodyJson { json, mcp }
+        }
+        // Not JSON to any server either; refused as malformed JSON-RPC when it says it is.
+        Err(strict::StrictError::Syntax(reason)) => BodyJson {
+            json: None,
+            mcp: memchr::memmem::find(&text, b"\"jsonrpc\"")
+                .map(|_| Err(ParseError::NotJson(reason))),
+        },
+    }
+}
+
+/// Whether a JSON document is JSON-RPC: an object with a `jsonrpc` member, or an array
+/// holding one.
+fn is_jsonrpc(value: &Value) -> bool {
+    let has_version = |item: &Value| item.as_object().is_some_and(|o| o.contains_key("jsonrpc"));
+    match value {
+        Value::Object(_) => has_version(value),
+        Value::Array(items) => items.iter().any(has_version),
+        _ => false,
+    }
+}
+
+/// The JSON-RPC messages of a JSON document.
+fn inbound(value: &Value) -> Result<Inbound, ParseError> {
     match value {
         Value::Object(object) => parse_message(object)
             .map(Inbound::Single)
@@ -166,14 +240,14 @@ pub fn parse_inbound(body: &[u8]) -> Result<Inbound, ParseError> {
             Err(ParseError::NotJsonRpc("the batch is empty".into()))
         }
         Value::Array(items) => items
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(i, item)| {
                 match item {
                     Value::Object(object) => parse_message(object),
                     other => Err(format!(
                         "a batch holds message objects, got {}",
-                        type_name(&other)
+                        type_name(other)
                     )),
                 }
                 .map_err(|reason| ParseError::NotJsonRpc(format!("batch entry {i}: {reason}")))
@@ -182,21 +256,12 @@ pub fn parse_inbound(body: &[u8]) -> Result<Inbound, ParseError> {
             .map(Inbound::Batch),
         other => Err(ParseError::NotJsonRpc(format!(
             "the body must be a JSON-RPC message object or a batch array, got {}",
-            type_name(&other)
+            type_name(other)
         ))),
     }
 }
 
-/// Whether a body looks like JSON-RPC at all: its first non-space byte is `{` or `[`, and
-/// it contains `"jsonrpc"`. Cheap; used to classify a request as MCP before parsing.
-pub fn looks_like_jsonrpc(body: &[u8]) -> bool {
-    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return false;
-    };
-    matches!(first, b'{' | b'[') && memchr::memmem::find(body, b"\"jsonrpc\"").is_some()
-}
-
-fn parse_message(mut object: Map<String, Value>) -> Result<Message, String> {
+fn parse_message(object: &Map<String, Value>) -> Result<Message, String> {
     match object.get("jsonrpc") {
         Some(Value::String(version)) if version == "2.0" => {}
         Some(other) => {
@@ -204,7 +269,7 @@ fn parse_message(mut object: Map<String, Value>) -> Result<Message, String> {
         }
         None => return Err("missing \"jsonrpc\": \"2.0\"".into()),
     }
-    let id = object.remove("id");
+    let id = object.get("id").cloned();
     if let Some(id) = &id {
         match id {
             Value::String(_) | Value::Null => {}
@@ -222,19 +287,20 @@ fn parse_message(mut object: Map<String, Value>) -> Result<Message, String> {
             }
         }
     }
-    if let Some(method) = object.remove("method") {
+    if let Some(method) = object.get("method") {
         let Value::String(method) = method else {
             return Err(format!(
                 "\"method\" must be a string, got {}",
-                type_name(&method)
+                type_name(method)
             ));
         };
+        let method = method.clone();
         if object.contains_key("result") || object.contains_key("error") {
             return Err(format!(
                 "a message with \"method\" ({method:?}) cannot carry \"result\" or \"error\""
             ));
         }
-        let params = object.remove("params");
+        let params = object.get("params").cloned();
         if let Some(params) = &params
             && !matches!(params, Value::Object(_) | Value::Array(_))
         {

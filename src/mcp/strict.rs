@@ -4,6 +4,7 @@
 //! error), so a gateway that reads one `name` while the server reads the other could be
 //! walked past. Portcullis refuses such a body instead of guessing which one the server sees.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -15,6 +16,52 @@ pub(crate) enum StrictError {
     Syntax(String),
     /// JSON, but refused: an object repeats a key.
     Refused(String),
+}
+
+/// The JSON text of a body as a server reading it as JSON would see it: without a UTF-8
+/// byte order mark, and UTF-16 or UTF-32 (recognised by a byte order mark or by the zero
+/// bytes of its first characters, as Python's `json.loads` does) decoded to UTF-8. A body in
+/// none of these forms is returned as it is.
+pub(crate) fn decode_text(body: &[u8]) -> Cow<'_, [u8]> {
+    const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+    if let Some(rest) = body.strip_prefix(UTF8_BOM) {
+        return Cow::Borrowed(rest);
+    }
+    let decoded = match body {
+        [0xff, 0xfe, 0, 0, rest @ ..] => utf32(rest, u32::from_le_bytes),
+        [0, 0, 0xfe, 0xff, rest @ ..] => utf32(rest, u32::from_be_bytes),
+        [0xff, 0xfe, rest @ ..] => utf16(rest, u16::from_le_bytes),
+        [0xfe, 0xff, rest @ ..] => utf16(rest, u16::from_be_bytes),
+        [0, 0, _, _, ..] => utf32(body, u32::from_be_bytes),
+        [0, _, _, _, ..] | [0, _] => utf16(body, u16::from_be_bytes),
+        [_, 0, 0, 0, ..] => utf32(body, u32::from_le_bytes),
+        [_, 0, _, _, ..] | [_, 0] => utf16(body, u16::from_le_bytes),
+        _ => None,
+    };
+    match decoded {
+        Some(text) => Cow::Owned(text.into_bytes()),
+        None => Cow::Borrowed(body),
+    }
+}
+
+fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> Option<String> {
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let units = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]]));
+    char::decode_utf16(units)
+        .collect::<Result<String, _>>()
+        .ok()
+}
+
+fn utf32(bytes: &[u8], unit: fn([u8; 4]) -> u32) -> Option<String> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    bytes
+        .chunks_exact(4)
+        .map(|c| char::from_u32(unit([c[0], c[1], c[2], c[3]])))
+        .collect()
 }
 
 pub(crate) fn from_slice(body: &[u8]) -> Result<Value, StrictError> {

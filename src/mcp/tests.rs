@@ -190,7 +190,6 @@ fn bodies_that_are_not_json() {
         "not json",
         "{\"a\":1,}",
         "[1,2",
-        "\u{feff}{}",
     ] {
         match parse_inbound(body.as_bytes()) {
             Err(ParseError::NotJson(reason)) => assert!(!reason.is_empty(), "{body:?}"),
@@ -414,21 +413,231 @@ fn parse_errors_say_what_they_are() {
     );
 }
 
-// --- looks_like_jsonrpc ---------------------------------------------------------------------
+// --- recognition by parsing ------------------------------------------------------------------
+
+fn recognised(body: &[u8]) -> Option<Result<Inbound, ParseError>> {
+    read_body(body).mcp
+}
 
 #[test]
-fn what_looks_like_jsonrpc() {
-    assert!(looks_like_jsonrpc(
-        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#
+fn what_is_jsonrpc() {
+    let is = |body: &[u8]| recognised(body).is_some();
+    assert!(is(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#));
+    assert!(is(b"  \n[{\"jsonrpc\":\"2.0\"}]"));
+    assert!(is(br#"{"method":"x","jsonrpc":"1.0"}"#));
+    assert!(is(br#"[{"a":1},{"jsonrpc":"2.0","id":1,"method":"ping"}]"#));
+    assert!(!is(b""));
+    assert!(!is(b"   "));
+    assert!(!is(br#"{"model":"gpt","messages":[]}"#));
+    assert!(!is(br#"x{"jsonrpc":"2.0"}"#));
+    assert!(!is(br#""jsonrpc""#));
+    assert!(!is(br#"[]"#));
+    // Nested, it is data, not the message's version.
+    assert!(!is(br#"{"data":{"jsonrpc":"2.0"}}"#));
+    // Not JSON, but says it is JSON-RPC: malformed.
+    assert!(matches!(
+        recognised(br#"{"jsonrpc":"2.0",}"#),
+        Some(Err(ParseError::NotJson(_)))
     ));
-    assert!(looks_like_jsonrpc(b"  \n[{\"jsonrpc\":\"2.0\"}]"));
-    assert!(looks_like_jsonrpc(br#"{"method":"x","jsonrpc":"1.0"}"#));
-    assert!(!looks_like_jsonrpc(b""));
-    assert!(!looks_like_jsonrpc(b"   "));
-    assert!(!looks_like_jsonrpc(br#"{"model":"gpt","messages":[]}"#));
-    assert!(!looks_like_jsonrpc(br#"x{"jsonrpc":"2.0"}"#));
-    assert!(!looks_like_jsonrpc(br#""jsonrpc""#));
-    assert!(!looks_like_jsonrpc(br#"{jsonrpc:"2.0"}"#));
+    assert!(!is(br#"{jsonrpc:"2.0"}"#));
+}
+
+/// Issue 13, item 1: the key written with an escape is the same key to every server.
+#[test]
+fn an_escaped_jsonrpc_key_is_still_jsonrpc() {
+    let body = br#"{"jsonrp\u0063":"2.0","id":7,"method":"tools\/call","params":{"n\u0061me":"delete_\u0072epo","arguments":{}}}"#;
+    let Some(Ok(Inbound::Single(message))) = recognised(body) else {
+        panic!("not recognised: {:?}", recognised(body));
+    };
+    assert_eq!(
+        message.tool_call().map(|(name, _)| name),
+        Some("delete_repo")
+    );
+    assert_eq!(message.id, Some(json!(7)));
+}
+
+#[test]
+fn a_byte_order_mark_or_utf16_does_not_hide_jsonrpc() {
+    let message = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"rm"}}"#;
+    let mut with_bom = b"\xef\xbb\xbf".to_vec();
+    with_bom.extend_from_slice(message.as_bytes());
+    let utf16le: Vec<u8> = message.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let utf16be: Vec<u8> = message.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let mut utf16_bom = vec![0xff, 0xfe];
+    utf16_bom.extend_from_slice(&utf16le);
+    let utf32le: Vec<u8> = message
+        .chars()
+        .flat_map(|c| (c as u32).to_le_bytes())
+        .collect();
+    for body in [with_bom, utf16le, utf16be, utf16_bom, utf32le] {
+        match recognised(&body) {
+            Some(Ok(inbound)) => assert_eq!(
+                inbound.messages()[0].tool_call().map(|(name, _)| name),
+                Some("rm")
+            ),
+            other => panic!("{body:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_repeated_key_makes_jsonrpc_malformed_however_written() {
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","m\u0065thod":"tools/call"}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":1,"a":2}}]"#,
+    ] {
+        match recognised(body.as_bytes()) {
+            Some(Err(ParseError::NotJsonRpc(reason))) => {
+                assert!(reason.contains("duplicate key"), "{body}: {reason}")
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // Any other JSON keeps its last value, as other readers do.
+    let read = read_body(br#"{"a":1,"a":2}"#);
+    assert!(read.mcp.is_none());
+    assert_eq!(read.json, Some(json!({"a": 2})));
+}
+
+mod equivalent_encodings {
+    //! The recogniser gives the same method, tool and id for every encoding of one message:
+    //! keys and strings escaped or not, whitespace anywhere it may go, members in any order,
+    //! the message alone or in a batch, nested arguments.
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::super::*;
+
+    /// One JSON-RPC message as (key, value) members, values already JSON.
+    fn message() -> impl Strategy<Value = (String, Option<String>, Value)> {
+        (
+            prop_oneof![
+                Just("tools/call".to_owned()),
+                Just("tools/list".to_owned()),
+                "[a-z/_]{1,12}"
+            ],
+            proptest::option::of("[a-z_*\\-]{1,10}"),
+            prop_oneof![
+                any::<i32>().prop_map(Value::from),
+                "[a-z0-9\\-]{0,8}".prop_map(Value::from),
+            ],
+        )
+    }
+
+    /// Writes a string as JSON, each character escaped or not as `escape` says.
+    fn encode_str(text: &str, escape: &[bool]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in text.chars().enumerate() {
+            if escape.get(i).copied().unwrap_or(false) {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            } else if c == '/' && escape.get(i + 1).copied().unwrap_or(false) {
+                out.push_str("\\/");
+            } else {
+                out.push(c);
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn space(n: u8) -> &'static str {
+        ["", " ", "\n", "\t ", "\r\n  "][usize::from(n) % 5]
+    }
+
+    /// An object from members, in `order`, with whitespace and escapes.
+    fn encode_object(
+        members: &[(String, String)],
+        order: &[usize],
+        escape: &[bool],
+        spaces: &[u8],
+    ) -> String {
+        let mut out = String::from("{");
+        let mut n = 0;
+        let mut ws = || {
+            n += 1;
+            space(spaces.get(n % spaces.len().max(1)).copied().unwrap_or(0))
+        };
+        for (i, &index) in order.iter().enumerate() {
+            let (key, value) = &members[index % members.len()];
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(ws());
+            out.push_str(&encode_str(key, &escape[i % escape.len().max(1)..]));
+            out.push_str(ws());
+            out.push(':');
+            out.push_str(ws());
+            out.push_str(value);
+            out.push_str(ws());
+        }
+        out.push('}');
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn every_encoding_reads_the_same(
+            (method, tool, id) in message(),
+            order in Just((0..5).collect::<Vec<usize>>()).prop_shuffle(),
+            escape in proptest::collection::vec(any::<bool>(), 1..40),
+            spaces in proptest::collection::vec(any::<u8>(), 1..20),
+            batch in any::<bool>(),
+            bom in any::<bool>(),
+        ) {
+            let tool_name = tool.clone().unwrap_or_else(|| "t".to_owned());
+            let params = encode_object(
+                &[
+                    ("name".to_owned(), encode_str(&tool_name, &escape)),
+                    (
+                        "arguments".to_owned(),
+                        r#"{"nested":{"list":[1,{"deep":"x"}],"s":"a\u0062"}}"#.to_owned(),
+                    ),
+                ],
+                &[1, 0],
+                &escape,
+                &spaces,
+            );
+            let members = [
+                ("jsonrpc".to_owned(), encode_str("2.0", &escape)),
+                ("id".to_owned(), id.to_string()),
+                ("method".to_owned(), encode_str(&method, &escape)),
+                ("params".to_owned(), params),
+                ("extra".to_owned(), "null".to_owned()),
+            ];
+            let object = encode_object(&members, &order, &escape, &spaces);
+            let mut body = if batch { format!("[{}{object}]", space(spaces[0])) } else { object };
+            if bom {
+                body.insert(0, '\u{feff}');
+            }
+            let plain = serde_json::json!({
+                "jsonrpc": "2.0", "id": id, "method": method,
+                "params": {"name": tool_name, "arguments": {}},
+            });
+            let expected = inbound(&plain).map(|i| i.messages()[0].clone());
+            let read = read_body(body.as_bytes());
+            let got = match read.mcp {
+                Some(Ok(inbound)) => Ok(inbound.messages()[0].clone()),
+                Some(Err(error)) => Err(error),
+                None => panic!("not recognised: {body}"),
+            };
+            match (expected, got) {
+                (Ok(want), Ok(got)) => {
+                    prop_assert_eq!(want.method(), got.method(), "{}", body);
+                    prop_assert_eq!(&want.id, &got.id, "{}", body);
+                    prop_assert_eq!(
+                        want.tool_call().map(|(name, _)| name),
+                        got.tool_call().map(|(name, _)| name),
+                        "{}", body
+                    );
+                }
+                // A `tools/call` the parser refuses is refused however it is written.
+                (Err(want), Err(got)) => prop_assert_eq!(want.code(), got.code(), "{}", body),
+                (want, got) => prop_assert!(false, "{body}: {want:?} vs {got:?}"),
+            }
+        }
+    }
 }
 
 // --- error replies --------------------------------------------------------------------------
@@ -976,7 +1185,7 @@ mod properties {
         #[test]
         fn parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = parse_inbound(&body);
-            let _ = looks_like_jsonrpc(&body);
+            let _ = read_body(&body);
         }
 
         #[test]

@@ -11,8 +11,11 @@
 //! Expressions are parsed when the policy is read and checked against a request of every
 //! shape, so an undeclared variable, a misspelt field of `identity`, a type error or a
 //! non-boolean result is a config error with its position, not a surprise at request time.
-//! At request time an expression that fails to evaluate (a missing `args` key, say) does
-//! not hold — fail closed.
+//! At request time an expression can still fail on what the workload sent (a missing
+//! `args` key, a string where a number was expected): [`CelExpr::test`] says so, and the
+//! caller fails closed — in a deny or gated policy the error denies, in an allow or flag
+//! rule it does not match. The error is described by its kind and the types involved,
+//! never by the request's values.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -183,6 +186,56 @@ impl CelExpr {
         matches!(self.evaluate(req), Ok(Value::Bool(true)))
     }
 
+    /// Whether the expression holds for this request, or why it could not be evaluated
+    /// (without the request's values: the text goes into audit records).
+    pub fn test(&self, req: &RequestFacts<'_>) -> Result<bool, String> {
+        match self.evaluate(req) {
+            Ok(Value::Bool(held)) => Ok(held),
+            Ok(other) => Err(format!("it gave {}, not a boolean", type_name(&other))),
+            Err(error) => Err(self.describe(&error)),
+        }
+    }
+
+    /// An evaluation error without the values involved, which come from the request: their
+    /// types, and a missing key only when the expression itself names it.
+    fn describe(&self, error: &ExecutionError) -> String {
+        match error {
+            ExecutionError::NoSuchKey(key) if self.source.contains(key.as_str()) => {
+                format!("no such key: {key}")
+            }
+            ExecutionError::NoSuchKey(_) => "no such key".to_owned(),
+            ExecutionError::NoSuchOverload(_)
+            | ExecutionError::UnexpectedType { .. }
+            | ExecutionError::InvalidArgumentCount { .. }
+            | ExecutionError::MissingArgumentOrTarget => one_line(&error.to_string()),
+            ExecutionError::UnsupportedBinaryOperator(op, left, right) => format!(
+                "operator '{op}' does not apply to {} and {}",
+                type_name(left),
+                type_name(right)
+            ),
+            ExecutionError::ValuesNotComparable(left, right) => format!(
+                "{} cannot be compared to {}",
+                type_name(left),
+                type_name(right)
+            ),
+            ExecutionError::UnsupportedTargetType { target }
+            | ExecutionError::NotSupportedAsMethod { target, .. } => {
+                format!("a function does not apply to {}", type_name(target))
+            }
+            ExecutionError::UnsupportedIndex(index, target) => {
+                format!("{} cannot index {}", type_name(index), type_name(target))
+            }
+            ExecutionError::FunctionError { function, .. } => {
+                format!("function '{function}' failed")
+            }
+            ExecutionError::DivisionByZero(_) => "division by zero".to_owned(),
+            ExecutionError::RemainderByZero(_) => "remainder by zero".to_owned(),
+            ExecutionError::Overflow(op, _, _) => format!("overflow in '{op}'"),
+            ExecutionError::IndexOutOfBounds(_) => "index out of bounds".to_owned(),
+            _ => "the expression failed to evaluate".to_owned(),
+        }
+    }
+
     /// The expression's value for this request, for explanations.
     pub fn evaluate(&self, req: &RequestFacts<'_>) -> Result<Value, ExecutionError> {
         let mut context = Context::with_env(STDLIB.clone());
@@ -303,12 +356,13 @@ fn variables(req: &RequestFacts<'_>, reads: Reads) -> Vec<(&'static str, Value)>
         Value::Map(headers.into())
     });
     put("action_type", &|| string(req.action_type().as_str()));
+    // Built once per body: a batch's messages, decided one by one, share it.
     put("body", &|| match req.body {
-        Some(body) => match body.json() {
+        Some(body) => body.cel_value(|| match body.json() {
             Some(json) => json_to_cel(json),
             None if body.bytes().is_empty() => Value::Null,
             None => string(&String::from_utf8_lossy(body.bytes())),
-        },
+        }),
         None => Value::Null,
     });
     put("tool", &|| {

@@ -219,6 +219,9 @@ pub struct Conditions {
     tools: Option<GlobSet>,
     dlp: Box<[Arc<str>]>,
     cel: Option<CelExpr>,
+    /// What a CEL expression that fails to evaluate counts as: held in a deny or gated
+    /// policy (fail closed: the refusal applies), not held anywhere else.
+    cel_error_holds: bool,
     needs_body: bool,
 }
 
@@ -231,6 +234,9 @@ pub struct ConditionSources<'a> {
     pub tools: &'a [ToolPattern],
     pub dlp: &'a [String],
     pub cel: Option<&'a CelExpr>,
+    /// A CEL evaluation error counts as the expression holding (see
+    /// [`Conditions::cel_error`]).
+    pub cel_error_holds: bool,
 }
 
 impl Conditions {
@@ -259,6 +265,7 @@ impl Conditions {
             tools,
             dlp: sources.dlp.iter().map(|d| Arc::from(d.as_str())).collect(),
             cel: sources.cel.cloned(),
+            cel_error_holds: sources.cel_error_holds,
             needs_body,
         };
         let empty = conditions.headers.is_empty()
@@ -281,6 +288,19 @@ impl Conditions {
         self.tools.is_some()
     }
 
+    /// Why the CEL expression could not be evaluated for this request, if it could not.
+    pub fn cel_error(&self, req: &RequestFacts<'_>) -> Option<String> {
+        let cel = self.cel.as_ref()?;
+        if cel.reads_body() && req.unknown_args.is_some() {
+            return None;
+        }
+        cel.test(req).err()
+    }
+
+    fn cel_holds(&self, cel: &CelExpr, req: &RequestFacts<'_>) -> bool {
+        cel.test(req).unwrap_or(self.cel_error_holds)
+    }
+
     /// The conditions decidable on the headers: header matchers, header-classifiable
     /// action types, and a CEL expression that reads no body.
     pub fn hold_on_headers(&self, req: &RequestFacts<'_>) -> bool {
@@ -294,7 +314,7 @@ impl Conditions {
             return false;
         }
         match &self.cel {
-            Some(cel) if !cel.reads_body() => cel.holds(req),
+            Some(cel) if !cel.reads_body() => self.cel_holds(cel, req),
             _ => true,
         }
     }
@@ -309,13 +329,20 @@ impl Conditions {
         if self.action_types.needs_body() && !self.action_types.contains(req.action_type()) {
             return false;
         }
+        // Each matcher runs once per body, however many messages of a batch are decided
+        // with it: the body is not scanned again per message. A prompt matcher's key is
+        // offset by one from its address, which no other matcher can have.
         if let Some(matcher) = &self.body
-            && !matcher.matches(body.bytes())
+            && !body.remember(Arc::as_ptr(matcher) as usize, || {
+                matcher.matches(body.bytes())
+            })
         {
             return false;
         }
         if let Some(matcher) = &self.prompt
-            && !matcher.matches(body.prompt().as_bytes())
+            && !body.remember(Arc::as_ptr(matcher) as usize + 1, || {
+                matcher.matches(body.prompt().as_bytes())
+            })
         {
             return false;
         }
@@ -337,7 +364,9 @@ impl Conditions {
         }
         match &self.cel {
             // A hypothetical call with unknown arguments: the caller says what to assume.
-            Some(cel) if cel.reads_body() => req.unknown_args.unwrap_or_else(|| cel.holds(req)),
+            Some(cel) if cel.reads_body() => {
+                req.unknown_args.unwrap_or_else(|| self.cel_holds(cel, req))
+            }
             _ => true,
         }
     }

@@ -83,6 +83,12 @@ impl Action {
         }
     }
 
+    /// Whether the action can refuse a request it matches (deny, gated): its conditions
+    /// then fail closed.
+    pub fn refuses(self) -> bool {
+        matches!(self, Action::Deny | Action::Gated)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Allow => "allow",

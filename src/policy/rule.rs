@@ -609,7 +609,14 @@ pub struct RuleCompiler {
 }
 
 impl RuleCompiler {
+    /// Compiles a rule whose CEL errors do not match: rules that grant, and scopes.
     pub fn compile(&mut self, config: &RuleConfig) -> Rule {
+        self.compile_for(config, false)
+    }
+
+    /// Compiles a rule; with `cel_error_holds` (the rules of deny and gated policies), a CEL
+    /// expression that fails to evaluate counts as holding, so the refusal applies.
+    pub fn compile_for(&mut self, config: &RuleConfig, cel_error_holds: bool) -> Rule {
         let kind = match config.host.kind() {
             HostKind::Any => HostMatch::Any,
             HostKind::Exact(host) => HostMatch::Exact(host.clone()),
@@ -645,6 +652,7 @@ impl RuleCompiler {
                 tools: &config.tools,
                 dlp: &config.dlp,
                 cel: config.cel.as_ref(),
+                cel_error_holds,
             })
             .map(Arc::new),
         }

@@ -85,6 +85,10 @@ pub struct Verdict {
     pub dry_run: Option<RuleRef>,
     /// For a gated decider: whether its condition held.
     pub gate: Option<bool>,
+    /// The deciding policy refuses (deny, gated) because a condition of it (the rule's
+    /// `cel`, the gate's `condition`) could not be evaluated: [`PolicySet::condition_error`]
+    /// says why.
+    pub condition_error: bool,
 }
 
 impl Verdict {
@@ -92,7 +96,8 @@ impl Verdict {
     /// condition held.
     pub fn decision(&self) -> Decision {
         match (self.action, self.gate) {
-            (Action::Gated, Some(true)) => Decision::Allowed,
+            (Action::Gated, Some(true)) if !self.condition_error => Decision::Allowed,
+            (Action::Gated, _) => Decision::Denied,
             (action, _) => action.decision(),
         }
     }
@@ -163,7 +168,12 @@ impl PolicySet {
                 warn: config.warn,
                 match_tags: config.match_tags.clone(),
                 message: config.message.as_deref().map(Arc::from),
-                rules: config.rules.iter().map(|r| rules.compile(r)).collect(),
+                // A refusing policy fails closed on a condition it cannot evaluate.
+                rules: config
+                    .rules
+                    .iter()
+                    .map(|r| rules.compile_for(r, config.action.refuses()))
+                    .collect(),
                 condition: config.condition.clone(),
             })
             .collect();
@@ -323,14 +333,22 @@ impl PolicySet {
         match best.enforced {
             Some(key) => {
                 let policy = &self.policies[key.item as usize];
+                let gate = policy.condition.as_ref().map(|c| match req.unknown_args {
+                    Some(_) if c.reads_body() => Ok(true),
+                    _ => c.test(req),
+                });
+                let condition_error = matches!(gate, Some(Err(_)))
+                    || (policy.action.refuses()
+                        && policy.rules[key.rule as usize]
+                            .conditions
+                            .as_ref()
+                            .is_some_and(|c| c.cel_error(req).is_some()));
                 Verdict {
                     action: policy.action,
                     decided_by: Some(rule_ref(key)),
                     dry_run,
-                    gate: policy.condition.as_ref().map(|c| match req.unknown_args {
-                        Some(_) if c.reads_body() => true,
-                        _ => c.holds(req),
-                    }),
+                    gate: gate.map(|held| held.unwrap_or(false)),
+                    condition_error,
                 }
             }
             None => Verdict {
@@ -338,8 +356,28 @@ impl PolicySet {
                 decided_by: None,
                 dry_run,
                 gate: None,
+                condition_error: false,
             },
         }
+    }
+
+    /// Why a condition of the rule `decided_by` (its `cel`, or its policy's gate
+    /// `condition`) could not be evaluated for this request, when it could not: the text of
+    /// a [`Verdict::condition_error`], for the audit record.
+    pub fn condition_error(&self, decided_by: RuleRef, req: &RequestFacts<'_>) -> Option<String> {
+        let policy = self.policy(decided_by.policy);
+        let rule = policy.rules.get(decided_by.rule as usize)?;
+        if let Some(error) = rule.conditions.as_ref().and_then(|c| c.cel_error(req)) {
+            return Some(format!("rule {} `cel`: {error}", decided_by.rule));
+        }
+        let condition = policy.condition.as_ref()?;
+        if condition.reads_body() && req.unknown_args.is_some() {
+            return None;
+        }
+        condition
+            .test(req)
+            .err()
+            .map(|error| format!("`condition` `{}`: {error}", condition.as_str()))
     }
 
     /// Every active policy that matches the request, in decision order, with its first

@@ -929,3 +929,140 @@ policies:
         Action::Deny
     );
 }
+
+/// Issue 13, item 11: deciding the messages of a batch one by one never reads the whole
+/// body again per message — each content matcher runs once per body, so the work is linear
+/// in the body, not in messages × body. (A CEL expression reading `request.body` is the
+/// exception: the `cel` crate converts a bound value on every evaluation; `mcp.max_batch`
+/// bounds that.)
+#[test]
+fn a_batch_is_decided_without_rescanning_the_body_per_message() {
+    let set = policy_set(
+        r#"
+policies:
+  - name: no-keys
+    priority: 1
+    action: deny
+    rules:
+      - {host: mcp.example, body: {contains: [aws_secret_access_key]}}
+      - {host: mcp.example, prompt: {contains: [password]}}
+  - name: no-big
+    priority: 2
+    action: deny
+    rules: [{host: mcp.example, cel: 'request.args.n > 5'}]
+  - name: mcp
+    priority: 10
+    action: allow
+    rules: [{host: mcp.example, tools: ["list_*"]}]
+"#,
+    );
+    let request = build_request(&CheckRequest {
+        request_line: "POST http://mcp.example/mcp".into(),
+        ..CheckRequest::default()
+    })
+    .unwrap();
+    let ids = set.tag_ids(&tags(&[]));
+    for n in [10, 1000] {
+        let messages: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"list_things","arguments":{{"n":1}}}}}}"#
+                )
+            })
+            .collect();
+        let bytes = format!("[{}]", messages.join(","));
+        let body = Body::new(bytes.as_bytes(), None);
+        let Some(Ok(crate::mcp::Inbound::Batch(batch))) = body.mcp() else {
+            panic!("not a batch");
+        };
+        for message in batch {
+            let facts = RequestFacts {
+                body: Some(&body),
+                message: Some(message),
+                ..request.facts()
+            };
+            assert_eq!(set.evaluate(&facts, &ids).action, Action::Allow);
+        }
+        assert_eq!(
+            body.matchers_run(),
+            2,
+            "the body and prompt matchers ran once each for {n} messages"
+        );
+    }
+}
+
+/// Issue 13, item 10: an expression that fails on what the workload sent fails closed — a
+/// deny or gated policy refuses (and says it was an error), an allow rule does not match.
+#[test]
+fn condition_errors_refuse_in_deny_and_gated_policies_and_grant_nothing_in_allow() {
+    let set = policy_set(
+        r#"
+default_action: deny
+policies:
+  - name: big-payments
+    priority: 1
+    action: deny
+    rules: [{host: pay.example, paths: ["/deny"], cel: 'request.body.amount > 1000'}]
+  - name: small-refunds
+    priority: 2
+    action: gated
+    condition: 'request.body.amount < 100'
+    rules: [{host: pay.example, paths: ["/gated"]}]
+  - name: vip
+    priority: 3
+    action: allow
+    rules: [{host: pay.example, paths: ["/allow"], cel: 'request.body.vip == true'}]
+"#,
+    );
+    let ids = set.tag_ids(&tags(&[]));
+    let verdict = |path: &str, body: &[u8]| {
+        let request = build_request(&CheckRequest {
+            request_line: format!("POST http://pay.example{path}"),
+            ..CheckRequest::default()
+        })
+        .unwrap();
+        let body = Body::new(body, None);
+        let facts = RequestFacts {
+            body: Some(&body),
+            ..request.facts()
+        };
+        let verdict = set.evaluate(&facts, &ids);
+        let error = verdict
+            .decided_by
+            .and_then(|rule| set.condition_error(rule, &facts));
+        (verdict.decision(), verdict.condition_error, error)
+    };
+
+    let (decision, errored, error) = verdict("/deny", br#"{"amount": "999999"}"#);
+    assert_eq!((decision, errored), (Decision::Denied, true));
+    let error = error.unwrap();
+    assert!(error.contains("(string, int)"), "{error}");
+    assert!(!error.contains("999999"), "no request data: {error}");
+    let (decision, errored, _) = verdict("/deny", br#"{"amount": 5}"#);
+    assert_eq!(
+        (decision, errored),
+        (Decision::Denied, false),
+        "a deny that does not hold falls to the default, without an error"
+    );
+
+    let (decision, errored, error) = verdict("/gated", br#"{"amount": "5"}"#);
+    assert_eq!((decision, errored), (Decision::Denied, true));
+    assert!(
+        error
+            .unwrap()
+            .starts_with("`condition` `request.body.amount < 100`")
+    );
+    assert_eq!(verdict("/gated", br#"{"amount": 5}"#).0, Decision::Allowed);
+
+    // A byte order mark before the JSON: the same JSON.
+    assert_eq!(
+        verdict("/gated", b"\xef\xbb\xbf{\"amount\": 5}").0,
+        Decision::Allowed
+    );
+
+    // An allow rule whose expression fails grants nothing: the default denies, and not
+    // because of an error.
+    let (decision, errored, _) = verdict("/allow", br#"{"name": "x"}"#);
+    assert_eq!((decision, errored), (Decision::Denied, false));
+    assert_eq!(verdict("/allow", br#"{"vip": true}"#).0, Decision::Allowed);
+}

@@ -20,7 +20,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
         _ => exchange.policies.evaluate(&facts, &exchange.tag_ids),
     };
     exchange.verdict = Some(verdict);
-    let annotations = annotate(exchange, &verdict);
+    let mut annotations = annotate(exchange, &verdict);
     if verdict.decision() != Decision::Denied {
         return Step::Continue(annotations);
     }
@@ -31,6 +31,27 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
         format!("{} {}{}", request.method_name, request.host, request.path)
     };
     let rejection = match verdict.decided_by {
+        Some(rule) if verdict.condition_error => {
+            let policy = exchange.policies.policy(rule.policy);
+            let error = condition_error(exchange.policies, &facts, body, rule)
+                .unwrap_or_else(|| "the condition failed to evaluate".to_owned());
+            let message = format!(
+                "{target} is refused by policy {:?}: its condition could not be evaluated on \
+                 this request ({error}), and a refusing policy fails closed",
+                &*policy.name
+            );
+            annotations.reason = Some("condition_error");
+            annotations.condition_error = Some(error);
+            Rejection {
+                status: 403,
+                kind: "policy_denied",
+                reason: "condition_error",
+                message,
+                policy: Some(policy.name.clone()),
+                rule: Some(rule.rule),
+                transform: "allowlist",
+            }
+        }
         Some(rule) if verdict.action == Action::Gated => {
             let policy = exchange.policies.policy(rule.policy);
             let condition = policy.condition.as_ref().map_or("", |c| c.as_str());
@@ -76,6 +97,28 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
         },
     };
     Step::Reject(rejection, annotations)
+}
+
+/// Why the deciding rule's condition could not be evaluated: on the request, or on the
+/// first batch message it fails on.
+fn condition_error(
+    policies: &PolicySet,
+    facts: &RequestFacts<'_>,
+    body: Option<&Body<'_>>,
+    rule: crate::policy::RuleRef,
+) -> Option<String> {
+    match body.and_then(Body::mcp) {
+        Some(Ok(Inbound::Batch(messages))) => messages.iter().find_map(|message| {
+            policies.condition_error(
+                rule,
+                &RequestFacts {
+                    message: Some(message),
+                    ..*facts
+                },
+            )
+        }),
+        _ => policies.condition_error(rule, facts),
+    }
 }
 
 /// A JSON-RPC batch is decided message by message and refused whole when any message is

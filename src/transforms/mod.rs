@@ -357,6 +357,10 @@ pub struct Annotations {
     /// `header_capture`: the listed headers' values, as the workload sent them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub captured_headers: Vec<CapturedHeader>,
+    /// Why a refusing policy's condition could not be evaluated (reason `condition_error`):
+    /// the error's kind and types, never the request's values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition_error: Option<String>,
 }
 
 impl Annotations {

@@ -199,11 +199,13 @@ fn a_gated_policy_allows_only_when_its_condition_holds() {
     assert_eq!(denied.status, 403, "{denied:?}");
     let error = &denied.json()["error"];
     assert_eq!(error["policy"], "admin-for-infra-only");
-    assert_eq!(error["reason"], "gate_condition_failed");
+    // The workload has no `team:` label: the condition cannot be evaluated, and a gate
+    // fails closed (issue 13, item 10).
+    assert_eq!(error["reason"], "condition_error");
     let message = error["message"].as_str().unwrap();
     assert!(
-        message.contains(r#"identity.labels.team == "infra""#),
-        "the reason names the condition: {message}"
+        message.contains(r#"identity.labels.team == "infra""#) && message.contains("no such key"),
+        "the reason names the condition and the error: {message}"
     );
     assert_eq!(upstream.hits(), 2);
     gw.assert_no_leaks(&[CLAUDE, CURSOR], &[&allowed, &denied]);

@@ -239,7 +239,7 @@ fn only_the_listener_says_a_request_leaves_over_tls() {
             ],
             true,
         );
-        outbound_request(h, &HashMap::new(), listener).unwrap()
+        outbound_request(h, &HashMap::new(), listener, &RequestConfig::default()).unwrap()
     };
     // The workload's `:scheme: https` on the plain forward proxy: still plaintext.
     let forward_proxy = ListenerContext::default();
