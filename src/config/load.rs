@@ -34,6 +34,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "admin",
     "dlp",
     "mcp",
+    "network_guard",
 ];
 
 /// One problem in a config file.
@@ -286,6 +287,13 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "mcp" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.mcp = v;
+                }
+            }
+            "network_guard" => {
+                if let Some(v) = section::<crate::network::NetworkGuardConfig>(value, &key, &mut errors)
+                {
+                    errors.extend(v.validate().into_iter().map(|e| e.under("network_guard")));
+                    config.network_guard = v;
                 }
             }
             "identities" => {

@@ -47,6 +47,8 @@ pub struct Config {
     pub dlp: crate::dlp::DlpConfig,
     /// How denied MCP messages are answered.
     pub mcp: McpConfig,
+    /// Which internal addresses allowed requests may reach, and how names are resolved.
+    pub network_guard: crate::network::NetworkGuardConfig,
 }
 
 /// `mcp:` — how Portcullis answers MCP (JSON-RPC over Streamable HTTP) messages it

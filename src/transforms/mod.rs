@@ -357,6 +357,12 @@ pub struct Annotations {
     /// `header_capture`: the listed headers' values, as the workload sent them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub captured_headers: Vec<CapturedHeader>,
+    /// `network_guard`: the address Envoy connects to, or the internal one refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_address: Option<std::net::SocketAddr>,
+    /// `network_guard`: the internal range of a refused address (`loopback`, `link_local`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_range: Option<&'static str>,
 }
 
 impl Annotations {
