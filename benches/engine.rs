@@ -828,7 +828,9 @@ fn public_dns() -> std::net::SocketAddr {
             reply[3] = 0x80;
             reply[6..12].copy_from_slice(&[0, u8::from(is_a), 0, 0, 0, 0]);
             if is_a {
-                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 93, 184, 215, 14]);
+                reply.extend_from_slice(&[
+                    0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 93, 184, 215, 14,
+                ]);
             }
             let _ = socket.send_to(&reply, peer);
         }

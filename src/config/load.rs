@@ -290,7 +290,8 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
                 }
             }
             "network_guard" => {
-                if let Some(v) = section::<crate::network::NetworkGuardConfig>(value, &key, &mut errors)
+                if let Some(v) =
+                    section::<crate::network::NetworkGuardConfig>(value, &key, &mut errors)
                 {
                     errors.extend(v.validate().into_iter().map(|e| e.under("network_guard")));
                     config.network_guard = v;

@@ -142,16 +142,12 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Internal> {
     // IPv4 address reach that address and are fine; the deprecated forms are never routed.
     let embedded = match seg {
         [0, 0, 0, 0, 0, 0xffff, _, _] => Some((Embedding::Mapped, low32, None)),
-        [0, 0, 0, 0, 0, 0, _, _] => Some((
-            Embedding::Compatible,
-            low32,
-            Some(InternalRange::Reserved),
-        )),
-        [0, 0, 0, 0, 0xffff, 0, _, _] => Some((
-            Embedding::Translated,
-            low32,
-            Some(InternalRange::Reserved),
-        )),
+        [0, 0, 0, 0, 0, 0, _, _] => {
+            Some((Embedding::Compatible, low32, Some(InternalRange::Reserved)))
+        }
+        [0, 0, 0, 0, 0xffff, 0, _, _] => {
+            Some((Embedding::Translated, low32, Some(InternalRange::Reserved)))
+        }
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, _, _, _, _, _] => {
             Some((Embedding::Nat64, low32, None))
         }
@@ -207,16 +203,14 @@ pub fn legacy_ipv4(host: &str) -> Option<Ipv4Addr> {
     }
     let mut values = Vec::with_capacity(parts.len());
     for part in &parts {
-        let (digits, radix) = if let Some(hex) = part
-            .strip_prefix("0x")
-            .or_else(|| part.strip_prefix("0X"))
-        {
-            (hex, 16)
-        } else if part.len() > 1 && part.starts_with('0') {
-            (&part[1..], 8)
-        } else {
-            (*part, 10)
-        };
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
         if digits.is_empty() && radix != 16 {
             return None;
         }
@@ -292,16 +286,32 @@ mod tests {
             ("::ffff:8.8.8.8", None, None),
             ("::127.0.0.1", Some(Loopback), Some(Embedding::Compatible)),
             ("::8.8.8.8", Some(Reserved), Some(Embedding::Compatible)),
-            ("::ffff:0:10.0.0.1", Some(Private), Some(Embedding::Translated)),
+            (
+                "::ffff:0:10.0.0.1",
+                Some(Private),
+                Some(Embedding::Translated),
+            ),
             ("64:ff9b::127.0.0.1", Some(Loopback), Some(Embedding::Nat64)),
-            ("64:ff9b::169.254.169.254", Some(LinkLocal), Some(Embedding::Nat64)),
+            (
+                "64:ff9b::169.254.169.254",
+                Some(LinkLocal),
+                Some(Embedding::Nat64),
+            ),
             ("64:ff9b:1::10.1.2.3", Some(Private), Some(Embedding::Nat64)),
             ("64:ff9b::8.8.8.8", None, None),
             ("2002:7f00:1::1", Some(Loopback), Some(Embedding::SixToFour)),
-            ("2002:c0a8:101::1", Some(Private), Some(Embedding::SixToFour)),
+            (
+                "2002:c0a8:101::1",
+                Some(Private),
+                Some(Embedding::SixToFour),
+            ),
             ("2002:808:808::1", None, None),
             // Teredo: server 65.54.227.120, client 127.0.0.1 stored inverted.
-            ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some(Loopback), Some(Embedding::Teredo)),
+            (
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                Some(Loopback),
+                Some(Embedding::Teredo),
+            ),
             ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None, None),
         ];
         for (text, range, how) in table {
@@ -341,7 +351,7 @@ mod tests {
 
     fn blocked_v4() -> impl Strategy<Value = Ipv4Addr> {
         prop_oneof![
-            (0u32..1 << 24).prop_map(|n| Ipv4Addr::from(n)),
+            (0u32..1 << 24).prop_map(Ipv4Addr::from),
             (0u32..1 << 24).prop_map(|n| Ipv4Addr::from((127 << 24) | n)),
             (0u32..1 << 24).prop_map(|n| Ipv4Addr::from((10 << 24) | n)),
             (0u32..1 << 20).prop_map(|n| Ipv4Addr::from(0xac10_0000 | n)),

@@ -99,10 +99,7 @@ impl NetworkGuardConfig {
         if self.min_ttl.0 > self.max_ttl.0 {
             errors.push(FieldError::new(
                 "min_ttl",
-                format!(
-                    "{} is more than max_ttl ({})",
-                    self.min_ttl, self.max_ttl
-                ),
+                format!("{} is more than max_ttl ({})", self.min_ttl, self.max_ttl),
             ));
         }
         errors
@@ -221,10 +218,9 @@ impl NetworkGuard {
             .map(|rule| policies.policy(rule.policy));
         let exempt = |ip: IpAddr| {
             deciding.is_some_and(|policy| {
-                policy
-                    .rules
-                    .iter()
-                    .any(|rule| matches!(&rule.host.kind, HostMatch::Cidr(net) if net.contains(&ip)))
+                policy.rules.iter().any(
+                    |rule| matches!(&rule.host.kind, HostMatch::Cidr(net) if net.contains(&ip)),
+                )
             })
         };
         let vetted = self
@@ -232,9 +228,10 @@ impl NetworkGuard {
             .await;
         let (action, annotations) = match vetted {
             Ok(address) => {
-                outcome
-                    .mutations
-                    .set(UPSTREAM_ADDRESS_HEADER, SecretValue::new(address.to_string()));
+                outcome.mutations.set(
+                    UPSTREAM_ADDRESS_HEADER,
+                    SecretValue::new(address.to_string()),
+                );
                 (
                     TraceAction::Continue,
                     Annotations {

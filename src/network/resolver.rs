@@ -106,7 +106,10 @@ impl Resolver {
 
     /// The addresses of `host`, in the resolver's order; cached within the TTL bounds.
     pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
-        let resolver = self.inner.as_ref().map_err(|e| LookupError::Failed(e.clone()))?;
+        let resolver = self
+            .inner
+            .as_ref()
+            .map_err(|e| LookupError::Failed(e.clone()))?;
         match tokio::time::timeout(self.timeout, resolver.lookup_ip(host)).await {
             Err(_) => Err(LookupError::Timeout),
             Ok(Ok(lookup)) => {
@@ -123,11 +126,14 @@ impl Resolver {
     }
 }
 
+/// A resolver and the settings it was built with.
+type Current = Option<(ResolverSettings, Arc<Resolver>)>;
+
 /// The resolver in use, kept across snapshots: a reload that keeps the DNS settings keeps
 /// the resolver and its cache.
 #[derive(Clone, Default)]
 pub struct Resolvers {
-    current: Arc<Mutex<Option<(ResolverSettings, Arc<Resolver>)>>>,
+    current: Arc<Mutex<Current>>,
 }
 
 impl Resolvers {

@@ -9,7 +9,7 @@
 //! unless a policy allows loopback by CIDR.
 
 use crate::common::dns::ScriptedDns;
-use crate::common::{EnvoyMode, Gateway, GatewayOptions, Reply, Upstream};
+use crate::common::{EnvoyMode, Gateway, GatewayOptions, Reply, TestTls, Upstream};
 
 /// Every host under `lab.test` is allowed by name: the guard is all that stands between a
 /// workload and whatever those names resolve to.
@@ -128,7 +128,10 @@ fn dns_rebinding_cannot_steer_envoy_to_an_unvetted_address() {
     // Every answer lives 0 s, and they alternate: whoever resolves next gets the other one.
     let dns = ScriptedDns::start(&[("flip.lab.test", &["127.0.0.1", "203.0.113.7"])]);
     let gw = start(WILDCARD, &dns, EnvoyMode::ForwardProxy);
-    let steer = format!("x-portcullis-upstream-address: 127.0.0.1:{}", upstream.port());
+    let steer = format!(
+        "x-portcullis-upstream-address: 127.0.0.1:{}",
+        upstream.port()
+    );
     let mut replies = Vec::new();
     for n in 0..4 {
         let url = format!("http://flip.lab.test:{}/{n}", upstream.port());
@@ -187,4 +190,44 @@ policies:
     );
     let record = gw.audit_for(|r| r["path"] == "/by-name");
     assert_eq!(record["upstream_address"], format!("127.0.0.1:{port}"));
+}
+
+#[test]
+fn intercepted_https_to_a_name_resolving_to_loopback_is_refused() {
+    let tls = TestTls::generate_for(&["inside.lab.test", "public.lab.test"]);
+    let upstream = Upstream::start(Some(tls.server.clone()));
+    let port = upstream.port();
+    let dns = ScriptedDns::start(&[("inside.lab.test", &["127.0.0.1"])]);
+    let ca = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["ca", "init", "--dir"])
+        .arg(ca.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let cert = ca.path().join("ca.crt");
+    let config = format!(
+        "interception:\n  ca: {{cert_file: {}, key_file: {}}}\n{WILDCARD}",
+        cert.display(),
+        ca.path().join("ca.key").display()
+    );
+    let gw = Gateway::start(
+        &format!(
+            "{config}\nnetwork_guard:\n  nameservers: [\"127.0.0.1:{}\"]\n  min_ttl: 0s\n",
+            dns.port
+        ),
+        GatewayOptions {
+            mode: EnvoyMode::HttpsIntercept,
+            upstream_ca_pem: Some(tls.ca_pem.clone()),
+            ..GatewayOptions::default()
+        },
+    );
+    let cacert = cert.display().to_string();
+    let url = format!("https://inside.lab.test:{port}/secret");
+    let reply = gw.via_proxy(&["--cacert", &cacert, &url]);
+    assert_eq!(reply.connect_status, 200, "the tunnel opens: {reply:?}");
+    assert_refused(&gw, &reply, "inside the intercepted tunnel");
+    let record = gw.audit_for(|r| r["path"] == "/secret");
+    assert_eq!(record["upstream_address"], format!("127.0.0.1:{port}"));
+    assert_eq!(upstream.hits(), 0, "the loopback upstream saw a request");
 }
