@@ -47,8 +47,15 @@ impl std::fmt::Display for LookupError {
 
 /// A caching resolver.
 pub struct Resolver {
-    inner: Result<hickory_resolver::TokioResolver, String>,
+    inner: Result<Backend, String>,
     timeout: Duration,
+}
+
+enum Backend {
+    Dns(hickory_resolver::TokioResolver),
+    /// Unit tests: every name has this address, and nothing goes on the network.
+    #[cfg(test)]
+    Fixed(IpAddr),
 }
 
 impl std::fmt::Debug for Resolver {
@@ -93,7 +100,7 @@ impl Resolver {
             } else {
                 ResolveHosts::Never
             };
-            builder.build()
+            Backend::Dns(builder.build())
         });
         if let Err(error) = &inner {
             tracing::error!(%error, "the network guard has no DNS resolver: every host name is refused");
@@ -106,10 +113,12 @@ impl Resolver {
 
     /// The addresses of `host`, in the resolver's order; cached within the TTL bounds.
     pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
-        let resolver = self
-            .inner
-            .as_ref()
-            .map_err(|e| LookupError::Failed(e.clone()))?;
+        let resolver = match &self.inner {
+            Ok(Backend::Dns(resolver)) => resolver,
+            #[cfg(test)]
+            Ok(Backend::Fixed(ip)) => return Ok(vec![*ip]),
+            Err(e) => return Err(LookupError::Failed(e.clone())),
+        };
         match tokio::time::timeout(self.timeout, resolver.lookup_ip(host)).await {
             Err(_) => Err(LookupError::Timeout),
             Ok(Ok(lookup)) => {
@@ -137,9 +146,35 @@ pub struct Resolvers {
 }
 
 impl Resolvers {
+    /// Unit tests: a resolver that answers `ip` for every name, off the network.
+    #[cfg(test)]
+    pub fn answering(ip: IpAddr) -> Resolvers {
+        let settings = ResolverSettings {
+            nameservers: Vec::new(),
+            timeout: Duration::from_millis(400),
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+            cache_size: 0,
+        };
+        let resolver = Resolver {
+            inner: Ok(Backend::Fixed(ip)),
+            timeout: settings.timeout,
+        };
+        Resolvers {
+            current: Arc::new(Mutex::new(Some((settings, Arc::new(resolver))))),
+        }
+    }
+
     /// The resolver for `settings`: the current one when its settings are the same.
     pub fn get(&self, settings: &ResolverSettings) -> Arc<Resolver> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(test)]
+        if let Some((_, resolver)) = current.as_ref()
+            && matches!(resolver.inner, Ok(Backend::Fixed(_)))
+        {
+            return resolver.clone();
+        }
         if let Some((kept, resolver)) = current.as_ref()
             && kept == settings
         {
