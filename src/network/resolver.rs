@@ -51,6 +51,8 @@ pub struct Resolver {
     timeout: Duration,
 }
 
+// One per resolver, built once: the size difference with the test-only variant is moot.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Dns(hickory_resolver::TokioResolver),
     /// Unit tests: every name has this address, and nothing goes on the network.
