@@ -141,6 +141,9 @@ cat >"${work}/proxy.lua" <<EOF
 wrk.method = "GET"
 wrk.path = "${target}"
 wrk.headers["Host"] = "127.0.0.1:${up_port}"
+-- Where Envoy's upstream cluster connects (ORIGINAL_DST): Portcullis replaces it with the
+-- address it vetted; the plain and noop setups, without Portcullis, need it from the client.
+wrk.headers["x-portcullis-upstream-address"] = "127.0.0.1:${up_port}"
 EOF
 # A 4 KiB OpenAI-style chat body, POSTed by the body-* setups.
 python3 - "${work}/body.json" <<'PY'
@@ -158,6 +161,7 @@ cat >"${work}/post.lua" <<EOF
 wrk.method = "POST"
 wrk.path = "${target}"
 wrk.headers["Host"] = "127.0.0.1:${up_port}"
+wrk.headers["x-portcullis-upstream-address"] = "127.0.0.1:${up_port}"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("${work}/body.json", "rb")
 wrk.body = f:read("*a")
@@ -168,6 +172,7 @@ cat >"${work}/tls.lua" <<EOF
 wrk.method = "GET"
 wrk.path = "/bench"
 wrk.headers["Host"] = "localhost:${tls_up_port}"
+wrk.headers["x-portcullis-upstream-address"] = "127.0.0.1:${tls_up_port}"
 EOF
 
 # ---------------------------------------------------------------- configs
@@ -251,6 +256,8 @@ o += [
     "      - host: 127.0.0.1",
     "      - host: localhost",
     "audit: { sink: file, path: %s }" % audit,
+    # The upstream is on loopback, which the network guard refuses unless opened.
+    "network_guard: { allow_cidrs: [127.0.0.0/8] }",
 ]
 if ca:
     o += ["interception:", "  ca: {cert_file: %s/ca.crt, key_file: %s/ca.key}" % (ca, ca)]
@@ -270,11 +277,13 @@ run_setup() { # run_setup NAME ROUND
   listen="$(free_port)"; admin="$(free_port)"; grpc="${work}/grpc-${name}.sock"
   local grpc_listen="unix:${grpc}"
   local proxy_url="http://127.0.0.1:${listen}/"
-  local probe=(-x "http://127.0.0.1:${listen}" "${target}")
+  local route="x-portcullis-upstream-address: 127.0.0.1:${up_port}"
+  local probe=(-x "http://127.0.0.1:${listen}" -H "${route}" "${target}")
   if [[ "${name}" == tls-* ]]; then
     source="${repo_root}/envoy/transparent.yaml"; lua="${work}/tls.lua"; ca_dir="${work}/ca"
     proxy_url="https://localhost:${listen}/"
-    probe=(--cacert "${work}/ca/ca.crt" -H "Host: localhost:${tls_up_port}" "https://localhost:${listen}/bench")
+    probe=(--cacert "${work}/ca/ca.crt" -H "Host: localhost:${tls_up_port}"
+      -H "x-portcullis-upstream-address: 127.0.0.1:${tls_up_port}" "https://localhost:${listen}/bench")
   fi
   [[ "${name}" == body-* ]] && lua="${work}/post.lua"
   case "${name}" in

@@ -4,7 +4,8 @@
 //! percentile table (p50/p99/p99.9 per decision over individually timed decisions), the
 //! compile time of each set and the memory it holds. Under `cargo test` each benchmark runs
 //! once as a smoke test. `cargo bench --bench engine -- dlp` runs only the DLP scanner's
-//! group (`-- scrub`: the response scrubber's).
+//! group; `-- scrub` only the response scrubber's; `-- network_guard` only the network
+//! guard's (resolution against a DNS stand-in on loopback, warm and cold cache).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -646,6 +647,12 @@ fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     // `cargo bench --bench engine -- dlp` (or `agent_conditions`): the body-scanning groups
     // alone, without the fleets.
+    if benchmarking && std::env::args().skip(1).any(|a| a == "network_guard") {
+        let mut criterion = Criterion::default().configure_from_args();
+        bench_network_guard(&mut criterion);
+        criterion.final_summary();
+        return;
+    }
     if benchmarking
         && std::env::args()
             .skip(1)
@@ -675,6 +682,7 @@ fn main() {
     agents_case(&mut criterion, &runtime);
     bench_dlp(&mut criterion);
     bench_scrub(&mut criterion);
+    bench_network_guard(&mut criterion);
     criterion.final_summary();
     if !benchmarking {
         tracing_case(&prepared[0], 1_000);
@@ -861,5 +869,73 @@ fn bench_scrub(c: &mut Criterion) {
     });
     group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("build", |b| b.iter(|| black_box(scrubber())));
+    group.finish();
+}
+
+/// A DNS stand-in on loopback answering every A query with one public address (TTL 300 s):
+/// the cold case pays a real UDP round trip and hickory's parsing, not a far-away server.
+fn public_dns() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf) {
+            let query = &buf[..len];
+            let mut at = 12;
+            while at < len && query[at] != 0 {
+                at += 1 + query[at] as usize;
+            }
+            if at + 5 > len {
+                continue;
+            }
+            let is_a = query[at + 1..at + 3] == [0, 1];
+            let mut reply = query[..at + 5].to_vec();
+            reply[2] = 0x81;
+            reply[3] = 0x80;
+            reply[6..12].copy_from_slice(&[0, u8::from(is_a), 0, 0, 0, 0]);
+            if is_a {
+                reply.extend_from_slice(&[
+                    0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 93, 184, 215, 14,
+                ]);
+            }
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    addr
+}
+
+/// The network guard per request: an IP literal (classification only), a name in the cache
+/// (warm), and a name never seen before (cold: a query to the stand-in on loopback).
+fn bench_network_guard(c: &mut Criterion) {
+    use portcullis::network::{NetworkGuard, NetworkGuardConfig, Resolvers};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = NetworkGuardConfig {
+        nameservers: vec![public_dns().to_string()],
+        ..NetworkGuardConfig::default()
+    };
+    let guard = runtime.block_on(async { NetworkGuard::compile(&config, &Resolvers::default()) });
+    let exempt = |_: std::net::IpAddr| false;
+    let literal = Some("93.184.215.14".parse().unwrap());
+    runtime
+        .block_on(guard.vet("warm.bench.test", None, 443, &exempt))
+        .expect("the stand-in answers");
+    let mut group = c.benchmark_group("network_guard");
+    group.bench_function("ip_literal", |b| {
+        b.iter(|| runtime.block_on(guard.vet("93.184.215.14", literal, 443, &exempt)))
+    });
+    group.bench_function("warm_cache", |b| {
+        b.iter(|| runtime.block_on(guard.vet(black_box("warm.bench.test"), None, 443, &exempt)))
+    });
+    let mut n = 0u64;
+    group.bench_function("cold_cache", |b| {
+        b.iter(|| {
+            n += 1;
+            let host = format!("n{n}.cold.bench.test");
+            runtime.block_on(guard.vet(&host, None, 443, &exempt))
+        })
+    });
     group.finish();
 }

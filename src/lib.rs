@@ -10,6 +10,7 @@
 //! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
 //! serves the admin API. [`cli`] is the command line, the admin API's client among it.
 //! [`mcp`] reads MCP's JSON-RPC messages and writes the answers to denied ones.
+//! [`network`] vets the address an allowed request connects to (the network guard).
 
 pub mod admin;
 pub mod app;
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod inspect;
 pub mod live;
 pub mod mcp;
+pub mod network;
 pub mod policy;
 pub mod request;
 pub mod secrets;

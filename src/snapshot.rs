@@ -34,6 +34,8 @@ use crate::transforms::{
 pub struct SecretsRuntime {
     pub cache: SourceCache,
     pub sources: Arc<SourceContext>,
+    /// The network guard's DNS resolver and its cache.
+    pub resolvers: crate::network::Resolvers,
 }
 
 /// One compiled config version.
@@ -59,6 +61,8 @@ pub struct Snapshot {
     pub mcp: McpConfig,
     /// How a request's target is read before it is decided.
     pub request: crate::request::RequestConfig,
+    /// Vets the address an allowed request connects to.
+    pub network: crate::network::NetworkGuard,
 }
 
 /// The decision for one request and who it was decided for.
@@ -126,6 +130,10 @@ impl Snapshot {
                     .with_dlp(Arc::new(scanner)),
                     mcp: config.mcp.clone(),
                     request: config.request,
+                    network: crate::network::NetworkGuard::compile(
+                        &config.network_guard,
+                        &runtime.resolvers,
+                    ),
                     identities,
                     pipeline,
                     max_body_bytes: config.gateway.max_body_bytes,
@@ -448,6 +456,12 @@ impl Snapshot {
                     preview,
                 };
                 let mut outcome = self.pipeline.run(exchange).await;
+                // An intercepted CONNECT connects nowhere itself: its requests are vetted.
+                if outcome.rejection.is_none() && !preview && !request.intercepted {
+                    self.network
+                        .apply(request, &self.policies, &mut outcome)
+                        .await;
+                }
                 if let (Some(rejection), Some(body)) = (&outcome.rejection, &body) {
                     outcome.jsonrpc_reply = self.jsonrpc_refusal(request, rejection, body);
                 }

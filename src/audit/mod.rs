@@ -61,6 +61,10 @@ pub struct AuditRecord<'a> {
     pub port: u16,
     /// Normalized, without the query string (queries often carry credentials).
     pub path: &'a str,
+    /// The address the network guard vetted and Envoy connects to, or the internal one it
+    /// refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_address: Option<std::net::SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<&'a DryRun>,
     pub transforms: &'a [TransformTrace],
@@ -144,6 +148,11 @@ impl<'a> AuditRecord<'a> {
             host: &request.host,
             port: request.port,
             path: &request.path,
+            upstream_address: outcome
+                .trace
+                .iter()
+                .find(|t| t.name == "network_guard")
+                .and_then(|t| t.annotations.upstream_address),
             dry_run: allowlist.and_then(|a| a.dry_run.as_ref()),
             transforms: &outcome.trace,
             decision_us,

@@ -35,6 +35,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "dlp",
     "mcp",
     "request",
+    "network_guard",
 ];
 
 /// One problem in a config file.
@@ -297,6 +298,14 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             "request" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.request = v;
+                }
+            }
+            "network_guard" => {
+                if let Some(v) =
+                    section::<crate::network::NetworkGuardConfig>(value, &key, &mut errors)
+                {
+                    errors.extend(v.validate().into_iter().map(|e| e.under("network_guard")));
+                    config.network_guard = v;
                 }
             }
             "identities" => {

@@ -52,6 +52,8 @@ pub struct Config {
     /// How a request's path is read where servers disagree (escaped slashes, `;`
     /// parameters).
     pub request: crate::request::RequestConfig,
+    /// Which internal addresses allowed requests may reach, and how names are resolved.
+    pub network_guard: crate::network::NetworkGuardConfig,
 }
 
 /// `mcp:` — how Portcullis answers MCP (JSON-RPC over Streamable HTTP) messages it

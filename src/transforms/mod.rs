@@ -361,6 +361,12 @@ pub struct Annotations {
     /// the error's kind and types, never the request's values.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition_error: Option<String>,
+    /// `network_guard`: the address Envoy connects to, or the internal one refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_address: Option<std::net::SocketAddr>,
+    /// `network_guard`: the internal range of a refused address (`loopback`, `link_local`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_range: Option<&'static str>,
 }
 
 impl Annotations {

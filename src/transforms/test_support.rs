@@ -6,16 +6,31 @@ use crate::config::parse_str;
 use crate::request::OutboundRequest;
 use crate::snapshot::{SecretsRuntime, Snapshot};
 
-/// A compiled snapshot; panics with the errors of an invalid config.
+/// A compiled snapshot; panics with the errors of an invalid config. Every host name
+/// resolves to a public documentation address, off the network (the network guard lets it
+/// through).
 pub fn snapshot(yaml: &str) -> Snapshot {
     let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
     Snapshot::compile(
         &loaded.config,
         &loaded.version,
         &|_| None,
-        &SecretsRuntime::default(),
+        &SecretsRuntime {
+            resolvers: crate::network::Resolvers::answering([203, 0, 113, 10].into()),
+            ..SecretsRuntime::default()
+        },
     )
     .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// The mutations the transforms made: without the network guard's routing header, which
+/// every allowed request gets.
+pub fn transform_mutations(outcome: &crate::transforms::Outcome) -> crate::transforms::Mutations {
+    let mut mutations = outcome.mutations.clone();
+    mutations
+        .set
+        .retain(|(name, _)| name != crate::network::UPSTREAM_ADDRESS_HEADER);
+    mutations
 }
 
 /// Every error of a config, as `path: message` (parse errors and compile errors).

@@ -85,14 +85,13 @@ fn start(
     tls: &TestTls,
 ) -> Gateway {
     Gateway::start(
-        &config(ca, upstream.port()),
+        &(config(ca, upstream.port()) + &dns.guard_config()),
         GatewayOptions {
             mode,
             env: vec![
                 ("INTERCEPT_TOKEN".into(), TOKEN.into()),
                 ("INTERCEPT_SECRET".into(), SECRET.into()),
             ],
-            envoy_edits: vec![dns.envoy_edit()],
             upstream_ca_pem: Some(tls.ca_pem.clone()),
             ..GatewayOptions::default()
         },

@@ -9,7 +9,7 @@ use super::proto::{self, DecideRequest, DecideResponse};
 use super::*;
 use crate::policy::Decision;
 use crate::snapshot::Snapshot;
-use crate::transforms::test_support::{config_errors, request, snapshot};
+use crate::transforms::test_support::{config_errors, request, snapshot, transform_mutations};
 use crate::transforms::{Outcome, TraceAction};
 
 // ---- config errors -------------------------------------------------------------------
@@ -194,11 +194,14 @@ fn gateway(endpoint: &str, extra: &str) -> Snapshot {
     ))
 }
 
+/// The outcome, its mutations without the network guard's routing header.
 async fn decide(snapshot: &Snapshot, line: &str, headers: &[(&str, &str)], body: &[u8]) -> Outcome {
-    snapshot
+    let mut outcome = snapshot
         .decide(&request(line, headers), &[], Some(body))
         .await
-        .outcome
+        .outcome;
+    outcome.mutations = transform_mutations(&outcome);
+    outcome
 }
 
 fn processed(o: &Outcome) -> &GrpcAnnotation {

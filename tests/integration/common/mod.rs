@@ -56,6 +56,16 @@ pub fn seed_policies() -> String {
     std::fs::read_to_string(repo().join("tests/fixtures/seed-policies.yaml")).unwrap()
 }
 
+/// Test upstreams live on loopback, which the network guard refuses by default: a config
+/// that does not set `network_guard` itself gets the operator's opt-in for loopback, so
+/// tests about something else reach their upstreams.
+pub fn loopback_opt_in(config: &str) -> String {
+    if config.lines().any(|l| l.starts_with("network_guard:")) {
+        return config.to_owned();
+    }
+    format!("{config}\nnetwork_guard: {{allow_cidrs: [127.0.0.0/8, \"::1/128\"]}}\n")
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -306,7 +316,7 @@ impl Gateway {
     pub fn start(config: &str, options: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("portcullis.yaml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, loopback_opt_in(config)).unwrap();
         let grpc_socket = dir.path().join("grpc.sock");
         let admin_port = free_port();
         let portcullis = spawn_portcullis(
@@ -531,13 +541,13 @@ impl Gateway {
     /// Replaces the config file (as an editor would: write a temp file, rename over).
     pub fn write_config(&self, config: &str) {
         let tmp = self.dir.path().join(".portcullis.yaml.tmp");
-        std::fs::write(&tmp, config).unwrap();
+        std::fs::write(&tmp, loopback_opt_in(config)).unwrap();
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
     /// Rewrites the config file in place (truncate and write, same inode).
     pub fn write_config_in_place(&self, config: &str) {
-        std::fs::write(&self.config_path, config).unwrap();
+        std::fs::write(&self.config_path, loopback_opt_in(config)).unwrap();
     }
 
     /// Turns the config file into a Kubernetes ConfigMap volume layout:
@@ -560,7 +570,11 @@ impl Gateway {
         let dir = self.dir.path();
         let new = format!("..v{version}");
         std::fs::create_dir(dir.join(&new)).unwrap();
-        std::fs::write(dir.join(&new).join("portcullis.yaml"), config).unwrap();
+        std::fs::write(
+            dir.join(&new).join("portcullis.yaml"),
+            loopback_opt_in(config),
+        )
+        .unwrap();
         let old = std::fs::read_link(dir.join("..data")).unwrap();
         let tmp = dir.join("..data_tmp");
         std::os::unix::fs::symlink(&new, &tmp).unwrap();
