@@ -72,15 +72,15 @@ impl Intercepting {
         let dns = LoopbackDns::start();
         let ca = Ca::init();
         let config = format!(
-            "interception:\n  ca: {{cert_file: {}, key_file: {}}}\n{policies}",
+            "interception:\n  ca: {{cert_file: {}, key_file: {}}}\n{policies}{}",
             ca.cert.display(),
-            ca.key.display()
+            ca.key.display(),
+            dns.guard_config()
         );
         let gw = Gateway::start(
             &config,
             GatewayOptions {
                 mode,
-                envoy_edits: vec![dns.envoy_edit()],
                 upstream_ca_pem: Some(tls.ca_pem.clone()),
                 ..GatewayOptions::default()
             },
@@ -508,8 +508,10 @@ fn ext_proc_with_curl(gw: &Gateway, as_user: Option<u32>) -> (i32, Vec<u8>) {
 
 #[test]
 fn another_local_user_gets_no_decision_and_no_credential_from_the_grpc_socket() {
+    // api.test resolves to loopback (the network guard resolves allowed hosts).
+    let config = CREDENTIAL_CONFIG.to_owned() + &LoopbackDns::start().guard_config();
     let gw = Gateway::start(
-        CREDENTIAL_CONFIG,
+        &config,
         GatewayOptions {
             env: vec![("CHANNEL_SECRET".into(), CHANNEL_SECRET.into())],
             ..GatewayOptions::default()
@@ -609,7 +611,8 @@ secrets:
     inject: {{style: bearer}}
     allow_plaintext: true   # the test's upstream is plain HTTP
     rules: [{{host: api.test}}, {{host: 127.0.0.1}}]
-"#
+{guard}"#,
+                guard = LoopbackDns::start().guard_config()
             ),
         );
         let log = std::fs::File::create(dir.path().join("portcullis.log")).unwrap();

@@ -568,13 +568,12 @@ secrets:
     rules: [{{host: allowed.test}}]
 "#,
         dir = ca_dir.path().display()
-    );
+    ) + &dns.guard_config();
     let gw = Gateway::start(
         &config,
         GatewayOptions {
             mode: EnvoyMode::HttpsIntercept,
             env: env(),
-            envoy_edits: vec![dns.envoy_edit()],
             upstream_ca_pem: Some(tls.ca_pem.clone()),
             ..GatewayOptions::default()
         },
