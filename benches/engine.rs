@@ -181,8 +181,14 @@ fn resident_mib() -> f64 {
 }
 
 /// A snapshot from config text; panics with what is wrong with it.
+/// A snapshot of `yaml`. Every allowed decision goes through the network guard, which
+/// resolves the host: here through a DNS stand-in on loopback, so the decision benches pay
+/// the guard's warm-cache lookup (as a live gateway does) and never wait for a real DNS.
 fn compile_snapshot(yaml: &str) -> Snapshot {
-    let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("bench config: {e}"));
+    static DNS: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    let dns = DNS.get_or_init(public_dns);
+    let yaml = format!("{yaml}\nnetwork_guard:\n  nameservers: [\"{dns}\"]\n");
+    let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("bench config: {e}"));
     Snapshot::compile(
         &loaded.config,
         &loaded.version,
@@ -268,6 +274,7 @@ fn bench_engine(c: &mut Criterion, prepared: &[Prepared]) {
     // The whole decision Portcullis makes per request (identity, tags, pipeline) plus the
     // audit record's serialization — everything except the protobuf conversion and I/O.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let mut group = c.benchmark_group("decide_and_audit");
@@ -362,6 +369,7 @@ fn secrets_case(count: usize) {
     }
     let policies = fleet_yaml(1_000).replace("policies:\n", "policies:\n  - {name: secrets-hosts, priority: 1, action: allow, rules: [{host: \"*.secrets.example\"}]}\n");
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let requests = secret_requests(SECRETS);
@@ -449,6 +457,7 @@ fn tracing_case(p: &Prepared, count: usize) {
     use tracing_subscriber::util::SubscriberInitExt;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let requests: Vec<(OutboundRequest, Vec<Tag>)> = p
