@@ -3,6 +3,7 @@
 //! was buffered, travels beside it.
 
 mod host;
+pub use host::parse_ipv4_forms;
 mod path;
 
 use std::net::{IpAddr, SocketAddr};

@@ -194,46 +194,10 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// `0x7f.1`, `0177.0.0.1`, `127.1`. Clients and upstreams read such hosts as IPv4
 /// addresses, so the guard does too, and never asks DNS about them.
 pub fn legacy_ipv4(host: &str) -> Option<Ipv4Addr> {
-    if host.is_empty() || !host.as_bytes()[0].is_ascii_digit() {
+    if !host.as_bytes().first().is_some_and(u8::is_ascii_digit) {
         return None;
     }
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.len() > 4 {
-        return None;
-    }
-    let mut values = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let (digits, radix) =
-            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
-                (hex, 16)
-            } else if part.len() > 1 && part.starts_with('0') {
-                (&part[1..], 8)
-            } else {
-                (*part, 10)
-            };
-        if digits.is_empty() && radix != 16 {
-            return None;
-        }
-        let value = if digits.is_empty() {
-            0
-        } else {
-            u32::from_str_radix(digits, radix).ok()?
-        };
-        values.push(value);
-    }
-    let (last, leading) = values.split_last()?;
-    let mut address: u32 = 0;
-    for (i, value) in leading.iter().enumerate() {
-        if *value > 0xff {
-            return None;
-        }
-        address |= value << (24 - 8 * i);
-    }
-    let room = 32 - 8 * leading.len() as u32;
-    if room < 32 && u64::from(*last) >= 1u64 << room {
-        return None;
-    }
-    Some(Ipv4Addr::from(address | last))
+    crate::request::parse_ipv4_forms(host)
 }
 
 #[cfg(test)]

@@ -164,8 +164,9 @@ fn ends_in_a_number(name: &str) -> bool {
 
 /// The URL Standard's IPv4 parser (also what `inet_aton` accepts): one to four parts,
 /// each decimal, octal (leading `0`) or hex (`0x`); the last part fills the bytes the
-/// others leave. Used to say, in an error, what a refused notation would read as.
-fn parse_ipv4_forms(name: &str) -> Option<Ipv4Addr> {
+/// others leave. Used to say, in an error, what a refused notation would read as, and by the
+/// network guard to classify such a host without asking DNS.
+pub fn parse_ipv4_forms(name: &str) -> Option<Ipv4Addr> {
     let parts: Vec<&str> = name.split('.').collect();
     if parts.is_empty() || parts.len() > 4 {
         return None;

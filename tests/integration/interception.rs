@@ -14,14 +14,14 @@ const TOKEN: &str = "ptok-intercept-7d1c";
 const SECRET: &str = "SENTINEL-intercepted-credential-93be";
 
 /// A Portcullis CA made by the CLI, as a user would.
-struct Ca {
+pub(crate) struct Ca {
     _dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 impl Ca {
-    fn init() -> Ca {
+    pub(crate) fn init() -> Ca {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["ca", "init", "--dir"])

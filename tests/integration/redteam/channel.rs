@@ -3,7 +3,6 @@
 
 use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,30 +16,7 @@ use crate::common::tls_probe::{self, ProbeError};
 use crate::common::{
     EnvoyMode, Gateway, GatewayOptions, Reply, TestTls, Upstream, curl, wait_until,
 };
-
-/// A Portcullis CA made by the CLI, as a user would.
-struct Ca {
-    _dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Ca {
-    fn init() -> Ca {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["ca", "init", "--dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        Ca {
-            cert: dir.path().join("ca.crt"),
-            key: dir.path().join("ca.key"),
-            _dir: dir,
-        }
-    }
-}
+use crate::interception::Ca;
 
 /// The subnet a workload would like to be: its identity grants `/trusted/*`.
 const TRUSTED_SUBNET_CONFIG: &str = r#"
