@@ -371,6 +371,9 @@ proptest! {
         method in upper_method(),
         lower in prop::collection::vec(any::<bool>(), 7),
     ) {
+        // An `xn--` label is punycode, which a random label seldom is: such a host is refused
+        // for itself, before its path is read.
+        prop_assume!(!name.split('.').any(|label| label.starts_with("xn--")));
         let sent = ambiguous_path(&path, at, kind);
         prop_assert!(
             matches!(decide("GET", &name, &sent), Err(RequestError::InvalidPath(_))),
