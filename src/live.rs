@@ -354,11 +354,7 @@ fn set_aside_faulty(
             name,
             version: Some(stored.version),
             error,
-            outcome: if stand_in.is_some() {
-                "denies"
-            } else {
-                "left_out"
-            },
+            outcome: Fault::outcome(stand_in.is_some()),
         });
         if let Some(definition) = stand_in {
             stored.definition = definition;

@@ -107,6 +107,23 @@ struct PendingBody {
     watch_response: bool,
 }
 
+impl PendingBody {
+    /// The decision this buffered body now allows: on the whole body, answered in
+    /// `answering`'s message.
+    fn undecided(self, started: Instant, answering: Answering, trailers_follow: bool) -> Undecided {
+        Undecided {
+            snapshot: self.snapshot,
+            request: self.request,
+            body: Some(self.body),
+            started,
+            spent: self.spent,
+            answering,
+            trailers_follow,
+            watch_response: self.watch_response,
+        }
+    }
+}
+
 /// What the stream does with the upstream's response.
 enum ResponseWatch {
     /// Nothing: Envoy does not send it.
@@ -529,24 +546,8 @@ impl StreamState {
                 )
                 .await;
         }
-        let PendingBody {
-            request,
-            snapshot,
-            spent,
-            body,
-            watch_response,
-        } = *pending;
-        self.decide(Undecided {
-            snapshot,
-            request,
-            body: Some(body),
-            started,
-            spent,
-            answering: Answering::Body,
-            trailers_follow: !end_of_stream,
-            watch_response,
-        })
-        .await
+        self.decide(pending.undecided(started, Answering::Body, !end_of_stream))
+            .await
     }
 
     /// Trailers while the body is awaited: the request has trailers and no body at all
@@ -560,24 +561,8 @@ impl StreamState {
                 &Message::RequestTrailers(Default::default()),
             );
         };
-        let PendingBody {
-            request,
-            snapshot,
-            spent,
-            body,
-            watch_response,
-        } = *pending;
-        self.decide(Undecided {
-            snapshot,
-            request,
-            body: Some(body),
-            started,
-            spent,
-            answering: Answering::Trailers,
-            trailers_follow: false,
-            watch_response,
-        })
-        .await
+        self.decide(pending.undecided(started, Answering::Trailers, false))
+            .await
     }
 
     /// Request body after the decision: it passes when the decision did not need it;

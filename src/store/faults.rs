@@ -32,6 +32,14 @@ pub struct Fault {
     pub outcome: &'static str,
 }
 
+impl Fault {
+    /// The outcome of an object set aside: `denies` when a fail-closed stand-in replaces it,
+    /// else `left_out`.
+    pub fn outcome(has_stand_in: bool) -> &'static str {
+        if has_stand_in { "denies" } else { "left_out" }
+    }
+}
+
 /// The fail-closed stand-in for a policy whose stored definition cannot be used; `None`
 /// when leaving it out already fails closed (an allow, or a policy that does not act).
 /// `raw` is whatever of the definition is still JSON.

@@ -566,11 +566,7 @@ pub(super) async fn live_rows<T: Definition>(
             name,
             version: Some(version),
             error,
-            outcome: if stand_in.is_some() {
-                "denies"
-            } else {
-                "left_out"
-            },
+            outcome: Fault::outcome(stand_in.is_some()),
         });
         if let Some(definition) = stand_in {
             parsed.stored.push(Stored {
