@@ -20,6 +20,7 @@ use crate::config::watch::{self as config_watch, ConfigWatch};
 use crate::config::{
     Config, ConfigErrors, FieldError, LoadedConfig, StoreConfig, load_file, parse_str, version_of,
 };
+use crate::extproc::access_log::AccessLogReceiver;
 use crate::extproc::listen::{self, GrpcListener};
 use crate::extproc::{ExtProcService, Shared};
 use crate::live::{Live, Refused};
@@ -207,6 +208,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let router = builder
         .add_service(ExtProcService::new(shared.clone()).into_server())
+        .add_service(AccessLogReceiver::new(shared.audit.clone()).into_server())
         .add_optional_service(
             leaves.map(|leaves| SecretDiscovery::new(shared.clone(), leaves).into_server()),
         );

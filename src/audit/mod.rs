@@ -390,6 +390,15 @@ impl AuditSink {
 impl AuditSink {
     /// Queues a response record, for the sink only: the store keeps one row per decision.
     pub async fn write_response(&self, record: &ResponseRecord<'_>) {
+        self.write_line(record).await;
+    }
+
+    /// Queues how an allowed request ended upstream, for the sink only (as responses).
+    pub async fn write_upstream(&self, record: &crate::extproc::access_log::UpstreamRecord) {
+        self.write_line(record).await;
+    }
+
+    async fn write_line(&self, record: &impl Serialize) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ImmediateResponse, ProcessingResponse, TrailersResponse, body_mutation, processing_response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind};
 use serde::Serialize;
 use tonic::metadata::MetadataMap;
 
@@ -539,6 +539,14 @@ struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
+/// The refusal for clients that print `error` as a string: the sentence in `error`, the
+/// usual object under `portcullis`.
+#[derive(Serialize)]
+struct TextErrorBody<'a> {
+    error: String,
+    portcullis: ErrorDetail<'a>,
+}
+
 #[derive(Serialize)]
 struct ErrorDetail<'a> {
     #[serde(rename = "type")]
@@ -550,22 +558,87 @@ struct ErrorDetail<'a> {
     request_id: &'a str,
 }
 
+/// How a refusal's JSON body is laid out for the client that will display it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": {"type", "message", …, "request_id"}}`: what curl, cargo and the OpenAI and
+    /// Anthropic SDKs show well.
+    #[default]
+    Object,
+    /// `{"error": "<sentence>", "portcullis": {…}}`: npm prints `body.error` after the status
+    /// line as a string, and an object as `[object Object]`.
+    Text,
+}
+
+impl ErrorShape {
+    /// Chosen by the request's `User-Agent`: only npm's CLI needs [`ErrorShape::Text`].
+    pub fn for_user_agent(user_agent: Option<&[u8]>) -> ErrorShape {
+        match user_agent {
+            Some(agent) if agent.starts_with(b"npm/") => ErrorShape::Text,
+            _ => ErrorShape::Object,
+        }
+    }
+
+    pub fn for_request(request: &OutboundRequest) -> ErrorShape {
+        ErrorShape::for_user_agent(request.header("user-agent"))
+    }
+}
+
+/// The refusal's JSON body in `shape`.
+fn refusal_body(request_id: &str, rejection: &Rejection, shape: ErrorShape) -> Vec<u8> {
+    let detail = ErrorDetail {
+        kind: rejection.kind,
+        message: &rejection.message,
+        reason: rejection.reason,
+        policy: rejection.policy.as_deref(),
+        transform: rejection.transform,
+        request_id,
+    };
+    let body = match shape {
+        ErrorShape::Object => serde_json::to_vec(&ErrorBody { error: detail }),
+        ErrorShape::Text => serde_json::to_vec(&TextErrorBody {
+            // npm masks anything shaped like a UUID in what it prints (it could be a
+            // token): the id goes without its dashes, so it survives.
+            error: format!(
+                "refused by the Portcullis egress gateway: {} ({}, request id {})",
+                rejection.message,
+                rejection.kind,
+                request_id.replace('-', "")
+            ),
+            portcullis: detail,
+        }),
+    };
+    body.unwrap_or_default()
+}
+
+/// Envoy's dynamic metadata `portcullis: {request_id}`: the id this request is audited
+/// under, for Envoy's access log and its own error answers. The `x-request-id` header cannot
+/// serve: `header_allowlist` may strip it before Envoy logs, and Envoy reads it late.
+pub fn request_id_metadata(request_id: &str) -> Struct {
+    let id = ProtoValue {
+        kind: Some(Kind::StringValue(request_id.to_owned())),
+    };
+    let portcullis = Struct {
+        fields: HashMap::from([("request_id".to_owned(), id)]),
+    };
+    Struct {
+        fields: HashMap::from([(
+            "portcullis".to_owned(),
+            ProtoValue {
+                kind: Some(Kind::StructValue(portcullis)),
+            },
+        )]),
+    }
+}
+
 /// The workload-facing refusal: status, JSON body, request id header.
-pub fn refuse(request_id: &str, rejection: &Rejection) -> ProcessingResponse {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: ErrorDetail {
-            kind: rejection.kind,
-            message: &rejection.message,
-            reason: rejection.reason,
-            policy: rejection.policy.as_deref(),
-            transform: rejection.transform,
-            request_id,
-        },
-    })
-    .unwrap_or_default();
+pub fn refuse(request_id: &str, rejection: &Rejection, shape: ErrorShape) -> ProcessingResponse {
+    let body = refusal_body(request_id, rejection, shape);
     let mut set_headers = vec![
         header("content-type", b"application/json"),
         header("x-portcullis-request-id", request_id.as_bytes()),
+        // What the OpenAI and Anthropic SDKs read into their errors' `request_id`.
+        header("x-request-id", request_id.as_bytes()),
     ];
     if rejection.status == 407 {
         set_headers.push(header("proxy-authenticate", b"Basic realm=\"portcullis\""));
@@ -585,6 +658,7 @@ pub fn refuse(request_id: &str, rejection: &Rejection) -> ProcessingResponse {
                 details: format!("portcullis_{}", rejection.reason),
             },
         )),
+        dynamic_metadata: Some(request_id_metadata(request_id)),
         ..Default::default()
     }
 }
@@ -613,6 +687,7 @@ fn jsonrpc_reply(
                 details: format!("portcullis_{}", rejection.reason),
             },
         )),
+        dynamic_metadata: Some(request_id_metadata(request_id)),
         ..Default::default()
     }
 }
@@ -623,7 +698,7 @@ pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> P
     match (&outcome.rejection, at_body) {
         (Some(rejection), _) => match &outcome.jsonrpc_reply {
             Some(reply) => jsonrpc_reply(&request.id, rejection, reply),
-            None => refuse(&request.id, rejection),
+            None => refuse(&request.id, rejection, ErrorShape::for_request(request)),
         },
         (None, at_body) => {
             // The upstream gets the decoded path that was decided, unless a transform
@@ -639,11 +714,13 @@ pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> P
                 rewritten = with_path;
                 mutations = &rewritten;
             }
-            if at_body {
+            let mut response = if at_body {
                 continue_body(mutations)
             } else {
                 continue_request(mutations)
-            }
+            };
+            response.dynamic_metadata = Some(request_id_metadata(&request.id));
+            response
         }
     }
 }

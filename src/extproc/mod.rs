@@ -2,6 +2,7 @@
 //! protocol lives here — reading Envoy's messages, keeping each stream's state, and writing
 //! Envoy's responses; decisions come from [`crate::snapshot::Snapshot::decide`].
 
+pub mod access_log;
 pub mod convert;
 pub mod listen;
 mod stream;

@@ -164,6 +164,8 @@ struct ResponseScrub {
     scrubber: Scrubber,
     secret: Arc<str>,
     request_id: String,
+    /// How a refusal of the response is laid out for this workload's client.
+    error_shape: convert::ErrorShape,
     /// Envoy sent the response headers, as asked.
     response_seen: bool,
 }
@@ -197,6 +199,7 @@ impl ResponseScrub {
             scrubber,
             secret,
             request_id: request.id.clone(),
+            error_shape: convert::ErrorShape::for_request(request),
             response_seen: false,
         })
     }
@@ -666,7 +669,7 @@ impl StreamState {
             self.shared
                 .metrics
                 .record_rejection(rejection.transform, rejection.reason);
-            let response = convert::refuse(&scrub.request_id, &rejection);
+            let response = convert::refuse(&scrub.request_id, &rejection, scrub.error_shape);
             self.end_scrub(Some(rejection.reason)).await;
             self.phase = Phase::Finished;
             return Reply::Send(response);
@@ -861,7 +864,11 @@ impl StreamState {
             && outcome.rejection.is_none()
         {
             self.phase = Phase::Finished;
-            response = convert::refuse(&request.id, &unavailable.rejection());
+            response = convert::refuse(
+                &request.id,
+                &unavailable.rejection(),
+                convert::ErrorShape::for_request(&request),
+            );
         }
         Reply::Send(response)
     }

@@ -186,7 +186,7 @@ fn refusals_are_structured_json_with_the_request_id() {
         rule: Some(0),
         transform: "allowlist",
     };
-    let response = refuse("rid-1", &rejection);
+    let response = refuse("rid-1", &rejection, ErrorShape::Object);
     let Some(processing_response::Response::ImmediateResponse(immediate)) = response.response
     else {
         panic!("expected an immediate response");
@@ -250,4 +250,40 @@ fn only_the_listener_says_a_request_leaves_over_tls() {
         ..ListenerContext::default()
     };
     assert!(request("http", &tls_chain).upstream_tls);
+}
+
+#[test]
+fn npm_gets_its_refusal_as_a_sentence_in_error() {
+    let rejection = Rejection {
+        status: 403,
+        kind: "policy_denied",
+        reason: "no_matching_policy",
+        message: "GET registry.npmjs.org:443/left-pad is allowed by no policy".into(),
+        policy: None,
+        rule: None,
+        transform: "allowlist",
+    };
+    let agent = b"npm/10.9.2 node/v20.20.2 linux x64 workspaces/false";
+    let shape = ErrorShape::for_user_agent(Some(agent));
+    let request_id = "6f0c2d1e-0b5a-4c0e-9d1a-2f3b4c5d6e7f";
+    assert_eq!(shape, ErrorShape::Text);
+    assert_eq!(
+        ErrorShape::for_user_agent(Some(b"cargo/1.95.0")),
+        ErrorShape::Object
+    );
+    assert_eq!(ErrorShape::for_user_agent(None), ErrorShape::Object);
+    let Some(processing_response::Response::ImmediateResponse(immediate)) =
+        refuse(request_id, &rejection, shape).response
+    else {
+        panic!("expected an immediate response");
+    };
+    let body: serde_json::Value = serde_json::from_slice(&immediate.body).unwrap();
+    assert_eq!(
+        body["error"],
+        "refused by the Portcullis egress gateway: GET registry.npmjs.org:443/left-pad is \
+         allowed by no policy (policy_denied, request id 6f0c2d1e0b5a4c0e9d1a2f3b4c5d6e7f)",
+        "npm masks UUIDs: the sentence carries the id without its dashes"
+    );
+    assert_eq!(body["portcullis"]["type"], "policy_denied");
+    assert_eq!(body["portcullis"]["request_id"], request_id);
 }

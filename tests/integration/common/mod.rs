@@ -583,7 +583,17 @@ impl Gateway {
     }
 
     /// Audit records written so far.
+    /// The audit trail's decision records (and response records), without the `upstream`
+    /// records Envoy's access log adds for allowed requests.
     pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.audit_lines()
+            .into_iter()
+            .filter(|r| r["event"] != "upstream")
+            .collect()
+    }
+
+    /// Every line of the audit trail.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("portcullis.stdout"))
             .unwrap_or_default()
             .lines()
@@ -597,10 +607,10 @@ impl Gateway {
     pub fn audit_for(&self, predicate: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let mut found = None;
         wait_until(Duration::from_secs(5), || {
-            found = self.audit().into_iter().rev().find(|r| predicate(r));
+            found = self.audit_lines().into_iter().rev().find(|r| predicate(r));
             found.is_some()
         });
-        found.unwrap_or_else(|| panic!("no matching audit record in {:#?}", self.audit()))
+        found.unwrap_or_else(|| panic!("no matching audit record in {:#?}", self.audit_lines()))
     }
 
     pub fn portcullis_log(&self) -> String {

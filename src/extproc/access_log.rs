@@ -1,0 +1,286 @@
+//! Envoy's gRPC access log service (`envoy.service.accesslog.v3.AccessLogService`): how each
+//! request Portcullis let through ended — the upstream's status, Envoy's response flags, the
+//! bytes each way — written to the audit trail as an `upstream` record under the request id
+//! the decision was audited with. Envoy sends these in batches, off the request path.
+//!
+//! Only requests Portcullis decided are recorded: Envoy names their id in the dynamic
+//! metadata `portcullis.request_id`, which Portcullis set on its answer. Portcullis's own
+//! refusals are skipped (their decision record is the whole story).
+
+use envoy_types::pb::envoy::data::accesslog::v3::{
+    AccessLogCommon, HttpAccessLogEntry, ResponseFlags,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::{
+    AccessLogService, AccessLogServiceServer,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::audit::AuditSink;
+
+/// The access log service, writing to `audit`.
+#[derive(Clone)]
+pub struct AccessLogReceiver {
+    audit: AuditSink,
+}
+
+impl AccessLogReceiver {
+    pub fn new(audit: AuditSink) -> AccessLogReceiver {
+        AccessLogReceiver { audit }
+    }
+
+    pub fn into_server(self) -> AccessLogServiceServer<AccessLogReceiver> {
+        AccessLogServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl AccessLogService for AccessLogReceiver {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(message) = stream.message().await? {
+            let Some(LogEntries::HttpLogs(http)) = message.log_entries else {
+                continue;
+            };
+            for entry in &http.log_entry {
+                if let Some(record) = UpstreamRecord::of(entry) {
+                    self.audit.write_upstream(&record).await;
+                }
+            }
+        }
+        Ok(Response::new(StreamAccessLogsResponse {}))
+    }
+}
+
+/// How an allowed request ended, as Envoy saw it: a second audit line for its
+/// `request_id`. Addresses, counts and Envoy's own words; no header, path or body.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct UpstreamRecord {
+    pub ts: String,
+    pub request_id: String,
+    /// Always `upstream`.
+    pub event: &'static str,
+    /// The status the workload got: the upstream's, or Envoy's own when it answered
+    /// (a failed connection, a timeout). Absent when the stream ended without one.
+    pub status: Option<u32>,
+    /// Envoy's response flags (`UF` connection failure, `UT` timeout, `UC` upstream
+    /// closed, …); empty when nothing went wrong.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_flags: Vec<&'static str>,
+    /// Envoy's response code details (`via_upstream`, `upstream_reset_before_response_started{…}`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+    /// Why the connection to the upstream failed, when it did (TLS, connect).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upstream_failure: String,
+    /// The address Envoy connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_address: Option<String>,
+    /// From the first byte received from the workload to the last byte sent to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Bytes of the request's body sent on, and of the response's body received.
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+}
+
+impl UpstreamRecord {
+    /// The record for `entry`, unless Portcullis did not decide that request or refused it.
+    pub fn of(entry: &HttpAccessLogEntry) -> Option<UpstreamRecord> {
+        let common = entry.common_properties.as_ref()?;
+        let request_id = decided_request_id(common)?;
+        let response = entry.response.clone().unwrap_or_default();
+        if response.response_code_details.starts_with("portcullis_") {
+            return None;
+        }
+        let upstream_address = common
+            .upstream_remote_address
+            .as_ref()
+            .and_then(|a| match &a.address {
+                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                    s,
+                )) => {
+                    let port = match s.port_specifier {
+                        Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
+                        _ => 0,
+                    };
+                    Some(if s.address.contains(':') {
+                        format!("[{}]:{port}", s.address)
+                    } else {
+                        format!("{}:{port}", s.address)
+                    })
+                }
+                _ => None,
+            });
+        let duration_ms = common.duration.as_ref().map(|d| {
+            let ms = d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6;
+            (ms * 1000.0).round() / 1000.0
+        });
+        Some(UpstreamRecord {
+            ts: crate::audit::now_rfc3339(),
+            request_id,
+            event: "upstream",
+            status: response.response_code.map(|c| c.value),
+            response_flags: common
+                .response_flags
+                .as_ref()
+                .map(flag_names)
+                .unwrap_or_default(),
+            details: response.response_code_details,
+            upstream_failure: common.upstream_transport_failure_reason.clone(),
+            upstream_address,
+            duration_ms,
+            request_body_bytes: entry.request.as_ref().map_or(0, |r| r.request_body_bytes),
+            response_body_bytes: response.response_body_bytes,
+        })
+    }
+}
+
+/// `portcullis.request_id` from the entry's dynamic metadata: set on Portcullis's answer.
+fn decided_request_id(common: &AccessLogCommon) -> Option<String> {
+    let portcullis = common
+        .metadata
+        .as_ref()?
+        .filter_metadata
+        .get("portcullis")?;
+    match portcullis.fields.get("request_id")?.kind.as_ref()? {
+        Kind::StringValue(id) if !id.is_empty() => Some(id.clone()),
+        _ => None,
+    }
+}
+
+/// Envoy's short names for the flags set, as its access log prints them.
+fn flag_names(flags: &ResponseFlags) -> Vec<&'static str> {
+    [
+        (flags.failed_local_healthcheck, "LH"),
+        (flags.no_healthy_upstream, "UH"),
+        (flags.upstream_request_timeout, "UT"),
+        (flags.local_reset, "LR"),
+        (flags.upstream_remote_reset, "UR"),
+        (flags.upstream_connection_failure, "UF"),
+        (flags.upstream_connection_termination, "UC"),
+        (flags.upstream_overflow, "UO"),
+        (flags.no_route_found, "NR"),
+        (flags.delay_injected, "DI"),
+        (flags.fault_injected, "FI"),
+        (flags.rate_limited, "RL"),
+        (flags.unauthorized_details.is_some(), "UAEX"),
+        (flags.rate_limit_service_error, "RLSE"),
+        (flags.downstream_connection_termination, "DC"),
+        (flags.upstream_retry_limit_exceeded, "URX"),
+        (flags.stream_idle_timeout, "SI"),
+        (flags.invalid_envoy_request_headers, "IH"),
+        (flags.downstream_protocol_error, "DPE"),
+        (flags.upstream_max_stream_duration_reached, "UMSDR"),
+        (flags.response_from_cache_filter, "RFCF"),
+        (flags.no_filter_config_found, "NFCF"),
+        (flags.duration_timeout, "DT"),
+        (flags.upstream_protocol_error, "UPE"),
+        (flags.no_cluster_found, "NC"),
+        (flags.overload_manager, "OM"),
+        (flags.dns_resolution_failure, "DF"),
+        (flags.downstream_remote_reset, "DR"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, Metadata, SocketAddress, address, socket_address,
+    };
+    use envoy_types::pb::envoy::data::accesslog::v3::{
+        HttpRequestProperties, HttpResponseProperties,
+    };
+    use envoy_types::pb::google::protobuf::{Duration, Struct, UInt32Value};
+    use std::collections::HashMap;
+
+    fn entry(request_id: Option<&str>, status: u32, details: &str) -> HttpAccessLogEntry {
+        let metadata = request_id.map(|id| {
+            let mut outer = crate::extproc::convert::request_id_metadata(id);
+            let inner = match outer.fields.remove("portcullis").and_then(|v| v.kind) {
+                Some(Kind::StructValue(inner)) => inner,
+                _ => Struct::default(),
+            };
+            Metadata {
+                filter_metadata: HashMap::from([("portcullis".to_owned(), inner)]),
+                ..Default::default()
+            }
+        });
+        HttpAccessLogEntry {
+            common_properties: Some(AccessLogCommon {
+                metadata,
+                response_flags: Some(ResponseFlags {
+                    upstream_connection_failure: status == 503,
+                    ..Default::default()
+                }),
+                upstream_remote_address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "93.184.215.14".into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(443)),
+                        ..Default::default()
+                    })),
+                }),
+                duration: Some(Duration {
+                    seconds: 0,
+                    nanos: 12_345_678,
+                }),
+                ..Default::default()
+            }),
+            request: Some(HttpRequestProperties {
+                request_body_bytes: 7,
+                ..Default::default()
+            }),
+            response: Some(HttpResponseProperties {
+                response_code: Some(UInt32Value { value: status }),
+                response_code_details: details.into(),
+                response_body_bytes: 42,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_allowed_request_that_failed_upstream_is_recorded_with_its_flags() {
+        let record =
+            UpstreamRecord::of(&entry(Some("rid-7"), 503, "upstream_reset_before_response"))
+                .expect("recorded");
+        assert_eq!(record.request_id, "rid-7");
+        assert_eq!(record.event, "upstream");
+        assert_eq!(record.status, Some(503));
+        assert_eq!(record.response_flags, vec!["UF"]);
+        assert_eq!(
+            record.upstream_address.as_deref(),
+            Some("93.184.215.14:443")
+        );
+        assert_eq!(record.duration_ms, Some(12.346));
+        assert_eq!(
+            (record.request_body_bytes, record.response_body_bytes),
+            (7, 42)
+        );
+        let line = serde_json::to_value(&record).unwrap();
+        assert_eq!(line["response_flags"], serde_json::json!(["UF"]));
+    }
+
+    #[test]
+    fn refusals_and_requests_portcullis_never_decided_are_not_recorded() {
+        assert!(UpstreamRecord::of(&entry(Some("rid-8"), 403, "portcullis_policy_deny")).is_none());
+        assert!(UpstreamRecord::of(&entry(None, 200, "via_upstream")).is_none());
+        let ok = UpstreamRecord::of(&entry(Some("rid-9"), 200, "via_upstream")).unwrap();
+        assert!(ok.response_flags.is_empty());
+        let line = serde_json::to_value(&ok).unwrap();
+        assert!(line.get("response_flags").is_none(), "{line}");
+    }
+}
