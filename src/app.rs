@@ -43,6 +43,40 @@ pub struct ServeOptions {
     pub admin_listen: Option<SocketAddr>,
     /// Overrides `store.url` (and turns the store on when the file has none).
     pub store: Option<String>,
+    /// Overrides `interception.ca` with `DIR/ca.crt` and `DIR/ca.key` (and turns
+    /// interception on when the file has none).
+    pub interception_ca: Option<PathBuf>,
+}
+
+/// What `serve`'s flags change in the file's settings. Applied to the file as first read
+/// and to every reload alike, so a reload neither drops them nor warns that they changed.
+#[derive(Debug, Clone, Default)]
+struct Overrides {
+    store: Option<String>,
+    interception_ca: Option<PathBuf>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.store {
+            let mut store = config.store.clone().unwrap_or_else(|| StoreConfig::at(url));
+            store.url = Some(url.clone());
+            store.url_env = None;
+            config.store = Some(store);
+        }
+        if let Some(dir) = &self.interception_ca {
+            let ca = crate::tls::config::CaFiles {
+                cert_file: dir.join("ca.crt"),
+                key_file: dir.join("ca.key"),
+            };
+            match &mut config.interception {
+                Some(interception) => interception.ca = ca,
+                None => {
+                    config.interception = Some(crate::tls::config::InterceptionConfig::with_ca(ca));
+                }
+            }
+        }
+    }
 }
 
 /// Why `serve` stopped before serving.
@@ -60,16 +94,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     install_crypto_provider();
     let secrets = SecretsRuntime::default();
     let mut loaded = load_file(&options.config).map_err(ServeError::InvalidConfig)?;
-    if let Some(url) = &options.store {
-        let mut store = loaded
-            .config
-            .store
-            .clone()
-            .unwrap_or_else(|| StoreConfig::at(url));
-        store.url = Some(url.clone());
-        store.url_env = None;
-        loaded.config.store = Some(store);
-    }
+    let overrides = Overrides {
+        store: options.store.clone(),
+        interception_ca: options.interception_ca.clone(),
+    };
+    overrides.apply(&mut loaded.config);
     let store_config = loaded.config.store.clone();
     let env = |name: &str| std::env::var(name).ok();
     let store_url = loaded
@@ -180,6 +209,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         live: live.clone(),
         last_seen: Some(loaded.version.clone()),
         running: config.clone(),
+        overrides,
     };
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
     let refresh_task = tokio::spawn(refresh_secrets(
@@ -318,6 +348,8 @@ struct Reloader {
     last_seen: Option<String>,
     /// The config `serve` started with, to warn about settings that need a restart.
     running: Config,
+    /// `serve`'s flags, applied to every reload as to the first read.
+    overrides: Overrides,
 }
 
 impl Reloader {
@@ -382,7 +414,10 @@ impl Reloader {
         let started = Instant::now();
         let live = self.live.snapshot().version.clone();
         let loaded = match parse_str(&text, Some(&self.path)) {
-            Ok(loaded) => self.restart_only(loaded),
+            Ok(mut loaded) => {
+                self.overrides.apply(&mut loaded.config);
+                self.restart_only(loaded)
+            }
             Err(errors) => return reject(&metrics, &errors, &live),
         };
         let loaded = match loaded {

@@ -308,6 +308,29 @@ impl Live {
     }
 }
 
+/// Compiles `config` with the store's `contents` as a running gateway does: a stored object
+/// that does not compile is set aside (and recorded in `contents.faults`), the rest apply.
+/// For `check`, which decides as the gateway would.
+pub fn compile_with_store_isolated(
+    config: &Config,
+    version: &str,
+    mut contents: Contents,
+    env: &dyn Fn(&str) -> Option<String>,
+    runtime: &SecretsRuntime,
+) -> Result<(Snapshot, Contents), Vec<FieldError>> {
+    let mut set_aside = std::collections::HashSet::new();
+    loop {
+        match Snapshot::compile_with_store(config, version, &contents, env, runtime) {
+            Ok(snapshot) => return Ok((snapshot, contents)),
+            Err(errors) => {
+                if !set_aside_faulty(&mut contents, &errors, &mut set_aside) {
+                    return Err(errors);
+                }
+            }
+        }
+    }
+}
+
 /// Sets aside every stored object an error names (`policies["p"].rules[0]`): a policy is
 /// replaced by its fail-closed stand-in (or left out), a secret or a token is left out,
 /// each recorded as a fault. Whether anything was set aside.

@@ -135,7 +135,14 @@ pub async fn impact(
 
     let mut changed = Vec::new();
     let mut replayed = 0;
+    let mut decided_before_the_policies = 0;
     for event in &events {
+        // Refused before any policy was asked (no identity, a malformed or misdirected
+        // request): no policy change would change that answer.
+        if refused_before_the_policies(event) {
+            decided_before_the_policies += 1;
+            continue;
+        }
         let Some((request, tags)) = replayable(event) else {
             continue;
         };
@@ -163,10 +170,21 @@ pub async fn impact(
         "policy": name,
         "since": since,
         "replayed": replayed,
+        "not_replayed": decided_before_the_policies,
         "changed": changed.len(),
         "requests": changed,
-        "note": "replays method, host, port, path and tags: body and header conditions see an empty request",
+        "note": "replays method, host, port, path and tags: body and header conditions see an empty request; requests refused before the policies (no identity, malformed) are not replayed",
     })))
+}
+
+/// Whether an audited request was refused before the policies decided it: for want of an
+/// identity (407), as malformed (400) or misdirected (421).
+fn refused_before_the_policies(event: &AuditEvent) -> bool {
+    matches!(event.status, Some(400 | 407 | 421))
+        || matches!(
+            event.reason.as_deref(),
+            Some("proxy_auth_required" | "invalid_request" | "misdirected_request")
+        )
 }
 
 /// The request an audit event describes, rebuilt as the engine sees it.
@@ -209,4 +227,50 @@ fn outcome(set: &PolicySet, verdict: &Verdict) -> Value {
         "decision": verdict.decision(),
         "policy": verdict.decided_by.map(|r| &*set.policy(r.policy).name),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(status: Option<i64>, reason: Option<&str>) -> AuditEvent {
+        AuditEvent {
+            ts: "2026-12-02T00:00:00Z".into(),
+            request_id: "r".into(),
+            decision: "DENIED".into(),
+            policy: None,
+            policy_version: None,
+            status,
+            reason: reason.map(str::to_owned),
+            method: "GET".into(),
+            scheme: "http".into(),
+            host: "a.test".into(),
+            port: 80,
+            path: "/".into(),
+            identity: None,
+            tags: Vec::new(),
+            record: String::new(),
+        }
+    }
+
+    #[test]
+    fn requests_refused_before_the_policies_are_not_replayed() {
+        assert!(refused_before_the_policies(&event(
+            Some(407),
+            Some("proxy_auth_required")
+        )));
+        assert!(refused_before_the_policies(&event(
+            Some(400),
+            Some("invalid_request")
+        )));
+        assert!(refused_before_the_policies(&event(
+            None,
+            Some("misdirected_request")
+        )));
+        assert!(!refused_before_the_policies(&event(
+            Some(403),
+            Some("no_matching_policy")
+        )));
+        assert!(!refused_before_the_policies(&event(Some(200), None)));
+    }
 }

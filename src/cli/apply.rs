@@ -173,9 +173,10 @@ pub fn load_valid(file: &Path) -> Result<LoadedConfig, ExitCode> {
         Err(errors) => {
             println!("{errors}");
             println!(
-                "{}: {} errors; nothing applied",
+                "{}: {} error{}; nothing applied",
                 file.display(),
-                errors.0.len()
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
             );
             Err(ExitCode::FAILURE)
         }

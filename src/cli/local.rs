@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// postgres://…), overriding `store.url`.
     #[arg(long, env = "PORTCULLIS_STORE")]
     store: Option<String>,
+    /// Intercept HTTPS with the CA in DIR (DIR/ca.crt, DIR/ca.key, as `ca init` writes
+    /// them), overriding `interception.ca` and turning interception on.
+    #[arg(long, value_name = "DIR", env = "PORTCULLIS_INTERCEPTION_CA")]
+    interception_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -126,14 +130,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         grpc_listen: args.grpc_listen,
         admin_listen: args.admin_listen,
         store: args.store,
+        interception_ca: args.interception_ca,
     };
     match runtime.block_on(app::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::InvalidConfig(errors)) => {
             eprintln!("{errors}");
             eprintln!(
-                "portcullis: invalid config ({} errors); not starting",
-                errors.0.len()
+                "portcullis: invalid config ({}); not starting",
+                counted(errors.0.len(), "error")
             );
             ExitCode::FAILURE
         }
@@ -144,37 +149,90 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// `1 error`, `3 errors`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn validate(file: &Path) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
-    let loaded = Snapshot::load(file, &SecretsRuntime::default()).and_then(|(loaded, snapshot)| {
-        // The CA files are part of a valid config: check they load and belong together.
-        if let Some(Err(error)) = loaded.config.interception.as_ref().map(|i| i.load()) {
-            return Err(loaded.place(vec![error]));
-        }
-        // As `serve` would: a store's URL must be found, and its policies are not here.
-        match loaded.config.store_url(&env) {
-            Err(errors) => Err(loaded.place(errors)),
-            Ok(_) => Ok((loaded, snapshot)),
-        }
-    });
-    match loaded {
-        Ok((loaded, snapshot)) => {
-            println!(
-                "{}: ok (version {}, {} policies, {} active, transforms: {})",
-                file.display(),
-                loaded.version,
-                snapshot.policies.policies().len(),
-                snapshot.policies.active_count(),
-                snapshot.pipeline.names().join(", ")
-            );
-            ExitCode::SUCCESS
-        }
+    // Every stage runs on what the file holds, so one run reports every error: what does
+    // not parse, what does not compile, the CA files, the store's URL.
+    let partial = match crate::config::load_file_partial(file) {
+        Ok(partial) => partial,
         Err(errors) => {
             println!("{errors}");
-            println!("{}: {} errors", file.display(), errors.0.len());
-            ExitCode::FAILURE
+            println!("{}: {}", file.display(), counted(errors.0.len(), "error"));
+            return ExitCode::FAILURE;
         }
+    };
+    let config = &partial.loaded.config;
+    let mut errors = partial.errors.clone();
+    // What a broken section (dlp, server…) leaves out would make compile errors elsewhere
+    // that are only its echo: compile only when list entries alone failed.
+    let snapshot = if partial.section_failed {
+        None
+    } else {
+        match Snapshot::compile(
+            config,
+            &partial.loaded.version,
+            &env,
+            &SecretsRuntime::default(),
+        ) {
+            Ok(snapshot) => Some(snapshot),
+            Err(compile_errors) => {
+                errors.extend(compile_errors.into_iter().map(|e| partial.in_file(e)));
+                None
+            }
+        }
+    };
+    // The CA files are part of a valid config: check they load and belong together.
+    if let Some(Err(error)) = config.interception.as_ref().map(|i| i.load()) {
+        errors.push(error);
     }
+    // As `serve` would: a store's URL must be found, and its policies are not here.
+    if let Err(store_errors) = config.store_url(&env) {
+        errors.extend(store_errors);
+    }
+    errors.dedup();
+    let snapshot = match snapshot {
+        Some(snapshot) if errors.is_empty() => snapshot,
+        _ => {
+            let errors = partial.loaded.place_in_order(errors);
+            println!("{errors}");
+            println!("{}: {}", file.display(), counted(errors.0.len(), "error"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = &partial.loaded;
+    let intercepting = loaded.config.interception.is_some();
+    let warnings: Vec<_> = (loaded.config.policies.iter().enumerate())
+        .flat_map(|(i, policy)| {
+            crate::policy::lint_policy(policy, intercepting)
+                .into_iter()
+                .map(move |w| w.under(&format!("policies[{i}]")))
+        })
+        .collect();
+    for warning in loaded.place(warnings.clone()).0 {
+        println!("warning: {warning}");
+    }
+    println!(
+        "{}: ok (version {}, {} policies, {} active, transforms: {}){}",
+        file.display(),
+        loaded.version,
+        snapshot.policies.policies().len(),
+        snapshot.policies.active_count(),
+        snapshot.pipeline.names().join(", "),
+        match warnings.len() {
+            0 => String::new(),
+            n => format!("; {}", counted(n, "warning")),
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 pub fn ca(command: CaCommand) -> ExitCode {
@@ -202,14 +260,57 @@ pub fn ca(command: CaCommand) -> ExitCode {
 }
 
 pub fn check(args: CheckArgs) -> ExitCode {
-    let snapshot = match Snapshot::load(&args.config, &SecretsRuntime::default()) {
-        Ok((_, snapshot)) => snapshot,
+    let loaded = match crate::config::load_file(&args.config) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
+    let env = |name: &str| std::env::var(name).ok();
+    let store_url = match loaded.config.store_url(&env) {
+        Ok(url) => url,
+        Err(errors) => {
+            eprintln!("{}", loaded.place(errors));
+            return ExitCode::FAILURE;
+        }
+    };
     block_on(async move {
+        let runtime = SecretsRuntime::default();
+        // A config that names a store decides with the store's policies and secrets, as
+        // `serve` would: the file holds none of them.
+        let compiled = match &store_url {
+            None => Snapshot::compile(&loaded.config, &loaded.version, &env, &runtime),
+            Some(url) => {
+                let store = Store::open(url).await.map_err(store_failure)?;
+                let contents = store.contents().await.map_err(store_failure)?;
+                let (policies, secrets) = (contents.policies.len(), contents.secrets.len());
+                crate::live::compile_with_store_isolated(
+                    &loaded.config,
+                    &loaded.version,
+                    contents,
+                    &env,
+                    &runtime,
+                )
+                .map(|(snapshot, contents)| {
+                    eprintln!(
+                        "check: policies and secrets from the store ({:?}, revision {}: \
+                         {policies} policies, {secrets} secrets)",
+                        store.backend(),
+                        contents.revision,
+                    );
+                    // As the gateway does: what does not compile here is set aside.
+                    for fault in &contents.faults {
+                        eprintln!(
+                            "check: stored {} {:?} set aside, as the gateway would: {}",
+                            fault.kind, fault.name, fault.error
+                        );
+                    }
+                    snapshot
+                })
+            }
+        };
+        let snapshot = compiled.map_err(|errors| Failure(loaded.place(errors).to_string()))?;
         let request = CheckRequest {
             headers: args::headers(&args.headers)?,
             extra_tags: args::tags(&args.tags)?,

@@ -69,6 +69,24 @@ pub enum PolicyCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Which recently audited requests a draft policy would decide differently, before it
+    /// is saved: replays them against the live policies with and without the draft.
+    Impact {
+        /// A config file holding the draft under `policies:`.
+        #[arg(long, short)]
+        file: std::path::PathBuf,
+        /// The draft's name, when the file holds more than one policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// How far back: a duration (`24h`, the default) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// The most recent requests to replay (default 1000, at most 10000).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a policy from decisions and the list; its history is kept and its name can
     /// be created again.
     Delete {
@@ -117,6 +135,13 @@ pub async fn run(client: AdminClient, command: PolicyCommand) -> Outcome {
         PolicyCommand::Enable { name, reason } => {
             set_status(&client, &name, "enable", reason).await
         }
+        PolicyCommand::Impact {
+            file,
+            policy,
+            since,
+            limit,
+            json,
+        } => impact(&client, &file, policy.as_deref(), since, limit, json).await,
         PolicyCommand::Delete { name, reason } => {
             let live = live_version(&client, &name).await?.to_string();
             let mut query = vec![("version", live.as_str())];
@@ -220,6 +245,81 @@ fn status(policy: &PolicyConfig) -> String {
     } else {
         status.to_owned()
     }
+}
+
+/// `policy impact`: the draft from the file, sent to `/v1/impact`; one line per request
+/// whose decision or deciding policy would change.
+async fn impact(
+    client: &AdminClient,
+    file: &std::path::Path,
+    name: Option<&str>,
+    since: Option<String>,
+    limit: Option<u32>,
+    json: bool,
+) -> Outcome {
+    let loaded = apply::load_valid(file)
+        .map_err(|_| super::Failure(format!("{}: not a valid config file", file.display())))?;
+    let policies = &loaded.config.policies;
+    let draft = match name {
+        Some(name) => policies.iter().find(|p| p.name == name).ok_or_else(|| {
+            super::Failure(format!("{}: no policy named {name:?}", file.display()))
+        })?,
+        None => match policies.as_slice() {
+            [only] => only,
+            [] => return Err(super::Failure(format!("{}: no policies", file.display()))),
+            _ => {
+                return Err(super::Failure(format!(
+                    "{}: {} policies; name the draft with --policy",
+                    file.display(),
+                    policies.len()
+                )));
+            }
+        },
+    };
+    let answer = client
+        .post(
+            &["v1", "impact"],
+            &json!({"policy": draft, "since": since, "limit": limit}),
+        )
+        .await?;
+    if json {
+        println!("{}", pretty(&answer));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "policy {:?}: {} of {} replayed requests since {} would be decided differently ({} \
+         refused before the policies, not replayed)",
+        draft.name,
+        answer["changed"],
+        answer["replayed"],
+        answer["since"].as_str().unwrap_or("?"),
+        answer["not_replayed"]
+    );
+    let shown = |v: &Value| -> String {
+        format!(
+            "{} ({})",
+            v["decision"].as_str().unwrap_or("?"),
+            v["policy"].as_str().unwrap_or("default")
+        )
+    };
+    let mut table = Table::new(&["REQUEST", "TIME", "REQUEST LINE", "BEFORE", "AFTER"]);
+    for request in answer["requests"].as_array().into_iter().flatten() {
+        table.row(vec![
+            request["request_id"].as_str().unwrap_or("").to_owned(),
+            request["ts"].as_str().unwrap_or("").to_owned(),
+            format!(
+                "{} {}:{}{}",
+                request["method"].as_str().unwrap_or(""),
+                request["host"].as_str().unwrap_or(""),
+                request["port"],
+                request["path"].as_str().unwrap_or("")
+            ),
+            shown(&request["before"]),
+            shown(&request["after"]),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -122,6 +122,13 @@ impl LoadedConfig {
         };
         ConfigErrors(errors.into_iter().map(|e| context.place(e)).collect())
     }
+
+    /// [`LoadedConfig::place`], in the order of the file (line, column).
+    pub fn place_in_order(&self, errors: Vec<FieldError>) -> ConfigErrors {
+        let mut placed = self.place(errors).0;
+        placed.sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
+        ConfigErrors(placed)
+    }
 }
 
 struct Context<'a> {
@@ -163,7 +170,17 @@ impl Context<'_> {
 
 /// Reads and parses a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    parse_str(&read_config(path)?, Some(path))
+}
+
+/// Reads and parses a config file as far as it can: what parsed, and the errors of what
+/// did not (see [`Partial`]). Only unreadable files and broken YAML are an `Err`.
+pub fn load_file_partial(path: &Path) -> Result<Partial, ConfigErrors> {
+    parse_partial(&read_config(path)?, Some(path))
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: Some(path.to_path_buf()),
             line: None,
@@ -173,8 +190,7 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             secret: None,
             message: format!("cannot read config file: {e}"),
         }])
-    })?;
-    parse_str(&text, Some(path))
+    })
 }
 
 /// Short content hash used as the config version.
@@ -185,6 +201,54 @@ pub fn version_of(text: &str) -> String {
 
 /// Parses config text; `file` is only used in error messages.
 pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
+    let partial = parse_partial(text, file)?;
+    if partial.errors.is_empty() {
+        Ok(partial.loaded)
+    } else {
+        Err(partial.loaded.place_in_order(partial.errors))
+    }
+}
+
+/// A config parsed as far as it could be: every section and list entry that parsed, the
+/// errors of those that did not, and where each kept list entry stood in the file, so that
+/// later stages (compiling, reading the CA) can report their errors in the same run at the
+/// right place.
+#[derive(Debug)]
+pub struct Partial {
+    pub loaded: LoadedConfig,
+    /// Unplaced: [`LoadedConfig::place`] them.
+    pub errors: Vec<FieldError>,
+    /// A whole section (`dlp`, `server`, …) failed, not only list entries: what later
+    /// stages would say about the rest could be its consequence.
+    pub section_failed: bool,
+    kept: Vec<(&'static str, Vec<usize>)>,
+}
+
+impl Partial {
+    /// Rewrites a later stage's error about the `k`-th kept entry of a list
+    /// (`policies[k]…`) to name that entry's place in the file.
+    pub fn in_file(&self, mut error: FieldError) -> FieldError {
+        for (list, kept) in &self.kept {
+            let Some(rest) = error
+                .path
+                .strip_prefix(list)
+                .and_then(|r| r.strip_prefix('['))
+            else {
+                continue;
+            };
+            let Some((index, tail)) = rest.split_once(']') else {
+                continue;
+            };
+            if let Some(original) = index.parse::<usize>().ok().and_then(|k| kept.get(k)) {
+                error.path = format!("{list}[{original}]{tail}");
+            }
+            break;
+        }
+        error
+    }
+}
+
+fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigErrors> {
     let syntax_error = |message: String, line: Option<usize>, column: Option<usize>| {
         ConfigErrors(vec![ConfigError {
             file: file.map(Path::to_path_buf),
@@ -208,14 +272,10 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
     })?;
     let policy_names = names_in(&document, "policies");
     let secret_names = names_in(&document, "secrets");
-    let context = Context {
-        file,
-        index: &index,
-        policy_names: &policy_names,
-        secret_names: &secret_names,
-    };
     let mut errors: Vec<FieldError> = Vec::new();
     let mut config = Config::default();
+    let mut kept: Vec<(&'static str, Vec<usize>)> = Vec::new();
+    let mut list_errors = 0;
     let sections = match document {
         Value::Null => Default::default(),
         Value::Mapping(mapping) => mapping,
@@ -309,25 +369,41 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
                 }
             }
             "identities" => {
-                config.identities = list(value, &key, &mut errors, |v| {
+                let before = errors.len();
+                let (items, indexes) = list(value, &key, &mut errors, |v| {
                     super::every_error::deserialize_every_error::<IdentityConfig>(
                         v,
                         validate_identity,
                     )
-                })
+                });
+                config.identities = items;
+                kept.push(("identities", indexes));
+                list_errors += errors.len() - before;
             }
             "policies" => {
-                config.policies = list(value, &key, &mut errors, |v| {
+                let before = errors.len();
+                let (items, indexes) = list(value, &key, &mut errors, |v| {
                     super::every_error::deserialize_every_error::<PolicyConfig>(v, validate_policy)
-                })
+                });
+                config.policies = items;
+                kept.push(("policies", indexes));
+                list_errors += errors.len() - before;
             }
             "transforms" => {
-                config.transforms = list(value, &key, &mut errors, TransformEntry::parse);
+                let before = errors.len();
+                let (items, indexes) = list(value, &key, &mut errors, TransformEntry::parse);
+                config.transforms = items;
+                kept.push(("transforms", indexes));
+                list_errors += errors.len() - before;
             }
             "secrets" => {
-                config.secrets = list(value, &key, &mut errors, |v| {
+                let before = errors.len();
+                let (items, indexes) = list(value, &key, &mut errors, |v| {
                     super::every_error::deserialize_every_error::<SecretConfig>(v, validate_secret)
-                })
+                });
+                config.secrets = items;
+                kept.push(("secrets", indexes));
+                list_errors += errors.len() - before;
             }
             _ => errors.push(FieldError::new(
                 key.clone(),
@@ -349,18 +425,19 @@ pub fn parse_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, Config
             config.transforms.push(TransformEntry::secrets());
         }
     }
-    if !errors.is_empty() {
-        let mut placed: Vec<ConfigError> = errors.into_iter().map(|e| context.place(e)).collect();
-        placed.sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
-        return Err(ConfigErrors(placed));
-    }
-    Ok(LoadedConfig {
-        config,
-        file: file.map(Path::to_path_buf),
-        version: version_of(text),
-        index,
-        policy_names,
-        secret_names,
+    let section_failed = errors.len() > list_errors;
+    Ok(Partial {
+        loaded: LoadedConfig {
+            config,
+            file: file.map(Path::to_path_buf),
+            version: version_of(text),
+            index,
+            policy_names,
+            secret_names,
+        },
+        errors,
+        section_failed,
+        kept,
     })
 }
 
@@ -429,29 +506,33 @@ fn list<T>(
     key: &str,
     errors: &mut Vec<FieldError>,
     parse: impl Fn(Value) -> Result<T, Vec<FieldError>>,
-) -> Vec<T> {
+) -> (Vec<T>, Vec<usize>) {
     let items = match value {
-        Value::Null => return Vec::new(),
+        Value::Null => return (Vec::new(), Vec::new()),
         Value::Sequence(items) => items,
         other => {
             errors.push(FieldError::new(
                 key,
                 format!("expected a list, found {}", kind_of(&other)),
             ));
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let mut parsed = Vec::with_capacity(items.len());
+    let mut indexes = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         match parse(item) {
-            Ok(v) => parsed.push(v),
+            Ok(v) => {
+                parsed.push(v);
+                indexes.push(i);
+            }
             Err(problems) => {
                 let prefix = format!("{key}[{i}]");
                 errors.extend(problems.into_iter().map(|e| e.under(&prefix)));
             }
         }
     }
-    parsed
+    (parsed, indexes)
 }
 
 #[cfg(test)]

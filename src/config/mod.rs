@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use load::{
-    ConfigError, ConfigErrors, LoadedConfig, from_value, load_file, parse_str, version_of,
+    ConfigError, ConfigErrors, LoadedConfig, Partial, from_value, load_file, load_file_partial,
+    parse_str, version_of,
 };
 
 use crate::identity::IdentityConfig;

@@ -16,7 +16,9 @@ pub mod rule;
 mod set;
 
 pub use index::WorkloadTagIds;
-pub use model::{Action, Decision, DefaultAction, PolicyConfig, PolicyStatus, validate_policy};
+pub use model::{
+    Action, Decision, DefaultAction, PolicyConfig, PolicyStatus, lint_policy, validate_policy,
+};
 pub use set::{CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict};
 
 #[cfg(test)]

@@ -158,6 +158,36 @@ impl Decision {
     }
 }
 
+/// What is legal yet surely not what the author meant: rules that can never match, and
+/// under interception (`intercepting`) CONNECT-only rules whose tunnel's requests nothing
+/// in the policy allows. Warnings, with paths relative to the policy.
+pub fn lint_policy(policy: &PolicyConfig, intercepting: bool) -> Vec<FieldError> {
+    let mut warnings = Vec::new();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if let Some(why) = rule.never_matches() {
+            warnings.push(FieldError::new(format!("rules[{i}]"), why));
+            continue;
+        }
+        let inner_allowed = policy
+            .rules
+            .iter()
+            .any(|other| !other.connect_only() && other.host == rule.host);
+        if intercepting && rule.connect_only() && !inner_allowed {
+            warnings.push(FieldError::new(
+                format!("rules[{i}]"),
+                format!(
+                    "under interception this rule only opens the tunnel to {}: each request \
+                     inside it (GET, POST …) is decided on its own method and path, and this \
+                     policy allows none of them; add their methods (or drop `methods` to \
+                     allow every request to the host) — docs/interception.md",
+                    rule.host
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
 /// Checks what deserialization cannot: returns errors with paths relative to the policy.
 pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
     let mut errors = Vec::new();

@@ -111,6 +111,37 @@ impl RuleConfig {
         }
         fields
     }
+
+    /// Whether CONNECT is the only method this rule takes.
+    pub fn connect_only(&self) -> bool {
+        MethodSet::from_names(&self.methods) == MethodSet::of(Method::Connect)
+    }
+
+    /// What this rule asks for that a request it could match never has, when there is
+    /// such a thing: a CONNECT request (its only method) has no path, body or MCP call.
+    pub fn never_matches(&self) -> Option<String> {
+        if !self.connect_only() {
+            return None;
+        }
+        let mut missing: Vec<&str> = Vec::new();
+        if !self.paths.iter().all(PathPattern::is_any) {
+            missing.push("paths");
+        }
+        missing.extend(
+            self.condition_fields()
+                .into_iter()
+                .filter(|f| !matches!(*f, "headers" | "cel" | "action_types")),
+        );
+        (!missing.is_empty()).then(|| {
+            format!(
+                "this rule can never match: CONNECT is its only method, and a CONNECT request \
+                 has nothing for its {} to match (it names a host and port only). Requests \
+                 inside an intercepted tunnel are decided on their own method: name those \
+                 methods (GET, POST …) instead of CONNECT",
+                missing.join(", ")
+            )
+        })
+    }
 }
 
 /// What part of the host a [`HostPattern`] compares, as written (validated, uncompiled).

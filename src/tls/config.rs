@@ -54,6 +54,16 @@ fn default_max_names_per_stream() -> u64 {
 }
 
 impl InterceptionConfig {
+    /// Interception with the CA in `ca` and every other setting at its default.
+    pub fn with_ca(ca: CaFiles) -> InterceptionConfig {
+        InterceptionConfig {
+            ca,
+            leaf_lifetime: default_leaf_lifetime(),
+            max_certificates: default_max_certificates(),
+            max_names_per_stream: default_max_names_per_stream(),
+        }
+    }
+
     /// Reads the CA and sets up the leaf cache. Errors name the field and the file.
     pub fn load(&self) -> Result<super::leaves::LeafCertificates, FieldError> {
         let ca = super::ca::CertificateAuthority::load(&self.ca.cert_file, &self.ca.key_file)

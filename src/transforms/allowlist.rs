@@ -25,8 +25,15 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
         return Step::Continue(annotations);
     }
     let request = exchange.request;
-    let target = if request.path.is_empty() {
-        format!("{} {}:{}", request.method_name, request.host, request.port)
+    // The port is named unless it is the scheme's own: a rule for `host:8443` differs from
+    // one for `host`, and the workload must see which it asked for.
+    let target = if request.path.is_empty()
+        || request.port != crate::request::default_port(&request.scheme)
+    {
+        format!(
+            "{} {}:{}{}",
+            request.method_name, request.host, request.port, request.path
+        )
     } else {
         format!("{} {}{}", request.method_name, request.host, request.path)
     };
@@ -86,15 +93,27 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 transform: "allowlist",
             }
         }
-        None => Rejection {
-            status: 403,
-            kind: "policy_denied",
-            reason: "no_matching_policy",
-            message: format!("no policy allows {target} for this workload"),
-            policy: None,
-            rule: None,
-            transform: "allowlist",
-        },
+        None => {
+            let mut message = format!("no policy allows {target} for this workload");
+            if let Some(tunnel) = tunnel_policy(exchange.policies, &facts, &exchange.tag_ids) {
+                message.push_str(&format!(
+                    ". Policy {tunnel:?} allows a CONNECT tunnel to {}:{} only: the requests \
+                     inside an intercepted tunnel are decided on their own method and path, \
+                     and need a rule that allows them (docs/interception.md)",
+                    request.host, request.port
+                ));
+                annotations.tunnel_allowed_by = Some(tunnel);
+            }
+            Rejection {
+                status: 403,
+                kind: "policy_denied",
+                reason: "no_matching_policy",
+                message,
+                policy: None,
+                rule: None,
+                transform: "allowlist",
+            }
+        }
     };
     Step::Reject(rejection, annotations)
 }
@@ -180,4 +199,33 @@ fn annotate(exchange: &Exchange<'_>, verdict: &Verdict) -> Annotations {
         }),
         ..Annotations::default()
     }
+}
+
+/// The policy that would open a plain CONNECT tunnel to this request's host and port, when
+/// the request itself (not a CONNECT) is allowed by none: what a user who wrote a tunnel
+/// rule and then turned interception on needs to hear.
+fn tunnel_policy(
+    policies: &PolicySet,
+    facts: &RequestFacts<'_>,
+    tag_ids: &WorkloadTagIds,
+) -> Option<std::sync::Arc<str>> {
+    if facts.method == crate::request::Method::Connect {
+        return None;
+    }
+    let connect = RequestFacts {
+        method: crate::request::Method::Connect,
+        method_name: "CONNECT",
+        path: "",
+        intercepted: false,
+        body: None,
+        message: None,
+        unknown_args: None,
+        ..*facts
+    };
+    let verdict = policies.evaluate(&connect, tag_ids);
+    if verdict.decision() == Decision::Denied {
+        return None;
+    }
+    let rule = verdict.decided_by?;
+    Some(policies.policy(rule.policy).name.clone())
 }

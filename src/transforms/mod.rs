@@ -361,6 +361,10 @@ pub struct Annotations {
     /// the error's kind and types, never the request's values.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition_error: Option<String>,
+    /// A request no policy allows, to a host and port a policy opens CONNECT tunnels to:
+    /// that policy. Under interception the tunnel's requests are decided on their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_allowed_by: Option<Arc<str>>,
     /// `network_guard`: the address Envoy connects to, or the internal one refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_address: Option<std::net::SocketAddr>,

@@ -256,3 +256,167 @@ fn with_mesh_certificates(config: &std::path::Path, dir: &std::path::Path) -> st
     std::fs::write(&copy, text.replace("/etc/portcullis/mesh/", &swapped)).unwrap();
     copy
 }
+
+/// The Quick start's config keeps its policies in the store: `check` decides with those,
+/// as the gateway does, and says where they came from.
+#[test]
+fn check_decides_with_the_stores_policies_when_the_config_names_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let example = repo().join("examples/portcullis.yaml");
+    let env = [("PORTCULLIS_DEMO_TOKEN", "demo")];
+    let (code, out, err) = portcullis(
+        &[
+            "apply",
+            "-f",
+            example.to_str().unwrap(),
+            "--store",
+            &store,
+            "--operator",
+            "test",
+            "--reason",
+            "seed",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{url: \"{store}\"}}\ngateway: {{tags: [env:dev]}}\ndefault_action: deny\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, out, err) = portcullis(
+        &["check", "-c", config, "-r", "GET http://example.com/"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("public-read"), "{out}");
+    assert!(err.contains("policies and secrets from the store"), "{err}");
+    // Its demo secret reads a variable this config does not let stored secrets read: set
+    // aside, as the gateway would, and said so.
+    assert!(
+        err.contains("stored secret \"httpbin-demo\" set aside, as the gateway would"),
+        "{err}"
+    );
+    let (code, out, _) = portcullis(
+        &["check", "-c", config, "-r", "GET http://example.org/"],
+        &[],
+    );
+    assert_eq!(code, 3, "{out}");
+}
+
+#[test]
+fn validate_warns_about_rules_that_can_never_match_and_tunnel_only_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        r#"policies:
+  - name: never
+    action: allow
+    rules:
+      - {host: api.example.com, methods: [CONNECT], paths: ["/v1/*"]}
+  - name: tunnel-only
+    action: allow
+    rules:
+      - {host: github.com, methods: [CONNECT]}
+  - name: both
+    action: allow
+    rules:
+      - {host: pypi.org, methods: [CONNECT, GET]}
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, _) = portcullis(&["validate", f], &[]);
+    assert_eq!(code, 0, "warnings do not fail validation: {out}");
+    assert!(
+        out.contains(&format!(
+            "warning: {f}:5:9: policies[0].rules[0] (policy \"never\"): this rule can never match"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("paths"), "{out}");
+    assert!(
+        !out.contains("tunnel-only"),
+        "no interception, no tunnel warning: {out}"
+    );
+    assert!(out.contains("; 1 warning"), "{out}");
+
+    // With interception on, the CONNECT-only policy is called out too; `both` is fine.
+    let ca = dir.path().join("ca");
+    let (code, _, err) = portcullis(&["ca", "init", "--dir", ca.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "interception: {{ca: {{cert_file: {0}/ca.crt, key_file: {0}/ca.key}}}}\n",
+        ca.display()
+    ));
+    std::fs::write(&file, text).unwrap();
+    let (code, out, _) = portcullis(&["validate", f], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "(policy \"tunnel-only\"): under interception this rule only opens the tunnel"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("policy \"both\""), "{out}");
+    assert!(out.contains("; 2 warnings"), "{out}");
+}
+
+#[test]
+fn validate_counts_one_error_in_the_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "policies: [{name: a, action: allow, rules: [{host: a.test, methods: [FETCH]}]}]\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, _) = portcullis(&["validate", f], &[]);
+    assert_eq!(code, 1);
+    assert!(out.ends_with(&format!("{f}: 1 error\n")), "{out}");
+}
+
+/// Errors of every stage in one run: a policy that does not parse, a detector no one
+/// defined and a token source not set (found compiling), CA files that are missing, a
+/// store URL variable that is not set, and policies in a file that names a store.
+#[test]
+fn validate_reports_the_errors_of_every_stage_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        r#"identities:
+  - {name: ci, token: {env: VALIDATE_TOKEN_NOT_SET}, tags: [team:ci]}
+policies:
+  - {name: bad-method, action: allow, rules: [{host: a.test, methods: [FETCH]}]}
+  - {name: bad-detector, action: deny, rules: [{host: b.test, dlp: [no_such_detector]}]}
+interception:
+  ca: {cert_file: /nonexistent/ca.crt, key_file: /nonexistent/ca.key}
+store:
+  url_env: VALIDATE_STORE_URL_NOT_SET
+"#,
+    )
+    .unwrap();
+    let (code, out, _) = portcullis(&["validate", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        "policies[0].rules[0].methods[0] (policy \"bad-method\"): unknown method \"FETCH\"",
+        "policies[1].rules[0].dlp[0] (policy \"bad-detector\"): unknown DLP detector",
+        "VALIDATE_TOKEN_NOT_SET",
+        "interception.ca.cert_file",
+        "VALIDATE_STORE_URL_NOT_SET",
+        // A store and policies in the file do not go together either.
+        "policies: with a `store`, policies and secrets come from the store",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(out.contains("6 errors"), "{out}");
+}

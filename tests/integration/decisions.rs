@@ -113,7 +113,11 @@ fn denied_requests_get_a_json_403_and_never_reach_the_upstream() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("no policy allows GET 127.0.0.1/nothing/allows/this")
+            .contains(&format!(
+                "no policy allows GET 127.0.0.1:{}/nothing/allows/this",
+                upstream.port()
+            )),
+        "the port is named when it is not the scheme's own: {body}"
     );
 
     assert_eq!(

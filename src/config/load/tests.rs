@@ -246,3 +246,25 @@ fn telemetry_endpoint_credentials_are_refused_without_being_echoed() {
     );
     assert!(!found[0].contains("s3cr3t-pw"), "{}", found[0]);
 }
+
+#[test]
+fn a_partial_parse_keeps_what_parsed_and_places_later_errors_in_the_file() {
+    let text = "policies:\n  - {name: bad, action: nope, rules: [{host: a.test}]}\n  - {name: good, action: allow, rules: [{host: b.test}]}\n";
+    let partial = parse_partial(text, None).unwrap();
+    assert_eq!(partial.loaded.config.policies.len(), 1);
+    assert_eq!(partial.loaded.config.policies[0].name, "good");
+    assert_eq!(partial.errors.len(), 1, "{:?}", partial.errors);
+    assert!(!partial.section_failed);
+    // A compile error about the first kept policy is about the file's second.
+    let later = partial.in_file(FieldError::new("policies[0].rules[0].dlp[0]", "x"));
+    assert_eq!(later.path, "policies[1].rules[0].dlp[0]");
+    let placed = partial.loaded.place(vec![later]);
+    assert_eq!(placed.0[0].line, Some(3));
+    assert_eq!(placed.0[0].policy.as_deref(), Some("good"));
+    // Other paths are left alone.
+    let other = partial.in_file(FieldError::new("audit.path", "x"));
+    assert_eq!(other.path, "audit.path");
+    // A whole section failing is told apart from list entries failing.
+    let broken = parse_partial("dlp: 3\npolicies: []\n", None).unwrap();
+    assert!(broken.section_failed);
+}
