@@ -20,11 +20,14 @@ RUN mkdir -p src benches \
 
 COPY src ./src
 COPY benches ./benches
+# The `grpc` transform's client is generated from Portcullis's own proto by build.rs.
+COPY build.rs ./
+COPY proto ./proto
 # The store's migrations are compiled into the binary (sqlx::migrate!).
 COPY migrations ./migrations
 # COPY keeps the context's modification times, which may be older than the stubs' build:
 # touch the crate roots so cargo rebuilds the crate itself.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs build.rs \
  && cargo build --release --locked \
  && install -D -m 0755 target/release/portcullis /out/portcullis
 
