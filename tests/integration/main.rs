@@ -8,6 +8,7 @@ mod bodies;
 mod capture;
 mod cli;
 mod cli_api;
+mod clients;
 mod control;
 mod decisions;
 mod failure;

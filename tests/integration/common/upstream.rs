@@ -43,6 +43,10 @@ pub struct Upstream {
 pub struct TestTls {
     pub ca_pem: String,
     pub server: Arc<rustls::ServerConfig>,
+    /// The server's certificate chain (leaf, then CA) and key, as PEM, for servers that
+    /// read files (the client matrix's registry).
+    pub server_chain_pem: String,
+    pub server_key_pem: String,
 }
 
 impl TestTls {
@@ -76,6 +80,8 @@ impl TestTls {
             )
             .unwrap();
         TestTls {
+            server_chain_pem: leaf.pem() + &ca.pem(),
+            server_key_pem: leaf_key.serialize_pem(),
             ca_pem: ca.pem(),
             server: Arc::new(server),
         }
