@@ -27,8 +27,11 @@
 #   WARMUP=3s           warm-up before each setup
 #   CONNS=50 THREADS=2  wrk load for the loaded run
 #   SETUPS="plain noop portcullis tls-plain tls-portcullis"   which setups to run
-#                                   (also: portcullis-tcp, Portcullis over loopback TCP
-#                                   instead of its Unix socket; body-headers, body-buffered)
+#                                   (also: portcullis-tcp, Portcullis over plaintext loopback
+#                                   TCP instead of its Unix socket; portcullis-mtls, over TCP
+#                                   with mutual TLS as the chart's separate topology runs it;
+#                                   portcullis-no-outcomes, without Envoy's gRPC access log
+#                                   to Portcullis (upstream records); body-headers, body-buffered)
 #   ENVOY_CONCURRENCY=2 Envoy worker threads
 #   BUILD=1             set BUILD=0 to skip `cargo build --release`
 #   PORTCULLIS_BIN      Portcullis binary (default target/release/portcullis)
@@ -125,6 +128,24 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localh
 printf 'subjectAltName=DNS:localhost\n' >"${work}/up.ext"
 openssl x509 -req -in "${work}/up.csr" -CA "${work}/up-ca.crt" -CAkey "${work}/up-ca.key" \
   -CAcreateserial -days 2 -extfile "${work}/up.ext" -out "${work}/up.crt" 2>/dev/null
+if [[ " ${SETUPS} " == *" portcullis-mtls "* ]]; then
+  # The gRPC channel's own CA, Portcullis's server certificate and Envoy's client certificate.
+  mkdir -p "${work}/channel"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench channel CA" -keyout "${work}/channel/ca.key" -out "${work}/channel/ca.crt" 2>/dev/null
+  for leaf in server envoy; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=${leaf}" \
+      -keyout "${work}/channel/${leaf}.key" -out "${work}/channel/${leaf}.csr" 2>/dev/null
+    if [[ "${leaf}" == server ]]; then
+      printf 'subjectAltName=DNS:portcullis.bench\nextendedKeyUsage=serverAuth\n'
+    else
+      printf 'extendedKeyUsage=clientAuth\n'
+    fi >"${work}/channel/${leaf}.ext"
+    openssl x509 -req -in "${work}/channel/${leaf}.csr" -CA "${work}/channel/ca.crt" \
+      -CAkey "${work}/channel/ca.key" -CAcreateserial -days 2 -extfile "${work}/channel/${leaf}.ext" \
+      -out "${work}/channel/${leaf}.crt" 2>/dev/null
+  done
+fi
 if [[ " ${SETUPS} " == *" tls-"* ]]; then
   "${portcullis_bin}" ca init --dir "${work}/ca" >/dev/null
 fi
@@ -180,7 +201,7 @@ EOF
 envoy_config() {
   python3 - "$@" <<'PY'
 import re, sys
-src, out, listen, admin, grpc, with_extproc, trust = sys.argv[1:]
+src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als = sys.argv[1:]
 lines = open(src).read().splitlines()
 keep, skip, drop_indent = [], False, None
 for line in lines:
@@ -192,11 +213,15 @@ for line in lines:
             skip = False
         continue
     indent = len(line) - len(line.lstrip())
-    if drop_indent is not None:  # inside the access_log block: drop it (it costs per request)
-        if stripped and (indent > drop_indent or (indent == drop_indent and stripped.startswith("- "))):
+    # The stdout access log goes (a terminal's cost per request, not the gateway's); the
+    # gRPC access log to Portcullis stays, part of what every request costs.
+    if drop_indent is not None:  # inside the stdout logger's list item: drop it
+        if stripped and indent > drop_indent:
             continue
         drop_indent = None
-    if stripped == "access_log:":
+    # Without Portcullis (plain, noop), the gRPC access log has no one to talk to: it goes too.
+    if stripped == "- name: envoy.access_loggers.stdout" or (
+            als == "0" and stripped == "- name: envoy.access_loggers.http_grpc"):
         drop_indent = indent
         continue
     keep.append(line)
@@ -213,6 +238,25 @@ if grpc.isdigit():
 else:
     text = text.replace(socket, "path: %s" % grpc)
 text = text.replace("/etc/ssl/certs/ca-certificates.crt", trust)
+if channel_tls:
+    # The separate topology's channel: Envoy presents a client certificate to Portcullis
+    # and checks Portcullis's name, as the Helm chart renders it.
+    cert, key, ca = channel_tls.split(",")
+    cluster = "  - name: portcullis\n    type: STATIC\n"
+    assert text.count(cluster) == 1, cluster
+    text = text.replace(cluster, cluster + (
+        "    transport_socket:\n"
+        "      name: envoy.transport_sockets.tls\n"
+        "      typed_config:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
+        "        sni: portcullis.bench\n"
+        "        common_tls_context:\n"
+        "          alpn_protocols: [h2]\n"
+        "          tls_certificates: [{certificate_chain: {filename: %s}, private_key: {filename: %s}}]\n"
+        "          validation_context:\n"
+        "            trusted_ca: {filename: %s}\n"
+        "            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: portcullis.bench}}]\n"
+    ) % (cert, key, ca))
 open(out, "w").write(text)
 PY
 }
@@ -272,6 +316,7 @@ cpu_ticks() { # cpu_ticks PID: utime+stime of a process, in clock ticks
 
 run_setup() { # run_setup NAME ROUND
   local name="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
+  local channel_tls="" als=1
   local out="${work}/${name}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
   listen="$(free_port)"; admin="$(free_port)"; grpc="${work}/grpc-${name}.sock"
@@ -287,14 +332,16 @@ run_setup() { # run_setup NAME ROUND
   fi
   [[ "${name}" == body-* ]] && lua="${work}/post.lua"
   case "${name}" in
-    plain) with_ext=0 ;;
+    plain) with_ext=0; als=0 ;;
     noop)
+      als=0
       "${bin}/examples/noop_extproc" --listen "unix:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_socket "${grpc}" "${ext_pid}" noop ;;
-    portcullis|portcullis-tcp|tls-plain|tls-portcullis|body-headers|body-buffered)
+    portcullis|portcullis-tcp|portcullis-mtls|portcullis-no-outcomes|tls-plain|tls-portcullis|body-headers|body-buffered)
       [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
-      [[ "${name}" == tls-plain ]] && with_ext=0
+      [[ "${name}" == tls-plain ]] && with_ext=0 && als=0
+      [[ "${name}" == portcullis-no-outcomes ]] && als=0
       local body_rule=""
       [[ "${name}" == body-buffered ]] && body_rule=body
       portcullis_config "${work}/portcullis-${name}.yaml" "${work}/audit.jsonl" "${ca_dir}" \
@@ -305,6 +352,13 @@ run_setup() { # run_setup NAME ROUND
         grpc="$(free_port)"; grpc_listen="127.0.0.1:${grpc}"
         printf 'server: {grpc_mesh_authenticated: true}\n' >>"${work}/portcullis-${name}.yaml"
       fi
+      if [[ "${name}" == portcullis-mtls ]]; then
+        grpc="$(free_port)"; grpc_listen="127.0.0.1:${grpc}"
+        printf 'server: {grpc_tls: {cert_file: %s, key_file: %s, client_ca_file: %s}}\n' \
+          "${work}/channel/server.crt" "${work}/channel/server.key" "${work}/channel/ca.crt" \
+          >>"${work}/portcullis-${name}.yaml"
+        channel_tls="${work}/channel/envoy.crt,${work}/channel/envoy.key,${work}/channel/ca.crt"
+      fi
       "${portcullis_bin}" serve --config "${work}/portcullis-${name}.yaml" \
         --grpc-listen "${grpc_listen}" --admin-listen "127.0.0.1:$(free_port)" \
         >"${out}-portcullis.log" 2>&1 &
@@ -314,7 +368,7 @@ run_setup() { # run_setup NAME ROUND
     *) die "unknown setup ${name}" ;;
   esac
   envoy_config "${source}" "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
-    "${work}/up-ca.crt"
+    "${work}/up-ca.crt" "${channel_tls}" "${als}"
   "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
     --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
@@ -442,6 +496,16 @@ if "noop" in runs and "portcullis" in runs:
         conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
         statistics.median(p["c1"]["p50"] - n["c1"]["p50"] for p, n in zip(runs["portcullis"], runs["noop"])),
         med("portcullis", lambda r: r["ext_cpu"]) - med("noop", lambda r: r["ext_cpu"])))
+if "portcullis-no-outcomes" in runs and "portcullis" in runs:
+    ratios = [p["c50"]["rps"] / n["c50"]["rps"] for p, n in zip(runs["portcullis"], runs["portcullis-no-outcomes"])]
+    print("portcullis vs portcullis-no-outcomes (the upstream records' cost): rps c=%s %.2fx (per round: %s)" % (
+        conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios)))
+for channel in ("portcullis-tcp", "portcullis-mtls"):
+    if channel in runs and "portcullis" in runs:
+        ratios = [c["c50"]["rps"] / u["c50"]["rps"] for c, u in zip(runs[channel], runs["portcullis"])]
+        print("%s vs portcullis (Unix socket): rps c=%s %.2fx (per round: %s); p50 at c=1 %+.0fus" % (
+            channel, conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
+            statistics.median(c["c1"]["p50"] - u["c1"]["p50"] for c, u in zip(runs[channel], runs["portcullis"]))))
 problems = []
 for s in setups:
     for k, r in enumerate(runs[s], 1):
