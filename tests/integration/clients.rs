@@ -102,6 +102,18 @@ fn http_1_0_connect_from_python_3_11_is_decided_and_tunnelled() {
     assert_ne!(reply.status, 426, "{reply:?}");
     let record = gw.audit_for(|r| r["path"] == "/plain/1.0");
     assert_eq!(record["decision"], "ALLOWED", "{record}");
+
+    // Older clients send `Proxy-Connection` (a hop-by-hop header of their own making): it is
+    // taken, and not passed on.
+    let keep_alive = format!(
+        "http://127.0.0.1:{}/proxy-connection",
+        plain_upstream.port()
+    );
+    let reply = gw.via_proxy(&["-H", "Proxy-Connection: Keep-Alive", &keep_alive]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = plain_upstream.seen();
+    let seen = seen.iter().find(|s| s.path == "/proxy-connection").unwrap();
+    assert_eq!(seen.header("proxy-connection"), None);
 }
 
 /// Under interception the CONNECT listener and the tunnel's inner listeners take HTTP/1.0
