@@ -549,7 +549,11 @@ async fn prune_audit(store: Store, retention: Duration, mut shutdown: watch::Rec
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let Some(before) = std::time::SystemTime::now().checked_sub(retention) else {
+        // A retention reaching past 1970 keeps everything (such times cannot be written).
+        let Some(before) = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .filter(|before| *before >= std::time::SystemTime::UNIX_EPOCH)
+        else {
             continue;
         };
         let before = humantime::format_rfc3339_micros(before).to_string();

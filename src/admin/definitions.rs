@@ -132,7 +132,13 @@ fn envelope<T: Definition>(bytes: &[u8], fields: Fields) -> Result<Envelope<T>, 
             ));
             None
         }
-        Some(value) => match value.as_i64() {
+        // JSON has one number type: `3.0` is the integer 3, as JSON Schema counts it.
+        Some(value) => match value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (1.0..=9_007_199_254_740_992.0).contains(f))
+                .map(|f| f as i64)
+        }) {
             Some(v) if v >= 1 => Some(v),
             _ => {
                 errors.push(FieldError::new(

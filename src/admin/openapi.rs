@@ -293,7 +293,7 @@ fn envelope(definition: &str, reference: &str, version: bool) -> Value {
     });
     let mut required = vec![definition.to_owned()];
     if version {
-        properties["version"] = json!({"type": "integer", "minimum": 1,
+        properties["version"] = json!({"type": "integer", "minimum": 1, "maximum": i64::MAX,
             "description": "The version you read; a stale one is a 409"});
         required.push("version".to_owned());
     }
@@ -325,15 +325,15 @@ pub fn build() -> Value {
     schemas.insert(
         "VersionedChange".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["version"],
-               "properties": {"version": {"type": "integer", "minimum": 1},
+               "properties": {"version": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
                               "reason": {"type": "string"}}}),
     );
     schemas.insert(
         "Rollback".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["to_version", "version"],
-               "properties": {"to_version": {"type": "integer", "minimum": 1,
+               "properties": {"to_version": {"type": "integer", "minimum": 1, "maximum": i64::MAX,
                                              "description": "The version to make live again"},
-                              "version": {"type": "integer", "minimum": 1,
+                              "version": {"type": "integer", "minimum": 1, "maximum": i64::MAX,
                                           "description": "The live version you read"},
                               "reason": {"type": "string"}}}),
     );
@@ -348,7 +348,9 @@ pub fn build() -> Value {
                    "tags": {"type": "array", "items": {"type": "string"},
                             "description": "Tags besides the identity's, as a listener would add"},
                    "token": {"type": "string", "description": "A proxy token the workload presents"},
-                   "source": {"type": "string", "description": "The workload's IP address"},
+                   "source": {"description": "The workload's IP address",
+                              "anyOf": [{"type": "string", "format": "ipv4"},
+                                        {"type": "string", "format": "ipv6"}]},
                    "spiffe_id": {"type": "string"},
                    "intercepted": {"type": "boolean"}}}),
     );
@@ -363,8 +365,13 @@ pub fn build() -> Value {
     schemas.insert(
         "MintToken".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["name"],
-               "properties": {"name": {"type": "string"},
-                              "tags": {"type": "array", "items": {"type": "string"}}}}),
+               "properties": {"name": {"type": "string", "minLength": 1},
+                              "tags": {"type": "array", "items": {"$ref": "#/components/schemas/Tag"}}}}),
+    );
+    schemas.insert(
+        "Tag".into(),
+        json!({"type": "string", "pattern": "^[^\\s,]{1,64}$",
+               "description": "A tag such as team:ci: no whitespace, no commas"}),
     );
     schemas.insert(
         "Error".into(),
@@ -386,7 +393,7 @@ pub fn build() -> Value {
             .collect();
         parameters.extend(e.query.iter().map(|(name, description)| {
             json!({"name": name, "in": "query", "required": description.contains("(required)"),
-                   "description": description, "schema": {"type": "string"}})
+                   "description": description, "schema": query_schema(name)})
         }));
         let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
         let mut responses = json!({
@@ -411,15 +418,32 @@ pub fn build() -> Value {
             responses["409"] =
                 json!({"description": "A stale version, an existing name, or no store"});
         }
+        // Every status the server can answer with is declared, each with the Error body.
+        let mut errors: Vec<(&str, &str)> = Vec::new();
         if e.body.is_some() {
-            responses["400"] = json!({"description": "Malformed JSON"});
-            responses["422"] = json!({"description": "Invalid: every problem as {path, message}"});
-            for code in ["400", "422"] {
-                responses[code]
-                    .as_object_mut()
-                    .unwrap()
-                    .extend(error.as_object().unwrap().clone());
+            errors.push(("400", "Malformed JSON"));
+            errors.push(("422", "Invalid: every problem as {path, message}"));
+        } else if !e.query.is_empty() {
+            errors.push(("400", "A query parameter is not of its form"));
+            if e.query.iter().any(|(_, d)| d.contains("(required)")) {
+                errors.push(("422", "A required query parameter is missing"));
             }
+        }
+        if path_parameters(e.path).next().is_some() {
+            errors.push(("404", "No such policy, secret or token"));
+        }
+        if e.access != Public && e.path != "/v1/status" {
+            errors.push(("503", "The store cannot be reached"));
+            if !matches!(e.access, Editor | Admin) {
+                errors.push(("409", "No store: the policies are in the config file"));
+            }
+        }
+        for (code, description) in errors {
+            responses[code] = json!({"description": description});
+            responses[code]
+                .as_object_mut()
+                .unwrap()
+                .extend(error.as_object().unwrap().clone());
         }
         let mut operation = json!({
             "summary": e.summary,
@@ -455,6 +479,20 @@ pub fn build() -> Value {
         },
         "paths": paths,
     })
+}
+
+/// A query parameter's schema, by name: versions and limits are integers, `decision` is one
+/// of three words, the rest strings.
+fn query_schema(name: &str) -> Value {
+    match name {
+        "version" | "from" | "to" => json!({"type": "integer", "minimum": 1,
+                                            "maximum": i64::MAX}),
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        // What the server reads as a span back from now (humantime reads more forms).
+        "window" => json!({"type": "string", "pattern": "^[1-9][0-9]{0,5}(s|m|h|d)$"}),
+        "decision" => json!({"type": "string", "enum": ["allowed", "flagged", "denied"]}),
+        _ => json!({"type": "string"}),
+    }
 }
 
 fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
