@@ -876,3 +876,72 @@ fn a_tunnel_only_rule_under_interception_says_why_the_request_inside_is_refused(
         gw.portcullis_log()
     );
 }
+
+/// `CONNECT host:port` over HTTP/2 (cleartext, prior knowledge), as HTTP/2 clients open
+/// tunnels: the status Envoy answers it with, and the bytes that came back through the
+/// tunnel after sending `payload` (empty when it was refused).
+fn h2_connect(gw: &Gateway, target: &str, payload: &[u8]) -> (u16, Vec<u8>) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let proxy = format!("127.0.0.1:{}", gw.proxy_port);
+    let target = target.to_owned();
+    let payload = payload.to_vec();
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::connect(target.as_str())
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        if status != 200 {
+            let _ = response.into_body().collect().await;
+            return (status, Vec::new());
+        }
+        let mut tunnel = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+        tunnel.write_all(&payload).await.unwrap();
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tunnel.read_to_end(&mut back),
+        )
+        .await;
+        (status, back)
+    })
+}
+
+/// HTTP/2 clients open tunnels with an HTTP/2 CONNECT: decided like an HTTP/1.1 one, and the
+/// tunnel carries the payload to the upstream.
+#[test]
+fn http2_connect_is_decided_and_tunnelled() {
+    let upstream = Upstream::start(None);
+    let gw = Gateway::start(TUNNEL_POLICY, GatewayOptions::default());
+    let target = format!("localhost:{}", upstream.port());
+    let request =
+        format!("GET /through/h2-tunnel HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let (status, back) = h2_connect(&gw, &target, request.as_bytes());
+    assert_eq!(status, 200, "{}", gw.envoy_log());
+    assert!(
+        String::from_utf8_lossy(&back).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&back)
+    );
+    assert_eq!(upstream.seen().last().unwrap().path, "/through/h2-tunnel");
+    let record = gw.audit_for(|r| r["method"] == "CONNECT" && r["decision"] == "ALLOWED");
+    assert_eq!(record["host"], "localhost");
+
+    // No policy names 127.0.0.1 for CONNECT: refused before any byte flows.
+    let hits = upstream.hits();
+    let (status, _) = h2_connect(&gw, &format!("127.0.0.1:{}", upstream.port()), b"");
+    assert_eq!(status, 403);
+    assert_eq!(upstream.hits(), hits);
+}
