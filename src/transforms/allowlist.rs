@@ -97,9 +97,9 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
             let mut message = format!("no policy allows {target} for this workload");
             if let Some(tunnel) = tunnel_policy(exchange.policies, &facts, &exchange.tag_ids) {
                 message.push_str(&format!(
-                    ". Policy {tunnel:?} allows a CONNECT tunnel to {}:{} only: the requests \
+                    ". Policy {tunnel:?} opens the CONNECT tunnel to {}:{}, but the requests \
                      inside an intercepted tunnel are decided on their own method and path, \
-                     and need a rule that allows them (docs/interception.md)",
+                     and none allows this one (docs/interception.md)",
                     request.host, request.port
                 ));
                 annotations.tunnel_allowed_by = Some(tunnel);

@@ -849,7 +849,8 @@ fn a_tunnel_only_rule_under_interception_says_why_the_request_inside_is_refused(
         .to_owned();
     assert!(
         message.contains(&format!(
-            "Policy \"tunnel-only\" allows a CONNECT tunnel to localhost:{} only",
+            "Policy \"tunnel-only\" opens the CONNECT tunnel to localhost:{}, but the requests \
+             inside an intercepted tunnel are decided on their own",
             upstream.port()
         )),
         "{message}"
