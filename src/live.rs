@@ -45,10 +45,10 @@ pub struct Live {
 pub struct Refused(pub Vec<FieldError>);
 
 /// Store contents as compiled: the stored objects that did not compile set aside.
-struct Isolated {
-    contents: Arc<Contents>,
+pub struct Isolated {
+    pub contents: Arc<Contents>,
     /// The compile errors that set them aside.
-    set_aside: Vec<FieldError>,
+    pub set_aside: Vec<FieldError>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -168,34 +168,16 @@ impl Live {
         version: String,
         contents: Option<Arc<Contents>>,
     ) -> Result<(Snapshot, Option<Isolated>), Refused> {
-        let (true, Some(mut contents)) = (self.store_mode, contents.clone()) else {
+        let (true, Some(contents)) = (self.store_mode, contents.clone()) else {
             let snapshot = self.compile(config, version, contents).await?;
             return Ok((snapshot, None));
         };
-        let mut set_aside = std::collections::HashSet::new();
-        let mut set_aside_errors = Vec::new();
-        loop {
-            let compiled = self
-                .compile(config.clone(), version.clone(), Some(contents.clone()))
-                .await;
-            match compiled {
-                Ok(snapshot) => {
-                    let isolated = Isolated {
-                        contents,
-                        set_aside: set_aside_errors,
-                    };
-                    return Ok((snapshot, Some(isolated)));
-                }
-                Err(Refused(errors)) => {
-                    // Each round sets aside at least one object, never the same one twice.
-                    let faulty = Arc::make_mut(&mut contents);
-                    if !set_aside_faulty(faulty, &errors, &mut set_aside) {
-                        return Err(Refused(errors));
-                    }
-                    set_aside_errors.extend(errors);
-                }
-            }
-        }
+        let runtime = self.runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            compile_with_store_isolated(&config, &version, contents, &env, &runtime)
+        })
+        .await;
+        joined(compiled).map(|(snapshot, isolated)| (snapshot, Some(isolated)))
     }
 
     /// Logs each fault that is new (with the object's name) and each that is gone, and
@@ -289,13 +271,7 @@ impl Live {
             (false, _) => Snapshot::compile(&config, &version, &env, &runtime),
         })
         .await;
-        match compiled {
-            Ok(result) => result.map_err(Refused),
-            Err(e) => Err(Refused(vec![FieldError::new(
-                "",
-                format!("compilation failed: {e}"),
-            )])),
-        }
+        joined(compiled)
     }
 
     fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
@@ -308,24 +284,47 @@ impl Live {
     }
 }
 
-/// Compiles `config` with the store's `contents` as a running gateway does: a stored object
-/// that does not compile is set aside (and recorded in `contents.faults`), the rest apply.
-/// For `check`, which decides as the gateway would.
+/// A compile run on a blocking thread, its panic (a join error) refusing like an error.
+fn joined<T>(
+    compiled: Result<Result<T, Vec<FieldError>>, tokio::task::JoinError>,
+) -> Result<T, Refused> {
+    match compiled {
+        Ok(result) => result.map_err(Refused),
+        Err(e) => Err(Refused(vec![FieldError::new(
+            "",
+            format!("compilation failed: {e}"),
+        )])),
+    }
+}
+
+/// Compiles `config` with the store's `contents` as a running gateway does: each stored
+/// object that does not compile is set aside (recorded in the contents' faults) and the
+/// rest compiled again; only an error no stored object explains refuses the whole. The
+/// live gateway and `check` both decide with what this returns.
 pub fn compile_with_store_isolated(
     config: &Config,
     version: &str,
-    mut contents: Contents,
+    mut contents: Arc<Contents>,
     env: &dyn Fn(&str) -> Option<String>,
     runtime: &SecretsRuntime,
-) -> Result<(Snapshot, Contents), Vec<FieldError>> {
+) -> Result<(Snapshot, Isolated), Vec<FieldError>> {
     let mut set_aside = std::collections::HashSet::new();
+    let mut set_aside_errors = Vec::new();
     loop {
         match Snapshot::compile_with_store(config, version, &contents, env, runtime) {
-            Ok(snapshot) => return Ok((snapshot, contents)),
+            Ok(snapshot) => {
+                let isolated = Isolated {
+                    contents,
+                    set_aside: set_aside_errors,
+                };
+                return Ok((snapshot, isolated));
+            }
             Err(errors) => {
-                if !set_aside_faulty(&mut contents, &errors, &mut set_aside) {
+                // Each round sets aside at least one object, never the same one twice.
+                if !set_aside_faulty(Arc::make_mut(&mut contents), &errors, &mut set_aside) {
                     return Err(errors);
                 }
+                set_aside_errors.extend(errors);
             }
         }
     }

@@ -288,11 +288,12 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 crate::live::compile_with_store_isolated(
                     &loaded.config,
                     &loaded.version,
-                    contents,
+                    std::sync::Arc::new(contents),
                     &env,
                     &runtime,
                 )
-                .map(|(snapshot, contents)| {
+                .map(|(snapshot, isolated)| {
+                    let contents = &isolated.contents;
                     eprintln!(
                         "check: policies and secrets from the store ({:?}, revision {}: \
                          {policies} policies, {secrets} secrets)",
