@@ -274,8 +274,7 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
     let secret_names = names_in(&document, "secrets");
     let mut errors: Vec<FieldError> = Vec::new();
     let mut config = Config::default();
-    let mut kept: Vec<(&'static str, Vec<usize>)> = Vec::new();
-    let mut list_errors = 0;
+    let mut lists = Lists::default();
     let sections = match document {
         Value::Null => Default::default(),
         Value::Mapping(mapping) => mapping,
@@ -369,41 +368,26 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
                 }
             }
             "identities" => {
-                let before = errors.len();
-                let (items, indexes) = list(value, &key, &mut errors, |v| {
+                config.identities = lists.parse("identities", value, &mut errors, |v| {
                     super::every_error::deserialize_every_error::<IdentityConfig>(
                         v,
                         validate_identity,
                     )
-                });
-                config.identities = items;
-                kept.push(("identities", indexes));
-                list_errors += errors.len() - before;
+                })
             }
             "policies" => {
-                let before = errors.len();
-                let (items, indexes) = list(value, &key, &mut errors, |v| {
+                config.policies = lists.parse("policies", value, &mut errors, |v| {
                     super::every_error::deserialize_every_error::<PolicyConfig>(v, validate_policy)
-                });
-                config.policies = items;
-                kept.push(("policies", indexes));
-                list_errors += errors.len() - before;
+                })
             }
             "transforms" => {
-                let before = errors.len();
-                let (items, indexes) = list(value, &key, &mut errors, TransformEntry::parse);
-                config.transforms = items;
-                kept.push(("transforms", indexes));
-                list_errors += errors.len() - before;
+                config.transforms =
+                    lists.parse("transforms", value, &mut errors, TransformEntry::parse);
             }
             "secrets" => {
-                let before = errors.len();
-                let (items, indexes) = list(value, &key, &mut errors, |v| {
+                config.secrets = lists.parse("secrets", value, &mut errors, |v| {
                     super::every_error::deserialize_every_error::<SecretConfig>(v, validate_secret)
-                });
-                config.secrets = items;
-                kept.push(("secrets", indexes));
-                list_errors += errors.len() - before;
+                })
             }
             _ => errors.push(FieldError::new(
                 key.clone(),
@@ -425,7 +409,7 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
             config.transforms.push(TransformEntry::secrets());
         }
     }
-    let section_failed = errors.len() > list_errors;
+    let section_failed = errors.len() > lists.errors;
     Ok(Partial {
         loaded: LoadedConfig {
             config,
@@ -437,7 +421,7 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
         },
         errors,
         section_failed,
-        kept,
+        kept: lists.kept,
     })
 }
 
@@ -501,38 +485,52 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-fn list<T>(
-    value: Value,
-    key: &str,
-    errors: &mut Vec<FieldError>,
-    parse: impl Fn(Value) -> Result<T, Vec<FieldError>>,
-) -> (Vec<T>, Vec<usize>) {
-    let items = match value {
-        Value::Null => return (Vec::new(), Vec::new()),
-        Value::Sequence(items) => items,
-        other => {
-            errors.push(FieldError::new(
+/// The list sections as parsed: where each kept entry stood in the file, and how many of
+/// the errors are the lists' own (a broken entry, a list that is not one).
+#[derive(Default)]
+struct Lists {
+    kept: Vec<(&'static str, Vec<usize>)>,
+    errors: usize,
+}
+
+impl Lists {
+    /// Parses the list `key`, keeping every entry that parses and an error for each that
+    /// does not.
+    fn parse<T>(
+        &mut self,
+        key: &'static str,
+        value: Value,
+        errors: &mut Vec<FieldError>,
+        parse: impl Fn(Value) -> Result<T, Vec<FieldError>>,
+    ) -> Vec<T> {
+        let before = errors.len();
+        let mut parsed = Vec::new();
+        let mut indexes = Vec::new();
+        match value {
+            Value::Null => {}
+            Value::Sequence(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    match parse(item) {
+                        Ok(v) => {
+                            parsed.push(v);
+                            indexes.push(i);
+                        }
+                        Err(problems) => {
+                            let prefix = format!("{key}[{i}]");
+                            errors.extend(problems.into_iter().map(|e| e.under(&prefix)));
+                        }
+                    }
+                }
+            }
+            other => errors.push(FieldError::new(
                 key,
                 format!("expected a list, found {}", kind_of(&other)),
-            ));
-            return (Vec::new(), Vec::new());
+            )),
         }
-    };
-    let mut parsed = Vec::with_capacity(items.len());
-    let mut indexes = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        match parse(item) {
-            Ok(v) => {
-                parsed.push(v);
-                indexes.push(i);
-            }
-            Err(problems) => {
-                let prefix = format!("{key}[{i}]");
-                errors.extend(problems.into_iter().map(|e| e.under(&prefix)));
-            }
-        }
+        self.kept.push((key, indexes));
+        self.errors += errors.len() - before;
+        parsed
     }
-    (parsed, indexes)
 }
 
 #[cfg(test)]
