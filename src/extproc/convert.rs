@@ -643,24 +643,7 @@ pub fn refuse(request_id: &str, rejection: &Rejection, shape: ErrorShape) -> Pro
     if rejection.status == 407 {
         set_headers.push(header("proxy-authenticate", b"Basic realm=\"portcullis\""));
     }
-    ProcessingResponse {
-        response: Some(processing_response::Response::ImmediateResponse(
-            ImmediateResponse {
-                status: Some(HttpStatus {
-                    code: i32::from(rejection.status),
-                }),
-                headers: Some(HeaderMutation {
-                    set_headers,
-                    remove_headers: Vec::new(),
-                }),
-                body,
-                grpc_status: None,
-                details: format!("portcullis_{}", rejection.reason),
-            },
-        )),
-        dynamic_metadata: Some(request_id_metadata(request_id)),
-        ..Default::default()
-    }
+    immediate(request_id, rejection, rejection.status, set_headers, body)
 }
 
 /// An MCP refusal: the JSON-RPC document the workload's MCP client reads as an error.
@@ -669,20 +652,39 @@ fn jsonrpc_reply(
     rejection: &Rejection,
     reply: &JsonRpcReply,
 ) -> ProcessingResponse {
+    let set_headers = vec![
+        header("content-type", b"application/json"),
+        header("x-portcullis-request-id", request_id.as_bytes()),
+    ];
+    immediate(
+        request_id,
+        rejection,
+        reply.status,
+        set_headers,
+        reply.body.clone(),
+    )
+}
+
+/// Envoy's answer to the workload in Portcullis's place, for `rejection`: Envoy records
+/// `portcullis_<reason>` as its response code details, and the request id as metadata.
+fn immediate(
+    request_id: &str,
+    rejection: &Rejection,
+    status: u16,
+    set_headers: Vec<HeaderValueOption>,
+    body: Vec<u8>,
+) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(processing_response::Response::ImmediateResponse(
             ImmediateResponse {
                 status: Some(HttpStatus {
-                    code: i32::from(reply.status),
+                    code: i32::from(status),
                 }),
                 headers: Some(HeaderMutation {
-                    set_headers: vec![
-                        header("content-type", b"application/json"),
-                        header("x-portcullis-request-id", request_id.as_bytes()),
-                    ],
+                    set_headers,
                     remove_headers: Vec::new(),
                 }),
-                body: reply.body.clone(),
+                body,
                 grpc_status: None,
                 details: format!("portcullis_{}", rejection.reason),
             },
