@@ -7,6 +7,7 @@
 //! metadata `portcullis.request_id`, which Portcullis set on its answer. Portcullis's own
 //! refusals are skipped (their decision record is the whole story).
 
+use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address};
 use envoy_types::pb::envoy::data::accesslog::v3::{
     AccessLogCommon, HttpAccessLogEntry, ResponseFlags,
 };
@@ -97,29 +98,16 @@ impl UpstreamRecord {
     pub fn of(entry: &HttpAccessLogEntry) -> Option<UpstreamRecord> {
         let common = entry.common_properties.as_ref()?;
         let request_id = decided_request_id(common)?;
-        let response = entry.response.clone().unwrap_or_default();
-        if response.response_code_details.starts_with("portcullis_") {
+        let response = entry.response.as_ref();
+        let details = response.map_or("", |r| r.response_code_details.as_str());
+        if details.starts_with("portcullis_") {
             return None;
         }
         let upstream_address = common
             .upstream_remote_address
             .as_ref()
-            .and_then(|a| match &a.address {
-                Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
-                    s,
-                )) => {
-                    let port = match s.port_specifier {
-                        Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
-                        _ => 0,
-                    };
-                    Some(if s.address.contains(':') {
-                        format!("[{}]:{port}", s.address)
-                    } else {
-                        format!("{}:{port}", s.address)
-                    })
-                }
-                _ => None,
-            });
+            .and_then(socket_address)
+            .map(|a| a.to_string());
         let duration_ms = common.duration.as_ref().map(|d| {
             let ms = d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6;
             (ms * 1000.0).round() / 1000.0
@@ -128,20 +116,34 @@ impl UpstreamRecord {
             ts: crate::audit::now_rfc3339(),
             request_id,
             event: "upstream",
-            status: response.response_code.map(|c| c.value),
+            status: response
+                .and_then(|r| r.response_code.as_ref())
+                .map(|c| c.value),
             response_flags: common
                 .response_flags
                 .as_ref()
                 .map(flag_names)
                 .unwrap_or_default(),
-            details: response.response_code_details,
+            details: details.to_owned(),
             upstream_failure: common.upstream_transport_failure_reason.clone(),
             upstream_address,
             duration_ms,
             request_body_bytes: entry.request.as_ref().map_or(0, |r| r.request_body_bytes),
-            response_body_bytes: response.response_body_bytes,
+            response_body_bytes: response.map_or(0, |r| r.response_body_bytes),
         })
     }
+}
+
+/// An Envoy socket address as `IP:PORT` (`[IPv6]:PORT` when printed), when it is one.
+fn socket_address(address: &Address) -> Option<std::net::SocketAddr> {
+    let Some(address::Address::SocketAddress(socket)) = &address.address else {
+        return None;
+    };
+    let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else {
+        return None;
+    };
+    let ip: std::net::IpAddr = socket.address.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
 /// `portcullis.request_id` from the entry's dynamic metadata: set on Portcullis's answer.
@@ -197,9 +199,7 @@ fn flag_names(flags: &ResponseFlags) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::core::v3::{
-        Address, Metadata, SocketAddress, address, socket_address,
-    };
+    use envoy_types::pb::envoy::config::core::v3::{Metadata, SocketAddress};
     use envoy_types::pb::envoy::data::accesslog::v3::{
         HttpRequestProperties, HttpResponseProperties,
     };
