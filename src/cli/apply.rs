@@ -173,10 +173,9 @@ pub fn load_valid(file: &Path) -> Result<LoadedConfig, ExitCode> {
         Err(errors) => {
             println!("{errors}");
             println!(
-                "{}: {} error{}; nothing applied",
+                "{}: {}; nothing applied",
                 file.display(),
-                errors.0.len(),
-                if errors.0.len() == 1 { "" } else { "s" }
+                super::render::counted(errors.0.len(), "error")
             );
             Err(ExitCode::FAILURE)
         }

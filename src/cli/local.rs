@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::apply::{Tally, change_line, load_valid};
+use super::render::counted;
 use super::{Failure, args, block_on};
 use crate::app::{self, ServeError, ServeOptions};
 use crate::check::{self, CheckRequest};
@@ -149,15 +150,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// `1 error`, `3 errors`.
-fn counted(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 pub fn validate(file: &Path) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
     // Every stage runs on what the file holds, so one run reports every error: what does
@@ -210,14 +202,16 @@ pub fn validate(file: &Path) -> ExitCode {
     };
     let loaded = &partial.loaded;
     let intercepting = loaded.config.interception.is_some();
-    let warnings: Vec<_> = (loaded.config.policies.iter().enumerate())
-        .flat_map(|(i, policy)| {
-            crate::policy::lint_policy(policy, intercepting)
-                .into_iter()
-                .map(move |w| w.under(&format!("policies[{i}]")))
-        })
-        .collect();
-    for warning in loaded.place(warnings.clone()).0 {
+    let warnings = loaded.place(
+        (loaded.config.policies.iter().enumerate())
+            .flat_map(|(i, policy)| {
+                crate::policy::lint_policy(policy, intercepting)
+                    .into_iter()
+                    .map(move |w| w.under(&format!("policies[{i}]")))
+            })
+            .collect(),
+    );
+    for warning in &warnings.0 {
         println!("warning: {warning}");
     }
     println!(
@@ -227,7 +221,7 @@ pub fn validate(file: &Path) -> ExitCode {
         snapshot.policies.policies().len(),
         snapshot.policies.active_count(),
         snapshot.pipeline.names().join(", "),
-        match warnings.len() {
+        match warnings.0.len() {
             0 => String::new(),
             n => format!("; {}", counted(n, "warning")),
         }

@@ -51,6 +51,15 @@ impl Table {
 }
 
 /// Tags joined with commas, or `empty` for none.
+/// `1 error`, `3 errors`.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn tag_list<S: AsRef<str>>(tags: &[S], empty: &str) -> String {
     if tags.is_empty() {
         return empty.to_owned();

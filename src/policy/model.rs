@@ -168,11 +168,9 @@ pub fn lint_policy(policy: &PolicyConfig, intercepting: bool) -> Vec<FieldError>
             warnings.push(FieldError::new(format!("rules[{i}]"), why));
             continue;
         }
-        let inner_allowed = policy
-            .rules
-            .iter()
-            .any(|other| !other.connect_only() && other.host == rule.host);
-        if intercepting && rule.connect_only() && !inner_allowed {
+        let inner_allowed =
+            || (policy.rules.iter()).any(|other| !other.connect_only() && other.host == rule.host);
+        if intercepting && rule.connect_only() && !inner_allowed() {
             warnings.push(FieldError::new(
                 format!("rules[{i}]"),
                 format!(
