@@ -103,6 +103,16 @@ fn http_1_0_connect_from_python_3_11_is_decided_and_tunnelled() {
     let record = gw.audit_for(|r| r["path"] == "/plain/1.0");
     assert_eq!(record["decision"], "ALLOWED", "{record}");
 
+    // HTTP/1.0 lets a request go without a Host: such a request names no destination, and
+    // is refused without reaching anything.
+    let hits = plain_upstream.hits();
+    let answer = raw_exchange(gw.proxy_port, b"GET /no-host HTTP/1.0\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.0 4") || answer.starts_with("HTTP/1.1 4"),
+        "{answer:?}"
+    );
+    assert_eq!(plain_upstream.hits(), hits);
+
     // Older clients send `Proxy-Connection` (a hop-by-hop header of their own making): it is
     // taken, and not passed on.
     let keep_alive = format!(
@@ -114,6 +124,19 @@ fn http_1_0_connect_from_python_3_11_is_decided_and_tunnelled() {
     let seen = plain_upstream.seen();
     let seen = seen.iter().find(|s| s.path == "/proxy-connection").unwrap();
     assert_eq!(seen.header("proxy-connection"), None);
+}
+
+/// Writes `request` to the proxy on a fresh connection and reads its answer until it closes.
+fn raw_exchange(proxy_port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", proxy_port)).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    socket.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Under interception the CONNECT listener and the tunnel's inner listeners take HTTP/1.0
@@ -173,7 +196,13 @@ transforms:
     );
 
     // Nothing listens on `closed`: Envoy's connection fails after Portcullis allowed it.
-    let failed = gw.via_proxy(&[&format!("http://127.0.0.1:{closed}/down")]);
+    // The workload names its own request id; neither the answer nor the records take it.
+    const CHOSEN: &str = "workload-chosen-id-0451";
+    let failed = gw.via_proxy(&[
+        "-H",
+        &format!("X-Request-Id: {CHOSEN}"),
+        &format!("http://127.0.0.1:{closed}/down"),
+    ]);
     assert_eq!(failed.status, 503, "{failed:?}");
     assert_eq!(failed.header("content-type"), Some("application/json"));
     let body = failed.json();
@@ -187,6 +216,7 @@ transforms:
         .expect("the request id header")
         .to_owned();
     assert_eq!(body["error"]["request_id"], id.as_str());
+    assert_ne!(id, CHOSEN);
     let decided = gw.audit_for(|r| r["path"] == "/down");
     assert_eq!(decided["decision"], "ALLOWED");
     assert_eq!(decided["request_id"], id.as_str());
@@ -201,6 +231,10 @@ transforms:
         gw.all_output().contains(&format!("id={id}")),
         "Envoy's access log names the same id:\n{}",
         gw.all_output()
+    );
+    assert!(
+        !gw.all_output().contains(CHOSEN),
+        "the workload's id reached a log or record"
     );
 
     // A request that went through: its outcome is the upstream's status, no flags.
