@@ -339,6 +339,7 @@ impl Gateway {
             env: options.env.clone(),
             dir,
         };
+        gateway.settle_admin_port();
         if options.starts_unready {
             gateway.wait_portcullis_answers();
         } else {
@@ -428,6 +429,42 @@ impl Gateway {
         wait_until(Duration::from_secs(20), || {
             envoy.is_running() && curl(&dir, &[&url]).status == 200
         })
+    }
+
+    /// The admin port we probed free may be taken before Portcullis binds it (tests run in
+    /// parallel): then Portcullis exits saying so, and starts again on a fresh port, up to
+    /// three times, as Envoy does.
+    fn settle_admin_port(&mut self) {
+        let log = self.dir.path().join("portcullis.log");
+        // What this start wrote (the first start's log is the whole file).
+        let mut seen = 0;
+        for _ in 0..3 {
+            let new_log = || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.get(seen.min(text.len())..)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let portcullis = &mut self.portcullis;
+            wait_until(Duration::from_secs(20), || {
+                !portcullis.is_running() || new_log().contains("portcullis is serving")
+            });
+            let taken = !self.portcullis.is_running()
+                && new_log().contains("cannot listen for admin")
+                && new_log().contains("Address already in use");
+            if !taken {
+                return;
+            }
+            self.admin_port = free_port();
+            seen = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+            self.portcullis = spawn_portcullis(
+                self.dir.path(),
+                &self.config_path,
+                &self.grpc_socket,
+                self.admin_port,
+                &self.env,
+            );
+        }
     }
 
     fn wait_portcullis_ready(&mut self) {
