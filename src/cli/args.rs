@@ -38,7 +38,7 @@ pub fn headers(args: &[String]) -> Result<Vec<(String, String)>, String> {
 /// `--tag` arguments, each checked as a tag (`env:prod`).
 pub fn tags(args: &[String]) -> Result<Vec<Tag>, String> {
     args.iter()
-        .map(|tag| Tag::parse(tag).map_err(|e| format!("--tag: {e}")))
+        .map(|tag| Tag::parse(tag.trim()).map_err(|e| format!("--tag: {e}")))
         .collect()
 }
 

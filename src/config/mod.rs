@@ -3,7 +3,9 @@
 
 pub mod channel;
 pub mod every_error;
+pub mod integral;
 mod load;
+pub mod names;
 mod position;
 pub mod watch;
 

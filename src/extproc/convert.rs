@@ -50,7 +50,7 @@ impl ListenerContext {
             .map(|list| {
                 list.split(',')
                     .filter(|t| !t.trim().is_empty())
-                    .filter_map(|t| match Tag::parse(t) {
+                    .filter_map(|t| match Tag::parse(t.trim()) {
                         Ok(tag) => Some(tag),
                         Err(e) => {
                             tracing::warn!(tag = t, error = %e, "ignoring invalid listener tag");

@@ -98,7 +98,7 @@ impl TryFrom<HeaderFields> for HeaderCondition {
     type Error = String;
 
     fn try_from(fields: HeaderFields) -> Result<Self, String> {
-        let name = fields.name.trim().to_ascii_lowercase();
+        let name = fields.name.to_ascii_lowercase();
         if name.is_empty() {
             return Err("a header condition needs a `name`".into());
         }

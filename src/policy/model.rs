@@ -19,7 +19,10 @@ pub struct PolicyConfig {
     /// Unique name; appears in audit records, metrics and deny responses.
     pub name: String,
     /// Lower wins. Default 10.
-    #[serde(default = "default_priority")]
+    #[serde(
+        default = "default_priority",
+        deserialize_with = "crate::config::integral::integral"
+    )]
     pub priority: i32,
     /// Only `active` policies act. Default `active`.
     #[serde(default)]
@@ -189,27 +192,8 @@ pub fn lint_policy(policy: &PolicyConfig, intercepting: bool) -> Vec<FieldError>
 /// Checks what deserialization cannot: returns errors with paths relative to the policy.
 pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let name = policy.name.trim();
-    if name.is_empty() {
-        errors.push(FieldError::new("name", "policy name must not be empty"));
-    } else if name != policy.name {
-        errors.push(FieldError::new(
-            "name",
-            format!(
-                "policy name {:?} has leading or trailing whitespace",
-                policy.name
-            ),
-        ));
-    } else if name.len() > 128 {
-        errors.push(FieldError::new(
-            "name",
-            "policy name is longer than 128 bytes",
-        ));
-    } else if name.chars().any(char::is_control) {
-        errors.push(FieldError::new(
-            "name",
-            "policy name contains control characters",
-        ));
+    if let Some(problem) = crate::config::names::name_problem("policy", &policy.name) {
+        errors.push(FieldError::new("name", problem));
     }
     if policy.rules.is_empty() {
         errors.push(FieldError::new(

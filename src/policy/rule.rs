@@ -477,7 +477,7 @@ impl TryFrom<String> for MethodName {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let upper = text.trim().to_ascii_uppercase();
+        let upper = text.to_ascii_uppercase();
         if upper == "ALL" || upper == "*" {
             return Ok(MethodName(MethodSet::ALL));
         }
@@ -733,20 +733,13 @@ impl TryFrom<String> for Tag {
 }
 
 impl Tag {
+    /// A tag exactly as written: no trimming, so what the API accepts is what its schema
+    /// (`config::names::TAG_PATTERN`) says.
     pub fn parse(text: &str) -> Result<Tag, String> {
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            return Err("tag must not be empty".into());
+        match crate::config::names::tag_problem(text) {
+            Some(problem) => Err(problem),
+            None => Ok(Tag(text.into())),
         }
-        if trimmed.len() > 256 {
-            return Err(format!("tag {trimmed:?} is longer than 256 bytes"));
-        }
-        if let Some(bad) = trimmed.chars().find(|c| c.is_whitespace() || *c == ',') {
-            return Err(format!(
-                "tag {trimmed:?} contains {bad:?}; tags cannot hold whitespace or commas"
-            ));
-        }
-        Ok(Tag(trimmed.into()))
     }
 }
 

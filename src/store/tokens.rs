@@ -211,16 +211,7 @@ fn token_row(row: &sqlx::any::AnyRow) -> Result<EnrollmentToken, StoreError> {
 }
 
 fn validate_name(name: &str) -> Result<(), StoreError> {
-    let problem = if name.trim().is_empty() {
-        Some("a token needs a name (it names the workload in audit records)")
-    } else if name.trim() != name || name.chars().any(char::is_control) {
-        Some("a token name has no surrounding whitespace or control characters")
-    } else if name.len() > 128 {
-        Some("a token name is at most 128 bytes")
-    } else {
-        None
-    };
-    match problem {
+    match crate::config::names::name_problem("token", name) {
         Some(message) => Err(StoreError::Invalid(vec![FieldError::new("name", message)])),
         None => Ok(()),
     }

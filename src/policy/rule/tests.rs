@@ -224,7 +224,12 @@ fn connect_tunnels_need_a_rule_covering_every_path_and_connect() {
 
 #[test]
 fn tags_reject_whitespace_and_commas() {
-    assert_eq!(Tag::parse(" env:prod ").unwrap().as_str(), "env:prod");
+    assert_eq!(Tag::parse("env:prod").unwrap().as_str(), "env:prod");
+    assert!(
+        Tag::parse(" env:prod").is_err(),
+        "a tag is taken as written"
+    );
+    assert!(Tag::parse("env:pröd").is_err(), "a tag is printable ASCII");
     assert!(Tag::parse("").is_err());
     assert!(Tag::parse("a b").is_err());
     assert!(Tag::parse("a,b").is_err());

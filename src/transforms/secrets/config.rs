@@ -198,11 +198,8 @@ fn header_reserved(name: &str) -> bool {
 /// Checks what deserialization cannot; paths relative to the secret.
 pub fn validate_secret(secret: &SecretConfig) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if secret.name.trim().is_empty() || secret.name.trim() != secret.name {
-        errors.push(FieldError::new(
-            "name",
-            "secret name must be non-empty, without surrounding whitespace",
-        ));
+    if let Some(problem) = crate::config::names::name_problem("secret", &secret.name) {
+        errors.push(FieldError::new("name", problem));
     }
     if secret.rules.is_empty() {
         errors.push(FieldError::new(
@@ -236,10 +233,10 @@ pub fn validate_secret(secret: &SecretConfig) -> Vec<FieldError> {
                      match by accident; use something like `ptok_github_x7Q2`"
                 ),
             ));
-        } else if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        } else if p.chars().any(|c| !matches!(c, '!'..='~')) {
             errors.push(FieldError::new(
                 "inject.placeholder",
-                "placeholder must not contain whitespace",
+                "a placeholder is printable ASCII without spaces",
             ));
         }
     };
