@@ -81,6 +81,11 @@ impl Live {
         self.faults.lock().expect("not poisoned").clone()
     }
 
+    /// The config file the live snapshot was compiled from.
+    pub async fn config(&self) -> Config {
+        self.sources.lock().await.config.clone()
+    }
+
     pub fn store_mode(&self) -> bool {
         self.store_mode
     }

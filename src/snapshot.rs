@@ -116,7 +116,13 @@ impl Snapshot {
             .map_err(|e| errors.extend(e.into_iter().map(|e| e.under("dlp"))))
             .ok();
         if let Some(scanner) = &scanner {
-            errors.extend(unknown_detectors(&config.policies, scanner));
+            for (p, policy) in config.policies.iter().enumerate() {
+                errors.extend(
+                    unknown_detectors(policy, scanner)
+                        .into_iter()
+                        .map(|e| e.under(&format!("policies[{p}]"))),
+                );
+            }
         }
         match (identities, pipeline, admin, scanner) {
             (Some(identities), Some(pipeline), Some(admin), Some(scanner)) if errors.is_empty() => {
@@ -572,25 +578,24 @@ impl Snapshot {
     }
 }
 
-/// `dlp:` conditions naming a detector that is neither built in nor defined under `dlp:`.
-fn unknown_detectors(
-    policies: &[crate::policy::PolicyConfig],
+/// `dlp:` conditions of `policy` naming a detector that is neither built in nor defined
+/// under `dlp:`; paths relative to the policy.
+pub fn unknown_detectors(
+    policy: &crate::policy::PolicyConfig,
     scanner: &Scanner,
 ) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    for (p, policy) in policies.iter().enumerate() {
-        for (r, rule) in policy.rules.iter().enumerate() {
-            for (d, name) in rule.dlp.iter().enumerate() {
-                if !scanner.names().any(|known| known == name) {
-                    errors.push(FieldError::new(
-                        format!("policies[{p}].rules[{r}].dlp[{d}]"),
-                        format!(
-                            "unknown DLP detector {name:?}; detectors: {} (define others under \
-                             `dlp.custom`)",
-                            scanner.names().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
+    for (r, rule) in policy.rules.iter().enumerate() {
+        for (d, name) in rule.dlp.iter().enumerate() {
+            if !scanner.names().any(|known| known == name) {
+                errors.push(FieldError::new(
+                    format!("rules[{r}].dlp[{d}]"),
+                    format!(
+                        "unknown DLP detector {name:?}; detectors: {} (define others under \
+                         `dlp.custom`)",
+                        scanner.names().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
             }
         }
     }

@@ -95,6 +95,14 @@ impl Fields {
     };
 }
 
+/// A definition as the config file's are read (YAML rules: a null list is an empty one),
+/// with every error at its path and the kind's own checks.
+pub(super) fn parse_definition<T: Definition>(value: &Value) -> Result<T, Vec<FieldError>> {
+    serde_norway::to_value(value)
+        .map_err(|e| vec![FieldError::new("", e.to_string())])
+        .and_then(|value| deserialize_every_error::<T>(value, T::validate))
+}
+
 /// Parses an envelope: unknown or missing fields are 422s at their path; the definition's
 /// own errors are placed under its kind's name.
 fn envelope<T: Definition>(bytes: &[u8], fields: Fields) -> Result<Envelope<T>, ApiError> {
@@ -175,10 +183,7 @@ fn envelope<T: Definition>(bytes: &[u8], fields: Fields) -> Result<Envelope<T>, 
                 None
             }
             // Every error of the definition, not only the first (as `portcullis validate`).
-            Some(value) => match serde_norway::to_value(value)
-                .map_err(|e| vec![FieldError::new("", e.to_string())])
-                .and_then(|value| deserialize_every_error::<T>(value, T::validate))
-            {
+            Some(value) => match parse_definition::<T>(value) {
                 Ok(definition) => Some(definition),
                 Err(problems) => {
                     errors.extend(problems.into_iter().map(|e| e.under(kind)));

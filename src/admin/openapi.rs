@@ -10,6 +10,9 @@ use utoipa::openapi::schema::Schema;
 use crate::policy::PolicyConfig;
 use crate::transforms::secrets::SecretConfig;
 
+mod constraints;
+pub use constraints::Gateway;
+
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -272,9 +275,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
 ];
 
-/// The document, built once per call (it is small and rarely fetched).
-pub async fn document() -> axum::Json<Value> {
-    axum::Json(build())
+/// The document for this gateway, built once per call (it is small and rarely fetched):
+/// its DLP detectors and the sources its stored secrets may read are part of the contract.
+pub async fn document(
+    axum::extract::State(control): axum::extract::State<std::sync::Arc<super::Control>>,
+) -> axum::Json<Value> {
+    axum::Json(build(&Gateway::of(&control.live.config().await)))
 }
 
 fn schema_value<T: utoipa::ToSchema>(schemas: &mut Map<String, Value>) {
@@ -289,7 +295,7 @@ fn schema_value<T: utoipa::ToSchema>(schemas: &mut Map<String, Value>) {
 fn envelope(definition: &str, reference: &str, version: bool) -> Value {
     let mut properties = json!({
         definition: {"$ref": format!("#/components/schemas/{reference}")},
-        "reason": {"type": "string", "description": "Why: recorded with the version"},
+        "reason": {"type": ["string", "null"], "description": "Why: recorded with the version"},
     });
     let mut required = vec![definition.to_owned()];
     if version {
@@ -302,10 +308,11 @@ fn envelope(definition: &str, reference: &str, version: bool) -> Value {
 }
 
 /// Builds the OpenAPI document.
-pub fn build() -> Value {
+pub fn build(gateway: &Gateway) -> Value {
     let mut schemas = Map::new();
     schema_value::<PolicyConfig>(&mut schemas);
     schema_value::<SecretConfig>(&mut schemas);
+    constraints::apply(&mut schemas, gateway);
     schemas.insert(
         "PolicyCreate".into(),
         envelope("policy", "PolicyConfig", false),
@@ -326,7 +333,7 @@ pub fn build() -> Value {
         "VersionedChange".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["version"],
                "properties": {"version": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
-                              "reason": {"type": "string"}}}),
+                              "reason": {"type": ["string", "null"]}}}),
     );
     schemas.insert(
         "Rollback".into(),
@@ -335,43 +342,56 @@ pub fn build() -> Value {
                                              "description": "The version to make live again"},
                               "version": {"type": "integer", "minimum": 1, "maximum": i64::MAX,
                                           "description": "The live version you read"},
-                              "reason": {"type": "string"}}}),
+                              "reason": {"type": ["string", "null"]}}}),
     );
+    let token = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
     schemas.insert(
         "PlaygroundRequest".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["method", "url"],
                "properties": {
-                   "method": {"type": "string", "examples": ["POST"]},
-                   "url": {"type": "string", "description": "An absolute URL, or host:port for CONNECT"},
-                   "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                   "body": {"type": "string"},
-                   "tags": {"type": "array", "items": {"type": "string"},
+                   "method": {"type": "string", "pattern": token},
+                   "url": {"type": "string",
+                           "description": "An absolute http(s) URL; for CONNECT, host:port"},
+                   "headers": {"type": "object", "propertyNames": {"pattern": token},
+                               "additionalProperties": {"type": "string",
+                                                        "pattern": "^[^\\r\\n\\u0000]*$"}},
+                   "body": {"type": ["string", "null"]},
+                   "tags": {"type": "array", "items": {"$ref": "#/components/schemas/Tag"},
                             "description": "Tags besides the identity's, as a listener would add"},
-                   "token": {"type": "string", "description": "A proxy token the workload presents"},
+                   "token": {"type": ["string", "null"],
+                             "description": "A proxy token the workload presents"},
                    "source": {"description": "The workload's IP address",
                               "anyOf": [{"type": "string", "format": "ipv4"},
-                                        {"type": "string", "format": "ipv6"}]},
-                   "spiffe_id": {"type": "string"},
-                   "intercepted": {"type": "boolean"}}}),
+                                        {"type": "string", "format": "ipv6"},
+                                        {"type": "null"}]},
+                   "spiffe_id": {"type": ["string", "null"]},
+                   "intercepted": {"type": "boolean"}},
+               // A CONNECT names host:port and carries no body; any other method an
+               // absolute URL.
+               "oneOf": [
+                   {"properties": {"method": {"const": "CONNECT"},
+                                   "url": {"type": "string", "format": "authority",
+                                           "examples": ["api.github.com:443"]},
+                                   "body": {"anyOf": [{"type": "null"}, {"maxLength": 0}]}}},
+                   {"properties": {"method": {"not": {"const": "CONNECT"}},
+                                   "url": {"type": "string", "format": "absolute-url",
+                                           "examples": ["https://api.github.com/repos/o/r"]}}}]}),
     );
     schemas.insert(
         "ImpactRequest".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["policy"],
                "properties": {
                    "policy": {"$ref": "#/components/schemas/PolicyConfig"},
-                   "since": {"type": "string", "description": "A duration back (default 24h) or an RFC 3339 time"},
-                   "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}}),
+                   "since": {"anyOf": [{"type": "string", "format": "time-or-duration"},
+                                       {"type": "null"}],
+                             "description": "A duration back (default 24h) or an RFC 3339 time"},
+                   "limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000}}}),
     );
     schemas.insert(
         "MintToken".into(),
         json!({"type": "object", "additionalProperties": false, "required": ["name"],
-               "properties": {"name": {"type": "string", "minLength": 1},
+               "properties": {"name": {"$ref": "#/components/schemas/Name"},
                               "tags": {"type": "array", "items": {"$ref": "#/components/schemas/Tag"}}}}),
-    );
-    schemas.insert(
-        "Tag".into(),
-        json!({"type": "string", "pattern": "^[^\\s,]{1,64}$",
-               "description": "A tag such as team:ci: no whitespace, no commas"}),
     );
     schemas.insert(
         "Error".into(),
@@ -389,7 +409,10 @@ pub fn build() -> Value {
     let mut paths = Map::new();
     for e in ENDPOINTS {
         let mut parameters: Vec<Value> = path_parameters(e.path)
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true,
+                               "schema": path_schema(name)})
+            })
             .collect();
         parameters.extend(e.query.iter().map(|(name, description)| {
             json!({"name": name, "in": "query", "required": description.contains("(required)"),
@@ -491,7 +514,18 @@ fn query_schema(name: &str) -> Value {
         // What the server reads as a span back from now (humantime reads more forms).
         "window" => json!({"type": "string", "pattern": "^[1-9][0-9]{0,5}(s|m|h|d)$"}),
         "decision" => json!({"type": "string", "enum": ["allowed", "flagged", "denied"]}),
+        "since" | "until" => json!({"type": "string", "format": "time-or-duration"}),
+        // Opaque: only what an earlier page returned as `next_cursor`.
+        "cursor" => json!({"type": "string", "format": "cursor"}),
         _ => json!({"type": "string"}),
+    }
+}
+
+/// A path parameter's schema: policies and secrets are named, tokens have a UUID.
+fn path_schema(name: &str) -> Value {
+    match name {
+        "name" => json!({"$ref": "#/components/schemas/Name"}),
+        _ => json!({"type": "string", "format": "uuid"}),
     }
 }
 
@@ -518,7 +552,7 @@ mod tests {
 
     #[test]
     fn every_reference_resolves_and_policy_fields_are_described() {
-        let doc = build();
+        let doc = build(&Gateway::default());
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {

@@ -17,7 +17,7 @@ use super::{ApiError, Control};
 use crate::check::{CheckRequest, build_request, run};
 use crate::config::{AdminRole, FieldError};
 use crate::policy::rule::Tag;
-use crate::policy::{PolicyConfig, PolicySet, Verdict, validate_policy};
+use crate::policy::{PolicyConfig, PolicySet, Verdict};
 use crate::store::audit::{AuditEvent, AuditQuery};
 
 /// A request to try.
@@ -50,6 +50,40 @@ pub struct PlaygroundRequest {
     pub intercepted: bool,
 }
 
+impl PlaygroundRequest {
+    /// What no workload could send: a method or header name that is not a token, a header
+    /// value with a line break or NUL, a body on a CONNECT.
+    fn problems(&self) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        if !crate::request::is_header_name(&self.method) {
+            problems.push(FieldError::new(
+                "method",
+                format!("{:?} is not an HTTP method", self.method),
+            ));
+        }
+        for (name, value) in &self.headers {
+            if !crate::request::is_header_name(name) {
+                problems.push(FieldError::new(
+                    format!("headers.{name}"),
+                    format!("{name:?} is not a header name"),
+                ));
+            } else if value.contains(['\r', '\n', '\0']) {
+                problems.push(FieldError::new(
+                    format!("headers.{name}"),
+                    "a header value cannot hold a line break or NUL",
+                ));
+            }
+        }
+        if self.method == "CONNECT" && self.body.as_deref().is_some_and(|b| !b.is_empty()) {
+            problems.push(FieldError::new(
+                "body",
+                "a CONNECT carries no request body to check",
+            ));
+        }
+        problems
+    }
+}
+
 pub async fn playground(
     State(control): State<Arc<Control>>,
     headers: HeaderMap,
@@ -57,8 +91,12 @@ pub async fn playground(
 ) -> Result<axum::Json<Value>, ApiError> {
     control.caller(&headers, AdminRole::Viewer)?;
     let request: PlaygroundRequest = parse_body(&body)?;
+    let problems = request.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems, ""));
+    }
     let check = CheckRequest {
-        request_line: format!("{} {}", request.method.trim(), request.url.trim()),
+        request_line: format!("{} {}", request.method, request.url),
         headers: request.headers.into_iter().collect(),
         extra_tags: request.tags,
         source: request.source,
@@ -77,13 +115,17 @@ pub async fn playground(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImpactRequest {
-    /// The draft: a new policy, or a changed version of a live one (same name).
-    policy: PolicyConfig,
+    /// The draft: a new policy, or a changed version of a live one (same name); parsed as
+    /// `/v1/policies` parses one.
+    policy: Value,
     /// How far back to look: a duration (`24h`) or an RFC 3339 time. Default 24h.
     #[serde(default)]
     since: Option<String>,
     /// The most recent requests to replay. Default 1000, at most 10000.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::config::integral::optional_integral"
+    )]
     limit: Option<u32>,
 }
 
@@ -98,19 +140,34 @@ pub async fn impact(
 ) -> Result<axum::Json<Value>, ApiError> {
     control.caller(&headers, AdminRole::Viewer)?;
     let request: ImpactRequest = parse_body(&body)?;
-    let problems = validate_policy(&request.policy);
-    if !problems.is_empty() {
-        return Err(ApiError::invalid(problems, "policy"));
+    let draft = super::definitions::parse_definition::<PolicyConfig>(&request.policy)
+        .map_err(|problems| ApiError::invalid(problems, "policy"))?;
+    if let Some(scanner) = control.live.snapshot().policies.dlp() {
+        let problems = crate::snapshot::unknown_detectors(&draft, scanner);
+        if !problems.is_empty() {
+            return Err(ApiError::invalid(problems, "policy"));
+        }
     }
     let store = control.store()?;
     let since = super::insight::time_param("since", request.since.as_deref().unwrap_or("24h"))?;
-    let limit = request.limit.unwrap_or(1000).clamp(1, 10_000) as usize;
+    let limit = match request.limit.unwrap_or(1000) {
+        limit @ 1..=10_000 => limit as usize,
+        other => {
+            return Err(ApiError::invalid(
+                vec![FieldError::new(
+                    "limit",
+                    format!("{other} is out of range: 1 to 10000 requests"),
+                )],
+                "",
+            ));
+        }
+    };
     let (mut policies, versions, default_action) = control.live.policy_definitions().await;
     let before = PolicySet::compile_versioned(&policies, &versions, default_action);
-    let name = request.policy.name.clone();
+    let name = draft.name.clone();
     match policies.iter_mut().find(|p| p.name == name) {
-        Some(slot) => *slot = request.policy,
-        None => policies.push(request.policy),
+        Some(slot) => *slot = draft,
+        None => policies.push(draft),
     }
     let after = PolicySet::compile(&policies, default_action);
 

@@ -9,6 +9,7 @@ mod capture;
 mod cli;
 mod cli_api;
 mod clients;
+mod contract;
 mod control;
 mod decisions;
 mod failure;
