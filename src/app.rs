@@ -18,17 +18,19 @@ use crate::audit::AuditSink;
 use crate::config::channel::GrpcListen;
 use crate::config::watch::{self as config_watch, ConfigWatch};
 use crate::config::{
-    Config, ConfigErrors, FieldError, LoadedConfig, StoreConfig, load_file, parse_str, version_of,
+    Config, ConfigErrors, LoadedConfig, StoreConfig, load_file, parse_str, version_of,
 };
+use crate::extproc::ExtProcService;
 use crate::extproc::access_log::AccessLogReceiver;
 use crate::extproc::listen::{self, GrpcListener};
-use crate::extproc::{ExtProcService, Shared};
+use crate::live::Shared;
 use crate::live::{Live, Refused};
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::sds::SecretDiscovery;
+use crate::vocab::FieldError;
 
 /// How long shutdown waits for open streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

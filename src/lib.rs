@@ -11,6 +11,8 @@
 //! serves the admin API. [`cli`] is the command line, the admin API's client among it.
 //! [`mcp`] reads MCP's JSON-RPC messages and writes the answers to denied ones.
 //! [`network`] vets the address an allowed request connects to (the network guard).
+//! [`vocab`] is the shared vocabulary under all of them: located errors, names, tags,
+//! durations. `scripts/layers` checks that imports only point down the layers.
 
 pub mod admin;
 pub mod app;
@@ -33,3 +35,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod transforms;
+pub mod vocab;

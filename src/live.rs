@@ -9,13 +9,23 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, Notify, watch};
 
-use crate::config::{Config, FieldError, LoadedConfig};
-use crate::extproc::Shared;
+use crate::config::{Config, LoadedConfig};
 use crate::policy::{DefaultAction, PolicyConfig};
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::store::changes::{self, Signal};
 use crate::store::faults::policy_stand_in;
 use crate::store::{Contents, Fault, Store};
+use crate::vocab::FieldError;
+
+/// What every stream shares: the live snapshot, the audit sink, the metrics.
+pub struct Shared {
+    pub snapshot: Arc<arc_swap::ArcSwap<Snapshot>>,
+    pub audit: crate::audit::AuditSink,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending new work while
+    /// open streams drain.
+    pub draining: std::sync::atomic::AtomicBool,
+}
 
 /// The sources of the live snapshot.
 struct Sources {

@@ -6,18 +6,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::admin::auth::AdminAuth;
-use crate::config::{
-    Config, ConfigErrors, FieldError, LoadedConfig, McpConfig, duplicate_names, load_file,
-    parse_str,
-};
+use crate::config::{Config, ConfigErrors, LoadedConfig, McpConfig, load_file, parse_str};
 use crate::dlp::Scanner;
+use crate::identity::admin::AdminAuth;
 use crate::identity::{
     Identity, IdentityConfig, IdentityError, IdentityResolver, Presented, TokenSource,
 };
 use crate::inspect::Body;
 use crate::mcp::{Inbound, Message, MessageKind, ParseError};
-use crate::policy::rule::Tag;
 use crate::policy::{Decision, PolicySet};
 use crate::request::Method;
 use crate::request::{OutboundRequest, RequestFacts};
@@ -27,6 +23,8 @@ use crate::transforms::{
     Annotations, Exchange, JsonRpcReply, Mutations, Outcome, Pipeline, Rejection, TraceAction,
     TransformTrace,
 };
+use crate::vocab::Tag;
+use crate::vocab::{FieldError, duplicate_names};
 
 /// What outlives snapshots: the secret value cache (a reload that keeps a source keeps its
 /// value) and the HTTP client the sources share.

@@ -18,11 +18,12 @@ use serde_json::{Value, json};
 
 use super::error::parse_body;
 use super::{ApiError, Control};
+use crate::config::AdminRole;
 use crate::config::every_error::deserialize_every_error;
-use crate::config::{AdminRole, FieldError};
 use crate::live::Refused;
 use crate::policy::PolicyConfig;
 use crate::store::{Change, Definition, Kind, Stored, diff};
+use crate::vocab::FieldError;
 
 type Json = axum::Json<Value>;
 

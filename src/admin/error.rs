@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::{FieldError, join_path};
 use crate::store::StoreError;
+use crate::vocab::{FieldError, join_path};
 
 /// An error answer.
 #[derive(Debug)]

@@ -2,7 +2,6 @@
 //! under `/v1/` (docs/api.md): policies and secrets with their history, the playground,
 //! impact previews, fire counts, audit search and enrollment tokens.
 
-pub mod auth;
 mod definitions;
 mod error;
 mod insight;
@@ -22,11 +21,11 @@ use serde_json::json;
 pub use error::ApiError;
 
 use crate::config::AdminRole;
+use crate::identity::admin::{AuthError, Caller};
 use crate::live::Live;
 use crate::policy::PolicyConfig;
 use crate::store::Store;
 use crate::transforms::secrets::SecretConfig;
-use auth::{AuthError, Caller};
 
 /// What the admin server works with: the live snapshot and its sources, and the store once
 /// it is open.

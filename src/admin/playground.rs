@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 use super::error::parse_body;
 use super::{ApiError, Control};
 use crate::check::{CheckRequest, build_request, run};
-use crate::config::{AdminRole, FieldError};
-use crate::policy::rule::Tag;
+use crate::config::AdminRole;
 use crate::policy::{PolicyConfig, PolicySet, Verdict};
 use crate::store::audit::{AuditEvent, AuditQuery};
+use crate::vocab::FieldError;
+use crate::vocab::Tag;
 
 /// A request to try.
 #[derive(Debug, Deserialize)]
@@ -124,7 +125,7 @@ struct ImpactRequest {
     /// The most recent requests to replay. Default 1000, at most 10000.
     #[serde(
         default,
-        deserialize_with = "crate::config::integral::optional_integral"
+        deserialize_with = "crate::vocab::integral::optional_integral"
     )]
     limit: Option<u32>,
 }

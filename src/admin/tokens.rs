@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::error::parse_body;
 use super::{ApiError, Control};
 use crate::config::AdminRole;
-use crate::policy::rule::Tag;
 use crate::store::Change;
+use crate::vocab::Tag;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,9 +11,9 @@ use crate::audit::{AuditRecord, micros};
 use crate::extproc::convert::body_too_large;
 use crate::inspect::Body;
 use crate::policy::Decision;
-use crate::policy::rule::Tag;
 use crate::request::{Method, OutboundRequest, RawRequest, RequestConfig, RequestFacts};
 use crate::snapshot::{Decided, Snapshot};
+use crate::vocab::Tag;
 
 pub use render::{Report, render_text};
 

@@ -17,11 +17,12 @@ use serde_json::json;
 use super::client::{AdminClient, ClientError};
 use super::definitions::{self, Live};
 use super::{Failure, Outcome};
-use crate::config::{FieldError, LoadedConfig, join_path};
+use crate::config::LoadedConfig;
 use crate::policy::PolicyConfig;
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::store::{Definition, Kind, diff};
 use crate::transforms::secrets::SecretConfig;
+use crate::vocab::{FieldError, join_path};
 
 #[derive(Args)]
 pub struct ApplyArgs {

@@ -3,7 +3,7 @@
 use std::io::Read as _;
 use std::path::Path;
 
-use crate::policy::rule::Tag;
+use crate::vocab::Tag;
 
 /// The body given with `--body TEXT` or `--body-file PATH` (`-`: standard input); empty
 /// without either.

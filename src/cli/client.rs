@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::FieldError;
+use crate::vocab::FieldError;
 
 /// Where the admin API is, unless `--server` or `PORTCULLIS_SERVER` says otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9901";

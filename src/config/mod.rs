@@ -3,9 +3,7 @@
 
 pub mod channel;
 pub mod every_error;
-pub mod integral;
 mod load;
-pub mod names;
 mod position;
 pub mod watch;
 
@@ -20,10 +18,12 @@ pub use load::{
 };
 
 use crate::identity::IdentityConfig;
-use crate::policy::rule::Tag;
+pub use crate::identity::admin::{AdminConfig, AdminRole, AdminTokenConfig};
 use crate::policy::{DefaultAction, PolicyConfig};
-use crate::secrets::config::DurationText;
 use crate::transforms::{SecretConfig, TransformEntry};
+use crate::vocab::DurationText;
+use crate::vocab::Tag;
+pub use crate::vocab::{FieldError, duplicate_names, join_path};
 
 /// The whole config file. Unknown fields are rejected everywhere.
 #[derive(Debug, Clone, Default)]
@@ -225,46 +225,6 @@ impl StoreConfig {
                 Ok(url)
             }
             (None, None) => Err("store: no `url`".to_owned()),
-        }
-    }
-}
-
-/// The admin API's callers. Without tokens, every `/v1/` call but the OpenAPI document
-/// is refused (401).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    #[serde(default)]
-    pub tokens: Vec<AdminTokenConfig>,
-}
-
-/// One admin bearer token.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminTokenConfig {
-    /// Recorded as the operator of every change made with this token.
-    pub name: String,
-    /// `viewer` reads; `editor` also changes policies and enrollment tokens; `admin` also
-    /// changes secrets (which choose what the gateway host reads and where it is sent).
-    pub role: AdminRole,
-    /// Where the token comes from: `env`, `file` or `sha256`, as for proxy tokens.
-    pub token: crate::identity::TokenSource,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminRole {
-    Viewer,
-    Editor,
-    Admin,
-}
-
-impl AdminRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminRole::Viewer => "viewer",
-            AdminRole::Editor => "editor",
-            AdminRole::Admin => "admin",
         }
     }
 }
@@ -497,60 +457,4 @@ fn sample_ratio<'de, D: serde::Deserializer<'de>>(
             "sample_ratio must be between 0.0 and 1.0, found {ratio}"
         )))
     }
-}
-
-/// A validation error at a field path (`policies[3].rules[0].host`), before it is placed
-/// in a file. Compilers return these; the loader adds file, line and policy name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-
-    /// Places a relative error under `prefix` (`rules[0]` under `policies[3]`).
-    pub fn under(mut self, prefix: &str) -> Self {
-        self.path = join_path(prefix, &self.path);
-        self
-    }
-}
-
-/// Joins field paths: `a` + `b` → `a.b`, `a` + `[0]` → `a[0]`, `a` + `` → `a`.
-pub fn join_path(prefix: &str, rest: &str) -> String {
-    match (prefix.is_empty(), rest.is_empty() || rest == ".") {
-        (true, _) => rest.to_owned(),
-        (false, true) => prefix.to_owned(),
-        (false, false) if rest.starts_with('[') => format!("{prefix}{rest}"),
-        (false, false) => format!("{prefix}.{rest}"),
-    }
-}
-
-/// One error per name used again in a list (`policies`, `secrets`), at the later use, naming
-/// the first. Linear: reloads of large configs run it every time.
-pub fn duplicate_names<'a>(
-    section: &str,
-    what: &str,
-    names: impl IntoIterator<Item = &'a str>,
-) -> Vec<FieldError> {
-    let mut first_use: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut errors = Vec::new();
-    for (i, name) in names.into_iter().enumerate() {
-        match first_use.get(name) {
-            Some(first) => errors.push(FieldError::new(
-                format!("{section}[{i}].name"),
-                format!("duplicate {what} name {name:?} (first used at {section}[{first}])"),
-            )),
-            None => {
-                first_use.insert(name, i);
-            }
-        }
-    }
-    errors
 }

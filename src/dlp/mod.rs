@@ -17,8 +17,8 @@ use std::sync::{Arc, LazyLock};
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldError;
-use crate::policy::body::regex_error_summary;
+use crate::vocab::FieldError;
+use crate::vocab::regex_error_summary;
 
 /// The builtin detector names, in the order [`Scanner::names`] lists them.
 pub const BUILTIN: &[&str] = &[

@@ -19,10 +19,10 @@ use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind
 use serde::Serialize;
 use tonic::metadata::MetadataMap;
 
-use crate::policy::rule::Tag;
 use crate::request::{OutboundRequest, RawRequest, RequestConfig, RequestError};
 use crate::secrets::SecretValue;
 use crate::transforms::{JsonRpcReply, Mutations, Outcome, Rejection};
+use crate::vocab::Tag;
 
 /// The key Envoy files `request_attributes` under.
 const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";

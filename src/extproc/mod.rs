@@ -10,7 +10,6 @@ mod stream;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
@@ -18,21 +17,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, Processin
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit::AuditSink;
-use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::Metrics;
+use crate::live::Shared;
 use convert::ListenerContext;
 use stream::{Reply, StreamState};
-
-/// What every stream shares: the live snapshot, the audit sink, the metrics.
-pub struct Shared {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub audit: AuditSink,
-    pub metrics: Arc<Metrics>,
-    /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending new work while
-    /// open streams drain.
-    pub draining: std::sync::atomic::AtomicBool,
-}
 
 /// The ext_proc service.
 #[derive(Clone)]

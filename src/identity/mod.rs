@@ -4,7 +4,10 @@
 //! a proxy token in `Proxy-Authorization`, or the source address's CIDR. A request's tags
 //! are the gateway's own tags, the listener's tags (Envoy's `x-portcullis-tags` stream
 //! metadata) and the principal's tags. A `Proxy-Authorization` header that names no known
-//! token is refused (407), never downgraded to a weaker identity.
+//! token is refused (407), never downgraded to a weaker identity. [`admin`] does the same
+//! for callers of the admin API.
+
+pub mod admin;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::FieldError;
-use crate::policy::rule::Tag;
+use crate::vocab::FieldError;
+use crate::vocab::Tag;
 
 /// One way of recognising a workload. Exactly one of `token`, `source_cidr`, `uri_san`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -19,13 +19,13 @@ use serde::{Deserialize, Serialize};
 pub use address::{InternalRange, classify};
 pub use resolver::{LookupError, Resolver, ResolverSettings, Resolvers};
 
-use crate::config::FieldError;
 use crate::policy::PolicySet;
 use crate::policy::rule::HostMatch;
 use crate::request::OutboundRequest;
 use crate::secrets::SecretValue;
-use crate::secrets::config::DurationText;
 use crate::transforms::{Annotations, Outcome, Rejection, TraceAction, TransformTrace};
+use crate::vocab::DurationText;
+use crate::vocab::FieldError;
 
 /// The request header that tells Envoy's upstream clusters which address to connect to.
 /// Portcullis sets it on every request it allows (whatever the workload sent in it); the

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::regex_error_summary;
+
 /// `body:` as written: the condition holds when the request body contains any of
 /// `contains` (ASCII case-insensitive) or matches any of `regex`. At least one list is
 /// non-empty.
@@ -166,19 +168,6 @@ impl TryFrom<String> for BodyRegex {
             )),
         }
     }
-}
-
-/// The regex crate's message on one line: a syntax error is printed over several lines
-/// (the pattern, a caret, then `error: …`), which would break `validate`'s one error per
-/// line; the pattern itself is already named.
-pub(crate) fn regex_error_summary(error: &regex::Error) -> String {
-    let message = error.to_string();
-    message
-        .lines()
-        .rev()
-        .find_map(|line| line.trim().strip_prefix("error: "))
-        .unwrap_or(message.trim())
-        .to_owned()
 }
 
 /// A compiled body condition.

@@ -297,7 +297,7 @@ impl Shape {
             name: Some(Arc::from("check")),
             spiffe_id: None,
             tags: vec![
-                crate::policy::rule::Tag::parse("agent:check")
+                crate::vocab::Tag::parse("agent:check")
                     .unwrap_or_else(|_| unreachable!("a fixed, valid tag")),
             ],
         };
@@ -425,7 +425,7 @@ fn agent_value(identity: Option<&Identity>) -> Value {
     Value::Map(map.into())
 }
 
-fn tag_list(tags: &[crate::policy::rule::Tag]) -> Value {
+fn tag_list(tags: &[crate::vocab::Tag]) -> Value {
     Value::List(Arc::new(tags.iter().map(|t| string(t.as_str())).collect()))
 }
 

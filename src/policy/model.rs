@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cel::CelExpr;
 use super::rule::{RuleConfig, Tag};
-use crate::config::FieldError;
+use crate::vocab::FieldError;
 
 fn default_priority() -> i32 {
     10
@@ -21,7 +21,7 @@ pub struct PolicyConfig {
     /// Lower wins. Default 10.
     #[serde(
         default = "default_priority",
-        deserialize_with = "crate::config::integral::integral"
+        deserialize_with = "crate::vocab::integral::integral"
     )]
     pub priority: i32,
     /// Only `active` policies act. Default `active`.
@@ -192,7 +192,7 @@ pub fn lint_policy(policy: &PolicyConfig, intercepting: bool) -> Vec<FieldError>
 /// Checks what deserialization cannot: returns errors with paths relative to the policy.
 pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if let Some(problem) = crate::config::names::name_problem("policy", &policy.name) {
+    if let Some(problem) = crate::vocab::names::name_problem("policy", &policy.name) {
         errors.push(FieldError::new("name", problem));
     }
     if policy.rules.is_empty() {

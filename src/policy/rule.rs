@@ -21,6 +21,7 @@ use super::cel::CelExpr;
 use super::conditions::{ConditionSources, Conditions, HeaderCondition, ToolPattern};
 use crate::inspect::ActionType;
 use crate::request::{Host, Method, RequestFacts, canonical_host, canonical_ip, canonical_net};
+pub use crate::vocab::Tag;
 
 /// One request rule as written in the config: `host`, optional `paths`, `methods` and
 /// `body`.
@@ -699,48 +700,6 @@ pub fn any_rule_matches(rules: &[Rule], req: &RequestFacts<'_>) -> bool {
             rule.matches(req)
         }
     })
-}
-
-/// A workload tag such as `env:prod` or `tenant:acme-corp`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Tag(Arc<str>);
-
-impl Tag {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<Tag> for String {
-    fn from(tag: Tag) -> String {
-        tag.0.to_string()
-    }
-}
-
-impl TryFrom<String> for Tag {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        Tag::parse(&text)
-    }
-}
-
-impl Tag {
-    /// A tag exactly as written: no trimming, so what the API accepts is what its schema
-    /// (`config::names::TAG_PATTERN`) says.
-    pub fn parse(text: &str) -> Result<Tag, String> {
-        match crate::config::names::tag_problem(text) {
-            Some(problem) => Err(problem),
-            None => Ok(Tag(text.into())),
-        }
-    }
 }
 
 /// The text-valued pattern types appear in JSON schemas as strings.

@@ -1,14 +1,13 @@
 //! Where a credential comes from, as written in the config. Every source reads on the
 //! gateway host; values never travel to a control plane.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
-use crate::config::FieldError;
+use crate::vocab::{DurationText, FieldError};
 
 /// A source, plus the caching that applies to any source.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -315,7 +314,7 @@ impl SourceBounds {
     }
 
     fn check_into(&self, source: &SourceConfig, path: &str, errors: &mut Vec<FieldError>) {
-        let at = |field: &str| crate::config::join_path(path, field);
+        let at = |field: &str| crate::vocab::join_path(path, field);
         match &source.kind {
             SourceKind::Env { var } => {
                 if !self
@@ -461,33 +460,6 @@ pub struct JwtAssertion {
 
 fn default_jwt_algorithm() -> String {
     "RS256".into()
-}
-
-/// A duration written as text: `30s`, `5m`, `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DurationText(pub Duration);
-
-impl TryFrom<String> for DurationText {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        humantime::parse_duration(text.trim())
-            .map(DurationText)
-            .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. \"30s\" or \"5m\""))
-    }
-}
-
-impl From<DurationText> for String {
-    fn from(d: DurationText) -> String {
-        humantime::format_duration(d.0).to_string()
-    }
-}
-
-impl fmt::Display for DurationText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&humantime::format_duration(self.0).to_string())
-    }
 }
 
 #[cfg(test)]

@@ -57,9 +57,7 @@ pub fn policy_stand_in(name: &str, raw: Option<&Value>) -> Option<PolicyConfig> 
         .unwrap_or(i32::MIN);
     // Unreadable tags would narrow nothing safely: the stand-in then applies to everyone.
     let match_tags = field("match_tags")
-        .filter(|tags| {
-            serde_json::from_value::<Vec<crate::policy::rule::Tag>>((*tags).clone()).is_ok()
-        })
+        .filter(|tags| serde_json::from_value::<Vec<crate::vocab::Tag>>((*tags).clone()).is_ok())
         .cloned()
         .unwrap_or_else(|| json!([]));
     let stand_in = json!({

@@ -32,9 +32,9 @@ pub use faults::Fault;
 pub use tokens::{EnrollmentToken, MintedToken};
 pub use versioned::{Definition, Kind, Operation, Rows, Stored, Version, Versioned};
 
-use crate::config::FieldError;
 use crate::policy::PolicyConfig;
 use crate::transforms::secrets::SecretConfig;
+use crate::vocab::FieldError;
 
 /// The PostgreSQL channel every committed change is announced on.
 pub const CHANNEL: &str = "portcullis_changes";

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{Change, Fault, Store, StoreError, Touched, now};
-use crate::config::FieldError;
-use crate::policy::rule::Tag;
+use crate::vocab::FieldError;
+use crate::vocab::Tag;
 
 /// The prefix of every minted token, so a leaked one is recognisable (secret scanners).
 pub const TOKEN_PREFIX: &str = "ptk_";
@@ -211,7 +211,7 @@ fn token_row(row: &sqlx::any::AnyRow) -> Result<EnrollmentToken, StoreError> {
 }
 
 fn validate_name(name: &str) -> Result<(), StoreError> {
-    match crate::config::names::name_problem("token", name) {
+    match crate::vocab::names::name_problem("token", name) {
         Some(message) => Err(StoreError::Invalid(vec![FieldError::new("name", message)])),
         None => Ok(()),
     }

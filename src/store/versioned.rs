@@ -7,9 +7,9 @@ use sqlx::Row;
 
 use super::faults::Fault;
 use super::{Change, Contents, Store, StoreError, Touched, now};
-use crate::config::FieldError;
 use crate::policy::{PolicyConfig, PolicyStatus, validate_policy};
 use crate::transforms::secrets::{SecretConfig, validate_secret};
+use crate::vocab::FieldError;
 
 /// What the store keeps versions of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldError;
-use crate::secrets::config::DurationText;
+use crate::vocab::DurationText;
+use crate::vocab::FieldError;
 
 /// HTTPS interception: Portcullis serves Envoy's secret discovery service (SDS) and mints a
 /// leaf certificate per TLS server name, signed by this CA, for hosts some active policy

@@ -29,9 +29,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::ca::Leaf;
 use super::leaves::LeafCertificates;
-use crate::extproc::Shared;
 use crate::extproc::convert::ListenerContext;
-use crate::policy::rule::Tag;
+use crate::live::Shared;
+use crate::vocab::Tag;
 
 /// How often a stream checks for config changes and leaves due for renewal.
 const RECHECK: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 use tracing::Instrument;
 
-use crate::config::{FieldError, from_value};
+use crate::config::from_value;
 use crate::identity::Identity;
 use crate::inspect::Body;
 use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
@@ -27,6 +27,7 @@ use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::OutboundRequest;
 use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
 use crate::telemetry::trace::transform_span;
+use crate::vocab::FieldError;
 
 pub use capture::{BodyCaptureConfig, CapturedBody, CapturedHeader, HeaderCaptureConfig};
 pub use grpc::{GrpcAnnotation, GrpcConfig};
@@ -818,7 +819,7 @@ fn routes_or_frames(name: &str) -> bool {
 
 /// What is wrong with the timeout of a transform that waits on another service (a judge, a
 /// processor), at `timeout`.
-fn wait_timeout_problem(timeout: &crate::secrets::config::DurationText) -> Option<FieldError> {
+fn wait_timeout_problem(timeout: &crate::vocab::DurationText) -> Option<FieldError> {
     if timeout.0.is_zero() {
         Some(FieldError::new("timeout", "must be more than 0s"))
     } else if timeout.0 > judge::config::MAX_TIMEOUT {

@@ -10,9 +10,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::names::{NAME_MAX, NAME_PATTERN, TAG_MAX, TAG_PATTERN};
 use crate::request::Method;
 use crate::secrets::config::SourceBounds;
+use crate::vocab::names::{NAME_MAX, NAME_PATTERN, TAG_MAX, TAG_PATTERN};
 
 /// What the document says about this gateway in particular.
 #[derive(Debug, Clone, Default)]

@@ -145,7 +145,7 @@ fn version_is_a_content_hash() {
 
 #[test]
 fn duplicate_names_point_at_the_later_use_and_name_the_first() {
-    let errors = crate::config::duplicate_names("policies", "policy", ["a", "b", "a", "a"]);
+    let errors = crate::vocab::duplicate_names("policies", "policy", ["a", "b", "a", "a"]);
     let found: Vec<(String, String)> = errors.into_iter().map(|e| (e.path, e.message)).collect();
     assert_eq!(
         found,

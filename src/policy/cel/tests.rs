@@ -1,7 +1,7 @@
 use super::*;
 use crate::identity::IdentityKind;
-use crate::policy::rule::Tag;
 use crate::request::Method;
+use crate::vocab::Tag;
 
 fn expr(source: &str) -> Result<CelExpr, String> {
     CelExpr::try_from(source.to_owned())

@@ -32,8 +32,8 @@ use base64::Engine;
 use tokio::sync::OnceCell;
 
 use super::Fetched;
-use crate::config::FieldError;
 use crate::secrets::{SecretValue, SourceError};
+use crate::vocab::FieldError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,8 +1,8 @@
 //! `type: env` — an environment variable of the portcullis process.
 
 use super::Fetched;
-use crate::config::FieldError;
 use crate::secrets::{SecretValue, SourceError};
+use crate::vocab::FieldError;
 
 pub struct EnvSource {
     var: String,

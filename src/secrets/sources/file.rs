@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Fetched;
-use crate::config::FieldError;
 use crate::secrets::{SecretValue, SourceError};
+use crate::vocab::FieldError;
 
 const STAT_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -16,8 +16,8 @@ use super::http::{now, parse_url};
 use super::jwt::{JwtAlgorithm, sign_jwt};
 use super::oauth2::{JWT_BEARER_GRANT, request_token};
 use super::{CompiledSource, Fetched, SourceContext};
-use crate::config::FieldError;
 use crate::secrets::{SecretValue, SourceCache, SourceError};
+use crate::vocab::FieldError;
 
 /// Google's token endpoint, for a key without `token_uri`.
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";

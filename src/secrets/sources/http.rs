@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 
-use crate::config::FieldError;
 use crate::secrets::{SecretValue, SourceError};
+use crate::vocab::FieldError;
 
 /// Seconds since the Unix epoch.
 pub(super) fn now() -> u64 {

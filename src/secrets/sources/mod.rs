@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::cache::SourceCache;
 use super::config::{SourceConfig, SourceKind};
 use super::value::{SecretValue, SourceError};
-use crate::config::FieldError;
+use crate::vocab::FieldError;
 
 /// What a backend read: the value, and how long it is valid when the backend says so (an
 /// OAuth token's `expires_in`); the cache keeps it no longer than that, minus a margin.

@@ -27,9 +27,9 @@ use reqwest::header::HeaderValue;
 use super::http::{clip, now, parse_url, read_body, request_failed, sensitive_header};
 use super::jwt::{JwtAlgorithm, sign_jwt};
 use super::{CompiledSource, Fetched, SourceContext, nested};
-use crate::config::FieldError;
 use crate::secrets::config::{ClientAuth, OAuth2Config, OAuth2Grant};
 use crate::secrets::{SecretValue, SourceCache, SourceError};
+use crate::vocab::FieldError;
 
 /// The RFC 7523 grant type.
 pub(super) const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";

@@ -11,8 +11,8 @@ use reqwest::header::HeaderValue;
 
 use super::http::{clip, parse_url, read_body, request_failed, sensitive_header};
 use super::{CompiledSource, Fetched, SourceContext};
-use crate::config::FieldError;
 use crate::secrets::{SecretValue, SourceCache, SourceError};
+use crate::vocab::FieldError;
 
 pub struct VaultSource {
     http: reqwest::Client,

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::secrets::config::InjectConfig;
 use super::{Annotations, Exchange, SecretConfig, Step};
-use crate::config::FieldError;
 use crate::inspect::Body;
 use crate::request::OutboundRequest;
+use crate::vocab::FieldError;
 
 /// Headers never captured, whatever the config says.
 pub const NEVER_CAPTURED: &[&str] = &[

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldError;
-use crate::secrets::config::DurationText;
 use crate::transforms::{sent_header_problems, wait_timeout_problem};
+use crate::vocab::DurationText;
+use crate::vocab::FieldError;
 
 /// The most of a body a processor may be sent.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -29,10 +29,10 @@ use super::{
     Annotations, CREDENTIAL_HEADERS, Exchange, Rejection, Step, millis, printable,
     routes_or_frames, sent_header_names,
 };
-use crate::config::FieldError;
 use crate::inspect::Body;
 use crate::request::{OutboundRequest, RequestFacts, is_header_name};
 use crate::secrets::SecretValue;
+use crate::vocab::FieldError;
 
 /// The generated messages, client and server of `proto/portcullis/processor/v1`.
 #[allow(clippy::all, clippy::pedantic)]

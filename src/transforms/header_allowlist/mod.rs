@@ -8,7 +8,7 @@ use regex::RegexSet;
 use serde::{Deserialize, Serialize};
 
 use super::{Annotations, Exchange, Step};
-use crate::config::FieldError;
+use crate::vocab::FieldError;
 
 /// `config` of a `header_allowlist` transform.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

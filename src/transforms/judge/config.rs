@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldError;
 use crate::identity::TokenSource;
-use crate::secrets::config::DurationText;
 use crate::transforms::{sent_header_problems, wait_timeout_problem};
+use crate::vocab::DurationText;
+use crate::vocab::FieldError;
 
 /// The longest `timeout`: Envoy is asked to wait `timeout + 1s` for the decision, and it
 /// refuses to wait longer than its `max_message_timeout` (30 s in `envoy/*.yaml`).

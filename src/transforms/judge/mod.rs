@@ -32,11 +32,11 @@ use provider::{Ruling, Verdict};
 use summary::{Summary, SummaryRules};
 
 use super::{Annotations, Exchange, Rejection, Step, millis, printable};
-use crate::config::FieldError;
 use crate::inspect::Body;
 use crate::request::OutboundRequest;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
 use crate::secrets::{SourceCache, SourceConfig, SourceKind};
+use crate::vocab::FieldError;
 
 /// The judge's reason is cut to this many characters in the audit record and the error.
 const MAX_REASON_CHARS: usize = 200;

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::template::{Template, Var};
-use crate::config::FieldError;
 use crate::policy::rule::{RuleConfig, Tag};
 use crate::secrets::SourceConfig;
+use crate::vocab::FieldError;
 
 /// One secret.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -198,7 +198,7 @@ fn header_reserved(name: &str) -> bool {
 /// Checks what deserialization cannot; paths relative to the secret.
 pub fn validate_secret(secret: &SecretConfig) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    if let Some(problem) = crate::config::names::name_problem("secret", &secret.name) {
+    if let Some(problem) = crate::vocab::names::name_problem("secret", &secret.name) {
         errors.push(FieldError::new("name", problem));
     }
     if secret.rules.is_empty() {

@@ -23,7 +23,6 @@ pub use config::{InjectConfig, Location, SecretConfig, validate_secret};
 use inject::{Credential, Refusal, Use};
 
 use super::{Annotations, CredentialUse, Exchange, Rejection, Step};
-use crate::config::{FieldError, duplicate_names};
 use crate::identity::Identity;
 use crate::inspect::Body;
 use crate::policy::index::{Indexed, Next, RuleIndex, WorkloadTagIds};
@@ -31,6 +30,7 @@ use crate::policy::rule::{Rule, RuleCompiler, Tag};
 use crate::request::{OutboundRequest, RequestFacts};
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
 use crate::secrets::{SecretValue, SourceCache};
+use crate::vocab::{FieldError, duplicate_names};
 
 struct CompiledSecret {
     name: Arc<str>,

@@ -325,7 +325,7 @@ fn config_mistakes_are_found_at_load() {
     assert!(found[0].contains("blast radius"), "{found:?}");
 }
 
-fn compile(yaml: &str) -> Result<Snapshot, Vec<crate::config::FieldError>> {
+fn compile(yaml: &str) -> Result<Snapshot, Vec<crate::vocab::FieldError>> {
     let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
     Snapshot::compile(
         &loaded.config,

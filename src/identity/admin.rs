@@ -1,11 +1,53 @@
-//! Who is calling the admin API: bearer tokens with a role, compared in constant time.
+//! Who is calling the admin API: bearer tokens with a role (`admin:` in the config),
+//! compared in constant time.
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AdminRole, AdminTokenConfig, FieldError, duplicate_names};
-use crate::identity::token_digest;
+use super::token_digest;
+use crate::vocab::{FieldError, duplicate_names};
+
+/// The admin API's callers. Without tokens, every `/v1/` call but the OpenAPI document
+/// is refused (401).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub tokens: Vec<AdminTokenConfig>,
+}
+
+/// One admin bearer token.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Recorded as the operator of every change made with this token.
+    pub name: String,
+    /// `viewer` reads; `editor` also changes policies and enrollment tokens; `admin` also
+    /// changes secrets (which choose what the gateway host reads and where it is sent).
+    pub role: AdminRole,
+    /// Where the token comes from: `env`, `file` or `sha256`, as for proxy tokens.
+    pub token: super::TokenSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::Editor => "editor",
+            AdminRole::Admin => "admin",
+        }
+    }
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
