@@ -25,11 +25,11 @@ use crate::extproc::access_log::AccessLogReceiver;
 use crate::extproc::listen::{self, GrpcListener};
 use crate::live::Shared;
 use crate::live::{Live, Refused};
+use crate::sds::SecretDiscovery;
 use crate::snapshot::{SecretsRuntime, Snapshot};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
-use crate::tls::sds::SecretDiscovery;
 use crate::vocab::FieldError;
 
 /// How long shutdown waits for open streams to finish.

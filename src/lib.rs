@@ -5,7 +5,7 @@
 //! Layout: [`policy`] is the engine (model, compile, evaluate), [`extproc`] is only the Envoy
 //! protocol, [`transforms`] is the per-request pipeline, [`identity`] turns a connection into
 //! tags, [`dlp`] finds leaked credentials and personal data in bodies, [`tls`] is the
-//! interception CA and Envoy's certificate service (SDS), [`audit`] and
+//! interception CA, [`sds`] Envoy's certificate service for it, [`audit`] and
 //! [`telemetry`] record what happened. [`store`] is the control plane's versioned store,
 //! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
 //! serves the admin API. [`cli`] is the command line, the admin API's client among it.
@@ -29,6 +29,7 @@ pub mod mcp;
 pub mod network;
 pub mod policy;
 pub mod request;
+pub mod sds;
 pub mod secrets;
 pub mod snapshot;
 pub mod store;

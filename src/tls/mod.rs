@@ -1,10 +1,8 @@
-//! HTTPS interception: a CA that mints a short-lived leaf certificate per TLS server name,
-//! and the SDS service through which Envoy fetches them during the handshake — only for
-//! names some policy could allow.
+//! HTTPS interception: a CA that mints a short-lived leaf certificate per TLS server name
+//! ([`crate::sds`] serves them to Envoy during the handshake).
 
 pub mod ca;
 pub mod config;
 pub mod leaves;
-pub mod sds;
 
 pub use config::InterceptionConfig;

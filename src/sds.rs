@@ -27,10 +27,10 @@ use secrecy::ExposeSecret as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::ca::Leaf;
-use super::leaves::LeafCertificates;
 use crate::extproc::convert::ListenerContext;
 use crate::live::Shared;
+use crate::tls::ca::Leaf;
+use crate::tls::leaves::LeafCertificates;
 use crate::vocab::Tag;
 
 /// How often a stream checks for config changes and leaves due for renewal.
@@ -382,8 +382,8 @@ mod tests {
             metrics: Arc::new(crate::telemetry::metrics::Metrics::new()),
             draining: Default::default(),
         });
-        let generated = super::super::ca::generate("t", Duration::from_secs(3600)).unwrap();
-        let ca = super::super::ca::CertificateAuthority::from_pem(
+        let generated = crate::tls::ca::generate("t", Duration::from_secs(3600)).unwrap();
+        let ca = crate::tls::ca::CertificateAuthority::from_pem(
             &generated.cert_pem,
             &generated.key_pem,
             std::path::Path::new("ca.crt"),
