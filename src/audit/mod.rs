@@ -394,7 +394,7 @@ impl AuditSink {
     }
 
     /// Queues how an allowed request ended upstream, for the sink only (as responses).
-    pub async fn write_upstream(&self, record: &crate::extproc::access_log::UpstreamRecord) {
+    pub async fn write_upstream(&self, record: &UpstreamRecord) {
         self.write_line(record).await;
     }
 
@@ -506,4 +506,36 @@ fn write_lines(mut rx: mpsc::Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
         std::thread::sleep(BATCH_WINDOW);
     }
     let _ = out.flush();
+}
+
+/// How an allowed request ended, as Envoy saw it: a second audit line for its
+/// `request_id`. Addresses, counts and Envoy's own words; no header, path or body.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct UpstreamRecord {
+    pub ts: String,
+    pub request_id: String,
+    /// Always `upstream`.
+    pub event: &'static str,
+    /// The status the workload got: the upstream's, or Envoy's own when it answered
+    /// (a failed connection, a timeout). Absent when the stream ended without one.
+    pub status: Option<u32>,
+    /// Envoy's response flags (`UF` connection failure, `UT` timeout, `UC` upstream
+    /// closed, …); empty when nothing went wrong.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_flags: Vec<&'static str>,
+    /// Envoy's response code details (`via_upstream`, `upstream_reset_before_response_started{…}`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+    /// Why the connection to the upstream failed, when it did (TLS, connect).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upstream_failure: String,
+    /// The address Envoy connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_address: Option<String>,
+    /// From the first byte received from the workload to the last byte sent to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Bytes of the request's body sent on, and of the response's body received.
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
 }

@@ -8,11 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::json;
 
 use crate::audit::{AuditRecord, micros};
-use crate::extproc::convert::body_too_large;
 use crate::inspect::Body;
 use crate::policy::Decision;
 use crate::request::{Method, OutboundRequest, RawRequest, RequestConfig, RequestFacts};
 use crate::snapshot::{Decided, Snapshot};
+use crate::transforms::Rejection;
 use crate::vocab::Tag;
 
 pub use render::{Report, render_text};
@@ -216,7 +216,11 @@ async fn decide(
         return snapshot.preview(request, tags, None).await;
     }
     if check.body.len() > snapshot.max_body_bytes {
-        return snapshot.refused(request, tags, body_too_large(snapshot.max_body_bytes));
+        return snapshot.refused(
+            request,
+            tags,
+            Rejection::body_too_large(snapshot.max_body_bytes),
+        );
     }
     snapshot.preview(request, tags, Some(&check.body)).await
 }

@@ -19,10 +19,9 @@ use envoy_types::pb::envoy::service::accesslog::v3::{
     StreamAccessLogsMessage, StreamAccessLogsResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
-use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditSink, UpstreamRecord};
 
 /// The access log service, writing to `audit`.
 #[derive(Clone)]
@@ -52,7 +51,7 @@ impl AccessLogService for AccessLogReceiver {
                 continue;
             };
             for entry in &http.log_entry {
-                if let Some(record) = UpstreamRecord::of(entry) {
+                if let Some(record) = upstream_record(entry) {
                     self.audit.write_upstream(&record).await;
                 }
             }
@@ -61,77 +60,43 @@ impl AccessLogService for AccessLogReceiver {
     }
 }
 
-/// How an allowed request ended, as Envoy saw it: a second audit line for its
-/// `request_id`. Addresses, counts and Envoy's own words; no header, path or body.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct UpstreamRecord {
-    pub ts: String,
-    pub request_id: String,
-    /// Always `upstream`.
-    pub event: &'static str,
-    /// The status the workload got: the upstream's, or Envoy's own when it answered
-    /// (a failed connection, a timeout). Absent when the stream ended without one.
-    pub status: Option<u32>,
-    /// Envoy's response flags (`UF` connection failure, `UT` timeout, `UC` upstream
-    /// closed, …); empty when nothing went wrong.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub response_flags: Vec<&'static str>,
-    /// Envoy's response code details (`via_upstream`, `upstream_reset_before_response_started{…}`).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub details: String,
-    /// Why the connection to the upstream failed, when it did (TLS, connect).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub upstream_failure: String,
-    /// The address Envoy connected to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_address: Option<String>,
-    /// From the first byte received from the workload to the last byte sent to it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<f64>,
-    /// Bytes of the request's body sent on, and of the response's body received.
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
-}
-
-impl UpstreamRecord {
-    /// The record for `entry`, unless Portcullis did not decide that request or refused it.
-    pub fn of(entry: &HttpAccessLogEntry) -> Option<UpstreamRecord> {
-        let common = entry.common_properties.as_ref()?;
-        let request_id = decided_request_id(common)?;
-        let response = entry.response.as_ref();
-        let details = response.map_or("", |r| r.response_code_details.as_str());
-        if details.starts_with("portcullis_") {
-            return None;
-        }
-        let upstream_address = common
-            .upstream_remote_address
-            .as_ref()
-            .and_then(socket_address)
-            .map(|a| a.to_string());
-        let duration_ms = common.duration.as_ref().map(|d| {
-            let ms = d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6;
-            (ms * 1000.0).round() / 1000.0
-        });
-        Some(UpstreamRecord {
-            ts: crate::audit::now_rfc3339(),
-            request_id,
-            event: "upstream",
-            status: response
-                .and_then(|r| r.response_code.as_ref())
-                .map(|c| c.value),
-            response_flags: common
-                .response_flags
-                .as_ref()
-                .map(flag_names)
-                .unwrap_or_default(),
-            details: details.to_owned(),
-            upstream_failure: common.upstream_transport_failure_reason.clone(),
-            upstream_address,
-            duration_ms,
-            request_body_bytes: entry.request.as_ref().map_or(0, |r| r.request_body_bytes),
-            response_body_bytes: response.map_or(0, |r| r.response_body_bytes),
-        })
+/// The record for `entry`, unless Portcullis did not decide that request or refused it.
+pub fn upstream_record(entry: &HttpAccessLogEntry) -> Option<UpstreamRecord> {
+    let common = entry.common_properties.as_ref()?;
+    let request_id = decided_request_id(common)?;
+    let response = entry.response.as_ref();
+    let details = response.map_or("", |r| r.response_code_details.as_str());
+    if details.starts_with("portcullis_") {
+        return None;
     }
+    let upstream_address = common
+        .upstream_remote_address
+        .as_ref()
+        .and_then(socket_address)
+        .map(|a| a.to_string());
+    let duration_ms = common.duration.as_ref().map(|d| {
+        let ms = d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1e6;
+        (ms * 1000.0).round() / 1000.0
+    });
+    Some(UpstreamRecord {
+        ts: crate::audit::now_rfc3339(),
+        request_id,
+        event: "upstream",
+        status: response
+            .and_then(|r| r.response_code.as_ref())
+            .map(|c| c.value),
+        response_flags: common
+            .response_flags
+            .as_ref()
+            .map(flag_names)
+            .unwrap_or_default(),
+        details: details.to_owned(),
+        upstream_failure: common.upstream_transport_failure_reason.clone(),
+        upstream_address,
+        duration_ms,
+        request_body_bytes: entry.request.as_ref().map_or(0, |r| r.request_body_bytes),
+        response_body_bytes: response.map_or(0, |r| r.response_body_bytes),
+    })
 }
 
 /// An Envoy socket address as `IP:PORT` (`[IPv6]:PORT` when printed), when it is one.
@@ -254,9 +219,8 @@ mod tests {
 
     #[test]
     fn an_allowed_request_that_failed_upstream_is_recorded_with_its_flags() {
-        let record =
-            UpstreamRecord::of(&entry(Some("rid-7"), 503, "upstream_reset_before_response"))
-                .expect("recorded");
+        let record = upstream_record(&entry(Some("rid-7"), 503, "upstream_reset_before_response"))
+            .expect("recorded");
         assert_eq!(record.request_id, "rid-7");
         assert_eq!(record.event, "upstream");
         assert_eq!(record.status, Some(503));
@@ -276,9 +240,9 @@ mod tests {
 
     #[test]
     fn refusals_and_requests_portcullis_never_decided_are_not_recorded() {
-        assert!(UpstreamRecord::of(&entry(Some("rid-8"), 403, "portcullis_policy_deny")).is_none());
-        assert!(UpstreamRecord::of(&entry(None, 200, "via_upstream")).is_none());
-        let ok = UpstreamRecord::of(&entry(Some("rid-9"), 200, "via_upstream")).unwrap();
+        assert!(upstream_record(&entry(Some("rid-8"), 403, "portcullis_policy_deny")).is_none());
+        assert!(upstream_record(&entry(None, 200, "via_upstream")).is_none());
+        let ok = upstream_record(&entry(Some("rid-9"), 200, "via_upstream")).unwrap();
         assert!(ok.response_flags.is_empty());
         let line = serde_json::to_value(&ok).unwrap();
         assert!(line.get("response_flags").is_none(), "{line}");

@@ -727,37 +727,6 @@ pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> P
     }
 }
 
-/// The rejection for a body over `gateway.max_body_bytes`.
-pub fn body_too_large(limit: usize) -> Rejection {
-    Rejection {
-        status: 413,
-        kind: "body_too_large",
-        reason: "body_too_large",
-        message: format!("the request body is larger than the {limit}-byte limit"),
-        policy: None,
-        rule: None,
-        transform: "request",
-    }
-}
-
-/// The rejection for a request whose body Envoy streamed although Portcullis asked for it
-/// buffered (`mode_override` ignored): a decision that needs the body is made on the whole
-/// body or not at all.
-pub fn body_not_buffered(detail: &str) -> Rejection {
-    Rejection {
-        status: 500,
-        kind: "body_not_buffered",
-        reason: "body_not_buffered",
-        message: format!(
-            "the request body came in pieces although Portcullis asked Envoy to buffer it \
-             ({detail}); check that the ext_proc filter sets `allow_mode_override: true`"
-        ),
-        policy: None,
-        rule: None,
-        transform: "request",
-    }
-}
-
 /// The rejection for a request with trailers but no body whose decision writes headers:
 /// Envoy takes header changes with the body or the headers, never with the trailers.
 pub fn trailers_without_body() -> Rejection {

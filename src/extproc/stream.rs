@@ -41,7 +41,7 @@ use crate::secrets::scrub::Scrubber;
 use crate::snapshot::{Decided, Snapshot};
 use crate::telemetry::metrics::StreamGuard;
 use crate::telemetry::trace::StreamTrace;
-use crate::transforms::Outcome;
+use crate::transforms::{Outcome, Rejection};
 
 /// Waits up to this long on other services are left inside Envoy's `message_timeout`
 /// (0.5 s in `envoy/*.yaml`), sparing a round trip; the other half is the margin for
@@ -441,7 +441,7 @@ impl StreamState {
                     // Envoy can stall a stream whose body passes its own buffer limit
                     // while the mode change is in flight.
                     if declared_length(&request).is_some_and(|len| len > snapshot.max_body_bytes) {
-                        let rejection = convert::body_too_large(snapshot.max_body_bytes);
+                        let rejection = Rejection::body_too_large(snapshot.max_body_bytes);
                         let decided = snapshot.refused(&request, &self.listener.tags, rejection);
                         return self
                             .finish(
@@ -513,7 +513,7 @@ impl StreamState {
             let decided = pending.snapshot.refused(
                 &pending.request,
                 &self.listener.tags,
-                convert::body_too_large(limit),
+                Rejection::body_too_large(limit),
             );
             let snapshot = pending.snapshot.clone();
             return self
@@ -611,7 +611,7 @@ impl StreamState {
             "Envoy streamed a request body Portcullis asked it to buffer ({detail}): refused; \
              is `allow_mode_override: true` set on the ext_proc filter?"
         );
-        let rejection = convert::body_not_buffered(detail);
+        let rejection = Rejection::body_not_buffered(detail);
         let decided = snapshot.refused(&request, &self.listener.tags, rejection);
         self.finish(&snapshot, request, decided, started, spent, Answering::Body)
             .await
