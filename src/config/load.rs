@@ -13,7 +13,7 @@ use serde_norway::Value;
 use sha2::{Digest, Sha256};
 
 use super::position::{Position, PositionIndex};
-use super::{Config, FieldError, join_path};
+use super::{Config, FieldError, from_value};
 use crate::identity::{IdentityConfig, validate_identity};
 use crate::policy::{PolicyConfig, validate_policy};
 use crate::transforms::TransformEntry;
@@ -448,27 +448,6 @@ fn names_in(document: &Value, section: &str) -> Vec<Option<String>> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Deserializes a value, reporting the field path of the first error relative to it.
-pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // Unknown-field errors point at the containing object; name the field itself.
-        let path = match unknown_field_name(&inner) {
-            Some(field) if path != field && !path.ends_with(&format!(".{field}")) => {
-                join_path(if path == "." { "" } else { &path }, field)
-            }
-            _ => path,
-        };
-        FieldError::new(if path == "." { String::new() } else { path }, inner)
-    })
-}
-
-fn unknown_field_name(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
 }
 
 fn section<T: DeserializeOwned>(

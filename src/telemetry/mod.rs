@@ -4,6 +4,7 @@
 //! the target [`trace::SPAN_TARGET`], exported over OTLP/gRPC when an endpoint is
 //! configured (`telemetry.otlp` or `OTEL_EXPORTER_OTLP_ENDPOINT`); logs never show them.
 
+pub mod config;
 pub mod control;
 pub mod metrics;
 mod otel;
@@ -20,7 +21,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::TelemetryConfig;
+use config::TelemetryConfig;
 pub use otel::ExportSettings;
 use trace::SPAN_TARGET;
 

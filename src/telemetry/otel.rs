@@ -16,7 +16,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
 };
 
-use crate::config::{OtlpEndpoint, TelemetryConfig};
+use super::config::{OtlpEndpoint, TelemetryConfig};
 
 /// Export failures are logged at most this often; the rest are counted in the next line.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -175,7 +175,7 @@ impl<E: SpanExporter> SpanExporter for LoggedExporter<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OtlpConfig;
+    use crate::telemetry::config::OtlpConfig;
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 use tracing::Instrument;
 
-use crate::config::from_value;
 use crate::identity::Identity;
 use crate::inspect::Body;
 use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
@@ -28,6 +27,7 @@ use crate::request::OutboundRequest;
 use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
 use crate::telemetry::trace::transform_span;
 use crate::vocab::FieldError;
+use crate::vocab::from_value;
 
 pub use capture::{BodyCaptureConfig, CapturedBody, CapturedHeader, HeaderCaptureConfig};
 pub use grpc::{GrpcAnnotation, GrpcConfig};

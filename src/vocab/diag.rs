@@ -1,6 +1,8 @@
 //! Errors located by field path, before a loader places them in a file.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_norway::Value;
 
 /// A validation error at a field path (`policies[3].rules[0].host`), before it is placed
 /// in a file. Compilers return these; the loader adds file, line and policy name.
@@ -56,4 +58,25 @@ pub fn duplicate_names<'a>(
         }
     }
     errors
+}
+
+/// Deserializes a value, reporting the field path of the first error relative to it.
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // Unknown-field errors point at the containing object; name the field itself.
+        let path = match unknown_field_name(&inner) {
+            Some(field) if path != field && !path.ends_with(&format!(".{field}")) => {
+                join_path(if path == "." { "" } else { &path }, field)
+            }
+            _ => path,
+        };
+        FieldError::new(if path == "." { String::new() } else { path }, inner)
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
 }

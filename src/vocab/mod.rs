@@ -8,7 +8,7 @@ pub mod integral;
 pub mod names;
 mod tag;
 
-pub use diag::{FieldError, duplicate_names, join_path};
+pub use diag::{FieldError, duplicate_names, from_value, join_path};
 pub use duration::DurationText;
 pub use tag::Tag;
 
