@@ -280,7 +280,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
 pub async fn document(
     axum::extract::State(control): axum::extract::State<std::sync::Arc<super::Control>>,
 ) -> axum::Json<Value> {
-    axum::Json(build(&Gateway::of(&control.live.config().await)))
+    let snapshot = control.live.snapshot();
+    let gateway = Gateway::of(&control.live.config().await, snapshot.policies.dlp());
+    axum::Json(build(&gateway))
 }
 
 fn schema_value<T: utoipa::ToSchema>(schemas: &mut Map<String, Value>) {

@@ -25,10 +25,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn of(config: &crate::config::Config) -> Gateway {
-        let detectors = match crate::dlp::Scanner::compile(&config.dlp) {
-            Ok(scanner) => scanner.names().map(str::to_owned).collect(),
-            Err(_) => crate::dlp::BUILTIN
+    /// `config` is the live one; `scanner` the live snapshot's detectors, already compiled.
+    pub fn of(config: &crate::config::Config, scanner: Option<&crate::dlp::Scanner>) -> Gateway {
+        let detectors = match scanner {
+            Some(scanner) => scanner.names().map(str::to_owned).collect(),
+            None => crate::dlp::BUILTIN
                 .iter()
                 .map(|n| (*n).to_owned())
                 .collect(),
@@ -87,12 +88,16 @@ fn reference(name: &str) -> Value {
 /// A header a secret may write: a token that is not one of the reserved names, `:` or
 /// `x-envoy-` headers (a token cannot start with `:`).
 fn writable_header() -> Value {
-    let reserved: Vec<String> = RESERVED_HEADERS.iter().map(|h| any_case(h)).collect();
-    json!({"type": "string", "pattern": format!("^{TOKEN}$"),
-           "not": {"anyOf": [{"pattern": format!("^(?:{})$", reserved.join("|"))},
-                             {"pattern": format!("^{}", any_case("x-envoy-"))}]},
+    json!({"type": "string", "pattern": format!("^{TOKEN}$"), "not": reserved_header(""),
            "description": "A header name; not Host, Content-Length, Transfer-Encoding, \
                            Connection, Proxy-Authorization or x-envoy-*"})
+}
+
+/// Matches a reserved header name (any case) after `prefix`.
+fn reserved_header(prefix: &str) -> Value {
+    let reserved: Vec<String> = RESERVED_HEADERS.iter().map(|h| any_case(h)).collect();
+    json!({"anyOf": [{"pattern": format!("^{prefix}(?:{})$", reserved.join("|"))},
+                     {"pattern": format!("^{prefix}{}", any_case("x-envoy-"))}]})
 }
 
 /// Exactly one of `fields` is present with a non-null value.
@@ -357,21 +362,31 @@ fn secret(schemas: &mut Map<String, Value>, gateway: &Gateway) {
     schemas.insert("Inject".into(), inject());
 }
 
-/// One source variant: its own fields beside the common ones.
-fn variant(kind: &str, own: Value, required: &[&str]) -> Value {
-    let mut properties = json!({
-        "type": {"const": kind},
-        "ttl": reference("Duration"),
-        "failure_ttl": reference("Duration"),
-        "json_key": {"type": "string", "minLength": 1},
-    });
-    if let (Some(all), Some(own)) = (properties.as_object_mut(), own.as_object()) {
-        all.extend(own.clone());
+/// One variant of a tagged object: `key` is `tag`, beside `fields`; closed to others.
+fn tagged(key: &str, tag: &str, fields: Value, required: &[&str]) -> Value {
+    let mut properties = json!({key: {"const": tag}});
+    if let (Some(all), Some(fields)) = (properties.as_object_mut(), fields.as_object()) {
+        all.extend(fields.clone());
     }
     let mut required: Vec<&str> = required.to_vec();
-    required.insert(0, "type");
+    required.insert(0, key);
     json!({"type": "object", "additionalProperties": false, "properties": properties,
            "required": required})
+}
+
+/// One source variant: its own fields beside the common ones.
+fn variant(kind: &str, mut own: Value, required: &[&str]) -> Value {
+    if let Some(own) = own.as_object_mut() {
+        own.extend([
+            ("ttl".to_owned(), reference("Duration")),
+            ("failure_ttl".to_owned(), reference("Duration")),
+            (
+                "json_key".to_owned(),
+                json!({"type": "string", "minLength": 1}),
+            ),
+        ]);
+    }
+    tagged("type", kind, own, required)
 }
 
 /// `Source`: where a value is read. Bounded by `store.secret_sources` when the gateway has
@@ -494,22 +509,9 @@ fn inject() -> Value {
     let location = json!({"type": "string", "anyOf": [
         {"enum": ["path", "body"]},
         {"pattern": "^query:[\\s\\S]"},
-        {"pattern": format!("^header:{TOKEN}$"),
-         "not": {"anyOf": [
-             {"pattern": format!("^header:(?:{})$",
-                 RESERVED_HEADERS.iter().map(|h| any_case(h)).collect::<Vec<_>>().join("|"))},
-             {"pattern": format!("^header:{}", any_case("x-envoy-"))}]}},
+        {"pattern": format!("^header:{TOKEN}$"), "not": reserved_header("header:")},
     ]});
-    let style = |name: &str, own: Value, required: &[&str]| {
-        let mut properties = json!({"style": {"const": name}});
-        if let (Some(all), Some(own)) = (properties.as_object_mut(), own.as_object()) {
-            all.extend(own.clone());
-        }
-        let mut required: Vec<&str> = required.to_vec();
-        required.insert(0, "style");
-        json!({"type": "object", "additionalProperties": false, "properties": properties,
-               "required": required})
-    };
+    let style = |name: &str, own: Value, required: &[&str]| tagged("style", name, own, required);
     let mut custom = style(
         "custom",
         json!({"header": optional_header, "query": nullable(json!({"type": "string", "minLength": 1})),
