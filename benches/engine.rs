@@ -489,7 +489,7 @@ fn tracing_case(p: &Prepared, count: usize) {
             let mut record =
                 portcullis::audit::AuditRecord::of(request, &decided, &p.snapshot, 1.0);
             record.trace_id = trace.trace_id();
-            trace.decided(&record);
+            trace.decided(&record.span_decision());
             black_box(&record);
             drop(trace);
             samples.push(started.elapsed().as_nanos() as u64);

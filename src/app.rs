@@ -26,7 +26,7 @@ use crate::extproc::listen::{self, GrpcListener};
 use crate::live::Shared;
 use crate::live::{Live, Refused};
 use crate::sds::SecretDiscovery;
-use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::snapshot::{Runtime, Snapshot};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
@@ -94,7 +94,7 @@ pub enum ServeError {
 /// the config is loaded; errors before that are returned, for the caller to print.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     install_crypto_provider();
-    let secrets = SecretsRuntime::default();
+    let secrets = Runtime::default();
     let mut loaded = load_file(&options.config).map_err(ServeError::InvalidConfig)?;
     let overrides = Overrides {
         store: options.store.clone(),
@@ -308,7 +308,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
 /// request rarely waits on a backend; a reload's new sources are read at once.
 async fn refresh_secrets(
     shared: Arc<Shared>,
-    secrets: SecretsRuntime,
+    secrets: Runtime,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::{Config, LoadedConfig};
 use crate::policy::{DefaultAction, PolicyConfig};
-use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::snapshot::{Runtime, Snapshot};
 use crate::store::changes::{self, Signal};
 use crate::store::faults::policy_stand_in;
 use crate::store::{Contents, Fault, Store};
@@ -39,7 +39,7 @@ struct Sources {
 /// The live snapshot and what it is compiled from.
 pub struct Live {
     pub shared: Arc<Shared>,
-    runtime: SecretsRuntime,
+    runtime: Runtime,
     sources: Mutex<Sources>,
     /// Whether policies come from a store rather than the config file.
     store_mode: bool,
@@ -68,7 +68,7 @@ fn env(name: &str) -> Option<String> {
 impl Live {
     pub fn new(
         shared: Arc<Shared>,
-        runtime: SecretsRuntime,
+        runtime: Runtime,
         loaded: &LoadedConfig,
         store_mode: bool,
     ) -> Live {
@@ -321,7 +321,7 @@ pub fn compile_with_store_isolated(
     version: &str,
     mut contents: Arc<Contents>,
     env: &dyn Fn(&str) -> Option<String>,
-    runtime: &SecretsRuntime,
+    runtime: &Runtime,
 ) -> Result<(Snapshot, Isolated), Vec<FieldError>> {
     let mut set_aside = std::collections::HashSet::new();
     let mut set_aside_errors = Vec::new();

@@ -334,15 +334,11 @@ fn is_dns_name(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{SecretsRuntime, Snapshot};
+    use crate::snapshot::{Runtime, Snapshot};
 
     fn snapshot(yaml: &str) -> Arc<Snapshot> {
-        let (_, snapshot) = Snapshot::from_text(
-            yaml,
-            std::path::Path::new("t.yaml"),
-            &SecretsRuntime::default(),
-        )
-        .unwrap();
+        let (_, snapshot) =
+            Snapshot::from_text(yaml, std::path::Path::new("t.yaml"), &Runtime::default()).unwrap();
         Arc::new(snapshot)
     }
 

@@ -19,7 +19,7 @@ use crate::snapshot::{Decided, Snapshot};
 use crate::store::Store;
 use crate::store::audit::AuditEvent;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace::TraceId;
+use crate::telemetry::trace::{SpanDecision, TraceId};
 use crate::transforms::{DryRun, TransformTrace};
 
 /// One audited request. Holds names, tags and reasons only — never header values.
@@ -86,6 +86,19 @@ pub struct IdentityRecord<'a> {
 }
 
 impl<'a> AuditRecord<'a> {
+    /// What the stream's trace span records of this decision.
+    pub fn span_decision(&self) -> SpanDecision<'_> {
+        SpanDecision {
+            decision: self.decision,
+            config_version: self.config_version,
+            policy: self.policy,
+            rule: self.rule,
+            reason: self.reason,
+            transform: self.transform,
+            status: self.status,
+        }
+    }
+
     /// Builds the record of a decided request.
     pub fn of(
         request: &'a OutboundRequest,
@@ -240,7 +253,7 @@ impl AuditUnavailable {
     pub fn rejection(&self) -> crate::transforms::Rejection {
         crate::transforms::Rejection {
             status: 503,
-            kind: "audit_unavailable",
+            kind: crate::transforms::RefusalKind::AuditUnavailable,
             reason: "audit_unavailable",
             message: format!(
                 "{self}; the request was not forwarded, since it could not be audited \

@@ -19,7 +19,7 @@ use super::definitions::{self, Live};
 use super::{Failure, Outcome};
 use crate::config::LoadedConfig;
 use crate::policy::PolicyConfig;
-use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::snapshot::{Runtime, Snapshot};
 use crate::store::{Definition, Kind, diff};
 use crate::transforms::secrets::SecretConfig;
 use crate::vocab::{FieldError, join_path};
@@ -169,7 +169,7 @@ pub fn change_line(verb: &str, kind: Kind, name: &str, detail: &str) -> String {
 /// A file's definitions, validated as `portcullis validate` does. An invalid file prints
 /// every error (`file:line:col: path (policy "name"): message`) and gives the exit code.
 pub fn load_valid(file: &Path) -> Result<LoadedConfig, ExitCode> {
-    match Snapshot::load(file, &SecretsRuntime::default()) {
+    match Snapshot::load(file, &Runtime::default()) {
         Ok((loaded, _)) => Ok(loaded),
         Err(errors) => {
             println!("{errors}");

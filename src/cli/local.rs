@@ -15,7 +15,7 @@ use super::{Failure, args, block_on};
 use crate::app::{self, ServeError, ServeOptions};
 use crate::check::{self, CheckRequest};
 use crate::policy::Decision;
-use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::snapshot::{Runtime, Snapshot};
 use crate::store::apply::Applied;
 use crate::store::{Change, Kind, Store};
 
@@ -169,12 +169,7 @@ pub fn validate(file: &Path) -> ExitCode {
     let snapshot = if partial.section_failed {
         None
     } else {
-        match Snapshot::compile(
-            config,
-            &partial.loaded.version,
-            &env,
-            &SecretsRuntime::default(),
-        ) {
+        match Snapshot::compile(config, &partial.loaded.version, &env, &Runtime::default()) {
             Ok(snapshot) => Some(snapshot),
             Err(compile_errors) => {
                 errors.extend(compile_errors.into_iter().map(|e| partial.in_file(e)));
@@ -270,7 +265,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
         }
     };
     block_on(async move {
-        let runtime = SecretsRuntime::default();
+        let runtime = Runtime::default();
         // A config that names a store decides with the store's policies and secrets, as
         // `serve` would: the file holds none of them.
         let compiled = match &store_url {

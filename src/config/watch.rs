@@ -69,10 +69,21 @@ impl ConfigWatch {
 mod tests {
     use super::*;
 
+    /// Whether a change is announced within `wait`.
+    async fn change_within(rx: &mut mpsc::Receiver<()>, wait: Duration) -> bool {
+        tokio::time::timeout(wait, rx.recv()).await.is_ok()
+    }
+
+    /// A change that must come: generous (a shared, loaded machine may deliver the event
+    /// late), since nothing else (no poll here) could announce it.
     async fn next_change(rx: &mut mpsc::Receiver<()>) -> bool {
-        tokio::time::timeout(Duration::from_millis(400), rx.recv())
-            .await
-            .is_ok()
+        change_within(rx, Duration::from_secs(20)).await
+    }
+
+    /// No change within a while: a late spurious event could only make this pass, never
+    /// fail for a slow machine.
+    async fn no_change(rx: &mut mpsc::Receiver<()>) -> bool {
+        !change_within(rx, Duration::from_millis(400)).await
     }
 
     /// The reloader reads the file after every event; reads must not be events, or the
@@ -90,7 +101,7 @@ mod tests {
         }
         std::fs::write(dir.path().join("audit.jsonl"), "beside the config\n").unwrap();
         assert!(
-            !next_change(&mut rx).await,
+            no_change(&mut rx).await,
             "reads, re-arms and siblings are not changes"
         );
 
@@ -112,5 +123,43 @@ mod tests {
             next_change(&mut rx).await,
             "the re-armed watch sees the new file"
         );
+    }
+
+    /// What the kubelet does to a ConfigMap volume (`portcullis.yaml -> ..data/…`,
+    /// `..data -> ..vN`): a new `..vN`, an atomic `..data` swap, the old one removed. Each
+    /// swap is announced by the watch alone (the reloader's backup poll is not running
+    /// here), once re-armed as the reloader does after each check.
+    #[tokio::test]
+    async fn configmap_swaps_are_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("..v0")).unwrap();
+        std::fs::write(d.join("..v0/portcullis.yaml"), "policies: []\n").unwrap();
+        std::os::unix::fs::symlink("..v0", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/portcullis.yaml", d.join("portcullis.yaml")).unwrap();
+        let path = d.join("portcullis.yaml");
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut watch = ConfigWatch::start(&path, tx).unwrap();
+        for version in 1..=2 {
+            let new = format!("..v{version}");
+            std::fs::create_dir(d.join(&new)).unwrap();
+            std::fs::write(
+                d.join(&new).join("portcullis.yaml"),
+                format!("policies: []\n# version {version}\n"),
+            )
+            .unwrap();
+            let old = std::fs::read_link(d.join("..data")).unwrap();
+            std::os::unix::fs::symlink(&new, d.join("..data_tmp")).unwrap();
+            std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+            std::fs::remove_dir_all(d.join(old)).unwrap();
+            assert!(next_change(&mut rx).await, "swap {version} is a change");
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                format!("policies: []\n# version {version}\n")
+            );
+            watch.rearm();
+            // Whatever else this swap set off, so the next swap's change is its own.
+            while change_within(&mut rx, Duration::from_millis(300)).await {}
+        }
     }
 }

@@ -21,7 +21,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::request::{OutboundRequest, RawRequest, RequestConfig, RequestError};
 use crate::secrets::SecretValue;
-use crate::transforms::{JsonRpcReply, Mutations, Outcome, Rejection};
+use crate::transforms::{JsonRpcReply, Mutations, Outcome, RefusalKind, Rejection};
 use crate::vocab::Tag;
 
 /// The key Envoy files `request_attributes` under.
@@ -441,7 +441,7 @@ pub fn header_list(
 pub fn response_not_scrubbable(encoding: &str) -> Rejection {
     Rejection {
         status: 502,
-        kind: "response_withheld",
+        kind: RefusalKind::ResponseWithheld,
         reason: "response_not_scrubbable",
         message: format!(
             "the upstream answered with content-encoding {encoding:?} although Portcullis \
@@ -587,7 +587,7 @@ impl ErrorShape {
 /// The refusal's JSON body in `shape`.
 fn refusal_body(request_id: &str, rejection: &Rejection, shape: ErrorShape) -> Vec<u8> {
     let detail = ErrorDetail {
-        kind: rejection.kind,
+        kind: rejection.kind.as_str(),
         message: &rejection.message,
         reason: rejection.reason,
         policy: rejection.policy.as_deref(),
@@ -732,7 +732,7 @@ pub fn respond(request: &OutboundRequest, outcome: &Outcome, at_body: bool) -> P
 pub fn trailers_without_body() -> Rejection {
     Rejection {
         status: 400,
-        kind: "invalid_request",
+        kind: RefusalKind::InvalidRequest,
         reason: "trailers_without_body",
         message: "a request with trailers and an empty body cannot carry the headers this \
                   gateway adds; send it without trailers"
@@ -761,7 +761,7 @@ pub fn invalid_request_rejection(error: &RequestError) -> Rejection {
     };
     Rejection {
         status,
-        kind: "invalid_request",
+        kind: RefusalKind::InvalidRequest,
         reason,
         message: error.to_string(),
         policy: None,

@@ -823,7 +823,7 @@ impl StreamState {
         };
         let mut record = AuditRecord::of(&request, &decided, snapshot, micros(elapsed));
         record.trace_id = self.trace.trace_id();
-        self.trace.decided(&record);
+        self.trace.decided(&record.span_decision());
         self.shared
             .metrics
             .record_decision(outcome.decision, record.policy, elapsed.as_secs_f64());
@@ -832,19 +832,8 @@ impl StreamState {
                 .metrics
                 .record_rejection(rejection.transform, rejection.reason);
         }
-        for judge in outcome
-            .trace
-            .iter()
-            .filter_map(|t| t.annotations.judge.as_deref())
-        {
-            self.shared.metrics.record_judge(judge);
-        }
-        for grpc in outcome
-            .trace
-            .iter()
-            .filter_map(|t| t.annotations.grpc.as_deref())
-        {
-            self.shared.metrics.record_grpc(grpc);
+        for step in &outcome.trace {
+            step.annotations.record_metrics(&self.shared.metrics);
         }
         if let Some(dry_run) = record.dry_run {
             self.shared

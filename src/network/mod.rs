@@ -19,11 +19,6 @@ use serde::{Deserialize, Serialize};
 pub use address::{InternalRange, classify};
 pub use resolver::{LookupError, Resolver, ResolverSettings, Resolvers};
 
-use crate::policy::PolicySet;
-use crate::policy::rule::HostMatch;
-use crate::request::OutboundRequest;
-use crate::secrets::SecretValue;
-use crate::transforms::{Annotations, Outcome, Rejection, TraceAction, TransformTrace};
 use crate::vocab::DurationText;
 use crate::vocab::FieldError;
 
@@ -201,105 +196,5 @@ impl NetworkGuard {
             });
         }
         Err(refusal.unwrap_or(Refusal::Unresolved(LookupError::NoAddress)))
-    }
-
-    /// The guard as the last step of a decision: an allowed request gets the vetted address
-    /// in [`UPSTREAM_ADDRESS_HEADER`], or is refused. A range is exempt when a rule of the
-    /// deciding policy names it by CIDR (or IP literal).
-    pub async fn apply(
-        &self,
-        request: &OutboundRequest,
-        policies: &PolicySet,
-        outcome: &mut Outcome,
-    ) {
-        let deciding = outcome
-            .verdict
-            .and_then(|v| v.decided_by)
-            .map(|rule| policies.policy(rule.policy));
-        let exempt = |ip: IpAddr| {
-            deciding.is_some_and(|policy| {
-                policy.rules.iter().any(
-                    |rule| matches!(&rule.host.kind, HostMatch::Cidr(net) if net.contains(&ip)),
-                )
-            })
-        };
-        let vetted = self
-            .vet(&request.host, request.ip, request.port, &exempt)
-            .await;
-        let (action, annotations) = match vetted {
-            Ok(address) => {
-                outcome.mutations.set(
-                    UPSTREAM_ADDRESS_HEADER,
-                    SecretValue::new(address.to_string()),
-                );
-                (
-                    TraceAction::Continue,
-                    Annotations {
-                        upstream_address: Some(address),
-                        ..Annotations::default()
-                    },
-                )
-            }
-            Err(refusal) => {
-                let rejection = rejection(request, &refusal);
-                let annotations = Annotations {
-                    reason: Some(rejection.reason),
-                    upstream_address: match &refusal {
-                        Refusal::Internal { address, .. } => Some(*address),
-                        Refusal::Unresolved(_) => None,
-                    },
-                    address_range: match &refusal {
-                        Refusal::Internal { internal, .. } => Some(internal.range.as_str()),
-                        Refusal::Unresolved(_) => None,
-                    },
-                    ..Annotations::default()
-                };
-                outcome.decision = crate::policy::Decision::Denied;
-                outcome.rejection = Some(rejection);
-                (TraceAction::Reject, annotations)
-            }
-        };
-        outcome.trace.push(TransformTrace {
-            name: "network_guard",
-            action,
-            annotations,
-        });
-    }
-}
-
-/// The workload's answer: 403 for an internal destination (the address itself is not
-/// shown: only the audit record has it), 502 when the host has no address.
-fn rejection(request: &OutboundRequest, refusal: &Refusal) -> Rejection {
-    let (status, kind, reason, message) = match refusal {
-        Refusal::Internal { internal, .. } => (
-            403,
-            "destination_refused",
-            "internal_address",
-            format!(
-                "{} resolves to an internal address ({internal}); the network guard refuses \
-                 internal destinations unless the policy allowing the request names their \
-                 range by CIDR",
-                request.host
-            ),
-        ),
-        Refusal::Unresolved(error) => (
-            502,
-            "destination_unresolved",
-            match error {
-                LookupError::NoAddress => "no_address",
-                LookupError::Timeout => "dns_timeout",
-                LookupError::Failed(_) => "dns_failure",
-            },
-            format!("{} cannot be resolved: {error}", request.host),
-        ),
-    };
-    Rejection {
-        status,
-        kind,
-        reason,
-        message,
-        policy: None,
-        rule: None,
-        transform: "network_guard",
     }
 }

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 use crate::inspect::Body;
-use crate::request::{Method, RequestFacts};
+use crate::policy::RequestFacts;
+use crate::request::Method;
 
 /// A compiled expression that keeps its source.
 #[derive(Clone, Deserialize, Serialize)]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::body::{BodyCondition, BodyMatcher, BodyRegex};
 use super::cel::CelExpr;
 use crate::inspect::{ActionType, ActionTypeSet, classify_path};
-use crate::request::RequestFacts;
+use crate::policy::RequestFacts;
 
 /// One header matcher as written: `{name, exact | prefix | suffix | contains | regex |
 /// present, invert}`, as Envoy's route header matchers. Values compare case-sensitively;

@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use super::rule::{HostMatch, Rule, Tag};
-use crate::request::RequestFacts;
+use crate::policy::RequestFacts;
 
 type TagId = u32;
 

@@ -10,11 +10,13 @@
 pub mod body;
 pub mod cel;
 pub mod conditions;
+mod facts;
 pub mod index;
 mod model;
 pub mod rule;
 mod set;
 
+pub use facts::RequestFacts;
 pub use index::WorkloadTagIds;
 pub use model::{
     Action, Decision, DefaultAction, PolicyConfig, PolicyStatus, lint_policy, validate_policy,

@@ -16,11 +16,12 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::RequestFacts;
 use super::body::BodyCondition;
 use super::cel::CelExpr;
 use super::conditions::{ConditionSources, Conditions, HeaderCondition, ToolPattern};
 use crate::inspect::ActionType;
-use crate::request::{Host, Method, RequestFacts, canonical_host, canonical_ip, canonical_net};
+use crate::request::{Host, Method, canonical_host, canonical_ip, canonical_net, split_host_port};
 pub use crate::vocab::Tag;
 
 /// One request rule as written in the config: `host`, optional `paths`, `methods` and
@@ -369,36 +370,6 @@ fn glob_domain(pattern: &str) -> Option<&str> {
     let tail = &pattern[tail_start..];
     let domain = &tail[tail.find('.')? + 1..];
     (!domain.is_empty()).then_some(domain)
-}
-
-/// Splits `name[:port]`, including bracketed IPv6 (`[::1]:443`). A bare IPv6 address has
-/// no port.
-pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let Some((addr, after)) = rest.split_once(']') else {
-            return Err("unclosed '['".into());
-        };
-        return match after {
-            "" => Ok((addr, None)),
-            _ => match after.strip_prefix(':') {
-                Some(port) => Ok((addr, Some(parse_port(port)?))),
-                None => Err(format!("unexpected {after:?} after ']'")),
-            },
-        };
-    }
-    match text.rsplit_once(':') {
-        // More than one ':' without brackets: a bare IPv6 address.
-        Some((name, _)) if name.contains(':') => Ok((text, None)),
-        Some((name, port)) => Ok((name, Some(parse_port(port)?))),
-        None => Ok((text, None)),
-    }
-}
-
-fn parse_port(port: &str) -> Result<u16, String> {
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("{port:?} is not a port number (1-65535)")),
-        Ok(p) => Ok(p),
-    }
 }
 
 /// A path glob such as `/repos/*`.

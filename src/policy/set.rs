@@ -8,7 +8,7 @@ use super::model::Decision;
 use super::model::{Action, DefaultAction, PolicyConfig, PolicyStatus};
 use super::rule::{Rule, RuleCompiler, Tag};
 use crate::dlp::Scanner;
-use crate::request::RequestFacts;
+use crate::policy::RequestFacts;
 
 /// Index of a policy in config order.
 pub type PolicyId = u32;

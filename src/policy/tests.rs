@@ -7,7 +7,7 @@ use super::*;
 use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
 use crate::inspect::Body;
-use crate::request::RequestFacts;
+use crate::policy::RequestFacts;
 
 fn policy_set(yaml: &str) -> PolicySet {
     let loaded = parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"));
@@ -384,7 +384,7 @@ fn naive_host(pattern: &str, host: &str, port: u16, ip: Option<IpAddr>) -> bool 
     wildcard(&name, host)
 }
 
-fn naive_rule(rule: &RuleConfig, action: Action, req: &crate::request::RequestFacts<'_>) -> bool {
+fn naive_rule(rule: &RuleConfig, action: Action, req: &crate::policy::RequestFacts<'_>) -> bool {
     if !naive_host(rule.host.as_str(), req.host, req.port, req.ip) {
         return false;
     }
@@ -441,7 +441,7 @@ type NaiveVerdict = (Action, Option<(usize, usize)>, Option<(usize, usize)>);
 fn naive_decide(
     policies: &[PolicyConfig],
     default: DefaultAction,
-    req: &crate::request::RequestFacts<'_>,
+    req: &crate::policy::RequestFacts<'_>,
     workload: &[Tag],
 ) -> NaiveVerdict {
     let mut matches: Vec<(Key, bool)> = Vec::new();

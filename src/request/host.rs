@@ -12,8 +12,6 @@ use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::policy::rule::split_host_port;
-
 /// A parsed authority.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Authority {
@@ -206,6 +204,36 @@ fn ipv4_number(part: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(digits, radix).ok()
+}
+
+/// Splits `name[:port]`, including bracketed IPv6 (`[::1]:443`). A bare IPv6 address has
+/// no port.
+pub fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return Err("unclosed '['".into());
+        };
+        return match after {
+            "" => Ok((addr, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((addr, Some(parse_port(port)?))),
+                None => Err(format!("unexpected {after:?} after ']'")),
+            },
+        };
+    }
+    match text.rsplit_once(':') {
+        // More than one ':' without brackets: a bare IPv6 address.
+        Some((name, _)) if name.contains(':') => Ok((text, None)),
+        Some((name, port)) => Ok((name, Some(parse_port(port)?))),
+        None => Ok((text, None)),
+    }
+}
+
+fn parse_port(port: &str) -> Result<u16, String> {
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{port:?} is not a port number (1-65535)")),
+        Ok(p) => Ok(p),
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,6 @@ use prometheus::{
 };
 
 use crate::policy::Decision;
-use crate::transforms::GrpcAnnotation;
-use crate::transforms::judge::{FallbackApplied, JudgeAnnotation};
 
 /// Label value for decisions no policy made (the default action, or a refusal before the
 /// policy engine ran).
@@ -226,34 +224,31 @@ impl Metrics {
         }
     }
 
-    /// One gRPC processor step of a decided request (from its audit annotation).
-    pub fn record_grpc(&self, grpc: &GrpcAnnotation) {
+    /// One gRPC processor step of a decided request: its outcome, why it had no valid
+    /// answer (`none`), and the fail mode applied then (`none`).
+    pub fn record_grpc(&self, outcome: &str, failure: &str, fail_mode: &str) {
         self.grpc_decisions
-            .with_label_values(&[
-                grpc.outcome.as_str(),
-                grpc.failure.map_or("none", |f| f.as_str()),
-                grpc.fail_mode.map_or("none", |m| m.as_str()),
-            ])
+            .with_label_values(&[outcome, failure, fail_mode])
             .inc();
     }
 
-    /// One LLM judge step of a decided request (from its audit annotation).
-    pub fn record_judge(&self, judge: &JudgeAnnotation) {
-        let outcome = match (judge.fallback, judge.cached) {
-            (FallbackApplied::Deny, _) => "fallback_deny",
-            (FallbackApplied::Skip, _) => "fallback_skip",
-            (FallbackApplied::None, true) => "cached",
-            (FallbackApplied::None, false) => "judged",
-        };
+    /// One LLM judge step of a decided request: its verdict, how it was reached (`judged`,
+    /// `cached`, `fallback_deny`, `fallback_skip`), why a fallback applied, and the tokens
+    /// the judge's model used.
+    pub fn record_judge(
+        &self,
+        verdict: &str,
+        outcome: &str,
+        fallback_cause: Option<&str>,
+        tokens: Option<u64>,
+    ) {
         self.judge_verdicts
-            .with_label_values(&[judge.verdict.as_str(), outcome])
+            .with_label_values(&[verdict, outcome])
             .inc();
-        if let Some(cause) = judge.cause {
-            self.judge_fallbacks
-                .with_label_values(&[cause.label()])
-                .inc();
+        if let Some(cause) = fallback_cause {
+            self.judge_fallbacks.with_label_values(&[cause]).inc();
         }
-        if let Some(tokens) = judge.tokens {
+        if let Some(tokens) = tokens {
             self.judge_tokens.inc_by(tokens);
         }
     }

@@ -16,11 +16,24 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::audit::AuditRecord;
+use crate::policy::Decision;
 use crate::request::OutboundRequest;
 
 /// The `tracing` target of every exported span.
 pub const SPAN_TARGET: &str = "portcullis::span";
+
+/// What a stream's span says about its decision: the audit record's fields of the same
+/// names.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanDecision<'a> {
+    pub decision: Decision,
+    pub config_version: &'a str,
+    pub policy: Option<&'a str>,
+    pub rule: Option<u32>,
+    pub reason: Option<&'a str>,
+    pub transform: Option<&'a str>,
+    pub status: Option<u16>,
+}
 
 /// The trace of one ext_proc stream (one HTTP request).
 #[derive(Debug)]
@@ -93,26 +106,26 @@ impl StreamTrace {
     }
 
     /// Records the decision on the span.
-    pub fn decided(&self, record: &AuditRecord<'_>) {
+    pub fn decided(&self, decided: &SpanDecision<'_>) {
         if self.span.is_disabled() {
             return;
         }
         let span = &self.span;
-        span.record("portcullis.decision", record.decision.as_str());
-        span.record("portcullis.config_version", record.config_version);
-        if let Some(policy) = record.policy {
+        span.record("portcullis.decision", decided.decision.as_str());
+        span.record("portcullis.config_version", decided.config_version);
+        if let Some(policy) = decided.policy {
             span.record("portcullis.policy", policy);
         }
-        if let Some(rule) = record.rule {
+        if let Some(rule) = decided.rule {
             span.record("portcullis.rule", rule);
         }
-        if let Some(reason) = record.reason {
+        if let Some(reason) = decided.reason {
             span.record("portcullis.reason", reason);
         }
-        if let Some(transform) = record.transform {
+        if let Some(transform) = decided.transform {
             span.record("portcullis.transform", transform);
         }
-        if let Some(status) = record.status {
+        if let Some(status) = decided.status {
             span.record("http.response.status_code", status);
         }
     }

@@ -1,10 +1,10 @@
 //! The `allowlist` transform: the policy engine's verdict, as a pipeline step.
 
-use super::{Annotations, DryRun, Exchange, Rejection, Step};
+use super::{Annotations, DryRun, Exchange, RefusalKind, Rejection, Step};
 use crate::inspect::Body;
 use crate::mcp::{Inbound, Message};
+use crate::policy::RequestFacts;
 use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
-use crate::request::RequestFacts;
 
 pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
     let body = exchange.body;
@@ -51,7 +51,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
             annotations.condition_error = Some(error);
             Rejection {
                 status: 403,
-                kind: "policy_denied",
+                kind: RefusalKind::PolicyDenied,
                 reason: "condition_error",
                 message,
                 policy: Some(policy.name.clone()),
@@ -64,7 +64,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
             let condition = policy.condition.as_ref().map_or("", |c| c.as_str());
             Rejection {
                 status: 403,
-                kind: "policy_denied",
+                kind: RefusalKind::PolicyDenied,
                 reason: "gate_condition_failed",
                 message: match &policy.message {
                     Some(message) => message.to_string(),
@@ -82,7 +82,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
             let policy = exchange.policies.policy(rule.policy);
             Rejection {
                 status: 403,
-                kind: "policy_denied",
+                kind: RefusalKind::PolicyDenied,
                 reason: "policy_deny",
                 message: match &policy.message {
                     Some(message) => message.to_string(),
@@ -106,7 +106,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
             }
             Rejection {
                 status: 403,
-                kind: "policy_denied",
+                kind: RefusalKind::PolicyDenied,
                 reason: "no_matching_policy",
                 message,
                 policy: None,

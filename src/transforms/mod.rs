@@ -10,6 +10,7 @@ pub mod capture;
 pub mod grpc;
 pub mod header_allowlist;
 pub mod judge;
+mod refusal;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::policy::rule::{Rule, RuleConfig, any_rule_matches};
 use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
 use crate::request::OutboundRequest;
 use crate::secrets::{SecretBytes, SecretValue, SourceCache, SourceContext};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::transform_span;
 use crate::vocab::FieldError;
 use crate::vocab::from_value;
@@ -33,6 +35,7 @@ pub use capture::{BodyCaptureConfig, CapturedBody, CapturedHeader, HeaderCapture
 pub use grpc::{GrpcAnnotation, GrpcConfig};
 pub use header_allowlist::HeaderAllowlistConfig;
 pub use judge::{JudgeAnnotation, JudgeConfig};
+pub use refusal::{RefusalKind, Rejection};
 pub use secrets::SecretConfig;
 
 /// Headers that carry the workload's credentials: never sent to a judge or a decision
@@ -375,6 +378,17 @@ pub struct Annotations {
 }
 
 impl Annotations {
+    /// Counts what this step's kind counts beyond the decision (a judge's verdict, a gRPC
+    /// processor's outcome).
+    pub fn record_metrics(&self, metrics: &Metrics) {
+        if let Some(judge) = &self.judge {
+            judge.record(metrics);
+        }
+        if let Some(grpc) = &self.grpc {
+            grpc.record(metrics);
+        }
+    }
+
     fn is_empty(&self) -> bool {
         *self == Annotations::default()
     }
@@ -387,54 +401,6 @@ pub struct TransformTrace {
     pub action: TraceAction,
     #[serde(skip_serializing_if = "Annotations::is_empty")]
     pub annotations: Annotations,
-}
-
-/// A refusal: the workload gets `status` with a JSON error body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    /// `error.type` in the body, e.g. `policy_denied`.
-    pub kind: &'static str,
-    /// A fixed, machine-readable reason, e.g. `no_matching_policy`.
-    pub reason: &'static str,
-    pub message: String,
-    pub policy: Option<Arc<str>>,
-    pub rule: Option<u32>,
-    /// The transform (or stage, such as `identity`) that refused.
-    pub transform: &'static str,
-}
-
-impl Rejection {
-    /// The rejection for a body over `gateway.max_body_bytes`.
-    pub fn body_too_large(limit: usize) -> Rejection {
-        Rejection {
-            status: 413,
-            kind: "body_too_large",
-            reason: "body_too_large",
-            message: format!("the request body is larger than the {limit}-byte limit"),
-            policy: None,
-            rule: None,
-            transform: "request",
-        }
-    }
-
-    /// The rejection for a request whose body Envoy streamed although Portcullis asked for it
-    /// buffered (`mode_override` ignored): a decision that needs the body is made on the whole
-    /// body or not at all.
-    pub fn body_not_buffered(detail: &str) -> Rejection {
-        Rejection {
-            status: 500,
-            kind: "body_not_buffered",
-            reason: "body_not_buffered",
-            message: format!(
-                "the request body came in pieces although Portcullis asked Envoy to buffer it \
-                 ({detail}); check that the ext_proc filter sets `allow_mode_override: true`"
-            ),
-            policy: None,
-            rule: None,
-            transform: "request",
-        }
-    }
 }
 
 /// Changes to the upstream request. Values are [`SecretValue`]s: whatever a transform
@@ -600,6 +566,7 @@ impl Pipeline {
         secrets: &[SecretConfig],
         cache: &SourceCache,
         sources: &SourceContext,
+        judges: &judge::JudgeStates,
     ) -> Result<Pipeline, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut stages = Vec::with_capacity(entries.len());
@@ -657,7 +624,7 @@ impl Pipeline {
                     }
                 }
                 TransformSpec::Judge(config) => {
-                    match judge::Judge::compile(config, cache, sources) {
+                    match judge::Judge::compile(config, cache, sources, judges) {
                         Ok(t) => Transform::Judge(Box::new(t)),
                         Err(e) => {
                             errors

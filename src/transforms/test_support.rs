@@ -4,7 +4,7 @@
 use crate::check::{CheckRequest, build_request};
 use crate::config::parse_str;
 use crate::request::OutboundRequest;
-use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::snapshot::{Runtime, Snapshot};
 
 /// A compiled snapshot; panics with the errors of an invalid config. Every host name
 /// resolves to a public documentation address, off the network (the network guard lets it
@@ -15,9 +15,9 @@ pub fn snapshot(yaml: &str) -> Snapshot {
         &loaded.config,
         &loaded.version,
         &|_| None,
-        &SecretsRuntime {
+        &Runtime {
             resolvers: crate::network::Resolvers::answering([203, 0, 113, 10].into()),
-            ..SecretsRuntime::default()
+            ..Runtime::default()
         },
     )
     .unwrap_or_else(|e| panic!("{e:?}"))
@@ -49,7 +49,7 @@ pub fn config_errors(yaml: &str) -> Vec<String> {
         &loaded.config,
         &loaded.version,
         &|_| None,
-        &SecretsRuntime::default(),
+        &Runtime::default(),
     ) {
         Ok(_) => Vec::new(),
         Err(errors) => errors

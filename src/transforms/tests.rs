@@ -35,7 +35,7 @@ async fn reject_short_circuits_and_is_traced() {
     assert_eq!(o.decision, Decision::Denied);
     let r = o.rejection.unwrap();
     assert_eq!(
-        (r.status, r.kind, r.reason, r.transform),
+        (r.status, r.kind.as_str(), r.reason, r.transform),
         (403, "policy_denied", "no_matching_policy", "allowlist")
     );
     assert_eq!(
@@ -129,6 +129,7 @@ fn allowlist_twice_is_an_error() {
     let errors = Pipeline::compile(
         &loaded.config.transforms,
         &[],
+        &Default::default(),
         &Default::default(),
         &Default::default(),
     )

@@ -179,7 +179,7 @@ fn invalid_requests_keep_what_can_be_audited() {
 fn refusals_are_structured_json_with_the_request_id() {
     let rejection = Rejection {
         status: 403,
-        kind: "policy_denied",
+        kind: crate::transforms::RefusalKind::PolicyDenied,
         reason: "policy_deny",
         message: "GET a.example/x is denied by policy \"p\"".into(),
         policy: Some("p".into()),
@@ -256,7 +256,7 @@ fn only_the_listener_says_a_request_leaves_over_tls() {
 fn npm_gets_its_refusal_as_a_sentence_in_error() {
     let rejection = Rejection {
         status: 403,
-        kind: "policy_denied",
+        kind: crate::transforms::RefusalKind::PolicyDenied,
         reason: "no_matching_policy",
         message: "GET registry.npmjs.org:443/left-pad is allowed by no policy".into(),
         policy: None,

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpTrailers};
 use proptest::prelude::*;
 
 use super::*;
-use crate::snapshot::SecretsRuntime;
+use crate::snapshot::Runtime;
 
 /// A body rule that denies, ahead of an allow-all: every POST needs its body decided.
 const CONFIG: &str = "
@@ -28,12 +28,8 @@ policies:
 const SECRET: &[u8] = b"aws_secret_access_key";
 
 fn shared(dir: &tempfile::TempDir) -> (Arc<Shared>, crate::audit::AuditWriter) {
-    let (_, snapshot) = Snapshot::from_text(
-        CONFIG,
-        std::path::Path::new("t.yaml"),
-        &SecretsRuntime::default(),
-    )
-    .unwrap();
+    let (_, snapshot) =
+        Snapshot::from_text(CONFIG, std::path::Path::new("t.yaml"), &Runtime::default()).unwrap();
     // Whatever else the audit config grows, these tests want a file.
     #[allow(clippy::needless_update)]
     let (audit, writer) = crate::audit::AuditSink::start(&crate::config::AuditConfig {

@@ -43,9 +43,6 @@ impl Fetched {
 pub struct SourceContext {
     /// One HTTP client (connection pools, TLS roots) for the HTTP-based sources.
     pub http: reqwest::Client,
-    /// The LLM judges' breakers, caps and verdict caches, kept across reloads; they share
-    /// the client above.
-    pub judges: crate::transforms::judge::JudgeStates,
 }
 
 impl SourceContext {
@@ -71,10 +68,7 @@ impl SourceContext {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        SourceContext {
-            http,
-            judges: Default::default(),
-        }
+        SourceContext { http }
     }
 }
 

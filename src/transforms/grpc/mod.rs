@@ -26,12 +26,14 @@ pub use config::{FailMode, GrpcConfig};
 
 use super::capture::{capture_bytes, capture_text, presented_token};
 use super::{
-    Annotations, CREDENTIAL_HEADERS, Exchange, Rejection, Step, millis, printable,
+    Annotations, CREDENTIAL_HEADERS, Exchange, RefusalKind, Rejection, Step, millis, printable,
     routes_or_frames, sent_header_names,
 };
 use crate::inspect::Body;
-use crate::request::{OutboundRequest, RequestFacts, is_header_name};
+use crate::policy::RequestFacts;
+use crate::request::{OutboundRequest, is_header_name};
 use crate::secrets::SecretValue;
+use crate::telemetry::metrics::Metrics;
 use crate::vocab::FieldError;
 
 /// The generated messages, client and server of `proto/portcullis/processor/v1`.
@@ -87,6 +89,17 @@ pub struct GrpcAnnotation {
     /// The fail mode applied to that failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_mode: Option<FailMode>,
+}
+
+impl GrpcAnnotation {
+    /// Counts this step in `portcullis_grpc_decisions_total`.
+    pub fn record(&self, metrics: &Metrics) {
+        metrics.record_grpc(
+            self.outcome.as_str(),
+            self.failure.map_or("none", |f| f.as_str()),
+            self.fail_mode.map_or("none", |m| m.as_str()),
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -418,7 +431,7 @@ impl GrpcProcessor {
                 Ok(Step::Reject(
                     Rejection {
                         status,
-                        kind: "policy_denied",
+                        kind: RefusalKind::PolicyDenied,
                         reason: "grpc_reject",
                         message,
                         policy: None,
@@ -456,7 +469,7 @@ impl GrpcProcessor {
             FailMode::Closed => Step::Reject(
                 Rejection {
                     status: 503,
-                    kind: "processor_unavailable",
+                    kind: RefusalKind::ProcessorUnavailable,
                     reason: failure.reason(),
                     message: format!(
                         "the decision processor {}; requests it cannot decide are refused",

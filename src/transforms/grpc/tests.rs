@@ -188,9 +188,18 @@ fn reject(status: u32, reason: &str, message: &str) -> Result<DecideResponse, to
 
 /// Policies allow `*.example` for everyone, except `denied.example`; the processor is asked
 /// about `api.example`, and sent `content-type` and `x-agent`.
+/// The processor's timeout unless `extra` sets one: generous, so a call to a stand-in that
+/// answers at once never times out on a loaded machine. Tests about timeouts set their own.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
 fn gateway(endpoint: &str, extra: &str) -> Snapshot {
+    let timeout = if extra.contains("timeout:") {
+        String::new()
+    } else {
+        format!("      timeout: {}s\n", TIMEOUT.as_secs())
+    };
     snapshot(&format!(
-        "policies:\n  - {{name: no-denied, action: deny, rules: [{{host: denied.example}}]}}\n  - {{name: examples, action: allow, rules: [{{host: '*.example'}}]}}\ntransforms:\n  - allowlist\n  - name: grpc\n    rules: [{{host: api.example}}]\n    config:\n      endpoint: {endpoint}\n      timeout: 300ms\n      headers: [content-type, X-Agent]\n{extra}"
+        "policies:\n  - {{name: no-denied, action: deny, rules: [{{host: denied.example}}]}}\n  - {{name: examples, action: allow, rules: [{{host: '*.example'}}]}}\ntransforms:\n  - allowlist\n  - name: grpc\n    rules: [{{host: api.example}}]\n    config:\n      endpoint: {endpoint}\n{timeout}      headers: [content-type, X-Agent]\n{extra}"
     ))
 }
 
@@ -362,7 +371,7 @@ async fn reject_refuses_with_the_processors_status_reason_and_message() {
     assert_eq!(o.decision, Decision::Denied);
     let r = o.rejection.as_ref().unwrap();
     assert_eq!(
-        (r.status, r.kind, r.reason, r.transform),
+        (r.status, r.kind.as_str(), r.reason, r.transform),
         (429, "policy_denied", "grpc_reject", "grpc")
     );
     assert_eq!(
@@ -457,7 +466,7 @@ async fn a_processor_may_not_set_credentials_or_routing_headers() {
             if decision == Decision::Denied {
                 let r = o.rejection.unwrap();
                 assert_eq!(
-                    (r.status, r.kind, r.reason),
+                    (r.status, r.kind.as_str(), r.reason),
                     (503, "processor_unavailable", "grpc_invalid_response")
                 );
             }
@@ -483,25 +492,41 @@ async fn an_answer_without_a_decision_or_with_a_bad_status_fails() {
 
 #[tokio::test]
 async fn unreachable_slow_and_failing_processors_apply_the_fail_mode() {
-    // Nothing listens on port 9 of loopback.
-    let slow = StandIn::start(Duration::from_millis(800), |_| proceed(&[], &[])).await;
+    // Nothing listens on port 9 of loopback. The slow processor answers long after the
+    // 300 ms timeout: that the call was given up at the timeout is read from the order of
+    // events (the outcome was back before the answer could be), not from a stopwatch.
+    let late = Duration::from_secs(30);
+    let slow = StandIn::start(late, |_| proceed(&[], &[])).await;
     let failing = StandIn::start(Duration::ZERO, |_| {
         Err(tonic::Status::internal(
             "SENTINEL-processor-internal-detail",
         ))
     })
     .await;
+    // Only the slow one runs with a tight timeout: the others must not time out instead of
+    // failing as they do, however slow the machine.
     let cases = [
         (
             "http://127.0.0.1:9".to_owned(),
+            "",
             GrpcFailure::Unavailable,
             "grpc_unavailable",
         ),
-        (slow.endpoint.clone(), GrpcFailure::Timeout, "grpc_timeout"),
-        (failing.endpoint.clone(), GrpcFailure::Error, "grpc_error"),
+        (
+            slow.endpoint.clone(),
+            "      timeout: 300ms\n",
+            GrpcFailure::Timeout,
+            "grpc_timeout",
+        ),
+        (
+            failing.endpoint.clone(),
+            "",
+            GrpcFailure::Error,
+            "grpc_error",
+        ),
     ];
-    for (endpoint, failure, reason) in cases {
-        let s = gateway(&endpoint, "");
+    for (endpoint, timeout, failure, reason) in cases {
+        let s = gateway(&endpoint, timeout);
         let o = decide(&s, "GET http://api.example/x", &[], b"").await;
         assert_eq!(o.decision, Decision::Denied, "{endpoint}: {:?}", o.trace);
         let r = o.rejection.as_ref().unwrap();
@@ -512,8 +537,11 @@ async fn unreachable_slow_and_failing_processors_apply_the_fail_mode() {
             (note.outcome, note.failure, note.fail_mode),
             (GrpcOutcome::Failed, Some(failure), Some(FailMode::Closed))
         );
-        assert!(note.duration_ms < 2_000, "{note:?}");
-        let s = gateway(&endpoint, "      fail: open\n");
+        assert!(
+            u128::from(note.duration_ms) < late.as_millis(),
+            "never waits for an answer past the timeout: {note:?}"
+        );
+        let s = gateway(&endpoint, &format!("{timeout}      fail: open\n"));
         let o = decide(&s, "GET http://api.example/x", &[], b"").await;
         assert_eq!(o.decision, Decision::Allowed, "{endpoint}: {:?}", o.trace);
         assert_eq!(processed(&o).fail_mode, Some(FailMode::Open));
@@ -540,7 +568,7 @@ async fn it_only_narrows_and_only_in_scope() {
     assert_eq!(
         s.pipeline
             .longest_wait(&request("GET http://api.example/x", &[])),
-        Some(Duration::from_millis(300))
+        Some(TIMEOUT)
     );
     assert_eq!(
         s.pipeline

@@ -2,6 +2,8 @@
 
 use serde::{Serialize, Serializer};
 
+use crate::telemetry::metrics::Metrics;
+
 /// The judge's entry in the audit record. Holds no request content and no key: the
 /// verdict, the judge's own (shortened) reason, and how the verdict was reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,6 +24,21 @@ pub struct JudgeAnnotation {
     /// Why there was no verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<FallbackCause>,
+}
+
+impl JudgeAnnotation {
+    /// Counts this step in `portcullis_judge_verdicts_total` and the fallback and token
+    /// counters.
+    pub fn record(&self, metrics: &Metrics) {
+        let outcome = match (self.fallback, self.cached) {
+            (FallbackApplied::Deny, _) => "fallback_deny",
+            (FallbackApplied::Skip, _) => "fallback_skip",
+            (FallbackApplied::None, true) => "cached",
+            (FallbackApplied::None, false) => "judged",
+        };
+        let cause = self.cause.map(FallbackCause::label);
+        metrics.record_judge(self.verdict.as_str(), outcome, cause, self.tokens);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

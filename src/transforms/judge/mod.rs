@@ -31,7 +31,7 @@ pub use config::{Fallback, JudgeConfig, Provider};
 use provider::{Ruling, Verdict};
 use summary::{Summary, SummaryRules};
 
-use super::{Annotations, Exchange, Rejection, Step, millis, printable};
+use super::{Annotations, Exchange, RefusalKind, Rejection, Step, millis, printable};
 use crate::inspect::Body;
 use crate::request::OutboundRequest;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
@@ -143,6 +143,7 @@ impl Judge {
         config: &JudgeConfig,
         keys: &SourceCache,
         ctx: &SourceContext,
+        states: &JudgeStates,
     ) -> Result<Judge, Vec<FieldError>> {
         let errors = config.validate();
         if !errors.is_empty() {
@@ -183,7 +184,7 @@ impl Judge {
             timeout: config.timeout.0,
             fallback: config.fallback,
             summary: SummaryRules::compile(&config.summary),
-            state: ctx.judges.get(config),
+            state: states.get(config),
             http: ctx.http.clone(),
             keys: keys.clone(),
         })
@@ -288,7 +289,7 @@ impl Judge {
                         note.fallback = FallbackApplied::Deny;
                         let rejection = Rejection {
                             status: 503,
-                            kind: "judge_unavailable",
+                            kind: RefusalKind::JudgeUnavailable,
                             reason: cause.reason(),
                             message: format!(
                                 "the LLM judge could not decide this request ({cause}); \
@@ -327,7 +328,7 @@ impl Judge {
                 Step::Reject(
                     Rejection {
                         status: 403,
-                        kind: "policy_denied",
+                        kind: RefusalKind::PolicyDenied,
                         reason: "judge_deny",
                         message,
                         policy: None,

@@ -12,7 +12,7 @@ use super::summary::SummaryRules;
 use super::*;
 use crate::config::parse_str;
 use crate::policy::Decision;
-use crate::snapshot::{SecretsRuntime, Snapshot};
+use crate::snapshot::{Runtime, Snapshot};
 use crate::transforms::test_support::{config_errors, request, snapshot};
 use crate::transforms::{Outcome, TraceAction};
 
@@ -444,9 +444,18 @@ fn verdict(ruling: &str, reason: &str) -> (u16, String, Duration) {
     )
 }
 
+/// The judge's timeout unless `extra` sets one: generous, so a call to a stand-in that
+/// answers at once never times out on a loaded machine. Tests about timeouts set their own.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
 fn gateway(url: &str, extra: &str) -> Snapshot {
+    let timeout = if extra.contains("timeout:") {
+        String::new()
+    } else {
+        format!("      timeout: {}s\n", TIMEOUT.as_secs())
+    };
     let yaml = format!(
-        "policies:\n  - {{name: all, action: allow, rules: [{{host: '*.example'}}]}}\ntransforms:\n  - allowlist\n  - name: judge\n    rules: [{{host: api.example}}]\n    config:\n      provider: openai\n      url: {url}\n      model: judge-model\n      policy: Deny anything mentioning exfiltrate.\n      timeout: 300ms\n{extra}"
+        "policies:\n  - {{name: all, action: allow, rules: [{{host: '*.example'}}]}}\ntransforms:\n  - allowlist\n  - name: judge\n    rules: [{{host: api.example}}]\n    config:\n      provider: openai\n      url: {url}\n      model: judge-model\n      policy: Deny anything mentioning exfiltrate.\n{timeout}{extra}"
     );
     snapshot(&yaml)
 }
@@ -491,7 +500,7 @@ async fn allow_continues_deny_refuses_with_the_reason() {
     assert_eq!(o.decision, Decision::Denied);
     let r = o.rejection.as_ref().unwrap();
     assert_eq!(
-        (r.status, r.kind, r.reason, r.transform),
+        (r.status, r.kind.as_str(), r.reason, r.transform),
         (403, "policy_denied", "judge_deny", "judge")
     );
     assert_eq!(
@@ -564,7 +573,7 @@ async fn no_verdict_applies_the_fallback_with_its_cause() {
     let o = decide(&s, "POST http://api.example/v1", b"a").await;
     let r = o.rejection.as_ref().unwrap();
     assert_eq!(
-        (r.status, r.kind, r.reason),
+        (r.status, r.kind.as_str(), r.reason),
         (503, "judge_unavailable", "judge_malformed")
     );
     let note = judged(&o);
@@ -585,9 +594,12 @@ async fn no_verdict_applies_the_fallback_with_its_cause() {
     );
     assert_eq!(o.rejection.unwrap().reason, "judge_error");
 
-    let skip =
-        StandIn::start(|_, _| (200, verdict("deny", "late").1, Duration::from_millis(600))).await;
-    let s = gateway(&skip.url, "      fallback: skip\n");
+    // The judge answers long after the 300 ms timeout: whether the gateway gave up at its
+    // timeout is read from the order of events (it was back before the answer could be),
+    // not from a window around 300 ms.
+    let late = Duration::from_secs(30);
+    let skip = StandIn::start(move |_, _| (200, verdict("deny", "late").1, late)).await;
+    let s = gateway(&skip.url, "      timeout: 300ms\n      fallback: skip\n");
     let o = decide(&s, "POST http://api.example/v1", b"a").await;
     assert_eq!(
         o.decision,
@@ -600,8 +612,8 @@ async fn no_verdict_applies_the_fallback_with_its_cause() {
         (FallbackApplied::Skip, Some(FallbackCause::Timeout))
     );
     assert!(
-        note.duration_ms >= 300 && note.duration_ms < 600,
-        "{note:?}"
+        note.duration_ms >= 300 && u128::from(note.duration_ms) < late.as_millis(),
+        "waited out its timeout, not the answer: {note:?}"
     );
 
     // Nothing listening: an error.
@@ -624,8 +636,10 @@ async fn failures_open_the_breaker_and_a_probe_closes_it() {
     .await;
     let s = gateway(
         &judge.url,
-        "      circuit_breaker: {failures: 2, cooldown: 300ms}\n      cache: {ttl: 0s}\n",
+        "      circuit_breaker: {failures: 2, cooldown: 2s}\n      cache: {ttl: 0s}\n",
     );
+    // The cooldown is generous so the three decisions below fall inside it however slow
+    // the machine (their "breaker open" shows they did); the sleep after them outlasts it.
     for _ in 0..2 {
         let o = decide(&s, "POST http://api.example/v1", b"a").await;
         assert_eq!(judged(&o).cause, Some(FallbackCause::Status(503)));
@@ -636,7 +650,7 @@ async fn failures_open_the_breaker_and_a_probe_closes_it() {
         assert_eq!(o.rejection.unwrap().reason, "judge_breaker_open");
     }
     assert_eq!(judge.calls(), 2, "no calls while open");
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2050)).await;
     healthy.store(true, Ordering::SeqCst);
     let o = decide(&s, "POST http://api.example/v1", b"a").await;
     assert_eq!(judged(&o).verdict, JudgeVerdict::Allow, "the probe");
@@ -646,11 +660,15 @@ async fn failures_open_the_breaker_and_a_probe_closes_it() {
 
 #[tokio::test]
 async fn over_the_concurrency_cap_is_busy() {
+    // The first call is held 2 s by the judge; the second is made once the judge has
+    // received the first (not after a fixed pause), so it finds the only slot taken.
     let judge =
-        StandIn::start(|_, _| (200, verdict("allow", "ok").1, Duration::from_millis(200))).await;
+        StandIn::start(|_, _| (200, verdict("allow", "ok").1, Duration::from_secs(2))).await;
     let s = gateway(&judge.url, "      max_concurrency: 1\n");
     let (a, b) = tokio::join!(decide(&s, "POST http://api.example/v1", b"a"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        while judge.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         decide(&s, "POST http://api.example/v1", b"b").await
     });
     assert_eq!(judged(&a).verdict, JudgeVerdict::Allow);
@@ -667,7 +685,7 @@ async fn an_allow_never_widens_the_allowlist() {
         judge.url
     );
     let loaded = parse_str(&yaml, None).unwrap();
-    let s = Snapshot::compile(&loaded.config, "v", &|_| None, &SecretsRuntime::default()).unwrap();
+    let s = Snapshot::compile(&loaded.config, "v", &|_| None, &Runtime::default()).unwrap();
     let o = decide(&s, "GET http://nowhere.example/", b"").await;
     assert_eq!(judged(&o).verdict, JudgeVerdict::Allow);
     assert_eq!(o.decision, Decision::Denied);
@@ -695,7 +713,7 @@ async fn the_api_key_is_sent_the_providers_way() {
         key.display()
     );
     let loaded = parse_str(&yaml, None).unwrap();
-    let s = Snapshot::compile(&loaded.config, "v", &|_| None, &SecretsRuntime::default()).unwrap();
+    let s = Snapshot::compile(&loaded.config, "v", &|_| None, &Runtime::default()).unwrap();
     assert_eq!(
         s.pipeline.sources().len(),
         1,
@@ -731,7 +749,7 @@ fn only_requests_in_a_judges_scope_wait_for_it() {
     let r = |line| request(line, &[]);
     assert_eq!(
         s.pipeline.longest_wait(&r("GET http://api.example/x")),
-        Some(Duration::from_millis(300))
+        Some(TIMEOUT)
     );
     assert_eq!(
         s.pipeline.longest_wait(&r("GET http://other.example/x")),
@@ -744,7 +762,7 @@ fn only_requests_in_a_judges_scope_wait_for_it() {
 #[tokio::test]
 async fn a_reload_keeps_the_breaker_and_the_cache() {
     let judge = StandIn::start(|_, _| verdict("allow", "ok")).await;
-    let runtime = SecretsRuntime::default();
+    let runtime = Runtime::default();
     let compile = |policy: &str| {
         let yaml = format!(
             "policies:\n  - {{name: {policy}, action: allow, rules: [{{host: '*.example'}}]}}\ntransforms:\n  - allowlist\n  - name: judge\n    config: {{provider: openai, url: '{}', model: m, policy: p}}\n",

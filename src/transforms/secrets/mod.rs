@@ -22,12 +22,13 @@ use smallvec::SmallVec;
 pub use config::{InjectConfig, Location, SecretConfig, validate_secret};
 use inject::{Credential, Refusal, Use};
 
-use super::{Annotations, CredentialUse, Exchange, Rejection, Step};
+use super::{Annotations, CredentialUse, Exchange, RefusalKind, Rejection, Step};
 use crate::identity::Identity;
 use crate::inspect::Body;
+use crate::policy::RequestFacts;
 use crate::policy::index::{Indexed, Next, RuleIndex, WorkloadTagIds};
 use crate::policy::rule::{Rule, RuleCompiler, Tag};
-use crate::request::{OutboundRequest, RequestFacts};
+use crate::request::OutboundRequest;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
 use crate::secrets::{SecretValue, SourceCache};
 use crate::vocab::{FieldError, duplicate_names};
@@ -305,9 +306,9 @@ fn refusal(status: u16, reason: &'static str, message: String) -> Rejection {
     Rejection {
         status,
         kind: if status == 502 {
-            "credential_unavailable"
+            RefusalKind::CredentialUnavailable
         } else {
-            "credential_refused"
+            RefusalKind::CredentialRefused
         },
         reason,
         message,

@@ -331,7 +331,7 @@ fn compile(yaml: &str) -> Result<Snapshot, Vec<crate::vocab::FieldError>> {
         &loaded.config,
         &loaded.version,
         &|_| None,
-        &crate::snapshot::SecretsRuntime {
+        &crate::snapshot::Runtime {
             // Host names resolve off the network, to a public address the guard lets through.
             resolvers: crate::network::Resolvers::answering([203, 0, 113, 10].into()),
             ..Default::default()

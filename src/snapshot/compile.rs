@@ -1,0 +1,260 @@
+//! Building a [`Snapshot`] from its sources: a config file alone, or the file's gateway
+//! settings with the policies, secrets and tokens read from a store. Every error is
+//! collected and placed (a file line, or a stored definition's name); nothing half-built
+//! is returned.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Runtime, Snapshot};
+use crate::config::{Config, ConfigErrors, LoadedConfig, load_file, parse_str};
+use crate::dlp::Scanner;
+use crate::identity::admin::AdminAuth;
+use crate::identity::{IdentityConfig, IdentityResolver, TokenSource};
+use crate::policy::PolicySet;
+use crate::store::Contents;
+use crate::transforms::Pipeline;
+use crate::vocab::{FieldError, duplicate_names};
+
+impl Snapshot {
+    /// Compiles a parsed config. `env` resolves environment variables (token sources).
+    pub fn compile(
+        config: &Config,
+        version: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &Runtime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        Snapshot::compile_versions(config, version, &[], env, runtime)
+    }
+
+    fn compile_versions(
+        config: &Config,
+        version: &str,
+        policy_versions: &[i64],
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &Runtime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        let mut errors = duplicate_names(
+            "policies",
+            "policy",
+            config.policies.iter().map(|p| p.name.as_str()),
+        );
+        if config.audit.sink == crate::config::AuditSinkKind::File && config.audit.path.is_none() {
+            errors.push(FieldError::new("audit.path", "`sink: file` needs a `path`"));
+        }
+        let identities = IdentityResolver::compile(&config.gateway.tags, &config.identities, env)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let pipeline = Pipeline::compile(
+            &config.transforms,
+            &config.secrets,
+            &runtime.cache,
+            &runtime.sources,
+            &runtime.judges,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
+        let admin = AdminAuth::compile(&config.admin.tokens, env)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let scanner = Scanner::compile(&config.dlp)
+            .map_err(|e| errors.extend(e.into_iter().map(|e| e.under("dlp"))))
+            .ok();
+        if let Some(scanner) = &scanner {
+            for (p, policy) in config.policies.iter().enumerate() {
+                errors.extend(
+                    unknown_detectors(policy, scanner)
+                        .into_iter()
+                        .map(|e| e.under(&format!("policies[{p}]"))),
+                );
+            }
+        }
+        match (identities, pipeline, admin, scanner) {
+            (Some(identities), Some(pipeline), Some(admin), Some(scanner)) if errors.is_empty() => {
+                Ok(Snapshot {
+                    version: Arc::from(version),
+                    policies: PolicySet::compile_versioned(
+                        &config.policies,
+                        policy_versions,
+                        config.default_action,
+                    )
+                    .with_dlp(Arc::new(scanner)),
+                    mcp: config.mcp.clone(),
+                    request: config.request,
+                    network: crate::network::NetworkGuard::compile(
+                        &config.network_guard,
+                        &runtime.resolvers,
+                    ),
+                    identities,
+                    pipeline,
+                    max_body_bytes: config.gateway.max_body_bytes,
+                    admin,
+                    store_revision: None,
+                    unavailable: None,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// Compiles the gateway settings of `config` with the policies, secrets and
+    /// enrollment tokens read from a store. Errors in stored definitions are placed by
+    /// name (`policies["ci-npm"].rules[0].host`), not by list index.
+    pub fn compile_with_store(
+        config: &Config,
+        config_version: &str,
+        contents: &Contents,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &Runtime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        let mut effective = config.clone();
+        effective.policies = contents
+            .policies
+            .iter()
+            .map(|p| p.definition.clone())
+            .collect();
+        effective.secrets = contents
+            .secrets
+            .iter()
+            .map(|s| s.definition.clone())
+            .collect();
+        let file_identities = effective.identities.len();
+        effective
+            .identities
+            .extend(contents.tokens.iter().map(|token| IdentityConfig {
+                name: Some(token.name.clone()),
+                token: Some(TokenSource {
+                    env: None,
+                    file: None,
+                    sha256: Some(token.sha256.clone()),
+                }),
+                source_cidr: None,
+                uri_san: None,
+                tags: token.tags.clone(),
+            }));
+        let versions: Vec<i64> = contents.policies.iter().map(|p| p.version).collect();
+        let version = format!("{config_version}+r{}", contents.revision);
+        // A stored secret reads only what the file config lets the store's writers reach.
+        let bounds = config.store.as_ref().map(|s| &s.secret_sources);
+        let mut errors: Vec<FieldError> = effective
+            .secrets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, secret)| {
+                let checked = bounds.map(|b| b.check(&secret.source)).unwrap_or_default();
+                checked
+                    .into_iter()
+                    .map(move |e| e.under(&format!("secrets[{i}].source")))
+            })
+            .collect();
+        let compiled = Snapshot::compile_versions(&effective, &version, &versions, env, runtime)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let mut snapshot = match compiled {
+            Some(snapshot) if errors.is_empty() => snapshot,
+            _ => {
+                return Err(errors
+                    .into_iter()
+                    .map(|e| name_stored(e, &effective, file_identities))
+                    .collect());
+            }
+        };
+        snapshot.store_revision = Some(contents.revision);
+        snapshot.identities.expect_tokens();
+        Ok(snapshot)
+    }
+
+    /// The snapshot served while a store has never been read: every request is refused
+    /// with 503 `policy_store_unavailable`, whatever the default action says.
+    pub fn unavailable(
+        config: &Config,
+        config_version: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &Runtime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        let mut bare = config.clone();
+        bare.policies.clear();
+        bare.secrets.clear();
+        bare.default_action = crate::policy::DefaultAction::Deny;
+        let mut snapshot =
+            Snapshot::compile(&bare, &format!("{config_version}+unloaded"), env, runtime)?;
+        snapshot.unavailable = Some("policy_store_unavailable");
+        Ok(snapshot)
+    }
+
+    /// Reads, parses and compiles a config file, with every error placed in the file.
+    pub fn load(path: &Path, runtime: &Runtime) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
+        Snapshot::settle(load_file(path)?, runtime)
+    }
+
+    /// Parses and compiles config text read from `file`.
+    pub fn from_text(
+        text: &str,
+        file: &Path,
+        runtime: &Runtime,
+    ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
+        Snapshot::settle(parse_str(text, Some(file))?, runtime)
+    }
+
+    fn settle(
+        loaded: LoadedConfig,
+        runtime: &Runtime,
+    ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
+        let env = |name: &str| std::env::var(name).ok();
+        match Snapshot::compile(&loaded.config, &loaded.version, &env, runtime) {
+            Ok(snapshot) => Ok((loaded, snapshot)),
+            Err(errors) => Err(loaded.place(errors)),
+        }
+    }
+}
+
+/// `dlp:` conditions of `policy` naming a detector that is neither built in nor defined
+/// under `dlp:`; paths relative to the policy.
+pub fn unknown_detectors(
+    policy: &crate::policy::PolicyConfig,
+    scanner: &Scanner,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (r, rule) in policy.rules.iter().enumerate() {
+        for (d, name) in rule.dlp.iter().enumerate() {
+            if !scanner.names().any(|known| known == name) {
+                errors.push(FieldError::new(
+                    format!("rules[{r}].dlp[{d}]"),
+                    format!(
+                        "unknown DLP detector {name:?}; detectors: {} (define others under \
+                         `dlp.custom`)",
+                        scanner.names().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Rewrites an error in a store-read definition from its list index to its name.
+fn name_stored(error: FieldError, config: &Config, file_identities: usize) -> FieldError {
+    let rename = |section: &str, name_of: &dyn Fn(usize) -> Option<String>| {
+        let rest = error.path.strip_prefix(section)?.strip_prefix('[')?;
+        let (index, tail) = rest.split_once(']')?;
+        let name = name_of(index.parse().ok()?)?;
+        Some(format!("{section}[{name:?}]{tail}"))
+    };
+    let policy = |i: usize| config.policies.get(i).map(|p| p.name.clone());
+    let secret = |i: usize| config.secrets.get(i).map(|s| s.name.clone());
+    let token = |i: usize| {
+        i.checked_sub(file_identities)
+            .and_then(|_| config.identities.get(i))
+            .and_then(|t| t.name.clone())
+    };
+    let path = rename("policies", &policy)
+        .or_else(|| rename("secrets", &secret))
+        .or_else(|| rename("identities", &token).map(|p| p.replacen("identities", "tokens", 1)));
+    match path {
+        Some(path) => FieldError {
+            path,
+            message: error.message,
+        },
+        None => error,
+    }
+}
