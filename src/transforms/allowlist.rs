@@ -1,10 +1,14 @@
 //! The `allowlist` transform: the policy engine's verdict, as a pipeline step.
 
+use std::sync::Arc;
+
+use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, same_config};
 use super::{Annotations, DryRun, Exchange, RefusalKind, Rejection, Step};
 use crate::inspect::Body;
 use crate::mcp::{Inbound, Message};
 use crate::policy::RequestFacts;
 use crate::policy::{Action, Decision, PolicySet, Verdict, WorkloadTagIds};
+use crate::vocab::FieldError;
 
 pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
     let body = exchange.body;
@@ -228,4 +232,66 @@ fn tunnel_policy(
     }
     let rule = verdict.decided_by?;
     Some(policies.policy(rule.policy).name.clone())
+}
+
+/// `- allowlist`: takes neither `rules` nor `config`.
+pub(super) const KIND: Kind = Kind {
+    name: "allowlist",
+    parse: |rules, config| {
+        let mut errors = Vec::new();
+        if !rules.is_empty() {
+            errors.push(FieldError::new(
+                "rules",
+                "allowlist takes no `rules`: its rules are the policies",
+            ));
+        }
+        if config.is_some() {
+            errors.push(FieldError::new(
+                "config",
+                "allowlist takes no `config`: it evaluates `policies`",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(Arc::new(AllowlistConfig))
+        } else {
+            Err(errors)
+        }
+    },
+};
+
+#[derive(Debug, PartialEq)]
+pub(super) struct AllowlistConfig;
+
+impl TransformConfig for AllowlistConfig {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn runs_once(&self) -> bool {
+        true
+    }
+
+    fn compile(&self, _: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        Ok(Box::new(Allowlist))
+    }
+}
+
+struct Allowlist;
+
+impl Transform for Allowlist {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Done(apply(exchange))
+    }
+
+    fn is_policy_engine(&self) -> bool {
+        true
+    }
 }

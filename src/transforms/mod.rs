@@ -10,13 +10,17 @@ pub mod capture;
 pub mod grpc;
 pub mod header_allowlist;
 pub mod judge;
+mod kind;
 mod refusal;
+mod remote;
 pub mod secrets;
+#[cfg(test)]
+mod stamp;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_norway::Value;
 use tracing::Instrument;
 
@@ -35,224 +39,86 @@ pub use capture::{BodyCaptureConfig, CapturedBody, CapturedHeader, HeaderCapture
 pub use grpc::{GrpcAnnotation, GrpcConfig};
 pub use header_allowlist::HeaderAllowlistConfig;
 pub use judge::{JudgeAnnotation, JudgeConfig};
+pub use kind::{Applied, CompileContext, Kind, Transform, TransformConfig};
 pub use refusal::{RefusalKind, Rejection};
+pub use remote::CREDENTIAL_HEADERS;
+use remote::{millis, printable, sent_header_names, sent_header_problems, wait_timeout_problem};
 pub use secrets::SecretConfig;
 
-/// Headers that carry the workload's credentials: never sent to a judge or a decision
-/// processor, and never set by one.
-pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
-
-/// The names users write in `transforms:`.
-const KNOWN: &[&str] = &[
-    "allowlist",
-    "judge",
-    "grpc",
-    "body_capture",
-    "header_capture",
-    "secrets",
-    "header_allowlist",
+/// The kinds of transform, in the order the "unknown transform" error lists them. A new
+/// kind is its own module (declared above) and one line here.
+const KINDS: &[Kind] = &[
+    allowlist::KIND,
+    judge::KIND,
+    grpc::KIND,
+    capture::BODY_KIND,
+    capture::HEADER_KIND,
+    secrets::KIND,
+    header_allowlist::KIND,
+    #[cfg(test)]
+    stamp::KIND,
 ];
 
 /// One entry of `transforms:` — either a bare name (`- allowlist`) or
 /// `{name, rules, config}`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TransformEntry {
-    pub spec: TransformSpec,
+    /// The kind's parsed, validated config.
+    pub config: Arc<dyn TransformConfig>,
     /// Scope: the transform only acts on requests matching one of these; empty: all.
     pub rules: Vec<RuleConfig>,
 }
 
-/// The closed set of transforms and their configs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TransformSpec {
-    /// The policy engine. Its rules are the policies themselves.
-    Allowlist,
-    /// Credential injection; the secrets themselves are the top-level `secrets:` section.
-    Secrets,
-    HeaderAllowlist(HeaderAllowlistConfig),
-    /// An LLM asked about each request in scope; it can deny, never allow.
-    Judge(Box<JudgeConfig>),
-    /// A decision delegated to an external gRPC processor; it can deny or add headers.
-    Grpc(Box<GrpcConfig>),
-    /// Records (the start of) the body in the audit record; never changes the request.
-    BodyCapture(BodyCaptureConfig),
-    /// Records listed header values in the audit record; never changes the request.
-    HeaderCapture(HeaderCaptureConfig),
-}
-
-impl TransformSpec {
-    /// Transforms that must see the request as the workload sent it, before `secrets`.
-    fn must_precede_secrets(&self) -> Option<&'static str> {
-        match self {
-            TransformSpec::Judge(_) => {
-                Some("the judge's provider would be sent the credentials `secrets` injects")
-            }
-            TransformSpec::Grpc(_) => {
-                Some("the processor would be sent the credentials `secrets` injects")
-            }
-            TransformSpec::BodyCapture(_) | TransformSpec::HeaderCapture(_) => Some(
-                "it would capture the credentials `secrets` injects instead of what the \
-                 workload sent",
-            ),
-            _ => None,
-        }
+impl PartialEq for TransformEntry {
+    fn eq(&self, other: &TransformEntry) -> bool {
+        self.config.same_as(&*other.config) && self.rules == other.rules
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEntry {
-    name: String,
-    #[serde(default)]
-    rules: Vec<RuleConfig>,
-    #[serde(default)]
-    config: Option<Value>,
 }
 
 impl TransformEntry {
     pub fn allowlist() -> TransformEntry {
         TransformEntry {
-            spec: TransformSpec::Allowlist,
+            config: Arc::new(allowlist::AllowlistConfig),
             rules: Vec::new(),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self.spec {
-            TransformSpec::Allowlist => "allowlist",
-            TransformSpec::Secrets => "secrets",
-            TransformSpec::HeaderAllowlist(_) => "header_allowlist",
-            TransformSpec::Judge(_) => "judge",
-            TransformSpec::Grpc(_) => "grpc",
-            TransformSpec::BodyCapture(_) => "body_capture",
-            TransformSpec::HeaderCapture(_) => "header_capture",
         }
     }
 
     pub fn secrets() -> TransformEntry {
         TransformEntry {
-            spec: TransformSpec::Secrets,
+            config: Arc::new(secrets::SecretsStep),
             rules: Vec::new(),
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.config.name()
+    }
+
+    fn is_secrets(&self) -> bool {
+        self.name() == secrets::KIND.name
     }
 
     /// Parses one element of `transforms:`; error paths are relative to it.
     pub fn parse(value: Value) -> Result<TransformEntry, Vec<FieldError>> {
         let raw = match value {
-            Value::String(name) => RawEntry {
+            Value::String(name) => kind::RawEntry {
                 name,
-                rules: Vec::new(),
-                config: None,
+                ..kind::RawEntry::default()
             },
-            other => from_value::<RawEntry>(other).map_err(|e| vec![e])?,
+            other => from_value::<kind::RawEntry>(other).map_err(|e| vec![e])?,
         };
-        let spec = match raw.name.as_str() {
-            "allowlist" => {
-                let mut errors = Vec::new();
-                if !raw.rules.is_empty() {
-                    errors.push(FieldError::new(
-                        "rules",
-                        "allowlist takes no `rules`: its rules are the policies",
-                    ));
-                }
-                if raw.config.is_some() {
-                    errors.push(FieldError::new(
-                        "config",
-                        "allowlist takes no `config`: it evaluates `policies`",
-                    ));
-                }
-                if !errors.is_empty() {
-                    return Err(errors);
-                }
-                TransformSpec::Allowlist
-            }
-            "header_allowlist" => {
-                let config = raw.config.ok_or_else(|| {
-                    vec![FieldError::new(
-                        "config",
-                        "header_allowlist needs a `config` with an `allow` list of header names",
-                    )]
-                })?;
-                let config: HeaderAllowlistConfig =
-                    from_value(config).map_err(|e| vec![e.under("config")])?;
-                TransformSpec::HeaderAllowlist(config)
-            }
-            "secrets" => {
-                if raw.config.is_some() {
-                    return Err(vec![FieldError::new(
-                        "config",
-                        "secrets takes no `config`: the secrets are the top-level `secrets:` \
-                         section",
-                    )]);
-                }
-                TransformSpec::Secrets
-            }
-            "judge" => {
-                let config = raw.config.ok_or_else(|| {
-                    vec![FieldError::new(
-                        "config",
-                        "judge needs a `config` with at least `provider`, `url`, `model` and \
-                         `policy`",
-                    )]
-                })?;
-                let config: JudgeConfig =
-                    from_value(config).map_err(|e| vec![e.under("config")])?;
-                let problems = config.validate();
-                if !problems.is_empty() {
-                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
-                }
-                TransformSpec::Judge(Box::new(config))
-            }
-            "body_capture" => {
-                let config: BodyCaptureConfig = match raw.config {
-                    Some(config) => from_value(config).map_err(|e| vec![e.under("config")])?,
-                    None => BodyCaptureConfig::default(),
-                };
-                let problems = config.validate();
-                if !problems.is_empty() {
-                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
-                }
-                TransformSpec::BodyCapture(config)
-            }
-            "header_capture" => {
-                let config = raw.config.ok_or_else(|| {
-                    vec![FieldError::new(
-                        "config",
-                        "header_capture needs a `config` with a `headers` list of header names",
-                    )]
-                })?;
-                let config: HeaderCaptureConfig =
-                    from_value(config).map_err(|e| vec![e.under("config")])?;
-                let problems = config.validate();
-                if !problems.is_empty() {
-                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
-                }
-                TransformSpec::HeaderCapture(config)
-            }
-            "grpc" => {
-                let config = raw.config.ok_or_else(|| {
-                    vec![FieldError::new(
-                        "config",
-                        "grpc needs a `config` with at least `endpoint` (http://host:port)",
-                    )]
-                })?;
-                let config: GrpcConfig = from_value(config).map_err(|e| vec![e.under("config")])?;
-                let problems = config.validate();
-                if !problems.is_empty() {
-                    return Err(problems.into_iter().map(|e| e.under("config")).collect());
-                }
-                TransformSpec::Grpc(Box::new(config))
-            }
-            other => {
-                return Err(vec![FieldError::new(
-                    "name",
-                    format!(
-                        "unknown transform `{other}`, expected one of {}",
-                        KNOWN.join(", ")
-                    ),
-                )]);
-            }
+        let Some(kind) = KINDS.iter().find(|k| k.name == raw.name) else {
+            let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+            return Err(vec![FieldError::new(
+                "name",
+                format!(
+                    "unknown transform `{}`, expected one of {}",
+                    raw.name,
+                    known.join(", ")
+                ),
+            )]);
         };
+        let config = (kind.parse)(&raw.rules, raw.config)?;
         let errors = body_conditions_unsupported(
             &raw.rules,
             "a transform's scope matches host, paths and methods",
@@ -261,7 +127,7 @@ impl TransformEntry {
             return Err(errors);
         }
         Ok(TransformEntry {
-            spec,
+            config,
             rules: raw.rules,
         })
     }
@@ -492,56 +358,8 @@ pub enum Step {
     Reject(Rejection, Annotations),
 }
 
-enum Transform {
-    Allowlist,
-    Secrets(Box<secrets::SecretsTransform>),
-    HeaderAllowlist(header_allowlist::HeaderAllowlist),
-    Judge(Box<judge::Judge>),
-    Grpc(Box<grpc::GrpcProcessor>),
-    BodyCapture(capture::BodyCapture),
-    HeaderCapture(capture::HeaderCapture),
-}
-
-impl Transform {
-    fn name(&self) -> &'static str {
-        match self {
-            Transform::Allowlist => "allowlist",
-            Transform::Secrets(_) => "secrets",
-            Transform::HeaderAllowlist(_) => "header_allowlist",
-            Transform::Judge(_) => "judge",
-            Transform::Grpc(_) => "grpc",
-            Transform::BodyCapture(_) => "body_capture",
-            Transform::HeaderCapture(_) => "header_capture",
-        }
-    }
-
-    async fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
-        match self {
-            Transform::Allowlist => allowlist::apply(exchange),
-            Transform::Secrets(t) => t.apply(exchange).await,
-            Transform::HeaderAllowlist(t) => t.apply(exchange),
-            Transform::Judge(t) => t.apply(exchange).await,
-            Transform::Grpc(t) => t.apply(exchange).await,
-            Transform::BodyCapture(t) => t.apply(exchange),
-            Transform::HeaderCapture(t) => t.apply(exchange),
-        }
-    }
-
-    fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
-        match self {
-            Transform::Secrets(t) => t.needs_body(request, identity),
-            Transform::Judge(t) => t.needs_body(request),
-            Transform::Grpc(t) => t.needs_body(request),
-            Transform::BodyCapture(t) => t.needs_body(request),
-            Transform::Allowlist | Transform::HeaderAllowlist(_) | Transform::HeaderCapture(_) => {
-                false
-            }
-        }
-    }
-}
-
 struct Stage {
-    transform: Transform,
+    transform: Box<dyn Transform>,
     scope: Vec<Rule>,
 }
 
@@ -570,7 +388,7 @@ impl Pipeline {
     ) -> Result<Pipeline, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut stages = Vec::with_capacity(entries.len());
-        if !secrets.is_empty() && !entries.iter().any(|e| e.spec == TransformSpec::Secrets) {
+        if !secrets.is_empty() && !entries.iter().any(TransformEntry::is_secrets) {
             errors.push(FieldError::new(
                 "transforms",
                 "`secrets:` are defined but the pipeline has no `secrets` step: add it \
@@ -581,15 +399,9 @@ impl Pipeline {
         let mut wait_timeouts = Duration::ZERO;
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("transforms[{i}]");
-            match &entry.spec {
-                TransformSpec::Judge(config) => wait_timeouts += config.timeout.0,
-                TransformSpec::Grpc(config) => wait_timeouts += config.timeout.0,
-                _ => {}
-            }
-            if let Some(why) = entry.spec.must_precede_secrets()
-                && let Some(at) = entries[..i]
-                    .iter()
-                    .position(|e| e.spec == TransformSpec::Secrets)
+            wait_timeouts += entry.config.wait_timeout();
+            if let Some(why) = entry.config.must_precede_secrets()
+                && let Some(at) = entries[..i].iter().position(TransformEntry::is_secrets)
             {
                 errors.push(FieldError::new(
                     format!("{path}.name"),
@@ -600,76 +412,29 @@ impl Pipeline {
                 ));
                 continue;
             }
-            if entries[..i].iter().any(|e| e.name() == entry.name())
-                && matches!(
-                    entry.spec,
-                    TransformSpec::Allowlist | TransformSpec::Secrets
-                )
-            {
+            if entry.config.runs_once() && entries[..i].iter().any(|e| e.name() == entry.name()) {
                 errors.push(FieldError::new(
                     format!("{path}.name"),
                     format!("{} is listed twice; it runs once", entry.name()),
                 ));
                 continue;
             }
-            let transform = match &entry.spec {
-                TransformSpec::Allowlist => Transform::Allowlist,
-                TransformSpec::Secrets => {
-                    match secrets::SecretsTransform::compile(secrets, cache, sources) {
-                        Ok(t) => Transform::Secrets(Box::new(t)),
-                        Err(e) => {
-                            errors.extend(e);
-                            continue;
-                        }
-                    }
-                }
-                TransformSpec::Judge(config) => {
-                    match judge::Judge::compile(config, cache, sources, judges) {
-                        Ok(t) => Transform::Judge(Box::new(t)),
-                        Err(e) => {
-                            errors
-                                .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
-                            continue;
-                        }
-                    }
-                }
-                TransformSpec::Grpc(config) => match grpc::GrpcProcessor::compile(config) {
-                    Ok(t) => Transform::Grpc(Box::new(t)),
-                    Err(e) => {
-                        errors.extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
-                        continue;
-                    }
-                },
-                TransformSpec::BodyCapture(config) => {
-                    Transform::BodyCapture(capture::BodyCapture::compile(config))
-                }
-                TransformSpec::HeaderCapture(config) => {
-                    match capture::HeaderCapture::compile(config, secrets) {
-                        Ok(t) => Transform::HeaderCapture(t),
-                        Err(e) => {
-                            errors
-                                .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
-                            continue;
-                        }
-                    }
-                }
-                TransformSpec::HeaderAllowlist(config) => {
-                    match header_allowlist::HeaderAllowlist::compile(config) {
-                        Ok(t) => Transform::HeaderAllowlist(t),
-                        Err(e) => {
-                            errors
-                                .extend(e.into_iter().map(|e| e.under(&format!("{path}.config"))));
-                            continue;
-                        }
-                    }
-                }
+            let context = CompileContext {
+                at: &path,
+                secrets,
+                cache,
+                sources,
+                judges,
             };
-            stages.push(Stage {
-                transform,
-                scope: entry.rules.iter().map(Rule::compile).collect(),
-            });
+            match entry.config.compile(&context) {
+                Ok(transform) => stages.push(Stage {
+                    transform,
+                    scope: entry.rules.iter().map(Rule::compile).collect(),
+                }),
+                Err(e) => errors.extend(e),
+            }
         }
-        if wait_timeouts > judge::config::MAX_TIMEOUT {
+        if wait_timeouts > remote::MAX_WAIT {
             errors.push(FieldError::new(
                 "transforms",
                 format!(
@@ -703,10 +468,9 @@ impl Pipeline {
     /// Whether a secret's rules match this request (whatever the workload's tags): the
     /// secrets step may then put a credential on it, whose echo the response is scrubbed of.
     pub fn may_put_credential(&self, request: &OutboundRequest) -> bool {
-        self.stages.iter().any(|stage| match &stage.transform {
-            Transform::Secrets(t) => t.rules_match(request),
-            _ => false,
-        })
+        self.stages
+            .iter()
+            .any(|stage| stage.transform.may_put_credential(request))
     }
 
     /// The longest the stages in scope of this request may spend waiting on another
@@ -717,10 +481,8 @@ impl Pipeline {
         let facts = request.facts();
         let mut wait = None;
         for stage in &self.stages {
-            let timeout = match &stage.transform {
-                Transform::Judge(judge) if judge.judges(request) => judge.timeout(),
-                Transform::Grpc(processor) if processor.decides(request) => processor.timeout(),
-                _ => continue,
+            let Some(timeout) = stage.transform.wait(request) else {
+                continue;
             };
             if stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts) {
                 *wait.get_or_insert(Duration::ZERO) += timeout;
@@ -733,19 +495,12 @@ impl Pipeline {
     pub fn sources(&self) -> Vec<Arc<crate::secrets::CompiledSource>> {
         self.stages
             .iter()
-            .filter_map(|s| match &s.transform {
-                Transform::Secrets(t) => Some(t.sources()),
-                Transform::Judge(t) => t.api_key_source().map(|s| vec![s]),
-                _ => None,
-            })
-            .flatten()
+            .flat_map(|s| s.transform.sources())
             .collect()
     }
 
     pub fn has_allowlist(&self) -> bool {
-        self.stages
-            .iter()
-            .any(|s| matches!(s.transform, Transform::Allowlist))
+        self.stages.iter().any(|s| s.transform.is_policy_engine())
     }
 
     /// Runs every stage in order until one rejects; each stage that runs has its own span.
@@ -764,11 +519,12 @@ impl Pipeline {
                 continue;
             }
             let span = transform_span(name);
-            let step = stage
-                .transform
-                .apply(&mut exchange)
-                .instrument(span.clone())
-                .await;
+            let applied = {
+                // A transform that never waits does its work here, inside its span too.
+                let _entered = span.enter();
+                stage.transform.apply(&mut exchange)
+            };
+            let step = applied.step().instrument(span.clone()).await;
             let (action, annotations) = match step {
                 Step::Continue(annotations) => (TraceAction::Continue, annotations),
                 Step::Reject(r, annotations) => {
@@ -815,82 +571,6 @@ fn routes_or_frames(name: &str) -> bool {
         "host" | "content-length" | "transfer-encoding" | "connection" | "proxy-authorization"
     ) || name.starts_with(':')
         || name.starts_with("x-envoy-")
-}
-
-/// What is wrong with the timeout of a transform that waits on another service (a judge, a
-/// processor), at `timeout`.
-fn wait_timeout_problem(timeout: &crate::vocab::DurationText) -> Option<FieldError> {
-    if timeout.0.is_zero() {
-        Some(FieldError::new("timeout", "must be more than 0s"))
-    } else if timeout.0 > judge::config::MAX_TIMEOUT {
-        Some(FieldError::new(
-            "timeout",
-            format!(
-                "{timeout} is over the limit of 29s: Envoy waits at most its \
-                 max_message_timeout (30s) for a decision"
-            ),
-        ))
-    } else {
-        None
-    }
-}
-
-/// What is wrong with a list of request headers to be sent to `recipient` (at `field`):
-/// names that are not header names, and credential headers, which are never sent.
-fn sent_header_problems(names: &[String], field: &str, recipient: &str) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let lower = name.trim().to_ascii_lowercase();
-        if CREDENTIAL_HEADERS.contains(&lower.as_str()) {
-            errors.push(FieldError::new(
-                format!("{field}[{i}]"),
-                format!(
-                    "{name:?} carries credentials and is never sent to {recipient} (refused: {})",
-                    CREDENTIAL_HEADERS.join(", ")
-                ),
-            ));
-        } else if !crate::request::is_header_name(&lower) {
-            errors.push(FieldError::new(
-                format!("{field}[{i}]"),
-                format!("{name:?} is not a header name"),
-            ));
-        }
-    }
-    errors
-}
-
-/// The configured names of headers sent to another service, as compiled: trimmed, lower
-/// case, each once, never a credential header (refused at load; dropped again here).
-fn sent_header_names(names: &[String]) -> Vec<String> {
-    let mut sent: Vec<String> = Vec::with_capacity(names.len());
-    for name in names {
-        let name = name.trim().to_ascii_lowercase();
-        if !sent.contains(&name) && !CREDENTIAL_HEADERS.contains(&name.as_str()) {
-            sent.push(name);
-        }
-    }
-    sent
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Text from another service (a judge's reason, a processor's message) as it may be shown:
-/// no control characters, whitespace collapsed, at most `max_chars` characters.
-fn printable(text: &str, max_chars: usize) -> Option<String> {
-    let cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
-    if cleaned.is_empty() {
-        return None;
-    }
-    Some(match cleaned.char_indices().nth(max_chars) {
-        Some((at, _)) => format!("{}…", &cleaned[..at]),
-        None => cleaned,
-    })
 }
 
 #[cfg(test)]

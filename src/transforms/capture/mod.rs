@@ -9,8 +9,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::kind::{
+    Applied, CompileContext, Kind, Transform, TransformConfig, optional_config, required_config,
+    same_config, validated,
+};
 use super::secrets::config::InjectConfig;
 use super::{Annotations, Exchange, SecretConfig, Step};
+use crate::identity::Identity;
 use crate::inspect::Body;
 use crate::request::OutboundRequest;
 use crate::vocab::FieldError;
@@ -237,12 +244,7 @@ impl BodyCapture {
         }
     }
 
-    /// A CONNECT has no body of its own (an intercepted tunnel's requests come one by one).
-    pub fn needs_body(&self, request: &OutboundRequest) -> bool {
-        !request.facts().is_connect()
-    }
-
-    pub(super) fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+    pub(super) fn run(&self, exchange: &mut Exchange<'_>) -> Step {
         let body = match exchange.body.map(Body::bytes) {
             Some(body) if !body.is_empty() => body,
             Some(_) => {
@@ -313,7 +315,7 @@ impl HeaderCapture {
         }
     }
 
-    pub(super) fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+    pub(super) fn run(&self, exchange: &mut Exchange<'_>) -> Step {
         let token = presented_token(exchange.request);
         let mut captured = Vec::new();
         // In config order; a header sent more than once is recorded once per value.
@@ -332,6 +334,96 @@ impl HeaderCapture {
             captured_headers: captured,
             ..Annotations::default()
         })
+    }
+}
+
+/// `- body_capture` or `- {name: body_capture, config: {max_bytes: N}}`.
+pub(super) const BODY_KIND: Kind = Kind {
+    name: "body_capture",
+    parse: |_, config| {
+        let config: BodyCaptureConfig = optional_config(config)?;
+        let problems = config.validate();
+        Ok(Arc::new(validated(config, problems)?))
+    },
+};
+
+/// `- {name: header_capture, config: {headers: […]}}`.
+pub(super) const HEADER_KIND: Kind = Kind {
+    name: "header_capture",
+    parse: |_, config| {
+        let config: HeaderCaptureConfig = required_config(
+            config,
+            "header_capture needs a `config` with a `headers` list of header names",
+        )?;
+        let problems = config.validate();
+        Ok(Arc::new(validated(config, problems)?))
+    },
+};
+
+const BEFORE_SECRETS: &str =
+    "it would capture the credentials `secrets` injects instead of what the workload sent";
+
+impl TransformConfig for BodyCaptureConfig {
+    fn name(&self) -> &'static str {
+        BODY_KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn must_precede_secrets(&self) -> Option<&'static str> {
+        Some(BEFORE_SECRETS)
+    }
+
+    fn compile(&self, _: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        Ok(Box::new(BodyCapture::compile(self)))
+    }
+}
+
+impl TransformConfig for HeaderCaptureConfig {
+    fn name(&self) -> &'static str {
+        HEADER_KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn must_precede_secrets(&self) -> Option<&'static str> {
+        Some(BEFORE_SECRETS)
+    }
+
+    fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        match HeaderCapture::compile(self, ctx.secrets) {
+            Ok(compiled) => Ok(Box::new(compiled)),
+            Err(errors) => Err(ctx.under_config(errors)),
+        }
+    }
+}
+
+impl Transform for BodyCapture {
+    fn name(&self) -> &'static str {
+        BODY_KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Done(self.run(exchange))
+    }
+
+    /// A CONNECT has no body of its own (an intercepted tunnel's requests come one by one).
+    fn needs_body(&self, request: &OutboundRequest, _: &Identity) -> bool {
+        !request.facts().is_connect()
+    }
+}
+
+impl Transform for HeaderCapture {
+    fn name(&self) -> &'static str {
+        HEADER_KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Done(self.run(exchange))
     }
 }
 

@@ -16,7 +16,7 @@ pub mod config;
 #[cfg(test)]
 mod tests;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -25,10 +25,15 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 pub use config::{FailMode, GrpcConfig};
 
 use super::capture::{capture_bytes, capture_text, presented_token};
+use super::kind::{
+    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, same_config,
+    validated,
+};
 use super::{
     Annotations, CREDENTIAL_HEADERS, Exchange, RefusalKind, Rejection, Step, millis, printable,
     routes_or_frames, sent_header_names,
 };
+use crate::identity::Identity;
 use crate::inspect::Body;
 use crate::policy::RequestFacts;
 use crate::request::{OutboundRequest, is_header_name};
@@ -194,22 +199,13 @@ impl GrpcProcessor {
         })
     }
 
-    /// The longest this processor may take on a request.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Whether this request is sent to the processor at all: an intercepted tunnel's
     /// requests are, one by one, not the CONNECT that opens it.
     pub fn decides(&self, request: &OutboundRequest) -> bool {
         !request.intercepted
     }
 
-    pub fn needs_body(&self, request: &OutboundRequest) -> bool {
-        self.send_body && self.decides(request) && !request.facts().is_connect()
-    }
-
-    pub(super) async fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+    pub(super) async fn run(&self, exchange: &mut Exchange<'_>) -> Step {
         if !self.decides(exchange.request) {
             return Step::Continue(Annotations {
                 reason: Some("tunnel_decided_per_request"),
@@ -482,5 +478,61 @@ impl GrpcProcessor {
                 annotations,
             ),
         }
+    }
+}
+
+/// `- {name: grpc, config: …}`.
+pub(super) const KIND: Kind = Kind {
+    name: "grpc",
+    parse: |_, config| {
+        let config: GrpcConfig = required_config(
+            config,
+            "grpc needs a `config` with at least `endpoint` (http://host:port)",
+        )?;
+        let problems = config.validate();
+        Ok(Arc::new(validated(config, problems)?))
+    },
+};
+
+impl TransformConfig for GrpcConfig {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn must_precede_secrets(&self) -> Option<&'static str> {
+        Some("the processor would be sent the credentials `secrets` injects")
+    }
+
+    fn wait_timeout(&self) -> Duration {
+        self.timeout.0
+    }
+
+    fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        match GrpcProcessor::compile(self) {
+            Ok(processor) => Ok(Box::new(processor)),
+            Err(errors) => Err(ctx.under_config(errors)),
+        }
+    }
+}
+
+impl Transform for GrpcProcessor {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Waiting(Box::pin(self.run(exchange)))
+    }
+
+    fn needs_body(&self, request: &OutboundRequest, _: &Identity) -> bool {
+        self.send_body && self.decides(request) && !request.facts().is_connect()
+    }
+
+    fn wait(&self, request: &OutboundRequest) -> Option<Duration> {
+        self.decides(request).then_some(self.timeout)
     }
 }

@@ -7,6 +7,11 @@ use std::collections::HashSet;
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::kind::{
+    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, same_config,
+};
 use super::{Annotations, Exchange, Step};
 use crate::vocab::FieldError;
 
@@ -117,7 +122,7 @@ impl HeaderAllowlist {
         is_protected(name) || self.literals.contains(name) || self.regexes.is_match(name)
     }
 
-    pub(super) fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+    pub(super) fn run(&self, exchange: &mut Exchange<'_>) -> Step {
         let mut stripped: Vec<String> = Vec::new();
         let mutations = &exchange.mutations;
         let candidates = exchange
@@ -139,6 +144,45 @@ impl HeaderAllowlist {
             stripped_headers: stripped,
             ..Annotations::default()
         })
+    }
+}
+
+/// `- {name: header_allowlist, config: {allow: […]}}`.
+pub(super) const KIND: Kind = Kind {
+    name: "header_allowlist",
+    parse: |_, config| {
+        let config: HeaderAllowlistConfig = required_config(
+            config,
+            "header_allowlist needs a `config` with an `allow` list of header names",
+        )?;
+        Ok(Arc::new(config))
+    },
+};
+
+impl TransformConfig for HeaderAllowlistConfig {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        match HeaderAllowlist::compile(self) {
+            Ok(compiled) => Ok(Box::new(compiled)),
+            Err(errors) => Err(ctx.under_config(errors)),
+        }
+    }
+}
+
+impl Transform for HeaderAllowlist {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Done(self.run(exchange))
     }
 }
 

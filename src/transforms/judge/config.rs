@@ -9,10 +9,6 @@ use crate::transforms::{sent_header_problems, wait_timeout_problem};
 use crate::vocab::DurationText;
 use crate::vocab::FieldError;
 
-/// The longest `timeout`: Envoy is asked to wait `timeout + 1s` for the decision, and it
-/// refuses to wait longer than its `max_message_timeout` (30 s in `envoy/*.yaml`).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(29);
-
 /// An LLM asked whether a request may leave, against a natural-language policy. It can
 /// deny a request, never allow one that another transform refuses.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

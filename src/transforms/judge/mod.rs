@@ -31,7 +31,12 @@ pub use config::{Fallback, JudgeConfig, Provider};
 use provider::{Ruling, Verdict};
 use summary::{Summary, SummaryRules};
 
+use super::kind::{
+    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, same_config,
+    validated,
+};
 use super::{Annotations, Exchange, RefusalKind, Rejection, Step, millis, printable};
+use crate::identity::Identity;
 use crate::inspect::Body;
 use crate::request::OutboundRequest;
 use crate::secrets::sources::{self, CompiledSource, SourceContext};
@@ -190,27 +195,12 @@ impl Judge {
         })
     }
 
-    /// The longest this judge may take on a request.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// The API key's source, for cache refreshes.
-    pub fn api_key_source(&self) -> Option<Arc<CompiledSource>> {
-        self.api_key.clone()
-    }
-
     /// Whether this request is judged at all (see [`Judge::apply`]).
     pub fn judges(&self, request: &OutboundRequest) -> bool {
         !request.intercepted
     }
 
-    /// The judge reads the start of the body: Envoy must buffer it first.
-    pub fn needs_body(&self, request: &OutboundRequest) -> bool {
-        self.judges(request) && !request.facts().is_connect()
-    }
-
-    pub(super) async fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+    pub(super) async fn run(&self, exchange: &mut Exchange<'_>) -> Step {
         let request = exchange.request;
         if !self.judges(request) {
             // An intercepted tunnel's requests come one by one, each judged on its own.
@@ -466,6 +456,66 @@ fn verdict_of(ruling: Ruling) -> JudgeVerdict {
     match ruling {
         Ruling::Allow => JudgeVerdict::Allow,
         Ruling::Deny => JudgeVerdict::Deny,
+    }
+}
+
+/// `- {name: judge, config: …}`.
+pub(super) const KIND: Kind = Kind {
+    name: "judge",
+    parse: |_, config| {
+        let config: JudgeConfig = required_config(
+            config,
+            "judge needs a `config` with at least `provider`, `url`, `model` and `policy`",
+        )?;
+        let problems = config.validate();
+        Ok(Arc::new(validated(config, problems)?))
+    },
+};
+
+impl TransformConfig for JudgeConfig {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn must_precede_secrets(&self) -> Option<&'static str> {
+        Some("the judge's provider would be sent the credentials `secrets` injects")
+    }
+
+    fn wait_timeout(&self) -> Duration {
+        self.timeout.0
+    }
+
+    fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        match Judge::compile(self, ctx.cache, ctx.sources, ctx.judges) {
+            Ok(judge) => Ok(Box::new(judge)),
+            Err(errors) => Err(ctx.under_config(errors)),
+        }
+    }
+}
+
+impl Transform for Judge {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Waiting(Box::pin(self.run(exchange)))
+    }
+
+    fn needs_body(&self, request: &OutboundRequest, _: &Identity) -> bool {
+        self.judges(request) && !request.facts().is_connect()
+    }
+
+    fn wait(&self, request: &OutboundRequest) -> Option<Duration> {
+        self.judges(request).then_some(self.timeout)
+    }
+
+    fn sources(&self) -> Vec<Arc<CompiledSource>> {
+        self.api_key.iter().cloned().collect()
     }
 }
 

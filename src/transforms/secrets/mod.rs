@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 pub use config::{InjectConfig, Location, SecretConfig, validate_secret};
 use inject::{Credential, Refusal, Use};
 
+use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, same_config};
 use super::{Annotations, CredentialUse, Exchange, RefusalKind, Rejection, Step};
 use crate::identity::Identity;
 use crate::inspect::Body;
@@ -111,11 +112,6 @@ impl SecretsTransform {
         })
     }
 
-    /// Every source, for cache refreshes.
-    pub fn sources(&self) -> Vec<Arc<CompiledSource>> {
-        self.secrets.iter().map(|s| s.source.clone()).collect()
-    }
-
     /// The secrets matching a request, in config order.
     fn select(&self, facts: &RequestFacts<'_>, tags: &WorkloadTagIds) -> SmallVec<[u32; 4]> {
         let mut found: SmallVec<[u32; 4]> = SmallVec::new();
@@ -145,19 +141,7 @@ impl SecretsTransform {
                 .any(|s| s.rules.iter().any(|rule| rule.matches(&facts)))
     }
 
-    /// Whether the secret that applies to this request needs its body.
-    pub fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
-        let facts = request.facts();
-        if facts.is_connect() {
-            return false;
-        }
-        let tags = self.index.tag_ids(&identity.tags);
-        self.select(&facts, &tags)
-            .first()
-            .is_some_and(|&i| inject::needs_body(&self.secrets[i as usize].inject, request))
-    }
-
-    pub(super) async fn apply(&self, exchange: &mut Exchange<'_>) -> Step {
+    pub(super) async fn run(&self, exchange: &mut Exchange<'_>) -> Step {
         let request = exchange.request;
         let facts = request.facts();
         let tags = self.index.tag_ids(&exchange.identity.tags);
@@ -315,6 +299,74 @@ fn refusal(status: u16, reason: &'static str, message: String) -> Rejection {
         policy: None,
         rule: None,
         transform: "secrets",
+    }
+}
+
+/// `- secrets`: the secrets are the top-level `secrets:` section; no `config`.
+pub(super) const KIND: Kind = Kind {
+    name: "secrets",
+    parse: |_, config| {
+        if config.is_some() {
+            return Err(vec![FieldError::new(
+                "config",
+                "secrets takes no `config`: the secrets are the top-level `secrets:` section",
+            )]);
+        }
+        Ok(Arc::new(SecretsStep))
+    },
+};
+
+#[derive(Debug, PartialEq)]
+pub(super) struct SecretsStep;
+
+impl TransformConfig for SecretsStep {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        same_config(self, other)
+    }
+
+    fn runs_once(&self) -> bool {
+        true
+    }
+
+    /// Errors carry the paths of the secrets (`secrets[N]`).
+    fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        let compiled = SecretsTransform::compile(ctx.secrets, ctx.cache, ctx.sources)?;
+        Ok(Box::new(compiled))
+    }
+}
+
+impl Transform for SecretsTransform {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        Applied::Waiting(Box::pin(self.run(exchange)))
+    }
+
+    /// Whether the secret that applies to this request needs its body.
+    fn needs_body(&self, request: &OutboundRequest, identity: &Identity) -> bool {
+        let facts = request.facts();
+        if facts.is_connect() {
+            return false;
+        }
+        let tags = self.index.tag_ids(&identity.tags);
+        self.select(&facts, &tags)
+            .first()
+            .is_some_and(|&i| inject::needs_body(&self.secrets[i as usize].inject, request))
+    }
+
+    /// Every source, for cache refreshes.
+    fn sources(&self) -> Vec<Arc<CompiledSource>> {
+        self.secrets.iter().map(|s| s.source.clone()).collect()
+    }
+
+    fn may_put_credential(&self, request: &OutboundRequest) -> bool {
+        self.rules_match(request)
     }
 }
 
