@@ -151,21 +151,39 @@ impl TryFrom<HeaderFields> for HeaderCondition {
 }
 
 impl HeaderMatcher {
-    pub fn matches(&self, headers: &[(String, Vec<u8>)]) -> bool {
+    /// Whether the matcher holds on `headers`. A header sent more than once is judged value
+    /// by value, in the direction that fails closed: in a rule that refuses
+    /// (`any_value_holds`: deny and gated policies) one value that satisfies the condition is
+    /// enough; in any other rule every value must, so a workload cannot add a second,
+    /// conflicting value (which the upstream may read instead) to pass an allow rule, nor
+    /// add a harmless one to slip past a deny.
+    pub fn matches(&self, headers: &[(String, Vec<u8>)], any_value_holds: bool) -> bool {
         let mut values = headers
             .iter()
             .filter(|(n, _)| *n == self.name)
-            .map(|(_, v)| v.as_slice());
-        let held = match &self.value {
-            ValueMatch::Present(present) => values.next().is_some() == *present,
-            ValueMatch::Exact(want) => values.any(|v| v == want.as_slice()),
-            ValueMatch::Prefix(want) => values.any(|v| v.starts_with(want)),
-            ValueMatch::Suffix(want) => values.any(|v| v.ends_with(want)),
-            ValueMatch::Contains(want) => values
-                .any(|v| want.is_empty() || v.windows(want.len()).any(|w| w == want.as_slice())),
-            ValueMatch::Regex(regex) => values.any(|v| regex.is_match(v)),
+            .map(|(_, v)| v.as_slice())
+            .peekable();
+        let test: &dyn Fn(&[u8]) -> bool = match &self.value {
+            ValueMatch::Present(present) => {
+                return (values.peek().is_some() == *present) != self.invert;
+            }
+            ValueMatch::Exact(want) => &|v| v == want.as_slice(),
+            ValueMatch::Prefix(want) => &|v| v.starts_with(want),
+            ValueMatch::Suffix(want) => &|v| v.ends_with(want),
+            ValueMatch::Contains(want) => {
+                &|v| want.is_empty() || v.windows(want.len()).any(|w| w == want.as_slice())
+            }
+            ValueMatch::Regex(regex) => &|v| regex.is_match(v),
         };
-        held != self.invert
+        if values.peek().is_none() {
+            // An absent header matches no value: only an inverted matcher holds.
+            return self.invert;
+        }
+        if any_value_holds {
+            values.any(|v| test(v) != self.invert)
+        } else {
+            values.all(|v| test(v) != self.invert)
+        }
     }
 }
 
@@ -304,7 +322,11 @@ impl Conditions {
     /// The conditions decidable on the headers: header matchers, header-classifiable
     /// action types, and a CEL expression that reads no body.
     pub fn hold_on_headers(&self, req: &RequestFacts<'_>) -> bool {
-        if !self.headers.iter().all(|h| h.matches(req.headers)) {
+        if !self
+            .headers
+            .iter()
+            .all(|h| h.matches(req.headers, self.cel_error_holds))
+        {
             return false;
         }
         if !self.action_types.is_empty()
@@ -391,7 +413,6 @@ mod tests {
     fn header_matchers_follow_envoys() {
         let sent = headers(&[
             ("x-user", "alice@example.com"),
-            ("x-env", "prod"),
             ("x-env", "ci"),
         ]);
         let cases = [
@@ -405,12 +426,62 @@ mod tests {
             ("{name: x-env, exact: ci}", true),
             ("{name: x-session, present: false}", true),
             ("{name: x-session, present: true}", false),
-            ("{name: x-env, exact: prod, invert: true}", false),
-            ("{name: x-env, exact: dev, invert: true}", true),
+            ("{name: x-env, exact: ci, invert: true}", false),
+            ("{name: x-env, exact: prod, invert: true}", true),
         ];
         for (yaml, want) in cases {
             let condition = header(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
-            assert_eq!(condition.matcher.matches(&sent), want, "{yaml}");
+            assert_eq!(condition.matcher.matches(&sent, true), want, "{yaml}");
+            assert_eq!(condition.matcher.matches(&sent, false), want, "{yaml}");
+        }
+    }
+
+    /// A second, conflicting value never helps a workload: an allow rule needs every value
+    /// to satisfy it, a deny rule any one (inverted matchers likewise, value by value).
+    #[test]
+    fn repeated_headers_are_judged_value_by_value_towards_refusal() {
+        let sent = |values: &[&str]| -> Vec<(String, Vec<u8>)> {
+            values
+                .iter()
+                .map(|v| ("x-tenant".to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let exact = header("{name: x-tenant, exact: acme}").unwrap();
+        let inverted = header("{name: x-tenant, exact: acme, invert: true}").unwrap();
+        let present = header("{name: x-tenant, present: true}").unwrap();
+        let (allowing, refusing) = (false, true);
+        for (values, exact_allow, exact_deny, inverted_allow, inverted_deny) in [
+            (&["acme"][..], true, true, false, false),
+            (&["evil"][..], false, false, true, true),
+            (&["acme", "evil"][..], false, true, false, true),
+            (&["evil", "acme"][..], false, true, false, true),
+            (&["acme", "acme"][..], true, true, false, false),
+            (&[][..], false, false, true, true),
+        ] {
+            let headers = sent(values);
+            assert_eq!(
+                exact.matcher.matches(&headers, allowing),
+                exact_allow,
+                "{values:?}"
+            );
+            assert_eq!(
+                exact.matcher.matches(&headers, refusing),
+                exact_deny,
+                "{values:?}"
+            );
+            assert_eq!(
+                inverted.matcher.matches(&headers, allowing),
+                inverted_allow,
+                "{values:?}"
+            );
+            assert_eq!(
+                inverted.matcher.matches(&headers, refusing),
+                inverted_deny,
+                "{values:?}"
+            );
+            for mode in [allowing, refusing] {
+                assert_eq!(present.matcher.matches(&headers, mode), !values.is_empty());
+            }
         }
     }
 

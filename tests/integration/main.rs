@@ -13,6 +13,7 @@ mod contract;
 mod control;
 mod decisions;
 mod failure;
+mod features;
 mod fleet;
 mod grpc;
 mod headers;
