@@ -411,10 +411,7 @@ mod tests {
 
     #[test]
     fn header_matchers_follow_envoys() {
-        let sent = headers(&[
-            ("x-user", "alice@example.com"),
-            ("x-env", "ci"),
-        ]);
+        let sent = headers(&[("x-user", "alice@example.com"), ("x-env", "ci")]);
         let cases = [
             ("{name: X-User, exact: alice@example.com}", true),
             ("{name: x-user, exact: Alice@example.com}", false),

@@ -208,7 +208,7 @@ fn a_gated_policy_allows_only_when_its_condition_holds() {
         "the reason names the condition and the error: {message}"
     );
     assert_eq!(upstream.hits(), 2);
-    gw.assert_no_leaks(&[CLAUDE, CURSOR], &[&allowed, &denied]);
+    gw.assert_no_leaks_checked(&[CLAUDE, CURSOR], &[(&allowed, 200), (&denied, 403)]);
 }
 
 const DLP_CONFIG: &str = r#"
@@ -275,15 +275,15 @@ fn dlp_conditions_deny_what_a_detector_finds_and_nothing_else() {
         if denied {
             assert_eq!(reply.json()["error"]["policy"], "no-leaked-credentials");
         }
-        replies.push(reply);
+        replies.push((reply, want));
     }
     assert_eq!(
         upstream.hits(),
         3,
         "only the clean bodies reached the upstream"
     );
-    let leaked: Vec<&Reply> = replies.iter().collect();
-    gw.assert_no_leaks(
+    let leaked: Vec<(&Reply, u16)> = replies.iter().map(|(r, status)| (r, *status)).collect();
+    gw.assert_no_leaks_checked(
         &[
             "AKIAIOSFODNN7EXAMPLE",
             "4111 1111 1111 1111",

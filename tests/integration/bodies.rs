@@ -54,7 +54,7 @@ fn the_seed_body_policies_deny_flag_and_allow() {
     assert_eq!(record["decision"], "DENIED");
     assert_eq!(record["policy"], "block-credential-leaks");
     assert_eq!(record["rule"], 0);
-    replies.push(denied);
+    replies.push((denied, 403));
 
     let sensitive = r#"{"attachment": "the customer list, SENTINEL-body-cust-82aa"}"#;
     let flagged = post_json(&gw, &url("/upload/crm"), sensitive);
@@ -69,7 +69,7 @@ fn the_seed_body_policies_deny_flag_and_allow() {
     let record = gw.audit_for(|r| r["path"] == "/upload/crm");
     assert_eq!(record["decision"], "FLAGGED");
     assert_eq!(record["policy"], "flag-sensitive");
-    replies.push(flagged);
+    replies.push((flagged, 200));
 
     let benign = r#"{"greeting": "SENTINEL-body-hello-19b0"}"#;
     let (allowed, messages) = gw.via_proxy_counting_messages(&[
@@ -88,7 +88,7 @@ fn the_seed_body_policies_deny_flag_and_allow() {
     assert_eq!(record["decision"], "ALLOWED");
     assert_eq!(record["policy"], "default-allow");
     assert_eq!(upstream.seen()[1].body, benign.as_bytes());
-    replies.push(allowed);
+    replies.push((allowed, 200));
 
     let (get, messages) = gw.via_proxy_counting_messages(&[&url("/page")]);
     assert_eq!(get.status, 200, "{get:?}");
@@ -101,7 +101,7 @@ fn the_seed_body_policies_deny_flag_and_allow() {
         (&record["decision"], &record["policy"]),
         (&"ALLOWED".into(), &"default-allow".into())
     );
-    replies.push(get);
+    replies.push((get, 200));
 
     let file = gw.dir.path().join("big.json");
     let big = format!(
@@ -120,9 +120,9 @@ fn the_seed_body_policies_deny_flag_and_allow() {
     assert_eq!(too_large.status, 413, "{too_large:?}");
     assert_eq!(too_large.json()["error"]["reason"], "body_too_large");
     assert_eq!(upstream.hits(), hits, "nothing over the limit is forwarded");
-    replies.push(too_large);
+    replies.push((too_large, 413));
 
-    gw.assert_no_leaks(
+    gw.assert_no_leaks_checked(
         &[
             "SENTINEL-body-aws-5d1f",
             "SENTINEL-body-cust-82aa",
@@ -130,7 +130,10 @@ fn the_seed_body_policies_deny_flag_and_allow() {
             "SENTINEL-body-big-c3e7",
             "customer list",
         ],
-        &replies.iter().collect::<Vec<_>>(),
+        &replies
+            .iter()
+            .map(|(r, status)| (r, *status))
+            .collect::<Vec<_>>(),
     );
 }
 

@@ -497,13 +497,39 @@ fn playground_audit_search_and_enrollment_tokens_from_the_command_line() {
     let run = op.run_as("not-a-token", &["token", "list"]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("refused the admin token"), "{run:?}");
-    let run = op.run_with(&[], &["policy", "list"]);
-    assert_eq!(run.code, 1);
+    // The default server, whatever else runs on this machine: the help says it...
+    let help = op.run_with(&[], &["policy", "--help"]);
     assert!(
-        run.stderr.contains("http://127.0.0.1:9901"),
-        "the default server: {run:?}"
+        help.stdout.contains("[default: http://127.0.0.1:9901]"),
+        "the default server: {help:?}"
     );
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // ...and it is where the CLI goes: checked on a listener of the test's own, when the
+    // port is free (never against whatever else may answer there).
+    match std::net::TcpListener::bind("127.0.0.1:9901") {
+        Ok(listener) => {
+            let default_server = answer_once_unauthorized(listener);
+            let run = op.run_with(&[], &["policy", "list"]);
+            let request = default_server.join().unwrap();
+            assert!(request.starts_with("GET /v1/policies"), "{request:?}");
+            assert_eq!(run.code, 1, "{run:?}");
+            assert!(
+                run.stderr
+                    .contains("the admin API at http://127.0.0.1:9901 needs an admin token"),
+                "{run:?}"
+            );
+        }
+        Err(e) => eprintln!(
+            "cli_api: 127.0.0.1:9901 is taken here ({e}): the default server is checked by the \
+             help only"
+        ),
+    }
+    // A server that does not answer: a port this test just saw closed.
+    let closed = free_port();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", closed)).is_err(),
+        "nothing listens on {closed}"
+    );
+    let nowhere = format!("http://127.0.0.1:{closed}");
     let run = op.run_with(
         &[
             ("PORTCULLIS_SERVER", &nowhere),
@@ -521,4 +547,45 @@ fn playground_audit_search_and_enrollment_tokens_from_the_command_line() {
     let run = op.run(&["policy", "--help"]);
     assert!(run.stdout.contains("PORTCULLIS_ADMIN_TOKEN"), "{run:?}");
     op.assert_no_token_printed();
+}
+
+/// Accepts one connection on `listener` (for at most 30 s), reads the request's head and
+/// answers it as the admin API answers a call without a token (401); returns the head.
+fn answer_once_unauthorized(listener: std::net::TcpListener) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the CLI never called its default server"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let body = r#"{"error":{"type":"unauthorized","message":"an admin token is required"}}"#;
+        write!(
+            stream,
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    })
 }

@@ -1,6 +1,11 @@
 //! Fail closed: without Portcullis, Envoy refuses; nothing is forwarded.
 
+use std::time::Duration;
+
 use crate::common::{Gateway, GatewayOptions, Upstream};
+
+/// How long a test waits for what must happen before it gives up (a shared machine).
+const DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
 fn portcullis_down_means_envoy_refuses() {
@@ -59,21 +64,31 @@ fn graceful_shutdown_flushes_the_audit_trail() {
 
 #[test]
 fn sigterm_turns_not_ready_and_keeps_deciding_for_the_shutdown_delay() {
+    // A shutdown delay generous enough for the checks below on a shared machine.
     let upstream = Upstream::start(None);
     let mut gw = Gateway::start(
-        "server: {shutdown_delay: 2s}\npolicies: [{name: all, action: allow, rules: [{host: '*'}]}]",
+        "server: {shutdown_delay: 5s}\npolicies: [{name: all, action: allow, rules: [{host: '*'}]}]",
         GatewayOptions::default(),
     );
     assert_eq!(gw.admin("/readyz").status, 200);
-    let slow = format!("http://127.0.0.1:{}/slow/1500", upstream.port());
+    // A request in flight: the upstream has it, and answers only when released.
+    let held = format!("http://127.0.0.1:{}/hold/sigterm", upstream.port());
     let proxy = format!("http://127.0.0.1:{}", gw.proxy_port);
     let dir = gw.dir.path().to_path_buf();
-    let in_flight =
-        std::thread::spawn(move || crate::common::curl(&dir, &["--proxy", &proxy, &slow]));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let in_flight = std::thread::spawn(move || {
+        crate::common::curl(&dir, &["--max-time", "120", "--proxy", &proxy, &held])
+    });
+    assert!(
+        crate::common::wait_until(DEADLINE, || upstream
+            .seen()
+            .iter()
+            .any(|s| s.path == "/hold/sigterm")),
+        "the request never reached the upstream: {:?}",
+        upstream.seen()
+    );
     gw.portcullis.terminate();
     let mut not_ready = None;
-    crate::common::wait_until(std::time::Duration::from_secs(2), || {
+    crate::common::wait_until(DEADLINE, || {
         let reply = gw.admin("/readyz");
         let done = reply.status == 503;
         not_ready = Some(reply);
@@ -87,10 +102,15 @@ fn sigterm_turns_not_ready_and_keeps_deciding_for_the_shutdown_delay() {
         during.status, 200,
         "requests are still decided during the delay"
     );
+    assert!(
+        !in_flight.is_finished(),
+        "the request was in flight across the signal"
+    );
+    upstream.release("sigterm");
+    let finished = in_flight.join().unwrap();
     assert_eq!(
-        in_flight.join().unwrap().status,
-        200,
-        "the request in flight finished"
+        finished.status, 200,
+        "the request in flight finished: {finished:?}"
     );
     let exited = gw.portcullis.child.wait().unwrap();
     assert!(exited.success(), "{exited:?}");

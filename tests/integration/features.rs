@@ -231,7 +231,10 @@ secrets:
         gw.audit_lines().is_empty(),
         "the file sink writes nothing to stdout"
     );
-    gw.assert_no_leaks(&[FILE_SINK_KEY], &[&allowed, &denied, &unmatched]);
+    gw.assert_no_leaks_checked(
+        &[FILE_SINK_KEY],
+        &[(&allowed, 200), (&denied, 403), (&unmatched, 403)],
+    );
 }
 
 // ------------------------------------------------------------------- 2. default_action

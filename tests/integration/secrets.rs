@@ -376,11 +376,13 @@ fn rotation_is_seen_after_the_ttl_and_outages_fail_closed_after_it() {
     let rotated = "SENTINEL-sk-proj-rotated-2";
     std::fs::write(&s.openai_file, rotated).unwrap();
     let started = Instant::now();
-    assert!(wait_until(Duration::from_secs(5), || {
-        send(&mut s);
+    // Generous deadlines (a shared machine); how long it took is printed.
+    let deadline = Duration::from_secs(30);
+    assert!(wait_until(deadline, || {
+        assert_eq!(send(&mut s), 200, "{:?}", s.last());
         s.seen("/v1/models").header("authorization") == Some(format!("Bearer {rotated}").as_str())
     }));
-    println!(
+    eprintln!(
         "secrets: rotated value in use after {} ms",
         started.elapsed().as_millis()
     );
@@ -389,7 +391,7 @@ fn rotation_is_seen_after_the_ttl_and_outages_fail_closed_after_it() {
     // credential.
     std::fs::remove_file(&s.openai_file).unwrap();
     let before = s.upstream.hits();
-    assert!(wait_until(Duration::from_secs(5), || send(&mut s) == 502));
+    assert!(wait_until(deadline, || send(&mut s) == 502));
     let after_outage = s.upstream.hits();
     for request in &s.upstream.seen()[before..after_outage] {
         assert_eq!(

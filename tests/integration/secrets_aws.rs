@@ -18,7 +18,20 @@ const SM_JSON_TOKEN: &str = "SENTINEL-sm-json-77ab";
 const SSM_KEY: &str = "SENTINEL-ssm-secure-e2f0";
 const ROTATING: &str = "SENTINEL-sm-rotating-v1";
 const OUTAGE: &str = "SENTINEL-sm-outage-0b9e";
-const ALL: &[&str] = &[SM_PLAIN, SM_JSON_TOKEN, SSM_KEY, ROTATING, OUTAGE];
+const OUTAGE_V2: &str = "SENTINEL-sm-outage-v2-61c3";
+const ALL: &[&str] = &[
+    SM_PLAIN,
+    SM_JSON_TOKEN,
+    SSM_KEY,
+    ROTATING,
+    OUTAGE,
+    OUTAGE_V2,
+];
+/// The `sm-outage` source's `ttl` (its config below says the same).
+const OUTAGE_TTL: Duration = Duration::from_secs(5);
+/// How long a test waits for what must happen (a rotation seen, a failure) before it gives
+/// up: generous for a shared machine; how long it took is printed.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 fn sources_config(moto: &str) -> String {
     format!(
@@ -53,7 +66,7 @@ secrets:
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/rotating/*"]}}]
   - name: sm-outage
-    source: {{type: aws_secrets_manager, secret_id: app/outage, endpoint_url: "{moto}", ttl: 3s, failure_ttl: 1s}}
+    source: {{type: aws_secrets_manager, secret_id: app/outage, endpoint_url: "{moto}", ttl: 5s, failure_ttl: 1s}}
     allow_plaintext: true
     inject: {{style: bearer}}
     rules: [{{host: 127.0.0.1, paths: ["/outage/*"]}}]
@@ -176,14 +189,14 @@ fn rotation_in_secrets_manager_is_seen_after_the_ttl() {
     s.moto.put_secret_value("app/rotating", rotated);
     let started = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(6), || {
-            s.get("/rotating/x");
+        wait_until(DEADLINE, || {
+            assert_eq!(s.get("/rotating/x"), 200, "{:?}", s.last());
             s.seen("/rotating/x").header("authorization")
                 == Some(format!("Bearer {rotated}").as_str())
         }),
-        "the rotated value is used without a restart"
+        "the rotated value is not in use {DEADLINE:?} later, without a restart"
     );
-    println!(
+    eprintln!(
         "secrets_aws: rotated value in use after {} ms (ttl 1s)",
         started.elapsed().as_millis()
     );
@@ -195,26 +208,76 @@ fn rotation_in_secrets_manager_is_seen_after_the_ttl() {
 fn moto_outage_serves_the_cached_value_until_the_ttl_then_fails_closed() {
     let mut s = Setup::start();
     assert_eq!(s.get("/outage/x"), 200);
-    s.moto.stop();
-    let stopped = Instant::now();
-    // Still cached.
-    assert_eq!(s.get("/outage/x"), 200);
-    let before = s.upstream.hits() - 1;
-    assert!(wait_until(Duration::from_secs(8), || s.get("/outage/x") == 502));
-    let failed_after = stopped.elapsed();
-    println!(
-        "secrets_aws: moto down; cached value served for {} ms, then 502 (ttl 3s)",
-        failed_after.as_millis()
-    );
+    // A read just before the outage: the value is rotated, and moto goes down as soon as
+    // the new one is injected, so the cached value's TTL started moments ago.
+    s.moto.put_secret_value("app/outage", OUTAGE_V2);
+    let rotated = Instant::now();
+    let fresh = || Some(format!("Bearer {OUTAGE_V2}"));
     assert!(
-        failed_after < Duration::from_millis(4500),
-        "the cached value is not served past its TTL ({failed_after:?})"
+        wait_until(DEADLINE, || {
+            assert_eq!(s.get("/outage/x"), 200, "{:?}", s.last());
+            s.header("/outage/x", "authorization") == fresh()
+        }),
+        "the rotated value is not in use {DEADLINE:?} later"
+    );
+    s.moto.stop();
+    // Every successful read started before this instant: moto is gone.
+    let stopped = Instant::now();
+    eprintln!(
+        "secrets_aws: the rotated value was read {} ms after the rotation; moto stopped",
+        rotated.elapsed().as_millis()
+    );
+    let before = s.upstream.hits();
+    // Still cached: the value was read well within its TTL.
+    assert_eq!(s.get("/outage/x"), 200, "{:?}", s.last());
+    assert_eq!(s.header("/outage/x", "authorization"), fresh());
+    // Then it fails closed. Each request's send time and status is kept.
+    let mut sent: Vec<(Instant, u16)> = Vec::new();
+    let failed = wait_until(DEADLINE, || {
+        let at = Instant::now();
+        let status = s.get("/outage/x");
+        sent.push((at, status));
+        status == 502
+    });
+    assert!(failed, "still no 502 {DEADLINE:?} after moto stopped");
+    eprintln!(
+        "secrets_aws: moto down; cached value served for {} ms, then 502 (ttl {OUTAGE_TTL:?})",
+        stopped.elapsed().as_millis()
+    );
+    // The property, as an order of events rather than a stopwatch: no request sent once the
+    // TTL of a read made before moto stopped is over (plus a second for the gateway to store
+    // what moto answered last) gets the cached value. Requests are sent past that point
+    // whatever the timing so far.
+    let expired = stopped + OUTAGE_TTL + Duration::from_secs(1);
+    std::thread::sleep(expired.saturating_duration_since(Instant::now()));
+    for _ in 0..3 {
+        let at = Instant::now();
+        sent.push((at, s.get("/outage/x")));
+    }
+    for (at, status) in &sent {
+        assert!(matches!(status, 200 | 502), "{sent:?}");
+        if *at >= expired {
+            assert_eq!(
+                *status,
+                502,
+                "the cached value was served to a request sent {:?} after moto stopped (ttl \
+                 {OUTAGE_TTL:?})",
+                at.duration_since(stopped)
+            );
+        }
+    }
+    let first_failure = sent.iter().position(|(_, status)| *status == 502).unwrap();
+    assert!(
+        sent[first_failure..]
+            .iter()
+            .all(|(_, status)| *status == 502),
+        "once failed closed, it stays closed while moto is down: {sent:?}"
     );
     let after = s.upstream.hits();
     for request in &s.upstream.seen()[before..after] {
         assert_eq!(
-            request.header("authorization"),
-            Some(format!("Bearer {OUTAGE}").as_str()),
+            request.header("authorization").map(str::to_owned),
+            fresh(),
             "while moto was down, only the cached value was used"
         );
     }
@@ -224,9 +287,6 @@ fn moto_outage_serves_the_cached_value_until_the_ttl_then_fails_closed() {
         body["error"]["message"],
         "credential \"sm-outage\" is unavailable"
     );
-    for _ in 0..3 {
-        assert_eq!(s.get("/outage/x"), 502);
-    }
     assert_eq!(s.upstream.hits(), after, "a 502 is never forwarded");
     let record = s.gw.audit_for(|r| r["reason"] == "credential_unavailable");
     assert_eq!(record["status"], 502);
@@ -371,7 +431,7 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
     let args = workload_request.curl_args(&workload);
     let reply = gw.via_proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(reply.status, 200, "{reply:?}\n{}", gw.portcullis_log());
-    replies.push(reply);
+    replies.push((reply, 200));
     let got = seen("/aws/ssm");
     assert_eq!(got.body, body, "the body is forwarded unchanged");
     let sha = Sha256::digest(body)
@@ -397,7 +457,7 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
     // 2. Unsigned: signed, with the empty payload's hash and the query.
     let reply = gw.via_proxy(&[&format!("http://127.0.0.1:{port}/aws/list?b=2&a=x%2Fy")]);
     assert_eq!(reply.status, 200);
-    replies.push(reply);
+    replies.push((reply, 200));
     let got = seen("/aws/list?b=2&a=x%2Fy");
     assert_eq!(
         got.header("x-amz-content-sha256"),
@@ -421,7 +481,7 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
         &format!("http://127.0.0.1:{port}/aws/put"),
     ]);
     assert_eq!(reply.status, 200);
-    replies.push(reply);
+    replies.push((reply, 200));
     let got = seen("/aws/put");
     assert_eq!(got.header("x-amz-content-sha256"), Some("UNSIGNED-PAYLOAD"));
     assert_eq!(got.body, b"opaque payload");
@@ -450,22 +510,22 @@ fn sigv4_signatures_match_botocore_and_scopes_are_enforced() {
         error["error"]["message"],
         "credential \"aws-ssm\": signed for s3 in eu-west-1; this credential signs ssm in us-east-1"
     );
-    replies.push(reply);
+    replies.push((reply, 403));
     assert_eq!(upstream.hits(), before);
 
     // 5. Keys that are not the JSON form: 502, the reason (field names) in the log only.
     let reply = gw.via_proxy(&[&format!("http://127.0.0.1:{port}/broken/x")]);
     assert_eq!(reply.status, 502);
     assert_eq!(reply.json()["error"]["reason"], "credential_unavailable");
-    replies.push(reply);
+    replies.push((reply, 502));
     assert_eq!(upstream.hits(), before);
     assert!(
         gw.portcullis_log()
             .contains("aws_sigv4 needs a JSON object")
     );
 
-    let replies: Vec<&Reply> = replies.iter().collect();
-    gw.assert_no_leaks(&[AWS_SECRET, AWS_TOKEN, BROKEN], &replies);
+    let replies: Vec<(&Reply, u16)> = replies.iter().map(|(r, status)| (r, *status)).collect();
+    gw.assert_no_leaks_checked(&[AWS_SECRET, AWS_TOKEN, BROKEN], &replies);
 }
 
 #[test]
@@ -561,7 +621,7 @@ transforms: [allowlist, secrets]
         "{}",
         reply.body
     );
-    replies.push(reply);
+    replies.push((reply, 200));
 
     // Unsigned, with a body: signed (its hash included), accepted.
     let reply = gw.via_proxy(&[
@@ -573,7 +633,7 @@ transforms: [allowlist, secrets]
     ]);
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("user/portcullis-gateway"));
-    replies.push(reply);
+    replies.push((reply, 200));
 
     // A JSON-protocol call (x-amz-target signed) to SSM through the other host name.
     let ssm_url = format!("http://127.0.0.1:{}/", moto.port);
@@ -598,13 +658,13 @@ transforms: [allowlist, secrets]
     let reply = gw.via_proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("plain-config-value"), "{}", reply.body);
-    replies.push(reply);
+    replies.push((reply, 200));
 
     let record = gw.audit_for(|r| r["host"] == "127.0.0.1");
     assert_eq!(
         record["transforms"][1]["annotations"]["signed"]["secret"],
         "moto-ssm"
     );
-    let replies: Vec<&Reply> = replies.iter().collect();
-    gw.assert_no_leaks(&[&secret], &replies);
+    let replies: Vec<(&Reply, u16)> = replies.iter().map(|(r, status)| (r, *status)).collect();
+    gw.assert_no_leaks_checked(&[&secret], &replies);
 }

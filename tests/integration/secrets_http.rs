@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::backends::{
     ClientAuthMode, Grant, JwtCheck, OAuthClient, OAuthServer, OnePassword, Vault, ec_public_key,
-    fixture_key, rsa_public_key,
+    fixture_key, rsa_public_key, unix_now, verify_with_pyjwt,
 };
 use crate::common::session::Session;
 use crate::common::{Gateway, GatewayOptions, Reply, Upstream, repo, wait_until};
@@ -26,6 +26,10 @@ const OP_DB: &str = "SENTINEL-op-db-pass-44f";
 const CLIENT_SECRET: &str = "SENTINEL-oauth-cs c4:/+%x";
 const CLIENT_SECRET_2: &str = "SENTINEL-oauth-cs2-8e0";
 const REFRESH_TOKEN: &str = "SENTINEL-oauth-refresh-77a";
+
+/// How long a test waits for what must happen (a rotation seen, a token re-minted, a
+/// failure) before it gives up: generous for a shared machine; how long it took is printed.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A gateway whose policy allows the upstream, with the given secrets.
 struct Run {
@@ -47,6 +51,11 @@ impl std::ops::DerefMut for Run {
 
 impl Run {
     fn start(secrets: &str, env: &[(&str, &str)]) -> Run {
+        Run::start_with(secrets, env, Vec::new())
+    }
+
+    /// With `envoy_edits` applied to the Envoy config.
+    fn start_with(secrets: &str, env: &[(&str, &str)], envoy_edits: Vec<(String, String)>) -> Run {
         let upstream = Upstream::start(None);
         let config = format!(
             "policies:\n  - {{name: upstream, action: allow, rules: [{{host: 127.0.0.1}}]}}\n\
@@ -59,6 +68,7 @@ impl Run {
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
+                envoy_edits,
                 ..GatewayOptions::default()
             },
         );
@@ -332,42 +342,76 @@ fn vault_rotation_is_seen_after_the_ttl_and_an_outage_fails_closed() {
     vault.put("secret/app/rotating", json!({"token": V1}));
     let secrets = format!(
         "  - name: rotating\n    source: {{type: vault, address: '{}', path: app/rotating, key: token, \
-         ttl: 3s, failure_ttl: 1s, token: {{type: env, var: VAULT_TOKEN}}}}\n    allow_plaintext: true\n    inject: {{style: bearer}}\n    rules: {}\n",
+         ttl: 5s, failure_ttl: 1s, token: {{type: env, var: VAULT_TOKEN}}}}\n    allow_plaintext: true\n    inject: {{style: bearer}}\n    rules: {}\n",
         vault.address(),
         rules("/rot/*")
     );
+    // The source's `ttl` above.
+    const TTL: Duration = Duration::from_secs(5);
     let mut run = Run::start(&secrets, &[("VAULT_TOKEN", VAULT_TOKEN)]);
     assert_eq!(run.get("/rot/a"), 200);
     assert_eq!(run.header("/rot/a", "authorization"), bearer(V1));
 
-    // Rotate in Vault: the new value is in use within the TTL, no restart.
+    // Rotate in Vault: the new value is in use after the TTL, no restart.
     vault.put("secret/app/rotating", json!({"token": V2}));
     let rotated = Instant::now();
-    assert!(wait_until(Duration::from_secs(6), || {
-        run.get("/rot/a");
-        run.header("/rot/a", "authorization") == bearer(V2)
-    }));
-    println!(
-        "secrets_http: rotated Vault value in use after {} ms (ttl 3s)",
+    assert!(
+        wait_until(DEADLINE, || {
+            assert_eq!(run.get("/rot/a"), 200, "{:?}", run.last());
+            run.header("/rot/a", "authorization") == bearer(V2)
+        }),
+        "the rotated value is not in use {DEADLINE:?} later"
+    );
+    eprintln!(
+        "secrets_http: rotated Vault value in use after {} ms (ttl {TTL:?})",
         rotated.elapsed().as_millis()
     );
 
-    // Vault goes down right after a read: the cached value serves until the TTL ends...
+    // Vault goes down right after that read: the cached value serves until the TTL ends...
     vault.stop();
+    // Every successful read started before this instant: Vault is gone.
     let down = Instant::now();
     let before = run.upstream.hits();
     assert_eq!(run.get("/rot/b"), 200, "the cached value still serves");
     assert_eq!(run.header("/rot/b", "authorization"), bearer(V2));
-    // ...then requests fail closed.
-    assert!(wait_until(Duration::from_secs(8), || run.get("/rot/c") == 502));
-    let failed_after = down.elapsed();
-    println!(
-        "secrets_http: Vault down; cached value served for {} ms, then 502",
-        failed_after.as_millis()
+    // ...then requests fail closed. Each request's send time and status is kept.
+    let mut sent: Vec<(Instant, u16)> = Vec::new();
+    let failed = wait_until(DEADLINE, || {
+        let at = Instant::now();
+        let status = run.get("/rot/c");
+        sent.push((at, status));
+        status == 502
+    });
+    assert!(failed, "still no 502 {DEADLINE:?} after Vault stopped");
+    eprintln!(
+        "secrets_http: Vault down; cached value served for {} ms, then 502 (ttl {TTL:?})",
+        down.elapsed().as_millis()
     );
+    // Not served past the TTL, as an order of events: no request sent once the TTL of a read
+    // made before Vault stopped is over (plus a second for the gateway to store what Vault
+    // answered last) gets the cached value; requests are sent past that point whatever the
+    // timing so far.
+    let expired = down + TTL + Duration::from_secs(1);
+    std::thread::sleep(expired.saturating_duration_since(Instant::now()));
+    let at = Instant::now();
+    sent.push((at, run.get("/rot/c")));
+    for (at, status) in &sent {
+        assert!(matches!(status, 200 | 502), "{sent:?}");
+        if *at >= expired {
+            assert_eq!(
+                *status,
+                502,
+                "the cached value was served to a request sent {:?} after Vault stopped",
+                at.duration_since(down)
+            );
+        }
+    }
+    let first_failure = sent.iter().position(|(_, status)| *status == 502).unwrap();
     assert!(
-        failed_after <= Duration::from_millis(4500),
-        "{failed_after:?}"
+        sent[first_failure..]
+            .iter()
+            .all(|(_, status)| *status == 502),
+        "once failed closed, it stays closed while Vault is down: {sent:?}"
     );
     let after_outage = run.upstream.hits();
     for request in &run.upstream.seen()[before..after_outage] {
@@ -424,31 +468,61 @@ fn oauth2_concurrent_requests_on_a_cold_cache_mint_one_token() {
         oauth.token_url(),
         rules("/cc/*")
     );
-    let mut run = Run::start(&secrets, &[("OAUTH_CLIENT_SECRET", CLIENT_SECRET)]);
+    // Requests wait inside the gateway for the token below for longer than Envoy's 0.5 s
+    // ext_proc message timeout: raised, so none is cut off while the test sets up the burst.
+    let mut run = Run::start_with(
+        &secrets,
+        &[("OAUTH_CLIENT_SECRET", CLIENT_SECRET)],
+        vec![(
+            "message_timeout: 0.5s".into(),
+            "message_timeout: 30s".into(),
+        )],
+    );
     assert_eq!(run.get("/cc/first"), 200, "{:?}", run.last());
     let first = oauth.issued();
     assert_eq!(first, ["SENTINEL-oauth-cc-at-1"]);
     assert_eq!(run.header("/cc/first", "authorization"), bearer(&first[0]));
 
-    // A cold cache: a new portcullis process. Its startup read and a burst of 20
-    // concurrent requests share one token request — the cache coalesces them. The token
-    // answer is slow (250 ms, under Envoy's 0.5 s ext_proc timeout), so the burst overlaps
-    // the read in flight.
-    oauth.delay_tokens(Duration::from_millis(250));
+    // A cold cache: a new portcullis process. The token endpoint holds its answers, so the
+    // startup read stays in flight until a burst of 20 requests is provably waiting inside
+    // the gateway (20 open ext_proc streams): then it answers, and the cache must have
+    // coalesced the read and all 20 into one token request. (The source's HTTP client gives
+    // up on a token request after 5 s: the restart and the burst fit well inside.)
+    oauth.hold_tokens();
     let hits_before = oauth.hits();
+    let restarted = Instant::now();
     run.gw.restart_portcullis();
-    let (replies, sent): (Vec<Reply>, Vec<Instant>) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..20)
-            .map(|i| {
-                let (gw, url) = (&run.gw, run.url(&format!("/cc/burst-{i}")));
-                scope.spawn(move || {
-                    let sent = Instant::now();
-                    (gw.via_proxy(&[&url]), sent)
+    let (replies, sent, released): (Vec<Reply>, Vec<Instant>, Instant) =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..20)
+                .map(|i| {
+                    let (gw, url) = (&run.gw, run.url(&format!("/cc/burst-{i}")));
+                    scope.spawn(move || {
+                        let sent = Instant::now();
+                        (gw.via_proxy(&[&url]), sent)
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).unzip()
-    });
+                .collect();
+            let waiting = wait_until(DEADLINE, || {
+                oauth.hits() > hits_before
+                    && run.gw.metric("portcullis_active_streams") == Some(20.0)
+            });
+            let released = Instant::now();
+            oauth.release_tokens();
+            assert!(
+                waiting,
+                "the 20 requests and the token request were never all in flight together: \
+                 {} token requests, active streams {:?}",
+                oauth.hits() - hits_before,
+                run.gw.metric("portcullis_active_streams")
+            );
+            let (replies, sent) = handles.into_iter().map(|h| h.join().unwrap()).unzip();
+            (replies, sent, released)
+        });
+    eprintln!(
+        "secrets_http: 20 requests waiting on one held token request {} ms after the restart",
+        released.duration_since(restarted).as_millis()
+    );
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200; 20], "{replies:?}");
     run.replies.extend(replies);
@@ -466,11 +540,10 @@ fn oauth2_concurrent_requests_on_a_cold_cache_mint_one_token() {
         );
     }
     let answered = *oauth.answered().last().unwrap();
-    println!(
-        "secrets_http: oauth2 cold start + 20 concurrent requests: {} token request; {} of the \
-         20 were sent before it was answered",
-        oauth.hits() - hits_before,
-        sent.iter().filter(|t| **t < answered).count()
+    assert!(answered >= released, "the token was answered once released");
+    assert!(
+        sent.iter().all(|t| *t < answered),
+        "every request of the burst was sent before the one token request was answered"
     );
 
     // What the endpoint was sent: Basic with form-encoded id and secret, grant, scope and
@@ -570,6 +643,8 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
         fixture_path("ec-private.pem"),
         rules("/jwt/*"),
     );
+    // Assertions are signed from here on (the gateway reads its sources as it starts).
+    let minted_from = unix_now();
     let mut run = Run::start(
         &secrets,
         &[
@@ -586,12 +661,15 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
     );
     let first_minted = Instant::now();
     // expires_in 35 s: kept ~5 s, then a new token is minted, without a restart.
-    assert!(wait_until(Duration::from_secs(12), || {
-        run.get("/rt/b");
-        run.header("/rt/b", "authorization") == bearer("SENTINEL-oauth-rt-at-2")
-    }));
+    assert!(
+        wait_until(DEADLINE, || {
+            assert_eq!(run.get("/rt/b"), 200, "{:?}", run.last());
+            run.header("/rt/b", "authorization") == bearer("SENTINEL-oauth-rt-at-2")
+        }),
+        "not re-minted {DEADLINE:?} later"
+    );
     let reminted = first_minted.elapsed();
-    println!(
+    eprintln!(
         "secrets_http: expires_in 35 s token re-minted after {} ms",
         reminted.as_millis()
     );
@@ -627,7 +705,25 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
     );
     let verified = jwt.verified();
     assert_eq!(verified.len(), 1, "{verified:?}");
-    let claims = &verified[0];
+    // Verified again by PyJWT, independently of the crate that signed it: the signature
+    // with the public key, ES256; iss; aud (defaults to the token URL); exp and iat.
+    let assertions: Vec<String> = jwt
+        .requests()
+        .iter()
+        .filter_map(|r| r.field("assertion"))
+        .collect();
+    let by_pyjwt = verify_with_pyjwt(
+        &assertions,
+        "ec-public.pem",
+        "ES256",
+        &jwt.token_url(),
+        "portcullis-test-client",
+    );
+    let minted_by = unix_now();
+    assert_eq!(by_pyjwt.len(), 1);
+    let (header, claims) = &by_pyjwt[0];
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], "ec-test-1");
     assert_eq!(claims["iss"], "portcullis-test-client");
     assert_eq!(claims["sub"], "robot@example.test");
     assert_eq!(
@@ -635,11 +731,15 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
         jwt.token_url(),
         "aud defaults to the token URL"
     );
-    assert_eq!(claims["kid"], "ec-test-1");
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        300
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
     );
+    assert!(
+        (minted_from..=minted_by).contains(&iat),
+        "issued while the test ran: iat {iat}, test {minted_from}..={minted_by}"
+    );
+    assert_eq!(exp - iat, 300, "the configured lifetime");
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
     let request = &jwt.requests()[0];
     let names: Vec<String> = request.form().into_iter().map(|(n, _)| n).collect();
@@ -722,6 +822,8 @@ fn gcp_service_account_tokens_reach_the_upstream() {
         google.token_url(),
         rules("/gcp-override/*"),
     );
+    // Assertions are signed from here on (the gateway reads its sources as it starts).
+    let minted_from = unix_now();
     let mut run = Run::start(&secrets, &[]);
     assert_eq!(run.get("/gcp/storage/v1/b"), 200, "{:?}", run.last());
     assert_eq!(
@@ -745,12 +847,38 @@ fn gcp_service_account_tokens_reach_the_upstream() {
     // scope, aud (the endpoint's URL), sub, an hour's lifetime.
     let verified = google.verified();
     assert_eq!(verified.len(), 2);
-    for claims in &verified {
+    // And by PyJWT, independently of the crate that signed them: RS256 with the service
+    // account's public key, iss, aud (the endpoint's URL), exp and iat, and the claims.
+    let assertions: Vec<String> = google
+        .requests()
+        .iter()
+        .filter_map(|r| r.field("assertion"))
+        .collect();
+    let by_pyjwt = verify_with_pyjwt(
+        &assertions,
+        "rsa-public.pem",
+        "RS256",
+        &google.token_url(),
+        EMAIL,
+    );
+    let minted_by = unix_now();
+    assert_eq!(by_pyjwt.len(), 2);
+    for (header, claims) in &by_pyjwt {
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["kid"], "gcp-test-key-1");
         assert_eq!(claims["iss"], EMAIL);
-        assert_eq!(claims["scope"], SCOPES);
         assert_eq!(claims["aud"], google.token_url());
+        assert_eq!(claims["scope"], SCOPES);
         assert_eq!(claims["sub"], "admin@example.test");
-        assert_eq!(claims["kid"], "gcp-test-key-1");
+        let (iat, exp) = (
+            claims["iat"].as_u64().unwrap(),
+            claims["exp"].as_u64().unwrap(),
+        );
+        assert!(
+            (minted_from..=minted_by).contains(&iat),
+            "issued while the test ran: iat {iat}, test {minted_from}..={minted_by}"
+        );
+        assert_eq!(exp - iat, 3600, "an hour's lifetime");
     }
     for r in google.requests() {
         let names: Vec<String> = r.form().into_iter().map(|(n, _)| n).collect();

@@ -185,7 +185,7 @@ fn a_traceparent_parents_the_stream_span_and_names_the_audit_trace() {
     );
 
     assert_nothing_secret_in_spans(&collector);
-    gw.assert_no_leaks(&[SECRET, PROXY_TOKEN], &[&reply]);
+    gw.assert_no_leaks_checked(&[SECRET, PROXY_TOKEN], &[(&reply, 200)]);
 }
 
 #[test]

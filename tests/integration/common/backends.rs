@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
@@ -77,11 +77,14 @@ fn form_decode(text: &str) -> String {
         .into_owned()
 }
 
-/// A backend's answer: status, JSON body, and how long to hold it back.
+/// A backend's answer: status, JSON body, what it waits for before it is sent, and what to
+/// do as it is sent.
 struct Answer {
     status: u16,
     body: Value,
-    delay: Duration,
+    /// Held while this says `true`.
+    held: Option<tokio::sync::watch::Receiver<bool>>,
+    on_send: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Answer {
@@ -89,7 +92,8 @@ impl Answer {
         Answer {
             status,
             body,
-            delay: Duration::ZERO,
+            held: None,
+            on_send: None,
         }
     }
 }
@@ -185,8 +189,11 @@ async fn serve(
     };
     record.lock().unwrap().push(received.clone());
     let answer = handler(&received);
-    if !answer.delay.is_zero() {
-        tokio::time::sleep(answer.delay).await;
+    if let Some(mut held) = answer.held {
+        let _ = held.wait_for(|held| !*held).await;
+    }
+    if let Some(on_send) = answer.on_send {
+        on_send();
     }
     Ok(Response::builder()
         .status(answer.status)
@@ -558,8 +565,8 @@ struct OAuthState {
     jtis: HashSet<String>,
     /// The claims (and `kid`) of every assertion that verified.
     verified: Vec<Value>,
-    /// Tokens are answered after this long.
-    delay: Duration,
+    /// While `true`, token answers are held back ([`OAuthServer::hold_tokens`]).
+    held: tokio::sync::watch::Sender<bool>,
     /// When each token was answered.
     answered: Vec<Instant>,
     rejections: Vec<String>,
@@ -585,7 +592,7 @@ impl OAuthServer {
             refresh,
             jtis: HashSet::new(),
             verified: Vec::new(),
-            delay: Duration::ZERO,
+            held: tokio::sync::watch::channel(false).0,
             answered: Vec::new(),
             rejections: Vec::new(),
         }));
@@ -629,12 +636,18 @@ impl OAuthServer {
         self.state.lock().unwrap().rejections.clone()
     }
 
-    /// Answers tokens after `delay` (a slow identity provider).
-    pub fn delay_tokens(&self, delay: Duration) {
-        self.state.lock().unwrap().delay = delay;
+    /// Holds every token answer (requests are received and recorded, answers wait) until
+    /// [`OAuthServer::release_tokens`].
+    pub fn hold_tokens(&self) {
+        self.state.lock().unwrap().held.send_replace(true);
     }
 
-    /// When each issued token was sent.
+    /// Sends the held token answers, and answers at once from now on.
+    pub fn release_tokens(&self) {
+        self.state.lock().unwrap().held.send_replace(false);
+    }
+
+    /// When each issued token was sent (after any hold).
     pub fn answered(&self) -> Vec<Instant> {
         self.state.lock().unwrap().answered.clone()
     }
@@ -647,8 +660,8 @@ fn oauth_error(status: u16, error: &str, description: &str) -> Answer {
     )
 }
 
-fn token_answer(state: &Mutex<OAuthState>, r: &Received) -> Answer {
-    let mut state = state.lock().unwrap();
+fn token_answer(shared: &Arc<Mutex<OAuthState>>, r: &Received) -> Answer {
+    let mut state = shared.lock().unwrap();
     match check_token_request(&mut state, r) {
         Ok(()) => {
             let n = state.issued.len() + 1;
@@ -661,10 +674,13 @@ fn token_answer(state: &Mutex<OAuthState>, r: &Received) -> Answer {
                 state.refresh = Some(next.clone());
                 body["refresh_token"] = next.into();
             }
-            let delay = state.delay;
-            state.answered.push(Instant::now() + delay);
+            let held = state.held.subscribe();
+            let record = shared.clone();
             Answer {
-                delay,
+                held: Some(held),
+                on_send: Some(Box::new(move || {
+                    record.lock().unwrap().answered.push(Instant::now());
+                })),
                 ..Answer::json(200, body)
             }
         }
@@ -889,4 +905,73 @@ pub fn rsa_public_key() -> DecodingKey {
 pub fn ec_public_key() -> DecodingKey {
     let spki = pem_der(&fixture_key("ec-public.pem"));
     DecodingKey::from_ec_der(&spki[spki.len() - 65..])
+}
+
+// ---- Independent JWT verification ----
+
+/// PyJWT (from the test virtualenv) verifying assertions the gateway signed: independent
+/// of the `jsonwebtoken` crate, which both signs them in the gateway and verifies them in
+/// the token endpoints above.
+const PYJWT_VERIFY: &str = r#"
+import base64, json, sys, jwt
+a = json.load(sys.stdin)
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+out = []
+for token in a["tokens"]:
+    claims = jwt.decode(token, a["key"], algorithms=[a["alg"]], audience=a["aud"],
+                        issuer=a["iss"], leeway=0,
+                        options={"require": ["exp", "iat", "iss", "aud"]})
+    header = jwt.get_unverified_header(token)
+    # The same token with one claim changed and the signature kept must be refused.
+    head, payload, signature = token.split(".")
+    forged = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged["sub"] = "someone-else@example.test"
+    try:
+        jwt.decode(head + "." + b64(json.dumps(forged).encode()) + "." + signature, a["key"],
+                   algorithms=[a["alg"]], audience=a["aud"], issuer=a["iss"])
+        forgery = "accepted"
+    except jwt.InvalidSignatureError:
+        forgery = "refused"
+    out.append({"header": header, "claims": claims, "forgery": forgery})
+print(json.dumps(out))
+"#;
+
+/// Verifies each of `assertions` with PyJWT against the fixture public key
+/// `public_key` (`rsa-public.pem`, `ec-public.pem`): the signature, for `algorithm` only;
+/// `aud` and `iss`; `exp` and `iat` present and `exp` not passed. Asserts that PyJWT refuses
+/// each with a claim changed under the same signature. Returns each one's header and claims
+/// (as PyJWT decoded them) for the caller's checks.
+pub fn verify_with_pyjwt(
+    assertions: &[String],
+    public_key: &str,
+    algorithm: &str,
+    audience: &str,
+    issuer: &str,
+) -> Vec<(Value, Value)> {
+    assert!(!assertions.is_empty(), "assertions to verify");
+    let out = super::moto::run_python(
+        PYJWT_VERIFY,
+        &json!({"tokens": assertions, "key": fixture_key(public_key), "alg": algorithm,
+                "aud": audience, "iss": issuer}),
+    );
+    out.as_array()
+        .expect("PyJWT's results")
+        .iter()
+        .map(|verified| {
+            assert_eq!(
+                verified["forgery"], "refused",
+                "PyJWT checks the signature: {verified}"
+            );
+            (verified["header"].clone(), verified["claims"].clone())
+        })
+        .collect()
+}
+
+/// Seconds since the Unix epoch (what `iat` and `exp` count).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

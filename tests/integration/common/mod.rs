@@ -169,6 +169,18 @@ impl Reply {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
+
+    /// The status of the answer that arrived whole: the response's (curl exited 0), or the
+    /// proxy's refusal of a CONNECT (curl gets no response then); 0 when neither did.
+    pub fn answered(&self) -> u16 {
+        if self.status != 0 {
+            if self.exit == 0 { self.status } else { 0 }
+        } else if self.connect_status >= 300 {
+            self.connect_status
+        } else {
+            0
+        }
+    }
 }
 
 static CURL_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -339,7 +351,7 @@ impl Gateway {
             env: options.env.clone(),
             dir,
         };
-        gateway.settle_admin_port();
+        gateway.settle_admin_port(0);
         if options.starts_unready {
             gateway.wait_portcullis_answers();
         } else {
@@ -433,12 +445,12 @@ impl Gateway {
 
     /// The admin port we probed free may be taken before Portcullis binds it (tests run in
     /// parallel): then Portcullis exits saying so, and starts again on a fresh port, up to
-    /// three times, as Envoy does.
-    fn settle_admin_port(&mut self) {
+    /// three times, as Envoy does. `seen`: how much of the log earlier starts wrote.
+    fn settle_admin_port(&mut self, seen: usize) {
         let log = self.dir.path().join("portcullis.log");
-        // What this start wrote (the first start's log is the whole file).
-        let mut seen = 0;
-        for _ in 0..3 {
+        // What this start wrote.
+        let mut seen = seen;
+        for attempt in 0..4 {
             let new_log = || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 text.get(seen.min(text.len())..)
@@ -455,6 +467,15 @@ impl Gateway {
             if !taken {
                 return;
             }
+            assert!(
+                attempt < 3,
+                "portcullis found its admin port taken four times; log:\n{}",
+                self.portcullis_log()
+            );
+            eprintln!(
+                "portcullis: admin port {} was taken before it could bind it; retrying on another",
+                self.admin_port
+            );
             self.admin_port = free_port();
             seen = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
             self.portcullis = spawn_portcullis(
@@ -675,6 +696,25 @@ impl Gateway {
     /// Asserts that no sentinel value appears in anything the gateway wrote (Portcullis's
     /// stdout and stderr, the audit trail, Envoy's logs and access log), on the metrics
     /// page, or in the given replies (error bodies and headers the workload saw).
+    ///
+    /// Each reply comes with the status the test expects of it, asserted first: a reply
+    /// that is not the one the test meant to check (a 502, nothing at all) trivially holds
+    /// no secret, and would make the check pass without proving anything.
+    pub fn assert_no_leaks_checked(&self, sentinels: &[&str], replies: &[(&Reply, u16)]) {
+        for (reply, expected) in replies {
+            assert_eq!(
+                reply.answered(),
+                *expected,
+                "a reply fed to the leak check is not the one expected: {reply:?}"
+            );
+        }
+        let replies: Vec<&Reply> = replies.iter().map(|(reply, _)| *reply).collect();
+        self.assert_no_leaks(sentinels, &replies);
+    }
+
+    /// [`Gateway::assert_no_leaks_checked`] for replies whose status the caller has
+    /// asserted itself (or none: `&[]`, the gateway's own output only). Prefer the checked
+    /// form for replies.
     pub fn assert_no_leaks(&self, sentinels: &[&str], replies: &[&Reply]) {
         let mut seen = self.all_output();
         seen.push_str(&self.admin("/metrics").body);
@@ -699,9 +739,13 @@ impl Gateway {
         }
     }
 
-    /// Restarts portcullis on the same ports (Envoy keeps running).
+    /// Restarts portcullis on the same ports (Envoy keeps running). The admin port, free
+    /// while the old process held it, may be taken by another process meanwhile: then it
+    /// moves to a fresh one (Envoy only knows the gRPC socket).
     pub fn restart_portcullis(&mut self) {
         self.portcullis.stop();
+        let seen = std::fs::metadata(self.dir.path().join("portcullis.log"))
+            .map_or(0, |m| m.len() as usize);
         self.portcullis = spawn_portcullis(
             self.dir.path(),
             &self.config_path,
@@ -709,6 +753,7 @@ impl Gateway {
             self.admin_port,
             &self.env,
         );
+        self.settle_admin_port(seen);
         self.wait_portcullis_ready();
     }
 }

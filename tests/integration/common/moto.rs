@@ -37,27 +37,45 @@ pub fn python() -> PathBuf {
 }
 
 impl Moto {
-    /// Starts moto on a free port and waits until it answers.
+    /// Starts moto on a free port and waits until it answers. The port we probed free may
+    /// be taken before moto binds it (tests run in parallel): then moto exits saying so,
+    /// and starts again on a fresh port, up to three times.
     pub fn start() -> Moto {
         envoy_binary();
         let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-        let port = free_port();
-        let child = Command::new(repo().join(".venv/bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("moto_server starts (scripts/bootstrap installs it)");
-        let mut process = Process { child };
-        let up = wait_until(Duration::from_secs(30), || {
-            process.is_running() && TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(
-            up,
-            "moto did not start: {}",
-            std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
-        );
+        let log_path = dir.path().join("moto.log");
+        let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let mut started = None;
+        for attempt in 0..3 {
+            let log = std::fs::File::create(&log_path).unwrap();
+            let port = free_port();
+            let child = Command::new(repo().join(".venv/bin/moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("moto_server starts (scripts/bootstrap installs it)");
+            let mut process = Process { child };
+            // Listening, and it is moto that listens there (its own banner names the port):
+            // another process that took the port would answer the connect too.
+            let banner = format!("Running on http://127.0.0.1:{port}");
+            let up = wait_until(Duration::from_secs(30), || {
+                process.is_running()
+                    && read_log().contains(&banner)
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if up {
+                started = Some((port, process));
+                break;
+            }
+            let text = read_log();
+            let taken = !process.is_running()
+                && (text.contains("Address already in use") || text.contains("is in use"));
+            assert!(taken && attempt < 2, "moto did not start: {text}");
+            eprintln!("moto: port {port} was taken before it could bind it; retrying on another");
+            process.stop();
+        }
+        let (port, process) = started.expect("moto started");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -29,7 +29,10 @@ impl Session {
         format!("http://{host}:{}{path}", self.upstream.port())
     }
 
-    /// Sends through the forward proxy; keeps the reply.
+    /// Sends through the forward proxy; keeps the reply, for the leak check. The status
+    /// must be looked at: every reply kept is fed to the leak check, which proves nothing
+    /// about a reply that is not the one the test expected.
+    #[must_use = "assert the status: the reply is fed to the leak check"]
     pub fn send(&mut self, args: &[&str]) -> u16 {
         let reply = self.gw.via_proxy(args);
         let status = reply.status;
@@ -37,6 +40,7 @@ impl Session {
         status
     }
 
+    #[must_use = "assert the status: the reply is fed to the leak check"]
     pub fn get(&mut self, path: &str) -> u16 {
         let url = self.url(path);
         self.send(&[&url])
@@ -60,9 +64,22 @@ impl Session {
         self.seen(path).header(name).map(str::to_owned)
     }
 
-    /// No sentinel in anything the gateway wrote, the metrics, or any reply kept.
+    /// No sentinel in anything the gateway wrote, the metrics, or any reply kept. Each
+    /// kept reply's status was asserted where it was sent (`send` and `get` are
+    /// `must_use`); here each must at least be a whole answer (a response, or the proxy's
+    /// refusal of a CONNECT).
     pub fn assert_no_leaks(&self, sentinels: &[&str]) {
-        let replies: Vec<&Reply> = self.replies.iter().collect();
-        self.gw.assert_no_leaks(sentinels, &replies);
+        let replies: Vec<(&Reply, u16)> = self
+            .replies
+            .iter()
+            .map(|r| {
+                assert!(
+                    r.answered() != 0,
+                    "no whole answer, nothing to check: {r:?}"
+                );
+                (r, r.answered())
+            })
+            .collect();
+        self.gw.assert_no_leaks_checked(sentinels, &replies);
     }
 }

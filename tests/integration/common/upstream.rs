@@ -1,9 +1,12 @@
 //! A real upstream for tests: answers every request with a JSON echo of what it received
 //! (method, path, headers, body length) and records each request, so a test can count hits
 //! and see exactly which headers left the gateway. Plain HTTP, or HTTPS with its own CA.
+//! `/slow/<ms>` answers after a delay; `/hold/<key>` only once the test calls
+//! [`Upstream::release`] (a request provably in flight for as long as the test needs).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +39,10 @@ impl Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted, whatever came over them (HTTP or not).
+    connections: Arc<AtomicUsize>,
+    /// The `/hold/<key>` keys released so far.
+    released: tokio::sync::watch::Sender<Vec<String>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -94,17 +101,20 @@ impl Upstream {
     pub fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let (runtime, listener, addr) = super::loopback_server();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let record = seen.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (record, accepted) = (seen.clone(), connections.clone());
+        let (released, holds) = tokio::sync::watch::channel(Vec::<String>::new());
         runtime.spawn(async move {
             let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let record = record.clone();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (record, holds) = (record.clone(), holds.clone());
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, record.clone()));
+                    let service = service_fn(move |req| handle(req, record.clone(), holds.clone()));
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
@@ -125,6 +135,8 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            connections,
+            released,
             _runtime: runtime,
         }
     }
@@ -141,11 +153,23 @@ impl Upstream {
     pub fn hits(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
+
+    /// Lets the requests held at `/hold/<key>` (and any later ones) be answered.
+    pub fn release(&self, key: &str) {
+        self.released.send_modify(|keys| keys.push(key.to_owned()));
+    }
+
+    /// TCP connections accepted so far: bytes that are not HTTP (which `seen` never
+    /// records) still arrive over one.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
 }
 
 async fn handle(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    mut holds: tokio::sync::watch::Receiver<Vec<String>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req
@@ -168,6 +192,11 @@ async fn handle(
         .strip_prefix("/slow/")
         .and_then(|ms| ms.split(['/', '?']).next())
         .and_then(|ms| ms.parse::<u64>().ok());
+    // `/hold/<key>` answers once the test released `key`.
+    let hold = path
+        .strip_prefix("/hold/")
+        .and_then(|key| key.split(['/', '?']).next())
+        .map(str::to_owned);
     let body = req
         .into_body()
         .collect()
@@ -189,6 +218,9 @@ async fn handle(
     });
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(key) = hold {
+        let _ = holds.wait_for(|keys| keys.contains(&key)).await;
     }
     Ok(Response::builder()
         .header("content-type", "application/json")

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Instance, PROPAGATION, seed};
+use super::{Instance, PROPAGATION_DEADLINE, seed};
 use crate::common::postgres::TestDatabase;
 use crate::common::{Upstream, wait_until};
 use crate::control::{create, update};
@@ -58,6 +58,10 @@ fn bench_propagation_and_throughput_under_changes() {
     }
 }
 
+/// The bound the spec sets on propagation to every other instance: reported against here,
+/// never asserted (a shared machine's timing is for the report).
+const SPEC_PROPAGATION: Duration = Duration::from_secs(1);
+
 /// Changes timed for B's CPU per change applied.
 const SYNC_SAMPLES: u64 = 20;
 
@@ -77,7 +81,7 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
     let seeded = seeded.elapsed();
     let upstream = Upstream::start(None);
     let a = Instance::start(&db);
-    let b = Instance::start(&db);
+    let b = Instance::start_reader(&db);
     let total = fillers + 2;
     eprintln!("---- {total} policies (seeded in {seeded:?}) ----");
 
@@ -90,9 +94,7 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
     let host = format!("127.0.0.1:{}", upstream.port());
     let mut poller = ProxyConnection::new(b.gw.proxy_port);
     assert_eq!(create(&a.gw, &flip("allow")).status, 201);
-    assert!(wait_until(Duration::from_secs(5), || poller
-        .get(&url, &host)
-        == 200));
+    assert!(wait_until(PROPAGATION_DEADLINE, || poller.get(&url, &host) == 200));
     let (mut after_answer, mut after_send, mut write) = (Vec::new(), Vec::new(), Vec::new());
     let mut polls = 0usize;
     for i in 1..=changes {
@@ -113,8 +115,8 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
                 break;
             }
             assert!(
-                answered.elapsed() < Duration::from_secs(5),
-                "change {i} did not reach B"
+                answered.elapsed() < PROPAGATION_DEADLINE,
+                "change {i} did not reach B within {PROPAGATION_DEADLINE:?}"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -145,7 +147,10 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
     }
     lines.push(format!(
         "({polls} polls of B for {changes} changes; under 1 s: {}/{changes})",
-        after_answer.iter().filter(|d| **d < PROPAGATION).count()
+        after_answer
+            .iter()
+            .filter(|d| **d < SPEC_PROPAGATION)
+            .count()
     ));
 
     // 2. Throughput through B's Envoy, without and with changes streaming in through A.
@@ -173,7 +178,7 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
         assert_eq!(reply.status, 200, "{reply:?}");
         churn_version += 1;
         let revision = reply.json()["store_revision"].as_i64();
-        assert!(wait_until(Duration::from_secs(5), || b.revision() == revision));
+        assert!(wait_until(PROPAGATION_DEADLINE, || b.revision() == revision));
     }
     let per_sync = (cpu_seconds(b.gw.portcullis.pid()) - cpu) / (b.syncs() - syncs) as f64;
     lines.push(format!(
@@ -226,7 +231,7 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
                 (load, writer.map(|w| w.join().unwrap()))
             });
             // B followed every change through A (its revision is A's once the last landed).
-            assert!(wait_until(Duration::from_secs(5), || a.revision() == b.revision()));
+            assert!(wait_until(PROPAGATION_DEADLINE, || a.revision() == b.revision()));
             let mut load = load;
             let (to, written) = written.unwrap_or((&a, 0));
             load.usage = Usage::of(to, &b, &upstream).since(&before);

@@ -568,12 +568,18 @@ impl MutualTlsPortcullis {
             write("server.key", &pki.server.1),
         );
         let ca = write("ca.crt", &pki.ca_pem);
-        let grpc_port = crate::common::free_port();
-        let admin_port = crate::common::free_port();
-        let config = write(
-            "portcullis.yaml",
-            &format!(
-                r#"
+        let log_path = dir.path().join("portcullis.log");
+        let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        // The ports we probed free may be taken before Portcullis binds them (tests run in
+        // parallel): then it exits saying so, and starts again on fresh ones.
+        let mut attempt = 0;
+        let (grpc_port, admin_port, mut process) = loop {
+            let grpc_port = crate::common::free_port();
+            let admin_port = crate::common::free_port();
+            let config = write(
+                "portcullis.yaml",
+                &format!(
+                    r#"
 server:
   grpc_listen: 127.0.0.1:{grpc_port}
   admin_listen: 127.0.0.1:{admin_port}
@@ -588,18 +594,29 @@ secrets:
     allow_plaintext: true   # the test's upstream is plain HTTP
     rules: [{{host: api.test}}, {{host: 127.0.0.1}}]
 {guard}"#,
-                guard = LoopbackDns::start().guard_config()
-            ),
-        );
-        let log = std::fs::File::create(dir.path().join("portcullis.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["serve", "--config", &config])
-            .env("CHANNEL_SECRET", CHANNEL_SECRET)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut process = crate::common::Process { child };
+                    guard = LoopbackDns::start().guard_config()
+                ),
+            );
+            let log = std::fs::File::create(dir.path().join("portcullis.log")).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["serve", "--config", &config])
+                .env("CHANNEL_SECRET", CHANNEL_SECRET)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut process = crate::common::Process { child };
+            wait_until(Duration::from_secs(20), || {
+                !process.is_running() || read_log().contains("portcullis is serving")
+            });
+            let taken = !process.is_running() && read_log().contains("Address already in use");
+            if !taken {
+                break (grpc_port, admin_port, process);
+            }
+            attempt += 1;
+            assert!(attempt < 3, "ports taken three times: {}", read_log());
+            eprintln!("channel: a port Portcullis was given was taken; retrying on others");
+        };
         let url = format!("http://127.0.0.1:{admin_port}/readyz");
         let ready = wait_until(Duration::from_secs(20), || {
             process.is_running() && curl(dir.path(), &[&url]).status == 200

@@ -222,10 +222,11 @@ fn sentinels() -> Vec<String> {
     ]
 }
 
-fn assert_no_leaks(gw: &Gateway, replies: &[&Reply]) {
+/// `replies`: each with the status the test expects of it (asserted before the scan).
+fn assert_no_leaks(gw: &Gateway, replies: &[(&Reply, u16)]) {
     let sentinels = sentinels();
     let sentinels: Vec<&str> = sentinels.iter().map(String::as_str).collect();
-    gw.assert_no_leaks(&sentinels, replies);
+    gw.assert_no_leaks_checked(&sentinels, replies);
 }
 
 /// The gateway: everything to 127.0.0.1 allowed; which secret applies depends on the path.
@@ -292,7 +293,7 @@ fn placeholder_in_an_undeclared_header_or_query_is_not_swapped() {
         record["transforms"][1]["annotations"]["swapped"]["locations"],
         serde_json::json!(["header:authorization"])
     );
-    assert_no_leaks(&gw, &[&reply]);
+    assert_no_leaks(&gw, &[(&reply, 200)]);
 }
 
 /// Issue 13, item 4: `require: true` only checked that the placeholder appeared somewhere,
@@ -342,7 +343,7 @@ fn own_credential_beside_the_placeholder_is_refused_under_require() {
         upstream.seen("/echo/ok").header("authorization"),
         Some(format!("Bearer {SWAPPED}").as_str())
     );
-    assert_no_leaks(&gw, &[&own, &mixed, &ok]);
+    assert_no_leaks(&gw, &[(&own, 403), (&mixed, 403), (&ok, 200)]);
 }
 
 /// Issue 13, item 16: credentials were injected into plaintext `http://` requests, so they
@@ -390,6 +391,7 @@ fn credential_is_not_sent_over_plaintext_http() {
         ),
     );
     assert!(claimed.starts_with("HTTP/1.1 4"), "{claimed}");
+    let claimed_status: u16 = claimed[9..12].parse().unwrap();
     assert_eq!(upstream.hits(), 0, "nothing reached the upstream");
 
     // A secret that allows plaintext is injected.
@@ -400,14 +402,17 @@ fn credential_is_not_sent_over_plaintext_http() {
         Some(format!("Bearer {SWAPPED}").as_str())
     );
     let fake = Reply {
-        status: 0,
+        status: claimed_status,
         connect_status: 0,
         headers: Vec::new(),
         body: claimed,
         exit: 0,
         stderr: String::new(),
     };
-    assert_no_leaks(&gw, &[&refused, &lenient, &fake]);
+    assert_no_leaks(
+        &gw,
+        &[(&refused, 403), (&lenient, 200), (&fake, claimed_status)],
+    );
 }
 
 /// Sends `request` to the proxy port as written; returns everything read back.
@@ -470,11 +475,11 @@ fn echoed_credential_is_scrubbed_from_the_response() {
             Some(format!("Bearer {MARKER}").as_str()),
             "{path}: {reply:?}"
         );
-        replies.push(reply);
+        replies.push((reply, 200));
     }
     // The event stream still has all its events.
     assert_eq!(
-        replies[2].body.matches("data: tick").count(),
+        replies[2].0.body.matches("data: tick").count(),
         20,
         "{:?}",
         replies[2]
@@ -488,13 +493,13 @@ fn echoed_credential_is_scrubbed_from_the_response() {
     );
     assert_eq!(gzip.status, 502, "{gzip:?}");
     assert_eq!(gzip.json()["error"]["reason"], "response_not_scrubbable");
-    replies.push(gzip);
+    replies.push((gzip, 502));
     // Basic auth comes back as base64, a query parameter percent-encoded.
     for path in ["/echo-basic/x", "/echo-query/x"] {
         let reply = gw.via_proxy(&[&upstream.url(path)]);
         assert_eq!(reply.status, 200, "{path}: {reply:?}");
         assert!(reply.body.contains(MARKER), "{path}: {reply:?}");
-        replies.push(reply);
+        replies.push((reply, 200));
     }
     // Decided at the body (the swap needs it): the response is asked for then, too.
     let body = format!(r#"{{"api_key":"{PLACEHOLDER}"}}"#);
@@ -511,7 +516,7 @@ fn echoed_credential_is_scrubbed_from_the_response() {
         format!(r#"{{"api_key":"{SWAPPED}"}}"#).as_bytes()
     );
     assert!(swapped.body.contains(MARKER), "{swapped:?}");
-    replies.push(swapped);
+    replies.push((swapped, 200));
     // Audited (how many, never the value) and counted.
     let record = gw.audit_for(|r| r["event"] == "response_scrubbed" && r["secret"] == "bearer");
     assert!(record["replacements"].as_u64().unwrap() >= 2, "{record}");
@@ -532,8 +537,8 @@ fn echoed_credential_is_scrubbed_from_the_response() {
         "{}",
         gw.portcullis_log()
     );
-    replies.push(gone);
-    let replies: Vec<&Reply> = replies.iter().collect();
+    replies.push((gone, 503));
+    let replies: Vec<(&Reply, u16)> = replies.iter().map(|(r, status)| (r, *status)).collect();
     assert_no_leaks(&gw, &replies);
 }
 
@@ -605,7 +610,7 @@ secrets:
         "credential_over_plaintext"
     );
     assert_eq!(plain.hits(), 0);
-    assert_no_leaks(&gw, &[&over_tls, &in_clear]);
+    assert_no_leaks(&gw, &[(&over_tls, 200), (&in_clear, 403)]);
 }
 
 /// The limit of scrubbing, made loud: an Envoy that ignores `mode_override` never sends the
