@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -16,21 +16,17 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::Control;
 use crate::audit::AuditSink;
 use crate::config::channel::GrpcListen;
-use crate::config::watch::{self as config_watch, ConfigWatch};
-use crate::config::{
-    Config, ConfigErrors, LoadedConfig, StoreConfig, load_file, parse_str, version_of,
-};
+use crate::config::{ConfigErrors, StoreConfig, load_file};
 use crate::extproc::ExtProcService;
 use crate::extproc::access_log::AccessLogReceiver;
 use crate::extproc::listen::{self, GrpcListener};
-use crate::live::Shared;
-use crate::live::{Live, Refused};
+use crate::live::file::{Overrides, Reloader};
+use crate::live::{Live, PolicySource, Shared};
 use crate::sds::SecretDiscovery;
-use crate::snapshot::{Runtime, Snapshot};
+use crate::snapshot::{Origin, Runtime, Snapshot};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
-use crate::vocab::FieldError;
 
 /// How long shutdown waits for open streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,37 +44,6 @@ pub struct ServeOptions {
     /// Overrides `interception.ca` with `DIR/ca.crt` and `DIR/ca.key` (and turns
     /// interception on when the file has none).
     pub interception_ca: Option<PathBuf>,
-}
-
-/// What `serve`'s flags change in the file's settings. Applied to the file as first read
-/// and to every reload alike, so a reload neither drops them nor warns that they changed.
-#[derive(Debug, Clone, Default)]
-struct Overrides {
-    store: Option<String>,
-    interception_ca: Option<PathBuf>,
-}
-
-impl Overrides {
-    fn apply(&self, config: &mut Config) {
-        if let Some(url) = &self.store {
-            let mut store = config.store.clone().unwrap_or_else(|| StoreConfig::at(url));
-            store.url = Some(url.clone());
-            store.url_env = None;
-            config.store = Some(store);
-        }
-        if let Some(dir) = &self.interception_ca {
-            let ca = crate::tls::config::CaFiles {
-                cert_file: dir.join("ca.crt"),
-                key_file: dir.join("ca.key"),
-            };
-            match &mut config.interception {
-                Some(interception) => interception.ca = ca,
-                None => {
-                    config.interception = Some(crate::tls::config::InterceptionConfig::with_ca(ca));
-                }
-            }
-        }
-    }
 }
 
 /// Why `serve` stopped before serving.
@@ -108,11 +73,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .store_url(&env)
         .map_err(|errors| ServeError::InvalidConfig(loaded.place(errors)))?;
     // With a store, requests are refused (503) until its contents are first read.
-    let snapshot = match store_url {
-        Some(_) => Snapshot::unavailable(&loaded.config, &loaded.version, &env, &secrets),
-        None => Snapshot::compile(&loaded.config, &loaded.version, &env, &secrets),
-    }
-    .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
+    let (source, origin) = match store_url {
+        Some(_) => (PolicySource::Store, Origin::StoreUnread),
+        None => (PolicySource::File, Origin::File),
+    };
+    let snapshot = Snapshot::build(&loaded.config, &loaded.version, origin, &env, &secrets)
+        .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
     let config = loaded.config.clone();
     let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     let grpc_addr = options
@@ -188,12 +154,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         draining: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let live = Arc::new(Live::new(
-        shared.clone(),
-        secrets.clone(),
-        &loaded,
-        store_url.is_some(),
-    ));
+    let live = Arc::new(Live::new(shared.clone(), secrets.clone(), &loaded, source));
     let control = Arc::new(Control::new(live.clone()));
     let mut background = Vec::new();
     if let (Some(url), Some(store)) = (store_url, &store_config) {
@@ -214,7 +175,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         overrides,
     };
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
-    let refresh_task = tokio::spawn(refresh_secrets(
+    let refresh_task = tokio::spawn(crate::live::secrets::refresh_secrets(
         shared.clone(),
         secrets.clone(),
         shutdown_rx.clone(),
@@ -304,26 +265,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Secret values are read before requests need them, and re-read before they expire, so a
-/// request rarely waits on a backend; a reload's new sources are read at once.
-async fn refresh_secrets(
-    shared: Arc<Shared>,
-    secrets: Runtime,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let sources = shared.snapshot.load().pipeline.sources();
-                secrets.cache.refresh(&sources).await;
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
 /// One TLS provider for every client (reqwest, the AWS SDK): aws-lc.
 fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -339,141 +280,6 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-/// Applies config file changes: compiles off the request path, swaps the snapshot only
-/// when the whole new config is valid.
-struct Reloader {
-    path: PathBuf,
-    live: Arc<Live>,
-    /// Version of the content last tried, valid or not: unchanged content is not retried.
-    last_seen: Option<String>,
-    /// The config `serve` started with, to warn about settings that need a restart.
-    running: Config,
-    /// `serve`'s flags, applied to every reload as to the first read.
-    overrides: Overrides,
-}
-
-impl Reloader {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let (tx, mut changes) = mpsc::channel(1);
-        let mut watch = match ConfigWatch::start(&self.path, tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the config file; polling every {:?}",
-                    config_watch::POLL_INTERVAL);
-                None
-            }
-        };
-        let mut poll = tokio::time::interval(config_watch::POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        loop {
-            tokio::select! {
-                Some(()) = changes.recv() => {
-                    settle(&mut changes).await;
-                    self.check().await;
-                    if let Some(watch) = &mut watch {
-                        watch.rearm();
-                    }
-                }
-                _ = poll.tick() => {
-                    self.check().await;
-                    if let Some(watch) = &mut watch {
-                        watch.rearm();
-                    }
-                }
-                _ = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading config");
-                    self.last_seen = None;
-                    self.check().await;
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-
-    async fn check(&mut self) {
-        let metrics = self.live.shared.metrics.clone();
-        let text = match tokio::fs::read_to_string(&self.path).await {
-            Ok(text) => text,
-            Err(e) => {
-                let version = format!("unreadable:{}", e.kind());
-                if self.last_seen.as_deref() != Some(version.as_str()) {
-                    tracing::error!(config = %self.path.display(), error = %e,
-                        "cannot read config; keeping the live one");
-                    metrics.record_reload(false, None);
-                    self.last_seen = Some(version);
-                }
-                return;
-            }
-        };
-        let version = version_of(&text);
-        if self.last_seen.as_deref() == Some(version.as_str()) {
-            return;
-        }
-        self.last_seen = Some(version);
-        let started = Instant::now();
-        let live = self.live.snapshot().version.clone();
-        let loaded = match parse_str(&text, Some(&self.path)) {
-            Ok(mut loaded) => {
-                self.overrides.apply(&mut loaded.config);
-                self.restart_only(loaded)
-            }
-            Err(errors) => return reject(&metrics, &errors, &live),
-        };
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(errors) => return reject(&metrics, &errors, &live),
-        };
-        match self.live.apply_config(&loaded).await {
-            Ok(snapshot) => {
-                let active = snapshot.policies.active_count();
-                metrics.record_reload(true, Some(active));
-                tracing::info!(version = %snapshot.version, previous = %live, active,
-                    compile_ms = started.elapsed().as_millis() as u64, "config reloaded");
-            }
-            Err(Refused(errors)) => reject(&metrics, &loaded.place(errors), &live),
-        }
-    }
-
-    /// Warns about changed settings that need a restart; refuses a change that would
-    /// move policies between the file and a store.
-    fn restart_only(&mut self, loaded: LoadedConfig) -> Result<LoadedConfig, ConfigErrors> {
-        let new = &loaded.config;
-        if self.live.store_mode() && (!new.policies.is_empty() || !new.secrets.is_empty()) {
-            return Err(loaded.place(vec![FieldError::new(
-                "policies",
-                "this gateway reads policies and secrets from its store: they cannot be \
-                 added to the config file (use `portcullis apply` or the admin API)",
-            )]));
-        }
-        if new.server != self.running.server {
-            tracing::warn!("`server` listen addresses changed: restart portcullis to apply");
-        }
-        if new.interception != self.running.interception {
-            tracing::warn!("`interception` changed: restart portcullis to apply");
-        }
-        if new.audit != self.running.audit {
-            tracing::warn!("`audit` sink changed: restart portcullis to apply");
-        }
-        if new.telemetry != self.running.telemetry {
-            tracing::warn!("`telemetry` changed: restart portcullis to apply");
-        }
-        if new.store != self.running.store {
-            tracing::warn!("`store` changed: restart portcullis to apply");
-        }
-        Ok(loaded)
-    }
-}
-
-fn reject(metrics: &Metrics, errors: &ConfigErrors, live: &str) {
-    for error in &errors.0 {
-        tracing::error!("{error}");
-    }
-    metrics.record_reload(false, None);
-    tracing::error!(errors = errors.0.len(), live = %live,
-        "config change rejected; the last good config stays live");
 }
 
 /// Opens the store (retrying with backoff while it is unreachable), then keeps the
@@ -527,7 +333,7 @@ async fn connect_store(
             shutdown.clone(),
         ))
     });
-    crate::live::sync_from_store(live, store, config.resync_interval.0, shutdown).await;
+    crate::live::store::sync(live, store, config.resync_interval.0, shutdown).await;
     // The audit copy below ends when the last sink is dropped; this task holds one.
     drop(control);
     if let Some(task) = prune_task {
@@ -563,18 +369,6 @@ async fn prune_audit(store: Store, retention: Duration, mut shutdown: watch::Rec
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, %before, "pruned audit events from the store"),
             Err(e) => tracing::warn!(error = %e, "cannot prune audit events"),
-        }
-    }
-}
-
-/// Waits until events stop arriving for a moment (an editor's save is several events),
-/// but never longer than half a second.
-async fn settle(changes: &mut mpsc::Receiver<()>) {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if changes.try_recv().is_err() || Instant::now() >= deadline {
-            return;
         }
     }
 }

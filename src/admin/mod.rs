@@ -22,7 +22,7 @@ pub use error::ApiError;
 
 use crate::config::AdminRole;
 use crate::identity::admin::{AuthError, Caller};
-use crate::live::Live;
+use crate::live::{Live, PolicySource};
 use crate::policy::PolicyConfig;
 use crate::store::Store;
 use crate::transforms::secrets::SecretConfig;
@@ -52,7 +52,7 @@ impl Control {
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
-        Err(if self.live.store_mode() {
+        Err(if self.live.policy_source() == PolicySource::Store {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -72,20 +72,7 @@ impl Control {
     /// instance decides its next request; returns the live store revision.
     async fn refresh(&self) -> Option<i64> {
         let store = self.store.get()?;
-        match store.contents().await {
-            Ok(contents) => {
-                if let Err(crate::live::Refused(errors)) = self.live.apply_contents(contents).await
-                {
-                    tracing::error!(errors = ?errors, "the store's contents do not compile after a change");
-                }
-            }
-            // The change is stored; the sync task picks it up once the store answers.
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot re-read the store after a change");
-                self.live.kick();
-            }
-        }
-        self.live.revision()
+        self.live.refresh_from(store).await
     }
 
     /// Authenticates the caller and checks it holds `role`: 401 without a valid admin
@@ -165,7 +152,7 @@ async fn readyz(State(control): State<Arc<Control>>) -> impl IntoResponse {
         "config_version": &*snapshot.version,
         "policies_active": snapshot.policies.active_count(),
     });
-    if control.live.store_mode() {
+    if control.live.policy_source() == PolicySource::Store {
         body["store_revision"] = json!(snapshot.store_revision);
         if !loaded {
             body["reason"] = json!("the policy store has not been read yet");
@@ -216,7 +203,10 @@ async fn status(
         "config_version": &*snapshot.version,
         "policies": snapshot.policies.policies().len(),
         "policies_active": snapshot.policies.active_count(),
-        "source": if control.live.store_mode() { "store" } else { "file" },
+        "source": match control.live.policy_source() {
+            PolicySource::Store => "store",
+            PolicySource::File => "file",
+        },
         "store": store.map(|s| json!({"backend": s.backend(), "url": s.display_url()})),
         "store_revision": snapshot.store_revision,
         "loaded": snapshot.unavailable.is_none(),

@@ -274,7 +274,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
                 let store = Store::open(url).await.map_err(store_failure)?;
                 let contents = store.contents().await.map_err(store_failure)?;
                 let (policies, secrets) = (contents.policies.len(), contents.secrets.len());
-                crate::live::compile_with_store_isolated(
+                crate::live::store::compile_with_store_isolated(
                     &loaded.config,
                     &loaded.version,
                     std::sync::Arc::new(contents),

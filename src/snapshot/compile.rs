@@ -16,7 +16,37 @@ use crate::store::Contents;
 use crate::transforms::Pipeline;
 use crate::vocab::{FieldError, duplicate_names};
 
+/// What a snapshot's policies, secrets and enrollment tokens come from; the gateway's
+/// settings always come from the config file.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// The config file's own `policies:`, `secrets:` and `identities:`.
+    File,
+    /// The contents read from a store.
+    Store(&'a Contents),
+    /// A store never read yet: every request is refused (503) until it is.
+    StoreUnread,
+}
+
 impl Snapshot {
+    /// Compiles `config` with its policies from `origin`: the one way a running gateway
+    /// builds a snapshot. `env` resolves environment variables (token sources).
+    pub fn build(
+        config: &Config,
+        version: &str,
+        origin: Origin<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+        runtime: &Runtime,
+    ) -> Result<Snapshot, Vec<FieldError>> {
+        match origin {
+            Origin::File => Snapshot::compile(config, version, env, runtime),
+            Origin::Store(contents) => {
+                Snapshot::compile_with_store(config, version, contents, env, runtime)
+            }
+            Origin::StoreUnread => Snapshot::unavailable(config, version, env, runtime),
+        }
+    }
+
     /// Compiles a parsed config. `env` resolves environment variables (token sources).
     pub fn compile(
         config: &Config,
@@ -100,7 +130,7 @@ impl Snapshot {
     /// Compiles the gateway settings of `config` with the policies, secrets and
     /// enrollment tokens read from a store. Errors in stored definitions are placed by
     /// name (`policies["ci-npm"].rules[0].host`), not by list index.
-    pub fn compile_with_store(
+    pub(crate) fn compile_with_store(
         config: &Config,
         config_version: &str,
         contents: &Contents,
@@ -166,7 +196,7 @@ impl Snapshot {
 
     /// The snapshot served while a store has never been read: every request is refused
     /// with 503 `policy_store_unavailable`, whatever the default action says.
-    pub fn unavailable(
+    fn unavailable(
         config: &Config,
         config_version: &str,
         env: &dyn Fn(&str) -> Option<String>,

@@ -9,7 +9,7 @@ mod tools_list;
 
 use std::sync::Arc;
 
-pub use compile::unknown_detectors;
+pub use compile::{Origin, unknown_detectors};
 
 use crate::config::McpConfig;
 use crate::identity::admin::AdminAuth;

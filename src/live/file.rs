@@ -1,0 +1,196 @@
+//! A change arriving through the config file: watched (inotify, with a poll behind it and
+//! SIGHUP), read, parsed, compiled with the store contents last read, and published by
+//! [`Live::apply_config`] — or refused whole, the last good snapshot staying live.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use super::{Live, PolicySource, Refused};
+use crate::config::watch::{self as config_watch, ConfigWatch};
+use crate::config::{Config, ConfigErrors, LoadedConfig, StoreConfig, parse_str, version_of};
+use crate::telemetry::metrics::Metrics;
+use crate::vocab::FieldError;
+
+/// What `serve`'s flags change in the file's settings. Applied to the file as first read
+/// and to every reload alike, so a reload neither drops them nor warns that they changed.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub store: Option<String>,
+    pub interception_ca: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.store {
+            let mut store = config.store.clone().unwrap_or_else(|| StoreConfig::at(url));
+            store.url = Some(url.clone());
+            store.url_env = None;
+            config.store = Some(store);
+        }
+        if let Some(dir) = &self.interception_ca {
+            let ca = crate::tls::config::CaFiles {
+                cert_file: dir.join("ca.crt"),
+                key_file: dir.join("ca.key"),
+            };
+            match &mut config.interception {
+                Some(interception) => interception.ca = ca,
+                None => {
+                    config.interception = Some(crate::tls::config::InterceptionConfig::with_ca(ca));
+                }
+            }
+        }
+    }
+}
+
+/// Applies config file changes: compiles off the request path, swaps the snapshot only
+/// when the whole new config is valid.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub live: Arc<Live>,
+    /// Version of the content last tried, valid or not: unchanged content is not retried.
+    pub last_seen: Option<String>,
+    /// The config `serve` started with, to warn about settings that need a restart.
+    pub running: Config,
+    /// `serve`'s flags, applied to every reload as to the first read.
+    pub overrides: Overrides,
+}
+
+impl Reloader {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let (tx, mut changes) = mpsc::channel(1);
+        let mut watch = match ConfigWatch::start(&self.path, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config file; polling every {:?}",
+                    config_watch::POLL_INTERVAL);
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(config_watch::POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                Some(()) = changes.recv() => {
+                    debounce(&mut changes).await;
+                    self.check().await;
+                    if let Some(watch) = &mut watch {
+                        watch.rearm();
+                    }
+                }
+                _ = poll.tick() => {
+                    self.check().await;
+                    if let Some(watch) = &mut watch {
+                        watch.rearm();
+                    }
+                }
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    self.last_seen = None;
+                    self.check().await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn check(&mut self) {
+        let metrics = self.live.shared.metrics.clone();
+        let text = match tokio::fs::read_to_string(&self.path).await {
+            Ok(text) => text,
+            Err(e) => {
+                let version = format!("unreadable:{}", e.kind());
+                if self.last_seen.as_deref() != Some(version.as_str()) {
+                    tracing::error!(config = %self.path.display(), error = %e,
+                        "cannot read config; keeping the live one");
+                    metrics.record_reload(false, None);
+                    self.last_seen = Some(version);
+                }
+                return;
+            }
+        };
+        let version = version_of(&text);
+        if self.last_seen.as_deref() == Some(version.as_str()) {
+            return;
+        }
+        self.last_seen = Some(version);
+        let started = Instant::now();
+        let live = self.live.snapshot().version.clone();
+        let loaded = match parse_str(&text, Some(&self.path)) {
+            Ok(mut loaded) => {
+                self.overrides.apply(&mut loaded.config);
+                self.restart_only(loaded)
+            }
+            Err(errors) => return reject(&metrics, &errors, &live),
+        };
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(errors) => return reject(&metrics, &errors, &live),
+        };
+        match self.live.apply_config(&loaded).await {
+            Ok(snapshot) => {
+                let active = snapshot.policies.active_count();
+                metrics.record_reload(true, Some(active));
+                tracing::info!(version = %snapshot.version, previous = %live, active,
+                    compile_ms = started.elapsed().as_millis() as u64, "config reloaded");
+            }
+            Err(Refused(errors)) => reject(&metrics, &loaded.place(errors), &live),
+        }
+    }
+
+    /// Warns about changed settings that need a restart; refuses a change that would
+    /// move policies between the file and a store.
+    fn restart_only(&mut self, loaded: LoadedConfig) -> Result<LoadedConfig, ConfigErrors> {
+        let new = &loaded.config;
+        if self.live.policy_source() == PolicySource::Store
+            && (!new.policies.is_empty() || !new.secrets.is_empty())
+        {
+            return Err(loaded.place(vec![FieldError::new(
+                "policies",
+                "this gateway reads policies and secrets from its store: they cannot be \
+                 added to the config file (use `portcullis apply` or the admin API)",
+            )]));
+        }
+        if new.server != self.running.server {
+            tracing::warn!("`server` listen addresses changed: restart portcullis to apply");
+        }
+        if new.interception != self.running.interception {
+            tracing::warn!("`interception` changed: restart portcullis to apply");
+        }
+        if new.audit != self.running.audit {
+            tracing::warn!("`audit` sink changed: restart portcullis to apply");
+        }
+        if new.telemetry != self.running.telemetry {
+            tracing::warn!("`telemetry` changed: restart portcullis to apply");
+        }
+        if new.store != self.running.store {
+            tracing::warn!("`store` changed: restart portcullis to apply");
+        }
+        Ok(loaded)
+    }
+}
+
+fn reject(metrics: &Metrics, errors: &ConfigErrors, live: &str) {
+    for error in &errors.0 {
+        tracing::error!("{error}");
+    }
+    metrics.record_reload(false, None);
+    tracing::error!(errors = errors.0.len(), live = %live,
+        "config change rejected; the last good config stays live");
+}
+
+/// Waits until events stop arriving for a moment (an editor's save is several events),
+/// but never longer than half a second.
+async fn debounce(changes: &mut mpsc::Receiver<()>) {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if changes.try_recv().is_err() || Instant::now() >= deadline {
+            return;
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The live snapshot and every way a change reaches it: the config file ([`file`]), the
+//! store ([`store`]: its change feed, a write through this instance, the resync), and secret
+//! values ([`secrets`], kept in the runtime's cache beside the snapshot). File and store
+//! changes are compiled and published here, one at a time, so a snapshot never mixes a new
+//! file with stale store contents or the other way round. An invalid change is refused
+//! whole and the last good snapshot stays live.
+
+pub mod file;
+pub mod secrets;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Notify};
+
+use crate::config::{Config, LoadedConfig};
+use crate::policy::{DefaultAction, PolicyConfig};
+use crate::snapshot::{Origin, Runtime, Snapshot};
+use crate::store::{Contents, Fault, Store};
+use crate::vocab::FieldError;
+
+/// What every stream shares: the live snapshot, the audit sink, the metrics.
+pub struct Shared {
+    pub snapshot: Arc<arc_swap::ArcSwap<Snapshot>>,
+    pub audit: crate::audit::AuditSink,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending new work while
+    /// open streams drain.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+/// Where policies, secrets and enrollment tokens come from: fixed when `serve` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The config file's own `policies:`, `secrets:` and `identities:`.
+    File,
+    /// A store; the file holds the gateway's settings only.
+    Store,
+}
+
+/// What the live snapshot was compiled from.
+struct Inputs {
+    config: Config,
+    config_version: String,
+    /// The contents behind the live snapshot; `None` without a store, or before the store
+    /// was first read.
+    contents: Option<Arc<Contents>>,
+}
+
+/// The live snapshot and what it is compiled from.
+pub struct Live {
+    pub shared: Arc<Shared>,
+    runtime: Runtime,
+    inputs: Mutex<Inputs>,
+    source: PolicySource,
+    /// Asks the store sync to read the store now (after a write through this instance).
+    kick: Notify,
+    /// The stored objects the live snapshot cannot use (`/readyz`); apart from `inputs`
+    /// so a probe never waits for a compilation.
+    faults: std::sync::Mutex<Arc<Vec<Fault>>>,
+}
+
+/// Why a change was not published.
+#[derive(Debug)]
+pub struct Refused(pub Vec<FieldError>);
+
+/// Store contents as compiled: the stored objects that did not compile set aside.
+pub struct Isolated {
+    pub contents: Arc<Contents>,
+    /// The compile errors that set them aside.
+    pub set_aside: Vec<FieldError>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Live {
+    pub fn new(
+        shared: Arc<Shared>,
+        runtime: Runtime,
+        loaded: &LoadedConfig,
+        source: PolicySource,
+    ) -> Live {
+        Live {
+            shared,
+            runtime,
+            inputs: Mutex::new(Inputs {
+                config: loaded.config.clone(),
+                config_version: loaded.version.clone(),
+                contents: None,
+            }),
+            source,
+            kick: Notify::new(),
+            faults: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The stored objects the live snapshot cannot use, and what stands in for each.
+    pub fn faults(&self) -> Arc<Vec<Fault>> {
+        self.faults.lock().expect("not poisoned").clone()
+    }
+
+    /// The config file the live snapshot was compiled from.
+    pub async fn config(&self) -> Config {
+        self.inputs.lock().await.config.clone()
+    }
+
+    pub fn policy_source(&self) -> PolicySource {
+        self.source
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Asks the store sync to read the store at once.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// A new config file: compiled with the store contents last read. Stored objects it
+    /// no longer lets compile (narrower `store.secret_sources`) become faults, and ones it
+    /// lets compile again stop being faults; an error in the file itself refuses it.
+    pub async fn apply_config(&self, loaded: &LoadedConfig) -> Result<Arc<Snapshot>, Refused> {
+        let mut inputs = self.inputs.lock().await;
+        let (snapshot, compiled) = self
+            .compile_isolated(
+                loaded.config.clone(),
+                loaded.version.clone(),
+                inputs.contents.clone(),
+            )
+            .await?;
+        inputs.config = loaded.config.clone();
+        inputs.config_version = loaded.version.clone();
+        if let Some(compiled) = compiled {
+            self.report_faults(&compiled.contents.faults);
+        }
+        Ok(self.publish(snapshot))
+    }
+
+    /// New store contents: compiled with the current config file.
+    pub async fn apply_contents(&self, contents: Contents) -> Result<Arc<Snapshot>, Refused> {
+        self.apply_store(contents, false).await
+    }
+
+    /// Contents read after the store's revision went backwards (a restored backup): they
+    /// replace the live ones although their revision is lower.
+    pub async fn follow_restored(&self, contents: Contents) -> Result<Arc<Snapshot>, Refused> {
+        self.apply_store(contents, true).await
+    }
+
+    /// Compiles and publishes store contents. A stored object that does not compile here
+    /// costs only itself: it is set aside as a fault (docs/store.md) and the rest is
+    /// compiled again. Only an error no stored object explains refuses the whole change.
+    async fn apply_store(
+        &self,
+        contents: Contents,
+        restored: bool,
+    ) -> Result<Arc<Snapshot>, Refused> {
+        let contents = Arc::new(contents);
+        let mut inputs = self.inputs.lock().await;
+        // Two readers (the sync task and a write through the API) may race; an older read
+        // never replaces a newer one — unless the store itself went back.
+        if let Some(current) = &inputs.contents
+            && current.revision >= contents.revision
+            && !restored
+        {
+            return Ok(self.snapshot());
+        }
+        let (snapshot, compiled) = self
+            .compile_isolated(
+                inputs.config.clone(),
+                inputs.config_version.clone(),
+                Some(contents.clone()),
+            )
+            .await?;
+        if let Some(compiled) = compiled {
+            self.report_faults(&compiled.contents.faults);
+        }
+        // As read: a later config may let what was set aside here compile.
+        inputs.contents = Some(contents);
+        Ok(self.publish(snapshot))
+    }
+
+    /// Compiles `config` with store `contents`, setting aside each stored object that
+    /// does not compile (a fault, docs/store.md) and compiling the rest again. Only an
+    /// error no stored object explains refuses the whole. Returns the contents as
+    /// compiled, with what was set aside.
+    async fn compile_isolated(
+        &self,
+        config: Config,
+        version: String,
+        contents: Option<Arc<Contents>>,
+    ) -> Result<(Snapshot, Option<Isolated>), Refused> {
+        let (PolicySource::Store, Some(contents)) = (self.source, contents.clone()) else {
+            let snapshot = self.compile(config, version, contents).await?;
+            return Ok((snapshot, None));
+        };
+        let runtime = self.runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            store::compile_with_store_isolated(&config, &version, contents, &env, &runtime)
+        })
+        .await;
+        joined(compiled).map(|(snapshot, isolated)| (snapshot, Some(isolated)))
+    }
+
+    /// Logs each fault that is new (with the object's name) and each that is gone, and
+    /// updates the metric and `/readyz`.
+    fn report_faults(&self, faults: &[Fault]) {
+        let mut current = self.faults.lock().expect("not poisoned");
+        for fault in faults.iter().filter(|f| !current.contains(f)) {
+            tracing::error!(kind = fault.kind, name = %fault.name, version = ?fault.version,
+                outcome = fault.outcome, error = %fault.error,
+                "a stored object cannot be used; everything else in the store still applies");
+        }
+        for fault in current.iter().filter(|f| !faults.contains(f)) {
+            tracing::info!(kind = fault.kind, name = %fault.name, "a stored object is usable again");
+        }
+        let kinds: Vec<&'static str> = faults.iter().map(|f| f.kind).collect();
+        self.shared.metrics.control.set_store_faults(&kinds);
+        *current = Arc::new(faults.to_vec());
+    }
+
+    /// Whether the store contents, changed by `edit`, would compile with this instance's
+    /// config: checked before a change is written, so nothing is stored that the
+    /// gateway would refuse. `written` names the changed object as errors do
+    /// (`policies["p"]`): an error of its own refuses the change; other stored objects
+    /// that do not compile are set aside as when the store is read. Nothing is published.
+    pub async fn check_contents(
+        &self,
+        written: Option<&str>,
+        edit: impl FnOnce(&mut Contents),
+    ) -> Result<(), Refused> {
+        let inputs = self.inputs.lock().await;
+        let mut contents = inputs.contents.as_deref().cloned().unwrap_or_default();
+        edit(&mut contents);
+        let (_, isolated) = self
+            .compile_isolated(
+                inputs.config.clone(),
+                inputs.config_version.clone(),
+                Some(Arc::new(contents)),
+            )
+            .await?;
+        let own: Vec<FieldError> = isolated
+            .map(|i| i.set_aside)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| written.is_some_and(|w| e.path.starts_with(w)))
+            .collect();
+        if own.is_empty() {
+            Ok(())
+        } else {
+            Err(Refused(own))
+        }
+    }
+
+    /// The policies of the live snapshot as written, in decision order of ties, with
+    /// their store versions (empty for policies from the file), and the default action.
+    pub async fn policy_definitions(&self) -> (Vec<PolicyConfig>, Vec<i64>, DefaultAction) {
+        let inputs = self.inputs.lock().await;
+        let default = inputs.config.default_action;
+        match (&inputs.contents, self.source) {
+            (Some(contents), PolicySource::Store) => (
+                contents
+                    .policies
+                    .iter()
+                    .map(|p| p.definition.clone())
+                    .collect(),
+                contents.policies.iter().map(|p| p.version).collect(),
+                default,
+            ),
+            (None, PolicySource::Store) => (Vec::new(), Vec::new(), DefaultAction::Deny),
+            (_, PolicySource::File) => (inputs.config.policies.clone(), Vec::new(), default),
+        }
+    }
+
+    /// Reads `store` and publishes its contents at once, so a change made through this
+    /// instance decides its next request; when the store does not answer, the sync task is
+    /// asked to read it as soon as it does. Returns the live store revision.
+    pub async fn refresh_from(&self, store: &Store) -> Option<i64> {
+        match store.contents().await {
+            Ok(contents) => {
+                if let Err(Refused(errors)) = self.apply_contents(contents).await {
+                    tracing::error!(errors = ?errors, "the store's contents do not compile after a change");
+                }
+            }
+            // The change is stored; the sync task picks it up once the store answers.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the store after a change");
+                self.kick();
+            }
+        }
+        self.revision()
+    }
+
+    /// The store revision of the live snapshot.
+    pub fn revision(&self) -> Option<i64> {
+        self.snapshot().store_revision
+    }
+
+    async fn compile(
+        &self,
+        config: Config,
+        version: String,
+        contents: Option<Arc<Contents>>,
+    ) -> Result<Snapshot, Refused> {
+        let runtime = self.runtime.clone();
+        let source = self.source;
+        let compiled = tokio::task::spawn_blocking(move || {
+            let origin = match (source, contents.as_deref()) {
+                (PolicySource::File, _) => Origin::File,
+                (PolicySource::Store, Some(contents)) => Origin::Store(contents),
+                (PolicySource::Store, None) => Origin::StoreUnread,
+            };
+            Snapshot::build(&config, &version, origin, &env, &runtime)
+        })
+        .await;
+        joined(compiled)
+    }
+
+    fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        self.shared
+            .metrics
+            .set_active_policies(snapshot.policies.active_count());
+        self.shared.snapshot.store(snapshot.clone());
+        snapshot
+    }
+}
+
+/// A compile run on a blocking thread, its panic (a join error) refusing like an error.
+fn joined<T>(
+    compiled: Result<Result<T, Vec<FieldError>>, tokio::task::JoinError>,
+) -> Result<T, Refused> {
+    match compiled {
+        Ok(result) => result.map_err(Refused),
+        Err(e) => Err(Refused(vec![FieldError::new(
+            "",
+            format!("compilation failed: {e}"),
+        )])),
+    }
+}
