@@ -20,7 +20,7 @@ use super::error::parse_body;
 use super::{ApiError, Control};
 use crate::config::AdminRole;
 use crate::config::every_error::deserialize_every_error;
-use crate::live::Refused;
+use crate::live::ChangeRefused;
 use crate::policy::PolicyConfig;
 use crate::store::{Change, Definition, Kind, Stored, diff};
 use crate::vocab::FieldError;
@@ -546,7 +546,7 @@ async fn check_edit<T: Definition>(
             edit(T::in_contents(contents))
         })
         .await
-        .map_err(|Refused(errors)| {
+        .map_err(|ChangeRefused(errors)| {
             let errors = errors
                 .into_iter()
                 .map(|e| {

@@ -43,7 +43,7 @@ pub struct ApplyArgs {
 
 /// What applying the file does to one name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum PlannedChange {
     Create,
     /// `changed`: the field paths that differ from the live version.
     Update {
@@ -63,7 +63,7 @@ pub enum Step {
 pub struct Planned {
     pub name: String,
     pub index: Option<usize>,
-    pub step: Step,
+    pub step: PlannedChange,
 }
 
 /// The steps that make the store hold `file`'s definitions: the file's in its order,
@@ -73,9 +73,9 @@ pub fn plan<T: Definition>(file: &[T], live: &[Live<T>], prune: bool) -> Vec<Pla
     for (index, definition) in file.iter().enumerate() {
         let name = definition.name().to_owned();
         let step = match live.iter().find(|l| l.name == name) {
-            None => Step::Create,
-            Some(stored) if stored.definition == *definition => Step::Unchanged,
-            Some(stored) => Step::Update {
+            None => PlannedChange::Create,
+            Some(stored) if stored.definition == *definition => PlannedChange::Unchanged,
+            Some(stored) => PlannedChange::Update {
                 live: stored.version,
                 changed: changed_paths(&stored.definition, definition),
             },
@@ -94,11 +94,11 @@ pub fn plan<T: Definition>(file: &[T], live: &[Live<T>], prune: bool) -> Vec<Pla
             name: stored.name.clone(),
             index: None,
             step: if prune {
-                Step::Delete {
+                PlannedChange::Delete {
                     live: stored.version,
                 }
             } else {
-                Step::Keep
+                PlannedChange::Keep
             },
         });
     }
@@ -244,26 +244,26 @@ impl Run<'_> {
         for planned in steps {
             let name = planned.name.as_str();
             let line = match (&planned.step, self.dry_run) {
-                (Step::Unchanged, _) => {
+                (PlannedChange::Unchanged, _) => {
                     self.tally.unchanged += 1;
                     continue;
                 }
-                (Step::Keep, _) => change_line(
+                (PlannedChange::Keep, _) => change_line(
                     if self.dry_run { "would keep" } else { "kept" },
                     kind,
                     name,
                     " (not in the file; --prune deletes it)",
                 ),
-                (Step::Create, true) => {
+                (PlannedChange::Create, true) => {
                     self.tally.created += 1;
                     change_line("would create", kind, name, "")
                 }
-                (Step::Update { live, changed }, true) => {
+                (PlannedChange::Update { live, changed }, true) => {
                     self.tally.updated += 1;
                     let detail = format!(" (live version {live}): {}", paths_list(changed));
                     change_line("would update", kind, name, &detail)
                 }
-                (Step::Delete { live }, true) => {
+                (PlannedChange::Delete { live }, true) => {
                     self.tally.deleted += 1;
                     change_line(
                         "would delete",
@@ -279,11 +279,11 @@ impl Run<'_> {
                         .map_err(|e| self.refused(kind, planned, e))?;
                     let version = written["version"].as_i64().unwrap_or_default();
                     match step {
-                        Step::Create => {
+                        PlannedChange::Create => {
                             self.tally.created += 1;
                             change_line("created", kind, name, &format!(" (version {version})"))
                         }
-                        Step::Update { changed, .. } => {
+                        PlannedChange::Update { changed, .. } => {
                             self.tally.updated += 1;
                             let detail = format!(" (version {version}): {}", paths_list(changed));
                             change_line("updated", kind, name, &detail)
@@ -311,16 +311,16 @@ impl Run<'_> {
         let collection = ["v1", kind.plural()];
         let one = ["v1", kind.plural(), planned.name.as_str()];
         match (&planned.step, definition) {
-            (Step::Create, Some(definition)) => {
+            (PlannedChange::Create, Some(definition)) => {
                 let body = json!({kind.as_str(): definition, "reason": self.reason});
                 self.client.post(&collection, &body).await
             }
-            (Step::Update { live, .. }, Some(definition)) => {
+            (PlannedChange::Update { live, .. }, Some(definition)) => {
                 let body =
                     json!({"version": live, kind.as_str(): definition, "reason": self.reason});
                 self.client.put(&one, &body).await
             }
-            (Step::Delete { live }, _) => {
+            (PlannedChange::Delete { live }, _) => {
                 let live = live.to_string();
                 let query = [("version", live.as_str()), ("reason", self.reason)];
                 self.client.delete(&one, &query).await
@@ -394,27 +394,27 @@ mod tests {
             live(policy("changed", 10), 4),
             live(policy("gone", 10), 7),
         ];
-        let steps: Vec<(String, Step)> = plan(&file, &stored, false)
+        let steps: Vec<(String, PlannedChange)> = plan(&file, &stored, false)
             .into_iter()
             .map(|p| (p.name, p.step))
             .collect();
         assert_eq!(
             steps,
             [
-                ("new".into(), Step::Create),
-                ("same".into(), Step::Unchanged),
+                ("new".into(), PlannedChange::Create),
+                ("same".into(), PlannedChange::Unchanged),
                 (
                     "changed".into(),
-                    Step::Update {
+                    PlannedChange::Update {
                         live: 4,
                         changed: vec!["priority".into()]
                     }
                 ),
-                ("gone".into(), Step::Keep),
+                ("gone".into(), PlannedChange::Keep),
             ]
         );
         let pruned = plan(&file, &stored, true);
-        assert_eq!(pruned[3].step, Step::Delete { live: 7 });
+        assert_eq!(pruned[3].step, PlannedChange::Delete { live: 7 });
         assert_eq!(pruned[3].index, None);
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-use super::{Live, PolicySource, Refused};
+use super::{ChangeRefused, Live, PolicySource};
 use crate::config::watch::{self as config_watch, ConfigWatch};
 use crate::config::{Config, ConfigErrors, LoadedConfig, StoreConfig, parse_str, version_of};
 use crate::telemetry::metrics::Metrics;
@@ -138,7 +138,7 @@ impl Reloader {
                 tracing::info!(version = %snapshot.version, previous = %live, active,
                     compile_ms = started.elapsed().as_millis() as u64, "config reloaded");
             }
-            Err(Refused(errors)) => reject(&metrics, &loaded.place(errors), &live),
+            Err(ChangeRefused(errors)) => reject(&metrics, &loaded.place(errors), &live),
         }
     }
 

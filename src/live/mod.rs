@@ -62,7 +62,7 @@ pub struct Live {
 
 /// Why a change was not published.
 #[derive(Debug)]
-pub struct Refused(pub Vec<FieldError>);
+pub struct ChangeRefused(pub Vec<FieldError>);
 
 /// Store contents as compiled: the stored objects that did not compile set aside.
 pub struct Isolated {
@@ -122,7 +122,10 @@ impl Live {
     /// A new config file: compiled with the store contents last read. Stored objects it
     /// no longer lets compile (narrower `store.secret_sources`) become faults, and ones it
     /// lets compile again stop being faults; an error in the file itself refuses it.
-    pub async fn apply_config(&self, loaded: &LoadedConfig) -> Result<Arc<Snapshot>, Refused> {
+    pub async fn apply_config(
+        &self,
+        loaded: &LoadedConfig,
+    ) -> Result<Arc<Snapshot>, ChangeRefused> {
         let mut inputs = self.inputs.lock().await;
         let (snapshot, compiled) = self
             .compile_isolated(
@@ -140,13 +143,16 @@ impl Live {
     }
 
     /// New store contents: compiled with the current config file.
-    pub async fn apply_contents(&self, contents: Contents) -> Result<Arc<Snapshot>, Refused> {
+    pub async fn apply_contents(&self, contents: Contents) -> Result<Arc<Snapshot>, ChangeRefused> {
         self.apply_store(contents, false).await
     }
 
     /// Contents read after the store's revision went backwards (a restored backup): they
     /// replace the live ones although their revision is lower.
-    pub async fn follow_restored(&self, contents: Contents) -> Result<Arc<Snapshot>, Refused> {
+    pub async fn follow_restored(
+        &self,
+        contents: Contents,
+    ) -> Result<Arc<Snapshot>, ChangeRefused> {
         self.apply_store(contents, true).await
     }
 
@@ -157,7 +163,7 @@ impl Live {
         &self,
         contents: Contents,
         restored: bool,
-    ) -> Result<Arc<Snapshot>, Refused> {
+    ) -> Result<Arc<Snapshot>, ChangeRefused> {
         let contents = Arc::new(contents);
         let mut inputs = self.inputs.lock().await;
         // Two readers (the sync task and a write through the API) may race; an older read
@@ -192,7 +198,7 @@ impl Live {
         config: Config,
         version: String,
         contents: Option<Arc<Contents>>,
-    ) -> Result<(Snapshot, Option<Isolated>), Refused> {
+    ) -> Result<(Snapshot, Option<Isolated>), ChangeRefused> {
         let (PolicySource::Store, Some(contents)) = (self.source, contents.clone()) else {
             let snapshot = self.compile(config, version, contents).await?;
             return Ok((snapshot, None));
@@ -231,7 +237,7 @@ impl Live {
         &self,
         written: Option<&str>,
         edit: impl FnOnce(&mut Contents),
-    ) -> Result<(), Refused> {
+    ) -> Result<(), ChangeRefused> {
         let inputs = self.inputs.lock().await;
         let mut contents = inputs.contents.as_deref().cloned().unwrap_or_default();
         edit(&mut contents);
@@ -251,7 +257,7 @@ impl Live {
         if own.is_empty() {
             Ok(())
         } else {
-            Err(Refused(own))
+            Err(ChangeRefused(own))
         }
     }
 
@@ -281,7 +287,7 @@ impl Live {
     pub async fn refresh_from(&self, store: &Store) -> Option<i64> {
         match store.contents().await {
             Ok(contents) => {
-                if let Err(Refused(errors)) = self.apply_contents(contents).await {
+                if let Err(ChangeRefused(errors)) = self.apply_contents(contents).await {
                     tracing::error!(errors = ?errors, "the store's contents do not compile after a change");
                 }
             }
@@ -304,7 +310,7 @@ impl Live {
         config: Config,
         version: String,
         contents: Option<Arc<Contents>>,
-    ) -> Result<Snapshot, Refused> {
+    ) -> Result<Snapshot, ChangeRefused> {
         let runtime = self.runtime.clone();
         let source = self.source;
         let compiled = tokio::task::spawn_blocking(move || {
@@ -332,10 +338,10 @@ impl Live {
 /// A compile run on a blocking thread, its panic (a join error) refusing like an error.
 fn joined<T>(
     compiled: Result<Result<T, Vec<FieldError>>, tokio::task::JoinError>,
-) -> Result<T, Refused> {
+) -> Result<T, ChangeRefused> {
     match compiled {
-        Ok(result) => result.map_err(Refused),
-        Err(e) => Err(Refused(vec![FieldError::new(
+        Ok(result) => result.map_err(ChangeRefused),
+        Err(e) => Err(ChangeRefused(vec![FieldError::new(
             "",
             format!("compilation failed: {e}"),
         )])),

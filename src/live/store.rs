@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Isolated, Live, Refused};
+use super::{ChangeRefused, Isolated, Live};
 use crate::config::Config;
 use crate::snapshot::{Runtime, Snapshot};
 use crate::store::changes::{self, Signal};
@@ -267,7 +267,7 @@ async fn reload(live: &Live, store: &Store, full: bool) -> Result<(), String> {
                 "policies loaded from the store"
             );
         }
-        Err(Refused(errors)) => {
+        Err(ChangeRefused(errors)) => {
             live.shared.metrics.record_store_sync(false, None);
             for error in &errors {
                 tracing::error!(path = %error.path, "{}", error.message);

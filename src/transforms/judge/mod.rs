@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 pub use annotation::{FallbackApplied, FallbackCause, JudgeAnnotation, JudgeVerdict};
 pub use config::{Fallback, JudgeConfig, Provider};
-use provider::{Ruling, Verdict};
+use provider::{JudgeReply, Ruling};
 use summary::{Summary, SummaryRules};
 
 use super::kind::{
@@ -340,7 +340,7 @@ impl Judge {
         &self,
         user: &str,
         request_id: &str,
-    ) -> Result<(Verdict, Option<u64>), (FallbackCause, Option<u64>)> {
+    ) -> Result<(JudgeReply, Option<u64>), (FallbackCause, Option<u64>)> {
         let Some(ticket) = self.state.breaker.admit(Instant::now()) else {
             return Err((FallbackCause::BreakerOpen, None));
         };
@@ -391,7 +391,7 @@ impl Judge {
     }
 
     /// One call to the provider.
-    async fn call(&self, user: &str) -> Result<(Verdict, Option<u64>), Failure> {
+    async fn call(&self, user: &str) -> Result<(JudgeReply, Option<u64>), Failure> {
         let key = match &self.api_key {
             None => None,
             Some(source) => match self.keys.resolve(source).await {

@@ -124,7 +124,7 @@ pub enum Ruling {
 /// A verdict as the model wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Verdict {
+pub struct JudgeReply {
     pub verdict: Ruling,
     pub reason: String,
 }
@@ -133,7 +133,7 @@ pub struct Verdict {
 /// `"allow"` or `"deny"` and a string `reason`, nothing before or after it. The one
 /// tolerance is a single Markdown code fence around the object (```` ```json … ``` ````),
 /// which some models add even when told not to; the object inside is read just as strictly.
-pub fn parse_verdict(text: &str) -> Option<Verdict> {
+pub fn parse_verdict(text: &str) -> Option<JudgeReply> {
     let text = text.trim();
     let inner = match text.strip_prefix("```") {
         Some(fenced) => {
