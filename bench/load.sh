@@ -33,8 +33,10 @@
 #                                   portcullis-no-outcomes, without Envoy's gRPC access log
 #                                   to Portcullis (upstream records); body-headers, body-buffered)
 #   ENVOY_CONCURRENCY=2 Envoy worker threads
-#   BUILD=1             set BUILD=0 to skip `cargo build --release`
-#   PORTCULLIS_BIN      Portcullis binary (default target/release/portcullis)
+#   BUILD=1             set BUILD=0 to skip the build
+#   PROFILE=release     the cargo profile to build and run (`dev` pairs two trees without
+#                       a release build of every dependency; compare within one profile only)
+#   PORTCULLIS_BIN      Portcullis binary (default: the profile's, target/release/portcullis)
 #   KEEP=1              keep the temp dir (configs, logs, raw wrk output)
 set -euo pipefail
 
@@ -49,6 +51,7 @@ THREADS="${THREADS:-2}"
 SETUPS="${SETUPS:-plain noop portcullis tls-plain tls-portcullis}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 BUILD="${BUILD:-1}"
+PROFILE="${PROFILE:-release}"
 KEEP="${KEEP:-0}"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -102,8 +105,8 @@ if [[ "${BUILD}" == 1 ]]; then
   build_args=(--example noop_extproc --example bench_upstream)
   [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" tls-"* || " ${SETUPS} " == *" body-"* ]] \
     && build_args=(--bin portcullis "${build_args[@]}")
-  log "cargo build --release ${build_args[*]}"
-  cargo build --release "${build_args[@]}"
+  log "cargo build --profile ${PROFILE} ${build_args[*]}"
+  cargo build --profile "${PROFILE}" "${build_args[@]}"
 fi
 if ! command -v wrk >/dev/null; then
   log "installing wrk"
@@ -113,7 +116,7 @@ if ! command -v wrk >/dev/null; then
 fi
 envoy="$("${repo_root}/scripts/bootstrap" | tail -n 1)"
 [[ -x "${envoy}" ]] || die "no Envoy binary from scripts/bootstrap"
-bin="${repo_root}/target/release"
+if [[ "${PROFILE}" == dev ]]; then bin="${repo_root}/target/debug"; else bin="${repo_root}/target/${PROFILE}"; fi
 portcullis_bin="${PORTCULLIS_BIN:-${bin}/portcullis}"
 
 # ---------------------------------------------------------------- upstream

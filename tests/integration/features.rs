@@ -5,8 +5,6 @@
 //! PostgreSQL. Each negative case checks the status, that the upstream received nothing,
 //! and the audit record.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -15,44 +13,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::common::postgres::TestDatabase;
-use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
+use crate::common::{Gateway, GatewayOptions, RawReply, Reply, Upstream, wait_until};
 
 /// How long a record, a change or a file may take to show up: generous, polled.
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// What came back on a raw socket.
-#[derive(Debug)]
-struct RawReply {
-    status: u16,
-    body: String,
-}
-
-impl RawReply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// Sends `request` byte for byte to the proxy listener (curl would tidy headers and paths
-/// up) and reads until Envoy closes.
-fn send_raw(gw: &Gateway, request: &str) -> RawReply {
-    let mut tcp = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    tcp.write_all(request.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    let _ = tcp.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    RawReply {
-        status,
-        body: body.to_owned(),
-    }
-}
 
 /// `GET http://127.0.0.1:<port><path>` through the forward proxy, with `headers` (each a
 /// full `Name: value` line) exactly as written.
@@ -65,7 +29,7 @@ fn raw_get(gw: &Gateway, upstream: &Upstream, path: &str, headers: &[&str]) -> R
         request.push_str("\r\n");
     }
     request.push_str("Connection: close\r\n\r\n");
-    send_raw(gw, &request)
+    gw.send_raw(request.as_bytes())
 }
 
 /// Runs the `portcullis` binary; its exit code and everything it printed.
@@ -695,7 +659,7 @@ policies:
             ),
             format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
         ] {
-            let reply = send_raw(&gw, &request);
+            let reply = gw.send_raw(request.as_bytes());
             eprintln!("{path} -> {} {}", reply.status, reply.body);
             let kind = reply.json()["error"]["type"].as_str().map(str::to_owned);
             let refused = matches!(
@@ -729,12 +693,12 @@ policies:
         ("/allowed/%252e%252e/secret", "/allowed/%252e%252e/secret"),
     ] {
         let before = upstream.hits();
-        let reply = send_raw(
-            &gw,
+        let reply = gw.send_raw(
             &format!(
                 "GET http://127.0.0.1:{port}{sent} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
                  Connection: close\r\n\r\n"
-            ),
+            )
+            .into_bytes(),
         );
         assert_eq!(reply.status, 200, "{sent}: {reply:?}");
         let seen = upstream.seen();

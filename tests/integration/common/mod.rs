@@ -323,7 +323,52 @@ pub struct Gateway {
     env: Vec<(String, String)>,
 }
 
+/// What came back on a raw socket to the proxy listener ([`Gateway::send_raw`]).
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawReply {
+    /// The body as JSON (`null` when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A field of the error body (`type`, `policy`, `message`, …), or "".
+    pub fn error_field(&self, field: &str) -> String {
+        self.json()["error"][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
 impl Gateway {
+    /// Sends `request` byte for byte to the proxy listener (curl would tidy headers and
+    /// paths up) and reads the answer until Envoy closes.
+    pub fn send_raw(&self, request: &[u8]) -> RawReply {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        tcp.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        RawReply {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
     /// Starts Portcullis with `config` and Envoy in front of it; waits until both are ready.
     pub fn start(config: &str, options: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();

@@ -5,11 +5,7 @@
 //! socket (curl would tidy them up), and checks that the request is decided on what the
 //! upstream would read — or refused as ambiguous — and never reaches the upstream unchecked.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
-use crate::common::{Gateway, GatewayOptions, Upstream};
+use crate::common::{Gateway, GatewayOptions, RawReply, Upstream};
 
 /// A workload allowed everywhere but `/admin` on the loopback upstream, `DELETE`, and the
 /// host `denied.example`.
@@ -22,63 +18,10 @@ policies:
   - {name: no-denied-example, priority: 10, action: deny, rules: [{host: denied.example}]}
 "#;
 
-/// What came back on the raw socket.
-#[derive(Debug)]
-struct RawReply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl RawReply {
-    fn error_type(&self) -> String {
-        serde_json::from_str::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"]["type"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    fn policy(&self) -> String {
-        serde_json::from_str::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"]["policy"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    fn message(&self) -> String {
-        serde_json::from_str::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-}
-
-/// Sends `request` as is to the proxy listener and reads the answer until Envoy closes.
-fn send_raw(gw: &Gateway, request: &[u8]) -> RawReply {
-    let mut tcp = TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(request).unwrap();
-    let mut answer = Vec::new();
-    let _ = tcp.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    RawReply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
 /// `METHOD http://127.0.0.1:<port><path>` through the forward proxy.
 fn get(gw: &Gateway, upstream: &Upstream, method: &str, path: &str) -> RawReply {
     let port = upstream.port();
-    send_raw(
-        gw,
+    gw.send_raw(
         format!(
             "{method} http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
              Connection: close\r\n\r\n"
@@ -131,7 +74,9 @@ fn encoded_slash_does_not_escape_a_path_deny() {
     .collect();
     // Refused, with an error that says what is wrong.
     assert_all(&replies, |r| {
-        r.status == 400 && r.error_type() == "invalid_request" && r.message().contains("escaped")
+        r.status == 400
+            && r.error_field("type") == "invalid_request"
+            && r.error_field("message").contains("escaped")
     });
     assert_eq!(upstream.hits(), 0, "{:?}", upstream.seen());
     let record = gw.audit_for(|r| r["reason"] == "invalid_request");
@@ -144,7 +89,7 @@ fn encoded_slash_is_decided_and_forwarded_decoded_when_configured() {
     let gw = gateway(&format!("request: {{escaped_slashes: decode}}\n{CONFIG}"));
     let denied = get(&gw, &upstream, "GET", "/admin%2Fusers");
     assert_eq!(denied.status, 403, "{denied:?}");
-    assert_eq!(denied.policy(), "no-admin", "{denied:?}");
+    assert_eq!(denied.error_field("policy"), "no-admin", "{denied:?}");
     // `/admin/..%2F../public` is `/public` once decoded: the upstream must get that, not
     // the escaped form a non-decoding server would read as a path under `/admin`.
     let allowed = get(&gw, &upstream, "GET", "/admin/..%2F../public%5Cx?q=%2F");
@@ -167,7 +112,7 @@ fn encoded_dots_unreserved_escapes_and_double_encoding_do_not_escape_a_path_deny
     ] {
         let reply = get(&gw, &upstream, "GET", path);
         assert_eq!(reply.status, 403, "{path}: {reply:?}");
-        assert_eq!(reply.policy(), "no-admin", "{path}: {reply:?}");
+        assert_eq!(reply.error_field("policy"), "no-admin", "{path}: {reply:?}");
     }
     // One decoding pass, as the upstream makes: `%252F` is the three characters `%2F`
     // there, not a slash, and it arrives unchanged.
@@ -192,7 +137,7 @@ fn path_parameters_do_not_escape_a_path_deny() {
     .map(|path| (path.to_owned(), get(&gw, &upstream, "GET", path)))
     .collect();
     assert_all(&replies, |r| {
-        (r.status == 400 && r.message().contains("';'")) || r.status == 403
+        (r.status == 400 && r.error_field("message").contains("';'")) || r.status == 403
     });
     assert_eq!(upstream.hits(), 0, "{:?}", upstream.seen());
 }
@@ -203,13 +148,13 @@ fn path_parameters_are_stripped_for_matching_when_configured() {
     let gw = gateway(&format!("request: {{path_parameters: strip}}\n{CONFIG}"));
     let denied = get(&gw, &upstream, "GET", "/admin;jsessionid=1/users");
     assert_eq!(denied.status, 403, "{denied:?}");
-    assert_eq!(denied.policy(), "no-admin", "{denied:?}");
+    assert_eq!(denied.error_field("policy"), "no-admin", "{denied:?}");
     // A dot segment with parameters is `..` to Tomcat and a name elsewhere: the shipped
     // Envoy resolves it as Tomcat does (so the deny decides), Portcullis refuses it when an
     // Envoy in front leaves it (unit tests).
     let ambiguous = get(&gw, &upstream, "GET", "/public/..;/admin");
     assert!(
-        ambiguous.status == 400 || ambiguous.policy() == "no-admin",
+        ambiguous.status == 400 || ambiguous.error_field("policy") == "no-admin",
         "{ambiguous:?}"
     );
     let allowed = get(&gw, &upstream, "GET", "/public;v=1/x");
@@ -234,7 +179,7 @@ fn backslashes_dot_segments_and_repeated_slashes_do_not_escape_a_path_deny() {
     .collect();
     // Envoy refuses some of these itself (400, no JSON); none may reach the upstream.
     assert_all(&replies, |r| {
-        r.status == 400 || (r.status == 403 && r.policy() == "no-admin")
+        r.status == 400 || (r.status == 403 && r.error_field("policy") == "no-admin")
     });
     assert_eq!(upstream.hits(), 0, "{:?}", upstream.seen());
 }
@@ -260,8 +205,7 @@ fn conflicting_host_and_absolute_uri_are_decided_by_the_routed_authority_or_refu
     let gw = gateway(CONFIG);
     // The request line names the upstream, Host an allowed name: whichever Envoy routes
     // to is what Portcullis decides, so `/admin` on the loopback upstream stays denied.
-    let reply = send_raw(
-        &gw,
+    let reply = gw.send_raw(
         format!(
             "GET http://127.0.0.1:{port}/admin HTTP/1.1\r\nHost: other.example\r\n\
              Connection: close\r\n\r\n"
@@ -269,10 +213,9 @@ fn conflicting_host_and_absolute_uri_are_decided_by_the_routed_authority_or_refu
         .as_bytes(),
     );
     assert_eq!(reply.status, 403, "{reply:?}");
-    assert_eq!(reply.policy(), "no-admin", "{reply:?}");
+    assert_eq!(reply.error_field("policy"), "no-admin", "{reply:?}");
     // The other way round: a denied name in the request line, the upstream in Host.
-    let reply = send_raw(
-        &gw,
+    let reply = gw.send_raw(
         format!(
             "GET http://denied.example/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
              Connection: close\r\n\r\n"
@@ -280,7 +223,11 @@ fn conflicting_host_and_absolute_uri_are_decided_by_the_routed_authority_or_refu
         .as_bytes(),
     );
     assert_eq!(reply.status, 403, "{reply:?}");
-    assert_eq!(reply.policy(), "no-denied-example", "{reply:?}");
+    assert_eq!(
+        reply.error_field("policy"),
+        "no-denied-example",
+        "{reply:?}"
+    );
     for request in [
         // Two Host headers.
         format!(
@@ -301,7 +248,7 @@ fn conflicting_host_and_absolute_uri_are_decided_by_the_routed_authority_or_refu
              Host: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
         ),
     ] {
-        let reply = send_raw(&gw, request.as_bytes());
+        let reply = gw.send_raw(request.as_bytes());
         assert!(
             reply.status == 400 || reply.status == 403,
             "{request:?}: {reply:?}"
@@ -335,8 +282,7 @@ policies:
     ]
     .into_iter()
     .map(|host| {
-        let reply = send_raw(
-            &gw,
+        let reply = gw.send_raw(
             format!(
                 "GET http://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\n\
                  Connection: close\r\n\r\n"
@@ -350,8 +296,8 @@ policies:
     // are read differently by different resolvers (Envoy's takes `0177.0.0.1` as
     // 177.0.0.1, `inet_aton` as 127.0.0.1) and are refused, saying so.
     assert_all(&replies, |r| {
-        (r.status == 403 && r.policy() == "no-loopback")
-            || (r.status == 400 && r.message().contains("notation"))
+        (r.status == 403 && r.error_field("policy") == "no-loopback")
+            || (r.status == 400 && r.error_field("message").contains("notation"))
     });
     let mapped: Vec<_> = replies
         .iter()
@@ -359,8 +305,7 @@ policies:
         .collect();
     assert!(mapped.iter().all(|(_, r)| r.status == 403), "{mapped:?}");
     // A number too large for an IPv4 address is no host name either.
-    let reply = send_raw(
-        &gw,
+    let reply = gw.send_raw(
         format!(
             "GET http://4294967296:{port}/ HTTP/1.1\r\nHost: 4294967296:{port}\r\n\
              Connection: close\r\n\r\n"
@@ -374,7 +319,7 @@ policies:
 fn by_host(gw: &Gateway, host: &str) -> (String, RawReply) {
     let request =
         format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    (host.to_owned(), send_raw(gw, request.as_bytes()))
+    (host.to_owned(), gw.send_raw(request.as_bytes()))
 }
 
 #[test]
@@ -385,7 +330,7 @@ fn trailing_dot_and_case_do_not_escape_a_host_deny() {
         .map(|host| by_host(&gw, host))
         .collect();
     assert_all(&denied, |r| {
-        r.status == 403 && r.policy() == "no-denied-example"
+        r.status == 403 && r.error_field("policy") == "no-denied-example"
     });
     // Empty labels are no host name (a resolver might still try them).
     let invalid: Vec<_> = ["denied.example..", ".denied.example", "denied..example"]
@@ -418,12 +363,12 @@ policies:
     .into_iter()
     .map(|host| {
         let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        (host.to_owned(), send_raw(&gw, request.as_bytes()))
+        (host.to_owned(), gw.send_raw(request.as_bytes()))
     })
     .collect();
     assert_all(&replies, |r| {
-        (r.status == 403 && r.policy().starts_with("no-"))
-            || (r.status == 400 && r.error_type().is_empty())
+        (r.status == 403 && r.error_field("policy").starts_with("no-"))
+            || (r.status == 400 && r.error_field("type").is_empty())
     });
     // Punycode that does not decode is no host name.
     let (_, reply) = by_host(&gw, "xn--a.example");
