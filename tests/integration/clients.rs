@@ -2,8 +2,9 @@
 //! the shipped Envoy configs, against local servers.
 
 use std::process::Command;
+use std::time::Duration;
 
-use crate::common::{EnvoyMode, Gateway, GatewayOptions, TestTls, Upstream};
+use crate::common::{EnvoyMode, Gateway, GatewayOptions, TestTls, Upstream, wait_until};
 
 /// Python 3.11's `http.client` (and so pip, requests and urllib3 on it) opens HTTPS through
 /// a proxy with `CONNECT host:port HTTP/1.0`. Run by the machine's own Python 3.11, the
@@ -252,18 +253,45 @@ transforms:
             .starts_with("127.0.0.1:")
     );
 
-    // A refusal is its decision record alone.
+    // A refusal is its decision record alone: Envoy logs it to Portcullis all the same,
+    // which writes no record for it. Shown by order, not by waiting: an allowed request
+    // follows it on the same connection (the same Envoy worker, so the same access-log
+    // stream, read in order); once that one's record is written, the refusal's entry was
+    // read before it.
+    const CONNECTIONS: &str = "http.forward_proxy.downstream_cx_total";
+    let connections = gw.envoy_counter(CONNECTIONS);
+    let proxy = format!("http://127.0.0.1:{}", gw.proxy_port);
     let refused = gw.via_proxy(&[
         "-X",
         "POST",
         &format!("http://127.0.0.1:{}/no", upstream.port()),
+        "--next",
+        "--proxy",
+        &proxy,
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{}/after-the-refusal", upstream.port()),
     ]);
-    assert_eq!(refused.status, 403);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(
+        gw.envoy_counter(CONNECTIONS),
+        connections + 1,
+        "both requests went on one connection"
+    );
     let refused_id = refused
         .header("x-portcullis-request-id")
         .unwrap()
         .to_owned();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let after = gw.audit_for(|r| r["path"] == "/after-the-refusal");
+    assert_eq!(after["decision"], "ALLOWED", "{after}");
+    let after_id = after["request_id"].as_str().unwrap().to_owned();
+    assert!(
+        wait_until(Duration::from_secs(30), || gw.audit_lines().iter().any(
+            |r| r["event"] == "upstream" && r["request_id"] == after_id.as_str()
+        )),
+        "no upstream record for the request after the refusal: {:#?}",
+        gw.audit_lines()
+    );
     assert!(
         !gw.audit_lines()
             .iter()

@@ -23,6 +23,8 @@ pub struct Collector {
 
 struct Receiver {
     requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// False: each export is kept and never answered (a collector that hangs).
+    answers: bool,
 }
 
 #[tonic::async_trait]
@@ -32,16 +34,30 @@ impl TraceService for Receiver {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.requests.lock().unwrap().push(request.into_inner());
+        if !self.answers {
+            std::future::pending::<()>().await;
+        }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 impl Collector {
     pub fn start() -> Collector {
+        Collector::start_answering(true)
+    }
+
+    /// A collector that keeps each export request and never answers it: an export sent to
+    /// it stays pending until the exporter's own timeout.
+    pub fn start_unanswering() -> Collector {
+        Collector::start_answering(false)
+    }
+
+    fn start_answering(answers: bool) -> Collector {
         let (runtime, listener, addr) = super::loopback_server();
         let requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
         let receiver = Receiver {
             requests: requests.clone(),
+            answers,
         };
         runtime.spawn(
             tonic::transport::Server::builder()

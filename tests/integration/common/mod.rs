@@ -709,7 +709,7 @@ impl Gateway {
     /// Waits for the audit record of a request (by id, or the newest for a path).
     pub fn audit_for(&self, predicate: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let mut found = None;
-        wait_until(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(30), || {
             found = self.audit_lines().into_iter().rev().find(|r| predicate(r));
             found.is_some()
         });

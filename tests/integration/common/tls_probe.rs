@@ -7,13 +7,20 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a probe waits for the server before giving up: generous, so that only a
+/// server that never answers ends a probe with [`ProbeError::TimedOut`].
+pub const GIVES_UP_AFTER: Duration = Duration::from_secs(30);
+
 /// Why a probe ended without a certificate.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ProbeError {
     /// The proxy answered the CONNECT with this status.
     Connect(u16),
-    /// The TLS handshake failed.
+    /// The server ended the TLS handshake (an alert, a close, a certificate refused).
     Handshake(String),
+    /// The server had said nothing more when the socket's read timeout passed: the client
+    /// gave up, nothing refused it.
+    TimedOut,
 }
 
 /// Sends `CONNECT target` (with `token` as a proxy bearer token), then a TLS ClientHello
@@ -26,7 +33,7 @@ pub fn handshake_via_proxy(
     ca_pem: &str,
 ) -> Result<Vec<Vec<u8>>, ProbeError> {
     let mut tcp = TcpStream::connect(("127.0.0.1", proxy_port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_read_timeout(Some(GIVES_UP_AFTER)).unwrap();
     let auth = token
         .map(|t| format!("Proxy-Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -55,6 +62,7 @@ pub fn handshake_via_proxy(
 }
 
 /// A TLS handshake on an open connection (transparent mode: straight to the listener).
+/// A read timeout set on `tcp` ends it with [`ProbeError::TimedOut`].
 pub fn handshake(tcp: &mut TcpStream, sni: &str, ca_pem: &str) -> Result<Vec<Vec<u8>>, ProbeError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
@@ -71,8 +79,10 @@ pub fn handshake(tcp: &mut TcpStream, sni: &str, ca_pem: &str) -> Result<Vec<Vec
     let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     while conn.is_handshaking() {
-        conn.complete_io(tcp)
-            .map_err(|e| ProbeError::Handshake(e.to_string()))?;
+        conn.complete_io(tcp).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ProbeError::TimedOut,
+            _ => ProbeError::Handshake(e.to_string()),
+        })?;
     }
     Ok(conn
         .peer_certificates()

@@ -219,6 +219,13 @@ policies:
 
 /// A TLS handshake that sends no SNI (the client dialled an IP): it must fail at once, not
 /// when the client gives up, and be counted as `not_a_host_name`.
+///
+/// "At once" is shown by who ended the handshake, not by a clock: the regression this pins
+/// (the mapper's default name was `*`, a wildcard subscription Envoy never had answered)
+/// left the handshake hanging until the client's read timeout, which the probe reports as
+/// `TimedOut`, however long it is ([`tls_probe::GIVES_UP_AFTER`], generous for a loaded
+/// machine). `Handshake` means the server ended it, and the count says Portcullis refused
+/// the name rather than anything timing out.
 fn assert_refused_at_once(
     gw: &Gateway,
     handshake: impl FnOnce() -> Result<Vec<Vec<u8>>, ProbeError>,
@@ -228,13 +235,14 @@ fn assert_refused_at_once(
     let took = started.elapsed();
     assert!(
         matches!(result, Err(ProbeError::Handshake(_))),
-        "a handshake without SNI got {result:?}"
+        "a handshake without SNI got {result:?} after {took:?} (TimedOut: it hung until the \
+         client gave up, nothing refused it)"
     );
-    assert!(
-        took < Duration::from_secs(3),
-        "a handshake without SNI took {took:?} to fail (the probe gives up after 10 s)"
+    eprintln!(
+        "a handshake without SNI was refused after {} ms",
+        took.as_millis()
     );
-    let counted = wait_until(Duration::from_secs(3), || {
+    let counted = wait_until(Duration::from_secs(30), || {
         gw.metric(r#"portcullis_certificates_total{result="not_a_host_name"}"#)
             .unwrap_or(0.0)
             >= 1.0
@@ -262,7 +270,8 @@ fn tls_without_sni_on_the_transparent_listener_is_refused_at_once() {
     let setup = Intercepting::start(EnvoyMode::Transparent, OPEN_CONFIG);
     let ca_pem = std::fs::read_to_string(&setup.cacert).unwrap();
     let mut tcp = TcpStream::connect(("127.0.0.1", setup.gw.proxy_port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_read_timeout(Some(tls_probe::GIVES_UP_AFTER))
+        .unwrap();
     assert_refused_at_once(&setup.gw, || {
         tls_probe::handshake(&mut tcp, "127.0.0.1", &ca_pem)
     });

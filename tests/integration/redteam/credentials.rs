@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::common::{Gateway, GatewayOptions, Reply, Seen};
+use crate::common::{Gateway, GatewayOptions, Reply, Seen, wait_until};
 
 const PLACEHOLDER: &str = "ptok_redteam_Q7x2k9";
 const SWAPPED: &str = "SENTINEL-swapped-4be1c0";
@@ -531,7 +531,15 @@ fn echoed_credential_is_scrubbed_from_the_response() {
     let dead = crate::common::free_port();
     let gone = gw.via_proxy(&[&format!("http://127.0.0.1:{dead}/echo/gone")]);
     assert_eq!(gone.status, 503, "{gone:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The warning would come as the stream's state is dropped, before its open-stream
+    // count is (field order): once no stream is open, it would be in the log.
+    assert!(
+        wait_until(Duration::from_secs(30), || gw
+            .metric("portcullis_active_streams")
+            == Some(0.0)),
+        "ext_proc streams still open:\n{}",
+        gw.admin("/metrics").body
+    );
     assert!(
         !gw.portcullis_log().contains("never came to be scrubbed"),
         "{}",
