@@ -323,6 +323,9 @@ run_setup() { # run_setup NAME ROUND
   local out="${work}/${name}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
   listen="$(free_port)"; admin="$(free_port)"; grpc="${work}/grpc-${name}.sock"
+  # A socket file left by the previous round would pass wait_socket before the new
+  # process listens (a slow start, such as a dev build's, then meets "connection refused").
+  rm -f "${grpc}"
   local grpc_listen="unix:${grpc}"
   local proxy_url="http://127.0.0.1:${listen}/"
   local route="x-portcullis-upstream-address: 127.0.0.1:${up_port}"
