@@ -34,11 +34,10 @@ mod tests;
 use super::Shared;
 use super::convert::{self, ListenerContext};
 use crate::audit::{AuditRecord, ResponseRecord, micros};
-use crate::identity::Identity;
 use crate::policy::Action;
 use crate::request::OutboundRequest;
 use crate::secrets::scrub::Scrubber;
-use crate::snapshot::{Decided, Snapshot};
+use crate::snapshot::{Decided, Snapshot, ToolsListFilter};
 use crate::telemetry::metrics::StreamGuard;
 use crate::telemetry::trace::StreamTrace;
 use crate::transforms::{Outcome, Rejection};
@@ -132,14 +131,6 @@ enum ResponseWatch {
     Pass,
     /// A `tools/list` answer: drop the tools this workload may not call.
     ToolsList(Box<ToolsListFilter>),
-}
-
-struct ToolsListFilter {
-    snapshot: Arc<Snapshot>,
-    request: OutboundRequest,
-    identity: Identity,
-    ids: Vec<serde_json::Value>,
-    content_type: String,
 }
 
 /// A request ready to be decided. Kept in [`StreamState::deferred`] when the decision may
@@ -626,19 +617,10 @@ impl StreamState {
         decided: &Decided,
         body: &[u8],
     ) {
-        self.response = ResponseWatch::Pass;
-        if let (None, Ok(identity)) = (&decided.outcome.rejection, &decided.identity) {
-            let ids = Snapshot::tools_list_ids(body);
-            if !ids.is_empty() {
-                self.response = ResponseWatch::ToolsList(Box::new(ToolsListFilter {
-                    snapshot: snapshot.clone(),
-                    request: request.clone(),
-                    identity: identity.clone(),
-                    ids,
-                    content_type: String::new(),
-                }));
-            }
-        }
+        self.response = match ToolsListFilter::start(snapshot, request, decided, body) {
+            Some(filter) => ResponseWatch::ToolsList(Box::new(filter)),
+            None => ResponseWatch::Pass,
+        };
     }
 
     /// Response headers: kept for a `tools/list` answer (its body is coming, buffered),
@@ -647,8 +629,9 @@ impl StreamState {
     async fn on_response_headers(&mut self, headers: &HttpHeaders) -> Reply {
         let filtering = match &mut self.response {
             ResponseWatch::ToolsList(filter) => {
-                filter.content_type =
-                    convert::header_text(headers, "content-type").unwrap_or_default();
+                filter.set_content_type(
+                    convert::header_text(headers, "content-type").unwrap_or_default(),
+                );
                 true
             }
             ResponseWatch::Pass | ResponseWatch::Off => false,
@@ -717,16 +700,7 @@ impl StreamState {
             && end_of_stream
         {
             // Only a buffered body is filtered whole; a streamed one is not ours to cut.
-            let visible = |tool: &str| {
-                filter
-                    .snapshot
-                    .tool_visible(&filter.request, &filter.identity, tool)
-            };
-            rewritten =
-                crate::mcp::filter_tools_list(&body, &filter.content_type, &filter.ids, &visible);
-            if rewritten.is_some() {
-                tracing::debug!(request_id = %filter.request.id, "tools/list answer filtered");
-            }
+            rewritten = filter.filter(&body);
             self.response = ResponseWatch::Pass;
         }
         if end_of_stream {

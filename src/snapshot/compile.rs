@@ -214,7 +214,7 @@ impl Snapshot {
 
     /// Reads, parses and compiles a config file, with every error placed in the file.
     pub fn load(path: &Path, runtime: &Runtime) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
-        Snapshot::settle(load_file(path)?, runtime)
+        Snapshot::compile_loaded(load_file(path)?, runtime)
     }
 
     /// Parses and compiles config text read from `file`.
@@ -223,10 +223,10 @@ impl Snapshot {
         file: &Path,
         runtime: &Runtime,
     ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {
-        Snapshot::settle(parse_str(text, Some(file))?, runtime)
+        Snapshot::compile_loaded(parse_str(text, Some(file))?, runtime)
     }
 
-    fn settle(
+    fn compile_loaded(
         loaded: LoadedConfig,
         runtime: &Runtime,
     ) -> Result<(LoadedConfig, Snapshot), ConfigErrors> {

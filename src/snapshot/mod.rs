@@ -10,6 +10,7 @@ mod tools_list;
 use std::sync::Arc;
 
 pub use compile::{Origin, unknown_detectors};
+pub use tools_list::ToolsListFilter;
 
 use crate::config::McpConfig;
 use crate::identity::admin::AdminAuth;

@@ -2,7 +2,9 @@
 //! tools a workload may see (those a `tools/call` of which the policies would not deny).
 //! The JSON-RPC rewriting itself is [`crate::mcp::filter_tools_list`].
 
-use super::Snapshot;
+use std::sync::Arc;
+
+use super::{Decided, Snapshot};
 use crate::identity::Identity;
 use crate::mcp::{Message, MessageKind};
 use crate::policy::{Decision, RequestFacts};
@@ -55,5 +57,58 @@ impl Snapshot {
             .evaluate(&facts, &self.policies.tag_ids(&identity.tags))
             .decision()
             != Decision::Denied
+    }
+}
+
+/// An allowed MCP request's `tools/list` answer on its way back: which ids to filter, for
+/// whom, under which snapshot. The ext_proc stream only holds it and hands it the body.
+pub struct ToolsListFilter {
+    snapshot: Arc<Snapshot>,
+    request: OutboundRequest,
+    identity: Identity,
+    ids: Vec<serde_json::Value>,
+    content_type: String,
+}
+
+impl ToolsListFilter {
+    /// The filter for a decided request whose body holds `tools/list` requests; `None` for a
+    /// refused request or a body with none.
+    pub fn start(
+        snapshot: &Arc<Snapshot>,
+        request: &OutboundRequest,
+        decided: &Decided,
+        body: &[u8],
+    ) -> Option<ToolsListFilter> {
+        let (None, Ok(identity)) = (&decided.outcome.rejection, &decided.identity) else {
+            return None;
+        };
+        let ids = Snapshot::tools_list_ids(body);
+        (!ids.is_empty()).then(|| ToolsListFilter {
+            snapshot: snapshot.clone(),
+            request: request.clone(),
+            identity: identity.clone(),
+            ids,
+            content_type: String::new(),
+        })
+    }
+
+    /// The answer's `content-type` (JSON or SSE), from its headers.
+    pub fn set_content_type(&mut self, content_type: String) {
+        self.content_type = content_type;
+    }
+
+    /// The whole answer without the tools this workload may not call; `None` when it is
+    /// left as it is (not a `tools/list` answer, nothing to drop).
+    pub fn filter(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let visible = |tool: &str| {
+            self.snapshot
+                .tool_visible(&self.request, &self.identity, tool)
+        };
+        let rewritten =
+            crate::mcp::filter_tools_list(body, &self.content_type, &self.ids, &visible);
+        if rewritten.is_some() {
+            tracing::debug!(request_id = %self.request.id, "tools/list answer filtered");
+        }
+        rewritten
     }
 }
