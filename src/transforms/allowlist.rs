@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, same_config};
+use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig};
 use super::{Annotations, DryRun, Exchange, RefusalKind, Rejection, Step};
 use crate::inspect::Body;
 use crate::mcp::{Inbound, Message};
@@ -265,10 +265,6 @@ pub(super) struct AllowlistConfig;
 impl TransformConfig for AllowlistConfig {
     fn name(&self) -> &'static str {
         KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn runs_once(&self) -> bool {

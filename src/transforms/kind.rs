@@ -46,10 +46,8 @@ pub(super) struct RawEntry {
 }
 
 /// A kind's parsed, validated configuration.
-pub trait TransformConfig: Debug + Send + Sync + Any {
+pub trait TransformConfig: Debug + Send + Sync + Any + SameConfig {
     fn name(&self) -> &'static str;
-    /// Whether `other` is the same configuration (a reload compares configs).
-    fn same_as(&self, other: &dyn TransformConfig) -> bool;
     /// Why this transform must run before `secrets`, when it must: it would otherwise see
     /// (and send or record) the credentials `secrets` injects.
     fn must_precede_secrets(&self) -> Option<&'static str> {
@@ -67,9 +65,16 @@ pub trait TransformConfig: Debug + Send + Sync + Any {
     fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>>;
 }
 
-/// [`TransformConfig::same_as`] for a config type that can be compared.
-pub fn same_config<T: PartialEq + 'static>(this: &T, other: &dyn TransformConfig) -> bool {
-    (other as &dyn Any).downcast_ref::<T>() == Some(this)
+/// Whether two configs, of any kinds, are the same (a reload compares configs): every config
+/// type that can be compared has it, so a kind only derives `PartialEq`.
+pub trait SameConfig {
+    fn same_as(&self, other: &dyn TransformConfig) -> bool;
+}
+
+impl<T: PartialEq + Any> SameConfig for T {
+    fn same_as(&self, other: &dyn TransformConfig) -> bool {
+        (other as &dyn Any).downcast_ref::<T>() == Some(self)
+    }
 }
 
 /// What a transform compiles with.

@@ -4,36 +4,14 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Gateway, Upstream, free_port, wait_until};
+use crate::common::{CliRun, Gateway, Upstream, free_port, run_portcullis, wait_until};
 use crate::control::{EDITOR, VIEWER, config, options};
 
-/// What one run of the CLI printed.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-
-    /// The fields of the stdout line that starts with `first`.
-    fn row(&self, first: &str) -> Vec<String> {
-        self.stdout
-            .lines()
-            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .find(|fields| fields.first().is_some_and(|f| f == first))
-            .unwrap_or_else(|| panic!("no row {first:?} in:\n{}", self.stdout))
-    }
-}
+type Run = CliRun;
 
 /// The CLI pointed at one gateway; remembers everything it printed.
 struct Operator<'a> {
@@ -66,21 +44,8 @@ impl<'a> Operator<'a> {
     }
 
     fn run_with(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(args)
-            .env_remove("PORTCULLIS_SERVER")
-            .env_remove("PORTCULLIS_ADMIN_TOKEN")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        self.printed.borrow_mut().push_str(&run.all());
+        let run = run_portcullis(args, env);
+        self.printed.borrow_mut().push_str(&run.printed());
         run
     }
 

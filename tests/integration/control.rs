@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Gateway, GatewayOptions, Reply, Upstream, wait_until};
+use crate::common::{Gateway, GatewayOptions, Reply, Upstream, run_portcullis, wait_until};
 
 pub const EDITOR: &str = "editor-token-7d1c";
 pub const VIEWER: &str = "viewer-token-29ab";
@@ -552,8 +552,8 @@ fn a_file_with_a_store_and_its_own_policies_is_refused_at_start() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
+    let served = run_portcullis(
+        &[
             "serve",
             "-c",
             file.to_str().unwrap(),
@@ -561,22 +561,19 @@ fn a_file_with_a_store_and_its_own_policies_is_refused_at_start() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+        ],
+        &[],
+    );
+    let err = &served.stderr;
+    assert_eq!(served.code, 1, "{err}");
     assert!(
         err.contains("gw.yaml:2") && err.contains("portcullis apply"),
         "{err}"
     );
     // `validate` says so too, without starting anything.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{printed}");
+    let validated = run_portcullis(&["validate", file.to_str().unwrap()], &[]);
+    let printed = &validated.stdout;
+    assert_eq!(validated.code, 1, "{printed}");
     assert!(
         printed.contains("gw.yaml:2") && printed.contains("policies"),
         "{printed}"

@@ -6,14 +6,15 @@
 //! and the audit record.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::common::postgres::TestDatabase;
-use crate::common::{Gateway, GatewayOptions, RawReply, Reply, Upstream, wait_until};
+use crate::common::{
+    Gateway, GatewayOptions, RawReply, Reply, Upstream, run_portcullis, wait_until,
+};
 
 /// How long a record, a change or a file may take to show up: generous, polled.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -34,19 +35,8 @@ fn raw_get(gw: &Gateway, upstream: &Upstream, path: &str, headers: &[&str]) -> R
 
 /// Runs the `portcullis` binary; its exit code and everything it printed.
 fn portcullis(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .env_remove("PORTCULLIS_STORE")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let run = run_portcullis(args, &[]);
+    (run.code, run.printed())
 }
 
 // ------------------------------------------------------------------ 1. the file audit sink
@@ -818,17 +808,11 @@ policies:
 
 /// The migrations sqlx recorded as applied, in order.
 fn applied_migrations(db: &TestDatabase) -> Vec<(i64, bool)> {
-    use sqlx::Connection as _;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    crate::common::postgres::connected(&db.url, async |conn| {
         sqlx::query_as::<_, (i64, bool)>(
             "SELECT version, success FROM _sqlx_migrations ORDER BY version",
         )
-        .fetch_all(&mut conn)
+        .fetch_all(conn)
         .await
         .unwrap()
     })

@@ -707,11 +707,7 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
     assert_eq!(verified.len(), 1, "{verified:?}");
     // Verified again by PyJWT, independently of the crate that signed it: the signature
     // with the public key, ES256; iss; aud (defaults to the token URL); exp and iat.
-    let assertions: Vec<String> = jwt
-        .requests()
-        .iter()
-        .filter_map(|r| r.field("assertion"))
-        .collect();
+    let assertions = jwt.assertions();
     let by_pyjwt = verify_with_pyjwt(
         &assertions,
         "ec-public.pem",
@@ -758,7 +754,7 @@ fn oauth2_short_lived_tokens_are_reminted_and_refresh_and_jwt_grants_work() {
     sentinels.extend(refresh.issued());
     sentinels.extend(refresh.issued_refresh_tokens());
     sentinels.extend(jwt.issued());
-    sentinels.extend(jwt.requests().iter().filter_map(|r| r.field("assertion")));
+    sentinels.extend(jwt.assertions());
     run.no_leaks(&sentinels);
 }
 
@@ -849,11 +845,7 @@ fn gcp_service_account_tokens_reach_the_upstream() {
     assert_eq!(verified.len(), 2);
     // And by PyJWT, independently of the crate that signed them: RS256 with the service
     // account's public key, iss, aud (the endpoint's URL), exp and iat, and the claims.
-    let assertions: Vec<String> = google
-        .requests()
-        .iter()
-        .filter_map(|r| r.field("assertion"))
-        .collect();
+    let assertions = google.assertions();
     let by_pyjwt = verify_with_pyjwt(
         &assertions,
         "rsa-public.pem",
@@ -888,11 +880,6 @@ fn gcp_service_account_tokens_reach_the_upstream() {
     assert_eq!(google.rejections(), Vec::<String>::new());
     let mut sentinels = vec![key_fragment("rsa-private.pem")];
     sentinels.extend(issued);
-    sentinels.extend(
-        google
-            .requests()
-            .iter()
-            .filter_map(|r| r.field("assertion")),
-    );
+    sentinels.extend(google.assertions());
     run.no_leaks(&sentinels);
 }

@@ -443,19 +443,8 @@ fn apply_writes_a_config_files_policies_as_versions() {
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let file = dir.path().join("policies.yaml");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(args)
-            .env("PORTCULLIS_STORE", &url)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let run = crate::common::run_portcullis(args, &[("PORTCULLIS_STORE", &url)]);
+        (run.code, run.printed())
     };
     let path = file.to_str().unwrap();
     std::fs::write(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::kind::{
     Applied, CompileContext, Kind, Transform, TransformConfig, optional_config, required_config,
-    same_config, validated,
+    validated,
 };
 use super::secrets::config::InjectConfig;
 use super::{Annotations, Exchange, SecretConfig, Step};
@@ -368,10 +368,6 @@ impl TransformConfig for BodyCaptureConfig {
         BODY_KIND.name
     }
 
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
-    }
-
     fn must_precede_secrets(&self) -> Option<&'static str> {
         Some(BEFORE_SECRETS)
     }
@@ -384,10 +380,6 @@ impl TransformConfig for BodyCaptureConfig {
 impl TransformConfig for HeaderCaptureConfig {
     fn name(&self) -> &'static str {
         HEADER_KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn must_precede_secrets(&self) -> Option<&'static str> {

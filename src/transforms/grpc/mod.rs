@@ -26,8 +26,7 @@ pub use config::{FailMode, GrpcConfig};
 
 use super::capture::{capture_bytes, capture_text, presented_token};
 use super::kind::{
-    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, same_config,
-    validated,
+    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, validated,
 };
 use super::{
     Annotations, CREDENTIAL_HEADERS, Exchange, RefusalKind, Rejection, Step, millis, printable,
@@ -497,10 +496,6 @@ pub(super) const KIND: Kind = Kind {
 impl TransformConfig for GrpcConfig {
     fn name(&self) -> &'static str {
         KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn must_precede_secrets(&self) -> Option<&'static str> {

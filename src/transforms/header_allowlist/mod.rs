@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use super::kind::{
-    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, same_config,
-};
+use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, required_config};
 use super::{Annotations, Exchange, Step};
 use crate::vocab::FieldError;
 
@@ -162,10 +160,6 @@ pub(super) const KIND: Kind = Kind {
 impl TransformConfig for HeaderAllowlistConfig {
     fn name(&self) -> &'static str {
         KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {

@@ -32,8 +32,7 @@ use provider::{JudgeReply, Ruling};
 use summary::{Summary, SummaryRules};
 
 use super::kind::{
-    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, same_config,
-    validated,
+    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, validated,
 };
 use super::{Annotations, Exchange, RefusalKind, Rejection, Step, millis, printable};
 use crate::identity::Identity;
@@ -475,10 +474,6 @@ pub(super) const KIND: Kind = Kind {
 impl TransformConfig for JudgeConfig {
     fn name(&self) -> &'static str {
         KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn must_precede_secrets(&self) -> Option<&'static str> {

@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 pub use config::{InjectConfig, Location, SecretConfig, validate_secret};
 use inject::{Credential, Refusal, Use};
 
-use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, same_config};
+use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig};
 use super::{Annotations, CredentialUse, Exchange, RefusalKind, Rejection, Step};
 use crate::identity::Identity;
 use crate::inspect::Body;
@@ -322,10 +322,6 @@ pub(super) struct SecretsStep;
 impl TransformConfig for SecretsStep {
     fn name(&self) -> &'static str {
         KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn runs_once(&self) -> bool {

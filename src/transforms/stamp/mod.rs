@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::kind::required_config;
 use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig};
-use super::kind::{required_config, same_config};
 use super::{Annotations, Exchange, Step};
 use crate::secrets::SecretValue;
 use crate::vocab::FieldError;
@@ -31,10 +31,6 @@ struct StampConfig {
 impl TransformConfig for StampConfig {
     fn name(&self) -> &'static str {
         KIND.name
-    }
-
-    fn same_as(&self, other: &dyn TransformConfig) -> bool {
-        same_config(self, other)
     }
 
     fn compile(&self, _: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {

@@ -615,6 +615,14 @@ impl OAuthServer {
         self.server.received().len()
     }
 
+    /// The signed JWT assertions clients sent (`assertion=` in the form), in order.
+    pub fn assertions(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| r.field("assertion"))
+            .collect()
+    }
+
     /// Tokens issued so far, in order.
     pub fn issued(&self) -> Vec<String> {
         self.state.lock().unwrap().issued.clone()

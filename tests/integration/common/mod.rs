@@ -27,6 +27,53 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What one run of the `portcullis` command printed, and how it exited.
+#[derive(Debug)]
+pub struct CliRun {
+    /// The exit code (-1 when a signal ended it).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Everything it printed, standard output first.
+    pub fn printed(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The whitespace-separated fields of the first stdout line whose first field is
+    /// `first` (a table row).
+    pub fn row(&self, first: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|fields| fields.first().is_some_and(|f| f == first))
+            .unwrap_or_else(|| panic!("no row {first:?} in:\n{}", self.stdout))
+    }
+}
+
+/// Runs the `portcullis` binary to completion. The variables that would point it at
+/// something of the developer's (a store, a server, an admin token, a proxy) are removed,
+/// then `env` is set.
+pub fn run_portcullis(args: &[&str], env: &[(&str, &str)]) -> CliRun {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env_remove("PORTCULLIS_STORE")
+        .env_remove("PORTCULLIS_SERVER")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .envs(env.iter().copied())
+        .output()
+        .expect("the portcullis binary runs");
+    CliRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The real Envoy binary, installed into `.venv` by `scripts/bootstrap` on first use.
 pub fn envoy_binary() -> &'static Path {
     static ENVOY: OnceLock<PathBuf> = OnceLock::new();

@@ -22,6 +22,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Runs `work` on a new connection to `url`, from synchronous test code.
+pub fn connected<T>(url: &str, work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> T) -> T {
+    runtime().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
+        work(&mut conn).await
+    })
+}
+
 impl TestDatabase {
     pub fn create() -> TestDatabase {
         let admin = admin_url();

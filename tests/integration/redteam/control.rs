@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Gateway, GatewayOptions, Reply, Upstream};
+use crate::common::{Gateway, GatewayOptions, Reply, Upstream, run_portcullis};
 
 const EDITOR: &str = "redteam-editor-token-51c0";
 const ADMIN: &str = "redteam-admin-token-9e22";
@@ -584,13 +584,7 @@ const B_SESSIONS: &str = "portcullis-b";
 /// finished a `LISTEN` (or, since, a heartbeat `SELECT 1`): B's notification connection.
 /// Its pool's sessions run only store reads.
 fn b_listens(url: &str, timeout: std::time::Duration) -> bool {
-    use sqlx::Connection as _;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    crate::common::postgres::connected(url, async |conn| {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let listening: i64 = sqlx::query_scalar(
@@ -599,7 +593,7 @@ fn b_listens(url: &str, timeout: std::time::Duration) -> bool {
                  AND state = 'idle' AND (query ILIKE 'LISTEN%' OR query = 'SELECT 1')",
             )
             .bind(B_SESSIONS)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await
             .unwrap();
             if listening > 0 {
@@ -616,19 +610,13 @@ fn b_listens(url: &str, timeout: std::time::Duration) -> bool {
 /// Ends every `LISTEN`ing connection to the test database, as a failover or an idle-flow
 /// reaper would.
 fn terminate_listeners(url: &str) {
-    use sqlx::Connection as _;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    crate::common::postgres::connected(url, async |conn| {
         sqlx::raw_sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() \
              AND (query ILIKE 'LISTEN%' OR query = 'SELECT 1')",
         )
-        .execute(&mut conn)
+        .execute(conn)
         .await
         .unwrap();
     });
@@ -800,12 +788,9 @@ fn every_error_of_one_policy_is_reported_by_validate_and_the_api() {
          - {host: a.example, methods: [GET, FETCH]}\n      - {host: b.example, pths: [/x]}\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{printed}");
+    let validated = run_portcullis(&["validate", file.to_str().unwrap()], &[]);
+    let printed = &validated.stdout;
+    assert_eq!(validated.code, 1, "{printed}");
     let f = file.display();
     for expected in [
         format!("{f}:4:5: policies[0].colour (policy \"p\"): unknown field `colour`"),
