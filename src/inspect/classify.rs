@@ -72,6 +72,10 @@ impl ActionTypeSet {
         self.0 & (1 << action as u8) != 0
     }
 
+    pub fn intersects(self, other: ActionTypeSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Whether deciding membership can take the body.
     pub fn needs_body(self) -> bool {
         ActionType::ALL

@@ -157,6 +157,15 @@ impl HeaderMatcher {
     /// enough; in any other rule every value must, so a workload cannot add a second,
     /// conflicting value (which the upstream may read instead) to pass an allow rule, nor
     /// add a harmless one to slip past a deny.
+    ///
+    /// A value may also be a comma-separated list (`X-Role: user, admin`), which HTTP treats
+    /// as the same header sent once per element. In a refusing rule each element counts as a
+    /// value too, so folding `admin` into a list does not slip past `exact: admin`. An allow
+    /// rule judges the whole value: requiring each element to match there would refuse
+    /// legitimate values that hold commas (`User-Agent: Mozilla/5.0 (X11, Linux)`), and a
+    /// folded list already fails `exact`; to keep lists out of a `prefix` or `contains` allow
+    /// rule, use a `regex` that excludes commas. An inverted matcher in an allow rule also
+    /// needs every element to hold, so `X-Env: dev, prod` does not pass "not `prod`".
     pub fn matches(&self, headers: &[(String, Vec<u8>)], any_value_holds: bool) -> bool {
         let mut values = headers
             .iter()
@@ -180,11 +189,24 @@ impl HeaderMatcher {
             return self.invert;
         }
         if any_value_holds {
-            values.any(|v| test(v) != self.invert)
+            values
+                .any(|v| test(v) != self.invert || list_elements(v).any(|e| test(e) != self.invert))
         } else {
-            values.all(|v| test(v) != self.invert)
+            values.all(|v| {
+                test(v) != self.invert && (!self.invert || list_elements(v).all(|e| !test(e)))
+            })
         }
     }
+}
+
+/// The elements of a comma-separated header value, without the optional whitespace around
+/// them (RFC 9110 §5.6.1); nothing when the value holds no comma.
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let folded = value.contains(&b',');
+    value
+        .split(|b| *b == b',')
+        .filter(move |_| folded)
+        .map(|element| element.trim_ascii())
 }
 
 /// An MCP tool name pattern such as `send_*`; `*` matches any run of characters.
@@ -237,9 +259,11 @@ pub struct Conditions {
     tools: Option<GlobSet>,
     dlp: Box<[Arc<str>]>,
     cel: Option<CelExpr>,
-    /// What a CEL expression that fails to evaluate counts as: held in a deny or gated
-    /// policy (fail closed: the refusal applies), not held anywhere else.
-    cel_error_holds: bool,
+    /// The rule refuses (a deny or gated policy's): every doubt is read towards the
+    /// refusal. A CEL expression that fails to evaluate holds, one value of a repeated
+    /// header (or one element of a folded list) is enough, and so is one of the action
+    /// types a request may be taken for. Elsewhere the doubt goes against the rule.
+    refusing: bool,
     needs_body: bool,
 }
 
@@ -252,9 +276,8 @@ pub struct ConditionSources<'a> {
     pub tools: &'a [ToolPattern],
     pub dlp: &'a [String],
     pub cel: Option<&'a CelExpr>,
-    /// A CEL evaluation error counts as the expression holding (see
-    /// [`Conditions::cel_error`]).
-    pub cel_error_holds: bool,
+    /// The rule refuses: doubts count towards it holding (see [`Conditions`]).
+    pub refusing: bool,
 }
 
 impl Conditions {
@@ -283,7 +306,7 @@ impl Conditions {
             tools,
             dlp: sources.dlp.iter().map(|d| Arc::from(d.as_str())).collect(),
             cel: sources.cel.cloned(),
-            cel_error_holds: sources.cel_error_holds,
+            refusing: sources.refusing,
             needs_body,
         };
         let empty = conditions.headers.is_empty()
@@ -316,7 +339,7 @@ impl Conditions {
     }
 
     fn cel_holds(&self, cel: &CelExpr, req: &RequestFacts<'_>) -> bool {
-        cel.test(req).unwrap_or(self.cel_error_holds)
+        cel.test(req).unwrap_or(self.refusing)
     }
 
     /// The conditions decidable on the headers: header matchers, header-classifiable
@@ -325,7 +348,7 @@ impl Conditions {
         if !self
             .headers
             .iter()
-            .all(|h| h.matches(req.headers, self.cel_error_holds))
+            .all(|h| h.matches(req.headers, self.refusing))
         {
             return false;
         }
@@ -341,6 +364,17 @@ impl Conditions {
         }
     }
 
+    /// A refusing rule holds on any action type the request may be taken for (a
+    /// `tools/call` posted to a chat-completions path is a `tool_call` too); any other rule
+    /// on the one it is recorded as.
+    fn holds_on_action_type(&self, req: &RequestFacts<'_>) -> bool {
+        if self.refusing {
+            self.action_types.intersects(req.possible_action_types())
+        } else {
+            self.action_types.contains(req.action_type())
+        }
+    }
+
     /// The conditions that read the body; an unbuffered body counts as empty.
     pub fn hold_on_body(&self, req: &RequestFacts<'_>) -> bool {
         if !self.needs_body {
@@ -348,7 +382,7 @@ impl Conditions {
         }
         let empty = crate::inspect::Body::empty();
         let body = req.body.unwrap_or(&empty);
-        if self.action_types.needs_body() && !self.action_types.contains(req.action_type()) {
+        if self.action_types.needs_body() && !self.holds_on_action_type(req) {
             return false;
         }
         // Each matcher runs once per body, however many messages of a batch are decided
@@ -454,6 +488,13 @@ mod tests {
             (&["evil", "acme"][..], false, true, false, true),
             (&["acme", "acme"][..], true, true, false, false),
             (&[][..], false, false, true, true),
+            // A folded list: its elements count in a refusing rule; an allowing one needs
+            // the whole value (which `exact` then fails) and, inverted, every element.
+            (&["evil, acme"][..], false, true, false, true),
+            (&["acme,evil"][..], false, true, false, true),
+            (&["evil,\tacme "][..], false, true, false, true),
+            (&["acme, acme"][..], false, true, false, true),
+            (&["evil, other"][..], false, false, true, true),
         ] {
             let headers = sent(values);
             assert_eq!(
@@ -511,5 +552,87 @@ mod tests {
         assert!(compile("{host: '*', prompt: {contains: [x]}}").needs_body());
         assert!(compile("{host: '*', dlp: [aws_access_key]}").needs_body());
         assert!(compile("{host: '*'}").conditions.is_none());
+    }
+
+    /// A `tools/call` posted to a chat-completions path is recorded as a chat completion,
+    /// which an allow rule on `tool_call` does not take; a deny on `tool_call` does.
+    #[test]
+    fn a_refusing_rule_holds_on_any_action_type_a_request_may_be_taken_for() {
+        let conditions = |refusing: bool, types: &[ActionType]| {
+            Conditions::compile(ConditionSources {
+                headers: &[],
+                action_types: types,
+                body: None,
+                prompt: None,
+                tools: &[],
+                dlp: &[],
+                cel: None,
+                refusing,
+            })
+            .unwrap()
+        };
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"s"},"model":"m","messages":[]}"#;
+        let chat = br#"{"model":"m","messages":[]}"#;
+        for (path, body, recorded, possible) in [
+            (
+                "/v1/chat/completions",
+                &call[..],
+                ActionType::ChatCompletion,
+                &[ActionType::ChatCompletion, ActionType::ToolCall][..],
+            ),
+            (
+                "/v1/chat/completions",
+                &chat[..],
+                ActionType::ChatCompletion,
+                &[ActionType::ChatCompletion][..],
+            ),
+            (
+                "/mcp",
+                &call[..],
+                ActionType::ToolCall,
+                &[ActionType::ToolCall][..],
+            ),
+            (
+                "/mcp",
+                &chat[..],
+                ActionType::HttpRequest,
+                &[ActionType::HttpRequest][..],
+            ),
+        ] {
+            let body = crate::inspect::Body::new(body, None);
+            let req = RequestFacts {
+                method: crate::request::Method::Post,
+                method_name: "POST",
+                scheme: "https",
+                host: "h.example",
+                port: 443,
+                ip: None,
+                path,
+                headers: &[],
+                intercepted: false,
+                body: Some(&body),
+                message: None,
+                identity: None,
+                unknown_args: None,
+            };
+            assert_eq!(req.action_type(), recorded, "{path}");
+            assert_eq!(
+                req.possible_action_types(),
+                ActionTypeSet::of(possible),
+                "{path}"
+            );
+            for t in ActionType::ALL.into_iter().filter(|t| t.needs_body()) {
+                assert_eq!(
+                    conditions(false, &[t]).hold_on_body(&req),
+                    t == recorded,
+                    "{path} allow {t}"
+                );
+                assert_eq!(
+                    conditions(true, &[t]).hold_on_body(&req),
+                    possible.contains(&t),
+                    "{path} deny {t}"
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use crate::identity::Identity;
-use crate::inspect::{ActionType, Body, classify_path};
+use crate::inspect::{ActionType, ActionTypeSet, Body, classify_path};
 use crate::mcp::{Inbound, Message};
 use crate::request::{Method, OutboundRequest};
 
@@ -70,19 +70,39 @@ impl<'a> RequestFacts<'a> {
         self.mcp_message()?.tool_call()
     }
 
-    /// What the request is doing ([`crate::inspect`]).
+    /// What the request is doing ([`crate::inspect`]): the LLM call its path names, else
+    /// the MCP message it carries, else `http_request`. This is the type it is recorded as.
     pub fn action_type(&self) -> ActionType {
-        if let Some(llm) = classify_path(self.method, self.path) {
-            return llm;
+        classify_path(self.method, self.path)
+            .or_else(|| self.mcp_action_type())
+            .unwrap_or(ActionType::HttpRequest)
+    }
+
+    /// Every action type the request may be taken for: a body can be an MCP `tools/call`
+    /// and a chat completion at once (JSON-RPC members beside `model` and `messages`), and
+    /// the path and the body each name one. Refusing rules hold on any of them.
+    pub fn possible_action_types(&self) -> ActionTypeSet {
+        match (
+            classify_path(self.method, self.path),
+            self.mcp_action_type(),
+        ) {
+            (Some(llm), Some(mcp)) => ActionTypeSet::of(&[llm, mcp]),
+            (Some(one), None) | (None, Some(one)) => ActionTypeSet::of(&[one]),
+            (None, None) => ActionTypeSet::of(&[ActionType::HttpRequest]),
         }
+    }
+
+    /// The MCP action the request makes, by its JSON-RPC body or, when no body was read,
+    /// its Streamable HTTP session headers.
+    fn mcp_action_type(&self) -> Option<ActionType> {
         if let Some(message) = self.message {
-            return if message.tool_call().is_some() {
+            return Some(if message.tool_call().is_some() {
                 ActionType::ToolCall
             } else {
                 ActionType::McpRequest
-            };
+            });
         }
-        match self.body.and_then(Body::mcp) {
+        Some(match self.body.and_then(Body::mcp) {
             Some(Ok(Inbound::Single(message))) if message.tool_call().is_some() => {
                 ActionType::ToolCall
             }
@@ -99,8 +119,8 @@ impl<'a> RequestFacts<'a> {
             {
                 ActionType::McpRequest
             }
-            None => ActionType::HttpRequest,
-        }
+            None => return None,
+        })
     }
 }
 

@@ -617,9 +617,11 @@ impl RuleCompiler {
         self.compile_for(config, false)
     }
 
-    /// Compiles a rule; with `cel_error_holds` (the rules of deny and gated policies), a CEL
-    /// expression that fails to evaluate counts as holding, so the refusal applies.
-    pub fn compile_for(&mut self, config: &RuleConfig, cel_error_holds: bool) -> Rule {
+    /// Compiles a rule; with `refusing` (the rules of deny and gated policies), doubts count
+    /// towards the rule holding, so the refusal applies (a CEL expression that fails to
+    /// evaluate, a repeated header, a request of two action types; see
+    /// [`super::conditions::Conditions`]).
+    pub fn compile_for(&mut self, config: &RuleConfig, refusing: bool) -> Rule {
         let kind = match config.host.kind() {
             HostKind::Any => HostMatch::Any,
             HostKind::Exact(host) => HostMatch::Exact(host.clone()),
@@ -655,7 +657,7 @@ impl RuleCompiler {
                 tools: &config.tools,
                 dlp: &config.dlp,
                 cel: config.cel.as_ref(),
-                cel_error_holds,
+                refusing,
             })
             .map(Arc::new),
         }

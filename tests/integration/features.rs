@@ -416,6 +416,26 @@ fn header_matchers_against_whitespace_and_repeated_headers() {
                 Some("no-admin-role"),
             ),
             ("/roles/3", &["X-Role: user"], 200, Some("roles-open")),
+            // The same two values folded into one line, as HTTP allows for a list.
+            (
+                "/roles/4",
+                &["X-Role: user, admin"],
+                403,
+                Some("no-admin-role"),
+            ),
+            (
+                "/roles/5",
+                &["X-Role: admin,user"],
+                403,
+                Some("no-admin-role"),
+            ),
+            // An element that only contains `admin` is not `admin`.
+            (
+                "/roles/6",
+                &["X-Role: user, sysadmin"],
+                200,
+                Some("roles-open"),
+            ),
         ],
     );
     let seen = upstream.seen();
@@ -429,7 +449,8 @@ fn header_matchers_against_whitespace_and_repeated_headers() {
 
 /// A second, conflicting value of a header a rule names (which the upstream may read instead
 /// of the first) never helps: it does not pass an allow rule, in either order (every value
-/// must satisfy it), nor lift an inverted deny (one value is enough for a deny).
+/// must satisfy it), nor lift an inverted deny (one value is enough for a deny) — sent as
+/// a second line or folded into the first as a comma-separated list.
 #[test]
 fn conflicting_repeated_header_values_do_not_satisfy_an_allow_rule() {
     let upstream = Upstream::start(None);
@@ -443,6 +464,20 @@ fn conflicting_repeated_header_values_do_not_satisfy_an_allow_rule() {
         // not lift it.
         ("/guarded/dup", ["X-Approved: yes", "X-Approved: no"]),
     ] {
+        let reply = raw_get(&gw, &upstream, path, &headers);
+        assert!(
+            matches!(reply.status, 400 | 403),
+            "{path} {headers:?}: {reply:?}"
+        );
+    }
+    // The same values folded into one line: an allow rule needs the whole value (`exact`
+    // fails on a list) and, inverted, every element; a deny needs one element.
+    for (path, header) in [
+        ("/exact/folded", "X-Tenant: acme, evil"),
+        ("/invert/folded", "X-Env: dev, prod"),
+        ("/guarded/folded", "X-Approved: yes,no"),
+    ] {
+        let headers = [header];
         let reply = raw_get(&gw, &upstream, path, &headers);
         assert!(
             matches!(reply.status, 400 | 403),
@@ -607,6 +642,44 @@ fn an_http_request_rule_does_not_carry_mcp_and_mcp_request_covers_sessions() {
     assert_eq!(upstream.hits(), 4, "{:?}", upstream.seen());
     let record = gw.audit_for(|r| r["path"] == "/session" && r["decision"] == "ALLOWED");
     assert_eq!(record["policy"], "mcp-sessions", "{record}");
+}
+
+/// A body can be a JSON-RPC `tools/call` and a chat completion at once, and a path can
+/// name an LLM API while the body is MCP: a deny on `tool_call` holds on any action type the
+/// request may be taken for, so posting the call to a chat-completions path does not escape
+/// it. A plain chat completion on that path is still allowed.
+#[test]
+fn a_tool_call_deny_holds_on_a_chat_completions_path() {
+    let upstream = Upstream::start(None);
+    let config = r#"
+policies:
+  - {name: no-tool-calls, priority: 5, action: deny,
+     rules: [{host: 127.0.0.1, action_types: [tool_call]}]}
+  - {name: loopback-open, priority: 100, action: allow, rules: [{host: 127.0.0.1}]}
+"#;
+    let gw = Gateway::start(config, GatewayOptions::default());
+    let json = "application/json";
+    let chat = format!("http://127.0.0.1:{}/v1/chat/completions", upstream.port());
+
+    let completion = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let allowed = post_body(&gw, &chat, json, completion, &[]);
+    assert_eq!(allowed.status, 200, "{allowed:?}\n{}", gw.portcullis_log());
+    assert_eq!(upstream.hits(), 1);
+
+    let both = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"search","arguments":{}},"model":"m","messages":[]}"#;
+    for (what, body) in [("tools/call", TOOLS_CALL), ("chat and tools/call", both)] {
+        let reply = post_body(&gw, &chat, json, body, &[]);
+        assert_ne!(
+            reply.header("x-upstream"),
+            Some("echo"),
+            "{what}: {reply:?}"
+        );
+        let text = reply.body.to_string();
+        assert!(text.contains("no-tool-calls"), "{what}: {reply:?}");
+    }
+    assert_eq!(upstream.hits(), 1, "{:?}", upstream.seen());
+    let record = gw.audit_for(|r| r["decision"] == "DENIED");
+    assert_eq!(record["policy"], "no-tool-calls", "{record}");
 }
 
 // --------------------------------------------------------------- 5. path normalisation
