@@ -8,7 +8,8 @@
 //! interception CA, [`sds`] Envoy's certificate service for it, [`audit`] and
 //! [`telemetry`] record what happened. [`store`] is the control plane's versioned store,
 //! [`live`] keeps the live snapshot in step with the file and the store, and [`admin`]
-//! serves the admin API. [`cli`] is the command line, the admin API's client among it.
+//! serves the admin API and, from [`console`], the web console. [`cli`] is the command line,
+//! the admin API's client among it.
 //! [`mcp`] reads MCP's JSON-RPC messages and writes the answers to denied ones.
 //! [`network`] vets the address an allowed request connects to (the network guard).
 //! [`vocab`] is the shared vocabulary under all of them: located errors, names, tags,
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dlp;
 pub mod extproc;
 pub mod identity;

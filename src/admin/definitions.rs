@@ -11,13 +11,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::parse_body;
-use super::{ApiError, Control};
+use super::{ApiError, Control, Credentials};
 use crate::config::AdminRole;
 use crate::config::every_error::deserialize_every_error;
 use crate::live::ChangeRefused;
@@ -224,10 +224,10 @@ struct ListQuery {
 
 async fn list<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let store = control.store()?;
     let rows = T::versioned(store)
@@ -257,10 +257,10 @@ async fn list<T: Definition>(
 
 async fn read<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
 ) -> Result<Json, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let stored = T::versioned(control.store()?)
         .get(&name)
         .await
@@ -270,10 +270,10 @@ async fn read<T: Definition>(
 
 async fn create<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     body: Bytes,
 ) -> Result<(StatusCode, Json), ApiError> {
-    let caller = control.caller(&headers, writer::<T>())?;
+    let caller = control.caller(&credentials, writer::<T>())?;
     let store = control.store()?;
     let envelope = envelope::<T>(&body, Fields::CREATE)?;
     let definition = envelope.definition.expect("parsed with a definition");
@@ -292,11 +292,11 @@ async fn create<T: Definition>(
 
 async fn update<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, writer::<T>())?;
+    let caller = control.caller(&credentials, writer::<T>())?;
     let store = control.store()?;
     let envelope = envelope::<T>(&body, Fields::UPDATE)?;
     let definition = envelope.definition.expect("parsed with a definition");
@@ -333,11 +333,11 @@ struct DeleteQuery {
 
 async fn delete<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, writer::<T>())?;
+    let caller = control.caller(&credentials, writer::<T>())?;
     let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let store = control.store()?;
     let Some(expected) = query.version else {
@@ -371,10 +371,10 @@ async fn delete<T: Definition>(
 
 async fn history<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
 ) -> Result<Json, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let versions = T::versioned(control.store()?)
         .history(&name)
         .await
@@ -406,11 +406,11 @@ struct DiffQuery {
 
 async fn diff_versions<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
     query: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let Query(query) = query
         .map_err(|e| ApiError::bad_query(format!("{} (expected ?from=N[&to=M])", e.body_text())))?;
     let history = T::versioned(control.store()?)
@@ -443,11 +443,11 @@ async fn diff_versions<T: Definition>(
 
 async fn rollback<T: Definition>(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, writer::<T>())?;
+    let caller = control.caller(&credentials, writer::<T>())?;
     let store = control.store()?;
     let envelope = envelope::<T>(&body, Fields::ROLLBACK)?;
     let versioned = T::versioned(store);
@@ -467,30 +467,30 @@ async fn rollback<T: Definition>(
 
 async fn enable(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json, ApiError> {
-    set_status(control, headers, name, body, true).await
+    set_status(control, credentials, name, body, true).await
 }
 
 async fn disable(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json, ApiError> {
-    set_status(control, headers, name, body, false).await
+    set_status(control, credentials, name, body, false).await
 }
 
 async fn set_status(
     control: Arc<Control>,
-    headers: HeaderMap,
+    credentials: Credentials,
     name: String,
     body: Bytes,
     active: bool,
 ) -> Result<Json, ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&credentials, AdminRole::Editor)?;
     let store = control.store()?;
     let envelope = envelope::<PolicyConfig>(&body, Fields::STATUS)?;
     let expected = envelope.version.expect("parsed");

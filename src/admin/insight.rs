@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, Control};
+use super::{ApiError, Control, Credentials};
 use crate::config::AdminRole;
 use crate::store::audit::{AuditQuery, FireCount};
 
@@ -79,10 +78,10 @@ pub struct FireQuery {
 /// that never fired are listed with zeros (the dead rules).
 pub async fn fire_counts(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     query: Result<Query<FireQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let window = query.window.unwrap_or_else(|| "24h".to_owned());
     let since = window_start(&window)?;
@@ -140,10 +139,10 @@ pub struct SearchQuery {
 /// Audit events, newest first, filtered; `next_cursor` continues the listing.
 pub async fn audit_search(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let decision = match q.decision.as_deref().map(str::to_ascii_uppercase) {
         Some(d) if DECISIONS.contains(&d.as_str()) => Some(d),

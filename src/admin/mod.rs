@@ -7,18 +7,22 @@ mod error;
 mod insight;
 pub mod openapi;
 mod playground;
+mod session;
 mod tokens;
 
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::json;
 
 pub use error::ApiError;
+pub use session::{COOKIE as SESSION_COOKIE, CSRF_HEADER};
+
+use session::Credentials;
 
 use crate::config::AdminRole;
 use crate::identity::admin::{AuthError, Caller};
@@ -32,6 +36,7 @@ use crate::transforms::secrets::SecretConfig;
 pub struct Control {
     pub live: Arc<Live>,
     store: OnceLock<Store>,
+    sessions: session::Sessions,
 }
 
 impl Control {
@@ -39,6 +44,7 @@ impl Control {
         Control {
             live,
             store: OnceLock::new(),
+            sessions: session::Sessions::default(),
         }
     }
 
@@ -75,20 +81,11 @@ impl Control {
         self.live.refresh_from(store).await
     }
 
-    /// Authenticates the caller and checks it holds `role`: 401 without a valid admin
-    /// token, 403 with one whose role is too low.
-    fn caller(&self, headers: &HeaderMap, role: AdminRole) -> Result<Caller, ApiError> {
-        let snapshot = self.live.snapshot();
-        let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        let caller = snapshot.admin.authenticate(presented).map_err(|e| {
-            let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
-            if e == AuthError::Unknown {
-                error
-                    .message
-                    .push_str(" (admin tokens are set in the config's `admin.tokens`)");
-            }
-            error
-        })?;
+    /// Authenticates the caller (an admin token, or a console session: see
+    /// [`session`]) and checks it holds `role`: 401 without a valid token or session, 403
+    /// with one whose role is too low or a session's write without its CSRF token.
+    fn caller(&self, credentials: &Credentials, role: AdminRole) -> Result<Caller, ApiError> {
+        let caller = self.authenticate(credentials)?;
         if caller.role < role {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -104,6 +101,20 @@ impl Control {
             ));
         }
         Ok(caller)
+    }
+
+    /// Authenticates an `Authorization: Bearer` header value.
+    fn authenticate_bearer(&self, presented: Option<&[u8]>) -> Result<Caller, ApiError> {
+        let snapshot = self.live.snapshot();
+        snapshot.admin.authenticate(presented).map_err(|e| {
+            let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+            if e == AuthError::Unknown {
+                error
+                    .message
+                    .push_str(" (admin tokens are set in the config's `admin.tokens`)");
+            }
+            error
+        })
     }
 }
 
@@ -121,6 +132,12 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/status", get(status))
+        .route(
+            "/v1/session",
+            get(session::current)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
         .merge(definitions::routes::<PolicyConfig>("/v1/policies"))
         .merge(definitions::routes::<SecretConfig>("/v1/secrets"))
         .merge(definitions::status_routes("/v1/policies"))
@@ -130,6 +147,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/audit", get(insight::audit_search))
         .route("/v1/tokens", get(tokens::list).post(tokens::mint))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .merge(crate::console::routes())
         .fallback(not_found)
         .with_state(control)
 }
@@ -194,9 +212,9 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
 /// Which snapshot this instance decides with, and where its policies come from.
 async fn status(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let snapshot = control.live.snapshot();
     let store = control.store.get();
     Ok(axum::Json(json!({

@@ -73,6 +73,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Viewer,
         "Which snapshot this instance decides with",
     ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/session",
+            Public,
+            "Console sign-in: an admin token for a session cookie and its CSRF token",
+        ),
+        "SignIn",
+    ),
+    endpoint(
+        "get",
+        "/v1/session",
+        Viewer,
+        "Who the caller is; for a session, its CSRF token and expiry",
+    ),
+    endpoint("delete", "/v1/session", Viewer, "Console sign-out"),
     with_query(
         endpoint("get", "/v1/policies", Viewer, "List policies"),
         &[("window", "Add fire counts for this window, e.g. 24h")],
@@ -396,12 +412,18 @@ pub fn build(gateway: &Gateway) -> Value {
                               "tags": {"type": "array", "items": {"$ref": "#/components/schemas/Tag"}}}}),
     );
     schemas.insert(
+        "SignIn".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["token"],
+               "properties": {"token": {"type": "string", "minLength": 1,
+                                        "description": "An admin token (`admin.tokens`)"}}}),
+    );
+    schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["type", "message"], "properties": {
                 "type": {"type": "string", "enum": ["malformed_json", "invalid", "invalid_query",
                     "not_found", "conflict", "stale_version", "unauthorized", "forbidden",
-                    "no_store", "store_unavailable"]},
+                    "no_store", "store_unavailable", "unavailable"]},
                 "message": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object", "required": ["path", "message"],
                     "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}},
@@ -426,6 +448,24 @@ pub fn build(gateway: &Gateway) -> Value {
         });
         if e.method == "post" && matches!(e.path, "/v1/policies" | "/v1/secrets" | "/v1/tokens") {
             responses["201"] = json!({"description": "Created"});
+        }
+        let session = e.path == "/v1/session";
+        if session && e.method == "post" {
+            responses = json!({"201": {"description": "Signed in: Set-Cookie holds the session"}});
+            for (code, description) in [
+                ("401", "The admin token is not recognised"),
+                ("403", "Posted from another site's page"),
+            ] {
+                responses[code] = json!({"description": description});
+                responses[code]
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(error.as_object().unwrap().clone());
+            }
+        }
+        if session && e.method == "delete" {
+            responses =
+                json!({"204": {"description": "Signed out: Set-Cookie clears the session"}});
         }
         if e.access != Public {
             responses["401"] = json!({"description": "No valid admin token"});
@@ -457,7 +497,13 @@ pub fn build(gateway: &Gateway) -> Value {
         if path_parameters(e.path).next().is_some() {
             errors.push(("404", "No such policy, secret or token"));
         }
-        if e.access != Public && e.path != "/v1/status" {
+        if session && e.access != Public {
+            errors.push((
+                "403",
+                "A session's change without its CSRF token, or from another site",
+            ));
+        }
+        if e.access != Public && e.path != "/v1/status" && !session {
             errors.push(("503", "The store cannot be reached"));
             if !matches!(e.access, Editor | Admin) {
                 errors.push(("409", "No store: the policies are in the config file"));
@@ -496,7 +542,9 @@ pub fn build(gateway: &Gateway) -> Value {
             "title": "Portcullis admin API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The control plane of the Portcullis egress gateway (docs/api.md). \
-                            Authenticate with `Authorization: Bearer <admin token>`.",
+                            Authenticate with `Authorization: Bearer <admin token>`, or with \
+                            the console's session cookie from `POST /v1/session` (a change \
+                            then also needs `X-CSRF-Token`).",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::parse_body;
-use super::{ApiError, Control};
+use super::{ApiError, Control, Credentials};
 use crate::check::{CheckRequest, build_request, run};
 use crate::config::AdminRole;
 use crate::policy::{PolicyConfig, PolicySet, Verdict};
@@ -87,10 +86,10 @@ impl PlaygroundRequest {
 
 pub async fn playground(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let request: PlaygroundRequest = parse_body(&body)?;
     let problems = request.problems();
     if !problems.is_empty() {
@@ -136,10 +135,10 @@ struct ImpactRequest {
 /// body and header conditions evaluate as on an empty request.
 pub async fn impact(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let request: ImpactRequest = parse_body(&body)?;
     let draft = super::definitions::parse_definition::<PolicyConfig>(&request.policy)
         .map_err(|problems| ApiError::invalid(problems, "policy"))?;

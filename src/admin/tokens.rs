@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::parse_body;
-use super::{ApiError, Control};
+use super::{ApiError, Control, Credentials};
 use crate::config::AdminRole;
 use crate::store::Change;
 use crate::vocab::Tag;
@@ -28,9 +28,9 @@ struct MintRequest {
 
 pub async fn list(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
 ) -> Result<axum::Json<Value>, ApiError> {
-    control.caller(&headers, AdminRole::Viewer)?;
+    control.caller(&credentials, AdminRole::Viewer)?;
     let tokens = control
         .store()?
         .tokens()
@@ -41,10 +41,10 @@ pub async fn list(
 
 pub async fn mint(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&credentials, AdminRole::Editor)?;
     let store = control.store()?;
     let request: MintRequest = parse_body(&body)?;
     let change = Change::by(&caller.name, "mint token");
@@ -65,10 +65,10 @@ pub async fn mint(
 
 pub async fn revoke(
     State(control): State<Arc<Control>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let caller = control.caller(&headers, AdminRole::Editor)?;
+    let caller = control.caller(&credentials, AdminRole::Editor)?;
     let store = control.store()?;
     let token = store
         .revoke_token(&id, &Change::by(&caller.name, "revoke token"))

@@ -2,12 +2,13 @@
 //! compared in constant time.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::token_digest;
-use crate::vocab::{FieldError, duplicate_names};
+use crate::vocab::{DurationText, FieldError, duplicate_names};
 
 /// The admin API's callers. Without tokens, every `/v1/` call but the OpenAPI document
 /// is refused (401).
@@ -16,6 +17,68 @@ use crate::vocab::{FieldError, duplicate_names};
 pub struct AdminConfig {
     #[serde(default)]
     pub tokens: Vec<AdminTokenConfig>,
+    /// How long a console sign-in lasts (docs/console.md).
+    #[serde(default)]
+    pub sessions: SessionConfig,
+}
+
+/// The lifetime of a console session: it ends after `idle_timeout` without a request, and
+/// `absolute_timeout` after sign-in whatever happens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: DurationText,
+    #[serde(default = "default_absolute_timeout")]
+    pub absolute_timeout: DurationText,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            idle_timeout: default_idle_timeout(),
+            absolute_timeout: default_absolute_timeout(),
+        }
+    }
+}
+
+fn default_idle_timeout() -> DurationText {
+    DurationText(Duration::from_secs(30 * 60))
+}
+
+fn default_absolute_timeout() -> DurationText {
+    DurationText(Duration::from_secs(12 * 60 * 60))
+}
+
+impl SessionConfig {
+    /// Errors under `admin.sessions`.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (field, value) in [
+            ("idle_timeout", self.idle_timeout.0),
+            ("absolute_timeout", self.absolute_timeout.0),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(30 * 24 * 60 * 60) {
+                errors.push(FieldError::new(
+                    format!("admin.sessions.{field}"),
+                    format!(
+                        "{} is out of range: between 1s and 30d",
+                        DurationText(value)
+                    ),
+                ));
+            }
+        }
+        if self.idle_timeout.0 > self.absolute_timeout.0 {
+            errors.push(FieldError::new(
+                "admin.sessions.idle_timeout",
+                format!(
+                    "{} is longer than absolute_timeout ({}): a session never idles that long",
+                    self.idle_timeout, self.absolute_timeout
+                ),
+            ));
+        }
+        errors
+    }
 }
 
 /// One admin bearer token.
@@ -73,10 +136,11 @@ struct AdminToken {
     caller: Caller,
 }
 
-/// The compiled admin tokens.
+/// The compiled admin tokens, and how long a console session lasts.
 #[derive(Default)]
 pub struct AdminAuth {
     tokens: Vec<AdminToken>,
+    pub sessions: SessionConfig,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -90,14 +154,16 @@ impl std::fmt::Debug for AdminAuth {
 impl AdminAuth {
     /// Reads every token's source; errors have paths under `admin.tokens[N]`.
     pub fn compile(
-        configs: &[AdminTokenConfig],
+        config: &AdminConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<AdminAuth, Vec<FieldError>> {
-        let mut errors = duplicate_names(
+        let configs = &config.tokens;
+        let mut errors = config.sessions.validate();
+        errors.extend(duplicate_names(
             "admin.tokens",
             "admin token",
             configs.iter().map(|t| t.name.as_str()),
-        );
+        ));
         let mut tokens: Vec<AdminToken> = Vec::with_capacity(configs.len());
         for (i, config) in configs.iter().enumerate() {
             let path = format!("admin.tokens[{i}]");
@@ -127,7 +193,10 @@ impl AdminAuth {
             }
         }
         if errors.is_empty() {
-            Ok(AdminAuth { tokens })
+            Ok(AdminAuth {
+                tokens,
+                sessions: config.sessions,
+            })
         } else {
             Err(errors)
         }
@@ -139,8 +208,16 @@ impl AdminAuth {
         let header = authorization.ok_or(AuthError::Missing)?;
         let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed);
+        }
+        self.authenticate_token(token)
+    }
+
+    /// Authenticates a bare admin token (a console sign-in).
+    pub fn authenticate_token(&self, token: &str) -> Result<Caller, AuthError> {
         let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        if token.is_empty() {
             return Err(AuthError::Malformed);
         }
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
@@ -152,6 +229,15 @@ impl AdminAuth {
         }
         found.cloned().ok_or(AuthError::Unknown)
     }
+
+    /// The caller a token named `name` makes now: a console session signed in with a token
+    /// follows it, so a token removed or demoted in the config ends or narrows its sessions.
+    pub fn caller_named(&self, name: &str) -> Option<Caller> {
+        self.tokens
+            .iter()
+            .find(|t| &*t.caller.name == name)
+            .map(|t| t.caller.clone())
+    }
 }
 
 use sha2::Digest as _;
@@ -160,6 +246,32 @@ use sha2::Digest as _;
 mod tests {
     use super::*;
     use crate::identity::TokenSource;
+
+    fn tokens(tokens: Vec<AdminTokenConfig>) -> AdminConfig {
+        AdminConfig {
+            tokens,
+            ..AdminConfig::default()
+        }
+    }
+
+    #[test]
+    fn session_lifetimes_are_bounded_and_ordered() {
+        let config: AdminConfig =
+            serde_norway::from_str("sessions: {idle_timeout: 2h, absolute_timeout: 1h}").unwrap();
+        let errors = AdminAuth::compile(&config, &|_| None).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "admin.sessions.idle_timeout");
+        assert!(
+            errors[0].message.contains("longer than absolute_timeout"),
+            "{errors:?}"
+        );
+        let config: AdminConfig = serde_norway::from_str("sessions: {idle_timeout: 0s}").unwrap();
+        let errors = AdminAuth::compile(&config, &|_| None).unwrap_err();
+        assert!(errors[0].message.contains("out of range"), "{errors:?}");
+        let defaults = AdminAuth::compile(&AdminConfig::default(), &|_| None).unwrap();
+        assert_eq!(defaults.sessions.idle_timeout.0.as_secs(), 1800);
+        assert_eq!(defaults.sessions.absolute_timeout.0.as_secs(), 12 * 3600);
+    }
 
     fn token(name: &str, role: AdminRole, env: &str) -> AdminTokenConfig {
         AdminTokenConfig {
@@ -181,10 +293,10 @@ mod tests {
             _ => None,
         };
         let auth = AdminAuth::compile(
-            &[
+            &tokens(vec![
                 token("alice", AdminRole::Editor, "A"),
                 token("bob", AdminRole::Viewer, "B"),
-            ],
+            ]),
             &env,
         )
         .unwrap();
@@ -209,11 +321,11 @@ mod tests {
     fn a_missing_source_or_a_reused_token_is_an_error_with_its_path() {
         let env = |var: &str| (var == "A").then(|| "same".to_owned());
         let errors = AdminAuth::compile(
-            &[
+            &tokens(vec![
                 token("a", AdminRole::Editor, "A"),
                 token("b", AdminRole::Editor, "A"),
                 token("c", AdminRole::Editor, "MISSING"),
-            ],
+            ]),
             &env,
         )
         .unwrap_err();

@@ -84,7 +84,7 @@ impl Snapshot {
         )
         .map_err(|e| errors.extend(e))
         .ok();
-        let admin = AdminAuth::compile(&config.admin.tokens, env)
+        let admin = AdminAuth::compile(&config.admin, env)
             .map_err(|e| errors.extend(e))
             .ok();
         let scanner = Scanner::compile(&config.dlp)

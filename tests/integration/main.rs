@@ -5,10 +5,12 @@ mod common;
 
 mod agents;
 mod bodies;
+mod browser;
 mod capture;
 mod cli;
 mod cli_api;
 mod clients;
+mod console;
 mod contract;
 mod control;
 mod decisions;

@@ -1,0 +1,167 @@
+// Drives the web console in Debian's Chromium, headless, as a person would: keyboard
+// sign-in, every page, a search, sign-out; checks what the page shows, that no response
+// the browser received holds the admin token, that markup a workload chose stays text,
+// and axe-core's accessibility rules. Started by tests/integration/browser.rs, which runs
+// the gateway and passes:
+//   CONSOLE_URL      the admin server, e.g. http://127.0.0.1:9901
+//   CONSOLE_TOKEN    an editor's admin token
+//   CONSOLE_VIEWER   a viewer's admin token
+//   CONSOLE_HOSTILE  a path the gateway audited that holds markup
+//   CONSOLE_SHOTS    a directory for screenshots
+// Prints one line per check; exits 1 on the first failure.
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const { CONSOLE_URL: base, CONSOLE_TOKEN: token, CONSOLE_VIEWER: viewer,
+  CONSOLE_HOSTILE: hostile, CONSOLE_SHOTS: shots } = process.env;
+for (const [name, value] of Object.entries({ base, token, viewer, hostile, shots })) {
+  if (!value) throw new Error(`missing ${name}`);
+}
+mkdirSync(shots, { recursive: true });
+
+function check(condition, what) {
+  if (!condition) throw new Error(`FAILED: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+
+// Every response body the browser received, to look for the token in.
+async function recording(context) {
+  const bodies = [];
+  context.on("response", async (response) => {
+    try { bodies.push({ url: response.url(), body: await response.text() }); } catch (_) { /* redirects */ }
+  });
+  return bodies;
+}
+
+async function axe(page, name) {
+  // axe runs in the page; the console's CSP forbids injected scripts, so this context
+  // bypasses it (the page under test is the same).
+  await page.addScriptTag({ content: axeSource });
+  const result = await page.evaluate(async () => await window.axe.run(document, {
+    resultTypes: ["violations"],
+  }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of result.violations) {
+    console.log(`axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.length})`);
+  }
+  check(bad.length === 0, `${name}: no serious or critical accessibility violation`);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+}
+
+try {
+  const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1280, height: 900 } });
+  const bodies = await recording(context);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => { errors.push(e.message); console.log(`page error: ${e.message}`); });
+  page.on("console", (m) => console.log(`page console: ${m.type()}: ${m.text()}`));
+
+  const started = Date.now();
+  await page.goto(`${base}/`);
+  await page.locator("#token").waitFor({ state: "visible" });
+  console.log(`first render (sign-in form visible): ${Date.now() - started} ms`);
+  check(!(await page.locator("#sign-out").isVisible()) && !(await page.locator("nav").isVisible()),
+    "signed out, the page shows no navigation and no sign-out");
+  await shot(page, "sign-in");
+  await axe(page, "sign-in");
+
+  // Keyboard only: the token field has the focus on arrival; type, Enter.
+  check(await page.evaluate(() => document.activeElement.id) === "token", "the token field has the focus");
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.textContent) === "Sign in", "Tab reaches the button");
+  await page.keyboard.press("Shift+Tab");
+  await page.keyboard.type("wrong-token");
+  await page.keyboard.press("Enter");
+  await page.locator("#sign-in-error").filter({ hasText: "not recognised" }).waitFor();
+  check(true, "a wrong token is refused with a message");
+  await page.locator("#token").focus();
+  await page.keyboard.type(token);
+  await page.keyboard.press("Enter");
+  await page.locator("nav").waitFor({ state: "visible" });
+  check((await page.locator("#who-name").textContent()).includes("editor"), "signed in as an editor");
+  const tokenStored = await page.evaluate((t) => JSON.stringify(localStorage).includes(t)
+    || JSON.stringify(sessionStorage).includes(t) || document.cookie.includes(t), token);
+  check(!tokenStored, "the token is in no storage a script can read");
+  check(await page.evaluate(() => document.cookie.includes("portcullis_session")) === false,
+    "the session cookie is HttpOnly (invisible to scripts)");
+
+  // Overview.
+  await page.locator("h1", { hasText: "Overview" }).waitFor();
+  await page.locator("figure svg").first().waitFor();
+  const charts = await page.locator("figure svg[role=img]").count();
+  check(charts >= 3, `overview draws charts (${charts})`);
+  const bars = await page.locator("figure svg rect").count();
+  check(bars >= 4, `the charts have bars (${bars})`);
+  const topPolicy = await page.locator("figure", { hasText: "Top deciding policies" }).locator("svg text").first().textContent();
+  check(topPolicy === "allow-upstream", `the busiest policy leads its chart (${topPolicy})`);
+  const decisions = await page.locator(".card .value").first().textContent();
+  check(Number(decisions.replace(/,/g, "")) > 0, `overview counts decisions (${decisions})`);
+  await shot(page, "overview");
+  await axe(page, "overview");
+
+  // Policies, reached by keyboard.
+  await page.locator("nav a[href='#/policies']").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("h1", { hasText: "Policies" }).waitFor();
+  await page.locator("tbody tr").first().waitFor();
+  const rows = await page.locator("tbody tr").count();
+  check(rows >= 2, `policies listed (${rows})`);
+  await page.locator("#policy-search").fill("allow-upstream");
+  check(await page.locator("tbody tr").count() === 1, "search narrows the list");
+  await page.locator("#policy-search").fill("");
+  await page.locator("th button", { hasText: "Fires" }).click();
+  await page.locator("th button", { hasText: "Fires" }).click();
+  const first = await page.locator("tbody tr td").first().textContent();
+  check(first === "allow-upstream", `sorting by fires puts the busiest first (${first})`);
+  await shot(page, "policies");
+  await axe(page, "policies");
+
+  // Audit: the hostile path is shown as text, not markup.
+  await page.locator("nav a[href='#/audit']").click();
+  await page.locator("h1", { hasText: "Audit" }).waitFor();
+  await page.locator("tbody tr").first().waitFor();
+  const hostileShown = await page.locator("tbody td", { hasText: hostile }).count();
+  check(hostileShown >= 1, `the audited path with markup in it is listed as text (${hostile})`);
+  check(await page.locator("tbody img, tbody script").count() === 0, "and never becomes an element");
+  await page.locator("#audit-decision").selectOption("denied");
+  await page.locator("form.controls button[type=submit]").click();
+  await page.waitForFunction(() => location.hash.includes("decision=denied"));
+  await page.locator("tbody tr").first().waitFor();
+  const decisionsShown = await page.locator("tbody tr td:nth-child(2)").allTextContents();
+  check(decisionsShown.length > 0 && decisionsShown.every((d) => d === "DENIED"),
+    `the decision filter shows denied requests only (${decisionsShown.length})`);
+  await shot(page, "audit");
+  await axe(page, "audit");
+
+  // Sign out: back to the sign-in form, and the API refuses the old cookie.
+  await page.locator("#sign-out").click();
+  await page.locator("#token").waitFor({ state: "visible" });
+  const after = await page.evaluate(async () => (await fetch("/v1/policies")).status);
+  check(after === 401, "after sign-out the API refuses the browser");
+
+  // A viewer signs in and reads.
+  await page.locator("#token").fill(viewer);
+  await page.locator("#sign-in-form button").click();
+  await page.locator("nav").waitFor({ state: "visible" });
+  check((await page.locator("#who-name").textContent()).includes("viewer"), "signed in as a viewer");
+  await page.locator("#sign-out").click();
+
+  const leaked = bodies.filter((b) => b.body.includes(token) || b.body.includes(viewer));
+  check(leaked.length === 0, `no response the browser received holds a token (${bodies.length} responses; ${leaked.map((b) => b.url)})`);
+  check(errors.length === 0, `no script error (${errors.join("; ")})`);
+  await context.close();
+} finally {
+  await browser.close();
+}

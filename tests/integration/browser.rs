@@ -1,0 +1,101 @@
+//! The web console in a real browser: Debian's Chromium, driven by Playwright
+//! (`tests/browser/console.mjs`, installed by `scripts/browser`), against the real
+//! `portcullis serve` with an embedded store, after real requests through the real Envoy.
+//! Screenshots of every page land in `target/console-screenshots/`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{Gateway, GatewayOptions, Upstream, repo, wait_until};
+
+const EDITOR: &str = "browser-editor-token-41d2";
+const VIEWER: &str = "browser-viewer-token-07be";
+
+#[test]
+fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
+    let node_modules = repo().join("tests/browser/node_modules/playwright-core");
+    assert!(
+        node_modules.exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser tests need Chromium and tests/browser's packages: run scripts/browser \
+         (scripts/test does)"
+    );
+    let upstream = Upstream::start(None);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}", dir.join("store.db").display());
+    let config = format!(
+        r#"
+store: {{url: "{url}"}}
+admin:
+  tokens:
+    - {{name: alice, role: editor, token: {{env: EDITOR_TOKEN}}}}
+    - {{name: dashboards, role: viewer, token: {{env: VIEWER_TOKEN}}}}
+"#
+    );
+    let gw = Gateway::start(
+        &config,
+        GatewayOptions {
+            env: vec![
+                ("EDITOR_TOKEN".into(), EDITOR.into()),
+                ("VIEWER_TOKEN".into(), VIEWER.into()),
+            ],
+            ..GatewayOptions::default()
+        },
+    );
+    for policy in [
+        json!({"name": "allow-upstream", "priority": 20, "action": "allow", "match_tags": [],
+               "rules": [{"host": "127.0.0.1", "paths": ["/ok/*", "/x/*"]}]}),
+        json!({"name": "deny-secrets", "priority": 10, "action": "deny",
+               "rules": [{"host": "127.0.0.1", "paths": ["/secret/*"]}]}),
+        json!({"name": "flag-uploads", "priority": 30, "action": "flag",
+               "rules": [{"host": "127.0.0.1", "paths": ["/upload/*"]}]}),
+    ] {
+        let body = json!({"policy": policy, "reason": "browser test"}).to_string();
+        let reply = gw.api("POST", "/v1/policies", Some(EDITOR), Some(&body));
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    let base = format!("http://127.0.0.1:{}", upstream.port());
+    for n in 0..6 {
+        let reply = gw.via_proxy(&[&format!("{base}/ok/{n}")]);
+        assert_eq!(reply.status, 200, "{reply:?}\n{}", gw.portcullis_log());
+    }
+    for n in 0..2 {
+        assert_eq!(gw.via_proxy(&[&format!("{base}/secret/{n}")]).status, 403);
+    }
+    // A workload chooses its path: markup in it must stay text on the page.
+    let hostile = gw.via_proxy(&[&format!("{base}/x/%3Cimg%20src=x%20onerror=alert(1)%3E")]);
+    assert_eq!(hostile.status, 200, "{hostile:?}");
+    let record = gw.audit_for(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/x/")));
+    let hostile_path = record["path"].as_str().unwrap().to_owned();
+    // The console reads the store's audit events, which the gateway writes in batches.
+    let stored = wait_until(Duration::from_secs(30), || {
+        let reply = gw.api("GET", "/v1/audit?limit=100", Some(VIEWER), None);
+        reply.status == 200 && reply.json()["events"].as_array().map_or(0, Vec::len) >= 9
+    });
+    assert!(stored, "the audit events never reached the store");
+
+    let shots = repo().join("target/console-screenshots");
+    let out = Command::new("node")
+        .arg(repo().join("tests/browser/console.mjs"))
+        .env("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port))
+        .env("CONSOLE_TOKEN", EDITOR)
+        .env("CONSOLE_VIEWER", VIEWER)
+        .env("CONSOLE_HOSTILE", &hostile_path)
+        .env("CONSOLE_SHOTS", &shots)
+        .output()
+        .expect("node runs (Node.js 20)");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{printed}");
+    assert!(out.status.success(), "the browser run failed:\n{printed}");
+    for page in ["sign-in", "overview", "policies", "audit"] {
+        assert!(
+            shots.join(format!("{page}.png")).exists(),
+            "no screenshot of {page}"
+        );
+    }
+}
