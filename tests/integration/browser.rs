@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{Gateway, GatewayOptions, Upstream, repo, wait_until};
-
-const EDITOR: &str = "browser-editor-token-41d2";
-const VIEWER: &str = "browser-viewer-token-07be";
+use crate::common::{Upstream, repo, wait_until};
+use crate::console::{EDITOR, VIEWER, gateway};
 
 #[test]
 fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
@@ -22,27 +20,7 @@ fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
          (scripts/test does)"
     );
     let upstream = Upstream::start(None);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let url = format!("sqlite://{}", dir.join("store.db").display());
-    let config = format!(
-        r#"
-store: {{url: "{url}"}}
-admin:
-  tokens:
-    - {{name: alice, role: editor, token: {{env: EDITOR_TOKEN}}}}
-    - {{name: dashboards, role: viewer, token: {{env: VIEWER_TOKEN}}}}
-"#
-    );
-    let gw = Gateway::start(
-        &config,
-        GatewayOptions {
-            env: vec![
-                ("EDITOR_TOKEN".into(), EDITOR.into()),
-                ("VIEWER_TOKEN".into(), VIEWER.into()),
-            ],
-            ..GatewayOptions::default()
-        },
-    );
+    let gw = gateway("{}");
     for policy in [
         json!({"name": "allow-upstream", "priority": 20, "action": "allow", "match_tags": [],
                "rules": [{"host": "127.0.0.1", "paths": ["/ok/*", "/x/*"]}]}),

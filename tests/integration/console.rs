@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 
 use crate::common::{Gateway, GatewayOptions, Reply, curl, wait_until};
 
-const EDITOR: &str = "console-editor-token-5c1e";
-const VIEWER: &str = "console-viewer-token-8f0a";
+pub const EDITOR: &str = "console-editor-token-5c1e";
+pub const VIEWER: &str = "console-viewer-token-8f0a";
 
-fn gateway(sessions: &str) -> Gateway {
+/// A gateway with an embedded store, an editor (`alice`) and a viewer (`dashboards`) admin
+/// token, and `admin.sessions` as given (`{}`: the defaults).
+pub fn gateway(sessions: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap().keep();
     let url = format!("sqlite://{}", dir.join("store.db").display());
     let config = format!(
