@@ -8,16 +8,20 @@
 //   CONSOLE_VIEWER   a viewer's admin token
 //   CONSOLE_HOSTILE  a path the gateway audited that holds markup
 //   CONSOLE_SHOTS    a directory for screenshots
+//   CONSOLE_PROXY    the gateway's forward proxy port
+//   CONSOLE_REPORTS  a URL of the upstream that policy allow-reports (disabled) would allow
 // Prints one line per check; exits 1 on the first failure.
 import { readFileSync, mkdirSync } from "node:fs";
+import http from "node:http";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
 const require = createRequire(import.meta.url);
 const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const { CONSOLE_URL: base, CONSOLE_TOKEN: token, CONSOLE_VIEWER: viewer,
-  CONSOLE_HOSTILE: hostile, CONSOLE_SHOTS: shots } = process.env;
-for (const [name, value] of Object.entries({ base, token, viewer, hostile, shots })) {
+  CONSOLE_HOSTILE: hostile, CONSOLE_SHOTS: shots, CONSOLE_PROXY: proxyPort,
+  CONSOLE_REPORTS: reports } = process.env;
+for (const [name, value] of Object.entries({ base, token, viewer, hostile, shots, proxyPort, reports })) {
   if (!value) throw new Error(`missing ${name}`);
 }
 mkdirSync(shots, { recursive: true });
@@ -54,6 +58,25 @@ async function axe(page, name) {
     console.log(`axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.length})`);
   }
   check(bad.length === 0, `${name}: no serious or critical accessibility violation`);
+}
+
+// A GET through the gateway's forward proxy, as a workload sends it: the status.
+function viaProxy(url) {
+  return new Promise((resolve, reject) => {
+    const request = http.request({ host: "127.0.0.1", port: Number(proxyPort), method: "GET",
+      path: url, headers: { host: new URL(url).host } }, (response) => {
+      response.resume();
+      response.on("end", () => resolve(response.statusCode));
+    });
+    request.on("error", reject);
+    request.end();
+  });
+}
+
+async function decisionInPlayground(page) {
+  await page.goto(`${base}/#/playground?method=GET&url=${encodeURIComponent(reports)}`);
+  await page.locator("#pg-decision").waitFor();
+  return [await page.locator("#pg-decision").textContent(), await page.locator("#pg-deciding").textContent()];
 }
 
 async function shot(page, name) {
@@ -145,6 +168,56 @@ try {
   await shot(page, "audit");
   await axe(page, "audit");
 
+  // The change flow: try a request in the playground, enable the policy that would allow
+  // it, see the playground and a real request agree, find it in the audit, roll back, and
+  // see the decision revert.
+  let [decision] = await decisionInPlayground(page);
+  check(decision === "DENIED", `the playground denies the report request while allow-reports is disabled (${decision})`);
+  check(await viaProxy(reports) === 403, "and so does the gateway");
+  await shot(page, "playground");
+  await axe(page, "playground");
+  await page.goto(`${base}/#/policies`);
+  await page.locator("tbody a", { hasText: "allow-reports" }).click();
+  await page.locator("h1", { hasText: "Policy allow-reports" }).waitFor();
+  await page.locator("#change-reason").fill("reports go live");
+  await page.locator("button", { hasText: "Enable" }).click();
+  await page.locator("button", { hasText: "Disable" }).waitFor();
+  check(await page.locator("tbody tr", { hasText: "reports go live" }).count() === 1, "the enable is a version with its reason");
+  let deciding;
+  [decision, deciding] = await decisionInPlayground(page);
+  check(decision === "ALLOWED" && deciding.includes("allow-reports v2"),
+    `enabled, the playground allows it by allow-reports v2 (${decision}: ${deciding})`);
+  check(await viaProxy(reports) === 200, "and the gateway decides the same");
+  let found = 0;
+  for (let attempt = 0; attempt < 60 && !found; attempt += 1) {
+    // A new hash each time, so the page searches again.
+    await page.goto(`${base}/#/audit?policy=allow-reports&since=1h&attempt=${attempt}`);
+    await page.locator("h1", { hasText: "Audit" }).waitFor();
+    await page.waitForLoadState("networkidle");
+    found = await page.locator("tbody tr", { hasText: "allow-reports v2" }).count();
+    if (!found) await page.waitForTimeout(500);
+  }
+  check(found >= 1, "the allowed request is in the audit search, with the policy version that decided it");
+  await page.locator("tbody a", { hasText: "allow-reports v2" }).first().click();
+  await page.locator("h1", { hasText: "Policies" }).waitFor();
+  await page.goto(`${base}/#/policy?name=allow-reports`);
+  await page.locator("h1", { hasText: "Policy allow-reports" }).waitFor();
+  await page.locator("#change-reason").fill("reports were premature");
+  await page.locator("button[aria-label='Roll back to v1']").click();
+  await page.locator("button", { hasText: "Enable" }).waitFor();
+  check(await page.locator("tbody tr", { hasText: "rollback" }).count() === 1, "the rollback is a version of its own");
+  [decision] = await decisionInPlayground(page);
+  check(decision === "DENIED", `rolled back, the playground denies again (${decision})`);
+  check(await viaProxy(reports) === 403, "and so does the gateway");
+  await page.goto(`${base}/#/policy?name=allow-reports`);
+  await page.locator("#diff-from").selectOption("1");
+  await page.locator("#diff-to").selectOption("2");
+  await page.locator("button", { hasText: "Compare" }).click();
+  await page.locator("td code", { hasText: "status" }).first().waitFor();
+  check(true, "the diff of v1 and v2 shows the status change");
+  await shot(page, "policy");
+  await axe(page, "policy");
+
   // Sign out: back to the sign-in form, and the API refuses the old cookie.
   await page.locator("#sign-out").click();
   await page.locator("#token").waitFor({ state: "visible" });
@@ -156,6 +229,10 @@ try {
   await page.locator("#sign-in-form button").click();
   await page.locator("nav").waitFor({ state: "visible" });
   check((await page.locator("#who-name").textContent()).includes("viewer"), "signed in as a viewer");
+  await page.goto(`${base}/#/policy?name=allow-reports`);
+  await page.locator("h1", { hasText: "Policy allow-reports" }).waitFor();
+  const writeControls = await page.locator("main button", { hasText: /Enable|Disable|Roll back/ }).count();
+  check(writeControls === 0, "a viewer sees no write controls");
   await page.locator("#sign-out").click();
 
   const leaked = bodies.filter((b) => b.body.includes(token) || b.body.includes(viewer));

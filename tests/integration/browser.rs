@@ -12,7 +12,7 @@ use crate::common::{Upstream, repo, wait_until};
 use crate::console::{EDITOR, VIEWER, gateway};
 
 #[test]
-fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
+fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() {
     let node_modules = repo().join("tests/browser/node_modules/playwright-core");
     assert!(
         node_modules.exists() && std::path::Path::new("/usr/bin/chromium").exists(),
@@ -28,6 +28,8 @@ fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
                "rules": [{"host": "127.0.0.1", "paths": ["/secret/*"]}]}),
         json!({"name": "flag-uploads", "priority": 30, "action": "flag",
                "rules": [{"host": "127.0.0.1", "paths": ["/upload/*"]}]}),
+        json!({"name": "allow-reports", "priority": 40, "action": "allow", "status": "disabled",
+               "rules": [{"host": "127.0.0.1", "paths": ["/reports/*"], "methods": ["GET"]}]}),
     ] {
         let body = json!({"policy": policy, "reason": "browser test"}).to_string();
         let reply = gw.api("POST", "/v1/policies", Some(EDITOR), Some(&body));
@@ -61,6 +63,8 @@ fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
         .env("CONSOLE_VIEWER", VIEWER)
         .env("CONSOLE_HOSTILE", &hostile_path)
         .env("CONSOLE_SHOTS", &shots)
+        .env("CONSOLE_PROXY", gw.proxy_port.to_string())
+        .env("CONSOLE_REPORTS", format!("{base}/reports/q1"))
         .output()
         .expect("node runs (Node.js 20)");
     let printed = format!(
@@ -70,7 +74,14 @@ fn the_console_signs_in_shows_every_page_and_never_holds_a_token() {
     );
     println!("{printed}");
     assert!(out.status.success(), "the browser run failed:\n{printed}");
-    for page in ["sign-in", "overview", "policies", "audit"] {
+    for page in [
+        "sign-in",
+        "overview",
+        "policies",
+        "audit",
+        "playground",
+        "policy",
+    ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "no screenshot of {page}"

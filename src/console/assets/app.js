@@ -116,14 +116,16 @@ async function signOut() {
 
 // ------------------------------------------------------------------ pages
 
-const PAGES = { overview, policies, audit };
+const PAGES = { overview, policies, policy, playground, audit };
+// Pages reached from another one, highlighted under it in the navigation.
+const PARENT = { policy: "policies" };
 
 function route() {
   if (!state.me) return;
   const [name, rest] = (location.hash.replace(/^#\//, "") || "overview").split("?");
   const page = PAGES[name] ? name : "overview";
   for (const link of document.querySelectorAll("nav a")) {
-    if (link.getAttribute("href") === `#/${page}`) link.setAttribute("aria-current", "page");
+    if (link.getAttribute("href") === `#/${PARENT[page] || page}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   const root = document.getElementById("page");
@@ -314,7 +316,7 @@ async function policies(root, params) {
     count.textContent = `${shown.length} of ${rows.length} policies`;
     shown = shown.slice(view.page * PAGE_SIZE, (view.page + 1) * PAGE_SIZE);
     body.replaceChildren(...shown.map((r) => el("tr", {},
-      el("td", {}, r.name),
+      el("td", {}, el("a", { href: `#/policy?name=${encodeURIComponent(r.name)}` }, r.name)),
       el("td", { class: `action-${r.action}` }, r.action),
       el("td", {}, r.priority),
       el("td", {}, r.tags.map((t) => el("span", { class: "pill" }, t))),
@@ -359,6 +361,167 @@ async function policies(root, params) {
   render();
 }
 
+// ------------------------------------------------------------------ one policy
+
+const canEdit = () => Boolean(state.me && state.me.can && state.me.can.edit_policies);
+
+async function policy(root, params) {
+  const name = params.get("name") || "";
+  const path = `/v1/policies/${encodeURIComponent(name)}`;
+  const [current, history] = await Promise.all([api("GET", path), api("GET", `${path}/history`)]);
+  const definition = current.policy;
+  const message = el("p", { class: "status-line", role: "status" });
+  const reason = el("input", { id: "change-reason", placeholder: "why (recorded with the version)" });
+
+  async function change(action, body) {
+    try {
+      await api("POST", `${path}/${action}`, { version: current.version, reason: reason.value || null, ...body });
+      route();
+    } catch (e) {
+      message.textContent = e.message;
+    }
+  }
+
+  const controls = canEdit() ? el("div", { class: "controls" },
+    el("label", { for: "change-reason" }, "Reason", reason),
+    (definition.status || "active") === "active"
+      ? el("button", { type: "button", "on:click": () => change("disable") }, "Disable")
+      : el("button", { type: "button", "on:click": () => change("enable") }, "Enable"),
+  ) : null;
+
+  const versions = history.versions.slice().reverse();
+  const from = el("select", { id: "diff-from" }, versions.map((v) => el("option", { value: v.version, selected: v.version === Math.max(1, current.version - 1) }, `v${v.version}`)));
+  const to = el("select", { id: "diff-to" }, versions.map((v) => el("option", { value: v.version, selected: v.version === current.version }, `v${v.version}`)));
+  const diffOut = el("div");
+  async function showDiff() {
+    try {
+      const d = await api("GET", `${path}/diff${query({ from: from.value, to: to.value })}`);
+      diffOut.replaceChildren(d.changes.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Field", `v${d.from}`, `v${d.to}`].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, d.changes.map((c) => el("tr", {},
+          el("td", {}, el("code", {}, c.path)),
+          el("td", { class: "before" }, el("code", {}, c.before === undefined ? "—" : JSON.stringify(c.before))),
+          el("td", { class: "after" }, el("code", {}, c.after === undefined ? "—" : JSON.stringify(c.after)))))))
+        : el("p", { class: "muted" }, "The two versions are the same."));
+    } catch (e) {
+      diffOut.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+    }
+  }
+
+  root.replaceChildren(
+    el("h1", {}, `Policy ${name}`),
+    el("p", {}, `Version ${current.version}, ${definition.action}, priority ${definition.priority}, ${definition.status || "active"}`,
+      current.updated_at ? ` — updated ${new Date(current.updated_at).toLocaleString()}` : ""),
+    controls,
+    message,
+    el("h2", {}, "Definition"),
+    el("pre", { class: "definition", tabindex: "0", "aria-label": "The policy's definition" }, JSON.stringify(definition, null, 2)),
+    el("h2", {}, "History"),
+    el("table", {},
+      el("thead", {}, el("tr", {}, ["Version", "Change", "Operator", "Reason", "When", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, versions.map((v) => el("tr", {},
+        el("td", {}, `v${v.version}`),
+        el("td", {}, v.operation),
+        el("td", {}, v.operator || ""),
+        el("td", {}, v.reason || ""),
+        el("td", {}, v.at ? new Date(v.at).toLocaleString() : ""),
+        el("td", {}, canEdit() && v.version !== current.version && v.policy
+          ? el("button", { type: "button", "aria-label": `Roll back to v${v.version}`,
+            "on:click": () => change("rollback", { to_version: v.version }) }, "Roll back")
+          : null))))),
+    el("h2", {}, "Compare versions"),
+    el("div", { class: "controls" },
+      el("label", { for: "diff-from" }, "From", from),
+      el("label", { for: "diff-to" }, "To", to),
+      el("button", { type: "button", "on:click": showDiff }, "Compare")),
+    diffOut,
+  );
+}
+
+// ------------------------------------------------------------------ playground
+
+function auditedUrl(e) {
+  const port = e.port && !((e.scheme === "https" && e.port === 443) || (e.scheme === "http" && e.port === 80)) ? `:${e.port}` : "";
+  return `${e.scheme || "https"}://${e.host}${port}${e.path || ""}`;
+}
+
+function parseHeaders(text) {
+  const headers = {};
+  for (const line of text.split("\n")) {
+    const at = line.indexOf(":");
+    if (at > 0) headers[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return headers;
+}
+
+async function playground(root, params) {
+  const method = el("input", { id: "pg-method", value: params.get("method") || "GET", size: 8, required: true });
+  const url = el("input", { id: "pg-url", value: params.get("url") || "", size: 60, required: true, placeholder: "https://api.github.com/repos/o/r" });
+  const tags = el("input", { id: "pg-tags", value: params.get("tags") || "", placeholder: "team:ml, env:prod" });
+  const token = el("input", { id: "pg-token", type: "password", autocomplete: "off", placeholder: "ptk_… (optional)" });
+  const headers = el("textarea", { id: "pg-headers", rows: 3, cols: 60, placeholder: "Name: value, one per line" });
+  const body = el("textarea", { id: "pg-body", rows: 4, cols: 60 });
+  const out = el("section", { id: "pg-result", "aria-live": "polite" });
+
+  async function run(event) {
+    if (event) event.preventDefault();
+    const request = {
+      method: method.value.trim().toUpperCase(), url: url.value.trim(),
+      headers: parseHeaders(headers.value), body: body.value || null,
+      tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean),
+      token: token.value || null,
+    };
+    try {
+      showDecision(out, await api("POST", "/v1/playground", request));
+    } catch (e) {
+      const errors = (e.body && e.body.error && e.body.error.errors) || [];
+      out.replaceChildren(el("p", { class: "error", role: "alert" }, e.message),
+        el("ul", {}, errors.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
+    }
+  }
+
+  root.replaceChildren(
+    el("h1", {}, "Playground"),
+    el("p", { class: "muted" }, "Decides a request as the gateway would, on the live policies, without sending it. Credentials show as markers; no secret is read."),
+    el("form", { class: "playground", "on:submit": run },
+      el("div", { class: "controls" },
+        el("label", { for: "pg-method" }, "Method", method),
+        el("label", { for: "pg-url" }, "URL", url),
+        el("label", { for: "pg-tags" }, "Tags", tags),
+        el("label", { for: "pg-token" }, "Proxy token", token)),
+      el("div", { class: "controls" },
+        el("label", { for: "pg-headers" }, "Headers", headers),
+        el("label", { for: "pg-body" }, "Body", body)),
+      el("button", { type: "submit" }, "Decide")),
+    out,
+  );
+  if (url.value) await run();
+}
+
+function showDecision(out, r) {
+  const d = r.deciding || {};
+  const up = r.upstream || {};
+  out.replaceChildren(
+    el("h2", {}, "Decision: ", el("span", { class: r.decision, id: "pg-decision" }, r.decision)),
+    el("p", { id: "pg-deciding" }, d.policy ? `Decided by ${d.policy} v${d.version} (priority ${d.priority}, rule ${d.rule})`
+      : d.default_action ? `Decided by the default action (${d.action})` : "Refused before the policies"),
+    el("h2", {}, "Candidate policies, in decision order"),
+    r.matching_policies.length ? el("ol", { id: "pg-candidates" }, r.matching_policies.map((m) => el("li", {},
+      `${m.policy} v${m.version} — ${m.action}, priority ${m.priority}, rule ${m.rule}`,
+      m.dry_run ? " (dry run)" : "", m.decides ? " — decides" : ""))) : el("p", { class: "muted" }, "No policy matches."),
+    el("h2", {}, "Request"),
+    el("p", {}, `Action type ${r.body.action_type}; body ${r.body.bytes} bytes${r.body.buffered ? ", buffered" : ""}.`,
+      r.body.dlp.length ? ` DLP: ${r.body.dlp.map((x) => `${x.detector} ×${x.count}`).join(", ")}.` : " No DLP detector fires."),
+    el("h2", {}, "What the upstream would receive"),
+    up.forwarded
+      ? el("div", {},
+        el("p", {}, up.path ? `Path rewritten to ${up.path}.` : "The path as sent."),
+        up.set_headers.length ? el("ul", {}, up.set_headers.map(([n, v]) => el("li", {}, el("code", {}, `${n}: ${v}`)))) : el("p", { class: "muted" }, "No header set."),
+        up.removed_headers.length ? el("p", {}, `Removed: ${up.removed_headers.join(", ")}`) : null)
+      : el("p", {}, `Nothing: the workload gets ${up.status} ${up.type} (${up.reason}): ${up.message}`),
+  );
+}
+
 // ------------------------------------------------------------------ audit
 
 async function audit(root, params) {
@@ -390,6 +553,8 @@ async function audit(root, params) {
       e.policy, e.policy_version ? ` v${e.policy_version}` : "") : el("span", { class: "muted" }, e.reason || "—")),
     el("td", {}, identityName(e)),
     el("td", {}, (e.tags || []).map((t) => el("span", { class: "pill" }, t))),
+    el("td", {}, el("a", { href: `#/playground${query({ method: e.method, url: auditedUrl(e) })}`,
+      "aria-label": `Try ${e.method} ${e.host}${e.path || ""} in the playground` }, "Try")),
   ));
   const next = page.next_cursor
     ? el("a", { href: `#/audit${query({ ...filters, cursor: page.next_cursor })}` }, "Older →") : null;
@@ -397,7 +562,7 @@ async function audit(root, params) {
     el("h1", {}, "Audit"),
     form,
     rows.length ? el("table", {},
-      el("thead", {}, el("tr", {}, ["Time", "Decision", "Request", "Policy", "Identity", "Tags"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["Time", "Decision", "Request", "Policy", "Identity", "Tags", "Playground"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, rows)) : el("p", { class: "muted" }, "No audited request matches."),
     el("div", { class: "pager" }, next),
   );
