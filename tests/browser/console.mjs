@@ -41,7 +41,9 @@ const browser = await chromium.launch({
 async function recording(context) {
   const bodies = [];
   context.on("response", async (response) => {
-    try { bodies.push({ url: response.url(), body: await response.text() }); } catch (_) { /* redirects */ }
+    try {
+      bodies.push({ method: response.request().method(), url: response.url(), body: await response.text() });
+    } catch (_) { /* redirects */ }
   });
   return bodies;
 }
@@ -61,10 +63,12 @@ async function axe(page, name) {
 }
 
 // A GET through the gateway's forward proxy, as a workload sends it: the status.
-function viaProxy(url) {
+function viaProxy(url, proxyToken) {
+  const headers = { host: new URL(url).host };
+  if (proxyToken) headers["proxy-authorization"] = `Bearer ${proxyToken}`;
   return new Promise((resolve, reject) => {
     const request = http.request({ host: "127.0.0.1", port: Number(proxyPort), method: "GET",
-      path: url, headers: { host: new URL(url).host } }, (response) => {
+      path: url, headers }, (response) => {
       response.resume();
       response.on("end", () => resolve(response.statusCode));
     });
@@ -217,6 +221,26 @@ try {
   check(true, "the diff of v1 and v2 shows the status change");
   await shot(page, "policy");
   await axe(page, "policy");
+
+  // Enrollment tokens: mint one (its value shown once), a workload uses it, revoke it.
+  await page.locator("nav a[href='#/tokens']").click();
+  await page.locator("h1", { hasText: "Enrollment tokens" }).waitFor();
+  await page.locator("#token-name").fill("agent-7");
+  await page.locator("#token-tags").fill("tenant:acme");
+  await page.locator("form.controls button[type=submit]").click();
+  const minted = await page.locator("#minted-value").textContent();
+  check(minted.startsWith("ptk_"), "a minted token's value is shown once");
+  check(await viaProxy(reports.replace("/reports/q1", "/ok/agent"), minted) === 200, "a workload presenting it is let through");
+  await axe(page, "tokens");
+  await page.locator("button[aria-label='Revoke agent-7']").click();
+  await page.locator("td", { hasText: "revoked" }).waitFor();
+  // Taken once the value is off the page: screenshots hold no credential.
+  check(await page.locator("#minted-value").count() === 0, "revoking takes the shown value off the page");
+  await shot(page, "tokens");
+  check(await viaProxy(reports.replace("/reports/q1", "/ok/agent"), minted) === 407, "revoked, the token is refused (407)");
+  const holding = bodies.filter((b) => b.body.includes(minted)).map((b) => `${b.method} ${new URL(b.url).pathname}`);
+  check(holding.length === 1 && holding[0] === "POST /v1/tokens",
+    `only the mint's answer holds the token's value (${holding})`);
 
   // Sign out: back to the sign-in form, and the API refuses the old cookie.
   await page.locator("#sign-out").click();

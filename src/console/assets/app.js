@@ -116,7 +116,7 @@ async function signOut() {
 
 // ------------------------------------------------------------------ pages
 
-const PAGES = { overview, policies, policy, playground, audit };
+const PAGES = { overview, policies, policy, playground, audit, tokens };
 // Pages reached from another one, highlighted under it in the navigation.
 const PARENT = { policy: "policies" };
 
@@ -520,6 +520,73 @@ function showDecision(out, r) {
         up.removed_headers.length ? el("p", {}, `Removed: ${up.removed_headers.join(", ")}`) : null)
       : el("p", {}, `Nothing: the workload gets ${up.status} ${up.type} (${up.reason}): ${up.message}`),
   );
+}
+
+// ------------------------------------------------------------------ enrollment tokens
+
+async function tokens(root) {
+  const listed = await api("GET", "/v1/tokens");
+  const message = el("div", { role: "status" });
+  const name = el("input", { id: "token-name", required: true, placeholder: "acme-ci" });
+  const tags = el("input", { id: "token-tags", placeholder: "tenant:acme, env:ci" });
+
+  async function mint(event) {
+    event.preventDefault();
+    try {
+      const minted = await api("POST", "/v1/tokens", {
+        name: name.value.trim(),
+        tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean),
+      });
+      // The value is shown once, here; it is not kept by the page or the server.
+      const value = el("code", { id: "minted-value" }, minted.value);
+      await render(el("div", { class: "card", role: "alert" },
+        el("p", {}, `Token ${minted.token.name} minted. Copy its value now: it is not shown again.`),
+        value,
+        el("p", { class: "muted" }, "A workload presents it as its proxy credential: Proxy-Authorization: Bearer <value>.")));
+    } catch (e) {
+      const errors = (e.body && e.body.error && e.body.error.errors) || [];
+      message.replaceChildren(el("p", { class: "error", role: "alert" }, e.message),
+        el("ul", {}, errors.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
+    }
+  }
+
+  async function revoke(id, label) {
+    try {
+      await api("DELETE", `/v1/tokens/${encodeURIComponent(id)}`);
+      await render(el("p", { role: "status" }, `Token ${label} revoked.`));
+    } catch (e) {
+      message.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+    }
+  }
+
+  async function render(notice) {
+    const fresh = notice ? (await api("GET", "/v1/tokens")).tokens : listed.tokens;
+    message.replaceChildren(notice || "");
+    table.replaceChildren(
+      el("thead", {}, el("tr", {}, ["Name", "Tags", "Created", "By", "State", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, fresh.map((t) => el("tr", {},
+        el("td", {}, t.name),
+        el("td", {}, (t.tags || []).map((tag) => el("span", { class: "pill" }, tag))),
+        el("td", {}, t.created_at ? new Date(t.created_at).toLocaleString() : ""),
+        el("td", {}, t.created_by || ""),
+        el("td", {}, t.revoked_at ? `revoked ${new Date(t.revoked_at).toLocaleString()}` : "active"),
+        el("td", {}, canEdit() && !t.revoked_at
+          ? el("button", { type: "button", "aria-label": `Revoke ${t.name}`, "on:click": () => revoke(t.id, t.name) }, "Revoke")
+          : null)))));
+  }
+
+  const table = el("table", {});
+  root.replaceChildren(
+    el("h1", {}, "Enrollment tokens"),
+    el("p", { class: "muted" }, "A token gives the workload that presents it its tags. Values are shown once, when minted."),
+    canEdit() ? el("form", { class: "controls", "on:submit": mint },
+      el("label", { for: "token-name" }, "Name", name),
+      el("label", { for: "token-tags" }, "Tags", tags),
+      el("button", { type: "submit" }, "Mint")) : null,
+    message,
+    table,
+  );
+  await render();
 }
 
 // ------------------------------------------------------------------ audit
