@@ -25,6 +25,11 @@ function el(tag, attrs, ...children) {
 // An XML namespace name, not an address: nothing is fetched from it.
 const SVG = "http://www.w3.org/2000/svg";
 
+// Replaces a node's children; null, undefined and false stand for nothing.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function svg(tag, attrs, ...children) {
   const node = document.createElementNS(SVG, tag);
   for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
@@ -116,9 +121,9 @@ async function signOut() {
 
 // ------------------------------------------------------------------ pages
 
-const PAGES = { overview, policies, policy, playground, audit, tokens };
+const PAGES = { overview, policies, policy, builder, playground, audit, tokens };
 // Pages reached from another one, highlighted under it in the navigation.
-const PARENT = { policy: "policies" };
+const PARENT = { policy: "policies", builder: "policies" };
 
 function route() {
   if (!state.me) return;
@@ -129,9 +134,9 @@ function route() {
     else link.removeAttribute("aria-current");
   }
   const root = document.getElementById("page");
-  root.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  fill(root, el("p", { class: "muted" }, "Loading…"));
   PAGES[page](root, new URLSearchParams(rest || "")).catch((e) => {
-    root.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+    fill(root, el("p", { class: "error", role: "alert" }, e.message));
   });
 }
 
@@ -172,7 +177,7 @@ async function overview(root, params) {
   const rate = (n) => (all ? `${((100 * n) / all).toFixed(1)}%` : "—");
   const seconds = WINDOW_SECONDS[win];
   const denied = events.filter((e) => e.decision === "DENIED");
-  root.replaceChildren(
+  fill(root, 
     el("h1", {}, "Overview"),
     el("div", { class: "controls" },
       windowSelect("overview-window", win, (w) => { location.hash = `#/overview?window=${w}`; })),
@@ -315,7 +320,7 @@ async function policies(root, params) {
     view.page = Math.min(view.page, pages - 1);
     count.textContent = `${shown.length} of ${rows.length} policies`;
     shown = shown.slice(view.page * PAGE_SIZE, (view.page + 1) * PAGE_SIZE);
-    body.replaceChildren(...shown.map((r) => el("tr", {},
+    fill(body, ...shown.map((r) => el("tr", {},
       el("td", {}, el("a", { href: `#/policy?name=${encodeURIComponent(r.name)}` }, r.name)),
       el("td", { class: `action-${r.action}` }, r.action),
       el("td", {}, r.priority),
@@ -323,7 +328,7 @@ async function policies(root, params) {
       el("td", {}, r.status),
       el("td", {}, r.fires.toLocaleString(), " ", sparkline(series.get(r.name) || new Array(12).fill(0))),
     )));
-    pager.replaceChildren(
+    fill(pager, 
       el("button", { type: "button", disabled: view.page === 0, "on:click": () => { view.page -= 1; render(); } }, "Previous"),
       el("span", {}, `Page ${view.page + 1} of ${pages}`),
       el("button", { type: "button", disabled: view.page >= pages - 1, "on:click": () => { view.page += 1; render(); } }, "Next"));
@@ -341,8 +346,9 @@ async function policies(root, params) {
     tags: el("th", { scope: "col" }, "Scope tags"), status: header("Status", "status"), fires: header(`Fires (${win})`, "fires") };
   const th_ = (key) => headers[key];
 
-  root.replaceChildren(
+  fill(root, 
     el("h1", {}, "Policies"),
+    canEdit() ? el("p", {}, el("a", { href: "#/builder", id: "new-policy" }, "New policy")) : null,
     el("div", { class: "controls" },
       el("label", { for: "policy-search" }, "Search",
         el("input", { id: "policy-search", type: "search", value: view.search,
@@ -383,6 +389,7 @@ async function policy(root, params) {
   }
 
   const controls = canEdit() ? el("div", { class: "controls" },
+    el("a", { href: `#/builder?name=${encodeURIComponent(name)}` }, "Edit"),
     el("label", { for: "change-reason" }, "Reason", reason),
     (definition.status || "active") === "active"
       ? el("button", { type: "button", "on:click": () => change("disable") }, "Disable")
@@ -396,7 +403,7 @@ async function policy(root, params) {
   async function showDiff() {
     try {
       const d = await api("GET", `${path}/diff${query({ from: from.value, to: to.value })}`);
-      diffOut.replaceChildren(d.changes.length ? el("table", {},
+      fill(diffOut, d.changes.length ? el("table", {},
         el("thead", {}, el("tr", {}, ["Field", `v${d.from}`, `v${d.to}`].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, d.changes.map((c) => el("tr", {},
           el("td", {}, el("code", {}, c.path)),
@@ -404,11 +411,11 @@ async function policy(root, params) {
           el("td", { class: "after" }, el("code", {}, c.after === undefined ? "—" : JSON.stringify(c.after)))))))
         : el("p", { class: "muted" }, "The two versions are the same."));
     } catch (e) {
-      diffOut.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+      fill(diffOut, el("p", { class: "error", role: "alert" }, e.message));
     }
   }
 
-  root.replaceChildren(
+  fill(root, 
     el("h1", {}, `Policy ${name}`),
     el("p", {}, `Version ${current.version}, ${definition.action}, priority ${definition.priority}, ${definition.status || "active"}`,
       current.updated_at ? ` — updated ${new Date(current.updated_at).toLocaleString()}` : ""),
@@ -418,7 +425,7 @@ async function policy(root, params) {
     el("pre", { class: "definition", tabindex: "0", "aria-label": "The policy's definition" }, JSON.stringify(definition, null, 2)),
     el("h2", {}, "History"),
     el("table", {},
-      el("thead", {}, el("tr", {}, ["Version", "Change", "Operator", "Reason", "When", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["Version", "Change", "Operator", "Reason", "When", "Actions"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, versions.map((v) => el("tr", {},
         el("td", {}, `v${v.version}`),
         el("td", {}, v.operation),
@@ -436,6 +443,236 @@ async function policy(root, params) {
       el("button", { type: "button", "on:click": showDiff }, "Compare")),
     diffOut,
   );
+}
+
+// ------------------------------------------------------------------ the builder
+
+// YAML for a JSON value, as `portcullis apply -f` reads it: plain scalars where YAML reads
+// them back as the same string, JSON-quoted otherwise.
+function yaml(value, indent = "") {
+  const scalar = (v) => {
+    if (typeof v !== "string") return JSON.stringify(v);
+    const plain = /^[A-Za-z_/*][A-Za-z0-9_./*:@+-]*$/.test(v)
+      && !/^(true|false|null|yes|no|on|off|y|n|~)$/i.test(v);
+    return plain ? v : JSON.stringify(v);
+  };
+  if (Array.isArray(value)) {
+    if (!value.length) return "[]";
+    return value.map((item) => {
+      if (item && typeof item === "object" && !Array.isArray(item) && Object.keys(item).length) {
+        const body = yaml(item, `${indent}  `);
+        return `\n${indent}- ${body.trimStart()}`;
+      }
+      return `\n${indent}- ${yaml(item, `${indent}  `).trimStart()}`;
+    }).join("");
+  }
+  if (value && typeof value === "object") {
+    const keys = Object.keys(value);
+    if (!keys.length) return "{}";
+    return keys.map((k) => {
+      const v = value[k];
+      const nested = v && typeof v === "object" && (Array.isArray(v) ? v.length : Object.keys(v).length);
+      return `\n${indent}${k}:${nested ? yaml(v, Array.isArray(v) ? indent : `${indent}  `) : ` ${yaml(v)}`}`;
+    }).join("");
+  }
+  return scalar(value);
+}
+
+// A text input whose Enter (or comma) turns what was typed into a pill; each pill has a
+// button to remove it.
+function pills(id, label, values, onChange) {
+  const list = el("span", { class: "pills" });
+  const input = el("input", { id, size: 18, "aria-describedby": `${id}-help` });
+  function draw() {
+    fill(list, ...values.map((v, i) => el("span", { class: "pill" }, v,
+      el("button", { type: "button", class: "pill-remove", "aria-label": `Remove ${v} from ${label}`,
+        "on:click": () => { values.splice(i, 1); draw(); onChange(); } }, "×"))));
+  }
+  input.addEventListener("keydown", (e) => {
+    if ((e.key === "Enter" || e.key === ",") && input.value.trim()) {
+      e.preventDefault();
+      values.push(input.value.trim());
+      input.value = "";
+      draw();
+      onChange();
+    }
+  });
+  draw();
+  return el("div", { class: "field", "data-path": id },
+    el("label", { for: id }, label), list, input,
+    el("span", { id: `${id}-help`, class: "muted small" }, "Enter adds"));
+}
+
+const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"];
+const ACTION_TYPES = ["chat_completion", "embedding", "tool_call", "mcp_request", "http_request"];
+
+function emptyRule() {
+  return { host: "", paths: [], methods: [], action_types: [], tools: [], dlp: [], cel: "" };
+}
+
+// The draft as the API takes it: empty fields left out.
+function draftPolicy(d) {
+  const policy = { name: d.name.trim(), action: d.action, priority: Number(d.priority), status: d.status };
+  if (d.match_tags.length) policy.match_tags = d.match_tags.slice();
+  if (d.description.trim()) policy.description = d.description.trim();
+  policy.rules = d.rules.map((r) => {
+    const rule = { host: r.host.trim() };
+    for (const key of ["paths", "methods", "action_types", "tools", "dlp"]) if (r[key].length) rule[key] = r[key].slice();
+    if (r.cel.trim()) rule.cel = r.cel.trim();
+    return rule;
+  });
+  return policy;
+}
+
+function sentence(d) {
+  const who = d.match_tags.length ? `workloads tagged ${d.match_tags.join(" and ")}` : "every workload";
+  const rules = d.rules.map((r) => {
+    const what = [r.methods.length ? r.methods.join("/") : "any method",
+      `to ${r.host || "…"}`, r.paths.length ? `on ${r.paths.join(", ")}` : "",
+      r.action_types.length ? `as ${r.action_types.join(" or ")}` : "",
+      r.tools.length ? `calling ${r.tools.join(", ")}` : "",
+      r.dlp.length ? `carrying ${r.dlp.join(", ")}` : "",
+      r.cel.trim() ? "when the CEL condition holds" : ""].filter(Boolean);
+    return what.join(" ");
+  });
+  const verb = { allow: "Allow", deny: "Deny", flag: "Flag", gated: "Gate" }[d.action];
+  return `${verb} · ${who} · ${rules.join("; or ") || "no rule yet"}`;
+}
+
+async function builder(root, params) {
+  const editing = params.get("name");
+  let version = null;
+  const d = { name: "", action: "allow", priority: 100, status: "draft", match_tags: [], description: "", rules: [emptyRule()] };
+  if (editing) {
+    const current = await api("GET", `/v1/policies/${encodeURIComponent(editing)}`);
+    version = current.version;
+    const p = current.policy;
+    Object.assign(d, { name: p.name, action: p.action, priority: p.priority, status: p.status || "active",
+      match_tags: p.match_tags || [], description: p.description || "" });
+    d.rules = p.rules.map((r) => ({ ...emptyRule(), ...r, cel: r.cel || "",
+      paths: r.paths || [], methods: r.methods || [], action_types: r.action_types || [], tools: r.tools || [], dlp: r.dlp || [] }));
+  }
+  const preview = el("pre", { id: "yaml-preview", class: "definition", tabindex: "0", "aria-label": "What will be saved, as YAML" });
+  const said = el("p", { id: "rule-sentence", class: "sentence" });
+  const errors = el("div", { role: "alert" });
+  const impact = el("section", { id: "impact", "aria-live": "polite" });
+  const rulesBox = el("div");
+  const reason = el("input", { id: "b-reason", placeholder: "why (recorded with the version)" });
+
+  function update() {
+    preview.textContent = yaml(draftPolicy(d)).trimStart();
+    said.textContent = sentence(d);
+  }
+  const bind = (input, key, target = d) => {
+    input.addEventListener("input", () => { target[key] = input.value; update(); });
+    return input;
+  };
+
+  function drawRules() {
+    fill(rulesBox, ...d.rules.map((r, i) => el("fieldset", { class: "rule", "data-path": `rules[${i}]` },
+      el("legend", {}, `Rule ${i + 1}`),
+      el("div", { class: "field", "data-path": `rules[${i}].host` },
+        el("label", { for: `r${i}-host` }, "Host"),
+        bind(el("input", { id: `r${i}-host`, value: r.host, placeholder: "api.github.com, *.example.com, 10.0.0.0/8" }), "host", r)),
+      pills(`rules[${i}].paths`, "Paths", r.paths, update),
+      el("fieldset", { class: "checks", "data-path": `rules[${i}].methods` }, el("legend", {}, "Methods (none: any)"),
+        METHODS.map((m) => el("label", {}, el("input", { type: "checkbox", checked: r.methods.includes(m),
+          "on:change": (e) => { if (e.target.checked) r.methods.push(m); else r.methods.splice(r.methods.indexOf(m), 1); update(); } }), m))),
+      el("fieldset", { class: "checks", "data-path": `rules[${i}].action_types` }, el("legend", {}, "Action types (none: any)"),
+        ACTION_TYPES.map((t) => el("label", {}, el("input", { type: "checkbox", checked: r.action_types.includes(t),
+          "on:change": (e) => { if (e.target.checked) r.action_types.push(t); else r.action_types.splice(r.action_types.indexOf(t), 1); update(); } }), t))),
+      pills(`rules[${i}].tools`, "MCP tools", r.tools, update),
+      pills(`rules[${i}].dlp`, "DLP detectors", r.dlp, update),
+      el("div", { class: "field", "data-path": `rules[${i}].cel` },
+        el("label", { for: `r${i}-cel` }, "CEL condition"),
+        bind(el("textarea", { id: `r${i}-cel`, rows: 2, cols: 60, placeholder: "request.method == 'GET'" }, r.cel), "cel", r)),
+      d.rules.length > 1 ? el("button", { type: "button", "on:click": () => { d.rules.splice(i, 1); drawRules(); update(); } }, `Remove rule ${i + 1}`) : null)));
+  }
+
+  // Every error next to its field (by its path under `policy`), and all of them above.
+  function showErrors(e) {
+    for (const old of root.querySelectorAll(".field-error")) old.remove();
+    const list = (e.body && e.body.error && e.body.error.errors) || [];
+    fill(errors, el("p", { class: "error" }, e.message),
+      el("ul", {}, list.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
+    for (const x of list) {
+      const node = fieldFor(x.path.replace(/^policy\.?/, ""));
+      (node || errors).append(el("p", { class: "error field-error" }, x.message));
+    }
+  }
+
+  // The field an error's path names, or the nearest one that holds it.
+  function fieldFor(path) {
+    for (let p = path; p;) {
+      const node = [...root.querySelectorAll("[data-path]")].find((n) => n.getAttribute("data-path") === p);
+      if (node) return node;
+      const shorter = p.replace(/(\.[^.[\]]+|\[\d+\])$/, "");
+      if (shorter === p) return null;
+      p = shorter;
+    }
+    return null;
+  }
+
+  async function previewImpact() {
+    fill(errors, );
+    for (const old of root.querySelectorAll(".field-error")) old.remove();
+    try {
+      const r = await api("POST", "/v1/impact", { policy: draftPolicy(d), since: "24h" });
+      fill(impact, el("h2", {}, "Impact over the last 24 hours"),
+        el("p", { id: "impact-summary" }, `${r.changed} of ${r.replayed} recent requests would be decided differently.`),
+        r.requests.length ? el("table", {},
+          el("thead", {}, el("tr", {}, ["Request", "Now", "With this draft"].map((h) => el("th", { scope: "col" }, h)))),
+          el("tbody", {}, r.requests.map((q) => el("tr", {},
+            el("td", {}, `${q.method} ${q.host}${q.path}`),
+            el("td", { class: q.before.decision }, `${q.before.decision} ${q.before.policy || ""}`),
+            el("td", { class: q.after.decision }, `${q.after.decision} ${q.after.policy || ""}`))))) : null);
+    } catch (e) {
+      showErrors(e);
+    }
+  }
+
+  async function save() {
+    fill(errors, );
+    try {
+      const body = { policy: draftPolicy(d), reason: reason.value || null };
+      if (editing) await api("PUT", `/v1/policies/${encodeURIComponent(editing)}`, { ...body, version });
+      else await api("POST", "/v1/policies", body);
+      location.hash = `#/policy?name=${encodeURIComponent(d.name.trim())}`;
+    } catch (e) {
+      showErrors(e);
+    }
+  }
+
+  const tagsField = pills("match_tags", "Scope tags (none: every workload)", d.match_tags, update);
+  fill(root, 
+    el("h1", {}, editing ? `Edit ${editing}` : "New policy"),
+    said,
+    el("div", { class: "builder" },
+      el("div", { class: "builder-form" },
+        el("div", { class: "controls" },
+          el("div", { class: "field", "data-path": "name" }, el("label", { for: "b-name" }, "Name"),
+            bind(el("input", { id: "b-name", value: d.name, readonly: Boolean(editing) }), "name")),
+          el("div", { class: "field", "data-path": "action" }, el("label", { for: "b-action" }, "Effect"),
+            bind(el("select", { id: "b-action" }, ["allow", "deny", "flag", "gated"].map((a) => el("option", { value: a, selected: a === d.action }, a))), "action")),
+          el("div", { class: "field", "data-path": "priority" }, el("label", { for: "b-priority" }, "Priority"),
+            bind(el("input", { id: "b-priority", type: "number", value: d.priority, size: 6 }), "priority")),
+          el("div", { class: "field", "data-path": "status" }, el("label", { for: "b-status" }, "Status"),
+            bind(el("select", { id: "b-status" }, ["draft", "active", "disabled"].map((a) => el("option", { value: a, selected: a === d.status }, a))), "status"))),
+        tagsField,
+        el("div", { class: "field", "data-path": "description" }, el("label", { for: "b-description" }, "Description"),
+          bind(el("input", { id: "b-description", value: d.description, size: 60 }), "description")),
+        rulesBox,
+        el("button", { type: "button", "on:click": () => { d.rules.push(emptyRule()); drawRules(); update(); } }, "Add a rule"),
+        el("div", { class: "controls" },
+          el("label", { for: "b-reason" }, "Reason", reason),
+          el("button", { type: "button", id: "b-impact", "on:click": previewImpact }, "Preview impact"),
+          el("button", { type: "button", id: "b-save", "on:click": save }, editing ? "Save a new version" : "Create")),
+        errors,
+        impact),
+      el("div", { class: "builder-preview" }, el("h2", {}, "What will be saved"), preview)),
+  );
+  drawRules();
+  update();
 }
 
 // ------------------------------------------------------------------ playground
@@ -475,12 +712,12 @@ async function playground(root, params) {
       showDecision(out, await api("POST", "/v1/playground", request));
     } catch (e) {
       const errors = (e.body && e.body.error && e.body.error.errors) || [];
-      out.replaceChildren(el("p", { class: "error", role: "alert" }, e.message),
+      fill(out, el("p", { class: "error", role: "alert" }, e.message),
         el("ul", {}, errors.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
     }
   }
 
-  root.replaceChildren(
+  fill(root, 
     el("h1", {}, "Playground"),
     el("p", { class: "muted" }, "Decides a request as the gateway would, on the live policies, without sending it. Credentials show as markers; no secret is read."),
     el("form", { class: "playground", "on:submit": run },
@@ -501,7 +738,7 @@ async function playground(root, params) {
 function showDecision(out, r) {
   const d = r.deciding || {};
   const up = r.upstream || {};
-  out.replaceChildren(
+  fill(out, 
     el("h2", {}, "Decision: ", el("span", { class: r.decision, id: "pg-decision" }, r.decision)),
     el("p", { id: "pg-deciding" }, d.policy ? `Decided by ${d.policy} v${d.version} (priority ${d.priority}, rule ${d.rule})`
       : d.default_action ? `Decided by the default action (${d.action})` : "Refused before the policies"),
@@ -545,7 +782,7 @@ async function tokens(root) {
         el("p", { class: "muted" }, "A workload presents it as its proxy credential: Proxy-Authorization: Bearer <value>.")));
     } catch (e) {
       const errors = (e.body && e.body.error && e.body.error.errors) || [];
-      message.replaceChildren(el("p", { class: "error", role: "alert" }, e.message),
+      fill(message, el("p", { class: "error", role: "alert" }, e.message),
         el("ul", {}, errors.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
     }
   }
@@ -555,15 +792,15 @@ async function tokens(root) {
       await api("DELETE", `/v1/tokens/${encodeURIComponent(id)}`);
       await render(el("p", { role: "status" }, `Token ${label} revoked.`));
     } catch (e) {
-      message.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+      fill(message, el("p", { class: "error", role: "alert" }, e.message));
     }
   }
 
   async function render(notice) {
     const fresh = notice ? (await api("GET", "/v1/tokens")).tokens : listed.tokens;
-    message.replaceChildren(notice || "");
-    table.replaceChildren(
-      el("thead", {}, el("tr", {}, ["Name", "Tags", "Created", "By", "State", ""].map((h) => el("th", { scope: "col" }, h)))),
+    fill(message, notice || "");
+    fill(table, 
+      el("thead", {}, el("tr", {}, ["Name", "Tags", "Created", "By", "State", "Actions"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, fresh.map((t) => el("tr", {},
         el("td", {}, t.name),
         el("td", {}, (t.tags || []).map((tag) => el("span", { class: "pill" }, tag))),
@@ -576,7 +813,7 @@ async function tokens(root) {
   }
 
   const table = el("table", {});
-  root.replaceChildren(
+  fill(root, 
     el("h1", {}, "Enrollment tokens"),
     el("p", { class: "muted" }, "A token gives the workload that presents it its tags. Values are shown once, when minted."),
     canEdit() ? el("form", { class: "controls", "on:submit": mint },
@@ -625,7 +862,7 @@ async function audit(root, params) {
   ));
   const next = page.next_cursor
     ? el("a", { href: `#/audit${query({ ...filters, cursor: page.next_cursor })}` }, "Older →") : null;
-  root.replaceChildren(
+  fill(root, 
     el("h1", {}, "Audit"),
     form,
     rows.length ? el("table", {},
