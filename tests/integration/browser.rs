@@ -88,3 +88,55 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
         );
     }
 }
+
+/// The policies page with 10,000 policies in the store: a benchmark (times, not a pass or
+/// fail); BENCHMARKS.md records its output.
+#[test]
+#[ignore = "a benchmark: cargo test --test integration browser::policies_page_bench -- --ignored --nocapture"]
+fn policies_page_bench() {
+    const POLICIES: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}", dir.join("store.db").display());
+    let mut file = String::from("policies:\n");
+    for n in 0..POLICIES {
+        file.push_str(&format!(
+            "  - {{name: bench-{n:05}, priority: {p}, action: allow, match_tags: [team:t{t}], \
+             rules: [{{host: h{n}.example.com, paths: [/v1/*], methods: [GET]}}]}}\n",
+            p = n % 1000,
+            t = n % 50
+        ));
+    }
+    let path = dir.join("policies.yaml");
+    std::fs::write(&path, file).unwrap();
+    let path = path.to_str().unwrap();
+    for args in [
+        &["migrate", "--store", url.as_str()][..],
+        &["apply", "-f", path, "--store", url.as_str()][..],
+    ] {
+        let run = crate::common::run_portcullis(args, &[]);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.printed());
+    }
+    let gw = crate::common::Gateway::start(
+        &format!(
+            "store: {{url: \"{url}\"}}\nadmin:\n  tokens:\n    - {{name: alice, role: editor, token: {{env: EDITOR_TOKEN}}}}\n"
+        ),
+        crate::common::GatewayOptions {
+            env: vec![("EDITOR_TOKEN".into(), EDITOR.into())],
+            ..crate::common::GatewayOptions::default()
+        },
+    );
+    let out = Command::new("node")
+        .arg(repo().join("tests/browser/policies-bench.mjs"))
+        .env("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port))
+        .env("CONSOLE_TOKEN", EDITOR)
+        .env("CONSOLE_POLICIES", POLICIES.to_string())
+        .output()
+        .expect("node runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{printed}");
+    assert!(out.status.success(), "{printed}");
+}
