@@ -202,8 +202,13 @@ try {
     if (!found) await page.waitForTimeout(500);
   }
   check(found >= 1, "the allowed request is in the audit search, with the policy version that decided it");
-  await page.locator("tbody a", { hasText: "allow-reports v2" }).first().click();
-  await page.locator("h1", { hasText: "Policies" }).waitFor();
+  const allowed = page.locator("tbody tr", { hasText: "allow-reports v2" }).first();
+  await allowed.locator("summary").click();
+  const trace = await allowed.locator("details ol").textContent();
+  check(trace.includes("allowlist") && trace.includes("ALLOWED"), `a record opens on its per-transform trace (${trace.slice(0, 80)}…)`);
+  await allowed.locator("a", { hasText: "allow-reports v2" }).click();
+  await page.locator("h1", { hasText: "Policy allow-reports" }).waitFor();
+  check(await page.locator("tr.decided", { hasText: "v2" }).count() === 1, "the record links to the version that decided it");
   await page.goto(`${base}/#/policy?name=allow-reports`);
   await page.locator("h1", { hasText: "Policy allow-reports" }).waitFor();
   await page.locator("#change-reason").fill("reports were premature");
@@ -263,6 +268,21 @@ try {
     && (await page.locator("#pg-deciding").textContent()).includes("deny-admin-paths v1"),
   "the created policy decides in the playground");
   check(await viaProxy(adminUrl) === 403, "and at the gateway");
+
+  // A cross-site form post: another site's page submitting to the API with the signed-in
+  // browser. The cookie is SameSite=Strict and the call carries no CSRF token: refused, and
+  // nothing is created.
+  const attacker = await context.newPage();
+  const forged = JSON.stringify({ policy: { name: "forged-by-form", action: "allow", priority: 1,
+    rules: [{ host: "*" }] }, pad: "" });
+  const [submitted] = await Promise.all([
+    attacker.waitForResponse((r) => r.url().endsWith("/v1/policies")),
+    attacker.goto(`data:text/html,${encodeURIComponent(`<form method="post" action="${base}/v1/policies" enctype="text/plain"><input name='${forged.slice(0, -2)}' value='"}'></form><script>document.forms[0].submit()</script>`)}`),
+  ]);
+  check(submitted.status() === 401 || submitted.status() === 403, `a cross-site form post is refused (${submitted.status()})`);
+  await attacker.close();
+  check(await page.evaluate(async () => (await fetch("/v1/policies/forged-by-form")).status) === 404,
+    "and created nothing");
 
   // Enrollment tokens: mint one (its value shown once), a workload uses it, revoke it.
   await page.locator("nav a[href='#/tokens']").click();

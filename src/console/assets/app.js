@@ -397,6 +397,8 @@ async function policy(root, params) {
   ) : null;
 
   const versions = history.versions.slice().reverse();
+  // Reached from an audit record: the version that decided it.
+  const decided = versions.find((v) => String(v.version) === params.get("version"));
   const from = el("select", { id: "diff-from" }, versions.map((v) => el("option", { value: v.version, selected: v.version === Math.max(1, current.version - 1) }, `v${v.version}`)));
   const to = el("select", { id: "diff-to" }, versions.map((v) => el("option", { value: v.version, selected: v.version === current.version }, `v${v.version}`)));
   const diffOut = el("div");
@@ -421,12 +423,17 @@ async function policy(root, params) {
       current.updated_at ? ` — updated ${new Date(current.updated_at).toLocaleString()}` : ""),
     controls,
     message,
-    el("h2", {}, "Definition"),
+    decided && decided.version !== current.version && decided.policy ? [
+      el("h2", { id: "decided-version" }, `Version ${decided.version}, which decided the audited request`),
+      el("pre", { class: "definition", tabindex: "0", "aria-label": `The definition at version ${decided.version}` },
+        JSON.stringify(decided.policy, null, 2)),
+    ] : null,
+    el("h2", {}, decided && decided.version === current.version ? "Definition (the version that decided the audited request)" : "Definition"),
     el("pre", { class: "definition", tabindex: "0", "aria-label": "The policy's definition" }, JSON.stringify(definition, null, 2)),
     el("h2", {}, "History"),
     el("table", {},
       el("thead", {}, el("tr", {}, ["Version", "Change", "Operator", "Reason", "When", "Actions"].map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, versions.map((v) => el("tr", {},
+      el("tbody", {}, versions.map((v) => el("tr", { class: decided === v ? "decided" : null, "aria-current": decided === v ? "true" : null },
         el("td", {}, `v${v.version}`),
         el("td", {}, v.operation),
         el("td", {}, v.operator || ""),
@@ -852,8 +859,14 @@ async function audit(root, params) {
   const rows = page.events.map((e) => el("tr", {},
     el("td", {}, e.ts ? new Date(e.ts).toLocaleString() : ""),
     el("td", { class: e.decision }, e.decision),
-    el("td", {}, `${e.method || ""} ${e.scheme || ""}://${e.host || ""}${e.port ? `:${e.port}` : ""}${e.path || ""}`),
-    el("td", {}, e.policy ? el("a", { href: `#/policies?q=${encodeURIComponent(e.policy)}` },
+    el("td", {}, el("details", { class: "trace" },
+      el("summary", {}, `${e.method || ""} ${e.scheme || ""}://${e.host || ""}${e.port ? `:${e.port}` : ""}${e.path || ""}`),
+      el("p", { class: "muted small" }, `request ${e.request_id || "—"}${e.status ? `, answered ${e.status}` : ""}${e.reason ? ` (${e.reason})` : ""}`),
+      el("ol", {}, (e.transforms || []).map((t) => el("li", {},
+        el("strong", {}, t.name), ` ${t.action}`,
+        t.annotations && Object.keys(t.annotations).length
+          ? el("code", { class: "small" }, ` ${JSON.stringify(t.annotations)}`) : null))))),
+    el("td", {}, e.policy ? el("a", { href: `#/policy${query({ name: e.policy, version: e.policy_version })}` },
       e.policy, e.policy_version ? ` v${e.policy_version}` : "") : el("span", { class: "muted" }, e.reason || "—")),
     el("td", {}, identityName(e)),
     el("td", {}, (e.tags || []).map((t) => el("span", { class: "pill" }, t))),
