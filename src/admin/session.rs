@@ -73,6 +73,15 @@ impl Credentials {
             .map(|(_, value)| value.trim())
     }
 
+    /// The session cookie, when the call authenticates with it: a bearer token, when
+    /// present, is what authenticates.
+    fn cookie_in_place_of_bearer(&self) -> Option<&str> {
+        self.authorization()
+            .is_none()
+            .then(|| self.session_cookie())
+            .flatten()
+    }
+
     /// Whether the browser says the call comes from a page of another site, or names an
     /// origin other than this server's. Calls from scripts (no `Origin`, no
     /// `Sec-Fetch-Site`) are not cross-site.
@@ -285,17 +294,22 @@ fn expired(session: &Session, auth: &AdminAuth, now: Instant) -> bool {
 impl Control {
     /// Authenticates the caller: by its bearer token, or else by its session cookie.
     pub(super) fn authenticate(&self, credentials: &Credentials) -> Result<Caller, ApiError> {
-        if credentials.authorization().is_none()
-            && let Some(cookie) = credentials.session_cookie()
-        {
-            let snapshot = self.live.snapshot();
-            return self
-                .sessions
-                .authenticate(cookie, credentials, &snapshot.admin)
-                .map(|(caller, _)| caller)
-                .map_err(SessionError::into_api);
+        match credentials.cookie_in_place_of_bearer() {
+            Some(cookie) => self.session(cookie, credentials).map(|(caller, _)| caller),
+            None => self.authenticate_bearer(credentials.authorization()),
         }
-        self.authenticate_bearer(credentials.authorization())
+    }
+
+    /// The session `cookie` names, checked for this call (expiry, origin, the CSRF token of
+    /// a write): the caller it acts as and its CSRF token.
+    fn session(
+        &self,
+        cookie: &str,
+        credentials: &Credentials,
+    ) -> Result<(Caller, String), ApiError> {
+        self.sessions
+            .authenticate(cookie, credentials, &self.live.snapshot().admin)
+            .map_err(SessionError::into_api)
     }
 }
 
@@ -348,15 +362,15 @@ pub async fn current(
     State(control): State<Arc<Control>>,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
-    let snapshot = control.live.snapshot();
-    if credentials.authorization().is_none()
-        && let Some(cookie) = credentials.session_cookie()
-    {
-        let (caller, csrf) = control
-            .sessions
-            .authenticate(cookie, &credentials, &snapshot.admin)
-            .map_err(SessionError::into_api)?;
-        let body = session_body(&caller, &csrf, &control, cookie, &snapshot.admin);
+    if let Some(cookie) = credentials.cookie_in_place_of_bearer() {
+        let (caller, csrf) = control.session(cookie, &credentials)?;
+        let body = session_body(
+            &caller,
+            &csrf,
+            &control,
+            cookie,
+            &control.live.snapshot().admin,
+        );
         return Ok(([no_store()], axum::Json(body)).into_response());
     }
     let caller = control.authenticate_bearer(credentials.authorization())?;
@@ -380,11 +394,7 @@ pub async fn sign_out(
             "no console session to sign out of",
         ));
     };
-    let snapshot = control.live.snapshot();
-    let (caller, _) = control
-        .sessions
-        .authenticate(cookie, &credentials, &snapshot.admin)
-        .map_err(SessionError::into_api)?;
+    let (caller, _) = control.session(cookie, &credentials)?;
     control.sessions.close(cookie);
     tracing::info!(operator = %caller.name, "console sign-out");
     Ok((

@@ -56,24 +56,18 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
     assert!(stored, "the audit events never reached the store");
 
     let shots = repo().join("target/console-screenshots");
-    let out = Command::new("node")
-        .arg(repo().join("tests/browser/console.mjs"))
-        .env("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port))
-        .env("CONSOLE_TOKEN", EDITOR)
-        .env("CONSOLE_VIEWER", VIEWER)
-        .env("CONSOLE_HOSTILE", &hostile_path)
-        .env("CONSOLE_SHOTS", &shots)
-        .env("CONSOLE_PROXY", gw.proxy_port.to_string())
-        .env("CONSOLE_REPORTS", format!("{base}/reports/q1"))
-        .output()
-        .expect("node runs (Node.js 20)");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_browser_script(
+        "console.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port)),
+            ("CONSOLE_TOKEN", EDITOR.to_owned()),
+            ("CONSOLE_VIEWER", VIEWER.to_owned()),
+            ("CONSOLE_HOSTILE", hostile_path),
+            ("CONSOLE_SHOTS", shots.display().to_string()),
+            ("CONSOLE_PROXY", gw.proxy_port.to_string()),
+            ("CONSOLE_REPORTS", format!("{base}/reports/q1")),
+        ],
     );
-    println!("{printed}");
-    assert!(out.status.success(), "the browser run failed:\n{printed}");
     for page in [
         "sign-in",
         "overview",
@@ -125,18 +119,29 @@ fn policies_page_bench() {
             ..crate::common::GatewayOptions::default()
         },
     );
+    run_browser_script(
+        "policies-bench.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port)),
+            ("CONSOLE_TOKEN", EDITOR.to_owned()),
+            ("CONSOLE_POLICIES", POLICIES.to_string()),
+        ],
+    );
+}
+
+/// Runs `tests/browser/SCRIPT` with Node.js and `env`; prints what it printed and fails the
+/// test when it fails.
+fn run_browser_script(script: &str, env: &[(&str, String)]) {
     let out = Command::new("node")
-        .arg(repo().join("tests/browser/policies-bench.mjs"))
-        .env("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port))
-        .env("CONSOLE_TOKEN", EDITOR)
-        .env("CONSOLE_POLICIES", POLICIES.to_string())
+        .arg(repo().join("tests/browser").join(script))
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .output()
-        .expect("node runs");
+        .expect("node runs (Node.js 20)");
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{printed}");
-    assert!(out.status.success(), "{printed}");
+    assert!(out.status.success(), "{script} failed:\n{printed}");
 }

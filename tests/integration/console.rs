@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Gateway, GatewayOptions, Reply, curl, wait_until};
+use crate::common::{Gateway, GatewayOptions, Reply, wait_until};
 
 pub const EDITOR: &str = "console-editor-token-5c1e";
 pub const VIEWER: &str = "console-viewer-token-8f0a";
@@ -41,20 +41,7 @@ admin:
 
 /// A call to the admin server with exactly these headers (no bearer token).
 fn call(gw: &Gateway, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> Reply {
-    let url = format!("http://127.0.0.1:{}{path}", gw.admin_port);
-    let mut args = vec!["-X", method, url.as_str()];
-    for header in headers {
-        args.extend(["-H", header]);
-    }
-    if let Some(body) = body {
-        args.extend([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            body,
-        ]);
-    }
-    curl(gw.dir.path(), &args)
+    gw.api_with_headers(method, path, headers, body)
 }
 
 /// A browser's console session: its cookie header and CSRF token.

@@ -610,11 +610,24 @@ impl Gateway {
 
     /// Calls the admin API: `method path`, with a bearer token and a JSON body.
     pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
         let authorization = token.map(|t| format!("authorization: Bearer {t}"));
+        let headers: Vec<&str> = authorization.iter().map(String::as_str).collect();
+        self.api_with_headers(method, path, &headers, body)
+    }
+
+    /// A call to the admin server with exactly these headers (a JSON body adds its
+    /// content type).
+    pub fn api_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: Option<&str>,
+    ) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
         let mut args = vec!["-X", method, url.as_str()];
-        if let Some(header) = &authorization {
-            args.extend(["-H", header.as_str()]);
+        for header in headers {
+            args.extend(["-H", header]);
         }
         if let Some(body) = body {
             args.extend([
