@@ -44,6 +44,8 @@ pub fn status_routes(base: &str) -> Router<Arc<Control>> {
     Router::new()
         .route(&format!("{base}/{{name}}/enable"), post(enable))
         .route(&format!("{base}/{{name}}/disable"), post(disable))
+        // Not under /v1/policies/: a policy may be named anything.
+        .route("/v1/policy-order", post(reorder))
 }
 
 /// The role that changes a kind: secrets need `admin`, since a secret chooses what the
@@ -506,6 +508,78 @@ async fn set_status(
     Ok(axum::Json(written::<PolicyConfig>(
         &name, version, revision,
     )))
+}
+
+/// `POST /v1/policy-order`: new priorities for several policies as one change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reorder {
+    order: Vec<Placement>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Placement {
+    name: String,
+    /// The version read.
+    version: i64,
+    priority: i32,
+}
+
+/// `POST /v1/policy-order` (the console's drag to reorder): `{"order": [{name, version,
+/// priority}], "reason"}` gives each listed policy its new priority in one transaction and
+/// one store revision, each policy a `reorder` version; a stale version anywhere refuses
+/// the whole change (409), as does an order the gateway would not compile (422).
+async fn reorder(
+    State(control): State<Arc<Control>>,
+    credentials: Credentials,
+    body: Bytes,
+) -> Result<Json, ApiError> {
+    let caller = control.caller(&credentials, AdminRole::Editor)?;
+    let store = control.store()?;
+    let Reorder { order, reason } = parse_body(&body)?;
+    let mut errors = Vec::new();
+    if order.is_empty() {
+        errors.push(FieldError::new("order", "no policy to reorder"));
+    }
+    for (i, placement) in order.iter().enumerate() {
+        if order[..i].iter().any(|p| p.name == placement.name) {
+            errors.push(FieldError::new(
+                format!("order[{i}].name"),
+                format!("{:?} is listed twice", placement.name),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors, ""));
+    }
+    let priorities: Vec<(String, i64, i32)> = order
+        .iter()
+        .map(|p| (p.name.clone(), p.version, p.priority))
+        .collect();
+    let edits = priorities.clone();
+    check_edit::<PolicyConfig>(&control, None, move |list| {
+        for (name, _, priority) in edits {
+            if let Some(stored) = list.iter_mut().find(|s| s.definition.name == name) {
+                stored.definition.priority = priority;
+            }
+        }
+    })
+    .await?;
+    let change = Change::by(&caller.name, &reason);
+    let written = store
+        .policies()
+        .reprioritize(&priorities, &change)
+        .await
+        .map_err(|e| ApiError::from_store(e, ""))?;
+    let revision = control.refresh().await;
+    Ok(axum::Json(json!({
+        "reordered": written.iter().map(|(name, version)| json!({"name": name, "version": version}))
+            .collect::<Vec<_>>(),
+        "store_revision": revision,
+    })))
 }
 
 fn written<T: Definition>(name: &str, version: i64, revision: Option<i64>) -> Value {

@@ -8,6 +8,7 @@ mod insight;
 pub mod openapi;
 mod playground;
 mod session;
+mod sso;
 mod tokens;
 
 use std::sync::{Arc, OnceLock};
@@ -138,11 +139,15 @@ pub fn router(control: Arc<Control>) -> Router {
                 .post(session::sign_in)
                 .delete(session::sign_out),
         )
+        .route("/v1/session/providers", get(sso::providers))
+        .route("/v1/session/oidc", get(sso::begin))
+        .route("/v1/session/oidc/callback", get(sso::callback))
         .merge(definitions::routes::<PolicyConfig>("/v1/policies"))
         .merge(definitions::routes::<SecretConfig>("/v1/secrets"))
         .merge(definitions::status_routes("/v1/policies"))
         .route("/v1/playground", post(playground::playground))
         .route("/v1/impact", post(playground::impact))
+        .route("/v1/secret-sources/test", post(playground::test_source))
         .route("/v1/fire-counts", get(insight::fire_counts))
         .route("/v1/audit", get(insight::audit_search))
         .route("/v1/tokens", get(tokens::list).post(tokens::mint))

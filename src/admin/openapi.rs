@@ -89,6 +89,31 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Who the caller is; for a session, its CSRF token and expiry",
     ),
     endpoint("delete", "/v1/session", Viewer, "Console sign-out"),
+    endpoint(
+        "get",
+        "/v1/session/providers",
+        Public,
+        "How the console can sign in: an admin token, and single sign-on when admin.oidc is set",
+    ),
+    endpoint(
+        "get",
+        "/v1/session/oidc",
+        Public,
+        "Begin single sign-on: a redirect (303) to the issuer, with a cookie binding it to this browser",
+    ),
+    with_query(
+        endpoint(
+            "get",
+            "/v1/session/oidc/callback",
+            Public,
+            "Complete single sign-on (the issuer's redirect): a session cookie and a redirect to /",
+        ),
+        &[
+            ("code", "The authorization code"),
+            ("state", "The state the sign-in sent"),
+            ("error", "The issuer's refusal"),
+        ],
+    ),
     with_query(
         endpoint("get", "/v1/policies", Viewer, "List policies"),
         &[("window", "Add fire counts for this window, e.g. 24h")],
@@ -418,6 +443,25 @@ pub fn build(gateway: &Gateway) -> Value {
                                         "description": "An admin token (`admin.tokens`)"}}}),
     );
     schemas.insert(
+        "PolicyOrder".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["order"],
+               "properties": {
+                   "order": {"type": "array", "minItems": 1, "items": {
+                       "type": "object", "additionalProperties": false,
+                       "required": ["name", "version", "priority"],
+                       "properties": {"name": {"$ref": "#/components/schemas/Name"},
+                                      "version": {"type": "integer", "minimum": 1,
+                                                  "maximum": i64::MAX},
+                                      "priority": {"type": "integer", "minimum": i32::MIN,
+                                                   "maximum": i32::MAX}}}},
+                   "reason": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "SourceTest".into(),
+        json!({"type": "object", "additionalProperties": false, "required": ["source"],
+               "properties": {"source": {"$ref": "#/components/schemas/Source"}}}),
+    );
+    schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["type", "message"], "properties": {
@@ -463,6 +507,34 @@ pub fn build(gateway: &Gateway) -> Value {
                     .extend(error.as_object().unwrap().clone());
             }
         }
+        if e.path.starts_with("/v1/session/oidc") {
+            responses = json!({
+                "303": {"description": "To the issuer (begin), or signed in and to / (callback)"},
+                "404": {"description": "Single sign-on is not configured (admin.oidc)"},
+                "502": {"description": "The issuer could not be reached or answered wrongly"},
+            });
+            responses["404"]
+                .as_object_mut()
+                .unwrap()
+                .extend(error.as_object().unwrap().clone());
+            if e.path.ends_with("/callback") {
+                let page = json!({"text/plain": {"schema": {"type": "string"}}});
+                for (code, description) in [
+                    (
+                        "400",
+                        "No sign-in under way in this browser, or not this one's state",
+                    ),
+                    ("401", "The issuer refused, or its ID token is not accepted"),
+                    (
+                        "403",
+                        "Signed in, but no role is mapped to the person's claim",
+                    ),
+                    ("502", "The issuer could not be reached or answered wrongly"),
+                ] {
+                    responses[code] = json!({"description": description, "content": page});
+                }
+            }
+        }
         if session && e.method == "delete" {
             responses =
                 json!({"204": {"description": "Signed out: Set-Cookie clears the session"}});
@@ -488,13 +560,13 @@ pub fn build(gateway: &Gateway) -> Value {
         if e.body.is_some() {
             errors.push(("400", "Malformed JSON"));
             errors.push(("422", "Invalid: every problem as {path, message}"));
-        } else if !e.query.is_empty() {
+        } else if !e.query.is_empty() && !e.path.starts_with("/v1/session/oidc") {
             errors.push(("400", "A query parameter is not of its form"));
             if e.query.iter().any(|(_, d)| d.contains("(required)")) {
                 errors.push(("422", "A required query parameter is missing"));
             }
         }
-        if path_parameters(e.path).next().is_some() {
+        if path_parameters(e.path).next().is_some() || e.path == "/v1/policy-order" {
             errors.push(("404", "No such policy, secret or token"));
         }
         if session && e.access != Public {

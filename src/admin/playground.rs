@@ -331,3 +331,46 @@ mod tests {
         assert!(!refused_before_the_policies(&event(Some(200), None)));
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTest {
+    source: crate::secrets::SourceConfig,
+}
+
+/// How long a source test waits for the backend.
+const SOURCE_TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /v1/secret-sources/test`: reads a draft secret's source once, on this gateway
+/// host, and says whether it could be read — never the value (nor its length). An admin's
+/// call, as a secret's source is an admin's to change; bounded by `store.secret_sources`
+/// as a stored secret is.
+pub async fn test_source(
+    State(control): State<Arc<Control>>,
+    credentials: Credentials,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let caller = control.caller(&credentials, AdminRole::Admin)?;
+    // As for a stored secret: only with a store, and only what its bounds allow, so the
+    // test is no way to learn what else the gateway host could read.
+    control.store()?;
+    let SourceTest { source } = parse_body(&body)?;
+    let config = control.live.config().await;
+    if let Some(store) = &config.store {
+        let errors = store.secret_sources.check(&source);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors, "source"));
+        }
+    }
+    let probe = crate::secrets::probe(&source, SOURCE_TEST_DEADLINE)
+        .await
+        .map_err(|errors| ApiError::invalid(errors, "source"))?;
+    tracing::info!(operator = %caller.name, source = %probe.description,
+                   readable = probe.outcome.is_ok(), "secret source tested");
+    Ok(axum::Json(json!({
+        "source": probe.description,
+        "readable": probe.outcome.is_ok(),
+        "error": probe.outcome.err(),
+        "elapsed_ms": probe.elapsed.as_millis() as u64,
+    })))
+}

@@ -63,13 +63,18 @@ impl Credentials {
 
     /// The session cookie's value, when one was sent.
     fn session_cookie(&self) -> Option<&str> {
+        self.cookie(COOKIE)
+    }
+
+    /// The value of the cookie `wanted`, when one was sent.
+    pub(super) fn cookie(&self, wanted: &str) -> Option<&str> {
         self.headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == COOKIE)
+            .find(|(name, _)| *name == wanted)
             .map(|(_, value)| value.trim())
     }
 
@@ -110,7 +115,7 @@ impl Credentials {
 
     /// Whether the call reached the admin server over HTTPS (directly or, by the proxy's
     /// word, through one): then the cookie is `Secure`.
-    fn over_https(&self) -> bool {
+    pub(super) fn over_https(&self) -> bool {
         self.headers
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
@@ -119,9 +124,15 @@ impl Credentials {
 
 /// Who a session acts as.
 #[derive(Debug, Clone)]
-enum SignedIn {
+pub(super) enum SignedIn {
     /// With the admin token of this name (its role is read from the config at each call).
     Token(Arc<str>),
+    /// By single sign-on (`admin.oidc`): the person, and the values of their role claim,
+    /// mapped to a role again at each call.
+    Sso {
+        name: Arc<str>,
+        claim_values: Vec<String>,
+    },
 }
 
 struct Session {
@@ -136,7 +147,8 @@ struct Session {
 pub enum SessionError {
     Unknown,
     Expired,
-    /// Its token is no longer in the config.
+    /// Its token is no longer in the config, or its single sign-on claims no longer map
+    /// to a role.
     Revoked,
     CrossSite,
     MissingCsrf,
@@ -159,7 +171,8 @@ impl SessionError {
             SessionError::Revoked => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "the admin token this session signed in with is no longer configured",
+                "what this session signed in with no longer grants a role (its admin token \
+                 was removed, or admin.oidc or its role mapping changed): sign in again",
             ),
             SessionError::CrossSite => (
                 StatusCode::FORBIDDEN,
@@ -182,9 +195,24 @@ impl SessionError {
 #[derive(Default)]
 pub struct Sessions {
     open: Mutex<HashMap<[u8; 32], Session>>,
+    /// Single sign-ons begun and not yet come back, by the SHA-256 of the cookie that
+    /// binds each to its browser.
+    pending: Mutex<HashMap<[u8; 32], PendingSignIn>>,
 }
 
-fn random_token() -> Result<String, ApiError> {
+/// A single sign-on the browser was sent to the issuer for: what its callback must match.
+pub(super) struct PendingSignIn {
+    pub state: String,
+    pub nonce: String,
+    pub verifier: secrecy::SecretString,
+    pub started: Instant,
+}
+
+/// How long a single sign-on may take, and how many may be under way at once.
+const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
+const MAX_PENDING: usize = 1_000;
+
+pub(super) fn random_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| {
         ApiError::new(
@@ -207,8 +235,38 @@ impl Sessions {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Remembers a single sign-on begun; the cookie value binding it to this browser.
+    pub(super) fn begin_sign_in(&self, pending: PendingSignIn) -> Result<String, ApiError> {
+        let binding = random_token()?;
+        let mut all = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.retain(|_, p| p.started.elapsed() < PENDING_TTL);
+        if all.len() >= MAX_PENDING
+            && let Some(oldest) = all.iter().min_by_key(|(_, p)| p.started).map(|(k, _)| *k)
+        {
+            all.remove(&oldest);
+        }
+        all.insert(key(&binding), pending);
+        Ok(binding)
+    }
+
+    /// The single sign-on `binding` names, taken (each is completed at most once).
+    pub(super) fn take_sign_in(&self, binding: &str) -> Option<PendingSignIn> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&key(binding))
+            .filter(|p| p.started.elapsed() < PENDING_TTL)
+    }
+
     /// Opens a session; its cookie value and CSRF token.
-    fn open(&self, who: SignedIn, auth: &AdminAuth) -> Result<(String, String), ApiError> {
+    pub(super) fn open(
+        &self,
+        who: SignedIn,
+        auth: &AdminAuth,
+    ) -> Result<(String, String), ApiError> {
         let cookie = random_token()?;
         let csrf = random_token()?;
         let now = Instant::now();
@@ -262,6 +320,14 @@ impl Sessions {
         }
         let caller = match &session.who {
             SignedIn::Token(name) => auth.caller_named(name),
+            SignedIn::Sso { name, claim_values } => auth
+                .oidc
+                .as_ref()
+                .and_then(|provider| provider.role_of(claim_values))
+                .map(|role| Caller {
+                    name: name.clone(),
+                    role,
+                }),
         };
         let Some(caller) = caller else {
             open.remove(&key);
@@ -435,7 +501,7 @@ fn session_body(
     })
 }
 
-fn cookie_header(value: &str, lifetime: Duration, secure: bool) -> HeaderValue {
+pub(super) fn cookie_header(value: &str, lifetime: Duration, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
     let text = format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
@@ -444,7 +510,7 @@ fn cookie_header(value: &str, lifetime: Duration, secure: bool) -> HeaderValue {
     HeaderValue::from_str(&text).expect("a cookie of base64url characters is a header value")
 }
 
-fn no_store() -> (header::HeaderName, HeaderValue) {
+pub(super) fn no_store() -> (header::HeaderName, HeaderValue) {
     (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 

@@ -20,6 +20,9 @@ pub struct AdminConfig {
     /// How long a console sign-in lasts (docs/console.md).
     #[serde(default)]
     pub sessions: SessionConfig,
+    /// Console single sign-on (docs/console.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<super::oidc::OidcConfig>,
 }
 
 /// The lifetime of a console session: it ends after `idle_timeout` without a request, and
@@ -136,11 +139,13 @@ struct AdminToken {
     caller: Caller,
 }
 
-/// The compiled admin tokens, and how long a console session lasts.
+/// The compiled admin tokens, how long a console session lasts, and the single sign-on
+/// issuer.
 #[derive(Default)]
 pub struct AdminAuth {
     tokens: Vec<AdminToken>,
     pub sessions: SessionConfig,
+    pub oidc: Option<Arc<super::oidc::OidcProvider>>,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -192,10 +197,21 @@ impl AdminAuth {
                 Err(e) => errors.push(e.under(&format!("{path}.token"))),
             }
         }
+        let oidc = match &config.oidc {
+            Some(oidc) => match super::oidc::OidcProvider::compile(oidc, env) {
+                Ok(provider) => Some(Arc::new(provider)),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+            None => None,
+        };
         if errors.is_empty() {
             Ok(AdminAuth {
                 tokens,
                 sessions: config.sessions,
+                oidc,
             })
         } else {
             Err(errors)

@@ -8,6 +8,7 @@
 //! for callers of the admin API.
 
 pub mod admin;
+pub mod oidc;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -387,10 +388,20 @@ pub(crate) fn token_digest(
     source: &TokenSource,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<[u8; 32], FieldError> {
-    let (field, value) = if let Some(hex) = &source.sha256 {
+    if let Some(hex) = &source.sha256 {
         return decode_sha256(hex)
             .ok_or_else(|| FieldError::new("sha256", "expected 64 hexadecimal characters"));
-    } else if let Some(var) = &source.env {
+    }
+    let value = token_value(source, env)?;
+    Ok(Sha256::digest(value.as_bytes()).into())
+}
+
+/// The value an `env` or `file` source holds, trimmed (errors relative to the source).
+pub(crate) fn token_value(
+    source: &TokenSource,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, FieldError> {
+    let (field, value) = if let Some(var) = &source.env {
         let value = env(var).ok_or_else(|| {
             FieldError::new("env", format!("environment variable {var} is not set"))
         })?;
@@ -399,6 +410,11 @@ pub(crate) fn token_digest(
         let value = std::fs::read_to_string(path)
             .map_err(|e| FieldError::new("file", format!("cannot read {}: {e}", path.display())))?;
         ("file", value)
+    } else if source.sha256.is_some() {
+        return Err(FieldError::new(
+            "sha256",
+            "a digest cannot be sent: this value needs `env` or `file`",
+        ));
     } else {
         return Err(FieldError::new(
             "",
@@ -409,7 +425,7 @@ pub(crate) fn token_digest(
     if value.is_empty() {
         return Err(FieldError::new(field, "the token is empty"));
     }
-    Ok(Sha256::digest(value.as_bytes()).into())
+    Ok(value.to_owned())
 }
 
 /// The token a `Proxy-Authorization` value carries, if it is well formed (for redaction).

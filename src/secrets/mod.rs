@@ -10,5 +10,5 @@ mod value;
 
 pub use cache::SourceCache;
 pub use config::{SourceConfig, SourceKind};
-pub use sources::{CompiledSource, Fetched, SourceContext};
+pub use sources::{CompiledSource, Fetched, Probe, SourceContext, probe};
 pub use value::{SecretBytes, SecretValue, SourceError};

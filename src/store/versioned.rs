@@ -124,6 +124,8 @@ pub enum Operation {
     Enable,
     Delete,
     Rollback,
+    /// A new priority, written with others in one change (the console's drag to reorder).
+    Reorder,
 }
 
 impl Operation {
@@ -135,6 +137,7 @@ impl Operation {
             Operation::Enable => "enable",
             Operation::Delete => "delete",
             Operation::Rollback => "rollback",
+            Operation::Reorder => "reorder",
         }
     }
 
@@ -145,6 +148,7 @@ impl Operation {
             "enable" => Operation::Enable,
             "delete" => Operation::Delete,
             "rollback" => Operation::Rollback,
+            "reorder" => Operation::Reorder,
             _ => Operation::Update,
         }
     }
@@ -374,11 +378,34 @@ impl<T: Definition> Versioned<'_, T> {
         next: impl FnOnce(&str) -> Result<Option<T>, StoreError>,
     ) -> Result<i64, StoreError> {
         let mut tx = self.store.pool().begin().await?;
+        let version = self
+            .write_in(&mut tx, name, expected, operation, change, next)
+            .await?;
+        let touched = Touched {
+            kind: T::KIND.as_str(),
+            name,
+        };
+        self.store.touch(&mut tx, &touched).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// [`Self::write`] within `tx`, without bumping the revision: the live row and its
+    /// version row.
+    async fn write_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        name: &str,
+        expected: i64,
+        operation: Operation,
+        change: &Change,
+        next: impl FnOnce(&str) -> Result<Option<T>, StoreError>,
+    ) -> Result<i64, StoreError> {
         let row = sqlx::query(
             T::KIND.sql("SELECT version, definition FROM {live} WHERE name = $1 AND deleted = 0"),
         )
         .bind(name)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| Self::not_found(name))?;
         let live: i64 = row.try_get("version")?;
@@ -420,7 +447,7 @@ impl<T: Definition> Versioned<'_, T> {
         .bind(now.as_str())
         .bind(name)
         .bind(live)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if updated.rows_affected() != 1 {
             return Err(stale(live + 1));
@@ -432,7 +459,7 @@ impl<T: Definition> Versioned<'_, T> {
             at: &now,
             definition: &text,
         };
-        self.finish(tx, written, change).await?;
+        self.record(tx, &written, change).await?;
         Ok(version)
     }
 
@@ -441,6 +468,23 @@ impl<T: Definition> Versioned<'_, T> {
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         written: Written<'_>,
+        change: &Change,
+    ) -> Result<(), StoreError> {
+        self.record(&mut tx, &written, change).await?;
+        let touched = Touched {
+            kind: T::KIND.as_str(),
+            name: written.name,
+        };
+        self.store.touch(&mut tx, &touched).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends the version row of `written`.
+    async fn record(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        written: &Written<'_>,
         change: &Change,
     ) -> Result<(), StoreError> {
         sqlx::query(T::KIND.sql(
@@ -454,14 +498,8 @@ impl<T: Definition> Versioned<'_, T> {
         .bind(change.reason.as_str())
         .bind(written.at)
         .bind(written.definition)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        let touched = Touched {
-            kind: T::KIND.as_str(),
-            name: written.name,
-        };
-        self.store.touch(&mut tx, &touched).await?;
-        tx.commit().await?;
         Ok(())
     }
 }
@@ -496,6 +534,44 @@ impl Versioned<'_, PolicyConfig> {
     ) -> Result<i64, StoreError> {
         self.set_status(name, expected, PolicyStatus::Active, change)
             .await
+    }
+
+    /// New priorities for several policies, in one transaction and one store revision:
+    /// every policy at the version the caller read (`Stale` otherwise, and nothing is
+    /// written). Each gets a version (`reorder`) with the same reason.
+    pub async fn reprioritize(
+        &self,
+        priorities: &[(String, i64, i32)],
+        change: &Change,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
+        let mut written = Vec::new();
+        for (name, expected, priority) in priorities {
+            let version = self
+                .write_in(
+                    &mut tx,
+                    name,
+                    *expected,
+                    Operation::Reorder,
+                    change,
+                    |live| {
+                        let mut policy: PolicyConfig = from_json(live)?;
+                        policy.priority = *priority;
+                        Ok(Some(policy))
+                    },
+                )
+                .await?;
+            written.push((name.clone(), version));
+        }
+        if let Some((name, _)) = written.first() {
+            let touched = Touched {
+                kind: "policies",
+                name,
+            };
+            self.store.touch(&mut tx, &touched).await?;
+            tx.commit().await?;
+        }
+        Ok(written)
     }
 
     async fn set_status(

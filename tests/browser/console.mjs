@@ -10,6 +10,10 @@
 //   CONSOLE_SHOTS    a directory for screenshots
 //   CONSOLE_PROXY    the gateway's forward proxy port
 //   CONSOLE_REPORTS  a URL of the upstream that policy allow-reports (disabled) would allow
+//   CONSOLE_ADMIN    an admin's admin token (secrets)
+//   CONSOLE_SSO_PERSON  the stand-in issuer's person whose groups map to editor
+//   CONSOLE_SECRET_ENV  the gateway's environment variable the wizard's secret reads
+//   CONSOLE_SECRET_VALUE  its value, which must never reach the browser
 // Prints one line per check; exits 1 on the first failure.
 import { readFileSync, mkdirSync } from "node:fs";
 import http from "node:http";
@@ -20,8 +24,10 @@ const require = createRequire(import.meta.url);
 const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const { CONSOLE_URL: base, CONSOLE_TOKEN: token, CONSOLE_VIEWER: viewer,
   CONSOLE_HOSTILE: hostile, CONSOLE_SHOTS: shots, CONSOLE_PROXY: proxyPort,
-  CONSOLE_REPORTS: reports } = process.env;
-for (const [name, value] of Object.entries({ base, token, viewer, hostile, shots, proxyPort, reports })) {
+  CONSOLE_REPORTS: reports, CONSOLE_ADMIN: admin, CONSOLE_SSO_PERSON: ssoPerson,
+  CONSOLE_SECRET_ENV: secretEnv, CONSOLE_SECRET_VALUE: secretValue } = process.env;
+for (const [name, value] of Object.entries({ base, token, viewer, hostile, shots, proxyPort, reports,
+  admin, ssoPerson, secretEnv, secretValue })) {
   if (!value) throw new Error(`missing ${name}`);
 }
 mkdirSync(shots, { recursive: true });
@@ -150,7 +156,7 @@ try {
   await page.locator("#policy-search").fill("");
   await page.locator("th button", { hasText: "Fires" }).click();
   await page.locator("th button", { hasText: "Fires" }).click();
-  const first = await page.locator("tbody tr td").first().textContent();
+  const first = await page.locator("tbody tr").first().getAttribute("data-name");
   check(first === "allow-upstream", `sorting by fires puts the busiest first (${first})`);
   await shot(page, "policies");
   await axe(page, "policies");
@@ -269,6 +275,39 @@ try {
   "the created policy decides in the playground");
   check(await viaProxy(adminUrl) === 403, "and at the gateway");
 
+  // Reordering: drag a row above another, and move one by keyboard; saved as one change.
+  await page.goto(`${base}/#/policies`);
+  await page.locator("#policies-table tbody tr").first().waitFor();
+  const listed = async () => page.locator("#policies-table tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.name));
+  const beforeOrder = await listed();
+  check(beforeOrder.indexOf("flag-uploads") > beforeOrder.indexOf("deny-secrets"), `listed by priority (${beforeOrder})`);
+  await page.locator("tr[data-name='flag-uploads']").dragTo(page.locator("tr[data-name='deny-secrets']"));
+  const dragged = await listed();
+  check(dragged.indexOf("flag-uploads") === beforeOrder.indexOf("deny-secrets"), `dragging puts flag-uploads in deny-secrets' place (${dragged})`);
+  await page.locator("button[aria-label='Move allow-reports up']").focus();
+  await page.keyboard.press("Enter");
+  const moved = await listed();
+  check(moved.indexOf("allow-reports") === dragged.indexOf("allow-reports") - 1, "a row moves up by keyboard");
+  check(await page.evaluate(() => document.activeElement.getAttribute("aria-label")) === "Move allow-reports up",
+    "and the focus stays on its arrow");
+  const pending = await page.locator("#reorder-bar p").first().textContent();
+  check(pending.includes("saved as one change"), `the pending change is described (${pending})`);
+  await shot(page, "policies-reorder");
+  await axe(page, "policies, reordering");
+  await page.locator("#reorder-reason").fill("uploads before secrets");
+  await page.locator("#reorder-save").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("#reorder-bar").waitFor({ state: "hidden" });
+  await page.locator("#policies-table tbody tr").first().waitFor();
+  const saved = await listed();
+  check(JSON.stringify(saved) === JSON.stringify(moved), `after saving, the list is in the new order (${saved})`);
+  const reordered = await page.evaluate(async () => {
+    const h = await (await fetch("/v1/policies/flag-uploads/history")).json();
+    return h.versions[h.versions.length - 1];
+  });
+  check(reordered.operation === "reorder" && reordered.reason === "uploads before secrets",
+    `each moved policy has a reorder version with the reason (${reordered.operation}: ${reordered.reason})`);
+
   // A cross-site form post: another site's page submitting to the API with the signed-in
   // browser. The cookie is SameSite=Strict and the call carries no CSRF token: refused, and
   // nothing is created.
@@ -325,7 +364,91 @@ try {
   check(await page.locator("#new-policy").count() === 0, "nor the builder's link");
   await page.locator("#sign-out").click();
 
-  const leaked = bodies.filter((b) => b.body.includes(token) || b.body.includes(viewer));
+  // Single sign-on: the console's button, the stand-in issuer's page, and back signed in
+  // with the role the person's groups map to.
+  await page.locator("#sso-link").waitFor({ state: "visible" });
+  check(await page.locator("#sso-link").textContent() === "Sign in with the stand-in issuer",
+    "the sign-in page offers single sign-on");
+  await page.locator("#sso-link").focus();
+  await page.keyboard.press("Enter");
+  const person = page.locator("button", { hasText: `Sign in as ${ssoPerson}` });
+  await person.waitFor();
+  await shot(page, "issuer");
+  await person.click();
+  await page.locator("nav").waitFor({ state: "visible" });
+  const ssoWho = await page.locator("#who-name").textContent();
+  check(ssoWho === `${ssoPerson} (editor)`, `signed in by single sign-on as an editor (${ssoWho})`);
+  check(new URL(page.url()).origin === base && !page.url().includes("code="),
+    "back on the console, with no code left in the address");
+  await page.locator("h1", { hasText: "Overview" }).waitFor();
+  await shot(page, "sso");
+  await page.locator("#sign-out").click();
+  await page.locator("#token").waitFor({ state: "visible" });
+
+  // The secrets wizard, as an admin, by keyboard: workloads, requests, injection (with what
+  // the upstream sees), source (tested: readable or not, never the value), created; then a
+  // request through Envoy carries the credential.
+  await page.locator("#token").fill(admin);
+  await page.keyboard.press("Enter");
+  await page.locator("nav").waitFor({ state: "visible" });
+  await page.locator("nav a[href='#/secrets']").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("h1", { hasText: "Secrets" }).waitFor();
+  await page.locator("#new-secret").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("h1", { hasText: "New secret" }).waitFor();
+  const next = async () => { await page.locator("#w-next").focus(); await page.keyboard.press("Enter"); };
+  check(await page.evaluate(() => document.activeElement.id) === "w-name", "step 1 opens on its first field");
+  await page.keyboard.type("upstream-key");
+  await next();
+  await page.locator("#w-host").waitFor();
+  await page.keyboard.type("127.0.0.1");
+  await page.locator("[id='rules[0].paths']").focus();
+  await page.keyboard.type("/ok/wizard");
+  await page.keyboard.press("Enter");
+  await page.locator("input[type=checkbox]").first().focus();
+  await page.keyboard.press("Space");
+  await next();
+  await page.locator("#w-style").waitFor();
+  await page.locator("#w-plaintext").focus();
+  await page.keyboard.press("Space");
+  const upstreamSees = await page.locator("#upstream-preview").textContent();
+  check(upstreamSees.includes("GET /ok/wizard") && upstreamSees.includes("Authorization: Bearer <secret:upstream-key>"),
+    `the preview shows what the upstream sees, the credential as a marker (${upstreamSees.replace(/\n/g, " | ")})`);
+  await shot(page, "secret-wizard-inject");
+  await axe(page, "secret wizard, injection");
+  await next();
+  await page.locator("#w-source").waitFor();
+  await page.locator("#w-source-var").fill(`${secretEnv}_MISSING`);
+  await page.locator("#w-test").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("#w-test-result", { hasText: "Not readable" }).waitFor();
+  check(true, `an unset variable tests as not readable (${await page.locator("#w-test-result").textContent()})`);
+  await page.locator("#w-source-var").fill(secretEnv);
+  await page.locator("#w-test").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("#w-test-result", { hasText: "Readable" }).waitFor();
+  check(true, `the source tests as readable (${await page.locator("#w-test-result").textContent()})`);
+  const savedYaml = await page.locator("#secret-yaml").textContent();
+  check(savedYaml.includes("name: upstream-key") && savedYaml.includes(`var: ${secretEnv}`)
+    && savedYaml.includes("allow_plaintext: true"), "the YAML preview is the secret to be saved");
+  await shot(page, "secret-wizard-source");
+  await axe(page, "secret wizard, source");
+  await page.locator("#w-reason").fill("upstream needs a key");
+  await page.locator("#w-create").focus();
+  await page.keyboard.press("Enter");
+  await page.locator("#secrets-table td", { hasText: "upstream-key" }).waitFor();
+  check(true, "the secret is created and listed");
+  await shot(page, "secrets");
+  await axe(page, "secrets");
+  check(await viaProxy(reports.replace("/reports/q1", "/ok/wizard")) === 200, "a request through Envoy is let through (the upstream checks the credential)");
+  const onPage = await page.evaluate((v) => document.documentElement.outerHTML.includes(v), secretValue);
+  check(!onPage, "the secret's value is not on the page");
+  const secretLeaks = bodies.filter((b) => b.body.includes(secretValue)).map((b) => b.url);
+  check(secretLeaks.length === 0, `no response the browser received holds the secret's value (${bodies.length} responses; ${secretLeaks})`);
+  await page.locator("#sign-out").click();
+
+  const leaked = bodies.filter((b) => b.body.includes(token) || b.body.includes(viewer) || b.body.includes(admin));
   check(leaked.length === 0, `no response the browser received holds a token (${bodies.length} responses; ${leaked.map((b) => b.url)})`);
   check(errors.length === 0, `no script error (${errors.join("; ")})`);
   await context.close();

@@ -8,11 +8,18 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::common::postgres::TestDatabase;
 use crate::common::{Upstream, repo, wait_until};
-use crate::console::{EDITOR, VIEWER, gateway};
+use crate::console::{ADMIN, EDITOR, VIEWER, issuer, sso_gateway};
+
+/// The value of the secret the wizard creates: read by the gateway from its environment,
+/// never sent to the browser.
+const WIZARD_SECRET: &str = "wizard-upstream-credential-91b2e7";
 
 #[test]
 fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() {
+    // The console's whole journey on PostgreSQL, with a single sign-on issuer beside the
+    // admin tokens.
     let node_modules = repo().join("tests/browser/node_modules/playwright-core");
     assert!(
         node_modules.exists() && std::path::Path::new("/usr/bin/chromium").exists(),
@@ -20,7 +27,13 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
          (scripts/test does)"
     );
     let upstream = Upstream::start(None);
-    let gw = gateway("{}");
+    let db = TestDatabase::create();
+    let issuer = issuer();
+    let gw = sso_gateway(
+        &db.url,
+        &issuer,
+        vec![("PORTCULLIS_SECRET_UPSTREAM".into(), WIZARD_SECRET.into())],
+    );
     for policy in [
         json!({"name": "allow-upstream", "priority": 20, "action": "allow", "match_tags": [],
                "rules": [{"host": "127.0.0.1", "paths": ["/ok/*", "/x/*"]}]}),
@@ -66,8 +79,27 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
             ("CONSOLE_SHOTS", shots.display().to_string()),
             ("CONSOLE_PROXY", gw.proxy_port.to_string()),
             ("CONSOLE_REPORTS", format!("{base}/reports/q1")),
+            ("CONSOLE_ADMIN", ADMIN.to_owned()),
+            ("CONSOLE_SSO_PERSON", "ana@example.com".to_owned()),
+            (
+                "CONSOLE_SECRET_ENV",
+                "PORTCULLIS_SECRET_UPSTREAM".to_owned(),
+            ),
+            ("CONSOLE_SECRET_VALUE", WIZARD_SECRET.to_owned()),
         ],
     );
+    // The request the script sent after the wizard arrived with the credential.
+    let wizard = upstream
+        .seen()
+        .into_iter()
+        .find(|seen| seen.path == "/ok/wizard")
+        .expect("the request sent after the wizard reached the upstream");
+    assert_eq!(
+        wizard.header("authorization"),
+        Some(format!("Bearer {WIZARD_SECRET}").as_str())
+    );
+    assert!(issuer.rejections().is_empty(), "{:?}", issuer.rejections());
+    assert!(!gw.portcullis_log().contains(WIZARD_SECRET));
     for page in [
         "sign-in",
         "overview",
@@ -75,6 +107,13 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
         "audit",
         "playground",
         "policy",
+        "builder",
+        "tokens",
+        "issuer",
+        "sso",
+        "secrets",
+        "secret-wizard-inject",
+        "secret-wizard-source",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

@@ -7,36 +7,112 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Gateway, GatewayOptions, Reply, wait_until};
+use crate::common::issuer::{Forgery, Issuer, Person};
+use crate::common::{Gateway, GatewayOptions, Reply, curl, wait_until};
 
 pub const EDITOR: &str = "console-editor-token-5c1e";
 pub const VIEWER: &str = "console-viewer-token-8f0a";
+pub const ADMIN: &str = "console-admin-token-27d4";
 
-/// A gateway with an embedded store, an editor (`alice`) and a viewer (`dashboards`) admin
-/// token, and `admin.sessions` as given (`{}`: the defaults).
+/// A gateway with an embedded store, an editor (`alice`), a viewer (`dashboards`) and an
+/// admin (`root`) token, and `admin.sessions` as given (`{}`: the defaults).
 pub fn gateway(sessions: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap().keep();
     let url = format!("sqlite://{}", dir.join("store.db").display());
-    let config = format!(
+    console_gateway(&url, &format!("  sessions: {sessions}\n"), Vec::new())
+}
+
+/// The console's gateway on the store at `store_url`, with the two admin tokens and
+/// `admin_extra` (more of the `admin:` section, indented) and `env`.
+pub fn console_gateway(store_url: &str, admin_extra: &str, env: Vec<(String, String)>) -> Gateway {
+    Gateway::start(
+        &console_config(store_url, admin_extra),
+        console_options(env),
+    )
+}
+
+fn console_config(store_url: &str, admin_extra: &str) -> String {
+    format!(
         r#"
-store: {{url: "{url}"}}
+store:
+  url: "{store_url}"
+  secret_sources: {{env_prefixes: [PORTCULLIS_SECRET_]}}
 admin:
   tokens:
     - {{name: alice, role: editor, token: {{env: EDITOR_TOKEN}}}}
     - {{name: dashboards, role: viewer, token: {{env: VIEWER_TOKEN}}}}
-  sessions: {sessions}
-"#
-    );
-    Gateway::start(
-        &config,
-        GatewayOptions {
-            env: vec![
-                ("EDITOR_TOKEN".into(), EDITOR.into()),
-                ("VIEWER_TOKEN".into(), VIEWER.into()),
-            ],
-            ..GatewayOptions::default()
-        },
+    - {{name: root, role: admin, token: {{env: ADMIN_TOKEN}}}}
+{admin_extra}"#
     )
+}
+
+fn console_options(mut env: Vec<(String, String)>) -> GatewayOptions {
+    env.extend([
+        ("EDITOR_TOKEN".into(), EDITOR.into()),
+        ("VIEWER_TOKEN".into(), VIEWER.into()),
+        ("ADMIN_TOKEN".into(), ADMIN.into()),
+    ]);
+    GatewayOptions {
+        env,
+        ..GatewayOptions::default()
+    }
+}
+
+/// The stand-in issuer's client secret.
+pub const SSO_SECRET: &str = "sso-client-secret-3d9b71";
+
+/// `admin.oidc` for `issuer`, with `security` → editor and `auditors` → viewer, and the
+/// console's callback on `port`.
+fn oidc_section(issuer: &Issuer, port: u16, roles: &str) -> String {
+    format!(
+        r#"  oidc:
+    issuer: "{}"
+    client_id: portcullis-console
+    client_secret: {{env: SSO_SECRET}}
+    redirect_url: "http://127.0.0.1:{port}/v1/session/oidc/callback"
+    label: the stand-in issuer
+    roles: {roles}
+"#,
+        issuer.url()
+    )
+}
+
+const SSO_ROLES: &str = "{security: editor, auditors: viewer}";
+
+/// A console gateway on `store_url` signing in with `issuer`. The callback's port is known
+/// once the gateway has started: the config is rewritten with it, and the issuer told.
+pub fn sso_gateway(store_url: &str, issuer: &Issuer, mut env: Vec<(String, String)>) -> Gateway {
+    env.push(("SSO_SECRET".to_owned(), SSO_SECRET.to_owned()));
+    let gw = Gateway::start(
+        &console_config(store_url, &oidc_section(issuer, 9, SSO_ROLES)),
+        console_options(env),
+    );
+    set_sso_roles(&gw, store_url, issuer, SSO_ROLES);
+    gw
+}
+
+/// Rewrites `admin.oidc.roles` and the callback's port; waits for the gateway to use the
+/// port (a change of roles alone is waited for by the caller).
+fn set_sso_roles(gw: &Gateway, store_url: &str, issuer: &Issuer, roles: &str) {
+    let redirect = format!(
+        "http://127.0.0.1:{}/v1/session/oidc/callback",
+        gw.admin_port
+    );
+    issuer.set_redirect_uri(&redirect);
+    let config = console_config(store_url, &oidc_section(issuer, gw.admin_port, roles));
+    gw.write_config(&config);
+    let marker = crate::common::backends::url_form_encode(&redirect);
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        let begun = call(gw, "GET", "/v1/session/oidc", &[], None);
+        begun
+            .header("location")
+            .is_some_and(|l| l.contains(&format!("redirect_uri={marker}")))
+    });
+    assert!(
+        reloaded,
+        "the gateway never used the new admin.oidc\n{}",
+        gw.portcullis_log()
+    );
 }
 
 /// A call to the admin server with exactly these headers (no bearer token).
@@ -289,4 +365,400 @@ fn a_session_ends_when_idle_and_at_its_absolute_timeout() {
     let last = last.unwrap();
     assert!(ended, "still signed in: {last:?}");
     assert!(last.body.contains("expired"), "{last:?}");
+}
+
+// ---- Single sign-on ----
+
+/// The `name=value` of each `Set-Cookie` of a reply.
+fn set_cookies(reply: &Reply) -> Vec<String> {
+    reply
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, value)| value.clone())
+        .collect()
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().trim().to_owned()
+}
+
+/// A browser's single sign-on up to the issuer's redirect back: the binding cookie the
+/// console set (`portcullis_oidc=…`) and the callback URL the issuer sent the browser to.
+fn sso_until_callback(gw: &Gateway, issuer: &Issuer, email: &str) -> (String, String) {
+    let begun = call(gw, "GET", "/v1/session/oidc", &[], None);
+    assert_eq!(begun.status, 303, "{begun:?}");
+    let binding = set_cookies(&begun)
+        .into_iter()
+        .find(|c| c.starts_with("portcullis_oidc="))
+        .expect("a cookie binding the sign-in to this browser");
+    let attributes = binding.to_ascii_lowercase();
+    for attribute in ["httponly", "samesite=lax", "path=/v1/session/oidc"] {
+        assert!(attributes.contains(attribute), "{binding}");
+    }
+    let authorize = begun.header("location").unwrap().to_owned();
+    assert!(authorize.starts_with(&format!("{}/authorize?", issuer.url())));
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    let page = curl(gw.dir.path(), &[&authorize]);
+    assert_eq!(page.status, 200, "{page:?} {:?}", issuer.rejections());
+    let request = page
+        .body
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the issuer's sign-in page")
+        .to_owned();
+    let chosen = curl(
+        gw.dir.path(),
+        &[
+            "-X",
+            "POST",
+            &format!("{}/authorize", issuer.url()),
+            "--data-urlencode",
+            &format!("request={request}"),
+            "--data-urlencode",
+            &format!("person={email}"),
+        ],
+    );
+    assert_eq!(chosen.status, 303, "{chosen:?} {:?}", issuer.rejections());
+    (
+        cookie_pair(&binding),
+        chosen.header("location").unwrap().to_owned(),
+    )
+}
+
+/// The issuer's redirect followed, with `cookie` (or none).
+fn follow_callback(gw: &Gateway, callback: &str, cookie: Option<&str>) -> Reply {
+    let header = cookie.map(|c| format!("Cookie: {c}"));
+    let mut args = vec![callback];
+    if let Some(header) = &header {
+        args.extend(["-H", header.as_str()]);
+    }
+    curl(gw.dir.path(), &args)
+}
+
+/// A whole single sign-on as `email`: the callback's reply, and the session cookie header
+/// it set (when it did).
+fn sso_sign_in(gw: &Gateway, issuer: &Issuer, email: &str) -> (Reply, Option<String>) {
+    let (binding, callback) = sso_until_callback(gw, issuer, email);
+    let reply = follow_callback(gw, &callback, Some(&binding));
+    let session = set_cookies(&reply)
+        .into_iter()
+        .find(|c| c.starts_with("portcullis_session=") && !c.starts_with("portcullis_session=;"))
+        .map(|c| format!("Cookie: {}", cookie_pair(&c)));
+    (reply, session)
+}
+
+fn people() -> Vec<Person> {
+    vec![
+        Person::new("ana@example.com", &["security", "everyone"]),
+        Person::new("vic@example.com", &["auditors"]),
+        Person::new("eve@example.com", &["contractors"]),
+    ]
+}
+
+pub fn issuer() -> Issuer {
+    Issuer::start("portcullis-console", Some(SSO_SECRET), "unset", people())
+}
+
+fn embedded_store() -> String {
+    let dir = tempfile::tempdir().unwrap().keep();
+    format!("sqlite://{}", dir.join("store.db").display())
+}
+
+#[test]
+fn single_sign_on_opens_a_session_with_the_role_its_groups_map_to() {
+    let issuer = issuer();
+    let store = embedded_store();
+    let gw = sso_gateway(&store, &issuer, Vec::new());
+    let providers = call(&gw, "GET", "/v1/session/providers", &[], None);
+    assert_eq!(providers.status, 200, "{providers:?}");
+    assert_eq!(providers.json()["oidc"]["label"], "the stand-in issuer");
+
+    let (reply, session) = sso_sign_in(&gw, &issuer, "ana@example.com");
+    assert_eq!(reply.status, 303, "{reply:?}\n{}", gw.portcullis_log());
+    assert_eq!(reply.header("location"), Some("/"));
+    let session = session.expect("a session cookie");
+    let set = set_cookies(&reply).join("\n").to_ascii_lowercase();
+    assert!(
+        set.contains("httponly") && set.contains("samesite=strict"),
+        "{set}"
+    );
+    assert!(
+        set.contains("portcullis_oidc=;") && set.contains("max-age=0"),
+        "the binding cookie is cleared: {set}"
+    );
+    let me = call(&gw, "GET", "/v1/session", &[&session], None);
+    assert_eq!(me.status, 200, "{me:?}");
+    assert_eq!(me.json()["name"], "ana@example.com");
+    assert_eq!(me.json()["role"], "editor");
+    let csrf = format!(
+        "X-CSRF-Token: {}",
+        me.json()["csrf_token"].as_str().unwrap()
+    );
+    let created = call(
+        &gw,
+        "POST",
+        "/v1/policies",
+        &[&session, &csrf],
+        Some(&policy_body("made-by-sso")),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let history = call(
+        &gw,
+        "GET",
+        "/v1/policies/made-by-sso/history",
+        &[&session],
+        None,
+    );
+    assert_eq!(
+        history.json()["versions"][0]["operator"],
+        "ana@example.com",
+        "{history:?}"
+    );
+
+    // The ID token and the client secret reach neither the browser nor the log.
+    let id_tokens = issuer.id_tokens();
+    assert_eq!(id_tokens.len(), 1);
+    assert_eq!(
+        crate::common::issuer::claim(&id_tokens[0], "email"),
+        "ana@example.com"
+    );
+    let log = gw.portcullis_log();
+    for secret in [id_tokens[0].as_str(), SSO_SECRET] {
+        assert!(!reply.body.contains(secret) && !me.body.contains(secret));
+        assert!(!log.contains(secret), "a secret in the log");
+    }
+    assert!(issuer.rejections().is_empty(), "{:?}", issuer.rejections());
+
+    // A viewer reads and cannot write; a person whose groups map to nothing is refused.
+    let (_, viewer) = sso_sign_in(&gw, &issuer, "vic@example.com");
+    let viewer = viewer.expect("a viewer session");
+    let me = call(&gw, "GET", "/v1/session", &[&viewer], None);
+    assert_eq!(me.json()["role"], "viewer");
+    assert_eq!(me.json()["can"]["edit_policies"], false);
+    let csrf_v = format!(
+        "X-CSRF-Token: {}",
+        me.json()["csrf_token"].as_str().unwrap()
+    );
+    let refused = call(
+        &gw,
+        "POST",
+        "/v1/policies",
+        &[&viewer, &csrf_v],
+        Some(&policy_body("by-a-viewer")),
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let (reply, none) = sso_sign_in(&gw, &issuer, "eve@example.com");
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(none.is_none());
+    assert!(
+        reply.body.contains("contractors") && reply.body.contains("admin.oidc.roles"),
+        "{}",
+        reply.body
+    );
+
+    // Demoting a group in the config demotes its open sessions at their next call.
+    set_sso_roles(&gw, &store, &issuer, "{security: viewer, auditors: viewer}");
+    let demoted = wait_until(Duration::from_secs(10), || {
+        call(&gw, "GET", "/v1/session", &[&session], None).json()["role"] == "viewer"
+    });
+    assert!(demoted, "{}", gw.portcullis_log());
+    let refused = call(
+        &gw,
+        "POST",
+        "/v1/policies",
+        &[&session, &csrf],
+        Some(&policy_body("after-demotion")),
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+}
+
+#[test]
+fn single_sign_on_refuses_a_planted_code_a_replay_and_every_forged_id_token() {
+    let issuer = issuer();
+    let gw = sso_gateway(&embedded_store(), &issuer, Vec::new());
+    let refused = |reply: &Reply, status: u16, words: &str| {
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert!(reply.body.contains(words), "{words:?} in {}", reply.body);
+        assert!(
+            set_cookies(reply)
+                .iter()
+                .all(|c| !c.starts_with("portcullis_session=")),
+            "no session: {reply:?}"
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+    };
+
+    // The attacker's own sign-in, its callback planted in the victim's browser (a link or
+    // an image): the victim's browser began no sign-in, or another one.
+    let (_, planted) = sso_until_callback(&gw, &issuer, "eve@example.com");
+    refused(
+        &follow_callback(&gw, &planted, None),
+        400,
+        "no sign-in under way",
+    );
+    let (victims, _) = sso_until_callback(&gw, &issuer, "ana@example.com");
+    let (_, attackers) = sso_until_callback(&gw, &issuer, "ana@example.com");
+    refused(
+        &follow_callback(&gw, &attackers, Some(&victims)),
+        400,
+        "state mismatch",
+    );
+    // A callback completes once.
+    let (binding, callback) = sso_until_callback(&gw, &issuer, "ana@example.com");
+    assert_eq!(follow_callback(&gw, &callback, Some(&binding)).status, 303);
+    refused(
+        &follow_callback(&gw, &callback, Some(&binding)),
+        400,
+        "no sign-in under way",
+    );
+    // The issuer's own refusal: only its error code is repeated, never its description.
+    let (binding, callback) = sso_until_callback(&gw, &issuer, "ana@example.com");
+    let state = callback.split("state=").nth(1).unwrap();
+    let denied = format!(
+        "http://127.0.0.1:{}/v1/session/oidc/callback?error=access_denied&error_description=Call+555-0100&state={state}",
+        gw.admin_port
+    );
+    let reply = follow_callback(&gw, &denied, Some(&binding));
+    refused(&reply, 401, "access_denied");
+    assert!(!reply.body.contains("555"), "{}", reply.body);
+
+    for (forgery, words) in [
+        (Forgery::OtherAudience, "InvalidAudience"),
+        (Forgery::OtherNonce, "nonce"),
+        (Forgery::Expired, "ExpiredSignature"),
+        (Forgery::UnknownKey, "InvalidSignature"),
+        (
+            Forgery::SymmetricWithClientSecret,
+            "only asymmetric algorithms",
+        ),
+    ] {
+        issuer.forge(Some(forgery));
+        let (reply, session) = sso_sign_in(&gw, &issuer, "ana@example.com");
+        assert!(session.is_none(), "{forgery:?} opened a session");
+        refused(&reply, 401, words);
+        assert!(
+            reply.body.contains("ID token is refused"),
+            "{forgery:?}: {}",
+            reply.body
+        );
+    }
+    issuer.forge(None);
+    let (reply, session) = sso_sign_in(&gw, &issuer, "ana@example.com");
+    assert_eq!(reply.status, 303, "{reply:?}");
+    assert!(session.is_some());
+    // Every code was exchanged with its verifier: the issuer refused nothing.
+    assert!(issuer.rejections().is_empty(), "{:?}", issuer.rejections());
+}
+
+#[test]
+fn a_single_sign_on_config_is_checked_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sso.yaml");
+    std::fs::write(
+        &file,
+        "admin:\n  oidc:\n    issuer: http://idp.example.com\n    client_id: console\n    \
+         redirect_url: https://console.example.com/callback\n    scopes: [email]\n    \
+         roles: {}\n",
+    )
+    .unwrap();
+    let run = crate::common::run_portcullis(&["validate", file.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 1, "{}", run.printed());
+    let out = run.printed();
+    for expected in [
+        ":3:5: admin.oidc.issuer: \"http://idp.example.com\" is not https",
+        ":5:5: admin.oidc.redirect_url: \"https://console.example.com/callback\": the \
+         callback's path is /v1/session/oidc/callback",
+        ":6:5: admin.oidc.scopes: sign-in needs the `openid` scope",
+        ":7:5: admin.oidc.roles: map at least one value",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in\n{out}");
+    }
+}
+
+// ---- Testing a secret's source ----
+
+#[test]
+fn testing_a_secret_source_says_whether_it_reads_and_never_what_it_read() {
+    const VALUE: &str = "deploy-key-value-0e4a9c71";
+    let gw = console_gateway(
+        &embedded_store(),
+        "",
+        vec![("PORTCULLIS_SECRET_DEPLOY_KEY".into(), VALUE.into())],
+    );
+    let test = |token: &str, source: Value| {
+        gw.api(
+            "POST",
+            "/v1/secret-sources/test",
+            Some(token),
+            Some(&json!({"source": source}).to_string()),
+        )
+    };
+    let deploy_key = json!({"type": "env", "var": "PORTCULLIS_SECRET_DEPLOY_KEY"});
+    let readable = test(ADMIN, deploy_key.clone());
+    assert_eq!(readable.status, 200, "{readable:?}");
+    assert_eq!(readable.json()["readable"], true);
+    assert_eq!(
+        readable.json()["source"],
+        "env PORTCULLIS_SECRET_DEPLOY_KEY"
+    );
+    // Not read: an unset variable; a value that is not the JSON its json_key expects.
+    let unset = test(
+        ADMIN,
+        json!({"type": "env", "var": "PORTCULLIS_SECRET_NOT_SET"}),
+    );
+    assert_eq!(unset.json()["readable"], false, "{unset:?}");
+    assert!(
+        unset.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("PORTCULLIS_SECRET_NOT_SET"),
+        "{unset:?}"
+    );
+    let not_json = test(
+        ADMIN,
+        json!({"type": "env", "var": "PORTCULLIS_SECRET_DEPLOY_KEY", "json_key": "token"}),
+    );
+    assert_eq!(not_json.json()["readable"], false, "{not_json:?}");
+    assert!(not_json.body.contains("not a JSON object"), "{not_json:?}");
+    // Outside store.secret_sources, nothing is read: the test is no oracle for the other
+    // variables and files of the gateway host (its admin tokens among them).
+    let mut outside = Vec::new();
+    for source in [
+        json!({"type": "env", "var": "ADMIN_TOKEN"}),
+        json!({"type": "file", "path": "/etc/hostname"}),
+    ] {
+        let refused = test(ADMIN, source);
+        assert_eq!(refused.status, 422, "{refused:?}");
+        assert!(refused.body.contains("secret_sources"), "{refused:?}");
+        outside.push(refused);
+    }
+    // A source that is not one: every problem at its field, nothing read.
+    let invalid = test(ADMIN, json!({"type": "env"}));
+    assert_eq!(invalid.status, 422, "{invalid:?}");
+    assert!(invalid.body.contains("source"), "{invalid:?}");
+    // Only an admin (who may change secrets) may make the gateway host read a source.
+    for token in [EDITOR, VIEWER] {
+        let refused = test(token, deploy_key.clone());
+        assert_eq!(refused.status, 403, "{refused:?}");
+    }
+    for reply in [&readable, &unset, &not_json, &invalid]
+        .into_iter()
+        .chain(&outside)
+    {
+        assert!(
+            !reply.body.contains(VALUE),
+            "the value in an answer: {reply:?}"
+        );
+    }
+    for secret in [VALUE, ADMIN] {
+        assert!(!gw.portcullis_log().contains(secret), "a secret in the log");
+    }
 }

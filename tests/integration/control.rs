@@ -353,6 +353,9 @@ fn the_openapi_document_lists_every_endpoint_and_each_wants_a_token() {
             } else if path == "/v1/session" {
                 // The console's sign-in: public, and `{}` holds no token.
                 assert_eq!(reply.status, 422, "{method} {path}: {reply:?}");
+            } else if path.starts_with("/v1/session/oidc") {
+                // Single sign-on: public, and not configured here.
+                assert_eq!(reply.status, 404, "{method} {path}: {reply:?}");
             } else {
                 assert_eq!(reply.status, 200, "{method} {path}");
             }
@@ -770,4 +773,81 @@ fn secrets_written_through_the_api_are_injected_and_never_read_back() {
             path.display()
         );
     }
+}
+
+#[test]
+fn a_reorder_writes_every_priority_as_one_change_or_none_of_them() {
+    let upstream = Upstream::start(None);
+    let gw = sqlite_gateway();
+    assert_eq!(
+        create(&gw, &allow("broad-allow", 10, &["/r/*"])).status,
+        201
+    );
+    let deny = json!({"name": "narrow-deny", "priority": 20, "action": "deny",
+                      "rules": [{"host": "127.0.0.1", "paths": ["/r/*"]}]});
+    assert_eq!(create(&gw, &deny).status, 201);
+    let url = format!("http://127.0.0.1:{}/r/x", upstream.port());
+    assert_eq!(
+        gw.via_proxy(&[&url]).status,
+        200,
+        "broad-allow decides first"
+    );
+    let revision = || get(&gw, "/v1/status")["store_revision"].as_i64().unwrap();
+    let before = revision();
+    let reorder = |order: Value| {
+        post(
+            &gw,
+            "/v1/policy-order",
+            json!({"order": order, "reason": "deny first"}),
+        )
+    };
+
+    // One stale version refuses the whole change: nothing moves.
+    let stale = reorder(
+        json!([{"name": "narrow-deny", "version": 1, "priority": 10},
+                               {"name": "broad-allow", "version": 7, "priority": 20}]),
+    );
+    assert_eq!(stale.status, 409, "{stale:?}");
+    assert_eq!(
+        get(&gw, "/v1/policies/narrow-deny")["policy"]["priority"],
+        20
+    );
+    assert_eq!(get(&gw, "/v1/policies/narrow-deny")["version"], 1);
+    assert_eq!(revision(), before);
+    assert_eq!(gw.via_proxy(&[&url]).status, 200);
+    // Listed twice, or by a viewer: refused.
+    let twice = reorder(json!([{"name": "narrow-deny", "version": 1, "priority": 1},
+                               {"name": "narrow-deny", "version": 1, "priority": 2}]));
+    assert_eq!(twice.status, 422, "{twice:?}");
+    assert!(twice.body.contains("order[1].name"), "{twice:?}");
+    let by_viewer = gw.api(
+        "POST",
+        "/v1/policy-order",
+        Some(VIEWER),
+        Some(&json!({"order": [{"name": "narrow-deny", "version": 1, "priority": 1}]}).to_string()),
+    );
+    assert_eq!(by_viewer.status, 403, "{by_viewer:?}");
+
+    let done = reorder(
+        json!([{"name": "narrow-deny", "version": 1, "priority": 10},
+                              {"name": "broad-allow", "version": 1, "priority": 20}]),
+    );
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(
+        done.json()["reordered"],
+        json!([{"name": "narrow-deny", "version": 2}, {"name": "broad-allow", "version": 2}])
+    );
+    assert_eq!(revision(), before + 1, "one change, one store revision");
+    for name in ["narrow-deny", "broad-allow"] {
+        let history = get(&gw, &format!("/v1/policies/{name}/history"));
+        let newest = &history["versions"][1];
+        assert_eq!(newest["operation"], "reorder", "{history}");
+        assert_eq!(newest["reason"], "deny first");
+        assert_eq!(newest["operator"], "alice");
+    }
+    assert_eq!(
+        gw.via_proxy(&[&url]).status,
+        403,
+        "narrow-deny now decides first"
+    );
 }

@@ -88,6 +88,19 @@ function showSignIn(message) {
   document.getElementById("sign-in").hidden = false;
   document.getElementById("sign-in-error").textContent = message || "";
   document.getElementById("token").focus();
+  showSingleSignOn();
+}
+
+// The single sign-on button, when the server has an issuer (admin.oidc).
+async function showSingleSignOn() {
+  try {
+    const { oidc } = await api("GET", "/v1/session/providers");
+    if (!oidc) return;
+    const link = document.getElementById("sso-link");
+    link.textContent = `Sign in with ${oidc.label}`;
+    link.setAttribute("href", oidc.start);
+    document.getElementById("sso").hidden = false;
+  } catch (_) { /* token sign-in remains */ }
 }
 
 function signedIn(me) {
@@ -121,9 +134,9 @@ async function signOut() {
 
 // ------------------------------------------------------------------ pages
 
-const PAGES = { overview, policies, policy, builder, playground, audit, tokens };
+const PAGES = { overview, policies, policy, builder, playground, audit, secrets, "secret-wizard": secretWizard, tokens };
 // Pages reached from another one, highlighted under it in the navigation.
-const PARENT = { policy: "policies", builder: "policies" };
+const PARENT = { policy: "policies", builder: "policies", "secret-wizard": "secrets" };
 
 function route() {
   if (!state.me) return;
@@ -306,21 +319,110 @@ async function policies(root, params) {
   const body = el("tbody");
   const pager = el("div", { class: "pager" });
   const count = el("span", { class: "muted", role: "status" });
+  const byName = new Map(rows.map((r) => [r.name, r]));
+  // The decision order as listed (by priority; the sort is stable), and the new one while
+  // a reorder is pending.
+  const listedOrder = () => [...rows].sort((a, b) => a.priority - b.priority).map((r) => r.name);
+  let order = null;
+  const reorderBar = el("div", { id: "reorder-bar", class: "card", hidden: true });
+  const reorderable = () => canEdit() && view.sort === "priority" && !view.desc && !view.search && !view.action && !view.status;
+
+  // Moves a row; `keep` is the label of the arrow button to keep the focus on (the rows
+  // are drawn again), for keyboard use.
+  function move(name, to, keep) {
+    if (!order) order = listedOrder();
+    const from = order.indexOf(name);
+    if (from < 0 || to < 0 || to >= order.length || to === from) return;
+    order.splice(from, 1);
+    order.splice(to, 0, name);
+    render();
+    if (keep) {
+      const buttons = [...body.querySelectorAll("button.icon")].filter((b) => b.getAttribute("aria-label").startsWith(`Move ${name} `));
+      const target = buttons.find((b) => b.getAttribute("aria-label") === keep && !b.disabled) || buttons.find((b) => !b.disabled);
+      if (target) target.focus();
+    }
+    const moved = placements();
+    status(`${name} moved to position ${to + 1}.`);
+    drawReorderBar(moved);
+  }
+
+  // New priorities that make the pending order the decision order: the moved span takes
+  // the span's old priorities in its new order, each strictly after the one before it
+  // (bumping the rows after it only as far as needed).
+  function placements() {
+    if (!order) return [];
+    const before = listedOrder();
+    const first = order.findIndex((n, i) => n !== before[i]);
+    if (first < 0) return [];
+    let last = order.length - 1;
+    while (last > first && order[last] === before[last]) last -= 1;
+    const old = before.slice(first, last + 1).map((n) => byName.get(n).priority).sort((a, b) => a - b);
+    const next = [];
+    let prev = first > 0 ? byName.get(order[first - 1]).priority : -Infinity;
+    for (let i = first; i < order.length; i += 1) {
+      const r = byName.get(order[i]);
+      let p = i <= last ? old[i - first] : r.priority;
+      if (p <= prev) p = prev + 1;
+      else if (i > last) break;
+      if (p !== r.priority) next.push({ name: r.name, version: r.version, priority: p });
+      prev = p;
+    }
+    return next;
+  }
+
+  function drawReorderBar(moved) {
+    reorderBar.hidden = moved.length === 0 && !order;
+    const reason = el("input", { id: "reorder-reason", placeholder: "why (recorded with each version)" });
+    fill(reorderBar,
+      el("p", {}, moved.length
+        ? `New order: ${moved.length} ${moved.length === 1 ? "policy gets" : "policies get"} a new priority (${moved.map((m) => `${m.name} → ${m.priority}`).join(", ")}), saved as one change.`
+        : "The order is unchanged."),
+      el("div", { class: "controls" },
+        el("label", { for: "reorder-reason" }, "Reason", reason),
+        el("button", { type: "button", id: "reorder-save", disabled: moved.length === 0, "on:click": async () => {
+          try {
+            await api("POST", "/v1/policy-order", { order: moved, reason: reason.value || null });
+            status("The new order is saved.");
+            route();
+          } catch (e) {
+            fill(reorderBar, el("p", { class: "error", role: "alert" }, e.message));
+          }
+        } }, "Save order"),
+        el("button", { type: "button", id: "reorder-discard", "on:click": () => { order = null; reorderBar.hidden = true; render(); } }, "Discard")));
+  }
 
   function render() {
     const q = view.search.toLowerCase();
-    let shown = rows.filter((r) => (!q || r.name.toLowerCase().includes(q) || r.tags.some((t) => t.toLowerCase().includes(q)))
-      && (!view.action || r.action === view.action) && (!view.status || r.status === view.status));
-    shown.sort((a, b) => {
-      const x = a[view.sort], y = b[view.sort];
-      const c = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
-      return view.desc ? -c : c;
-    });
+    let shown;
+    if (order && reorderable()) {
+      shown = order.map((n) => byName.get(n));
+    } else {
+      shown = rows.filter((r) => (!q || r.name.toLowerCase().includes(q) || r.tags.some((t) => t.toLowerCase().includes(q)))
+        && (!view.action || r.action === view.action) && (!view.status || r.status === view.status));
+      shown.sort((a, b) => {
+        const x = a[view.sort], y = b[view.sort];
+        const c = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
+        return view.desc ? -c : c;
+      });
+    }
     const pages = Math.max(1, Math.ceil(shown.length / PAGE_SIZE));
     view.page = Math.min(view.page, pages - 1);
     count.textContent = `${shown.length} of ${rows.length} policies`;
-    shown = shown.slice(view.page * PAGE_SIZE, (view.page + 1) * PAGE_SIZE);
-    fill(body, ...shown.map((r) => el("tr", {},
+    const offset = view.page * PAGE_SIZE;
+    shown = shown.slice(offset, offset + PAGE_SIZE);
+    const canMove = reorderable();
+    moveHeader.hidden = !canEdit();
+    fill(body, ...shown.map((r, i) => el("tr", canMove ? { draggable: "true", "data-name": r.name,
+      "on:dragstart": (e) => { e.dataTransfer.setData("text/plain", r.name); e.dataTransfer.effectAllowed = "move"; },
+      "on:dragover": (e) => { e.preventDefault(); e.dataTransfer.dropEffect = "move"; },
+      "on:drop": (e) => { e.preventDefault(); move(e.dataTransfer.getData("text/plain"), (order || listedOrder()).indexOf(r.name)); },
+    } : { "data-name": r.name },
+      canEdit() ? el("td", { class: "move" }, canMove ? [
+        el("span", { class: "grip", "aria-hidden": "true", title: "Drag to reorder" }, "⠿"),
+        el("button", { type: "button", class: "icon", "aria-label": `Move ${r.name} up`, disabled: offset + i === 0,
+          "on:click": () => move(r.name, offset + i - 1, `Move ${r.name} up`) }, "↑"),
+        el("button", { type: "button", class: "icon", "aria-label": `Move ${r.name} down`, disabled: offset + i === rows.length - 1,
+          "on:click": () => move(r.name, offset + i + 1, `Move ${r.name} down`) }, "↓")] : null) : null,
       el("td", {}, el("a", { href: `#/policy?name=${encodeURIComponent(r.name)}` }, r.name)),
       el("td", { class: `action-${r.action}` }, r.action),
       el("td", {}, r.priority),
@@ -334,6 +436,7 @@ async function policies(root, params) {
       el("button", { type: "button", disabled: view.page >= pages - 1, "on:click": () => { view.page += 1; render(); } }, "Next"));
   }
 
+  const moveHeader = el("th", { scope: "col" }, el("span", { class: "visually-hidden" }, "Order"));
   const header = (label, key) => el("th", { scope: "col", "aria-sort": view.sort === key ? (view.desc ? "descending" : "ascending") : null },
     el("button", { type: "button", "on:click": () => {
       view.desc = view.sort === key ? !view.desc : false;
@@ -342,7 +445,7 @@ async function policies(root, params) {
       for (const th of root.querySelectorAll("th")) th.removeAttribute("aria-sort");
       th_(key).setAttribute("aria-sort", view.desc ? "descending" : "ascending");
     } }, label));
-  const headers = { name: header("Name", "name"), action: header("Action", "action"), priority: header("Priority", "priority"),
+  const headers = { move: moveHeader, name: header("Name", "name"), action: header("Action", "action"), priority: header("Priority", "priority"),
     tags: el("th", { scope: "col" }, "Scope tags"), status: header("Status", "status"), fires: header(`Fires (${win})`, "fires") };
   const th_ = (key) => headers[key];
 
@@ -361,7 +464,9 @@ async function policies(root, params) {
           ["", "active", "disabled", "draft"].map((a) => el("option", { value: a }, a || "any")))),
       windowSelect("policy-window", win, (w) => { location.hash = `#/policies?window=${w}`; }),
       count),
-    el("table", {}, el("thead", {}, el("tr", {}, Object.values(headers))), body),
+    canEdit() ? el("p", { class: "muted small" }, "Sorted by priority without a filter, drag a row (or use its arrows) to change the decision order.") : null,
+    reorderBar,
+    el("table", { id: "policies-table" }, el("thead", {}, el("tr", {}, Object.values(headers))), body),
     pager,
   );
   render();
@@ -764,6 +869,201 @@ function showDecision(out, r) {
         up.removed_headers.length ? el("p", {}, `Removed: ${up.removed_headers.join(", ")}`) : null)
       : el("p", {}, `Nothing: the workload gets ${up.status} ${up.type} (${up.reason}): ${up.message}`),
   );
+}
+
+// ------------------------------------------------------------------ secrets
+
+const canEditSecrets = () => Boolean(state.me && state.me.can && state.me.can.edit_secrets);
+
+function sourceSummary(source) {
+  const where = source.var || source.path || source.secret_id || source.parameter || source.address || "";
+  return `${source.type}${where ? ` ${where}` : ""}${source.json_key ? ` [${source.json_key}]` : ""}`;
+}
+
+async function secrets(root) {
+  const listed = await api("GET", "/v1/secrets");
+  fill(root,
+    el("h1", {}, "Secrets"),
+    el("p", { class: "muted" }, "Credentials the gateway puts on requests as they leave. Values are read on the gateway host and never shown here."),
+    canEditSecrets() ? el("p", {}, el("a", { class: "button", href: "#/secret-wizard", id: "new-secret" }, "New secret")) : null,
+    listed.secrets.length ? el("table", { id: "secrets-table" },
+      el("thead", {}, el("tr", {}, ["Name", "Workloads", "Requests", "Injected as", "Source", "Version"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, listed.secrets.map((x) => el("tr", {},
+        el("td", {}, x.name),
+        el("td", {}, (x.secret.match_tags || []).length ? x.secret.match_tags.map((t) => el("span", { class: "pill" }, t)) : "every workload"),
+        el("td", {}, x.secret.rules.map((r) => `${(r.methods || []).join("/") || "any"} ${r.host}${(r.paths || []).join(", ")}`).join("; ")),
+        el("td", {}, x.secret.inject.style),
+        el("td", {}, sourceSummary(x.secret.source)),
+        el("td", {}, String(x.version))))))
+      : el("p", { class: "muted" }, "No stored secrets."));
+}
+
+const SOURCE_FIELDS = {
+  env: [["var", "Environment variable", "PORTCULLIS_SECRET_GITHUB"]],
+  file: [["path", "File", "/run/portcullis/secrets/github"]],
+  aws_secrets_manager: [["secret_id", "Secret ID or ARN", "prod/github"], ["region", "Region", "eu-west-1"]],
+  aws_ssm: [["parameter", "Parameter", "/prod/github/token"], ["region", "Region", "eu-west-1"]],
+  vault: [["address", "Vault address", "https://vault.internal:8200"], ["mount", "Mount", "secret"], ["path", "Path", "app/github"]],
+};
+
+const WIZARD_STEPS = ["Which workloads", "Which requests", "How it is injected", "Where the value comes from"];
+
+// A secret in four steps; every step's fields stay in one draft, and the last step tests
+// the source (readable or not, never the value) before the secret is created.
+async function secretWizard(root) {
+  if (!canEditSecrets()) {
+    fill(root, el("p", { class: "error", role: "alert" }, "Only an admin may create secrets."));
+    return;
+  }
+  const d = { name: "", match_tags: [], rule: { host: "", paths: [], methods: [] },
+    style: "bearer", username: "", header: "x-api-key", format: "{{ value }}", allow_plaintext: false,
+    source: { type: "env" }, json_key: "" };
+  let step = 0;
+  const body = el("div", { id: "wizard-step" });
+  const steps = el("ol", { class: "steps", "aria-label": "Steps" });
+  const errors = el("div", { role: "alert" });
+  const preview = el("pre", { id: "secret-yaml", class: "definition", tabindex: "0", "aria-label": "What will be saved, as YAML" });
+
+  function draft() {
+    const rule = { host: d.rule.host.trim() };
+    if (d.rule.paths.length) rule.paths = d.rule.paths.slice();
+    if (d.rule.methods.length) rule.methods = d.rule.methods.slice();
+    const inject = { style: d.style };
+    if (d.style === "basic") inject.username = d.username;
+    if (d.style === "custom") { inject.header = d.header.trim(); inject.format = d.format; }
+    const source = {};
+    for (const [k, v] of Object.entries(d.source)) if (String(v).trim()) source[k] = String(v).trim();
+    if (d.json_key.trim()) source.json_key = d.json_key.trim();
+    const secret = { name: d.name.trim() };
+    if (d.match_tags.length) secret.match_tags = d.match_tags.slice();
+    secret.rules = [rule];
+    secret.source = source;
+    secret.inject = inject;
+    if (d.allow_plaintext) secret.allow_plaintext = true;
+    return secret;
+  }
+
+  // What the upstream receives, the credential as a marker (the value is never here).
+  function upstreamPreview() {
+    const marker = `<secret:${d.name.trim() || "name"}>`;
+    const method = d.rule.methods[0] || "GET";
+    const path = (d.rule.paths[0] || "/").replace(/\*.*$/, "");
+    const line = `${method} ${path} HTTP/1.1\nHost: ${d.rule.host || "…"}`;
+    if (d.style === "bearer") return `${line}\nAuthorization: Bearer ${marker}`;
+    if (d.style === "basic") return `${line}\nAuthorization: Basic base64(${d.username || "username"}:${marker})`;
+    return `${line}\n${d.header || "x-api-key"}: ${d.format.replace(/\{\{\s*(\.Value|value)\s*\}\}/g, marker).replace(/\{\{\s*base64 value\s*\}\}/g, `base64(${marker})`)}`;
+  }
+
+  const text = (id, label, target, key, attrs = {}) => el("div", { class: "field", "data-path": attrs.path || key },
+    el("label", { for: id }, label),
+    el("input", { id, value: target[key], ...attrs, path: null,
+      "on:input": (e) => { target[key] = e.target.value; redraw(false); } }));
+
+  function drawStep() {
+    fill(steps, WIZARD_STEPS.map((title, i) => el("li", { "aria-current": i === step ? "step" : null, class: i < step ? "done" : null }, title)));
+    const views = [
+      () => [el("p", { class: "muted" }, "Only workloads carrying every tag get this credential; none: every workload."),
+        text("w-name", "Secret name", d, "name", { path: "name", placeholder: "github" }),
+        pills("match_tags", "Workload tags", d.match_tags, () => redraw(false))],
+      () => [el("p", { class: "muted" }, "Only requests matching this rule carry the credential: scope it narrowly."),
+        text("w-host", "Host", d.rule, "host", { path: "rules[0].host", placeholder: "api.github.com" }),
+        pills("rules[0].paths", "Paths (none: any)", d.rule.paths, () => redraw(false)),
+        el("fieldset", { class: "checks", "data-path": "rules[0].methods" }, el("legend", {}, "Methods (none: any)"),
+          METHODS.filter((m) => m !== "CONNECT").map((m) => el("label", {}, el("input", { type: "checkbox", checked: d.rule.methods.includes(m),
+            "on:change": (e) => { if (e.target.checked) d.rule.methods.push(m); else d.rule.methods.splice(d.rule.methods.indexOf(m), 1); redraw(false); } }), m)))],
+      () => [el("div", { class: "field", "data-path": "inject.style" }, el("label", { for: "w-style" }, "Injected as"),
+          el("select", { id: "w-style", "on:change": (e) => { d.style = e.target.value; redraw(true); } },
+            [["bearer", "Authorization: Bearer"], ["basic", "Authorization: Basic (username and value)"], ["custom", "A header of your choosing"]]
+              .map(([v, label]) => el("option", { value: v, selected: v === d.style }, label)))),
+        d.style === "basic" ? text("w-username", "Username", d, "username", { path: "inject.username" }) : null,
+        d.style === "custom" ? [text("w-header", "Header", d, "header", { path: "inject.header" }),
+          text("w-format", "Format", d, "format", { path: "inject.format", size: 40 })] : null,
+        el("label", { class: "inline" }, el("input", { type: "checkbox", id: "w-plaintext", checked: d.allow_plaintext,
+          "on:change": (e) => { d.allow_plaintext = e.target.checked; redraw(false); } }),
+          " Also on plaintext HTTP requests (the credential then crosses the network in clear)"),
+        el("h2", {}, "What the upstream sees"),
+        el("pre", { id: "upstream-preview", class: "definition" }, upstreamPreview())],
+      () => [el("div", { class: "field", "data-path": "source.type" }, el("label", { for: "w-source" }, "Source"),
+          el("select", { id: "w-source", "on:change": (e) => { d.source = { type: e.target.value }; redraw(true); } },
+            Object.keys(SOURCE_FIELDS).map((t) => el("option", { value: t, selected: t === d.source.type }, t)))),
+        SOURCE_FIELDS[d.source.type].map(([key, label, placeholder]) => {
+          if (d.source[key] === undefined) d.source[key] = "";
+          return text(`w-source-${key}`, label, d.source, key, { path: `source.${key}`, placeholder });
+        }),
+        text("w-json-key", "JSON field (when the value is a JSON object)", d, "json_key", { path: "source.json_key" }),
+        el("div", { class: "controls" },
+          el("button", { type: "button", id: "w-test", "on:click": testSource }, "Test the source"),
+          el("p", { id: "w-test-result", role: "status" }))],
+    ];
+    fill(body, el("h2", {}, `Step ${step + 1} of 4: ${WIZARD_STEPS[step]}`), views[step]());
+  }
+
+  function redraw(structure) {
+    preview.textContent = yaml(draft()).trimStart();
+    const upstream = root.querySelector("#upstream-preview");
+    if (upstream) upstream.textContent = upstreamPreview();
+    if (structure) drawStep();
+  }
+
+  async function testSource() {
+    const out = root.querySelector("#w-test-result");
+    out.textContent = "Reading…";
+    out.className = "";
+    try {
+      const r = await api("POST", "/v1/secret-sources/test", { source: draft().source });
+      out.textContent = r.readable ? `Readable: ${r.source} answered in ${r.elapsed_ms} ms.` : `Not readable: ${r.error}`;
+      out.className = r.readable ? "action-allow" : "error";
+    } catch (e) {
+      out.textContent = e.message;
+      out.className = "error";
+    }
+  }
+
+  function showErrors(e) {
+    for (const old of root.querySelectorAll(".field-error")) old.remove();
+    const list = (e.body && e.body.error && e.body.error.errors) || [];
+    fill(errors, el("p", { class: "error" }, e.message),
+      el("ul", {}, list.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
+    for (const x of list) {
+      const path = x.path.replace(/^secret\.?/, "");
+      const node = [...root.querySelectorAll("[data-path]")].find((n) => path.startsWith(n.getAttribute("data-path")));
+      if (node) node.append(el("p", { class: "error field-error" }, x.message));
+    }
+  }
+
+  async function create() {
+    fill(errors);
+    try {
+      await api("POST", "/v1/secrets", { secret: draft(), reason: reason.value || null });
+      location.hash = "#/secrets";
+    } catch (e) {
+      showErrors(e);
+    }
+  }
+
+  const reason = el("input", { id: "w-reason", placeholder: "why (recorded with the version)" });
+  const back = el("button", { type: "button", id: "w-back", "on:click": () => { step -= 1; nav(); } }, "Back");
+  const next = el("button", { type: "button", id: "w-next", "on:click": () => { step += 1; nav(); } }, "Next");
+  const finish = el("div", { class: "controls", id: "w-finish" },
+    el("label", { for: "w-reason" }, "Reason", reason),
+    el("button", { type: "button", id: "w-create", "on:click": create }, "Create secret"));
+  function nav() {
+    back.hidden = step === 0;
+    next.hidden = step === 3;
+    finish.hidden = step !== 3;
+    drawStep();
+    redraw(false);
+    const first = body.querySelector("input, select");
+    if (first) first.focus();
+  }
+  fill(root,
+    el("h1", {}, "New secret"),
+    steps,
+    el("div", { class: "builder" },
+      el("div", { class: "builder-form" }, body, el("div", { class: "controls" }, back, next), finish, errors),
+      el("div", { class: "builder-preview" }, el("h2", {}, "What will be saved"), preview,
+        el("p", { class: "muted" }, "The value is read on the gateway host; it is never sent to this page."))));
+  nav();
 }
 
 // ------------------------------------------------------------------ enrollment tokens

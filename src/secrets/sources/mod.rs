@@ -298,3 +298,36 @@ fn identity_of(config: &SourceConfig) -> u64 {
         .hash(&mut hasher);
     hasher.finish()
 }
+
+/// What reading a source once said: whether it could be read, and if not, why. The value
+/// itself is dropped here: this is what the console's "test the source" shows.
+#[derive(Debug)]
+pub struct Probe {
+    /// The source, as errors name it (`env GITHUB_TOKEN`).
+    pub description: String,
+    /// `Ok` when a non-empty value was read; the error otherwise (it never holds a value).
+    pub outcome: Result<(), String>,
+    pub elapsed: Duration,
+}
+
+/// Reads `config` once, uncached, with a deadline; errors are the config's, relative to
+/// the source.
+pub async fn probe(config: &SourceConfig, deadline: Duration) -> Result<Probe, Vec<FieldError>> {
+    let source = compile(config, &SourceContext::new())?;
+    let cache = SourceCache::new();
+    let started = std::time::Instant::now();
+    let outcome = match tokio::time::timeout(deadline, source.fetch(&cache)).await {
+        Ok(Ok(_value)) => Ok(()),
+        Ok(Err(e)) => Err(e.0),
+        Err(_) => Err(format!(
+            "{}: no answer within {}s",
+            source.description,
+            deadline.as_secs()
+        )),
+    };
+    Ok(Probe {
+        description: source.description.clone(),
+        outcome,
+        elapsed: started.elapsed(),
+    })
+}

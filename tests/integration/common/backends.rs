@@ -79,36 +79,70 @@ fn form_decode(text: &str) -> String {
 
 /// A backend's answer: status, JSON body, what it waits for before it is sent, and what to
 /// do as it is sent.
-struct Answer {
+pub(super) struct Answer {
     status: u16,
     body: Value,
+    /// Sent in place of the JSON body (boxed: most answers are JSON).
+    page: Option<Box<Page>>,
     /// Held while this says `true`.
     held: Option<tokio::sync::watch::Receiver<bool>>,
     on_send: Option<Box<dyn FnOnce() + Send>>,
 }
 
+/// A body other than JSON, with headers.
+struct Page {
+    content_type: &'static str,
+    text: String,
+    headers: Vec<(&'static str, String)>,
+}
+
 impl Answer {
-    fn json(status: u16, body: Value) -> Answer {
+    pub(super) fn json(status: u16, body: Value) -> Answer {
         Answer {
             status,
             body,
+            page: None,
             held: None,
             on_send: None,
         }
     }
+
+    /// An HTML page.
+    pub(super) fn html(status: u16, text: String) -> Answer {
+        Answer {
+            page: Some(Box::new(Page {
+                content_type: "text/html; charset=utf-8",
+                text,
+                headers: Vec::new(),
+            })),
+            ..Answer::json(status, Value::Null)
+        }
+    }
+
+    /// A `303 See Other` to `location`.
+    pub(super) fn redirect(location: String) -> Answer {
+        Answer {
+            page: Some(Box::new(Page {
+                content_type: "text/plain",
+                text: String::new(),
+                headers: vec![("location", location)],
+            })),
+            ..Answer::json(303, Value::Null)
+        }
+    }
 }
 
-type Handler = Arc<dyn Fn(&Received) -> Answer + Send + Sync>;
+pub(super) type Handler = Arc<dyn Fn(&Received) -> Answer + Send + Sync>;
 
 /// A small HTTP/1 server on its own runtime: records every request, answers with `handler`.
-struct Server {
+pub(super) struct Server {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 impl Server {
-    fn start(handler: Handler) -> Server {
+    pub(super) fn start(handler: Handler) -> Server {
         let (runtime, listener, addr) = super::loopback_server();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let record = received.clone();
@@ -134,11 +168,11 @@ impl Server {
         }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(super) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
@@ -195,10 +229,19 @@ async fn serve(
     if let Some(on_send) = answer.on_send {
         on_send();
     }
-    Ok(Response::builder()
-        .status(answer.status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(answer.body.to_string())))
+    let mut response = Response::builder().status(answer.status);
+    let (content_type, body) = match answer.page {
+        Some(page) => {
+            for (name, value) in &page.headers {
+                response = response.header(*name, value);
+            }
+            (page.content_type, page.text)
+        }
+        None => ("application/json", answer.body.to_string()),
+    };
+    Ok(response
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
         .unwrap())
 }
 
@@ -893,7 +936,7 @@ pub fn fixture_key(name: &str) -> String {
     std::fs::read_to_string(repo().join("tests/fixtures/keys").join(name)).unwrap()
 }
 
-fn pem_der(pem: &str) -> Vec<u8> {
+pub(super) fn pem_der(pem: &str) -> Vec<u8> {
     let body: String = pem
         .lines()
         .filter(|l| !l.starts_with("-----"))
