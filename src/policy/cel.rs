@@ -162,12 +162,22 @@ impl TryFrom<String> for CelExpr {
         if let Some(problem) = unknown_field(&code) {
             return Err(format!("CEL expression {source:?}: {problem}"));
         }
+        let type_error = types::check(program.expression()).err();
         let expr = CelExpr {
             reads_body: identifiers(&code).any(|word| BODY_FIELDS.contains(&word)),
             reads: Reads::of(&code, &variables),
             source: Arc::from(source.as_str()),
             program: Arc::new(program),
         };
+        if let Some(error) = type_error {
+            let at = extent_of(&expr.program, error.id)
+                .map(|(start, end)| expr.position(start, end))
+                .unwrap_or_default();
+            return Err(format!(
+                "CEL expression {source:?} has a type error: {}{at}",
+                error.message
+            ));
+        }
         expr.check()?;
         Ok(expr)
     }
@@ -268,8 +278,11 @@ impl CelExpr {
                 // `headers` or `labels`, which vary per request.
                 Err(ExecutionError::NoSuchKey(_)) => {}
                 Err(error) => {
+                    let at = failing_part(&self.program, &context)
+                        .map(|(start, end)| self.position(start, end))
+                        .unwrap_or_default();
                     return Err(format!(
-                        "CEL expression {:?} is not valid for a request: {}",
+                        "CEL expression {:?} is not valid for a request: {}{at}",
                         &*self.source,
                         one_line(&error.to_string())
                     ));
@@ -278,6 +291,108 @@ impl CelExpr {
         }
         Ok(())
     }
+}
+
+impl CelExpr {
+    /// ` at L:C-L:C (`text`)`: where the characters `start..=end` of the source are
+    /// (lines and columns from 1), and what they say.
+    fn position(&self, start: usize, end: usize) -> String {
+        let line_column = |offset: usize| {
+            let before: String = self.source.chars().take(offset).collect();
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{line}:{column}")
+        };
+        let text: String = self
+            .source
+            .chars()
+            .skip(start)
+            .take(end + 1 - start)
+            .collect();
+        format!(
+            " at {}-{} (`{}`)",
+            line_column(start),
+            line_column(end),
+            one_line(&text)
+        )
+    }
+}
+
+/// The parts of a node that are evaluated alone: not a macro's body, which uses its
+/// variable.
+fn parts(e: &cel::IdedExpr) -> Vec<&cel::IdedExpr> {
+    use cel::common::ast::Expr;
+    match &e.expr {
+        Expr::Call(call) => call.target.iter().map(|t| &**t).chain(&call.args).collect(),
+        Expr::Select(select) => vec![&select.operand],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Comprehension(c) => vec![&c.iter_range],
+        _ => Vec::new(),
+    }
+}
+
+/// Every part of a node, macro bodies included.
+fn all_parts(e: &cel::IdedExpr) -> Vec<&cel::IdedExpr> {
+    match &e.expr {
+        cel::common::ast::Expr::Comprehension(c) => {
+            vec![
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ]
+        }
+        _ => parts(e),
+    }
+}
+
+/// The first and last character offsets in the source of the node `id` and its parts.
+fn extent_of(program: &Program, id: u64) -> Option<(usize, usize)> {
+    fn find(e: &cel::IdedExpr, id: u64) -> Option<&cel::IdedExpr> {
+        if e.id == id {
+            return Some(e);
+        }
+        all_parts(e).into_iter().find_map(|p| find(p, id))
+    }
+    fn extent(
+        e: &cel::IdedExpr,
+        info: &cel::common::ast::SourceInfo,
+        span: &mut Option<(u32, u32)>,
+    ) {
+        if let Some((start, mut stop)) = info.offset_for(e.id) {
+            // A selection is placed at its dot: the field's name follows.
+            if let cel::common::ast::Expr::Select(select) = &e.expr {
+                stop = stop.max(start + select.field.chars().count() as u32);
+            }
+            *span = Some(span.map_or((start, stop), |(s, t)| (s.min(start), t.max(stop))));
+        }
+        for part in all_parts(e) {
+            extent(part, info, span);
+        }
+    }
+    let node = find(program.expression(), id)?;
+    let mut span = None;
+    extent(node, program.source_info(), &mut span);
+    span.map(|(start, stop)| (start as usize, stop as usize))
+}
+
+/// The smallest part of `program` that fails with `context` for a reason other than a
+/// missing key: its first and last character offsets in the source. Parts inside a macro's
+/// body are not evaluated alone (they use its variable): the macro call is the part.
+fn failing_part(program: &Program, context: &Context) -> Option<(usize, usize)> {
+    fn deepest<'e>(e: &'e cel::IdedExpr, context: &Context) -> Option<&'e cel::IdedExpr> {
+        if let Some(found) = parts(e).into_iter().find_map(|c| deepest(c, context)) {
+            return Some(found);
+        }
+        match Value::resolve(e, context) {
+            Ok(_)
+            | Err(ExecutionError::NoSuchKey(_))
+            | Err(ExecutionError::UndeclaredReference(_)) => None,
+            Err(_) => Some(e),
+        }
+    }
+    extent_of(program, deepest(program.expression(), context)?.id)
 }
 
 /// Sample requests for [`CelExpr::check`]: an MCP tool call with arguments and a JSON
@@ -561,3 +676,4 @@ fn unknown_field(code: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+mod types;

@@ -248,9 +248,20 @@ try {
   await page.locator("#b-impact").click();
   await page.locator("[data-path='rules[0].host'] .field-error").waitFor();
   check(true, "an empty host is reported at the host field");
-  await page.locator("[data-path='rules[0].cel'] .field-error").waitFor();
-  const celError = await page.locator("[data-path='rules[0].cel'] .field-error").textContent();
+  await page.locator("[data-path='rules[0].cel'] p.field-error").waitFor();
+  const celError = await page.locator("[data-path='rules[0].cel'] p.field-error").textContent();
   check(celError.length > 0, `the CEL error is reported at the CEL field (${celError})`);
+  // A type error, which evaluation alone would not find: placed at its position.
+  await page.locator("#r0-cel").fill("request.port > 0 &&\n  request.method == 1");
+  await page.locator("#b-impact").click();
+  await page.locator("[data-path='rules[0].cel'] .cel-position").waitFor();
+  const marked = await page.locator("[data-path='rules[0].cel'] .cel-position").textContent();
+  check(marked === "  request.method == 1\n  ^^^^^^^^^^^^^^^^^^^", `the CEL type error is marked at its position (${JSON.stringify(marked)})`);
+  const typeError = await page.locator("[data-path='rules[0].cel'] p.field-error").textContent();
+  check(typeError.includes("string is compared with int"), `and says what is wrong (${typeError})`);
+  const selected = await page.locator("#r0-cel").evaluate((a) => a.value.slice(a.selectionStart, a.selectionEnd));
+  check(selected === "request.method == 1", `and the editor selects it (${selected})`);
+  await shot(page, "builder-cel-error");
   await page.locator("#r0-host").fill("127.0.0.1");
   await page.locator("#r0-cel").fill("");
   const said = await page.locator("#rule-sentence").textContent();

@@ -615,6 +615,23 @@ function pills(id, label, values, onChange) {
     el("span", { id: `${id}-help`, class: "muted small" }, "Enter adds"));
 }
 
+// A CEL error's position (`at 2:3-2:20`, or the parser's `<input>:1:18:`), marked under
+// the expression's line and selected in its editor.
+function markPosition(field, area, message) {
+  const found = /\bat (\d+):(\d+)-(\d+):(\d+)\b/.exec(message) || /<input>:(\d+):(\d+):/.exec(message);
+  if (!found) return;
+  const [line, column] = [Number(found[1]), Number(found[2])];
+  const width = found[4] && Number(found[3]) === line ? Number(found[4]) - column + 1 : 1;
+  const lines = area.value.split("\n");
+  const text = lines[line - 1];
+  if (text === undefined) return;
+  const start = lines.slice(0, line - 1).reduce((n, l) => n + l.length + 1, 0) + column - 1;
+  area.setSelectionRange(start, start + width);
+  area.setAttribute("aria-invalid", "true");
+  field.append(el("pre", { class: "error field-error cel-position", "aria-label": `Line ${line}, column ${column}` },
+    `${text}\n${" ".repeat(column - 1)}${"^".repeat(Math.max(1, width))}`));
+}
+
 const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"];
 const ACTION_TYPES = ["chat_completion", "embedding", "tool_call", "mcp_request", "http_request"];
 
@@ -704,12 +721,15 @@ async function builder(root, params) {
   // Every error next to its field (by its path under `policy`), and all of them above.
   function showErrors(e) {
     for (const old of root.querySelectorAll(".field-error")) old.remove();
+    for (const marked of root.querySelectorAll("[aria-invalid]")) marked.removeAttribute("aria-invalid");
     const list = (e.body && e.body.error && e.body.error.errors) || [];
     fill(errors, el("p", { class: "error" }, e.message),
       el("ul", {}, list.map((x) => el("li", {}, `${x.path}: ${x.message}`))));
     for (const x of list) {
       const node = fieldFor(x.path.replace(/^policy\.?/, ""));
       (node || errors).append(el("p", { class: "error field-error" }, x.message));
+      const area = node && node.querySelector("textarea");
+      if (area) markPosition(node, area, x.message);
     }
   }
 

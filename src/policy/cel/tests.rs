@@ -118,6 +118,12 @@ fn invalid_expressions_are_config_errors_that_say_why() {
         "{error}"
     );
     let error = expr("request.port + \"x\" == 1").unwrap_err();
+    assert!(
+        error.contains("type error: int + string is not defined at 1:1-1:18"),
+        "{error}"
+    );
+    // What only evaluation finds is placed too: the smallest part that fails.
+    let error = expr("request.port > 0 && [1, 2][request.port] == 1").unwrap_err();
     assert!(error.contains("not valid for a request"), "{error}");
     let error = expr("  ").unwrap_err();
     assert!(error.contains("must not be empty"), "{error}");
@@ -165,5 +171,50 @@ fn only_what_an_expression_reads_is_built() {
             Value::Bool(true),
             "{source}"
         );
+    }
+}
+
+#[test]
+fn a_type_error_is_reported_at_the_part_of_the_expression_that_fails() {
+    let error =
+        CelExpr::try_from("request.path.startsWith('/v1') && request.method == 1".to_owned())
+            .unwrap_err();
+    assert!(
+        error.contains(
+            "type error: string is compared with int: never equal at 1:35-1:53 \
+             (`request.method == 1`)"
+        ),
+        "{error}"
+    );
+    let error =
+        CelExpr::try_from("size(identity.tags) > 0 &&\n  request.port + 'x' == 1".to_owned())
+            .unwrap_err();
+    assert!(
+        error.contains("int + string is not defined at 2:3-2:20 (`request.port + 'x'`)"),
+        "{error}"
+    );
+    for wrong in [
+        "identity.tags.exists(t, t == 7)",
+        "'admin' in identity.tags && request.port > '80'",
+        "request.headers['x'].size() > 'a'",
+        "request.path.startsWith(1)",
+        "!request.method",
+    ] {
+        assert!(
+            CelExpr::try_from(wrong.to_owned())
+                .unwrap_err()
+                .contains(" at 1:"),
+            "{wrong}"
+        );
+    }
+    // What the request decides at runtime is not a type error.
+    for fine in [
+        "request.args.count > 3 && request.body.model == 'gpt'",
+        "has(request.body.messages) && request.body.messages.exists(m, m.role == 'system')",
+        "identity.labels['team'] == 'ml' || 'ci' in identity.tags",
+        "request.headers['content-length'] != '' && int(request.headers['content-length']) > 10",
+        "request.port in [80, 443] && request.method in ['GET', 'HEAD']",
+    ] {
+        assert!(CelExpr::try_from(fine.to_owned()).is_ok(), "{fine}");
     }
 }
