@@ -636,7 +636,35 @@ const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CO
 const ACTION_TYPES = ["chat_completion", "embedding", "tool_call", "mcp_request", "http_request"];
 
 function emptyRule() {
-  return { host: "", paths: [], methods: [], action_types: [], tools: [], dlp: [], cel: "" };
+  return { host: "", paths: [], methods: [], action_types: [], tools: [], dlp: [], cel: "",
+    headers: [], body_contains: [], body_regex: [], prompt_contains: [], prompt_regex: [] };
+}
+
+// A header condition's kinds, as the API spells them (`present: false` is "absent").
+const HEADER_MATCHES = [["exact", "is"], ["prefix", "starts with"], ["suffix", "ends with"],
+  ["contains", "contains"], ["regex", "matches"], ["present", "is present"], ["absent", "is absent"]];
+
+function headerCondition(h) {
+  const out = { name: h.name.trim() };
+  if (h.match === "present") out.present = true;
+  else if (h.match === "absent") out.present = false;
+  else out[h.match] = h.value;
+  if (h.invert) out.invert = true;
+  return out;
+}
+
+function headerDraft(h) {
+  const match = h.present === true ? "present" : h.present === false ? "absent"
+    : ["exact", "prefix", "suffix", "contains", "regex"].find((k) => h[k] !== undefined) || "exact";
+  return { name: h.name || "", match, value: ["present", "absent"].includes(match) ? "" : h[match], invert: Boolean(h.invert) };
+}
+
+function textCondition(contains, regex) {
+  if (!contains.length && !regex.length) return null;
+  const out = {};
+  if (contains.length) out.contains = contains.slice();
+  if (regex.length) out.regex = regex.slice();
+  return out;
 }
 
 // The draft as the API takes it: empty fields left out.
@@ -647,6 +675,11 @@ function draftPolicy(d) {
   policy.rules = d.rules.map((r) => {
     const rule = { host: r.host.trim() };
     for (const key of ["paths", "methods", "action_types", "tools", "dlp"]) if (r[key].length) rule[key] = r[key].slice();
+    if (r.headers.length) rule.headers = r.headers.map(headerCondition);
+    const body = textCondition(r.body_contains, r.body_regex);
+    if (body) rule.body = body;
+    const prompt = textCondition(r.prompt_contains, r.prompt_regex);
+    if (prompt) rule.prompt = prompt;
     if (r.cel.trim()) rule.cel = r.cel.trim();
     return rule;
   });
@@ -661,6 +694,9 @@ function sentence(d) {
       r.action_types.length ? `as ${r.action_types.join(" or ")}` : "",
       r.tools.length ? `calling ${r.tools.join(", ")}` : "",
       r.dlp.length ? `carrying ${r.dlp.join(", ")}` : "",
+      ...r.headers.map((h) => `with header ${h.name || "…"} ${h.invert ? "not " : ""}${(HEADER_MATCHES.find(([k]) => k === h.match) || [])[1]}${["present", "absent"].includes(h.match) ? "" : ` ${JSON.stringify(h.value)}`}`),
+      r.body_contains.length || r.body_regex.length ? `whose body ${[...r.body_contains.map((t) => `contains ${JSON.stringify(t)}`), ...r.body_regex.map((t) => `matches /${t}/`)].join(" or ")}` : "",
+      r.prompt_contains.length || r.prompt_regex.length ? `whose prompt ${[...r.prompt_contains.map((t) => `contains ${JSON.stringify(t)}`), ...r.prompt_regex.map((t) => `matches /${t}/`)].join(" or ")}` : "",
       r.cel.trim() ? "when the CEL condition holds" : ""].filter(Boolean);
     return what.join(" ");
   });
@@ -678,8 +714,11 @@ async function builder(root, params) {
     const p = current.policy;
     Object.assign(d, { name: p.name, action: p.action, priority: p.priority, status: p.status || "active",
       match_tags: p.match_tags || [], description: p.description || "" });
-    d.rules = p.rules.map((r) => ({ ...emptyRule(), ...r, cel: r.cel || "",
-      paths: r.paths || [], methods: r.methods || [], action_types: r.action_types || [], tools: r.tools || [], dlp: r.dlp || [] }));
+    d.rules = p.rules.map((r) => ({ ...emptyRule(), host: r.host, cel: r.cel || "",
+      paths: r.paths || [], methods: r.methods || [], action_types: r.action_types || [], tools: r.tools || [], dlp: r.dlp || [],
+      headers: (r.headers || []).map(headerDraft),
+      body_contains: (r.body && r.body.contains) || [], body_regex: (r.body && r.body.regex) || [],
+      prompt_contains: (r.prompt && r.prompt.contains) || [], prompt_regex: (r.prompt && r.prompt.regex) || [] }));
   }
   const preview = el("pre", { id: "yaml-preview", class: "definition", tabindex: "0", "aria-label": "What will be saved, as YAML" });
   const said = el("p", { id: "rule-sentence", class: "sentence" });
@@ -712,10 +751,51 @@ async function builder(root, params) {
           "on:change": (e) => { if (e.target.checked) r.action_types.push(t); else r.action_types.splice(r.action_types.indexOf(t), 1); update(); } }), t))),
       pills(`rules[${i}].tools`, "MCP tools", r.tools, update),
       pills(`rules[${i}].dlp`, "DLP detectors", r.dlp, update),
+      headerRows(i, r),
+      el("fieldset", { class: "group", "data-path": `rules[${i}].body` }, el("legend", {}, "Body (any of these)"),
+        pills(`rules[${i}].body.contains`, "Contains (case-insensitive)", r.body_contains, update),
+        pills(`rules[${i}].body.regex`, "Matches (regular expression)", r.body_regex, update)),
+      el("fieldset", { class: "group", "data-path": `rules[${i}].prompt` }, el("legend", {}, "Prompt of a chat request (any of these)"),
+        pills(`rules[${i}].prompt.contains`, "Contains (case-insensitive)", r.prompt_contains, update),
+        pills(`rules[${i}].prompt.regex`, "Matches (regular expression)", r.prompt_regex, update)),
       el("div", { class: "field", "data-path": `rules[${i}].cel` },
         el("label", { for: `r${i}-cel` }, "CEL condition"),
         bind(el("textarea", { id: `r${i}-cel`, rows: 2, cols: 60, placeholder: "request.method == 'GET'" }, r.cel), "cel", r)),
       d.rules.length > 1 ? el("button", { type: "button", "on:click": () => { d.rules.splice(i, 1); drawRules(); update(); } }, `Remove rule ${i + 1}`) : null)));
+  }
+
+  // A rule's header conditions: name, how it matches, the value, inverted or not.
+  function headerRows(i, r) {
+    const box = el("fieldset", { class: "group", "data-path": `rules[${i}].headers` }, el("legend", {}, "Headers (every one must hold)"));
+    const draw = () => {
+      fill(box, el("legend", {}, "Headers (every one must hold)"),
+        r.headers.map((h, j) => {
+          const path = `rules[${i}].headers[${j}]`;
+          const id = `r${i}-h${j}`;
+          const valueInput = el("input", { id: `${id}-value`, value: h.value, size: 20, hidden: ["present", "absent"].includes(h.match),
+            "aria-label": `Header ${j + 1} value`, "on:input": (e) => { h.value = e.target.value; update(); } });
+          return el("div", { class: "controls header-row", "data-path": path },
+            el("label", { for: `${id}-name` }, "Name", el("input", { id: `${id}-name`, value: h.name, size: 16, placeholder: "x-tenant",
+              "on:input": (e) => { h.name = e.target.value; update(); } })),
+            el("label", { for: `${id}-match` }, "Match", el("select", { id: `${id}-match`, "on:change": (e) => {
+              h.match = e.target.value;
+              valueInput.hidden = ["present", "absent"].includes(h.match);
+              update();
+            } }, HEADER_MATCHES.map(([k, label]) => el("option", { value: k, selected: k === h.match }, label)))),
+            valueInput,
+            el("label", { class: "inline" }, el("input", { type: "checkbox", checked: h.invert,
+              "on:change": (e) => { h.invert = e.target.checked; update(); } }), " inverted"),
+            el("button", { type: "button", "on:click": () => { r.headers.splice(j, 1); draw(); update(); } }, `Remove header condition ${j + 1}`));
+        }),
+        el("button", { type: "button", id: `r${i}-add-header`, "on:click": () => {
+          r.headers.push({ name: "", match: "exact", value: "", invert: false });
+          draw();
+          update();
+          box.querySelector(`#r${i}-h${r.headers.length - 1}-name`).focus();
+        } }, "Add a header condition"));
+    };
+    draw();
+    return box;
   }
 
   // Every error next to its field (by its path under `policy`), and all of them above.
