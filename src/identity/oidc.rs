@@ -437,6 +437,12 @@ impl OidcProvider {
                     "it has no `{name_claim}` claim to name the person (admin.oidc.name_claim)"
                 ))
             })?;
+        // An address the issuer has not verified is anyone's to type in.
+        if name_claim == "email" && claims["email_verified"] == Value::Bool(false) {
+            return Err(OidcError::Token(format!(
+                "its email {name} is not verified by the issuer (email_verified: false)"
+            )));
+        }
         let role_claim = &self.config.role_claim;
         let claim_values: Vec<String> = match &claims[role_claim.as_str()] {
             Value::String(one) => vec![one.clone()],
@@ -658,6 +664,12 @@ mod tests {
             .person(&serde_json::json!({"email": "al@example.com", "groups": ["security"]}))
             .unwrap();
         assert_eq!(person.claim_values, ["security"]);
+        let unverified = provider.person(&serde_json::json!({
+            "email": "ceo@example.com", "email_verified": false, "groups": ["security"]}));
+        assert!(
+            matches!(&unverified, Err(OidcError::Token(m)) if m.contains("not verified")),
+            "{unverified:?}"
+        );
     }
 
     #[test]
