@@ -9,7 +9,7 @@
 //   CONSOLE_HOSTILE  a path the gateway audited that holds markup
 //   CONSOLE_SHOTS    a directory for screenshots
 //   CONSOLE_PROXY    the gateway's forward proxy port
-//   CONSOLE_REPORTS  a URL of the upstream that policy allow-reports (disabled) would allow
+//   CONSOLE_REPORTS  a URL of the upstream that policy allow-reports (written in the builder) allows
 //   CONSOLE_ADMIN    an admin's admin token (secrets)
 //   CONSOLE_SSO_PERSON  the stand-in issuer's person whose groups map to editor
 //   CONSOLE_SECRET_ENV  the gateway's environment variable the wizard's secret reads
@@ -178,9 +178,25 @@ try {
   await shot(page, "audit");
   await axe(page, "audit");
 
-  // The change flow: try a request in the playground, enable the policy that would allow
-  // it, see the playground and a real request agree, find it in the audit, roll back, and
-  // see the decision revert.
+  // The change flow: create a policy in the builder (disabled), try a request in the
+  // playground, enable the policy, see the playground and a real request agree, find it in
+  // the audit, roll back, and see the decision revert.
+  await page.locator("nav a[href='#/policies']").click();
+  await page.locator("#new-policy").click();
+  await page.locator("h1", { hasText: "New policy" }).waitFor();
+  await page.locator("#b-name").fill("allow-reports");
+  await page.locator("#b-priority").fill("40");
+  await page.locator("#b-status").selectOption("disabled");
+  await page.locator("#r0-host").fill("127.0.0.1");
+  await page.locator("[id='rules[0].paths']").fill("/reports/*");
+  await page.locator("[id='rules[0].paths']").press("Enter");
+  await page.locator("[data-path='rules[0].methods'] label", { hasText: /^GET$/ }).locator("input").check();
+  const reportsSaid = await page.locator("#rule-sentence").textContent();
+  check(reportsSaid === "Allow · every workload · GET to 127.0.0.1 on /reports/*", `the new policy reads as a sentence (${reportsSaid})`);
+  await page.locator("#b-reason").fill("reports, not yet live");
+  await page.locator("#b-save").click();
+  await page.locator("h1", { hasText: "Policy allow-reports" }).waitFor();
+  check(true, "allow-reports is created in the builder, disabled");
   let [decision] = await decisionInPlayground(page);
   check(decision === "DENIED", `the playground denies the report request while allow-reports is disabled (${decision})`);
   check(await viaProxy(reports) === 403, "and so does the gateway");

@@ -41,8 +41,6 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
                "rules": [{"host": "127.0.0.1", "paths": ["/secret/*"]}]}),
         json!({"name": "flag-uploads", "priority": 30, "action": "flag",
                "rules": [{"host": "127.0.0.1", "paths": ["/upload/*"]}]}),
-        json!({"name": "allow-reports", "priority": 40, "action": "allow", "status": "disabled",
-               "rules": [{"host": "127.0.0.1", "paths": ["/reports/*"], "methods": ["GET"]}]}),
     ] {
         let body = json!({"policy": policy, "reason": "browser test"}).to_string();
         let reply = gw.api("POST", "/v1/policies", Some(EDITOR), Some(&body));
