@@ -140,6 +140,10 @@ struct Session {
     csrf: String,
     started: Instant,
     last_used: Instant,
+    /// Ended by expiry: kept until the next sign-in sweeps it, so that every call with its
+    /// cookie (a page's parallel ones too) is told it expired, and a longer timeout in a
+    /// reloaded config does not revive it.
+    ended: bool,
 }
 
 /// Why a session does not authenticate a call.
@@ -271,7 +275,7 @@ impl Sessions {
         let csrf = random_token()?;
         let now = Instant::now();
         let mut open = self.lock();
-        open.retain(|_, s| !expired(s, auth, now));
+        open.retain(|_, s| !s.ended && !expired(s, auth, now));
         if open.len() >= MAX_SESSIONS
             && let Some(oldest) = open.iter().min_by_key(|(_, s)| s.started).map(|(k, _)| *k)
         {
@@ -284,6 +288,7 @@ impl Sessions {
                 csrf: csrf.clone(),
                 started: now,
                 last_used: now,
+                ended: false,
             },
         );
         Ok((cookie, csrf))
@@ -301,8 +306,8 @@ impl Sessions {
         let mut open = self.lock();
         let key = key(cookie);
         let session = open.get_mut(&key).ok_or(SessionError::Unknown)?;
-        if expired(session, auth, now) {
-            open.remove(&key);
+        if session.ended || expired(session, auth, now) {
+            session.ended = true;
             return Err(SessionError::Expired);
         }
         if credentials.cross_site() {
@@ -632,8 +637,8 @@ mod tests {
         );
         assert_eq!(
             sessions.authenticate(&cookie, &read, &auth(60, 600)).err(),
-            Some(SessionError::Unknown),
-            "an expired session is gone"
+            Some(SessionError::Expired),
+            "an expired session stays expired, whatever the timeouts become"
         );
         let (cookie, _) = sessions
             .open(SignedIn::Token(Arc::from("alice")), &auth(60, 600))

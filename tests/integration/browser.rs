@@ -120,6 +120,30 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
     }
 }
 
+#[test]
+fn an_expired_session_is_refused_and_the_console_asks_to_sign_in_again() {
+    let db = TestDatabase::create();
+    let gw = crate::console::console_gateway(
+        &db.url,
+        "  sessions: {idle_timeout: 2s, absolute_timeout: 1h}\n",
+        Vec::new(),
+    );
+    run_browser_script(
+        "expiry.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://127.0.0.1:{}", gw.admin_port)),
+            ("CONSOLE_TOKEN", EDITOR.to_owned()),
+            (
+                "CONSOLE_SHOTS",
+                repo()
+                    .join("target/console-screenshots")
+                    .display()
+                    .to_string(),
+            ),
+        ],
+    );
+}
+
 /// The policies page with 10,000 policies in the store: a benchmark (times, not a pass or
 /// fail); BENCHMARKS.md records its output.
 #[test]
