@@ -129,6 +129,7 @@ pub struct SearchQuery {
     tag: Option<String>,
     decision: Option<String>,
     policy: Option<String>,
+    identity: Option<String>,
     host: Option<String>,
     since: Option<String>,
     until: Option<String>,
@@ -165,6 +166,7 @@ pub async fn audit_search(
             .collect(),
         decision,
         policy: q.policy,
+        identity: q.identity,
         host: q.host,
         since: q
             .since

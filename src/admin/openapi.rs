@@ -286,6 +286,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             ("tag", "Comma-separated tags, all required"),
             ("decision", "allowed, flagged or denied"),
             ("policy", "The deciding policy"),
+            ("identity", "The workload identity's name"),
             ("host", "A host, or *.example.com"),
             ("since", "A duration back (1h) or an RFC 3339 time"),
             ("until", "A duration back or an RFC 3339 time (exclusive)"),

@@ -26,6 +26,9 @@ pub struct SearchArgs {
     /// Only events this policy decided.
     #[arg(long)]
     policy: Option<String>,
+    /// Only requests from the identity of this name.
+    #[arg(long)]
+    identity: Option<String>,
     /// Only requests to this host (exact, or `*.example.com`).
     #[arg(long)]
     host: Option<String>,
@@ -55,6 +58,7 @@ pub async fn run(client: AdminClient, command: AuditCommand) -> Outcome {
     for (key, value) in [
         ("decision", &args.decision),
         ("policy", &args.policy),
+        ("identity", &args.identity),
         ("host", &args.host),
         ("since", &args.since),
         ("until", &args.until),

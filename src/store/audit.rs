@@ -37,6 +37,8 @@ pub struct AuditQuery {
     pub tags: Vec<String>,
     pub decision: Option<String>,
     pub policy: Option<String>,
+    /// The identity's name, exactly.
+    pub identity: Option<String>,
     /// An exact host, or `*.example.com` for its subdomains.
     pub host: Option<String>,
     /// RFC 3339 (as [`super::now`] writes it), inclusive.
@@ -154,6 +156,9 @@ impl Store {
         }
         if let Some(policy) = &query.policy {
             conditions.push(format!("e.policy = {}", bind(policy.clone())));
+        }
+        if let Some(identity) = &query.identity {
+            conditions.push(format!("e.identity = {}", bind(identity.clone())));
         }
         if let Some(host) = &query.host {
             let host = host.to_ascii_lowercase();

@@ -415,6 +415,18 @@ try {
   check(await page.locator("#minted-value").count() === 0, "revoking takes the shown value off the page");
   await shot(page, "tokens");
   check(await viaProxy(reports.replace("/reports/q1", "/ok/agent"), minted) === 407, "revoked, the token is refused (407)");
+  // The audit search by identity: the minted token's requests, by its name.
+  let byIdentity = 0;
+  for (let attempt = 0; attempt < 60 && !byIdentity; attempt += 1) {
+    await page.goto(`${base}/#/audit?identity=agent-7&since=1h&attempt=${attempt}`);
+    await page.locator("h1", { hasText: "Audit" }).waitFor();
+    await page.waitForLoadState("networkidle");
+    byIdentity = await page.locator("tbody tr").count();
+    if (!byIdentity) await page.waitForTimeout(500);
+  }
+  const identities = await page.locator("tbody tr td:nth-child(5)").allTextContents();
+  check(byIdentity >= 1 && identities.every((i) => i === "agent-7"),
+    `the audit search by identity lists agent-7's requests only (${identities})`);
   const holding = bodies.filter((b) => b.body.includes(minted)).map((b) => `${b.method} ${new URL(b.url).pathname}`);
   check(holding.length === 1 && holding[0] === "POST /v1/tokens",
     `only the mint's answer holds the token's value (${holding})`);

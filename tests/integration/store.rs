@@ -270,14 +270,18 @@ async fn audit(store: &Store) {
             } else {
                 &["env:ci"]
             };
-            event(
+            let mut event = event(
                 &format!("2026-12-01T10:{:02}:{:02}.000000Z", i / 60, i % 60),
                 &format!("r{i:03}"),
                 decision,
                 policy,
                 host,
                 tags,
-            )
+            );
+            if i % 10 == 0 {
+                event.identity = Some("agent-7".into());
+            }
+            event
         })
         .collect();
     store.insert_audit(&events).await.unwrap();
@@ -349,6 +353,25 @@ async fn audit(store: &Store) {
     })
     .await;
     assert_eq!(window.len(), 60);
+    let by_identity = search(AuditQuery {
+        identity: Some("agent-7".into()),
+        limit: 1000,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_identity.len(), 25);
+    assert!(
+        by_identity
+            .iter()
+            .all(|e| e.identity.as_deref() == Some("agent-7"))
+    );
+    let prefix_is_not_a_match = search(AuditQuery {
+        identity: Some("agent".into()),
+        limit: 1000,
+        ..Default::default()
+    })
+    .await;
+    assert!(prefix_is_not_a_match.is_empty());
 
     let counts = store
         .fire_counts("2026-12-01T00:00:00.000000Z")

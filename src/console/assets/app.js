@@ -1237,7 +1237,7 @@ async function tokens(root) {
 
 async function audit(root, params) {
   const filters = {};
-  for (const key of ["since", "decision", "policy", "host", "tag"]) filters[key] = params.get(key) || "";
+  for (const key of ["since", "decision", "policy", "identity", "host", "tag"]) filters[key] = params.get(key) || "";
   if (!filters.since) filters.since = "24h";
   const page = await api("GET", `/v1/audit${query({ ...filters, limit: 100, cursor: params.get("cursor") })}`);
   const field = (key, label, input) => el("label", { for: `audit-${key}` }, label, input);
@@ -1253,6 +1253,7 @@ async function audit(root, params) {
   field("decision", "Decision", el("select", { id: "audit-decision", name: "decision" },
     ["", "allowed", "flagged", "denied"].map((d) => el("option", { value: d, selected: d === filters.decision }, d || "any")))),
   field("policy", "Policy", text("policy")),
+  field("identity", "Identity", text("identity")),
   field("host", "Host", text("host")),
   field("tag", "Tags (a,b)", text("tag")),
   el("button", { type: "submit" }, "Search"));
@@ -1268,7 +1269,10 @@ async function audit(root, params) {
           ? el("code", { class: "small" }, ` ${JSON.stringify(t.annotations)}`) : null))))),
     el("td", {}, e.policy ? el("a", { href: `#/policy${query({ name: e.policy, version: e.policy_version })}` },
       e.policy, e.policy_version ? ` v${e.policy_version}` : "") : el("span", { class: "muted" }, e.reason || "—")),
-    el("td", {}, identityName(e)),
+    el("td", {}, e.identity && e.identity.name
+      ? el("a", { href: `#/audit${query({ ...filters, cursor: null, identity: e.identity.name })}`,
+        "aria-label": `Requests of ${e.identity.name}` }, e.identity.name)
+      : identityName(e)),
     el("td", {}, (e.tags || []).map((t) => el("span", { class: "pill" }, t))),
     el("td", {}, el("a", { href: `#/playground${query({ method: e.method, url: auditedUrl(e) })}`,
       "aria-label": `Try ${e.method} ${e.host}${e.path || ""} in the playground` }, "Try")),
