@@ -894,6 +894,24 @@ function auditedUrl(e) {
   return `${e.scheme || "https"}://${e.host}${port}${e.path || ""}`;
 }
 
+// A request pasted as HTTP text (`POST /v1/x HTTP/1.1`, headers, a blank line, the body),
+// its target absolute or a path with a Host header: the playground's fields.
+function parsePasted(text) {
+  const [head, ...rest] = text.replace(/\r\n/g, "\n").split("\n\n");
+  const [line, ...headerLines] = head.trim().split("\n");
+  const [method, target] = line.trim().split(/\s+/);
+  if (!method || !target) throw new Error("the first line is not `METHOD URL [HTTP/1.1]`");
+  const headers = parseHeaders(headerLines.join("\n"));
+  let url = target;
+  if (target.startsWith("/")) {
+    const hostKey = Object.keys(headers).find((k) => k.toLowerCase() === "host");
+    if (!hostKey) throw new Error("a path needs a Host header to say where it goes");
+    url = `https://${headers[hostKey]}${target}`;
+    delete headers[hostKey];
+  }
+  return { method: method.toUpperCase(), url, headers, body: rest.join("\n\n") };
+}
+
 function parseHeaders(text) {
   const headers = {};
   for (const line of text.split("\n")) {
@@ -911,6 +929,23 @@ async function playground(root, params) {
   const headers = el("textarea", { id: "pg-headers", rows: 3, cols: 60, placeholder: "Name: value, one per line" });
   const body = el("textarea", { id: "pg-body", rows: 4, cols: 60 });
   const out = el("section", { id: "pg-result", "aria-live": "polite" });
+  const pasted = el("textarea", { id: "pg-paste", rows: 5, cols: 60,
+    placeholder: "POST /v1/chat/completions HTTP/1.1\nHost: api.openai.com\nContent-Type: application/json\n\n{\"model\": \"gpt-4o\"}" });
+  const pasteError = el("p", { class: "error", role: "alert" });
+
+  function usePasted() {
+    try {
+      const r = parsePasted(pasted.value);
+      method.value = r.method;
+      url.value = r.url;
+      headers.value = Object.entries(r.headers).map(([k, v]) => `${k}: ${v}`).join("\n");
+      body.value = r.body;
+      pasteError.textContent = "";
+      run();
+    } catch (e) {
+      pasteError.textContent = e.message;
+    }
+  }
 
   async function run(event) {
     if (event) event.preventDefault();
@@ -932,6 +967,11 @@ async function playground(root, params) {
   fill(root, 
     el("h1", {}, "Playground"),
     el("p", { class: "muted" }, "Decides a request as the gateway would, on the live policies, without sending it. Credentials show as markers; no secret is read."),
+    el("details", { id: "pg-paste-box" }, el("summary", {}, "Paste a request"),
+      el("label", { for: "pg-paste" }, "The request as HTTP text: request line, headers, a blank line, the body"),
+      pasted,
+      el("button", { type: "button", id: "pg-use-paste", "on:click": usePasted }, "Decide the pasted request"),
+      pasteError),
     el("form", { class: "playground", "on:submit": run },
       el("div", { class: "controls" },
         el("label", { for: "pg-method" }, "Method", method),
