@@ -615,6 +615,51 @@ fn agents_case(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     group.finish();
 }
 
+/// The `rate_limit` transform's cost per decision: the same pipeline without it, with one
+/// key always, and with 10,000 keys in turn (hosts, against the same 10,000 hosts without
+/// it). The limit is never reached, so every decision takes a token.
+fn bench_rate_limit(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("rate_limit");
+    let hosts: Vec<OutboundRequest> = (0..10_000)
+        .map(|n| {
+            build_request(&CheckRequest {
+                request_line: format!("GET https://h{n}.example.com/v1/items"),
+                ..CheckRequest::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    for (case, transform, keys) in [
+        ("without", "", 1),
+        (
+            "identity_one_key",
+            "  - {name: rate_limit, config: {requests: 1000000000, per: 1s}}\n",
+            1,
+        ),
+        // 10,000 hosts cost the network guard's cache on their own: compare with this.
+        ("without_10000_hosts", "", 10_000),
+        (
+            "host_10000_keys",
+            "  - {name: rate_limit, config: {requests: 1000000000, per: 1s, key: host}}\n",
+            10_000,
+        ),
+    ] {
+        let snapshot = compile_snapshot(&format!(
+            "policies:\n  - {{name: allow, action: allow, rules: [{{host: \"*\"}}]}}\ntransforms:\n  - allowlist\n{transform}"
+        ));
+        let mut n = 0usize;
+        group.bench_function(case, |b| {
+            b.iter(|| {
+                n = (n + 1) % keys;
+                let decided = runtime.block_on(snapshot.decide(&hosts[n], &[], None));
+                assert!(decided.outcome.rejection.is_none());
+                black_box(decided)
+            })
+        });
+    }
+    group.finish();
+}
+
 /// A `portcullis.processor.v1.Processor` that answers `continue` to everything.
 struct Continuing;
 
@@ -656,6 +701,16 @@ fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     // `cargo bench --bench engine -- dlp` (or `agent_conditions`): the body-scanning groups
     // alone, without the fleets.
+    if benchmarking && std::env::args().skip(1).any(|a| a == "rate_limit") {
+        let mut criterion = Criterion::default().configure_from_args();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        bench_rate_limit(&mut criterion, &runtime);
+        criterion.final_summary();
+        return;
+    }
     if benchmarking && std::env::args().skip(1).any(|a| a == "network_guard") {
         let mut criterion = Criterion::default().configure_from_args();
         bench_network_guard(&mut criterion);
@@ -689,6 +744,7 @@ fn main() {
         .build()
         .unwrap();
     agents_case(&mut criterion, &runtime);
+    bench_rate_limit(&mut criterion, &runtime);
     bench_dlp(&mut criterion);
     bench_scrub(&mut criterion);
     bench_network_guard(&mut criterion);

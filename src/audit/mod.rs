@@ -262,6 +262,7 @@ impl AuditUnavailable {
             policy: None,
             rule: None,
             transform: "audit",
+            retry_after: None,
         }
     }
 }

@@ -451,6 +451,7 @@ pub fn response_not_scrubbable(encoding: &str) -> Rejection {
         policy: None,
         rule: None,
         transform: "secrets",
+        retry_after: None,
     }
 }
 
@@ -671,9 +672,12 @@ fn immediate(
     request_id: &str,
     rejection: &Rejection,
     status: u16,
-    set_headers: Vec<HeaderValueOption>,
+    mut set_headers: Vec<HeaderValueOption>,
     body: Vec<u8>,
 ) -> ProcessingResponse {
+    if let Some(seconds) = rejection.retry_after {
+        set_headers.push(header("retry-after", seconds.to_string().as_bytes()));
+    }
     ProcessingResponse {
         response: Some(processing_response::Response::ImmediateResponse(
             ImmediateResponse {
@@ -740,6 +744,7 @@ pub fn trailers_without_body() -> Rejection {
         policy: None,
         rule: None,
         transform: "request",
+        retry_after: None,
     }
 }
 
@@ -767,6 +772,7 @@ pub fn invalid_request_rejection(error: &RequestError) -> Rejection {
         policy: None,
         rule: None,
         transform: "request",
+        retry_after: None,
     }
 }
 

@@ -81,6 +81,7 @@ impl Snapshot {
             &runtime.cache,
             &runtime.sources,
             &runtime.judges,
+            &runtime.limits,
         )
         .map_err(|e| errors.extend(e))
         .ok();

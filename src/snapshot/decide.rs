@@ -69,6 +69,7 @@ impl Snapshot {
                     policy: None,
                     rule: None,
                     transform: "allowlist",
+                    retry_after: None,
                 },
             );
         }
@@ -109,6 +110,7 @@ impl Snapshot {
                     policy: None,
                     rule: None,
                     transform: "mcp",
+                    retry_after: None,
                 },
             );
             decided.outcome.mutations = mutations;
@@ -161,6 +163,7 @@ impl Snapshot {
                             policy: None,
                             rule: None,
                             transform: "identity",
+                            retry_after: None,
                         }),
                         mutations,
                         trace: vec![TransformTrace {
@@ -343,5 +346,6 @@ fn rejection(request: &OutboundRequest, refusal: &Refusal) -> Rejection {
         policy: None,
         rule: None,
         transform: "network_guard",
+        retry_after: None,
     }
 }

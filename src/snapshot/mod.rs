@@ -30,6 +30,8 @@ pub struct Runtime {
     pub cache: SourceCache,
     pub sources: Arc<SourceContext>,
     pub judges: Arc<JudgeStates>,
+    /// The rate limits' buckets.
+    pub limits: Arc<crate::transforms::rate_limit::LimitStates>,
     /// The network guard's DNS resolver and its cache.
     pub resolvers: crate::network::Resolvers,
 }

@@ -61,6 +61,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 policy: Some(policy.name.clone()),
                 rule: Some(rule.rule),
                 transform: "allowlist",
+                retry_after: None,
             }
         }
         Some(rule) if verdict.action == Action::Gated => {
@@ -80,6 +81,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 policy: Some(policy.name.clone()),
                 rule: Some(rule.rule),
                 transform: "allowlist",
+                retry_after: None,
             }
         }
         Some(rule) => {
@@ -95,6 +97,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 policy: Some(policy.name.clone()),
                 rule: Some(rule.rule),
                 transform: "allowlist",
+                retry_after: None,
             }
         }
         None => {
@@ -116,6 +119,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 policy: None,
                 rule: None,
                 transform: "allowlist",
+                retry_after: None,
             }
         }
     };

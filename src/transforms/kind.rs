@@ -86,6 +86,7 @@ pub struct CompileContext<'a> {
     pub cache: &'a SourceCache,
     pub sources: &'a SourceContext,
     pub judges: &'a JudgeStates,
+    pub limits: &'a super::rate_limit::LimitStates,
 }
 
 impl CompileContext<'_> {

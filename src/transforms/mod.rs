@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod header_allowlist;
 pub mod judge;
 mod kind;
+pub mod rate_limit;
 mod refusal;
 mod remote;
 pub mod secrets;
@@ -55,6 +56,7 @@ const KINDS: &[Kind] = &[
     capture::HEADER_KIND,
     secrets::KIND,
     header_allowlist::KIND,
+    rate_limit::KIND,
     #[cfg(test)]
     stamp::KIND,
 ];
@@ -385,6 +387,7 @@ impl Pipeline {
         cache: &SourceCache,
         sources: &SourceContext,
         judges: &judge::JudgeStates,
+        limits: &rate_limit::LimitStates,
     ) -> Result<Pipeline, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut stages = Vec::with_capacity(entries.len());
@@ -425,6 +428,7 @@ impl Pipeline {
                 cache,
                 sources,
                 judges,
+                limits,
             };
             match entry.config.compile(&context) {
                 Ok(transform) => stages.push(Stage {

@@ -34,6 +34,8 @@ pub enum RefusalKind {
     BodyNotBuffered,
     /// The upstream's response could not be scrubbed of the credentials sent.
     ResponseWithheld,
+    /// A `rate_limit` transform's limit is used up for now: retry after `Retry-After`.
+    RateLimited,
 }
 
 impl RefusalKind {
@@ -53,6 +55,7 @@ impl RefusalKind {
             RefusalKind::BodyTooLarge => "body_too_large",
             RefusalKind::BodyNotBuffered => "body_not_buffered",
             RefusalKind::ResponseWithheld => "response_withheld",
+            RefusalKind::RateLimited => "rate_limited",
         }
     }
 
@@ -65,6 +68,7 @@ impl RefusalKind {
             RefusalKind::InvalidRequest => 400,
             RefusalKind::ProxyAuthRequired => 407,
             RefusalKind::BodyTooLarge => 413,
+            RefusalKind::RateLimited => 429,
             RefusalKind::BodyNotBuffered => 500,
             RefusalKind::DestinationUnresolved
             | RefusalKind::CredentialUnavailable
@@ -102,6 +106,9 @@ pub struct Rejection {
     pub rule: Option<u32>,
     /// The transform (or stage, such as `identity`) that refused.
     pub transform: &'static str,
+    /// Seconds after which a retry may pass (`Retry-After`), for a refusal that is
+    /// temporary.
+    pub retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -121,6 +128,7 @@ impl Rejection {
             policy: None,
             rule: None,
             transform,
+            retry_after: None,
         }
     }
 

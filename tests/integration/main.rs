@@ -22,6 +22,7 @@ mod headers;
 mod identity;
 mod interception;
 mod judge;
+mod limits;
 mod mcp;
 mod mcp_harness;
 mod protocol;

@@ -432,6 +432,7 @@ impl GrpcProcessor {
                         policy: None,
                         rule: None,
                         transform: "grpc",
+                        retry_after: None,
                     },
                     Annotations {
                         reason: Some("grpc_reject"),
@@ -473,6 +474,7 @@ impl GrpcProcessor {
                     policy: None,
                     rule: None,
                     transform: "grpc",
+                    retry_after: None,
                 },
                 annotations,
             ),

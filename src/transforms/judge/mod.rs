@@ -287,6 +287,7 @@ impl Judge {
                             policy: None,
                             rule: None,
                             transform: "judge",
+                            retry_after: None,
                         };
                         Step::Reject(
                             rejection,
@@ -323,6 +324,7 @@ impl Judge {
                         policy: None,
                         rule: None,
                         transform: "judge",
+                        retry_after: None,
                     },
                     Annotations {
                         reason: Some("judge_deny"),

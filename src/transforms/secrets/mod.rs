@@ -299,6 +299,7 @@ fn refusal(status: u16, reason: &'static str, message: String) -> Rejection {
         policy: None,
         rule: None,
         transform: "secrets",
+        retry_after: None,
     }
 }
 

@@ -1,0 +1,314 @@
+//! The `rate_limit` transform: a token bucket per key (an identity, a host, a deciding
+//! policy, a tag's value, or one for all), counted in this instance's memory. A request
+//! that finds its bucket empty is refused with 429 `rate_limited` and `Retry-After`, the
+//! seconds until the bucket holds a token again.
+//!
+//! The buckets outlive reloads that keep the limit's config (see [`LimitStates`]): a
+//! reload does not hand every workload a fresh burst. Past [`MAX_KEYS`] keys, the buckets
+//! that have refilled (and so say nothing a fresh one would not) are dropped; a bucket not
+//! yet refilled is kept, so a flood of new keys cannot reset a limited one. What stays is
+//! bounded by the requests of one refill time, and the sweeps are spaced so that their
+//! cost per request stays constant (the next comes when the map has doubled).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, required_config};
+use super::{Annotations, Exchange, RefusalKind, Rejection, Step};
+use crate::vocab::{DurationText, FieldError};
+
+pub(super) const KIND: Kind = Kind {
+    name: "rate_limit",
+    parse: |_, config| {
+        let config: LimitConfig = required_config(
+            config,
+            "rate_limit needs a `config` with `requests` and `per` (e.g. {requests: 60, per: 1m})",
+        )?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(Arc::new(config))
+        } else {
+            Err(problems.into_iter().map(|e| e.under("config")).collect())
+        }
+    },
+};
+
+/// Keys past which refilled buckets are dropped.
+const MAX_KEYS: usize = 100_000;
+
+/// `config` of a `rate_limit` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Requests allowed per `per`, on average.
+    pub requests: u32,
+    pub per: DurationText,
+    /// How many may come at once: the bucket's size. Default: `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What is counted separately: `identity` (default), `host`, `policy` (the deciding
+    /// policy), `tag:<prefix>` (the value of the workload's first tag `<prefix>:…`), or
+    /// `global` (one bucket).
+    #[serde(default)]
+    pub key: LimitKey,
+}
+
+/// What a limit counts separately.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum LimitKey {
+    #[default]
+    Identity,
+    Host,
+    Policy,
+    /// The workload's first tag `<prefix>:…`, whole.
+    Tag(String),
+    Global,
+}
+
+impl TryFrom<String> for LimitKey {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<LimitKey, String> {
+        Ok(match text.as_str() {
+            "identity" => LimitKey::Identity,
+            "host" => LimitKey::Host,
+            "policy" => LimitKey::Policy,
+            "global" => LimitKey::Global,
+            other => match other.strip_prefix("tag:") {
+                Some(prefix) if !prefix.is_empty() && !prefix.contains(':') => {
+                    LimitKey::Tag(prefix.to_owned())
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown key {other:?}: identity, host, policy, global, or \
+                         tag:<prefix> (e.g. tag:team)"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl From<LimitKey> for String {
+    fn from(key: LimitKey) -> String {
+        match key {
+            LimitKey::Identity => "identity".into(),
+            LimitKey::Host => "host".into(),
+            LimitKey::Policy => "policy".into(),
+            LimitKey::Global => "global".into(),
+            LimitKey::Tag(prefix) => format!("tag:{prefix}"),
+        }
+    }
+}
+
+impl LimitConfig {
+    fn problems(&self) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        if self.requests == 0 {
+            problems.push(FieldError::new(
+                "requests",
+                "0 requests refuses everything: use a deny policy for that",
+            ));
+        }
+        let per = self.per.0;
+        if per < Duration::from_secs(1) || per > Duration::from_secs(31 * 24 * 60 * 60) {
+            problems.push(FieldError::new(
+                "per",
+                format!("{} is out of range: between 1s and 31d", self.per),
+            ));
+        }
+        if self.burst == Some(0) {
+            problems.push(FieldError::new(
+                "burst",
+                "a burst of 0 lets nothing through: at least 1",
+            ));
+        }
+        problems
+    }
+
+    /// Tokens added per second.
+    fn rate(&self) -> f64 {
+        f64::from(self.requests) / self.per.0.as_secs_f64()
+    }
+
+    fn capacity(&self) -> f64 {
+        f64::from(self.burst.unwrap_or(self.requests))
+    }
+}
+
+impl TransformConfig for LimitConfig {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
+        Ok(Box::new(RateLimit {
+            key: self.key.clone(),
+            state: ctx.limits.get(self),
+        }))
+    }
+}
+
+/// The buckets of one limit.
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+pub(crate) struct LimitState {
+    rate: f64,
+    capacity: f64,
+    buckets: Mutex<Buckets>,
+}
+
+struct Buckets {
+    by_key: HashMap<String, Bucket>,
+    /// The size at which refilled buckets are swept next.
+    sweep_at: usize,
+}
+
+impl LimitState {
+    fn new(config: &LimitConfig) -> LimitState {
+        LimitState {
+            rate: config.rate(),
+            capacity: config.capacity(),
+            buckets: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                sweep_at: MAX_KEYS,
+            }),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket: `Ok` with the tokens left, or how long until one
+    /// is there.
+    fn take(&self, key: &str, now: Instant) -> Result<u32, Duration> {
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = &mut *guard;
+        if buckets.by_key.len() >= buckets.sweep_at && !buckets.by_key.contains_key(key) {
+            let (rate, capacity) = (self.rate, self.capacity);
+            buckets.by_key.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < capacity
+            });
+            buckets.sweep_at = MAX_KEYS.max(2 * buckets.by_key.len());
+        }
+        let bucket = match buckets.by_key.get_mut(key) {
+            Some(bucket) => bucket,
+            None => buckets.by_key.entry(key.to_owned()).or_insert(Bucket {
+                tokens: self.capacity,
+                updated: now,
+            }),
+        };
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(bucket.tokens as u32)
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+}
+
+/// The buckets of every limit, by the limit's whole config, so that a reload keeping a
+/// limit keeps its counts, and a changed limit starts afresh.
+#[derive(Default)]
+pub struct LimitStates {
+    states: Mutex<HashMap<u64, Weak<LimitState>>>,
+}
+
+impl LimitStates {
+    fn get(&self, config: &LimitConfig) -> Arc<LimitState> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(config)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        let key = hasher.finish();
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.retain(|_, state| state.strong_count() > 0);
+        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(LimitState::new(config));
+        states.insert(key, Arc::downgrade(&state));
+        state
+    }
+}
+
+struct RateLimit {
+    key: LimitKey,
+    state: Arc<LimitState>,
+}
+
+impl RateLimit {
+    /// The bucket this request counts against.
+    fn key_of(&self, exchange: &Exchange<'_>) -> String {
+        match &self.key {
+            // Requests without a name (anonymous, by address) share one bucket.
+            LimitKey::Identity => exchange
+                .identity
+                .name
+                .as_deref()
+                .unwrap_or("(no identity)")
+                .to_owned(),
+            LimitKey::Host => exchange.request.host.clone(),
+            LimitKey::Policy => exchange
+                .verdict
+                .as_ref()
+                .and_then(|v| v.decided_by)
+                .map_or("(default action)".to_owned(), |r| {
+                    exchange.policies.policy(r.policy).name.to_string()
+                }),
+            LimitKey::Tag(prefix) => exchange
+                .identity
+                .tags
+                .iter()
+                .map(|t| t.as_str())
+                .find(|t| {
+                    t.strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
+                .unwrap_or("(untagged)")
+                .to_owned(),
+            LimitKey::Global => String::new(),
+        }
+    }
+}
+
+impl Transform for RateLimit {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
+        let key = self.key_of(exchange);
+        Applied::Done(match self.state.take(&key, Instant::now()) {
+            Ok(_) => Step::Continue(Annotations::default()),
+            Err(wait) => {
+                // Whole seconds, rounded up: retrying at Retry-After finds a token.
+                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let counted = String::from(self.key.clone());
+                let mut rejection = Rejection::new(
+                    RefusalKind::RateLimited,
+                    "rate_limited",
+                    format!("rate limit reached for {counted} {key:?}: retry after {retry_after}s"),
+                    KIND.name,
+                );
+                rejection.retry_after = Some(retry_after.max(1));
+                let annotations = Annotations {
+                    reason: Some("rate_limited"),
+                    ..Annotations::default()
+                };
+                Step::Reject(rejection, annotations)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

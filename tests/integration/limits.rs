@@ -1,0 +1,77 @@
+//! Rate limits through the real Envoy: a `rate_limit` transform counting per identity, its
+//! 429 with `Retry-After` and the contract's JSON body, and the audit record of a refusal.
+
+use crate::common::{Gateway, GatewayOptions, Upstream};
+
+const ALPHA: &str = "ptok-alpha-5e1c7b9d2a";
+const BETA: &str = "ptok-beta-8c2e4f6a1b";
+
+const CONFIG: &str = r#"
+identities:
+  - {name: alpha, token: {env: ALPHA_TOKEN}}
+  - {name: beta, token: {env: BETA_TOKEN}}
+policies:
+  - {name: upstream, action: allow, rules: [{host: 127.0.0.1}]}
+transforms:
+  - allowlist
+  - {name: rate_limit, rules: [{host: 127.0.0.1, paths: ["/api/*"]}],
+     config: {requests: 2, per: 1m, key: identity}}
+"#;
+
+#[test]
+fn a_spent_identity_gets_429_with_retry_after_and_the_others_do_not() {
+    let upstream = Upstream::start(None);
+    let gw = Gateway::start(
+        CONFIG,
+        GatewayOptions {
+            env: vec![
+                ("ALPHA_TOKEN".into(), ALPHA.into()),
+                ("BETA_TOKEN".into(), BETA.into()),
+            ],
+            ..GatewayOptions::default()
+        },
+    );
+    let url = format!("http://127.0.0.1:{}/api/items", upstream.port());
+    let as_identity = |token: &str| {
+        let auth = format!("Proxy-Authorization: Bearer {token}");
+        gw.via_proxy(&["-H", &auth, &url])
+    };
+    for n in 0..2 {
+        let passed = as_identity(ALPHA);
+        assert_eq!(passed.status, 200, "alpha's request {n}: {passed:?}");
+    }
+    let limited = as_identity(ALPHA);
+    assert_eq!(limited.status, 429, "{limited:?}\n{}", gw.portcullis_log());
+    // One token every 30 s: a retry after Retry-After finds one.
+    let retry: u64 = limited
+        .header("retry-after")
+        .expect("a Retry-After header")
+        .parse()
+        .unwrap();
+    assert!((29..=30).contains(&retry), "Retry-After: {retry}");
+    let body = limited.json();
+    assert_eq!(body["error"]["type"], "rate_limited", "{body}");
+    assert_eq!(body["error"]["reason"], "rate_limited");
+    assert_eq!(body["error"]["transform"], "rate_limit");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("identity \"alpha\""),
+        "{body}"
+    );
+    // Only the passed requests reached the upstream.
+    assert_eq!(upstream.hits(), 2);
+    // beta has its own bucket; a request outside the limit's scope is not counted.
+    assert_eq!(as_identity(BETA).status, 200);
+    let outside = format!("http://127.0.0.1:{}/health", upstream.port());
+    let auth = format!("Proxy-Authorization: Bearer {ALPHA}");
+    assert_eq!(gw.via_proxy(&["-H", &auth, &outside]).status, 200);
+
+    let record = gw.audit_for(|r| r["status"] == 429);
+    assert_eq!(record["decision"], "DENIED", "{record}");
+    assert_eq!(record["identity"]["name"], "alpha");
+    assert_eq!(record["reason"], "rate_limited");
+    // The proxy tokens are written nowhere.
+    gw.assert_no_leaks(&[ALPHA, BETA], &[]);
+}
