@@ -644,6 +644,34 @@ fn bench_rate_limit(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
             10_000,
         ),
     ] {
+        bench_limit_case(&mut group, runtime, &hosts, case, transform, keys);
+    }
+    // The same limit counted in a private redis-server on loopback: one script per decision.
+    let redis = PrivateRedis::start();
+    let transform = format!(
+        "  - {{name: rate_limit, config: {{requests: 1000000000, per: 1s, redis: {{url: \"redis://127.0.0.1:{}\", timeout: 1s}}}}}}\n",
+        redis.port
+    );
+    bench_limit_case(
+        &mut group,
+        runtime,
+        &hosts,
+        "identity_one_key_redis",
+        &transform,
+        1,
+    );
+    group.finish();
+}
+
+fn bench_limit_case(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    hosts: &[OutboundRequest],
+    case: &str,
+    transform: &str,
+    keys: usize,
+) {
+    {
         let snapshot = compile_snapshot(&format!(
             "policies:\n  - {{name: allow, action: allow, rules: [{{host: \"*\"}}]}}\ntransforms:\n  - allowlist\n{transform}"
         ));
@@ -652,12 +680,58 @@ fn bench_rate_limit(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
             b.iter(|| {
                 n = (n + 1) % keys;
                 let decided = runtime.block_on(snapshot.decide(&hosts[n], &[], None));
-                assert!(decided.outcome.rejection.is_none());
+                assert!(
+                    decided.outcome.rejection.is_none(),
+                    "{case}: {:?}",
+                    decided.outcome.rejection
+                );
                 black_box(decided)
             })
         });
     }
-    group.finish();
+}
+
+/// A `redis-server` of its own on a free loopback port, stopped on drop.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's package) for the Redis-backed limit");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        PrivateRedis { port, child }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `portcullis.processor.v1.Processor` that answers `continue` to everything.

@@ -36,6 +36,8 @@ pub enum RefusalKind {
     ResponseWithheld,
     /// A `rate_limit` transform's limit is used up for now: retry after `Retry-After`.
     RateLimited,
+    /// A Redis-backed rate limit could not be counted and its fail mode is closed.
+    RateLimitUnavailable,
 }
 
 impl RefusalKind {
@@ -56,6 +58,7 @@ impl RefusalKind {
             RefusalKind::BodyNotBuffered => "body_not_buffered",
             RefusalKind::ResponseWithheld => "response_withheld",
             RefusalKind::RateLimited => "rate_limited",
+            RefusalKind::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -76,6 +79,7 @@ impl RefusalKind {
             RefusalKind::PolicyUnavailable
             | RefusalKind::JudgeUnavailable
             | RefusalKind::ProcessorUnavailable
+            | RefusalKind::RateLimitUnavailable
             | RefusalKind::AuditUnavailable => 503,
         }
     }

@@ -75,3 +75,72 @@ fn a_spent_identity_gets_429_with_retry_after_and_the_others_do_not() {
     // The proxy tokens are written nowhere.
     gw.assert_no_leaks(&[ALPHA, BETA], &[]);
 }
+
+fn fleet_config(redis_url: &str) -> String {
+    format!(
+        r#"
+identities:
+  - {{name: alpha, token: {{env: ALPHA_TOKEN}}}}
+policies:
+  - {{name: upstream, action: allow, rules: [{{host: 127.0.0.1}}]}}
+transforms:
+  - allowlist
+  - {{name: rate_limit, rules: [{{host: 127.0.0.1, paths: ["/api/*"]}}],
+     config: {{requests: 2, per: 1m, redis: {{url: "{redis_url}", fail: closed}}}}}}
+  - {{name: rate_limit, rules: [{{host: 127.0.0.1, paths: ["/open/*"]}}],
+     config: {{requests: 100, per: 1m, redis: {{url: "{redis_url}", fail: open}}}}}}
+"#
+    )
+}
+
+#[test]
+fn two_instances_share_one_limit_in_redis_and_its_fail_mode_decides_when_redis_is_down() {
+    let redis = crate::common::redis::RedisServer::start();
+    let upstream = Upstream::start(None);
+    let options = || GatewayOptions {
+        env: vec![("ALPHA_TOKEN".into(), ALPHA.into())],
+        ..GatewayOptions::default()
+    };
+    let config = fleet_config(&redis.url());
+    let (a, b) = (
+        Gateway::start(&config, options()),
+        Gateway::start(&config, options()),
+    );
+    let auth = format!("Proxy-Authorization: Bearer {ALPHA}");
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", upstream.port());
+    let via = |gw: &Gateway, path: &str| gw.via_proxy(&["-H", &auth, &url(path)]);
+    assert_eq!(via(&a, "/api/1").status, 200, "{}", a.portcullis_log());
+    assert_eq!(via(&b, "/api/2").status, 200, "{}", b.portcullis_log());
+    // The two instances counted into one bucket: the third request is refused on either.
+    let limited = via(&a, "/api/3");
+    assert_eq!(limited.status, 429, "{limited:?}\n{}", a.portcullis_log());
+    let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(via(&b, "/api/4").status, 429);
+    assert_eq!(via(&b, "/open/1").status, 200);
+
+    // Redis down: the closed limit refuses, the open one forwards and says why.
+    redis.stop();
+    let refused = via(&a, "/api/5");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.json()["error"]["type"], "rate_limit_unavailable");
+    assert!(refused.header("retry-after").is_none());
+    let forwarded = via(&b, "/open/2");
+    assert_eq!(forwarded.status, 200, "{forwarded:?}");
+    let record = b.audit_for(|r| r["path"] == "/open/2");
+    let rate_limit = record["transforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "rate_limit" && t["action"] == "continue")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        rate_limit["annotations"]["reason"], "rate_limit_unavailable",
+        "{record}"
+    );
+    assert!(
+        !a.portcullis_log().contains(ALPHA) && !b.portcullis_log().contains(ALPHA),
+        "the proxy token in a log"
+    );
+}

@@ -45,7 +45,8 @@ pub struct GrpcConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailMode {
-    /// Refuse the request: 503 `processor_unavailable`.
+    /// Refuse the request: 503 (`processor_unavailable` for a processor,
+    /// `rate_limit_unavailable` for a Redis-backed limit).
     #[default]
     Closed,
     /// Let the request continue as if the transform were not configured.

@@ -1,6 +1,7 @@
 //! The `rate_limit` transform: a token bucket per key (an identity, a host, a deciding
-//! policy, a tag's value, or one for all), counted in this instance's memory. A request
-//! that finds its bucket empty is refused with 429 `rate_limited` and `Retry-After`, the
+//! policy, a tag's value, or one for all), counted in this instance's memory, or with
+//! `redis` in a Redis server every instance of a fleet shares ([`redis`]). A request that
+//! finds its bucket empty is refused with 429 `rate_limited` and `Retry-After`, the
 //! seconds until the bucket holds a token again.
 //!
 //! The buckets outlive reloads that keep the limit's config (see [`LimitStates`]): a
@@ -55,6 +56,9 @@ pub struct LimitConfig {
     /// `global` (one bucket).
     #[serde(default)]
     pub key: LimitKey,
+    /// Count in this Redis server, shared by every instance, instead of in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<redis::RedisConfig>,
 }
 
 /// What a limit counts separately.
@@ -122,6 +126,9 @@ impl LimitConfig {
                 format!("{} is out of range: between 1s and 31d", self.per),
             ));
         }
+        if let Some(redis) = &self.redis {
+            problems.extend(redis.problems().into_iter().map(|e| e.under("redis")));
+        }
         if self.burst == Some(0) {
             problems.push(FieldError::new(
                 "burst",
@@ -146,6 +153,10 @@ impl TransformConfig for LimitConfig {
         KIND.name
     }
 
+    fn wait_timeout(&self) -> Duration {
+        self.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout.0)
+    }
+
     fn compile(&self, ctx: &CompileContext<'_>) -> Result<Box<dyn Transform>, Vec<FieldError>> {
         Ok(Box::new(RateLimit {
             key: self.key.clone(),
@@ -164,6 +175,8 @@ pub(crate) struct LimitState {
     rate: f64,
     capacity: f64,
     buckets: Mutex<Buckets>,
+    /// Set: the buckets are in Redis, not in `buckets`.
+    redis: Option<redis::RedisBuckets>,
 }
 
 struct Buckets {
@@ -181,6 +194,10 @@ impl LimitState {
                 by_key: HashMap::new(),
                 sweep_at: MAX_KEYS,
             }),
+            redis: config
+                .redis
+                .as_ref()
+                .map(|r| redis::RedisBuckets::new(r, config)),
         }
     }
 
@@ -287,28 +304,49 @@ impl Transform for RateLimit {
 
     fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
         let key = self.key_of(exchange);
+        if let Some(redis) = &self.state.redis {
+            return Applied::Waiting(Box::pin(async move {
+                match redis.take(&key, self.state.rate, self.state.capacity).await {
+                    Ok(Ok(_)) => Step::Continue(Annotations::default()),
+                    Ok(Err(wait)) => self.refusal(&key, wait),
+                    Err(failure) => redis.failed(failure),
+                }
+            }));
+        }
         Applied::Done(match self.state.take(&key, Instant::now()) {
             Ok(_) => Step::Continue(Annotations::default()),
-            Err(wait) => {
-                // Whole seconds, rounded up: retrying at Retry-After finds a token.
-                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let counted = String::from(self.key.clone());
-                let mut rejection = Rejection::new(
-                    RefusalKind::RateLimited,
-                    "rate_limited",
-                    format!("rate limit reached for {counted} {key:?}: retry after {retry_after}s"),
-                    KIND.name,
-                );
-                rejection.retry_after = Some(retry_after.max(1));
-                let annotations = Annotations {
-                    reason: Some("rate_limited"),
-                    ..Annotations::default()
-                };
-                Step::Reject(rejection, annotations)
-            }
+            Err(wait) => self.refusal(&key, wait),
         })
+    }
+
+    fn wait(&self, _: &crate::request::OutboundRequest) -> Option<Duration> {
+        self.state.redis.as_ref().map(|r| r.timeout)
     }
 }
 
+impl RateLimit {
+    fn refusal(&self, key: &str, wait: Duration) -> Step {
+        // Whole seconds, rounded up: retrying at Retry-After finds a token.
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let counted = match &self.key {
+            LimitKey::Global => "the gateway".to_owned(),
+            other => format!("{} {key:?}", String::from(other.clone())),
+        };
+        let mut rejection = Rejection::new(
+            RefusalKind::RateLimited,
+            "rate_limited",
+            format!("rate limit reached for {counted}: retry after {retry_after}s"),
+            KIND.name,
+        );
+        rejection.retry_after = Some(retry_after.max(1));
+        let annotations = Annotations {
+            reason: Some("rate_limited"),
+            ..Annotations::default()
+        };
+        Step::Reject(rejection, annotations)
+    }
+}
+
+mod redis;
 #[cfg(test)]
 mod tests;

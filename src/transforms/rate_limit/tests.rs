@@ -10,6 +10,7 @@ fn limit(requests: u32, per: u64, burst: Option<u32>) -> LimitConfig {
         per: DurationText(Duration::from_secs(per)),
         burst,
         key: LimitKey::Identity,
+        redis: None,
     }
 }
 

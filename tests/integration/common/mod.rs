@@ -9,6 +9,7 @@ pub mod mcp;
 pub mod moto;
 pub mod postgres;
 pub mod processor;
+pub mod redis;
 pub mod session;
 pub mod tcp_proxy;
 pub mod tls_probe;
