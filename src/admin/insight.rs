@@ -218,6 +218,35 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
     Ok((ts.to_owned(), id.to_owned()))
 }
 
+/// `GET /v1/limits`: every rate limit of this instance's pipeline and its most used keys
+/// now (memory: this instance's buckets; Redis: the fleet's), most used first.
+pub async fn limits(
+    State(control): State<Arc<Control>>,
+    credentials: Credentials,
+) -> Result<axum::Json<Value>, ApiError> {
+    control.caller(&credentials, AdminRole::Viewer)?;
+    let snapshot = control.live.snapshot();
+    let mut limits = Vec::new();
+    for (at, limit) in snapshot.pipeline.rate_limits() {
+        let config = &limit.config;
+        let (keys, error) = match limit.usage(100).await {
+            Ok(keys) => (keys, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        limits.push(json!({
+            "transform": format!("transforms[{at}]"),
+            "requests": config.requests,
+            "per": config.per.to_string(),
+            "burst": config.burst.unwrap_or(config.requests),
+            "key": String::from(config.key.clone()),
+            "backend": limit.backend(),
+            "keys": keys,
+            "error": error,
+        }));
+    }
+    Ok(axum::Json(json!({"limits": limits})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

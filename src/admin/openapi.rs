@@ -266,6 +266,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         ),
         "ImpactRequest",
     ),
+    endpoint(
+        "get",
+        "/v1/limits",
+        Viewer,
+        "Rate limits and their most used keys now",
+    ),
     with_query(
         endpoint(
             "get",

@@ -141,6 +141,10 @@ pub trait Transform: Send + Sync {
     fn is_policy_engine(&self) -> bool {
         false
     }
+    /// A rate limit, for reports of its use.
+    fn rate_limit(&self) -> Option<&super::rate_limit::RateLimit> {
+        None
+    }
 }
 
 /// An entry's required `config`, read as `C`; `missing` says what it must hold.

@@ -379,6 +379,14 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    /// The pipeline's rate limits, with their places (`transforms[N]`).
+    pub fn rate_limits(&self) -> impl Iterator<Item = (usize, &rate_limit::RateLimit)> {
+        self.stages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, stage)| stage.transform.rate_limit().map(|limit| (i, limit)))
+    }
+
     /// Compiles validated entries; errors carry paths under `transforms[N]` (and
     /// `secrets[N]` for the secrets the `secrets` step holds).
     pub fn compile(

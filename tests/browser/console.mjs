@@ -433,6 +433,16 @@ try {
   check(holding.length === 1 && holding[0] === "POST /v1/tokens",
     `only the mint's answer holds the token's value (${holding})`);
 
+  // Rate limits: the requests to /ok/* so far, counted per identity.
+  await page.locator("nav a[href='#/limits']").click();
+  await page.locator("h1", { hasText: "Rate limits" }).waitFor();
+  const limitTitle = await page.locator("section.limit h2").first().textContent();
+  check(limitTitle.includes("1000 per 30days, burst 1000, by identity, in memory"), `the limits page describes the limit (${limitTitle})`);
+  const inUse = await page.locator("section.limit tbody tr").allTextContents();
+  check(inUse.some((row) => row.includes("agent-7") && row.includes("1 of 1000")), `and the keys in use (${inUse.join(" | ")})`);
+  await shot(page, "limits");
+  await axe(page, "limits");
+
   // Sign out: back to the sign-in form, and the API refuses the old cookie.
   await page.locator("#sign-out").click();
   await page.locator("#token").waitFor({ state: "visible" });

@@ -37,6 +37,11 @@ fn console_config(store_url: &str, admin_extra: &str) -> String {
 store:
   url: "{store_url}"
   secret_sources: {{env_prefixes: [PORTCULLIS_SECRET_]}}
+transforms:
+  - allowlist
+  - {{name: rate_limit, rules: [{{host: 127.0.0.1, paths: ["/ok/*"]}}],
+     config: {{requests: 1000, per: 30d}}}}
+  - secrets
 admin:
   tokens:
     - {{name: alice, role: editor, token: {{env: EDITOR_TOKEN}}}}

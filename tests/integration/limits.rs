@@ -5,11 +5,13 @@ use crate::common::{Gateway, GatewayOptions, Upstream};
 
 const ALPHA: &str = "ptok-alpha-5e1c7b9d2a";
 const BETA: &str = "ptok-beta-8c2e4f6a1b";
+const VIEWER: &str = "limits-viewer-token-3f9a";
 
 const CONFIG: &str = r#"
 identities:
   - {name: alpha, token: {env: ALPHA_TOKEN}}
   - {name: beta, token: {env: BETA_TOKEN}}
+admin: {tokens: [{name: ops, role: viewer, token: {env: VIEWER_TOKEN}}]}
 policies:
   - {name: upstream, action: allow, rules: [{host: 127.0.0.1}]}
 transforms:
@@ -27,6 +29,7 @@ fn a_spent_identity_gets_429_with_retry_after_and_the_others_do_not() {
             env: vec![
                 ("ALPHA_TOKEN".into(), ALPHA.into()),
                 ("BETA_TOKEN".into(), BETA.into()),
+                ("VIEWER_TOKEN".into(), VIEWER.into()),
             ],
             ..GatewayOptions::default()
         },
@@ -68,6 +71,18 @@ fn a_spent_identity_gets_429_with_retry_after_and_the_others_do_not() {
     let auth = format!("Proxy-Authorization: Bearer {ALPHA}");
     assert_eq!(gw.via_proxy(&["-H", &auth, &outside]).status, 200);
 
+    // The limit's use now: alpha has spent both tokens, beta one.
+    let limits = gw.api("GET", "/v1/limits", Some(VIEWER), None);
+    assert_eq!(limits.status, 200, "{limits:?}");
+    let limit = &limits.json()["limits"][0];
+    assert_eq!(limit["transform"], "transforms[1]");
+    assert_eq!(limit["backend"], "memory");
+    assert_eq!(limit["key"], "identity");
+    assert_eq!(
+        limit["keys"],
+        serde_json::json!([{"key": "alpha", "used": 2, "capacity": 2},
+                           {"key": "beta", "used": 1, "capacity": 2}])
+    );
     let record = gw.audit_for(|r| r["status"] == 429);
     assert_eq!(record["decision"], "DENIED", "{record}");
     assert_eq!(record["identity"]["name"], "alpha");
@@ -81,6 +96,7 @@ fn fleet_config(redis_url: &str) -> String {
         r#"
 identities:
   - {{name: alpha, token: {{env: ALPHA_TOKEN}}}}
+admin: {{tokens: [{{name: ops, role: viewer, token: {{env: VIEWER_TOKEN}}}}]}}
 policies:
   - {{name: upstream, action: allow, rules: [{{host: 127.0.0.1}}]}}
 transforms:
@@ -98,7 +114,10 @@ fn two_instances_share_one_limit_in_redis_and_its_fail_mode_decides_when_redis_i
     let redis = crate::common::redis::RedisServer::start();
     let upstream = Upstream::start(None);
     let options = || GatewayOptions {
-        env: vec![("ALPHA_TOKEN".into(), ALPHA.into())],
+        env: vec![
+            ("ALPHA_TOKEN".into(), ALPHA.into()),
+            ("VIEWER_TOKEN".into(), VIEWER.into()),
+        ],
         ..GatewayOptions::default()
     };
     let config = fleet_config(&redis.url());
@@ -118,6 +137,14 @@ fn two_instances_share_one_limit_in_redis_and_its_fail_mode_decides_when_redis_i
     assert!((29..=30).contains(&retry), "Retry-After: {retry}");
     assert_eq!(via(&b, "/api/4").status, 429);
     assert_eq!(via(&b, "/open/1").status, 200);
+    // Either instance reports the fleet's use, read from Redis.
+    let limits = a.api("GET", "/v1/limits", Some(VIEWER), None).json();
+    assert_eq!(limits["limits"][0]["backend"], "redis", "{limits}");
+    assert_eq!(
+        limits["limits"][0]["keys"],
+        serde_json::json!([{"key": "alpha", "used": 2, "capacity": 2}]),
+        "{limits}"
+    );
 
     // Redis down: the closed limit refuses, the open one forwards and says why.
     redis.stop();
@@ -125,6 +152,13 @@ fn two_instances_share_one_limit_in_redis_and_its_fail_mode_decides_when_redis_i
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(refused.json()["error"]["type"], "rate_limit_unavailable");
     assert!(refused.header("retry-after").is_none());
+    let down = a.api("GET", "/v1/limits", Some(VIEWER), None).json();
+    assert!(
+        down["limits"][0]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{down}"
+    );
     let forwarded = via(&b, "/open/2");
     assert_eq!(forwarded.status, 200, "{forwarded:?}");
     let record = b.audit_for(|r| r["path"] == "/open/2");

@@ -134,12 +134,13 @@ async function signOut() {
 
 // ------------------------------------------------------------------ pages
 
-const PAGES = { overview, policies, policy, builder, playground, audit, secrets, "secret-wizard": secretWizard, tokens };
+const PAGES = { overview, policies, policy, builder, playground, audit, secrets, "secret-wizard": secretWizard, limits, tokens };
 // Pages reached from another one, highlighted under it in the navigation.
 const PARENT = { policy: "policies", builder: "policies", "secret-wizard": "secrets" };
 
 function route() {
   if (!state.me) return;
+  status("");
   const [name, rest] = (location.hash.replace(/^#\//, "") || "overview").split("?");
   const page = PAGES[name] ? name : "overview";
   for (const link of document.querySelectorAll("nav a")) {
@@ -1204,6 +1205,28 @@ async function secretWizard(root) {
       el("div", { class: "builder-preview" }, el("h2", {}, "What will be saved"), preview,
         el("p", { class: "muted" }, "The value is read on the gateway host; it is never sent to this page."))));
   nav();
+}
+
+// ------------------------------------------------------------------ rate limits
+
+// Each rate limit of the pipeline and its most used keys now, as bars against the burst.
+async function limits(root) {
+  const { limits: all } = await api("GET", "/v1/limits");
+  fill(root,
+    el("h1", {}, "Rate limits"),
+    el("p", { class: "muted" }, "The pipeline's rate_limit transforms and their most used keys now: tokens taken and not yet back, against the burst. In memory: this instance's counts; in Redis: the fleet's."),
+    all.length ? all.map((l) => el("section", { class: "card limit", "data-transform": l.transform },
+      el("h2", {}, `${l.transform}: ${l.requests} per ${l.per}, burst ${l.burst}, by ${l.key}, in ${l.backend}`),
+      l.error ? el("p", { class: "error", role: "alert" }, `Its use cannot be read: ${l.error}`) : null,
+      l.keys.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Key", "In use", "Of the burst"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, l.keys.map((k) => el("tr", {},
+          el("td", {}, k.key || "(all)"),
+          el("td", {}, `${k.used} of ${k.capacity}`),
+          el("td", {}, el("meter", { min: 0, max: k.capacity, value: k.used, high: k.capacity * 0.8,
+            "aria-label": `${k.key || "all"}: ${k.used} of ${k.capacity} in use` })))))) :
+        el("p", { class: "muted" }, "No key has a token in use."))) :
+      el("p", { class: "muted" }, "This gateway's pipeline has no rate_limit transform (docs/config.md)."));
 }
 
 // ------------------------------------------------------------------ enrollment tokens

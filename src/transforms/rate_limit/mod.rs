@@ -161,6 +161,7 @@ impl TransformConfig for LimitConfig {
         Ok(Box::new(RateLimit {
             key: self.key.clone(),
             state: ctx.limits.get(self),
+            config: self.clone(),
         }))
     }
 }
@@ -257,9 +258,75 @@ impl LimitStates {
     }
 }
 
-struct RateLimit {
+/// A compiled `rate_limit` entry.
+pub struct RateLimit {
     key: LimitKey,
     state: Arc<LimitState>,
+    pub config: LimitConfig,
+}
+
+/// One key's use of a limit, now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyUse {
+    pub key: String,
+    /// Tokens taken and not yet back (a token partly refilled counts as taken).
+    pub used: u32,
+    pub capacity: u32,
+}
+
+impl RateLimit {
+    /// The `top` most used keys, most used first: from memory, or from Redis (at most 1,000
+    /// of its keys read). Keys whose buckets have refilled are left out.
+    pub async fn usage(&self, top: usize) -> Result<Vec<KeyUse>, String> {
+        let capacity = self.state.capacity;
+        let mut uses: Vec<KeyUse> = match &self.state.redis {
+            Some(redis) => redis
+                .tokens(1_000)
+                .await
+                .map_err(|failure| failure.0)?
+                .into_iter()
+                .map(|(key, tokens, ms_since)| {
+                    let now = tokens + ms_since as f64 / 1000.0 * self.state.rate;
+                    (key, now.min(capacity))
+                })
+                .map(|(key, tokens)| key_use(key, tokens, capacity))
+                .collect(),
+            None => {
+                let now = Instant::now();
+                let guard = self.state.buckets.lock().unwrap_or_else(|e| e.into_inner());
+                guard
+                    .by_key
+                    .iter()
+                    .map(|(key, b)| {
+                        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+                        let tokens = (b.tokens + elapsed * self.state.rate).min(capacity);
+                        key_use(key.clone(), tokens, capacity)
+                    })
+                    .collect()
+            }
+        };
+        uses.retain(|u| u.used > 0);
+        uses.sort_by(|a, b| b.used.cmp(&a.used).then_with(|| a.key.cmp(&b.key)));
+        uses.truncate(top);
+        Ok(uses)
+    }
+
+    /// `memory` or `redis`.
+    pub fn backend(&self) -> &'static str {
+        if self.state.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+}
+
+fn key_use(key: String, tokens: f64, capacity: f64) -> KeyUse {
+    KeyUse {
+        key,
+        used: (capacity - tokens).max(0.0).ceil() as u32,
+        capacity: capacity as u32,
+    }
 }
 
 impl RateLimit {
@@ -321,6 +388,10 @@ impl Transform for RateLimit {
 
     fn wait(&self, _: &crate::request::OutboundRequest) -> Option<Duration> {
         self.state.redis.as_ref().map(|r| r.timeout)
+    }
+
+    fn rate_limit(&self) -> Option<&RateLimit> {
+        Some(self)
     }
 }
 

@@ -56,6 +56,18 @@ impl RedisConfig {
     }
 }
 
+/// `text` with Redis glob characters escaped.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// A URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -91,7 +103,7 @@ return {0, math.ceil((1 - tokens) / rate)}
 "#;
 
 /// Why Redis gave no answer (never the URL's password).
-pub(super) struct Failure(String);
+pub(super) struct Failure(pub(super) String);
 
 pub(super) struct RedisBuckets {
     client: Option<::redis::Client>,
@@ -191,6 +203,60 @@ impl RedisBuckets {
                 "Redis did not answer within {}ms",
                 self.timeout.as_millis()
             ))),
+        }
+    }
+
+    /// Up to `most` of this limit's buckets: (key, tokens at the last take, milliseconds
+    /// since), by Redis's clock.
+    pub(super) async fn tokens(&self, most: usize) -> Result<Vec<(String, f64, i64)>, Failure> {
+        let read = async {
+            let mut connection = self.connection().await?;
+            let failed = |e: ::redis::RedisError| Failure(format!("Redis: {e}"));
+            let (seconds, micros): (i64, i64) = ::redis::cmd("TIME")
+                .query_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            let now_ms = seconds * 1000 + micros / 1000;
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", escape_glob(&self.prefix)))
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(failed)?;
+                keys.extend(found);
+                cursor = next;
+                if cursor == 0 || keys.len() >= most {
+                    break;
+                }
+            }
+            keys.truncate(most);
+            let mut buckets = Vec::with_capacity(keys.len());
+            for key in keys {
+                let (tokens, at): (Option<String>, Option<String>) = ::redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("tokens")
+                    .arg("at")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(failed)?;
+                let tokens = tokens.and_then(|t| t.parse::<f64>().ok());
+                let at = at.and_then(|t| t.parse::<f64>().ok());
+                if let (Some(tokens), Some(at)) = (tokens, at) {
+                    let name = key[self.prefix.len()..].to_owned();
+                    buckets.push((name, tokens, (now_ms - at as i64).max(0)));
+                }
+            }
+            Ok(buckets)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), read).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure("Redis did not answer within 2s".into())),
         }
     }
 
