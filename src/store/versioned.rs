@@ -381,12 +381,7 @@ impl<T: Definition> Versioned<'_, T> {
         let version = self
             .write_in(&mut tx, name, expected, operation, change, next)
             .await?;
-        let touched = Touched {
-            kind: T::KIND.as_str(),
-            name,
-        };
-        self.store.touch(&mut tx, &touched).await?;
-        tx.commit().await?;
+        self.commit(tx, name).await?;
         Ok(version)
     }
 
@@ -471,9 +466,18 @@ impl<T: Definition> Versioned<'_, T> {
         change: &Change,
     ) -> Result<(), StoreError> {
         self.record(&mut tx, &written, change).await?;
+        self.commit(tx, written.name).await
+    }
+
+    /// Bumps the revision, announces the change (naming `name`), commits.
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        name: &str,
+    ) -> Result<(), StoreError> {
         let touched = Touched {
             kind: T::KIND.as_str(),
-            name: written.name,
+            name,
         };
         self.store.touch(&mut tx, &touched).await?;
         tx.commit().await?;
@@ -564,12 +568,7 @@ impl Versioned<'_, PolicyConfig> {
             written.push((name.clone(), version));
         }
         if let Some((name, _)) = written.first() {
-            let touched = Touched {
-                kind: "policies",
-                name,
-            };
-            self.store.touch(&mut tx, &touched).await?;
-            tx.commit().await?;
+            self.commit(tx, name).await?;
         }
         Ok(written)
     }

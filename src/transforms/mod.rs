@@ -17,6 +17,7 @@ mod remote;
 pub mod secrets;
 #[cfg(test)]
 mod stamp;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,9 +19,7 @@ pub mod config;
 mod provider;
 mod summary;
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -52,25 +50,11 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// by the judge's whole config, so a reload that keeps a judge keeps its state, and a
 /// changed judge (another policy, model or endpoint) starts afresh.
 #[derive(Default)]
-pub struct JudgeStates {
-    states: Mutex<HashMap<u64, Weak<JudgeState>>>,
-}
+pub struct JudgeStates(super::state::StatesByConfig<JudgeState>);
 
 impl JudgeStates {
     fn get(&self, config: &JudgeConfig) -> Arc<JudgeState> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(config)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-        let key = hasher.finish();
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states.retain(|_, state| state.strong_count() > 0);
-        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
-            return state;
-        }
-        let state = Arc::new(JudgeState::new(config));
-        states.insert(key, Arc::downgrade(&state));
-        state
+        self.0.get(config, JudgeState::new)
     }
 }
 

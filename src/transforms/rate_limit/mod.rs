@@ -12,8 +12,8 @@
 //! cost per request stays constant (the next comes when the map has doubled).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, Weak};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -236,25 +236,11 @@ impl LimitState {
 /// The buckets of every limit, by the limit's whole config, so that a reload keeping a
 /// limit keeps its counts, and a changed limit starts afresh.
 #[derive(Default)]
-pub struct LimitStates {
-    states: Mutex<HashMap<u64, Weak<LimitState>>>,
-}
+pub struct LimitStates(super::state::StatesByConfig<LimitState>);
 
 impl LimitStates {
     fn get(&self, config: &LimitConfig) -> Arc<LimitState> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(config)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-        let key = hasher.finish();
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states.retain(|_, state| state.strong_count() > 0);
-        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
-            return state;
-        }
-        let state = Arc::new(LimitState::new(config));
-        states.insert(key, Arc::downgrade(&state));
-        state
+        self.0.get(config, LimitState::new)
     }
 }
 

@@ -7,7 +7,6 @@
 //! says why it was not counted. After a failed connection, no new one is tried for a
 //! second, so an outage costs the requests no connection timeout each.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -121,13 +120,12 @@ impl RedisBuckets {
     pub(super) fn new(config: &RedisConfig, limit: &LimitConfig) -> RedisBuckets {
         let mut counted = limit.clone();
         counted.redis = None;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&counted)
-            .unwrap_or_default()
-            .hash(&mut hasher);
         RedisBuckets {
             client: ::redis::Client::open(config.url.as_str()).ok(),
-            prefix: format!("portcullis:rate_limit:{:016x}:", hasher.finish()),
+            prefix: format!(
+                "portcullis:rate_limit:{:016x}:",
+                crate::transforms::state::config_digest(&counted)
+            ),
             timeout: config.timeout.0,
             fail: config.fail,
             script: ::redis::Script::new(TAKE),
