@@ -318,6 +318,7 @@ async fn connect_store(
     };
     tracing::info!(store = %store.display_url(), backend = ?store.backend(), "policy store open");
     control.set_store(store.clone());
+    live.approvals().set_store(store.clone());
     let metrics = live.shared.metrics.clone();
     let audit_task = audit.map(|rx| {
         tokio::spawn(crate::audit::write_to_store(

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod check;
 pub mod cli;

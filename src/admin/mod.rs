@@ -2,6 +2,7 @@
 //! under `/v1/` (docs/api.md): policies and secrets with their history, the playground,
 //! impact previews, fire counts, audit search and enrollment tokens.
 
+mod approvals;
 mod definitions;
 mod error;
 mod insight;
@@ -153,6 +154,11 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/audit", get(insight::audit_search))
         .route("/v1/tokens", get(tokens::list).post(tokens::mint))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{approval}", get(approvals::get))
+        .route("/v1/approvals/{approval}/approve", post(approvals::approve))
+        .route("/v1/approvals/{approval}/deny", post(approvals::deny))
+        .route("/v1/approvals/{approval}/revoke", post(approvals::revoke))
         .merge(crate::console::routes())
         .fallback(not_found)
         .with_state(control)

@@ -321,6 +321,49 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Editor,
         "Revoke an enrollment token",
     ),
+    with_query(
+        endpoint("get", "/v1/approvals", Viewer, "Approvals, newest first"),
+        &[
+            (
+                "status",
+                "pending, lapsed, approved, expired, denied or revoked",
+            ),
+            ("limit", "At most this many, 1 to 1000 (default 100)"),
+        ],
+    ),
+    endpoint(
+        "get",
+        "/v1/approvals/{approval}",
+        Viewer,
+        "One approval and its console link",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/approvals/{approval}/approve",
+            Editor,
+            "Approve: write a grant for exactly that request, expiring by itself",
+        ),
+        "ApprovalDecision",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/approvals/{approval}/deny",
+            Editor,
+            "Deny a pending approval",
+        ),
+        "ApprovalNote",
+    ),
+    with_body(
+        endpoint(
+            "post",
+            "/v1/approvals/{approval}/revoke",
+            Editor,
+            "End an approval's grant before it expires",
+        ),
+        "ApprovalNote",
+    ),
 ];
 
 /// The document for this gateway, built once per call (it is small and rarely fetched):
@@ -442,6 +485,19 @@ pub fn build(gateway: &Gateway) -> Value {
         json!({"type": "object", "additionalProperties": false, "required": ["name"],
                "properties": {"name": {"$ref": "#/components/schemas/Name"},
                               "tags": {"type": "array", "items": {"$ref": "#/components/schemas/Tag"}}}}),
+    );
+    schemas.insert(
+        "ApprovalDecision".into(),
+        json!({"type": "object", "additionalProperties": false,
+               "properties": {
+                   "for": {"type": "string", "format": "grant-duration",
+                           "description": "How long the grant lasts (default approvals.grant_for, at most approvals.max_grant_for)"},
+                   "note": {"type": "string", "description": "Why; kept with the decision"}}}),
+    );
+    schemas.insert(
+        "ApprovalNote".into(),
+        json!({"type": "object", "additionalProperties": false,
+               "properties": {"note": {"type": "string", "description": "Why; kept with the decision"}}}),
     );
     schemas.insert(
         "SignIn".into(),
@@ -643,6 +699,8 @@ fn query_schema(name: &str) -> Value {
         // What the server reads as a span back from now (humantime reads more forms).
         "window" => json!({"type": "string", "pattern": "^[1-9][0-9]{0,5}(s|m|h|d)$"}),
         "decision" => json!({"type": "string", "enum": ["allowed", "flagged", "denied"]}),
+        "status" => json!({"type": "string", "enum": ["pending", "lapsed", "approved",
+                                                      "expired", "denied", "revoked"]}),
         "since" | "until" => json!({"type": "string", "format": "time-or-duration"}),
         // Opaque: only what an earlier page returned as `next_cursor`.
         "cursor" => json!({"type": "string", "format": "cursor"}),
@@ -654,6 +712,7 @@ fn query_schema(name: &str) -> Value {
 fn path_schema(name: &str) -> Value {
     match name {
         "name" => json!({"$ref": "#/components/schemas/Name"}),
+        "approval" => json!({"type": "string", "pattern": "^ap-[a-z2-7]{16}$"}),
         _ => json!({"type": "string", "format": "uuid"}),
     }
 }

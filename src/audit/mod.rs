@@ -67,6 +67,10 @@ pub struct AuditRecord<'a> {
     pub upstream_address: Option<std::net::SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<&'a DryRun>,
+    /// The approval this request is tied to: the one a refused request waits for, or the
+    /// one whose grant allowed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a str>,
     pub transforms: &'a [TransformTrace],
     /// Time from receiving the request headers to the decision, in microseconds.
     pub decision_us: f64,
@@ -136,12 +140,18 @@ impl<'a> AuditRecord<'a> {
             ),
         };
         // The version of the policy named in the record: the engine's deciding policy.
-        let policy_version = outcome
+        let deciding = outcome
             .verdict
             .and_then(|v| v.decided_by)
             .map(|rule| snapshot.policies.policy(rule.policy))
-            .filter(|p| Some(&*p.name) == policy)
-            .and_then(|p| p.version);
+            .filter(|p| Some(&*p.name) == policy);
+        let policy_version = deciding.and_then(|p| p.version);
+        let approval = match rejection {
+            Some(r) => r.approval.as_ref().map(|a| a.id.as_str()),
+            None => deciding
+                .and_then(|p| p.grant.as_ref())
+                .map(|g| &*g.approval),
+        };
         AuditRecord {
             ts: now_rfc3339(),
             request_id: &request.id,
@@ -167,6 +177,7 @@ impl<'a> AuditRecord<'a> {
                 .find(|t| t.name == "network_guard")
                 .and_then(|t| t.annotations.upstream_address),
             dry_run: allowlist.and_then(|a| a.dry_run.as_ref()),
+            approval,
             transforms: &outcome.trace,
             decision_us,
         }
@@ -263,6 +274,7 @@ impl AuditUnavailable {
             rule: None,
             transform: "audit",
             retry_after: None,
+            approval: None,
         }
     }
 }

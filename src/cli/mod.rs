@@ -1,12 +1,14 @@
 //! The `portcullis` command line. Commands that work on this machine — `serve`,
 //! `validate`, `check`, `ca init`, `migrate`, `apply --store` — live in [`local`]; the
 //! ones that drive a running instance through its admin API (docs/api.md) — `policy`,
-//! `secret`, `playground`, `audit`, `token` — each have a file, over one [`client`].
+//! `secret`, `playground`, `audit`, `token`, `approvals` — each have a file, over one
+//! [`client`].
 //!
 //! Exit status: 0 success, 1 any error (an invalid file, an unreachable API, a refused
 //! call), 3 a request `check` or `playground` decided to deny.
 
 pub mod apply;
+pub mod approvals;
 mod args;
 pub mod audit;
 pub mod client;
@@ -86,6 +88,14 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Requests waiting for a person (`action: approve`): list, approve (a time-boxed
+    /// grant), deny, revoke.
+    Approvals {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
+    },
     /// Enrollment tokens: a workload presents one as its proxy credential and carries its
     /// tags.
     Token {
@@ -152,6 +162,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Playground { api, args } => on_api(&api, |c| playground::run(c, args)),
         Command::Audit { api, command } => on_api(&api, |c| audit::run(c, command)),
         Command::Token { api, command } => on_api(&api, |c| token::run(c, command)),
+        Command::Approvals { api, command } => on_api(&api, |c| approvals::run(c, command)),
     }
 }
 

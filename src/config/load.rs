@@ -36,6 +36,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "mcp",
     "request",
     "network_guard",
+    "approvals",
 ];
 
 /// One problem in a config file.
@@ -352,6 +353,14 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
             "mcp" => {
                 if let Some(v) = section(value, &key, &mut errors) {
                     config.mcp = v;
+                }
+            }
+            "approvals" => {
+                if let Some(v) =
+                    section::<crate::approvals::ApprovalsConfig>(value, &key, &mut errors)
+                {
+                    errors.extend(v.problems().into_iter().map(|e| e.under("approvals")));
+                    config.approvals = v;
                 }
             }
             "request" => {

@@ -58,6 +58,8 @@ pub struct Config {
     pub request: crate::request::RequestConfig,
     /// Which internal addresses allowed requests may reach, and how names are resolved.
     pub network_guard: crate::network::NetworkGuardConfig,
+    /// Approvals (`action: approve`): the console link, how long things last, the webhook.
+    pub approvals: crate::approvals::ApprovalsConfig,
 }
 
 /// `mcp:` — how Portcullis answers MCP (JSON-RPC over Streamable HTTP) messages it

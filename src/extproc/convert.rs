@@ -452,6 +452,7 @@ pub fn response_not_scrubbable(encoding: &str) -> Rejection {
         rule: None,
         transform: "secrets",
         retry_after: None,
+        approval: None,
     }
 }
 
@@ -557,6 +558,9 @@ struct ErrorDetail<'a> {
     policy: Option<&'a str>,
     transform: &'a str,
     request_id: &'a str,
+    /// The approval the request waits for (`approval_required`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<&'a crate::transforms::ApprovalTicket>,
 }
 
 /// How a refusal's JSON body is laid out for the client that will display it.
@@ -594,6 +598,7 @@ fn refusal_body(request_id: &str, rejection: &Rejection, shape: ErrorShape) -> V
         policy: rejection.policy.as_deref(),
         transform: rejection.transform,
         request_id,
+        approval: rejection.approval.as_deref(),
     };
     let body = match shape {
         ErrorShape::Object => serde_json::to_vec(&ErrorBody { error: detail }),
@@ -745,6 +750,7 @@ pub fn trailers_without_body() -> Rejection {
         rule: None,
         transform: "request",
         retry_after: None,
+        approval: None,
     }
 }
 
@@ -773,6 +779,7 @@ pub fn invalid_request_rejection(error: &RequestError) -> Rejection {
         rule: None,
         transform: "request",
         retry_after: None,
+        approval: None,
     }
 }
 

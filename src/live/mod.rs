@@ -76,6 +76,11 @@ fn env(name: &str) -> Option<String> {
 }
 
 impl Live {
+    /// The approval queue every snapshot refers refusals to.
+    pub fn approvals(&self) -> &crate::approvals::Desk {
+        &self.runtime.approvals
+    }
+
     pub fn new(
         shared: Arc<Shared>,
         runtime: Runtime,

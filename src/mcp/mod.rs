@@ -93,6 +93,13 @@ impl Message {
         }
     }
 
+    /// `tools/call`: the tool name and the SHA-256 (hex) of its arguments in canonical
+    /// JSON ([`arguments_sha256`]).
+    pub fn tool_call_digest(&self) -> Option<(&str, String)> {
+        let (name, arguments) = self.tool_call()?;
+        Some((name, arguments_sha256(arguments)))
+    }
+
     pub fn method(&self) -> Option<&str> {
         match &self.kind {
             MessageKind::Request { method, .. } | MessageKind::Notification { method } => {
@@ -534,4 +541,49 @@ fn filter_response(
             .is_some_and(allowed)
     });
     tools.len() != before
+}
+
+/// The SHA-256 (hex) of a tool call's `arguments` as canonical JSON: object keys sorted
+/// by their UTF-8 bytes, no whitespace, strings in serde_json's escaping. Two bodies that
+/// spell the same arguments differently (key order, `\u0061` for `a`, spaces) digest the
+/// same; any difference in a value does not.
+pub fn arguments_sha256(arguments: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = Vec::new();
+    canonical_json(arguments, &mut text);
+    Sha256::digest(&text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn canonical_json(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // A string always serializes.
+                out.extend(serde_json::to_vec(key).unwrap_or_default());
+                out.push(b':');
+                canonical_json(&map[key.as_str()], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+    }
 }

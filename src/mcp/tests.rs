@@ -1233,3 +1233,28 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_arguments_digest_ignores_spelling_and_sees_every_value() {
+    let digest = |body: &str| single(body).tool_call_digest().unwrap().1;
+    let plain = digest(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send","arguments":{"to":"a@x","n":[1,{"b":2,"a":1}]}}}"#,
+    );
+    let respelled = digest(
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"arguments":{ "n" : [1,{"a":1,"b":2}], "\u0074o":"\u0061@x"},"name":"send"}}"#,
+    );
+    assert_eq!(plain, respelled);
+    assert_eq!(plain.len(), 64);
+    for other in [
+        r#"{"to":"a@x","n":[1,{"b":2,"a":2}]}"#,
+        r#"{"to":"a@x ","n":[1,{"b":2,"a":1}]}"#,
+        r#"{"to":"a@x","n":[{"b":2,"a":1},1]}"#,
+        r#"{"to":"a@x","n":[1,{"b":2,"a":1}],"cc":"eve@x"}"#,
+        r#"{"to":"a@x","n":[1.0,{"b":2,"a":1}]}"#,
+    ] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"send","arguments":{other}}}}}"#
+        );
+        assert_ne!(digest(&body), plain, "{other}");
+    }
+}

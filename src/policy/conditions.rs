@@ -238,6 +238,7 @@ impl TryFrom<String> for ToolPattern {
         }
         let glob = GlobBuilder::new(&original)
             .literal_separator(false)
+            .backslash_escape(true)
             .build()
             .map_err(|e| {
                 format!(

@@ -19,9 +19,10 @@ mod set;
 pub use facts::RequestFacts;
 pub use index::WorkloadTagIds;
 pub use model::{
-    Action, Decision, DefaultAction, PolicyConfig, PolicyStatus, lint_policy, validate_policy,
+    Action, ConditionFails, Decision, DefaultAction, Grant, PolicyConfig, PolicyStatus,
+    lint_policy, validate_policy,
 };
-pub use set::{CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict};
+pub use set::{CompiledGrant, CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict};
 
 #[cfg(test)]
 mod tests;

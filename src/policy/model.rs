@@ -30,7 +30,7 @@ pub struct PolicyConfig {
     /// The policy applies to a workload carrying every one of these tags; empty: all.
     #[serde(default)]
     pub match_tags: Vec<Tag>,
-    /// `allow`, `flag`, `deny` or `gated`.
+    /// `allow`, `flag`, `deny`, `gated` or `approve`.
     pub action: Action,
     /// Dry run: evaluate and record what this policy would have decided, never enforce it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -47,6 +47,47 @@ pub struct PolicyConfig {
     /// reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<CelExpr>,
+    /// `gated` policies only: what a request whose condition does not hold gets — `deny`
+    /// (the default) or `approve` (it waits for a person's approval, docs/approvals.md).
+    #[serde(default, skip_serializing_if = "ConditionFails::is_deny")]
+    pub when_condition_fails: ConditionFails,
+    /// Set on the policy an approval creates: it applies only to the approved identity,
+    /// until it expires, and (for a tool call) to the approved arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
+}
+
+/// What a `gated` policy does with a request its condition does not allow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionFails {
+    #[default]
+    Deny,
+    Approve,
+}
+
+impl ConditionFails {
+    fn is_deny(&self) -> bool {
+        *self == ConditionFails::Deny
+    }
+}
+
+/// What narrows a grant — the policy an approval creates — beyond its rules.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// The approval this grant answers.
+    pub approval: String,
+    /// The workload identity it is for; absent: a workload without a name (its tags are
+    /// the policy's `match_tags`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// RFC 3339; from then on the grant matches nothing.
+    pub expires_at: String,
+    /// For a tool call: the SHA-256 (hex) of its `arguments` in canonical JSON (keys
+    /// sorted, no spaces); a call with other arguments is not granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -73,23 +114,28 @@ pub enum Action {
     Deny,
     #[serde(alias = "GATED", alias = "Gated")]
     Gated,
+    /// Refused until a person approves it; an approval creates a grant (docs/approvals.md).
+    #[serde(alias = "APPROVE", alias = "Approve")]
+    Approve,
 }
 
 impl Action {
-    /// Tie-break at equal priority: lower rank wins (`deny > gated > flag > allow`).
+    /// Tie-break at equal priority: lower rank wins (`deny > approve > gated > flag >
+    /// allow`).
     pub fn rank(self) -> u8 {
         match self {
             Action::Deny => 0,
-            Action::Gated => 1,
-            Action::Flag => 2,
-            Action::Allow => 3,
+            Action::Approve => 1,
+            Action::Gated => 2,
+            Action::Flag => 3,
+            Action::Allow => 4,
         }
     }
 
-    /// Whether the action can refuse a request it matches (deny, gated): its conditions
-    /// then fail closed.
+    /// Whether the action can refuse a request it matches (deny, approve, gated): its
+    /// conditions then fail closed.
     pub fn refuses(self) -> bool {
-        matches!(self, Action::Deny | Action::Gated)
+        matches!(self, Action::Deny | Action::Approve | Action::Gated)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +144,7 @@ impl Action {
             Action::Flag => "flag",
             Action::Deny => "deny",
             Action::Gated => "gated",
+            Action::Approve => "approve",
         }
     }
 
@@ -108,7 +155,7 @@ impl Action {
             Action::Allow => Decision::Allowed,
             Action::Flag => Decision::Flagged,
             // Without the outcome of its condition, a gated policy fails closed.
-            Action::Deny | Action::Gated => Decision::Denied,
+            Action::Deny | Action::Gated | Action::Approve => Decision::Denied,
         }
     }
 }
@@ -215,6 +262,50 @@ pub fn validate_policy(policy: &PolicyConfig) -> Vec<FieldError> {
             ),
         )),
         _ => {}
+    }
+    if policy.when_condition_fails == ConditionFails::Approve && policy.action != Action::Gated {
+        errors.push(FieldError::new(
+            "when_condition_fails",
+            format!(
+                "only `gated` policies take `when_condition_fails`; an `{}` policy has no \
+                 condition (use `action: approve` to ask for approval of every match)",
+                policy.action
+            ),
+        ));
+    }
+    if let Some(grant) = &policy.grant {
+        errors.extend(validate_grant(policy, grant));
+    }
+    errors
+}
+
+fn validate_grant(policy: &PolicyConfig, grant: &Grant) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if policy.action != Action::Allow {
+        errors.push(FieldError::new(
+            "grant",
+            format!(
+                "a grant allows what was approved: its action is `allow`, not `{}`",
+                policy.action
+            ),
+        ));
+    }
+    if humantime::parse_rfc3339(&grant.expires_at).is_err() {
+        errors.push(FieldError::new(
+            "grant.expires_at",
+            format!(
+                "{:?} is not an RFC 3339 time in UTC (e.g. 2026-12-05T10:00:00Z)",
+                grant.expires_at
+            ),
+        ));
+    }
+    if let Some(digest) = &grant.arguments_sha256
+        && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        errors.push(FieldError::new(
+            "grant.arguments_sha256",
+            "not a SHA-256 in hex (64 hex digits)",
+        ));
     }
     errors
 }

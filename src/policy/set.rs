@@ -28,13 +28,64 @@ pub struct CompiledPolicy {
     pub rules: Box<[Rule]>,
     /// A gated policy's condition.
     pub condition: Option<CelExpr>,
+    /// A gated policy whose failed condition asks for approval instead of denying.
+    pub approve_when_condition_fails: bool,
+    /// Set on a grant (the policy an approval created): who, until when, which arguments.
+    pub grant: Option<CompiledGrant>,
+}
+
+/// A grant's narrowing, beyond its rules and tags.
+#[derive(Debug)]
+pub struct CompiledGrant {
+    pub approval: Arc<str>,
+    pub identity: Option<Arc<str>>,
+    pub expires: std::time::SystemTime,
+    pub arguments_sha256: Option<String>,
+}
+
+impl CompiledGrant {
+    fn compile(grant: &super::model::Grant) -> CompiledGrant {
+        CompiledGrant {
+            approval: Arc::from(grant.approval.as_str()),
+            identity: grant.identity.as_deref().map(Arc::from),
+            // Validated; a time that does not parse has already expired.
+            expires: humantime::parse_rfc3339(&grant.expires_at).unwrap_or(std::time::UNIX_EPOCH),
+            arguments_sha256: grant.arguments_sha256.clone(),
+        }
+    }
+
+    /// Whether the grant covers this request, its rules aside: the approved identity,
+    /// before it expires, and for a tool call the approved arguments. Unknown arguments (is
+    /// the tool worth listing?) are taken to be the approved ones.
+    fn covers(&self, req: &RequestFacts<'_>) -> bool {
+        if std::time::SystemTime::now() >= self.expires {
+            return false;
+        }
+        let identity = req.identity.and_then(|i| i.name.as_deref());
+        if identity != self.identity.as_deref() {
+            return false;
+        }
+        match &self.arguments_sha256 {
+            None => true,
+            Some(_) if req.unknown_args.is_some() => true,
+            Some(approved) => req
+                .mcp_message()
+                .and_then(crate::mcp::Message::tool_call_digest)
+                .is_some_and(|(_, digest)| digest.eq_ignore_ascii_case(approved)),
+        }
+    }
 }
 
 impl CompiledPolicy {
     /// Whether deciding a request with `rule` takes its body: a condition of the rule, or
     /// the gate condition, reads it.
     fn rule_needs_body(&self, rule: &Rule) -> bool {
-        rule.needs_body() || self.condition.as_ref().is_some_and(CelExpr::reads_body)
+        rule.needs_body()
+            || self.condition.as_ref().is_some_and(CelExpr::reads_body)
+            || self
+                .grant
+                .as_ref()
+                .is_some_and(|g| g.arguments_sha256.is_some())
     }
 
     /// Whether `rule` of this policy matches the request. For an opaque CONNECT, a
@@ -45,6 +96,11 @@ impl CompiledPolicy {
     /// host opens the tunnel, and only a deny covering every path, method and body keeps
     /// it shut.
     fn rule_matches(&self, rule: &Rule, req: &RequestFacts<'_>) -> bool {
+        if let Some(grant) = &self.grant
+            && !grant.covers(req)
+        {
+            return false;
+        }
         if req.unknown_args.is_some() {
             // Could some call allow? Assume unknown arguments satisfy granting rules and
             // escape deny rules.
@@ -57,9 +113,13 @@ impl CompiledPolicy {
         if req.is_connect() {
             match (req.intercepted, self.action) {
                 (false, Action::Deny) => rule.touches_tunnel(req),
-                (false, Action::Allow | Action::Flag | Action::Gated) => rule.grants_tunnel(req),
+                (false, Action::Allow | Action::Flag | Action::Gated | Action::Approve) => {
+                    rule.grants_tunnel(req)
+                }
                 (true, Action::Deny) => rule.covers_tunnel(req),
-                (true, Action::Allow | Action::Flag | Action::Gated) => rule.touches_tunnel(req),
+                (true, Action::Allow | Action::Flag | Action::Gated | Action::Approve) => {
+                    rule.touches_tunnel(req)
+                }
             }
         } else {
             rule.matches(req)
@@ -175,6 +235,9 @@ impl PolicySet {
                     .map(|r| rules.compile_for(r, config.action.refuses()))
                     .collect(),
                 condition: config.condition.clone(),
+                approve_when_condition_fails: config.when_condition_fails
+                    == super::model::ConditionFails::Approve,
+                grant: config.grant.as_ref().map(CompiledGrant::compile),
             })
             .collect();
         let items: Vec<Indexed<'_>> = policies

@@ -566,6 +566,8 @@ fn policy_strategy() -> impl Strategy<Value = PolicyConfig> {
                 message: None,
                 rules,
                 condition: None,
+                when_condition_fails: Default::default(),
+                grant: None,
             },
         )
 }

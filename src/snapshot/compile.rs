@@ -122,6 +122,8 @@ impl Snapshot {
                     admin,
                     store_revision: None,
                     unavailable: None,
+                    approvals: runtime.approvals.clone(),
+                    approval_settings: config.approvals.clone(),
                 })
             }
             _ => Err(errors),

@@ -70,6 +70,7 @@ impl Snapshot {
                     rule: None,
                     transform: "allowlist",
                     retry_after: None,
+                    approval: None,
                 },
             );
         }
@@ -111,6 +112,7 @@ impl Snapshot {
                     rule: None,
                     transform: "mcp",
                     retry_after: None,
+                    approval: None,
                 },
             );
             decided.outcome.mutations = mutations;
@@ -136,6 +138,27 @@ impl Snapshot {
                 // An intercepted CONNECT connects nowhere itself: its requests are vetted.
                 if outcome.rejection.is_none() && !preview && !request.intercepted {
                     guard(&self.network, request, &self.policies, &mut outcome).await;
+                }
+                if let Some(rejection) = &mut outcome.rejection
+                    && rejection.kind == RefusalKind::ApprovalRequired
+                    && !preview
+                {
+                    let facts = crate::policy::RequestFacts {
+                        body: body.as_ref(),
+                        identity: Some(&identity),
+                        ..request.facts()
+                    };
+                    self.approvals
+                        .ask(
+                            &self.approval_settings,
+                            request,
+                            &facts,
+                            &identity,
+                            self.policies.dlp(),
+                            rejection,
+                        )
+                        .await;
+                    annotate_approval(&mut outcome);
                 }
                 if let (Some(rejection), Some(body)) = (&outcome.rejection, &body) {
                     outcome.jsonrpc_reply = self.jsonrpc_refusal(request, rejection, body);
@@ -164,6 +187,7 @@ impl Snapshot {
                             rule: None,
                             transform: "identity",
                             retry_after: None,
+                            approval: None,
                         }),
                         mutations,
                         trace: vec![TransformTrace {
@@ -191,13 +215,16 @@ impl Snapshot {
         rejection: &Rejection,
         body: &Body<'_>,
     ) -> Option<JsonRpcReply> {
-        if rejection.kind != RefusalKind::PolicyDenied {
+        if !matches!(
+            rejection.kind,
+            RefusalKind::PolicyDenied | RefusalKind::ApprovalRequired
+        ) {
             return None;
         }
         let Some(Ok(inbound)) = body.mcp() else {
             return None;
         };
-        let data = serde_json::json!({
+        let mut data = serde_json::json!({
             "type": rejection.kind.as_str(),
             "reason": rejection.reason,
             "message": rejection.message,
@@ -205,6 +232,9 @@ impl Snapshot {
             "transform": rejection.transform,
             "request_id": request.id,
         });
+        if let Some(approval) = &rejection.approval {
+            data["approval"] = serde_json::json!(approval);
+        }
         let reply = crate::mcp::error_reply(
             inbound,
             self.mcp.deny_code,
@@ -245,6 +275,22 @@ impl Snapshot {
                 jsonrpc_reply: None,
             },
         }
+    }
+}
+
+/// The refusing step's trace line names what became of the approval it asked for.
+fn annotate_approval(outcome: &mut Outcome) {
+    let Some(rejection) = &outcome.rejection else {
+        return;
+    };
+    if let Some(step) = outcome
+        .trace
+        .iter_mut()
+        .rev()
+        .find(|s| s.action == TraceAction::Reject)
+    {
+        step.annotations.reason = Some(rejection.reason);
+        step.annotations.approval = rejection.approval.as_ref().map(|a| a.id.clone());
     }
 }
 
@@ -347,5 +393,6 @@ fn rejection(request: &OutboundRequest, refusal: &Refusal) -> Rejection {
         rule: None,
         transform: "network_guard",
         retry_after: None,
+        approval: None,
     }
 }

@@ -34,6 +34,8 @@ pub struct Runtime {
     pub limits: Arc<crate::transforms::rate_limit::LimitStates>,
     /// The network guard's DNS resolver and its cache.
     pub resolvers: crate::network::Resolvers,
+    /// The approval queue (the store, once open) refusals needing approval go to.
+    pub approvals: Arc<crate::approvals::Desk>,
 }
 
 /// One compiled config version.
@@ -61,6 +63,9 @@ pub struct Snapshot {
     pub request: crate::request::RequestConfig,
     /// Vets the address an allowed request connects to.
     pub network: crate::network::NetworkGuard,
+    /// Where approvals go, and their settings.
+    pub approvals: Arc<crate::approvals::Desk>,
+    pub approval_settings: crate::approvals::ApprovalsConfig,
 }
 
 /// The decision for one request and who it was decided for.

@@ -11,6 +11,7 @@
 //! instance hears of it within milliseconds ([`changes`]).
 
 pub mod apply;
+pub mod approvals;
 pub mod audit;
 pub mod changes;
 mod diff;

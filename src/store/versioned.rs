@@ -234,13 +234,26 @@ impl<T: Definition> Versioned<'_, T> {
     /// Adds a new definition. A name that was deleted may be used again; its history
     /// continues.
     pub async fn create(&self, definition: &T, change: &Change) -> Result<i64, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
+        let version = self.create_in(&mut tx, definition, change).await?;
+        self.commit(tx, definition.name()).await?;
+        Ok(version)
+    }
+
+    /// [`Self::create`] within `tx`, without bumping the revision: the live row and its
+    /// version row.
+    pub(super) async fn create_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        definition: &T,
+        change: &Change,
+    ) -> Result<i64, StoreError> {
         check(definition)?;
         let name = definition.name();
-        let mut tx = self.store.pool().begin().await?;
         let existing =
             sqlx::query(T::KIND.sql("SELECT version, deleted FROM {live} WHERE name = $1"))
                 .bind(name)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
         let version = match existing {
             Some(row) if row.try_get::<i64, _>("deleted")? == 0 => {
@@ -263,7 +276,7 @@ impl<T: Definition> Versioned<'_, T> {
         .bind(version)
         .bind(text.as_str())
         .bind(now.as_str())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let written = Written {
             name,
@@ -272,7 +285,7 @@ impl<T: Definition> Versioned<'_, T> {
             at: &now,
             definition: &text,
         };
-        self.finish(tx, written, change).await?;
+        self.record(tx, &written, change).await?;
         Ok(version)
     }
 
@@ -387,7 +400,7 @@ impl<T: Definition> Versioned<'_, T> {
 
     /// [`Self::write`] within `tx`, without bumping the revision: the live row and its
     /// version row.
-    async fn write_in(
+    pub(super) async fn write_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         name: &str,
@@ -458,19 +471,8 @@ impl<T: Definition> Versioned<'_, T> {
         Ok(version)
     }
 
-    /// Appends the version row, bumps the revision, announces the change, commits.
-    async fn finish(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        written: Written<'_>,
-        change: &Change,
-    ) -> Result<(), StoreError> {
-        self.record(&mut tx, &written, change).await?;
-        self.commit(tx, written.name).await
-    }
-
     /// Bumps the revision, announces the change (naming `name`), commits.
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         name: &str,

@@ -62,6 +62,41 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 rule: Some(rule.rule),
                 transform: "allowlist",
                 retry_after: None,
+                approval: None,
+            }
+        }
+        Some(rule)
+            if verdict.action == Action::Approve
+                || (verdict.action == Action::Gated
+                    && exchange
+                        .policies
+                        .policy(rule.policy)
+                        .approve_when_condition_fails) =>
+        {
+            let policy = exchange.policies.policy(rule.policy);
+            annotations.reason = Some("approval_required");
+            let why = match policy.condition.as_ref() {
+                Some(condition) if verdict.action == Action::Gated => {
+                    format!(" (condition `{}` does not hold)", condition.as_str())
+                }
+                _ => String::new(),
+            };
+            Rejection {
+                status: 403,
+                kind: RefusalKind::ApprovalRequired,
+                reason: "approval_required",
+                message: match &policy.message {
+                    Some(message) => message.to_string(),
+                    None => format!(
+                        "{target} needs a person's approval under policy {:?}{why}",
+                        &*policy.name
+                    ),
+                },
+                policy: Some(policy.name.clone()),
+                rule: Some(rule.rule),
+                transform: "allowlist",
+                retry_after: None,
+                approval: None,
             }
         }
         Some(rule) if verdict.action == Action::Gated => {
@@ -82,6 +117,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 rule: Some(rule.rule),
                 transform: "allowlist",
                 retry_after: None,
+                approval: None,
             }
         }
         Some(rule) => {
@@ -98,6 +134,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 rule: Some(rule.rule),
                 transform: "allowlist",
                 retry_after: None,
+                approval: None,
             }
         }
         None => {
@@ -120,6 +157,7 @@ pub(super) fn apply(exchange: &mut Exchange<'_>) -> Step {
                 rule: None,
                 transform: "allowlist",
                 retry_after: None,
+                approval: None,
             }
         }
     };

@@ -42,7 +42,7 @@ pub use grpc::{GrpcAnnotation, GrpcConfig};
 pub use header_allowlist::HeaderAllowlistConfig;
 pub use judge::{JudgeAnnotation, JudgeConfig};
 pub use kind::{Applied, CompileContext, Kind, Transform, TransformConfig};
-pub use refusal::{RefusalKind, Rejection};
+pub use refusal::{ApprovalTicket, RefusalKind, Rejection};
 pub use remote::CREDENTIAL_HEADERS;
 use remote::{millis, printable, sent_header_names, sent_header_problems, wait_timeout_problem};
 pub use secrets::SecretConfig;
@@ -244,6 +244,9 @@ pub struct Annotations {
     /// `network_guard`: the internal range of a refused address (`loopback`, `link_local`…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address_range: Option<&'static str>,
+    /// The approval a refused request waits for (`approval_required`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 impl Annotations {

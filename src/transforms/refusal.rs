@@ -38,6 +38,10 @@ pub enum RefusalKind {
     RateLimited,
     /// A Redis-backed rate limit could not be counted and its fail mode is closed.
     RateLimitUnavailable,
+    /// A policy asks a person to approve the request first; the body names the approval.
+    ApprovalRequired,
+    /// The request needs an approval, and the approval queue (the store) cannot take it.
+    ApprovalUnavailable,
 }
 
 impl RefusalKind {
@@ -59,6 +63,8 @@ impl RefusalKind {
             RefusalKind::ResponseWithheld => "response_withheld",
             RefusalKind::RateLimited => "rate_limited",
             RefusalKind::RateLimitUnavailable => "rate_limit_unavailable",
+            RefusalKind::ApprovalRequired => "approval_required",
+            RefusalKind::ApprovalUnavailable => "approval_unavailable",
         }
     }
 
@@ -67,7 +73,7 @@ impl RefusalKind {
     pub fn status(self) -> u16 {
         match self {
             RefusalKind::PolicyDenied | RefusalKind::DestinationRefused => 403,
-            RefusalKind::CredentialRefused => 403,
+            RefusalKind::CredentialRefused | RefusalKind::ApprovalRequired => 403,
             RefusalKind::InvalidRequest => 400,
             RefusalKind::ProxyAuthRequired => 407,
             RefusalKind::BodyTooLarge => 413,
@@ -80,6 +86,7 @@ impl RefusalKind {
             | RefusalKind::JudgeUnavailable
             | RefusalKind::ProcessorUnavailable
             | RefusalKind::RateLimitUnavailable
+            | RefusalKind::ApprovalUnavailable
             | RefusalKind::AuditUnavailable => 503,
         }
     }
@@ -113,6 +120,20 @@ pub struct Rejection {
     /// Seconds after which a retry may pass (`Retry-After`), for a refusal that is
     /// temporary.
     pub retry_after: Option<u64>,
+    /// The approval a request waits for (`approval_required`), once queued.
+    pub approval: Option<Box<ApprovalTicket>>,
+}
+
+/// Where a workload (and the person it works for) finds the approval its request waits
+/// for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApprovalTicket {
+    pub id: String,
+    /// `pending`, or `denied` when a person already refused this very request.
+    pub state: &'static str,
+    /// The console page of the approval, when `approvals.console_url` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Rejection {
@@ -133,6 +154,7 @@ impl Rejection {
             rule: None,
             transform,
             retry_after: None,
+            approval: None,
         }
     }
 

@@ -25,9 +25,10 @@ const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const { CONSOLE_URL: base, CONSOLE_TOKEN: token, CONSOLE_VIEWER: viewer,
   CONSOLE_HOSTILE: hostile, CONSOLE_SHOTS: shots, CONSOLE_PROXY: proxyPort,
   CONSOLE_REPORTS: reports, CONSOLE_ADMIN: admin, CONSOLE_SSO_PERSON: ssoPerson,
-  CONSOLE_SECRET_ENV: secretEnv, CONSOLE_SECRET_VALUE: secretValue } = process.env;
+  CONSOLE_SECRET_ENV: secretEnv, CONSOLE_SECRET_VALUE: secretValue,
+  CONSOLE_APPROVAL: approval, CONSOLE_PAYOUTS: payouts } = process.env;
 for (const [name, value] of Object.entries({ base, token, viewer, hostile, shots, proxyPort, reports,
-  admin, ssoPerson, secretEnv, secretValue })) {
+  admin, ssoPerson, secretEnv, secretValue, approval, payouts })) {
   if (!value) throw new Error(`missing ${name}`);
 }
 mkdirSync(shots, { recursive: true });
@@ -442,6 +443,26 @@ try {
   check(inUse.some((row) => row.includes("agent-7") && row.includes("1 of 1000")), `and the keys in use (${inUse.join(" | ")})`);
   await shot(page, "limits");
   await axe(page, "limits");
+
+  // Approvals: the refused request waits in the queue; approving it here lets the retry pass.
+  await page.goto(`${base}/#/approvals?id=${approval}`);
+  await page.locator("h1", { hasText: "Approvals" }).waitFor();
+  const waiting = page.locator(`article[data-approval='${approval}']`);
+  await waiting.waitFor();
+  const asked = await waiting.textContent();
+  check(asked.includes("/payouts/run") && asked.includes("payouts-need-a-person"),
+    `the queue shows the refused request and the policy that asked (${asked})`);
+  check(await page.locator("#approval-queue article").first().getAttribute("data-approval") === approval,
+    "the approval the link names comes first");
+  await shot(page, "approvals");
+  await axe(page, "approvals");
+  check(await viaProxy(payouts) === 403, "before approval the request is refused");
+  await page.locator(`[id='for-${approval}']`).fill("10m");
+  await page.getByRole("button", { name: `Approve ${approval}` }).click();
+  await page.locator("#approval-message", { hasText: "Approved" }).waitFor();
+  await page.locator(`#approval-grants tr[data-grant='grant-${approval}']`).waitFor();
+  check(await viaProxy(payouts) === 200, "after approval in the console the retry passes");
+  await shot(page, "approvals-granted");
 
   // Sign out: back to the sign-in form, and the API refuses the old cookie.
   await page.locator("#sign-out").click();

@@ -8,6 +8,7 @@ One rule relates a path parameter to the body, which JSON Schema cannot say: the
 `PUT /v1/policies/{name}` (and secrets) is the body's `name`. `map_case` keeps them equal.
 """
 
+import datetime
 from urllib.parse import quote
 
 import jsonschema_rs
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 GRAMMARS = {
     "host-pattern", "path-glob", "glob", "cel", "rust-regex", "duration-text",
     "credential-template", "message-template", "absolute-url", "authority",
-    "time-or-duration", "cursor",
+    "time-or-duration", "cursor", "grant-duration", "utc-time",
 }
 
 LABEL = st.from_regex(r"\A[a-z][a-z0-9-]{0,8}[a-z0-9]\Z")
@@ -54,6 +55,15 @@ schemathesis.openapi.format(
     "rust-regex", st.sampled_from(["secret", "^[a-z]+$", "(?i)token=[0-9a-f]{8}", "a|b"])
 )
 schemathesis.openapi.format("duration-text", st.from_regex(r"\A[1-9][0-9]{0,3}(s|m|h|d)\Z"))
+# Within the gateway's approvals.max_grant_for (7d by default).
+schemathesis.openapi.format("grant-duration", st.from_regex(r"\A[1-9][0-9]{0,1}(s|m|h)\Z"))
+schemathesis.openapi.format(
+    "utc-time",
+    st.datetimes(
+        min_value=datetime.datetime(2000, 1, 1),
+        max_value=datetime.datetime(2099, 12, 31),
+    ).map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+)
 schemathesis.openapi.format(
     "credential-template",
     st.sampled_from(["{{ value }}", "Bearer {{ value }}", "{{ base64 value }}", "t={{ .Value }}"]),

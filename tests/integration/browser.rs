@@ -41,6 +41,8 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
                "rules": [{"host": "127.0.0.1", "paths": ["/secret/*"]}]}),
         json!({"name": "flag-uploads", "priority": 30, "action": "flag",
                "rules": [{"host": "127.0.0.1", "paths": ["/upload/*"]}]}),
+        json!({"name": "payouts-need-a-person", "priority": 5, "action": "approve",
+               "rules": [{"host": "127.0.0.1", "paths": ["/payouts/*"]}]}),
     ] {
         let body = json!({"policy": policy, "reason": "browser test"}).to_string();
         let reply = gw.api("POST", "/v1/policies", Some(EDITOR), Some(&body));
@@ -55,6 +57,14 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
         assert_eq!(gw.via_proxy(&[&format!("{base}/secret/{n}")]).status, 403);
     }
     // A workload chooses its path: markup in it must stay text on the page.
+    // A request waiting for approval, which the script approves in the console.
+    let payouts = format!("{base}/payouts/run");
+    let waiting = gw.via_proxy(&[&payouts]);
+    assert_eq!(waiting.status, 403, "{waiting:?}");
+    let approval = waiting.json()["error"]["approval"]["id"]
+        .as_str()
+        .expect("an approval id")
+        .to_owned();
     let hostile = gw.via_proxy(&[&format!("{base}/x/%3Cimg%20src=x%20onerror=alert(1)%3E")]);
     assert_eq!(hostile.status, 200, "{hostile:?}");
     let record = gw.audit_for(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/x/")));
@@ -84,6 +94,8 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
                 "PORTCULLIS_SECRET_UPSTREAM".to_owned(),
             ),
             ("CONSOLE_SECRET_VALUE", WIZARD_SECRET.to_owned()),
+            ("CONSOLE_APPROVAL", approval),
+            ("CONSOLE_PAYOUTS", payouts),
         ],
     );
     // The request the script sent after the wizard arrived with the credential.
@@ -107,6 +119,8 @@ fn the_console_signs_in_changes_a_policy_as_previewed_and_never_holds_a_token() 
         "policy",
         "builder",
         "tokens",
+        "approvals",
+        "approvals-granted",
         "issuer",
         "sso",
         "secrets",

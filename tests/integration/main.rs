@@ -4,6 +4,7 @@
 mod common;
 
 mod agents;
+mod approvals;
 mod bodies;
 mod browser;
 mod capture;

@@ -267,7 +267,7 @@ fn spellings(words: &[&str]) -> Value {
 fn policy(schemas: &mut Map<String, Value>, gateway: &Gateway) {
     schemas.insert(
         "Action".into(),
-        spellings(&["allow", "flag", "deny", "gated"]),
+        spellings(&["allow", "flag", "deny", "gated", "approve"]),
     );
     schemas.insert(
         "PolicyStatus".into(),
@@ -284,14 +284,23 @@ fn policy(schemas: &mut Map<String, Value>, gateway: &Gateway) {
     priority["maximum"] = json!(i32::MAX);
     let rules = &mut schemas["PolicyConfig"]["properties"]["rules"];
     rules["minItems"] = json!(1);
-    // A gated policy has a condition; no other policy has one.
+    // A gated policy has a condition; no other policy has one, nor asks for approval when
+    // it fails. A grant allows.
     schemas["PolicyConfig"]["allOf"] = json!([{
         "if": {"required": ["action"],
                "properties": {"action": {"enum": ["gated", "Gated", "GATED"]}}},
         "then": {"required": ["condition"],
                  "properties": {"condition": reference("CelExpr")}},
-        "else": {"properties": {"condition": {"type": "null"}}},
+        "else": {"properties": {"condition": {"type": "null"},
+                                "when_condition_fails": {"enum": ["deny"]}}},
+    }, {
+        "if": {"required": ["grant"], "properties": {"grant": {"type": "object"}}},
+        "then": {"properties": {"action": {"enum": ["allow", "Allow", "ALLOW"]}}},
     }]);
+    let grant = schemas.get_mut("Grant").expect("Grant");
+    grant["properties"]["expires_at"] = json!({"type": "string", "format": "utc-time"});
+    grant["properties"]["arguments_sha256"] =
+        nullable(json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}));
     set(
         schemas,
         "PolicyConfig",

@@ -134,7 +134,7 @@ async function signOut() {
 
 // ------------------------------------------------------------------ pages
 
-const PAGES = { overview, policies, policy, builder, playground, audit, secrets, "secret-wizard": secretWizard, limits, tokens };
+const PAGES = { overview, policies, policy, builder, playground, audit, secrets, "secret-wizard": secretWizard, approvals, limits, tokens };
 // Pages reached from another one, highlighted under it in the navigation.
 const PARENT = { policy: "policies", builder: "policies", "secret-wizard": "secrets" };
 
@@ -1205,6 +1205,111 @@ async function secretWizard(root) {
       el("div", { class: "builder-preview" }, el("h2", {}, "What will be saved"), preview,
         el("p", { class: "muted" }, "The value is read on the gateway host; it is never sent to this page."))));
   nav();
+}
+
+// ------------------------------------------------------------------ approvals
+
+// What an approval asks for, in one line: the tool call or the HTTP request.
+function askedLine(a) {
+  const r = a.request;
+  const port = (r.scheme === "https" && r.port === 443) || (r.scheme === "http" && r.port === 80) ? "" : `:${r.port}`;
+  return r.tool ? `tool ${r.tool} at ${r.host}${port}${r.path}` : `${r.method} ${r.scheme}://${r.host}${port}${r.path}`;
+}
+
+// The queue (pending approvals, each decided here), then grants and past decisions. An
+// approval id in the address (#/approvals?id=…, the link a refusal and the webhook carry)
+// is shown first.
+async function approvals(root, params) {
+  const wanted = params.get("id");
+  const message = el("div", { role: "status", id: "approval-message" });
+  const queue = el("section", { id: "approval-queue" });
+  const grants = el("section", { id: "approval-grants" });
+  const history = el("section", { id: "approval-history" });
+
+  async function decide(id, verb, body) {
+    try {
+      const out = await api("POST", `/v1/approvals/${encodeURIComponent(id)}/${verb}`, body);
+      const a = out.approval;
+      const said = verb === "approve" ? `Approved ${a.id}: grant ${a.grant} allows ${askedLine(a)} until ${new Date(a.grant_expires_at).toLocaleString()}.`
+        : verb === "deny" ? `Denied ${a.id}: ${askedLine(a)} stays refused.`
+        : `Revoked the grant of ${a.id}: ${askedLine(a)} is refused again.`;
+      await render(el("p", { role: "status" }, said));
+    } catch (e) {
+      fill(message, el("p", { class: "error", role: "alert" }, e.message));
+    }
+  }
+
+  function details(a) {
+    const r = a.request;
+    return el("dl", { class: "approval-request" },
+      el("dt", {}, "Workload"), el("dd", {}, a.identity || "(unnamed)", " ", (r.tags || []).map((t) => el("span", { class: "pill" }, t))),
+      el("dt", {}, "Request"), el("dd", {}, el("code", {}, askedLine(a))),
+      r.arguments_preview ? [el("dt", {}, "Arguments"), el("dd", {}, el("code", { class: "arguments" }, r.arguments_preview))] : null,
+      el("dt", {}, "Policy"), el("dd", {}, el("a", { href: `#/policy?name=${encodeURIComponent(a.policy)}` }, a.policy)),
+      el("dt", {}, "Asked"), el("dd", {}, `${new Date(a.requested_at).toLocaleString()}, ${a.asked} time${a.asked === 1 ? "" : "s"}; lapses ${new Date(a.lapses_at).toLocaleString()}`),
+      el("dt", {}, "Request id"), el("dd", {}, a.request_id, " ", el("a", { href: `#/audit?policy=${encodeURIComponent(a.policy)}${a.identity ? `&identity=${encodeURIComponent(a.identity)}` : ""}` }, "audit")));
+  }
+
+  function pendingCard(a) {
+    const lasts = el("input", { id: `for-${a.id}`, value: "1h", size: 6, "aria-label": `Grant ${a.id} for` });
+    const note = el("input", { id: `note-${a.id}`, placeholder: "why (kept with the decision)", "aria-label": `Note for ${a.id}` });
+    const body = () => {
+      const b = {};
+      if (note.value.trim()) b.note = note.value.trim();
+      return b;
+    };
+    return el("article", { class: "card approval", "data-approval": a.id, id: `approval-${a.id}`, "aria-current": a.id === wanted ? "true" : null },
+      el("h3", {}, `${a.id}`),
+      details(a),
+      canEdit() ? el("div", { class: "controls" },
+        el("label", { for: `for-${a.id}` }, "Grant for", lasts),
+        el("label", { for: `note-${a.id}` }, "Note", note),
+        el("button", { type: "button", class: "primary", "aria-label": `Approve ${a.id}`,
+          "on:click": () => decide(a.id, "approve", { ...body(), for: lasts.value.trim() || undefined }) }, "Approve"),
+        el("button", { type: "button", "aria-label": `Deny ${a.id}`, "on:click": () => decide(a.id, "deny", body()) }, "Deny"))
+        : el("p", { class: "muted" }, "An editor decides."));
+  }
+
+  async function render(notice) {
+    const [pending, approved, all] = await Promise.all([
+      api("GET", "/v1/approvals?status=pending"),
+      api("GET", "/v1/approvals?status=approved"),
+      api("GET", "/v1/approvals?limit=50"),
+    ]);
+    fill(message, notice || "");
+    const first = pending.approvals.filter((a) => a.id === wanted).concat(pending.approvals.filter((a) => a.id !== wanted));
+    fill(queue, el("h2", {}, `Waiting (${pending.approvals.length})`),
+      first.length ? first.map(pendingCard) : el("p", { class: "muted" }, "No request is waiting for approval."));
+    fill(grants, el("h2", {}, "Grants in force"),
+      approved.approvals.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Approval", "Grant", "Allows", "Until", "By", ""].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, approved.approvals.map((a) => el("tr", { "data-grant": a.grant },
+          el("td", {}, a.id),
+          el("td", {}, el("a", { href: `#/policy?name=${encodeURIComponent(a.grant)}` }, a.grant)),
+          el("td", {}, `${a.identity || "(unnamed)"}: ${askedLine(a)}`),
+          el("td", {}, new Date(a.grant_expires_at).toLocaleString()),
+          el("td", {}, a.decided_by || ""),
+          el("td", {}, canEdit() ? el("button", { type: "button", "aria-label": `Revoke ${a.id}`, "on:click": () => decide(a.id, "revoke", {}) }, "Revoke") : null)))))
+        : el("p", { class: "muted" }, "No grant is in force."));
+    const past = all.approvals.filter((a) => a.status !== "pending" && a.status !== "approved");
+    fill(history, el("h2", {}, "Decided and lapsed"),
+      past.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Approval", "Status", "Request", "Decided", "By", "Note"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, past.map((a) => el("tr", { "data-approval": a.id },
+          el("td", {}, a.id),
+          el("td", {}, el("span", { class: `pill status-${a.status}` }, a.status)),
+          el("td", {}, `${a.identity || "(unnamed)"}: ${askedLine(a)}`),
+          el("td", {}, a.decided_at ? new Date(a.decided_at).toLocaleString() : ""),
+          el("td", {}, a.decided_by || ""),
+          el("td", {}, a.note || "")))))
+        : el("p", { class: "muted" }, "Nothing yet."));
+  }
+
+  fill(root,
+    el("h1", {}, "Approvals"),
+    el("p", { class: "muted" }, "Requests a policy with action: approve refused until a person decides. Approving writes a grant: a policy allowing exactly that request from that workload until it expires."),
+    message, queue, grants, history);
+  await render();
 }
 
 // ------------------------------------------------------------------ rate limits

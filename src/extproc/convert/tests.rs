@@ -186,6 +186,7 @@ fn refusals_are_structured_json_with_the_request_id() {
         rule: Some(0),
         transform: "allowlist",
         retry_after: None,
+        approval: None,
     };
     let response = refuse("rid-1", &rejection, ErrorShape::Object);
     let Some(processing_response::Response::ImmediateResponse(immediate)) = response.response
@@ -264,6 +265,7 @@ fn npm_gets_its_refusal_as_a_sentence_in_error() {
         rule: None,
         transform: "allowlist",
         retry_after: None,
+        approval: None,
     };
     let agent = b"npm/10.9.2 node/v20.20.2 linux x64 workspaces/false";
     let shape = ErrorShape::for_user_agent(Some(agent));

@@ -433,6 +433,7 @@ impl GrpcProcessor {
                         rule: None,
                         transform: "grpc",
                         retry_after: None,
+                        approval: None,
                     },
                     Annotations {
                         reason: Some("grpc_reject"),
@@ -475,6 +476,7 @@ impl GrpcProcessor {
                     rule: None,
                     transform: "grpc",
                     retry_after: None,
+                    approval: None,
                 },
                 annotations,
             ),

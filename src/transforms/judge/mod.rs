@@ -272,6 +272,7 @@ impl Judge {
                             rule: None,
                             transform: "judge",
                             retry_after: None,
+                            approval: None,
                         };
                         Step::Reject(
                             rejection,
@@ -309,6 +310,7 @@ impl Judge {
                         rule: None,
                         transform: "judge",
                         retry_after: None,
+                        approval: None,
                     },
                     Annotations {
                         reason: Some("judge_deny"),

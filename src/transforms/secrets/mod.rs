@@ -300,6 +300,7 @@ fn refusal(status: u16, reason: &'static str, message: String) -> Rejection {
         rule: None,
         transform: "secrets",
         retry_after: None,
+        approval: None,
     }
 }
 
