@@ -794,11 +794,12 @@ fn main() {
     if benchmarking
         && std::env::args()
             .skip(1)
-            .any(|a| a == "dlp" || a == "agent_conditions" || a == "scrub")
+            .any(|a| a == "dlp" || a == "agent_conditions" || a == "scrub" || a == "response_dlp")
     {
         let mut criterion = Criterion::default().configure_from_args();
         bench_dlp(&mut criterion);
         bench_scrub(&mut criterion);
+        bench_response_dlp(&mut criterion);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -821,6 +822,7 @@ fn main() {
     bench_rate_limit(&mut criterion, &runtime);
     bench_dlp(&mut criterion);
     bench_scrub(&mut criterion);
+    bench_response_dlp(&mut criterion);
     bench_network_guard(&mut criterion);
     criterion.final_summary();
     if !benchmarking {
@@ -1008,6 +1010,56 @@ fn bench_scrub(c: &mut Criterion) {
     });
     group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("build", |b| b.iter(|| black_box(scrubber())));
+    group.finish();
+}
+
+/// `response_dlp` over responses: a JSON body inspected whole (4 KiB, 1 MiB; clean, and
+/// with a key to redact), and a stream of 1,000 events in 16 KiB pieces.
+fn bench_response_dlp(c: &mut Criterion) {
+    use portcullis::transforms::response_dlp::{Inspection, ResponseAction, ResponseInspector};
+    let key = "AKIAIOSFODNN7EXAMPLE";
+    let inspection = Inspection::new("transforms[1]", &[], ResponseAction::Redact);
+    let mut group = c.benchmark_group("response_dlp");
+    for (label, size) in [("4KiB", 4usize << 10), ("1MiB", 1 << 20)] {
+        for (case, secret) in [("clean", None), ("redact", Some(key))] {
+            let body = chat_body(size, secret);
+            group.throughput(criterion::Throughput::Bytes(body.len() as u64));
+            group.bench_function(format!("json_{label}_{case}"), |b| {
+                b.iter(|| {
+                    let mut inspector =
+                        ResponseInspector::new(inspection.clone(), "application/json");
+                    let out = inspector.whole(black_box(&body));
+                    assert_eq!(out.changed, secret.is_some());
+                    black_box(out.body.len())
+                })
+            });
+        }
+    }
+    let stream: Vec<u8> = (0..1000)
+        .flat_map(|i| {
+            let text = if i == 500 {
+                key.to_owned()
+            } else {
+                format!("token {i} of the answer ")
+            };
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    let pieces: Vec<&[u8]> = stream.chunks(16 << 10).collect();
+    group.throughput(criterion::Throughput::Bytes(stream.len() as u64));
+    group.bench_function("sse_1000_events", |b| {
+        b.iter(|| {
+            let mut inspector = ResponseInspector::new(inspection.clone(), "text/event-stream");
+            let mut out = 0;
+            for (i, piece) in pieces.iter().enumerate() {
+                out += inspector.piece(piece, i + 1 == pieces.len()).body.len();
+            }
+            black_box(out)
+        })
+    });
     group.finish();
 }
 

@@ -247,6 +247,33 @@ pub async fn limits(
     Ok(axum::Json(json!({"limits": limits})))
 }
 
+/// Each `budget` transform of the pipeline and what its keys spent this window (this
+/// instance's count), most first.
+pub async fn budgets(
+    State(control): State<Arc<Control>>,
+    credentials: Credentials,
+) -> Result<axum::Json<Value>, ApiError> {
+    control.caller(&credentials, AdminRole::Viewer)?;
+    let snapshot = control.live.snapshot();
+    let budgets: Vec<Value> = snapshot
+        .pipeline
+        .budgets()
+        .map(|budget| {
+            let config = &budget.config;
+            json!({
+                "transform": budget.place(),
+                "per": config.per,
+                "tokens": config.tokens,
+                "cost": config.cost,
+                "key": String::from(config.key.clone()),
+                "window_ends": budget.window_ends(),
+                "keys": budget.spending(100),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"budgets": budgets})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

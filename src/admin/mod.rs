@@ -151,6 +151,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/secret-sources/test", post(playground::test_source))
         .route("/v1/fire-counts", get(insight::fire_counts))
         .route("/v1/limits", get(insight::limits))
+        .route("/v1/budgets", get(insight::budgets))
         .route("/v1/audit", get(insight::audit_search))
         .route("/v1/tokens", get(tokens::list).post(tokens::mint))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

@@ -272,6 +272,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Viewer,
         "Rate limits and their most used keys now",
     ),
+    endpoint(
+        "get",
+        "/v1/budgets",
+        Viewer,
+        "LLM budgets and what their keys spent this window",
+    ),
     with_query(
         endpoint(
             "get",

@@ -229,6 +229,35 @@ pub struct ResponseRecord<'a> {
     pub reason: Option<&'static str>,
 }
 
+/// What an LLM call used, read from its response, and what its budget stands at after
+/// it (`event: llm_usage`), or that its usage could not be read (`llm_usage_unread`).
+#[derive(Debug, Serialize)]
+pub struct UsageRecord<'a> {
+    pub ts: String,
+    pub request_id: &'a str,
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<&'a crate::transforms::budget::Charge>,
+    /// Why nothing was read (`encoded`, `no_usage`, `incomplete`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// What `response_dlp` found in a response and did (`event: response_inspected`).
+#[derive(Debug, Serialize)]
+pub struct InspectionRecord<'a> {
+    pub ts: String,
+    pub request_id: &'a str,
+    pub event: &'static str,
+    pub transform: &'a str,
+    /// `redacted`, `flagged`, `denied`, `withheld` (not inspectable), `not_inspected`.
+    pub outcome: &'static str,
+    /// `[{detector, count}]`: names and counts, never what matched.
+    pub findings: Vec<serde_json::Value>,
+}
+
 /// Rounds to 0.1 µs: finer digits are noise.
 pub fn micros(elapsed: std::time::Duration) -> f64 {
     (elapsed.as_nanos() as f64 / 100.0).round() / 10.0
@@ -417,6 +446,19 @@ impl AuditSink {
     /// Queues a response record, for the sink only: the store keeps one row per decision.
     pub async fn write_response(&self, record: &ResponseRecord<'_>) {
         self.write_line(record).await;
+    }
+
+    /// Queues a line about a response (its usage, its inspection), for the sink only.
+    pub async fn write_event(&self, record: &impl Serialize) {
+        self.write_line(record).await;
+    }
+
+    /// Queues a line already serialized (without its newline).
+    pub async fn write_raw(&self, mut line: Vec<u8>) {
+        line.push(b'\n');
+        if self.tx.send(line).await.is_err() {
+            tracing::error!("audit writer has stopped; record lost");
+        }
     }
 
     /// Queues how an allowed request ended upstream, for the sink only (as responses).

@@ -90,6 +90,32 @@ struct Detector {
 }
 
 impl Detector {
+    /// Where the confirmed matches of `body` are: the value (group 1) for a detector
+    /// that matches context before it, else the whole match.
+    fn spans(&self, body: &[u8]) -> Vec<std::ops::Range<usize>> {
+        match self.confirm {
+            Confirm::Custom => self
+                .regex
+                .find_iter(body)
+                .filter(|m| !m.is_empty())
+                .map(|m| m.range())
+                .collect(),
+            Confirm::Builtin(validate) if self.has_value_group => self
+                .regex
+                .captures_iter(body)
+                .filter_map(|c| c.get(1))
+                .map(|value| value.range())
+                .filter(|range| validate(body, range.clone()) > 0)
+                .collect(),
+            Confirm::Builtin(validate) => self
+                .regex
+                .find_iter(body)
+                .map(|m| m.range())
+                .filter(|range| validate(body, range.clone()) > 0)
+                .collect(),
+        }
+    }
+
     /// How many confirmed matches `body` holds.
     fn count(&self, body: &[u8]) -> usize {
         match self.confirm {
@@ -294,6 +320,51 @@ impl Scanner {
     }
 }
 
+impl Scanner {
+    /// `body` with every confirmed match of a detector in `only` (every detector when
+    /// empty) replaced by `[REDACTED:<detector>]`, and what was found; `None` when nothing
+    /// was. The marker holds no quote or backslash, so a JSON string stays one.
+    pub fn redact(&self, body: &[u8], only: &[DetectorId]) -> Option<(Vec<u8>, Findings)> {
+        let mut spans: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+        let mut findings = Findings::default();
+        for index in self.set.matches(body).iter() {
+            if !only.is_empty() && !only.iter().any(|id| id.index() == index) {
+                continue;
+            }
+            let detector = &self.detectors[index];
+            let found = detector.spans(body);
+            if found.is_empty() {
+                continue;
+            }
+            findings.list.push(Finding {
+                id: DetectorId(index as u16),
+                detector: detector.name.clone(),
+                count: found.len(),
+            });
+            spans.extend(found.into_iter().map(|range| (range, index)));
+        }
+        if spans.is_empty() {
+            return None;
+        }
+        // Overlapping matches (a JWT inside a longer custom match) merge into the first.
+        spans.sort_by_key(|(range, _)| (range.start, std::cmp::Reverse(range.end)));
+        let mut out = Vec::with_capacity(body.len());
+        let mut at = 0;
+        for (range, index) in spans {
+            if range.start < at {
+                continue;
+            }
+            out.extend_from_slice(&body[at..range.start]);
+            out.extend_from_slice(b"[REDACTED:");
+            out.extend_from_slice(self.detectors[index].name.as_bytes());
+            out.push(b']');
+            at = range.end;
+        }
+        out.extend_from_slice(&body[at..]);
+        Some((out, findings))
+    }
+}
+
 /// Why `name` cannot name a detector, if it cannot.
 fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
@@ -357,6 +428,16 @@ impl Findings {
     /// How many matches detector `id` confirmed (0 when it did not fire).
     pub fn count(&self, id: DetectorId) -> usize {
         self.list.iter().find(|f| f.id == id).map_or(0, |f| f.count)
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &Findings) {
+        for finding in &other.list {
+            match self.list.iter_mut().find(|f| f.id == finding.id) {
+                Some(mine) => mine.count += finding.count,
+                None => self.list.push(finding.clone()),
+            }
+        }
     }
 
     /// Whether no detector fired.

@@ -787,3 +787,41 @@ fn corpus_benign_chat_bodies() {
         rate(any)
     );
 }
+
+#[test]
+fn redaction_replaces_each_confirmed_match_and_only_the_chosen_detectors() {
+    let scanner = Scanner::builtin();
+    let body = format!(
+        r#"{{"id":"{AWS_ID}","note":"aws_secret_access_key={AWS_SECRET}","to":"a@example.com","card":"4111 1111 1111 1112"}}"#
+    );
+    let (redacted, findings) = scanner.redact(body.as_bytes(), &[]).unwrap();
+    let text = String::from_utf8(redacted).unwrap();
+    assert!(
+        !text.contains(AWS_ID) && !text.contains(AWS_SECRET),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""id":"[REDACTED:aws_access_key]""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("aws_secret_access_key=[REDACTED:aws_secret_key]"),
+        "{text}"
+    );
+    // A number that fails the Luhn check is not a card; the address is found.
+    assert!(text.contains("4111 1111 1111 1112"), "{text}");
+    assert!(!text.contains("a@example.com"), "{text}");
+    serde_json::from_str::<serde_json::Value>(&text).expect("still JSON");
+    assert_eq!(findings.len(), 3);
+    // Only the detectors asked for.
+    let aws = scanner.detector_id("aws_access_key").unwrap();
+    let (only, findings) = scanner.redact(body.as_bytes(), &[aws]).unwrap();
+    let only = String::from_utf8(only).unwrap();
+    assert!(
+        only.contains("a@example.com") && only.contains(AWS_SECRET),
+        "{only}"
+    );
+    assert!(!only.contains(AWS_ID));
+    assert_eq!(findings.len(), 1);
+    assert!(scanner.redact(b"nothing to see", &[]).is_none());
+}

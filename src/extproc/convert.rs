@@ -408,6 +408,37 @@ pub fn scrubbed_response_headers(
     }
 }
 
+/// Answers response headers that a response watcher may change: `set` replaces values,
+/// `drop_length` removes `content-length` (the body that follows may change length), and
+/// `buffer_body` asks Envoy to hold the response until its whole body has been answered.
+pub fn watched_response_headers(
+    set: &[(String, Vec<u8>)],
+    drop_length: bool,
+    buffer_body: bool,
+) -> ProcessingResponse {
+    let mut response = scrubbed_response_headers(set, drop_length);
+    if buffer_body {
+        response.mode_override = Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: BodySendMode::None as i32,
+            response_header_mode: HeaderSendMode::Send as i32,
+            response_body_mode: BodySendMode::Buffered as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            response_trailer_mode: HeaderSendMode::Send as i32,
+        });
+    }
+    response
+}
+
+/// A response `response_dlp` refuses: a finding under `deny`, or a body it cannot read.
+pub fn response_refusal(
+    transform: &'static str,
+    reason: &'static str,
+    message: String,
+) -> Rejection {
+    Rejection::new(RefusalKind::ResponseRefused, reason, message, transform)
+}
+
 /// Answers response trailers, with `set` the scrubbed values.
 pub fn scrubbed_response_trailers(set: &[(String, Vec<u8>)]) -> ProcessingResponse {
     ProcessingResponse {

@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod convert;
 pub mod listen;
 mod stream;
+mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -33,6 +33,7 @@ mod tests;
 
 use super::Shared;
 use super::convert::{self, ListenerContext};
+use super::watch::{InspectWatch, UsageWatch};
 use crate::audit::{AuditRecord, ResponseRecord, micros};
 use crate::policy::Action;
 use crate::request::OutboundRequest;
@@ -40,6 +41,7 @@ use crate::secrets::scrub::Scrubber;
 use crate::snapshot::{Decided, Snapshot, ToolsListFilter};
 use crate::telemetry::metrics::StreamGuard;
 use crate::telemetry::trace::StreamTrace;
+use crate::transforms::response_dlp::{ResponseAction, ResponseInspector};
 use crate::transforms::{Outcome, Rejection};
 
 /// Waits up to this long on other services are left inside Envoy's `message_timeout`
@@ -205,6 +207,10 @@ pub(super) struct StreamState {
     response: ResponseWatch,
     /// Set when the request left with a credential.
     scrub: Option<Box<ResponseScrub>>,
+    /// Set when a budget meters the call: its usage, read from the response.
+    usage: Option<Box<UsageWatch>>,
+    /// Set when `response_dlp` inspects the response.
+    inspect: Option<Box<InspectWatch>>,
     /// A decision to make before reading Envoy's next message (see [`StreamState::resume`]).
     deferred: Option<Box<Undecided>>,
     /// The stream's span, from the request headers on; it ends with the stream.
@@ -223,6 +229,8 @@ impl StreamState {
             body_seen: BodySeen::Unneeded,
             response: ResponseWatch::Off,
             scrub: None,
+            usage: None,
+            inspect: None,
             deferred: None,
             trace: StreamTrace::default(),
             _open: open,
@@ -446,7 +454,8 @@ impl StreamState {
                             .await;
                     }
                     let watch_response = snapshot.watches_tools_list(&request);
-                    let pending_may_scrub = snapshot.pipeline.may_put_credential(&request);
+                    let pending_may_scrub = snapshot.pipeline.may_put_credential(&request)
+                        || snapshot.pipeline.watches_response(&request);
                     self.pending = Some(Box::new(PendingBody {
                         request,
                         snapshot,
@@ -624,8 +633,9 @@ impl StreamState {
     }
 
     /// Response headers: kept for a `tools/list` answer (its body is coming, buffered),
-    /// scrubbed of a credential the request carried, otherwise passed, and the body
-    /// Portcullis asked for is declined.
+    /// scrubbed of a credential the request carried, read for an LLM call's usage,
+    /// prepared for inspection (a body that is not a stream is held by Envoy until it is
+    /// inspected whole), otherwise passed.
     async fn on_response_headers(&mut self, headers: &HttpHeaders) -> Reply {
         let filtering = match &mut self.response {
             ResponseWatch::ToolsList(filter) => {
@@ -636,14 +646,72 @@ impl StreamState {
             }
             ResponseWatch::Pass | ResponseWatch::Off => false,
         };
+        let body_follows = !headers.end_of_stream;
+        let content_type = convert::header_text(headers, "content-type").unwrap_or_default();
+        let encoding = convert::header_text(headers, "content-encoding").unwrap_or_default();
+        let encoding = encoding.trim();
+        let encoded =
+            body_follows && !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity");
+        if let Some(usage) = self.usage.as_deref_mut() {
+            usage.headers(&content_type, encoded);
+            if !body_follows {
+                usage.end(true);
+                self.usage = None;
+            }
+        }
+        let mut buffer_body = false;
+        if let Some(inspect) = self.inspect.as_deref_mut() {
+            if !body_follows {
+                self.inspect = None;
+            } else if encoded {
+                if inspect.inspection.action == ResponseAction::Flag {
+                    inspect.record(Some("not_inspected")).await;
+                    self.inspect = None;
+                } else {
+                    // Asked for `accept-encoding: identity` and compressed anyway: what is
+                    // inside cannot be inspected, so it does not reach the workload.
+                    let rejection = convert::response_refusal(
+                        "response_dlp",
+                        "response_not_inspectable",
+                        format!(
+                            "the upstream answered with content-encoding {encoding:?} although \
+                             Portcullis asked for none: the response could not be inspected, \
+                             so it was withheld"
+                        ),
+                    );
+                    self.shared
+                        .metrics
+                        .record_rejection(rejection.transform, rejection.reason);
+                    let response =
+                        convert::refuse(&inspect.request_id, &rejection, inspect.error_shape);
+                    inspect.record(Some("withheld")).await;
+                    self.inspect = None;
+                    self.end_scrub(None).await;
+                    self.phase = Phase::Finished;
+                    return Reply::Send(response);
+                }
+            } else {
+                let inspector = ResponseInspector::new(inspect.inspection.clone(), &content_type);
+                // A tools/list answer is buffered already.
+                inspect.buffered = !inspector.is_streaming();
+                buffer_body = inspect.buffered && !filtering;
+                inspect.inspector = Some(inspector);
+            }
+        }
+        let inspecting = self.inspect.is_some();
         let Some(scrub) = self.scrub.as_deref_mut() else {
+            if inspecting || self.usage.is_some() {
+                // The body is read (and, inspected, may change length).
+                return Reply::Send(convert::watched_response_headers(
+                    &[],
+                    inspecting || filtering,
+                    buffer_body,
+                ));
+            }
             return Reply::Send(convert::continue_response_headers(filtering));
         };
         scrub.response_seen = true;
-        let body_follows = !headers.end_of_stream;
-        let encoding = convert::header_text(headers, "content-encoding").unwrap_or_default();
-        let encoding = encoding.trim();
-        if body_follows && !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+        if encoded {
             // Asked for `accept-encoding: identity` and compressed anyway: what is inside
             // cannot be scrubbed, so it does not reach the workload.
             let rejection = convert::response_not_scrubbable(encoding);
@@ -671,16 +739,25 @@ impl StreamState {
         if !body_follows {
             self.end_scrub(None).await;
         }
-        Reply::Send(convert::scrubbed_response_headers(
+        Reply::Send(convert::watched_response_headers(
             &scrubbed,
             body_follows || filtering,
+            buffer_body,
         ))
     }
 
-    /// A piece of the response body: scrubbed of the request's credential, and when it is
-    /// the buffered answer to a `tools/list`, rewritten without the tools this workload may
-    /// not call. Anything else passes unchanged.
+    /// A piece of the response body: read for an LLM call's usage, scrubbed of the
+    /// request's credential, inspected by `response_dlp`, and when it is the buffered
+    /// answer to a `tools/list`, rewritten without the tools this workload may not call.
+    /// Anything else passes unchanged.
     async fn on_response_body(&mut self, body: Vec<u8>, end_of_stream: bool) -> Reply {
+        if let Some(usage) = self.usage.as_deref_mut() {
+            usage.piece(&body);
+            if end_of_stream {
+                usage.end(true);
+                self.usage = None;
+            }
+        }
         let mut body = body;
         let mut changed = false;
         if let Some(scrub) = self.scrub.as_deref_mut() {
@@ -694,6 +771,44 @@ impl StreamState {
             }
             changed = scrubbed != body;
             body = scrubbed;
+        }
+        if let Some(inspect) = self.inspect.as_deref_mut()
+            && let Some(inspector) = inspect.inspector.as_mut()
+        {
+            // Buffered, the whole body comes at once (before trailers, if any).
+            let whole = inspect.buffered;
+            let inspected = if whole {
+                inspector.whole(&body)
+            } else {
+                inspector.piece(&body, end_of_stream)
+            };
+            if inspected.denied && whole {
+                let rejection = convert::response_refusal(
+                    "response_dlp",
+                    "response_dlp",
+                    "the response was withheld by the Portcullis egress gateway: a DLP \
+                     detector found a credential or personal data in it"
+                        .to_owned(),
+                );
+                self.shared
+                    .metrics
+                    .record_rejection(rejection.transform, rejection.reason);
+                let response =
+                    convert::refuse(&inspect.request_id, &rejection, inspect.error_shape);
+                inspect.record(None).await;
+                self.inspect = None;
+                self.end_scrub(None).await;
+                self.phase = Phase::Finished;
+                return Reply::Send(response);
+            }
+            if inspected.changed {
+                changed = true;
+                body = inspected.body;
+            }
+            if end_of_stream || whole {
+                inspect.record(None).await;
+                self.inspect = None;
+            }
         }
         let mut rewritten = None;
         if let ResponseWatch::ToolsList(filter) = &self.response
@@ -712,9 +827,31 @@ impl StreamState {
     }
 
     /// Response trailers: scrubbed like the headers. Bytes held back from the body (the
-    /// start of what could have been a credential) can no longer be sent: the stream fails,
-    /// and Envoy resets the response rather than hand over a cut one silently.
+    /// start of what could have been a credential, an incomplete event under inspection)
+    /// can no longer be sent: the stream fails, and Envoy resets the response rather than
+    /// hand over a cut one silently.
     async fn on_response_trailers(&mut self, trailers: &HttpTrailers) -> Reply {
+        if let Some(mut usage) = self.usage.take() {
+            usage.end(true);
+        }
+        if let Some(inspect) = self.inspect.take() {
+            let held = inspect
+                .inspector
+                .as_ref()
+                .is_some_and(ResponseInspector::holds_back);
+            inspect.record(held.then_some("withheld")).await;
+            if held {
+                tracing::warn!(request_id = %inspect.request_id,
+                    "response trailers after a stream that ended in an incomplete event; \
+                     response reset");
+                self.shared.metrics.stream_error();
+                self.end_scrub(Some("response_not_inspectable")).await;
+                self.phase = Phase::Finished;
+                return Reply::Fail(Status::failed_precondition(
+                    "portcullis: response stream ended in an incomplete event, then trailers",
+                ));
+            }
+        }
         let Some(scrub) = self.scrub.as_deref_mut() else {
             return Reply::Send(answer(
                 Answer::ResponseTrailers(TrailersResponse::default()),
@@ -787,6 +924,31 @@ impl StreamState {
             self.scrub = Some(Box::new(scrub));
             // Decided at the body: the response was already asked for (`buffer_body`).
             if matches!(answering, Answering::Headers) {
+                convert::scrub_response(&mut response);
+            }
+        }
+        if outcome.rejection.is_none() && outcome.response.any() {
+            let watchers = outcome.response.clone();
+            let identity = decided.identity.as_ref().ok().and_then(|i| i.name.clone());
+            self.usage = watchers.meter.map(|meter| {
+                Box::new(UsageWatch::new(
+                    meter,
+                    &request.id,
+                    identity,
+                    self.shared.audit.clone(),
+                    self.shared.metrics.clone(),
+                ))
+            });
+            self.inspect = watchers.inspection.map(|inspection| {
+                Box::new(InspectWatch::new(
+                    inspection,
+                    &request.id,
+                    convert::ErrorShape::for_request(&request),
+                    self.shared.audit.clone(),
+                    self.shared.metrics.clone(),
+                ))
+            });
+            if matches!(answering, Answering::Headers) && self.scrub.is_none() {
                 convert::scrub_response(&mut response);
             }
         }

@@ -10,6 +10,7 @@
 
 mod classify;
 mod prompt;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

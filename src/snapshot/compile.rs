@@ -82,6 +82,7 @@ impl Snapshot {
             &runtime.sources,
             &runtime.judges,
             &runtime.limits,
+            &runtime.budgets,
         )
         .map_err(|e| errors.extend(e))
         .ok();

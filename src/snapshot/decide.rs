@@ -133,6 +133,8 @@ impl Snapshot {
                     mutations,
                     verdict: None,
                     preview,
+                    meter: None,
+                    inspection: None,
                 };
                 let mut outcome = self.pipeline.run(exchange).await;
                 // An intercepted CONNECT connects nowhere itself: its requests are vetted.
@@ -199,6 +201,7 @@ impl Snapshot {
                             },
                         }],
                         jsonrpc_reply: None,
+                        response: Default::default(),
                     },
                 }
             }
@@ -273,6 +276,7 @@ impl Snapshot {
                     },
                 }],
                 jsonrpc_reply: None,
+                response: Default::default(),
             },
         }
     }

@@ -32,6 +32,8 @@ pub struct Runtime {
     pub judges: Arc<JudgeStates>,
     /// The rate limits' buckets.
     pub limits: Arc<crate::transforms::rate_limit::LimitStates>,
+    /// What each budget's keys spent.
+    pub budgets: Arc<crate::transforms::budget::BudgetStates>,
     /// The network guard's DNS resolver and its cache.
     pub resolvers: crate::network::Resolvers,
     /// The approval queue (the store, once open) refusals needing approval go to.

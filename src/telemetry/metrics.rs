@@ -33,6 +33,9 @@ pub struct Metrics {
     judge_tokens: IntCounter,
     grpc_decisions: IntCounterVec,
     response_scrubbed: IntCounterVec,
+    llm_tokens: IntCounterVec,
+    llm_cost: prometheus::CounterVec,
+    response_findings: IntCounterVec,
     /// Store faults, revision regressions, the audit queue.
     pub control: super::control::ControlMetrics,
 }
@@ -169,8 +172,35 @@ impl Metrics {
             &["secret"],
         )
         .expect("valid metric");
+        let llm_tokens = IntCounterVec::new(
+            Opts::new(
+                "llm_tokens_total",
+                "LLM tokens metered by budgets, by budget (transforms[N]) and kind (input, output)",
+            ),
+            &["budget", "kind"],
+        )
+        .expect("valid metric");
+        let llm_cost = prometheus::CounterVec::new(
+            Opts::new(
+                "llm_cost_total",
+                "What metered LLM calls cost, priced with each budget's table, by budget",
+            ),
+            &["budget"],
+        )
+        .expect("valid metric");
+        let response_findings = IntCounterVec::new(
+            Opts::new(
+                "response_findings_total",
+                "DLP findings in responses, by detector and the action taken",
+            ),
+            &["detector", "action"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(llm_tokens.clone()),
+            Box::new(llm_cost.clone()),
+            Box::new(response_findings.clone()),
             Box::new(response_scrubbed.clone()),
             Box::new(grpc_decisions.clone()),
             Box::new(judge_verdicts.clone()),
@@ -221,7 +251,30 @@ impl Metrics {
             judge_tokens,
             grpc_decisions,
             response_scrubbed,
+            llm_tokens,
+            llm_cost,
+            response_findings,
         }
+    }
+
+    /// What one metered LLM call used, charged to `budget`.
+    pub fn record_llm_usage(&self, budget: &str, input: u64, output: u64, cost: Option<f64>) {
+        self.llm_tokens
+            .with_label_values(&[budget, "input"])
+            .inc_by(input);
+        self.llm_tokens
+            .with_label_values(&[budget, "output"])
+            .inc_by(output);
+        if let Some(cost) = cost.filter(|c| c.is_finite() && *c > 0.0) {
+            self.llm_cost.with_label_values(&[budget]).inc_by(cost);
+        }
+    }
+
+    /// `count` findings of `detector` in a response, and the action taken.
+    pub fn record_response_finding(&self, detector: &str, action: &str, count: u64) {
+        self.response_findings
+            .with_label_values(&[detector, action])
+            .inc_by(count);
     }
 
     /// One gRPC processor step of a decided request: its outcome, why it had no valid

@@ -87,6 +87,7 @@ pub struct CompileContext<'a> {
     pub sources: &'a SourceContext,
     pub judges: &'a JudgeStates,
     pub limits: &'a super::rate_limit::LimitStates,
+    pub budgets: &'a super::budget::BudgetStates,
 }
 
 impl CompileContext<'_> {
@@ -144,6 +145,16 @@ pub trait Transform: Send + Sync {
     /// A rate limit, for reports of its use.
     fn rate_limit(&self) -> Option<&super::rate_limit::RateLimit> {
         None
+    }
+    /// A budget, for reports of its spending.
+    fn budget(&self) -> Option<&super::budget::Budget> {
+        None
+    }
+    /// Whether, when it applies, it reads this request's response (an LLM call's usage, a
+    /// DLP inspection): Envoy must then be asked for the response when the request headers
+    /// are answered, before the decision is known.
+    fn watches_response(&self, _request: &OutboundRequest) -> bool {
+        false
     }
 }
 

@@ -6,6 +6,7 @@
 //! change, later steps see earlier steps' changes, and the Envoy layer converts them once.
 
 mod allowlist;
+pub mod budget;
 pub mod capture;
 pub mod grpc;
 pub mod header_allowlist;
@@ -14,6 +15,7 @@ mod kind;
 pub mod rate_limit;
 mod refusal;
 mod remote;
+pub mod response_dlp;
 pub mod secrets;
 #[cfg(test)]
 mod stamp;
@@ -58,6 +60,8 @@ const KINDS: &[Kind] = &[
     secrets::KIND,
     header_allowlist::KIND,
     rate_limit::KIND,
+    budget::KIND,
+    response_dlp::KIND,
     #[cfg(test)]
     stamp::KIND,
 ];
@@ -333,6 +337,22 @@ pub struct Outcome {
     /// The answer to a refused MCP message: a JSON-RPC error the agent's MCP client
     /// understands, instead of the JSON error body.
     pub jsonrpc_reply: Option<JsonRpcReply>,
+    /// What reads the response of an allowed request.
+    pub response: ResponseWatchers,
+}
+
+/// What reads an allowed request's response as it passes: a budget's meter (the LLM
+/// call's usage), a DLP inspection.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseWatchers {
+    pub meter: Option<budget::Meter>,
+    pub inspection: Option<response_dlp::Inspection>,
+}
+
+impl ResponseWatchers {
+    pub fn any(&self) -> bool {
+        self.meter.is_some() || self.inspection.is_some()
+    }
 }
 
 /// An HTTP answer carrying a JSON-RPC document.
@@ -356,6 +376,10 @@ pub struct Exchange<'a> {
     pub verdict: Option<Verdict>,
     /// Render credentials as markers and read no source (`portcullis check`).
     pub preview: bool,
+    /// Set by a `budget` that meters this call: charges the response's usage.
+    pub meter: Option<budget::Meter>,
+    /// Set by `response_dlp`: inspects the response.
+    pub inspection: Option<response_dlp::Inspection>,
 }
 
 /// A transform's result.
@@ -400,6 +424,7 @@ impl Pipeline {
         sources: &SourceContext,
         judges: &judge::JudgeStates,
         limits: &rate_limit::LimitStates,
+        budgets: &budget::BudgetStates,
     ) -> Result<Pipeline, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut stages = Vec::with_capacity(entries.len());
@@ -441,6 +466,7 @@ impl Pipeline {
                 sources,
                 judges,
                 limits,
+                budgets,
             };
             match entry.config.compile(&context) {
                 Ok(transform) => stages.push(Stage {
@@ -470,6 +496,22 @@ impl Pipeline {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.stages.iter().map(|s| s.transform.name()).collect()
+    }
+
+    /// The pipeline's budgets, with their places (`transforms[N]`).
+    pub fn budgets(&self) -> impl Iterator<Item = &budget::Budget> {
+        self.stages
+            .iter()
+            .filter_map(|stage| stage.transform.budget())
+    }
+
+    /// Whether a stage in scope may read this request's response.
+    pub fn watches_response(&self, request: &OutboundRequest) -> bool {
+        let facts = request.facts();
+        self.stages.iter().any(|stage| {
+            (stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts))
+                && stage.transform.watches_response(request)
+        })
     }
 
     /// Whether some stage in scope needs this request's body before it can decide.
@@ -568,6 +610,13 @@ impl Pipeline {
             (None, Some(v)) if v.action == Action::Flag => Decision::Flagged,
             (None, _) => Decision::Allowed,
         };
+        let response = match rejection {
+            Some(_) => ResponseWatchers::default(),
+            None => ResponseWatchers {
+                meter: exchange.meter,
+                inspection: exchange.inspection,
+            },
+        };
         Outcome {
             decision,
             verdict: exchange.verdict,
@@ -575,6 +624,7 @@ impl Pipeline {
             mutations: exchange.mutations,
             trace,
             jsonrpc_reply: None,
+            response,
         }
     }
 }

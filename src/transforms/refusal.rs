@@ -34,10 +34,15 @@ pub enum RefusalKind {
     BodyNotBuffered,
     /// The upstream's response could not be scrubbed of the credentials sent.
     ResponseWithheld,
+    /// A `response_dlp` transform found what it denies in the response, or could not
+    /// inspect it.
+    ResponseRefused,
     /// A `rate_limit` transform's limit is used up for now: retry after `Retry-After`.
     RateLimited,
     /// A Redis-backed rate limit could not be counted and its fail mode is closed.
     RateLimitUnavailable,
+    /// A `budget` transform's LLM budget is spent for this window.
+    BudgetExceeded,
     /// A policy asks a person to approve the request first; the body names the approval.
     ApprovalRequired,
     /// The request needs an approval, and the approval queue (the store) cannot take it.
@@ -61,8 +66,10 @@ impl RefusalKind {
             RefusalKind::BodyTooLarge => "body_too_large",
             RefusalKind::BodyNotBuffered => "body_not_buffered",
             RefusalKind::ResponseWithheld => "response_withheld",
+            RefusalKind::ResponseRefused => "response_refused",
             RefusalKind::RateLimited => "rate_limited",
             RefusalKind::RateLimitUnavailable => "rate_limit_unavailable",
+            RefusalKind::BudgetExceeded => "budget_exceeded",
             RefusalKind::ApprovalRequired => "approval_required",
             RefusalKind::ApprovalUnavailable => "approval_unavailable",
         }
@@ -77,11 +84,12 @@ impl RefusalKind {
             RefusalKind::InvalidRequest => 400,
             RefusalKind::ProxyAuthRequired => 407,
             RefusalKind::BodyTooLarge => 413,
-            RefusalKind::RateLimited => 429,
+            RefusalKind::RateLimited | RefusalKind::BudgetExceeded => 429,
             RefusalKind::BodyNotBuffered => 500,
             RefusalKind::DestinationUnresolved
             | RefusalKind::CredentialUnavailable
-            | RefusalKind::ResponseWithheld => 502,
+            | RefusalKind::ResponseWithheld
+            | RefusalKind::ResponseRefused => 502,
             RefusalKind::PolicyUnavailable
             | RefusalKind::JudgeUnavailable
             | RefusalKind::ProcessorUnavailable

@@ -133,6 +133,7 @@ fn allowlist_twice_is_an_error() {
         &Default::default(),
         &Default::default(),
         &Default::default(),
+        &Default::default(),
     )
     .unwrap_err();
     assert_eq!(errors[0].path, "transforms[1].name");

@@ -441,6 +441,8 @@ try {
   check(limitTitle.includes("1000 per 30days, burst 1000, by identity, in memory"), `the limits page describes the limit (${limitTitle})`);
   const inUse = await page.locator("section.limit tbody tr").allTextContents();
   check(inUse.some((row) => row.includes("agent-7") && row.includes("1 of 1000")), `and the keys in use (${inUse.join(" | ")})`);
+  const budgetTitle = await page.locator("section.budget h3").first().textContent();
+  check(budgetTitle.includes("100000 tokens per day, by identity"), `and the LLM budget (${budgetTitle})`);
   await shot(page, "limits");
   await axe(page, "limits");
 

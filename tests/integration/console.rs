@@ -41,6 +41,7 @@ transforms:
   - allowlist
   - {{name: rate_limit, rules: [{{host: 127.0.0.1, paths: ["/ok/*"]}}],
      config: {{requests: 1000, per: 30d}}}}
+  - {{name: budget, rules: [{{host: 127.0.0.1}}], config: {{per: day, tokens: 100000}}}}
   - secrets
 admin:
   tokens:

@@ -24,6 +24,7 @@ mod identity;
 mod interception;
 mod judge;
 mod limits;
+mod llm;
 mod mcp;
 mod mcp_harness;
 mod protocol;

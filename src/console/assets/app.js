@@ -1314,11 +1314,29 @@ async function approvals(root, params) {
 
 // ------------------------------------------------------------------ rate limits
 
-// Each rate limit of the pipeline and its most used keys now, as bars against the burst.
+// Each rate limit of the pipeline and its most used keys now, as bars against the burst;
+// then each LLM budget and what its keys spent this window, against the budget.
 async function limits(root) {
-  const { limits: all } = await api("GET", "/v1/limits");
+  const [{ limits: all }, { budgets }] = await Promise.all([api("GET", "/v1/limits"), api("GET", "/v1/budgets")]);
+  const spentCell = (used, limit, label) => limit
+    ? el("meter", { min: 0, max: limit, value: Math.min(used, limit), high: limit * 0.8, "aria-label": label })
+    : "";
+  const budgetSection = budgets.length ? [
+    el("h2", { id: "budgets-title" }, "LLM budgets"),
+    budgets.map((b) => el("section", { class: "card budget", "data-transform": b.transform },
+      el("h3", {}, `${b.transform}: ${[b.tokens ? `${b.tokens} tokens` : null, b.cost ? `${b.cost} spent` : null].filter(Boolean).join(" and ")} per ${b.per}, by ${b.key}; renews ${new Date(b.window_ends).toLocaleString()}`),
+      b.keys.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Key", "Tokens", "Cost", "Of the budget"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, b.keys.map((k) => el("tr", {},
+          el("td", {}, k.key || "(all)"),
+          el("td", {}, b.tokens ? `${k.tokens} of ${b.tokens}` : String(k.tokens)),
+          el("td", {}, b.cost ? `${k.cost.toFixed(4)} of ${b.cost}` : k.cost ? k.cost.toFixed(4) : "—"),
+          el("td", {}, b.tokens ? spentCell(k.tokens, b.tokens, `${k.key || "all"}: ${k.tokens} of ${b.tokens} tokens`)
+            : spentCell(k.cost, b.cost, `${k.key || "all"}: ${k.cost.toFixed(4)} of ${b.cost}`)))))) :
+        el("p", { class: "muted" }, "Nothing spent this window."))),
+  ] : el("p", { class: "muted" }, "This gateway's pipeline has no budget transform (docs/budgets.md).");
   fill(root,
-    el("h1", {}, "Rate limits"),
+    el("h1", {}, "Rate limits and budgets"),
     el("p", { class: "muted" }, "The pipeline's rate_limit transforms and their most used keys now: tokens taken and not yet back, against the burst. In memory: this instance's counts; in Redis: the fleet's."),
     all.length ? all.map((l) => el("section", { class: "card limit", "data-transform": l.transform },
       el("h2", {}, `${l.transform}: ${l.requests} per ${l.per}, burst ${l.burst}, by ${l.key}, in ${l.backend}`),
@@ -1331,7 +1349,8 @@ async function limits(root) {
           el("td", {}, el("meter", { min: 0, max: k.capacity, value: k.used, high: k.capacity * 0.8,
             "aria-label": `${k.key || "all"}: ${k.used} of ${k.capacity} in use` })))))) :
         el("p", { class: "muted" }, "No key has a token in use."))) :
-      el("p", { class: "muted" }, "This gateway's pipeline has no rate_limit transform (docs/config.md)."));
+      el("p", { class: "muted" }, "This gateway's pipeline has no rate_limit transform (docs/config.md)."),
+    budgetSection);
 }
 
 // ------------------------------------------------------------------ enrollment tokens

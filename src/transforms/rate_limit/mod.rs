@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::kind::{Applied, CompileContext, Kind, Transform, TransformConfig, required_config};
+use super::kind::{
+    Applied, CompileContext, Kind, Transform, TransformConfig, required_config, validated,
+};
 use super::{Annotations, Exchange, RefusalKind, Rejection, Step};
 use crate::vocab::{DurationText, FieldError};
 
@@ -30,11 +32,7 @@ pub(super) const KIND: Kind = Kind {
             "rate_limit needs a `config` with `requests` and `per` (e.g. {requests: 60, per: 1m})",
         )?;
         let problems = config.problems();
-        if problems.is_empty() {
-            Ok(Arc::new(config))
-        } else {
-            Err(problems.into_iter().map(|e| e.under("config")).collect())
-        }
+        Ok(Arc::new(validated(config, problems)?))
     },
 };
 
@@ -315,10 +313,10 @@ fn key_use(key: String, tokens: f64, capacity: f64) -> KeyUse {
     }
 }
 
-impl RateLimit {
-    /// The bucket this request counts against.
-    fn key_of(&self, exchange: &Exchange<'_>) -> String {
-        match &self.key {
+/// The key a request counts under, for a limit or a budget keyed by `key`.
+pub(super) fn key_of(key: &LimitKey, exchange: &Exchange<'_>) -> String {
+    {
+        match key {
             // Requests without a name (anonymous, by address) share one bucket.
             LimitKey::Identity => exchange
                 .identity
@@ -356,7 +354,7 @@ impl Transform for RateLimit {
     }
 
     fn apply<'a>(&'a self, exchange: &'a mut Exchange<'_>) -> Applied<'a> {
-        let key = self.key_of(exchange);
+        let key = key_of(&self.key, exchange);
         if let Some(redis) = &self.state.redis {
             return Applied::Waiting(Box::pin(async move {
                 match redis.take(&key, self.state.rate, self.state.capacity).await {

@@ -5,6 +5,7 @@ pub mod backends;
 pub mod collector;
 pub mod dns;
 pub mod issuer;
+pub mod llm;
 pub mod mcp;
 pub mod moto;
 pub mod postgres;
