@@ -308,3 +308,38 @@ fn settings_are_checked_with_their_field_paths() {
         Duration::from_secs(3600)
     );
 }
+
+#[tokio::test]
+async fn without_a_store_an_approval_cannot_be_queued_and_the_request_is_refused_503() {
+    let loaded = parse_str(
+        "policies:\n  - {name: ask, action: approve, rules: [{host: '*'}]}\n",
+        None,
+    )
+    .unwrap();
+    let snapshot = crate::snapshot::Snapshot::compile(
+        &loaded.config,
+        &loaded.version,
+        &|_| None,
+        &crate::snapshot::Runtime::default(),
+    )
+    .unwrap();
+    let decided = snapshot
+        .decide(&request("GET https://api.example.com/x"), &[], None)
+        .await;
+    let rejection = decided.outcome.rejection.expect("refused");
+    assert_eq!(rejection.kind, RefusalKind::ApprovalUnavailable);
+    assert_eq!(rejection.status, 503);
+    assert_eq!(rejection.reason, "approval_unavailable");
+    assert!(
+        rejection.message.contains("configure a `store`"),
+        "{}",
+        rejection.message
+    );
+    assert!(rejection.approval.is_none());
+    // `check` previews the decision without queueing anything.
+    let previewed = snapshot
+        .preview(&request("GET https://api.example.com/x"), &[], None)
+        .await;
+    let rejection = previewed.outcome.rejection.expect("refused");
+    assert_eq!(rejection.kind, RefusalKind::ApprovalRequired);
+}

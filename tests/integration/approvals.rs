@@ -396,3 +396,49 @@ fn an_mcp_tool_call_waits_for_approval_and_its_grant_covers_those_arguments_only
     assert_eq!(upstream.hits(), 2);
     gw.assert_no_leaks(&["AKIAIOSFODNN7EXAMPLE", ALPHA], &[]);
 }
+
+#[test]
+fn a_gated_policy_asks_for_approval_only_when_its_condition_fails() {
+    let upstream = Upstream::start(None);
+    let hook = Upstream::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), hook.port());
+    create_policy(
+        &gw,
+        json!({"name": "mail-outside-needs-a-person", "action": "gated",
+               "condition": "request.args.to.endsWith(\"@example.com\")",
+               "when_condition_fails": "approve",
+               "rules": [{"host": "127.0.0.1", "paths": ["/mcp"], "tools": ["send_email"]}]}),
+    );
+    let url = format!("http://127.0.0.1:{}/mcp", upstream.port());
+    let send = |to: &str| {
+        let body = tool_call(3, "send_email", json!({"to": to, "subject": "hi"}));
+        as_workload(
+            &gw,
+            ALPHA,
+            &[
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+                url.as_str(),
+            ],
+        )
+    };
+    // Inside the company: the condition holds, the call leaves.
+    let inside = send("ops@example.com");
+    assert_eq!(inside.status, 200, "{inside:?}");
+    assert_eq!(upstream.hits(), 1);
+    // Outside: it waits for a person instead of being denied.
+    let outside = send("someone@elsewhere.example");
+    let data = &outside.json()["error"]["data"];
+    assert_eq!(data["type"], "approval_required", "{outside:?}");
+    assert!(
+        data["message"]
+            .as_str()
+            .unwrap()
+            .contains("condition `request.args.to.endsWith(\"@example.com\")` does not hold"),
+        "{data}"
+    );
+    assert_eq!(upstream.hits(), 1);
+}
