@@ -459,7 +459,7 @@ async function policies(root, params) {
           "on:input": (e) => { view.search = e.target.value; view.page = 0; render(); } })),
       el("label", { for: "policy-action" }, "Action",
         el("select", { id: "policy-action", "on:change": (e) => { view.action = e.target.value; view.page = 0; render(); } },
-          ["", "allow", "flag", "deny", "gated"].map((a) => el("option", { value: a }, a || "any")))),
+          ["", "allow", "flag", "deny", "gated", "approve"].map((a) => el("option", { value: a }, a || "any")))),
       el("label", { for: "policy-status" }, "Status",
         el("select", { id: "policy-status", "on:change": (e) => { view.status = e.target.value; view.page = 0; render(); } },
           ["", "active", "disabled", "draft"].map((a) => el("option", { value: a }, a || "any")))),
@@ -670,7 +670,9 @@ function textCondition(contains, regex) {
 
 // The draft as the API takes it: empty fields left out.
 function draftPolicy(d) {
-  const policy = { name: d.name.trim(), action: d.action, priority: Number(d.priority), status: d.status };
+  // What the builder does not edit is kept as it was: a gated policy's condition, a
+  // grant's identity and expiry (dropped, a grant would allow every workload for ever).
+  const policy = { ...(d.kept || {}), name: d.name.trim(), action: d.action, priority: Number(d.priority), status: d.status };
   if (d.match_tags.length) policy.match_tags = d.match_tags.slice();
   if (d.description.trim()) policy.description = d.description.trim();
   policy.rules = d.rules.map((r) => {
@@ -701,7 +703,7 @@ function sentence(d) {
       r.cel.trim() ? "when the CEL condition holds" : ""].filter(Boolean);
     return what.join(" ");
   });
-  const verb = { allow: "Allow", deny: "Deny", flag: "Flag", gated: "Gate" }[d.action];
+  const verb = { allow: "Allow", deny: "Deny", flag: "Flag", gated: "Gate", approve: "Ask a person before" }[d.action];
   return `${verb} · ${who} · ${rules.join("; or ") || "no rule yet"}`;
 }
 
@@ -715,6 +717,8 @@ async function builder(root, params) {
     const p = current.policy;
     Object.assign(d, { name: p.name, action: p.action, priority: p.priority, status: p.status || "active",
       match_tags: p.match_tags || [], description: p.description || "" });
+    d.kept = {};
+    for (const key of ["condition", "when_condition_fails", "grant", "message", "warn"]) if (p[key] !== undefined && p[key] !== null) d.kept[key] = p[key];
     d.rules = p.rules.map((r) => ({ ...emptyRule(), host: r.host, cel: r.cel || "",
       paths: r.paths || [], methods: r.methods || [], action_types: r.action_types || [], tools: r.tools || [], dlp: r.dlp || [],
       headers: (r.headers || []).map(headerDraft),
@@ -866,7 +870,7 @@ async function builder(root, params) {
           el("div", { class: "field", "data-path": "name" }, el("label", { for: "b-name" }, "Name"),
             bind(el("input", { id: "b-name", value: d.name, readonly: Boolean(editing) }), "name")),
           el("div", { class: "field", "data-path": "action" }, el("label", { for: "b-action" }, "Effect"),
-            bind(el("select", { id: "b-action" }, ["allow", "deny", "flag", "gated"].map((a) => el("option", { value: a, selected: a === d.action }, a))), "action")),
+            bind(el("select", { id: "b-action" }, ["allow", "deny", "flag", "gated", "approve"].map((a) => el("option", { value: a, selected: a === d.action }, a))), "action")),
           el("div", { class: "field", "data-path": "priority" }, el("label", { for: "b-priority" }, "Priority"),
             bind(el("input", { id: "b-priority", type: "number", value: d.priority, size: 6 }), "priority")),
           el("div", { class: "field", "data-path": "status" }, el("label", { for: "b-status" }, "Status"),
