@@ -164,6 +164,7 @@ pub async fn run(snapshot: &Snapshot, check: &CheckRequest) -> Result<CheckRepor
         "audit": serde_json::to_value(&record).unwrap_or_default(),
         "body": body_json(snapshot, &request, check, buffered),
         "upstream": upstream_json(&decided),
+        "fast_path": snapshot.fast_path(&request, &check.extra_tags),
     });
     // The text is rendered from the JSON, as `portcullis playground` renders the API's
     // answer: both print the same trace for the same decision.

@@ -25,6 +25,19 @@ pub struct Report {
     /// body).
     #[serde(default)]
     pub body: Option<BodyView>,
+    /// Whether the decision could be made inside Envoy (absent from gateways that
+    /// predate it).
+    #[serde(default)]
+    pub fast_path: Option<FastPathView>,
+}
+
+/// Where the decision could be made: `envoy` (host, path and method decide it) or
+/// `portcullis`, with why.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FastPathView {
+    pub decided_by: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What the trace says of a body: its size, never its content.
@@ -234,6 +247,19 @@ pub fn render_text(request: &OutboundRequest, report: &Report) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     let _ = writeln!(out, "decision    {}", report.decision);
+    if let Some(fast) = &report.fast_path {
+        let _ = match fast.decided_by.as_str() {
+            "envoy" => writeln!(
+                out,
+                "fast path   eligible: host, path, method and the listener's tags decide it"
+            ),
+            _ => writeln!(
+                out,
+                "fast path   no: {}",
+                fast.reason.as_deref().unwrap_or("it needs Portcullis")
+            ),
+        };
+    }
     let upstream = &report.upstream;
     if upstream.forwarded {
         let _ = writeln!(

@@ -299,6 +299,12 @@ impl IdentityResolver {
         self.tokens_expected = true;
     }
 
+    /// Whether a request without proxy credentials can still be told apart by who sends
+    /// it: an identity by source address (`source_cidr`) or certificate (`uri_san`).
+    pub fn depends_on_peer(&self) -> bool {
+        !self.cidrs.is_empty() || !self.sans.is_empty()
+    }
+
     /// Every tag a request through a listener carrying `listener_tags` could have: the
     /// gateway's, the listener's, and those of every configured identity.
     pub fn reachable_tags<'a>(

@@ -22,7 +22,9 @@ pub use model::{
     Action, ConditionFails, Decision, DefaultAction, Grant, PolicyConfig, PolicyStatus,
     lint_policy, validate_policy,
 };
-pub use set::{CompiledGrant, CompiledPolicy, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict};
+pub use set::{
+    CompiledGrant, CompiledPolicy, NeedsMore, PolicyId, PolicyMatch, PolicySet, RuleRef, Verdict,
+};
 
 #[cfg(test)]
 mod tests;

@@ -163,6 +163,39 @@ impl Verdict {
     }
 }
 
+/// Why a request's decision cannot be made from its host, port, path and method (and the
+/// workload's tags) alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeedsMore {
+    /// A dry-run policy would decide first: what it would have done is recorded.
+    DryRun { policy: Arc<str> },
+    /// A rule that could decide has conditions beyond host, path and method (body,
+    /// headers, CEL, tools, DLP, action types, prompt).
+    Condition { policy: Arc<str>, rule: u32 },
+    /// A `gated` or `approve` policy could decide: its condition, or a person.
+    Action { policy: Arc<str>, action: Action },
+    /// A grant could decide: it is for one identity.
+    Grant { policy: Arc<str> },
+}
+
+impl std::fmt::Display for NeedsMore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NeedsMore::DryRun { policy } => {
+                write!(f, "dry-run policy {policy:?} matches ahead of the decider")
+            }
+            NeedsMore::Condition { policy, rule } => write!(
+                f,
+                "policy {policy:?} rule {rule} has conditions beyond host, path and method"
+            ),
+            NeedsMore::Action { policy, action } => {
+                write!(f, "policy {policy:?} is `{action}`")
+            }
+            NeedsMore::Grant { policy } => write!(f, "grant {policy:?} is for one identity"),
+        }
+    }
+}
+
 /// One matching policy, for explanations (`check`, playground).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyMatch {
@@ -422,6 +455,70 @@ impl PolicySet {
                 condition_error: false,
             },
         }
+    }
+
+    /// The verdict for a request decided from its host, port, path and method alone, for a
+    /// workload with `tags`: `Err` when a rule that could decide it reads more (a
+    /// condition), a dry run would be recorded, or its action asks more than that (gated,
+    /// approve, a grant). For `check` and the fast path (docs/fast-path.md).
+    pub fn scope_verdict(
+        &self,
+        req: &RequestFacts<'_>,
+        tags: &WorkloadTagIds,
+    ) -> Result<Verdict, NeedsMore> {
+        // The first rule in decision order whose host, path and method match decides, or
+        // says why it cannot decide on them alone.
+        let mut first: Option<Key> = None;
+        self.index.visit(req, tags, |key| {
+            if first.is_some_and(|f| key >= f) {
+                return Next::SkipBucket;
+            }
+            let rule = &self.policies[key.item as usize].rules[key.rule as usize];
+            if rule.host.matches(req)
+                && rule.methods.contains(req.method)
+                && rule.paths.matches(req.path)
+            {
+                first = Some(key);
+                return Next::SkipBucket;
+            }
+            Next::Continue
+        });
+        let Some(key) = first else {
+            return Ok(Verdict {
+                action: self.default_action.action(),
+                decided_by: None,
+                dry_run: None,
+                gate: None,
+                condition_error: false,
+            });
+        };
+        let policy = &self.policies[key.item as usize];
+        let name = || policy.name.clone();
+        if policy.warn {
+            return Err(NeedsMore::DryRun { policy: name() });
+        }
+        if policy.grant.is_some() {
+            return Err(NeedsMore::Grant { policy: name() });
+        }
+        if policy.rules[key.rule as usize].conditions.is_some() {
+            return Err(NeedsMore::Condition {
+                policy: name(),
+                rule: key.rule,
+            });
+        }
+        if matches!(policy.action, Action::Gated | Action::Approve) {
+            return Err(NeedsMore::Action {
+                policy: name(),
+                action: policy.action,
+            });
+        }
+        Ok(Verdict {
+            action: policy.action,
+            decided_by: Some(rule_ref(key)),
+            dry_run: None,
+            gate: None,
+            condition_error: false,
+        })
     }
 
     /// Why a condition of the rule `decided_by` (its `cel`, or its policy's gate

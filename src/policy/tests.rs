@@ -628,6 +628,21 @@ proptest! {
             let workload = tags(&workload);
             let want = naive_decide(&policies, default, &facts, &workload);
             prop_assert_eq!(verdict_of(&facts, &workload), want, "request {} tags {:?} body {:?}", line, workload, body);
+            // When host, path and method decide alone (the fast path's test), they decide
+            // as the full evaluation does, whatever the body.
+            if !headers_only.is_connect()
+                && let Ok(scoped) = set.scope_verdict(&headers_only, &set.tag_ids(&workload))
+            {
+                prop_assert_eq!(
+                    (
+                        scoped.action,
+                        scoped.decided_by.map(|r| (r.policy as usize, r.rule as usize)),
+                        None,
+                    ),
+                    want,
+                    "scope verdict: request {} tags {:?} body {:?}", line, workload, body
+                );
+            }
             // A body the engine does not ask for cannot change the decision.
             if !set.needs_body(&headers_only, &set.tag_ids(&workload)) {
                 prop_assert_eq!(

@@ -5,11 +5,13 @@
 
 mod compile;
 mod decide;
+mod fast_path;
 mod tools_list;
 
 use std::sync::Arc;
 
 pub use compile::{Origin, unknown_detectors};
+pub use fast_path::FastPath;
 pub use tools_list::ToolsListFilter;
 
 use crate::config::McpConfig;

@@ -505,6 +505,22 @@ impl Pipeline {
             .filter_map(|stage| stage.transform.budget())
     }
 
+    /// The stages in scope of this request that need the processor beyond the policy
+    /// engine's verdict: every one but `allowlist`, and `secrets` when no secret applies.
+    pub fn processor_stages(&self, request: &OutboundRequest) -> Vec<&'static str> {
+        let facts = request.facts();
+        self.stages
+            .iter()
+            .filter(|stage| stage.scope.is_empty() || any_rule_matches(&stage.scope, &facts))
+            .filter(|stage| {
+                let name = stage.transform.name();
+                !(stage.transform.is_policy_engine()
+                    || (name == secrets::KIND.name && !stage.transform.may_put_credential(request)))
+            })
+            .map(|stage| stage.transform.name())
+            .collect()
+    }
+
     /// Whether a stage in scope may read this request's response.
     pub fn watches_response(&self, request: &OutboundRequest) -> bool {
         let facts = request.facts();
@@ -640,6 +656,6 @@ fn routes_or_frames(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,8 @@ fn the_example_config_validates_and_checks() {
         out.contains("decision    ALLOWED") && out.contains("public-read"),
         "{out}"
     );
+    // Whether Envoy could decide it alone is said too (docs/fast-path.md).
+    assert!(out.contains("\nfast path   "), "{out}");
     let (code, out, _) = portcullis(
         &["check", "-c", example, "-r", "CONNECT evil.example:443"],
         &env,
@@ -93,6 +95,14 @@ fn the_example_config_validates_and_checks() {
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["audit"]["decision"], "FLAGGED");
     assert_eq!(json["matching_policies"][0]["policy"], "ci-writes");
+    // A request with proxy credentials is decided by Portcullis.
+    assert_eq!(json["fast_path"]["decided_by"], "portcullis", "{json}");
+    assert!(
+        json["fast_path"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("proxy credentials")
+    );
     assert!(!out.contains("\"demo\""), "the token is not echoed");
 }
 
