@@ -277,3 +277,25 @@ fn repeated_patterns_share_one_compiled_matcher() {
         other => panic!("{other:?}"),
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+    /// A literal or `literal*` pattern, matched as text, agrees with the glob it is.
+    #[test]
+    fn plain_paths_match_as_their_globs_do(
+        stem in "/[a-c/.%-]{0,6}",
+        star in proptest::bool::ANY,
+        path in "/[a-c/.%-]{0,8}",
+    ) {
+        let pattern = if star { format!("{stem}*") } else { stem.clone() };
+        let parsed = PathPattern::try_from(pattern.clone()).unwrap();
+        let set = PathSet::compile(std::slice::from_ref(&parsed));
+        if set.is_any() {
+            return Ok(());
+        }
+        proptest::prop_assert!(matches!(set, PathSet::Plain(_)), "{pattern}");
+        let glob = path_glob(&pattern).unwrap().compile_matcher();
+        proptest::prop_assert_eq!(set.matches(&path), glob.is_match(&path), "{} vs {}", pattern, path);
+    }
+}
