@@ -79,7 +79,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let snapshot = Snapshot::build(&loaded.config, &loaded.version, origin, &env, &secrets)
         .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
-    let config = loaded.config.clone();
+    // Settings only: the policies are held by the live snapshot's inputs, once.
+    let config = loaded.config.settings();
     let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     let grpc_addr = options
         .grpc_listen
@@ -174,6 +175,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         running: config.clone(),
         overrides,
     };
+    // The file's position index (every key's line, for errors) is large for a large
+    // policy set, and nothing after startup places errors in this copy of the file.
+    drop(loaded);
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
     let refresh_task = tokio::spawn(crate::live::secrets::refresh_secrets(
         shared.clone(),

@@ -92,6 +92,30 @@ impl Default for McpConfig {
 }
 
 impl Config {
+    /// The gateway's settings without its policies, secrets and identities: what code
+    /// that only reads settings keeps, so that a large policy set is held once.
+    pub fn settings(&self) -> Config {
+        Config {
+            server: self.server.clone(),
+            gateway: self.gateway.clone(),
+            default_action: self.default_action,
+            identities: Vec::new(),
+            policies: Vec::new(),
+            secrets: Vec::new(),
+            transforms: self.transforms.clone(),
+            audit: self.audit.clone(),
+            telemetry: self.telemetry.clone(),
+            interception: self.interception.clone(),
+            store: self.store.clone(),
+            admin: self.admin.clone(),
+            dlp: self.dlp.clone(),
+            mcp: self.mcp.clone(),
+            request: self.request,
+            network_guard: self.network_guard.clone(),
+            approvals: self.approvals.clone(),
+        }
+    }
+
     /// What a config with a `store` must not hold, and a URL that cannot be found: the
     /// checks `serve` and `validate` make beyond parsing. Returns the URL when there is a
     /// store.
