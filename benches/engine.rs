@@ -414,6 +414,50 @@ fn secrets_case(count: usize) {
 }
 
 /// Times `count` decisions one by one and reports percentiles in nanoseconds.
+/// The engine alone at `sizes` policies (the fleet of [`fleet_yaml`]): how long the config
+/// takes to parse and the set to compile, the process's size then, and `count`
+/// individually timed decisions. A table for BENCHMARKS.md.
+fn scale_case(sizes: &[usize], count: usize) {
+    println!("| policies | parse | compile | RSS after compile | p50 | p99 | p99.9 | max |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &size in sizes {
+        let yaml = fleet_yaml(size);
+        let started = Instant::now();
+        let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("generated config: {e}"));
+        let parse = started.elapsed();
+        drop(yaml);
+        let started = Instant::now();
+        let set = PolicySet::compile(&loaded.config.policies, loaded.config.default_action);
+        let compile = started.elapsed();
+        drop(loaded);
+        // The whole process, the config dropped: freed parse memory the allocator keeps
+        // is counted too, so this is an upper bound on the set's size.
+        let memory = resident_mib();
+        let requests = requests(size);
+        let ids: Vec<_> = requests.iter().map(|(_, tags)| set.tag_ids(tags)).collect();
+        let mut samples = Vec::with_capacity(count);
+        for n in 0..count {
+            let i = n % requests.len();
+            let facts = requests[i].0.facts();
+            let started = Instant::now();
+            black_box(set.evaluate(black_box(&facts), &ids[i]));
+            samples.push(started.elapsed().as_nanos() as u64);
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        let us = |ns: u64| ns as f64 / 1000.0;
+        println!(
+            "| {size} | {:.2} s | {:.2} s | {memory:.0} MiB | {:.2} µs | {:.2} µs | {:.2} µs | {:.1} µs |",
+            parse.as_secs_f64(),
+            compile.as_secs_f64(),
+            us(at(0.5)),
+            us(at(0.99)),
+            us(at(0.999)),
+            us(*samples.last().unwrap())
+        );
+    }
+}
+
 fn percentiles(p: &Prepared, count: usize) -> [u64; 4] {
     let ids: Vec<_> = p
         .requests
@@ -783,6 +827,12 @@ fn main() {
             .unwrap();
         bench_rate_limit(&mut criterion, &runtime);
         criterion.final_summary();
+        return;
+    }
+    // `cargo bench --profile dev --bench engine -- scale`: the policy engine at 10,000 and
+    // 100,000 policies alone (compile time, memory, decision percentiles), issue 18's rows.
+    if benchmarking && std::env::args().skip(1).any(|a| a == "scale") {
+        scale_case(&[10_000, 100_000], 200_000);
         return;
     }
     if benchmarking && std::env::args().skip(1).any(|a| a == "network_guard") {

@@ -55,27 +55,48 @@ pub struct Indexed<'a> {
     pub active: bool,
 }
 
-/// Which CIDR bucket an address or network falls in.
+/// Which CIDR bucket a network is kept in: by its first 16 bits (IPv4 /16 or narrower;
+/// IPv6 /32 or narrower, by 32), else its first 8 (IPv4 /8 to /15; IPv6 /16 to /31, by 16).
+/// An address looks in both of its buckets, so a fleet of `10.N.0.0/16` rules is not one
+/// long list every request to a `10.…` address walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum CidrBucket {
-    V4(u8),
-    V6(u16),
+    V4Wide(u8),
+    V4(u16),
+    V6Wide(u16),
+    V6(u32),
 }
 
 impl CidrBucket {
-    fn of_ip(ip: IpAddr) -> CidrBucket {
+    /// The buckets an address's rules can be in.
+    fn of_ip(ip: IpAddr) -> [CidrBucket; 2] {
         match ip {
-            IpAddr::V4(v4) => CidrBucket::V4(v4.octets()[0]),
-            IpAddr::V6(v6) => CidrBucket::V6(v6.segments()[0]),
+            IpAddr::V4(v4) => {
+                let [a, b, _, _] = v4.octets();
+                [
+                    CidrBucket::V4(u16::from_be_bytes([a, b])),
+                    CidrBucket::V4Wide(a),
+                ]
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                [
+                    CidrBucket::V6((u32::from(s[0]) << 16) | u32::from(s[1])),
+                    CidrBucket::V6Wide(s[0]),
+                ]
+            }
         }
     }
 
     fn of_net(net: &IpNet) -> Option<CidrBucket> {
-        let narrow_enough = match net {
-            IpNet::V4(n) => n.prefix_len() >= 8,
-            IpNet::V6(n) => n.prefix_len() >= 16,
-        };
-        narrow_enough.then(|| CidrBucket::of_ip(net.network()))
+        let [fine, wide] = CidrBucket::of_ip(net.network());
+        match net {
+            IpNet::V4(n) if n.prefix_len() >= 16 => Some(fine),
+            IpNet::V4(n) if n.prefix_len() >= 8 => Some(wide),
+            IpNet::V6(n) if n.prefix_len() >= 32 => Some(fine),
+            IpNet::V6(n) if n.prefix_len() >= 16 => Some(wide),
+            _ => None,
+        }
     }
 }
 
@@ -142,8 +163,10 @@ impl HostIndex {
         }
         bucket(&self.any);
         if let Some(ip) = req.ip {
-            if let Some(list) = self.cidr.get(&CidrBucket::of_ip(ip)) {
-                bucket(list);
+            for key in CidrBucket::of_ip(ip) {
+                if let Some(list) = self.cidr.get(&key) {
+                    bucket(list);
+                }
             }
             bucket(&self.wide_cidr);
         }
