@@ -107,17 +107,26 @@ pub struct LoadedConfig {
     pub file: Option<PathBuf>,
     /// A short hash of the file's bytes; names this configuration in logs and audit records.
     pub version: String,
-    index: PositionIndex,
+    /// The text, for placing errors: the position of every key is indexed only when an
+    /// error is placed (for 100,000 policies the index is larger than the policies).
+    text: std::sync::Arc<str>,
+    index: std::sync::OnceLock<PositionIndex>,
     policy_names: Vec<Option<String>>,
     secret_names: Vec<Option<String>>,
 }
 
 impl LoadedConfig {
+    fn index(&self) -> &PositionIndex {
+        // The text parsed as YAML already: indexing it does not fail.
+        self.index
+            .get_or_init(|| PositionIndex::build(&self.text).unwrap_or_default())
+    }
+
     /// Places errors found after parsing (in `Snapshot::compile`) in the file.
     pub fn place(&self, errors: Vec<FieldError>) -> ConfigErrors {
         let context = Context {
             file: self.file.as_deref(),
-            index: &self.index,
+            index: self.index(),
             policy_names: &self.policy_names,
             secret_names: &self.secret_names,
         };
@@ -261,8 +270,6 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
             message: format!("invalid YAML: {message}"),
         }])
     };
-    let index = PositionIndex::build(text)
-        .map_err(|(message, pos)| syntax_error(message, Some(pos.line), Some(pos.column)))?;
     let document: Value = serde_norway::from_str(text).map_err(|e| {
         let location = e.location();
         syntax_error(
@@ -424,7 +431,8 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
             config,
             file: file.map(Path::to_path_buf),
             version: version_of(text),
-            index,
+            text: std::sync::Arc::from(text),
+            index: std::sync::OnceLock::new(),
             policy_names,
             secret_names,
         },
