@@ -124,6 +124,9 @@ impl LoadedConfig {
 
     /// Places errors found after parsing (in `Snapshot::compile`) in the file.
     pub fn place(&self, errors: Vec<FieldError>) -> ConfigErrors {
+        if errors.is_empty() {
+            return ConfigErrors(Vec::new());
+        }
         let context = Context {
             file: self.file.as_deref(),
             index: self.index(),
