@@ -23,6 +23,45 @@ use portcullis::transforms::grpc::proto::{Continue, DecideRequest, DecideRespons
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 
+/// The system allocator, counting the bytes in use: what a parsed config and a compiled set
+/// hold, exactly, where RSS also counts what the allocator keeps after freeing.
+struct Counting;
+
+static LIVE_BYTES: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only a counter is added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_mib() -> f64 {
+    LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
+
 /// A deterministic pseudo-random sequence (no dependency, same sets every run).
 struct Lcg(u64);
 
@@ -418,17 +457,25 @@ fn secrets_case(count: usize) {
 /// takes to parse and the set to compile, the process's size then, and `count`
 /// individually timed decisions. A table for BENCHMARKS.md.
 fn scale_case(sizes: &[usize], count: usize) {
-    println!("| policies | parse | compile | RSS after compile | p50 | p99 | p99.9 | max |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| policies | parse | compile | config held | set held | RSS after compile | p50 | p99 | p99.9 | max |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in sizes {
         let yaml = fleet_yaml(size);
+        let before = live_mib();
         let started = Instant::now();
         let loaded = parse_str(&yaml, None).unwrap_or_else(|e| panic!("generated config: {e}"));
         let parse = started.elapsed();
+        let text = yaml.len() as f64 / (1024.0 * 1024.0);
         drop(yaml);
+        // What the loaded config holds beyond its copy of the text.
+        let config_held = live_mib() - before - text;
+        let before = live_mib();
         let started = Instant::now();
         let set = PolicySet::compile(&loaded.config.policies, loaded.config.default_action);
         let compile = started.elapsed();
+        let set_held = live_mib() - before;
         drop(loaded);
         // The whole process, the config dropped: freed parse memory the allocator keeps
         // is counted too, so this is an upper bound on the set's size.
@@ -447,7 +494,7 @@ fn scale_case(sizes: &[usize], count: usize) {
         let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
         let us = |ns: u64| ns as f64 / 1000.0;
         println!(
-            "| {size} | {:.2} s | {:.2} s | {memory:.0} MiB | {:.2} µs | {:.2} µs | {:.2} µs | {:.1} µs |",
+            "| {size} | {:.2} s | {:.2} s | {config_held:.0} MiB | {set_held:.0} MiB | {memory:.0} MiB | {:.2} µs | {:.2} µs | {:.2} µs | {:.1} µs |",
             parse.as_secs_f64(),
             compile.as_secs_f64(),
             us(at(0.5)),

@@ -271,7 +271,7 @@ fn repeated_patterns_share_one_compiled_matcher() {
     let (a, b) = (compiler.compile(&rule), compiler.compile(&rule));
     assert!(Arc::ptr_eq(&a.paths, &b.paths));
     match (&a.host.kind, &b.host.kind) {
-        (HostMatch::Glob { matcher: x, .. }, HostMatch::Glob { matcher: y, .. }) => {
+        (HostMatch::Glob { pattern: x, .. }, HostMatch::Glob { pattern: y, .. }) => {
             assert!(Arc::ptr_eq(x, y))
         }
         other => panic!("{other:?}"),
@@ -297,5 +297,27 @@ proptest::proptest! {
         proptest::prop_assert!(matches!(set, PathSet::Plain(_)), "{pattern}");
         let glob = path_glob(&pattern).unwrap().compile_matcher();
         proptest::prop_assert_eq!(set.matches(&path), glob.is_match(&path), "{} vs {}", pattern, path);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+    /// The host wildcard matcher agrees with the glob it replaced (`*` spans dots).
+    #[test]
+    fn host_wildcards_match_as_globs_did(
+        pattern in "[ab.*?-]{0,7}",
+        text in "[ab.-]{0,9}",
+    ) {
+        let glob = globset::GlobBuilder::new(&pattern)
+            .literal_separator(false)
+            .build()
+            .unwrap()
+            .compile_matcher();
+        proptest::prop_assert_eq!(
+            wildcard_match(&pattern, &text),
+            glob.is_match(&text),
+            "{} vs {}", pattern, text
+        );
     }
 }
