@@ -5,7 +5,9 @@
 //! compile time of each set and the memory it holds. Under `cargo test` each benchmark runs
 //! once as a smoke test. `cargo bench --bench engine -- dlp` runs only the DLP scanner's
 //! group; `-- scrub` only the response scrubber's; `-- network_guard` only the network
-//! guard's (resolution against a DNS stand-in on loopback, warm and cold cache).
+//! guard's (resolution against a DNS stand-in on loopback, warm and cold cache);
+//! `-- response_dlp` response inspection; `-- scale` the engine alone at 10,000 and 100,000
+//! policies, with the bytes the config and the set hold (a counting global allocator).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
