@@ -139,7 +139,6 @@ pub async fn approve(
         .approve(
             &id,
             &grant,
-            &expires_at,
             decision.note.as_deref(),
             &Change::by(&caller.name, &reason),
         )

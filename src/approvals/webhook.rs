@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::store::approvals::Approval;
-use crate::vocab::{DurationText, FieldError};
+use crate::vocab::{DurationText, FieldError, https_or_loopback};
 
 /// `approvals.webhook`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -65,16 +65,10 @@ impl WebhookConfig {
 
 /// Plain http only to a loopback address: a Slack webhook URL is a credential.
 fn url_problem(url: &str) -> Option<String> {
-    let parsed = match url::Url::parse(url) {
-        Ok(parsed) => parsed,
-        Err(_) => return Some("not a URL".to_owned()),
-    };
-    match (parsed.scheme(), parsed.host()) {
-        ("https", Some(_)) => None,
-        ("http", Some(url::Host::Ipv4(ip))) if ip.is_loopback() => None,
-        ("http", Some(url::Host::Ipv6(ip))) if ip.is_loopback() => None,
-        ("http", Some(url::Host::Domain("localhost"))) => None,
-        _ => Some(
+    match url::Url::parse(url) {
+        Err(_) => Some("not a URL".to_owned()),
+        Ok(parsed) if https_or_loopback(&parsed) => None,
+        Ok(_) => Some(
             "must be an https URL (plain http is allowed to a loopback address only)".to_owned(),
         ),
     }

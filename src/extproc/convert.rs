@@ -372,14 +372,20 @@ pub fn may_scrub_response(response: &mut ProcessingResponse) {
 /// streamed and its trailers: the request carries a credential, and the response is
 /// scrubbed of it.
 pub fn scrub_response(response: &mut ProcessingResponse) {
-    response.mode_override = Some(ProcessingMode {
+    response.mode_override = Some(response_mode(BodySendMode::Streamed));
+}
+
+/// The processing mode once the request is decided: the response's headers, its body as
+/// `body` says, and its trailers.
+fn response_mode(body: BodySendMode) -> ProcessingMode {
+    ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         request_body_mode: BodySendMode::None as i32,
         response_header_mode: HeaderSendMode::Send as i32,
-        response_body_mode: BodySendMode::Streamed as i32,
+        response_body_mode: body as i32,
         request_trailer_mode: HeaderSendMode::Skip as i32,
         response_trailer_mode: HeaderSendMode::Send as i32,
-    });
+    }
 }
 
 /// Answers response headers that were scrubbed: `set` are the scrubbed values; with
@@ -418,14 +424,7 @@ pub fn watched_response_headers(
 ) -> ProcessingResponse {
     let mut response = scrubbed_response_headers(set, drop_length);
     if buffer_body {
-        response.mode_override = Some(ProcessingMode {
-            request_header_mode: HeaderSendMode::Send as i32,
-            request_body_mode: BodySendMode::None as i32,
-            response_header_mode: HeaderSendMode::Send as i32,
-            response_body_mode: BodySendMode::Buffered as i32,
-            request_trailer_mode: HeaderSendMode::Skip as i32,
-            response_trailer_mode: HeaderSendMode::Send as i32,
-        });
+        response.mode_override = Some(response_mode(BodySendMode::Buffered));
     }
     response
 }

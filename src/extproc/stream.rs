@@ -637,17 +637,15 @@ impl StreamState {
     /// prepared for inspection (a body that is not a stream is held by Envoy until it is
     /// inspected whole), otherwise passed.
     async fn on_response_headers(&mut self, headers: &HttpHeaders) -> Reply {
+        let content_type = convert::header_text(headers, "content-type").unwrap_or_default();
         let filtering = match &mut self.response {
             ResponseWatch::ToolsList(filter) => {
-                filter.set_content_type(
-                    convert::header_text(headers, "content-type").unwrap_or_default(),
-                );
+                filter.set_content_type(content_type.clone());
                 true
             }
             ResponseWatch::Pass | ResponseWatch::Off => false,
         };
         let body_follows = !headers.end_of_stream;
-        let content_type = convert::header_text(headers, "content-type").unwrap_or_default();
         let encoding = convert::header_text(headers, "content-encoding").unwrap_or_default();
         let encoding = encoding.trim();
         let encoded =

@@ -18,6 +18,8 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::vocab::https_or_loopback;
 use sha2::{Digest, Sha256};
 
 use super::TokenSource;
@@ -73,21 +75,6 @@ fn default_label() -> String {
     "single sign-on".into()
 }
 
-/// Whether `url` may carry sign-in traffic: `https`, or `http` to a loopback address
-/// (a development issuer on this machine).
-fn acceptable_url(url: &Url) -> bool {
-    match url.scheme() {
-        "https" => true,
-        "http" => match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-            None => false,
-        },
-        _ => false,
-    }
-}
-
 impl OidcConfig {
     /// Errors under `admin.oidc`.
     pub fn validate(&self) -> Vec<FieldError> {
@@ -96,7 +83,7 @@ impl OidcConfig {
             errors.push(FieldError::new(format!("admin.oidc.{field}"), message));
         };
         match Url::parse(&self.issuer) {
-            Ok(url) if !acceptable_url(&url) => error(
+            Ok(url) if !https_or_loopback(&url) => error(
                 "issuer",
                 format!(
                     "{:?} is not https (http is accepted for a loopback address only)",
@@ -111,7 +98,7 @@ impl OidcConfig {
             Err(e) => error("issuer", format!("{:?} is not a URL: {e}", self.issuer)),
         }
         match Url::parse(&self.redirect_url) {
-            Ok(url) if !acceptable_url(&url) => error(
+            Ok(url) if !https_or_loopback(&url) => error(
                 "redirect_url",
                 format!(
                     "{:?} is not https (http is accepted for a loopback address only)",
@@ -531,7 +518,7 @@ impl OidcProvider {
             let url = Url::parse(text).map_err(|e| {
                 OidcError::Issuer(format!("its discovery document's `{field}`: {e}"))
             })?;
-            if !acceptable_url(&url) {
+            if !https_or_loopback(&url) {
                 return Err(OidcError::Issuer(format!(
                     "its discovery document's `{field}` ({text}) is not https"
                 )));

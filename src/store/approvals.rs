@@ -320,16 +320,22 @@ impl Store {
         row.map(|row| approval_row(&row, &now())).transpose()
     }
 
-    /// Approves a pending approval: creates `grant` (a policy) and records the decision,
-    /// in one transaction.
+    /// Approves a pending approval: creates `grant` (a policy with its `grant` narrowing)
+    /// and records the decision, with the grant's expiry, in one transaction.
     pub async fn approve(
         &self,
         id: &str,
         grant: &PolicyConfig,
-        grant_expires_at: &str,
         note: Option<&str>,
         change: &Change,
     ) -> Result<Approval, DecideError> {
+        let Some(grant_expires_at) = grant.grant.as_ref().map(|g| g.expires_at.as_str()) else {
+            return Err(StoreError::Invalid(vec![crate::vocab::FieldError::new(
+                "grant",
+                "an approval's grant names what it is for and until when",
+            )])
+            .into());
+        };
         let at = now();
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
         let approval = pending_in(&mut tx, id, &at, "approved").await?;

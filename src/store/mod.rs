@@ -28,6 +28,7 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
+pub use crate::vocab::redact_url;
 pub use diff::{DiffEntry, diff};
 pub use faults::Fault;
 pub use tokens::{EnrollmentToken, MintedToken};
@@ -284,14 +285,4 @@ impl Store {
 
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
-}
-
-/// A URL for an error message, without its password.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -7,10 +7,12 @@ mod duration;
 pub mod integral;
 pub mod names;
 mod tag;
+mod urls;
 
 pub use diag::{FieldError, duplicate_names, from_value, join_path};
 pub use duration::DurationText;
 pub use tag::Tag;
+pub use urls::{https_or_loopback, redact_url};
 
 /// The regex crate's message on one line: a syntax error is printed over several lines
 /// (the pattern, a caret, then `error: …`), which would break `validate`'s one error per

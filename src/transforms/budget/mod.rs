@@ -520,11 +520,8 @@ impl Transform for Budget {
         if let Some(over) = self.over(&spent) {
             let ends = window_of(self.state.per, now).1;
             let wait = ends.duration_since(now).unwrap_or_default();
-            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let counted = match &self.config.key {
-                LimitKey::Global => "the gateway".to_owned(),
-                other => format!("{} {key:?}", String::from(other.clone())),
-            };
+            let retry_after = super::rate_limit::whole_seconds(wait);
+            let counted = self.config.key.counted(&key);
             let mut rejection = Rejection::new(
                 RefusalKind::BudgetExceeded,
                 "budget_exceeded",

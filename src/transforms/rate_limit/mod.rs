@@ -96,6 +96,21 @@ impl TryFrom<String> for LimitKey {
     }
 }
 
+impl LimitKey {
+    /// What a refusal says was counted: `identity "alpha"`, or the gateway.
+    pub(super) fn counted(&self, value: &str) -> String {
+        match self {
+            LimitKey::Global => "the gateway".to_owned(),
+            other => format!("{} {value:?}", String::from(other.clone())),
+        }
+    }
+}
+
+/// A wait in whole seconds, rounded up: retrying at `Retry-After` finds the limit open.
+pub(super) fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 impl From<LimitKey> for String {
     fn from(key: LimitKey) -> String {
         match key {
@@ -381,12 +396,8 @@ impl Transform for RateLimit {
 
 impl RateLimit {
     fn refusal(&self, key: &str, wait: Duration) -> Step {
-        // Whole seconds, rounded up: retrying at Retry-After finds a token.
-        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let counted = match &self.key {
-            LimitKey::Global => "the gateway".to_owned(),
-            other => format!("{} {key:?}", String::from(other.clone())),
-        };
+        let retry_after = whole_seconds(wait);
+        let counted = self.key.counted(key);
         let mut rejection = Rejection::new(
             RefusalKind::RateLimited,
             "rate_limited",

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::LimitConfig;
 use crate::transforms::grpc::FailMode;
 use crate::transforms::{Annotations, RefusalKind, Rejection, Step};
-use crate::vocab::{DurationText, FieldError};
+use crate::vocab::{DurationText, FieldError, redact_url};
 
 /// `config.redis` of a `rate_limit` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -41,7 +41,11 @@ impl RedisConfig {
         if let Err(e) = ::redis::Client::open(self.url.as_str()) {
             problems.push(FieldError::new(
                 "url",
-                format!("{} is not a Redis URL: {:?}", redact(&self.url), e.kind()),
+                format!(
+                    "{} is not a Redis URL: {:?}",
+                    redact_url(&self.url),
+                    e.kind()
+                ),
             ));
         }
         let timeout = self.timeout.0;
@@ -65,16 +69,6 @@ fn escape_glob(text: &str) -> String {
         escaped.push(c);
     }
     escaped
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Takes a token from `KEYS[1]`. ARGV: tokens per millisecond, capacity. Returns
@@ -290,7 +284,7 @@ mod tests {
     #[test]
     fn the_url_s_password_is_never_shown() {
         assert_eq!(
-            redact("redis://default:hunter2@cache:6379/0"),
+            redact_url("redis://default:hunter2@cache:6379/0"),
             "redis://…@cache:6379/0"
         );
         let config = RedisConfig {
