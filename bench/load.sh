@@ -4,7 +4,13 @@
 # Measures, one after another, on free ports:
 #   plain      Envoy forward proxy (envoy/forward-proxy.yaml with the ext_proc filter removed)
 #   noop       Envoy + examples/noop_extproc (answers CONTINUE to everything)
-#   portcullis Envoy + target/release/portcullis with a generated 1,000-policy config
+#   portcullis Envoy + target/release/portcullis with a generated 1,000-policy config; the
+#              request's host (an IP literal) is not on the fast path: decided over ext_proc
+#   fast       the same, requests to `localhost:UP`, which a policy names exactly: Envoy
+#              decides each by the route Portcullis serves (RDS), no ext_proc round trip
+#   fast-mix   the same, 4 of every 5 requests fast-path, the 5th over ext_proc
+#   squid      Squid (Debian's package, installed by this script), 2 workers, a dstdomain
+#              allowlist of the same 1,000 policies' hosts, access log on: the reference
 #   tls-plain      HTTPS interception without decisions: envoy/transparent.yaml with the
 #                  ext_proc filter removed; Portcullis only mints the certificate (SDS)
 #   tls-portcullis HTTPS interception: envoy/transparent.yaml, Portcullis mints the
@@ -26,7 +32,8 @@
 #   ROUNDS=3            setups run interleaved this many times; the report shows medians
 #   WARMUP=3s           warm-up before each setup
 #   CONNS=50 THREADS=2  wrk load for the loaded run
-#   SETUPS="plain noop portcullis tls-plain tls-portcullis"   which setups to run
+#   SETUPS="plain noop portcullis fast fast-mix squid tls-plain tls-portcullis"
+#                                   which setups to run
 #                                   (also: portcullis-tcp, Portcullis over plaintext loopback
 #                                   TCP instead of its Unix socket; portcullis-mtls, over TCP
 #                                   with mutual TLS as the chart's separate topology runs it;
@@ -48,7 +55,7 @@ ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3s}"
 CONNS="${CONNS:-50}"
 THREADS="${THREADS:-2}"
-SETUPS="${SETUPS:-plain noop portcullis tls-plain tls-portcullis}"
+SETUPS="${SETUPS:-plain noop portcullis fast fast-mix squid tls-plain tls-portcullis}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 BUILD="${BUILD:-1}"
 PROFILE="${PROFILE:-release}"
@@ -103,7 +110,8 @@ wait_port() { # wait_port PORT PID NAME
 # ---------------------------------------------------------------- build & tools
 if [[ "${BUILD}" == 1 ]]; then
   build_args=(--example noop_extproc --example bench_upstream)
-  [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" tls-"* || " ${SETUPS} " == *" body-"* ]] \
+  [[ " ${SETUPS} " == *portcullis* || " ${SETUPS} " == *" tls-"* || " ${SETUPS} " == *" body-"* \
+     || " ${SETUPS} " == *" fast"* ]] \
     && build_args=(--bin portcullis "${build_args[@]}")
   log "cargo build --profile ${PROFILE} ${build_args[*]}"
   cargo build --profile "${PROFILE}" "${build_args[@]}"
@@ -112,6 +120,12 @@ if ! command -v wrk >/dev/null; then
   log "installing wrk"
   if ! apt-get install -y wrk >/dev/null 2>&1; then
     apt-get update >/dev/null && apt-get install -y wrk >/dev/null
+  fi
+fi
+if [[ " ${SETUPS} " == *" squid "* ]] && ! command -v squid >/dev/null; then
+  log "installing squid"
+  if ! apt-get install -y squid >/dev/null 2>&1; then
+    apt-get update >/dev/null && apt-get install -y squid >/dev/null
   fi
 fi
 envoy="$("${repo_root}/scripts/bootstrap" | tail -n 1)"
@@ -169,6 +183,30 @@ wrk.headers["Host"] = "127.0.0.1:${up_port}"
 -- address it vetted; the plain and noop setups, without Portcullis, need it from the client.
 wrk.headers["x-portcullis-upstream-address"] = "127.0.0.1:${up_port}"
 EOF
+cat >"${work}/squid.lua" <<EOF
+-- The same absolute-form request, without Envoy's routing header (Squid resolves itself).
+wrk.method = "GET"
+wrk.path = "${target}"
+wrk.headers["Host"] = "127.0.0.1:${up_port}"
+EOF
+cat >"${work}/fast.lua" <<EOF
+-- A host a policy names exactly (with the port): Envoy decides it by its routes and connects
+-- to the address Portcullis vetted; the client names no upstream address.
+wrk.method = "GET"
+wrk.path = "http://localhost:${up_port}/bench"
+wrk.headers["Host"] = "localhost:${up_port}"
+EOF
+cat >"${work}/mix.lua" <<EOF
+-- 4 of every 5 requests on the fast path, the 5th (an IP literal host) over ext_proc.
+local n = 0
+local fast = wrk.format("GET", "http://localhost:${up_port}/bench", {["Host"] = "localhost:${up_port}"})
+local slow = wrk.format("GET", "${target}", {["Host"] = "127.0.0.1:${up_port}"})
+request = function()
+  n = n + 1
+  if n % 5 == 0 then return slow end
+  return fast
+end
+EOF
 # A 4 KiB OpenAI-style chat body, POSTed by the body-* setups.
 python3 - "${work}/body.json" <<'PY'
 import json, sys
@@ -200,15 +238,36 @@ wrk.headers["x-portcullis-upstream-address"] = "127.0.0.1:${tls_up_port}"
 EOF
 
 # ---------------------------------------------------------------- configs
-# envoy_config SOURCE OUT LISTEN ADMIN GRPC WITH_EXTPROC(0|1) TRUST_STORE
+# envoy_config SOURCE OUT LISTEN ADMIN GRPC WITH_EXTPROC(0|1) TRUST_STORE CHANNEL_TLS ALS(0|1) RDS(0|1)
+#   RDS 0: without Portcullis (plain, noop) the routes it would serve (RDS) are replaced by the
+#   static catch-all routes every request took before the fast path
 envoy_config() {
   python3 - "$@" <<'PY'
 import re, sys
-src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als = sys.argv[1:]
+src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als, rds = sys.argv[1:]
+STATIC_ROUTES = """          route_config:
+            name: forward_proxy
+            request_headers_to_remove: [x-envoy-external-address, x-envoy-internal]
+            virtual_hosts:
+            - name: any_host
+              domains: ["*"]
+              routes:
+              - match: {connect_matcher: {}}
+                route: {cluster: upstream_plain, timeout: 0s, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]}
+              - match: {prefix: "/"}
+                route: {cluster: upstream_plain, timeout: 0s}"""
+routes_skip = False
 lines = open(src).read().splitlines()
 keep, skip, drop_indent = [], False, None
 for line in lines:
     stripped = line.strip()
+    if stripped.startswith("# BEGIN routes") and rds == "0":
+        routes_skip = True
+        keep.extend(STATIC_ROUTES.splitlines())
+    if routes_skip:
+        if stripped.startswith("# END routes"):
+            routes_skip = False
+        continue
     if stripped.startswith("# BEGIN ext_proc") and with_extproc == "0":
         skip = True
     if skip:
@@ -265,9 +324,9 @@ PY
 }
 
 portcullis_config() { # portcullis_config OUT AUDIT_PATH [CA_DIR: interception on] [body: a prompt rule]
-  python3 - "$1" "$2" "${3:-}" "${4:-}" <<'PY'
+  python3 - "$1" "$2" "${3:-}" "${4:-}" "${up_port}" <<'PY'
 import sys
-out, audit, ca, body = sys.argv[1:]
+out, audit, ca, body, up_port = sys.argv[1:]
 methods = [["GET", "POST"], ["GET"], ["POST", "PUT", "PATCH"], ["GET", "HEAD"], ["DELETE"]]
 paths = [["/v1/*"], ["/v2/items/*", "/v2/health"], ["/api/*"], ["/graphql"], ["/repos/*/issues", "/repos/*/pulls"]]
 o = ["gateway:", "  tags: [env:bench]", "default_action: deny", "policies:"]
@@ -302,6 +361,8 @@ o += [
     "    rules:",
     "      - host: 127.0.0.1",
     "      - host: localhost",
+    # Named exactly with its port: the fast setups' requests are decided by Envoy's routes.
+    '      - host: "localhost:%s"' % up_port,
     "audit: { sink: file, path: %s }" % audit,
     # The upstream is on loopback, which the network guard refuses unless opened.
     "network_guard: { allow_cidrs: [127.0.0.0/8] }",
@@ -313,13 +374,74 @@ PY
 }
 
 # ---------------------------------------------------------------- one setup
-cpu_ticks() { # cpu_ticks PID: utime+stime of a process, in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
+cpu_ticks() { # cpu_ticks PID: utime+stime of a process and its children, in clock ticks
+  local pid total=0 child
+  total="$(awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0)"
+  for child in $(pgrep -P "$1" 2>/dev/null); do
+    total=$(( total + $(cpu_ticks "${child}") ))
+  done
+  echo "${total}"
+}
+
+measure() { # measure NAME ROUND LUA PROXY_URL OUT PROXY_PID EXT_PID: the wrk runs and CPU
+  local name="$1" round="$2" lua="$3" proxy_url="$4" out="$5" proxy_pid="$6" ext_pid="$7"
+  local before after proxy_cpu ext_cpu=0
+  log "${name} (round ${round}/${ROUNDS}): warm-up ${WARMUP}, then c=${CONNS} and c=1 for ${DURATION} each"
+  wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${lua}" "${proxy_url}" >/dev/null
+  before="$(upstream_count)"
+  proxy_cpu="$(cpu_ticks "${proxy_pid}")"
+  [[ -n "${ext_pid}" ]] && ext_cpu="$(cpu_ticks "${ext_pid}")"
+  wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" \
+    >"${out}-c${CONNS}.txt"
+  echo "$(( $(cpu_ticks "${proxy_pid}") - proxy_cpu ))" >"${out}-envoy-cpu.txt"
+  if [[ -n "${ext_pid}" ]]; then
+    echo "$(( $(cpu_ticks "${ext_pid}") - ext_cpu ))" >"${out}-ext-cpu.txt"
+  else
+    echo 0 >"${out}-ext-cpu.txt"
+  fi
+  wrk -t1 -c1 -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" >"${out}-c1.txt"
+  after="$(upstream_count)"
+  echo "$((after - before))" >"${out}-upstream.txt"
+}
+
+run_squid() { # run_squid ROUND LISTEN OUT: Squid with the policies' hosts as its allowlist
+  local round="$1" listen="$2" out="$3" dir="${work}/squid-r$1" squid_pid code
+  mkdir -p "${dir}"
+  # The same 1,000 hosts the Portcullis setups' policies name (as dstdomain entries), and
+  # the upstream.
+  python3 - "${dir}/allowed.txt" <<'PY'
+import sys
+hosts = [(".svc%04d.example.net" % i) if i % 4 == 0 else ("api%04d.example.com" % i) for i in range(1, 1000)]
+open(sys.argv[1], "w").write("\n".join(hosts + ["127.0.0.1", "localhost"]) + "\n")
+PY
+  cat >"${dir}/squid.conf" <<EOF
+http_port 127.0.0.1:${listen}
+workers 2
+acl allowed dstdomain "${dir}/allowed.txt"
+http_access allow allowed
+http_access deny all
+cache deny all
+access_log stdio:${dir}/access.log
+cache_log ${dir}/cache.log
+pid_filename ${dir}/squid.pid
+coredump_dir ${dir}
+cache_effective_user proxy
+EOF
+  chown -R proxy "${dir}" 2>/dev/null || true
+  squid --foreground -f "${dir}/squid.conf" >"${out}-squid.log" 2>&1 &
+  squid_pid=$!; pids+=("${squid_pid}")
+  wait_port "${listen}" "${squid_pid}" squid
+  code="$(curl -sS -o "${out}-probe.txt" -w '%{http_code}' -x "http://127.0.0.1:${listen}" "${target}")" || true
+  [[ "${code}" == 200 && "$(cat "${out}-probe.txt")" == ok ]] \
+    || die "squid: probe through proxy got HTTP ${code}: $(head -c 300 "${out}-probe.txt")"
+  measure squid "${round}" "${work}/squid.lua" "http://127.0.0.1:${listen}/" "${out}" "${squid_pid}" ""
+  echo 0 >"${out}-extproc.txt"
+  stop "${squid_pid}"
 }
 
 run_setup() { # run_setup NAME ROUND
   local name="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
-  local channel_tls="" als=1
+  local channel_tls="" als=1 rds=1
   local out="${work}/${name}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
   listen="$(free_port)"; admin="$(free_port)"; grpc="${work}/grpc-${name}.sock"
@@ -337,14 +459,22 @@ run_setup() { # run_setup NAME ROUND
       -H "x-portcullis-upstream-address: 127.0.0.1:${tls_up_port}" "https://localhost:${listen}/bench")
   fi
   [[ "${name}" == body-* ]] && lua="${work}/post.lua"
+  if [[ "${name}" == fast || "${name}" == fast-mix ]]; then
+    [[ "${name}" == fast ]] && lua="${work}/fast.lua" || lua="${work}/mix.lua"
+    probe=(-x "http://127.0.0.1:${listen}" "http://localhost:${up_port}/bench")
+  fi
+  if [[ "${name}" == squid ]]; then
+    run_squid "${round}" "${listen}" "${out}"
+    return 0
+  fi
   case "${name}" in
-    plain) with_ext=0; als=0 ;;
+    plain) with_ext=0; als=0; rds=0 ;;
     noop)
-      als=0
+      als=0; rds=0
       "${bin}/examples/noop_extproc" --listen "unix:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_socket "${grpc}" "${ext_pid}" noop ;;
-    portcullis|portcullis-tcp|portcullis-mtls|portcullis-no-outcomes|tls-plain|tls-portcullis|body-headers|body-buffered)
+    portcullis|portcullis-tcp|portcullis-mtls|portcullis-no-outcomes|tls-plain|tls-portcullis|body-headers|body-buffered|fast|fast-mix)
       [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
       [[ "${name}" == tls-plain ]] && with_ext=0 && als=0
       [[ "${name}" == portcullis-no-outcomes ]] && als=0
@@ -374,7 +504,7 @@ run_setup() { # run_setup NAME ROUND
     *) die "unknown setup ${name}" ;;
   esac
   envoy_config "${source}" "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
-    "${work}/up-ca.crt" "${channel_tls}" "${als}"
+    "${work}/up-ca.crt" "${channel_tls}" "${als}" "${rds}"
   "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
     --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
@@ -386,23 +516,7 @@ run_setup() { # run_setup NAME ROUND
   [[ "${code}" == 200 && "$(cat "${out}-probe.txt")" == ok ]] \
     || die "${name}: probe through proxy got HTTP ${code}: $(head -c 300 "${out}-probe.txt")"
 
-  log "${name} (round ${round}/${ROUNDS}): warm-up ${WARMUP}, then c=${CONNS} and c=1 for ${DURATION} each"
-  wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${lua}" "${proxy_url}" >/dev/null
-  before="$(upstream_count)"
-  local envoy_cpu ext_cpu=0
-  envoy_cpu="$(cpu_ticks "${envoy_pid}")"
-  [[ -n "${ext_pid}" ]] && ext_cpu="$(cpu_ticks "${ext_pid}")"
-  wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" \
-    >"${out}-c${CONNS}.txt"
-  echo "$(( $(cpu_ticks "${envoy_pid}") - envoy_cpu ))" >"${out}-envoy-cpu.txt"
-  if [[ -n "${ext_pid}" ]]; then
-    echo "$(( $(cpu_ticks "${ext_pid}") - ext_cpu ))" >"${out}-ext-cpu.txt"
-  else
-    echo 0 >"${out}-ext-cpu.txt"
-  fi
-  wrk -t1 -c1 -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" >"${out}-c1.txt"
-  after="$(upstream_count)"
-  echo "$((after - before))" >"${out}-upstream.txt"
+  measure "${name}" "${round}" "${lua}" "${proxy_url}" "${out}" "${envoy_pid}" "${ext_pid}"
   # How many ext_proc streams Envoy opened (0 for plain): proves the processor was consulted.
   curl -gfsS "http://127.0.0.1:${admin}/stats?filter=ext_proc\.portcullis[a-z_]*\.streams_started" \
     | awk -F': ' '{n += $2} END {print n + 0}' >"${out}-extproc.txt"
@@ -502,6 +616,12 @@ if "noop" in runs and "portcullis" in runs:
         conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
         statistics.median(p["c1"]["p50"] - n["c1"]["p50"] for p, n in zip(runs["portcullis"], runs["noop"])),
         med("portcullis", lambda r: r["ext_cpu"]) - med("noop", lambda r: r["ext_cpu"])))
+for s in ("portcullis", "fast", "fast-mix", "squid"):
+    if s in runs and "plain" in runs:
+        ratios = [f["c50"]["rps"] / p["c50"]["rps"] for f, p in zip(runs[s], runs["plain"])]
+        print("%s vs plain: rps c=%s %.2fx (per round: %s); cpu/req (proxy + ext_proc) %.0fus vs %.0fus" % (
+            s, conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
+            med(s, lambda r: r["envoy_cpu"] + r["ext_cpu"]), med("plain", lambda r: r["envoy_cpu"])))
 if "portcullis-no-outcomes" in runs and "portcullis" in runs:
     ratios = [p["c50"]["rps"] / n["c50"]["rps"] for p, n in zip(runs["portcullis"], runs["portcullis-no-outcomes"])]
     print("portcullis vs portcullis-no-outcomes (the upstream records' cost): rps c=%s %.2fx (per round: %s)" % (
@@ -521,7 +641,9 @@ for s in setups:
         for c in ("c50", "c1"):
             if r[c]["non2xx"] or r[c]["errors"]:
                 problems.append("%s round %d %s: non-2xx=%d socket errors: %s" % (s, k, c, r[c]["non2xx"], r[c]["errors"]))
-        if s not in ("plain", "tls-plain") and r["extproc"] < r["upstream"]:
+        if s == "fast" and r["extproc"] > 0:
+            problems.append("fast round %d: %d ext_proc streams, expected none" % (k, r["extproc"]))
+        if s not in ("plain", "tls-plain", "squid", "fast", "fast-mix") and r["extproc"] < r["upstream"]:
             problems.append("%s round %d: fewer ext_proc streams (%d) than upstream requests (%d)" % (s, k, r["extproc"], r["upstream"]))
 print("requests reaching the upstream (all rounds): " + ", ".join("%s %d" % (s, sum(r["upstream"] for r in runs[s])) for s in setups))
 print("ext_proc streams opened by Envoy (all rounds): " + ", ".join("%s %d" % (s, sum(r["extproc"] for r in runs[s])) for s in setups))

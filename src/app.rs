@@ -205,7 +205,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let router = builder
         .add_service(ExtProcService::new(shared.clone()).into_server())
-        .add_service(AccessLogReceiver::new(shared.audit.clone()).into_server())
+        .add_service(AccessLogReceiver::new(shared.clone()).into_server())
+        .add_service(crate::routes::RouteDiscovery::new(shared.clone()).into_server())
         .add_optional_service(
             leaves.map(|leaves| SecretDiscovery::new(shared.clone(), leaves).into_server()),
         );

@@ -32,6 +32,7 @@ pub mod mcp;
 pub mod network;
 pub mod policy;
 pub mod request;
+pub mod routes;
 pub mod sds;
 pub mod secrets;
 pub mod snapshot;

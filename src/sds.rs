@@ -6,7 +6,6 @@
 //! successor before a leaf expires.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
-use futures::Stream;
 use prost::Name as _;
 use secrecy::ExposeSecret as _;
 use tokio::sync::mpsc;
@@ -53,7 +51,7 @@ impl SecretDiscovery {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+use crate::live::ResponseStream;
 
 #[tonic::async_trait]
 impl SecretDiscoveryService for SecretDiscovery {
@@ -75,10 +73,7 @@ impl SecretDiscoveryService for SecretDiscovery {
             tx,
         };
         tokio::spawn(stream.run(request.into_inner()));
-        let responses = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|response| (response, rx))
-        });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(crate::live::responses(rx)))
     }
 
     async fn stream_secrets(

@@ -74,6 +74,10 @@ pub struct AuditRecord<'a> {
     pub transforms: &'a [TransformTrace],
     /// Time from receiving the request headers to the decision, in microseconds.
     pub decision_us: f64,
+    /// `envoy` for a request Envoy decided by itself on the fast path (its routes,
+    /// docs/fast-path.md); absent for those Portcullis decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,6 +184,7 @@ impl<'a> AuditRecord<'a> {
             approval,
             transforms: &outcome.trace,
             decision_us,
+            decided_by: None,
         }
     }
 }

@@ -251,7 +251,7 @@ pub fn render_text(request: &OutboundRequest, report: &Report) -> String {
         let _ = match fast.decided_by.as_str() {
             "envoy" => writeln!(
                 out,
-                "fast path   eligible: host, path, method and the listener's tags decide it"
+                "fast path   decided by Envoy: host, path, method and the listener's tags decide it"
             ),
             _ => writeln!(
                 out,

@@ -314,6 +314,15 @@ pub struct GatewayConfig {
     /// such as body-signing secrets); larger ones are refused with 413. Default 1 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Whether Envoy decides by itself what its routes can (docs/fast-path.md): the routes
+    /// Portcullis serves then send only the rest through ext_proc. Default `true`; `false`
+    /// serves routes that send everything through ext_proc.
+    #[serde(default = "default_fast_path")]
+    pub fast_path: bool,
+}
+
+fn default_fast_path() -> bool {
+    true
 }
 
 fn default_max_body_bytes() -> usize {
@@ -325,6 +334,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             tags: Vec::new(),
             max_body_bytes: default_max_body_bytes(),
+            fast_path: default_fast_path(),
         }
     }
 }

@@ -6,6 +6,11 @@
 //! Only requests Portcullis decided are recorded: Envoy names their id in the dynamic
 //! metadata `portcullis.request_id`, which Portcullis set on its answer. Portcullis's own
 //! refusals are skipped (their decision record is the whole story).
+//!
+//! Requests Envoy decided itself on the fast path (docs/fast-path.md) are recorded here
+//! too: the route they took names the decision (`fast|allow|…`), which becomes the same
+//! decision record ext_proc requests get — with `"decided_by": "envoy"` — counted in the
+//! same metrics and fire counts, then the `upstream` record of how an allowed one ended.
 
 use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address};
 use envoy_types::pb::envoy::data::accesslog::v3::{
@@ -21,17 +26,22 @@ use envoy_types::pb::envoy::service::accesslog::v3::{
 use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit::{AuditSink, UpstreamRecord};
+use std::sync::Arc;
 
-/// The access log service, writing to `audit`.
+use crate::audit::{AuditRecord, IdentityRecord, UpstreamRecord};
+use crate::live::Shared;
+use crate::policy::Decision;
+use crate::snapshot::route_table::FastRouteName;
+
+/// The access log service, writing to the audit trail.
 #[derive(Clone)]
 pub struct AccessLogReceiver {
-    audit: AuditSink,
+    shared: Arc<Shared>,
 }
 
 impl AccessLogReceiver {
-    pub fn new(audit: AuditSink) -> AccessLogReceiver {
-        AccessLogReceiver { audit }
+    pub fn new(shared: Arc<Shared>) -> AccessLogReceiver {
+        AccessLogReceiver { shared }
     }
 
     pub fn into_server(self) -> AccessLogServiceServer<AccessLogReceiver> {
@@ -51,8 +61,9 @@ impl AccessLogService for AccessLogReceiver {
                 continue;
             };
             for entry in &http.log_entry {
+                self.record_fast_decision(entry).await;
                 if let Some(record) = upstream_record(entry) {
-                    self.audit.write_upstream(&record).await;
+                    self.shared.audit.write_upstream(&record).await;
                 }
             }
         }
@@ -60,10 +71,128 @@ impl AccessLogService for AccessLogReceiver {
     }
 }
 
-/// The record for `entry`, unless Portcullis did not decide that request or refused it.
+impl AccessLogReceiver {
+    /// The decision record of a request Envoy decided on the fast path, when `entry` is
+    /// one: in the audit trail, the decision metrics and (through the store's copy) the
+    /// fire counts.
+    async fn record_fast_decision(&self, entry: &HttpAccessLogEntry) {
+        let Some(common) = entry.common_properties.as_ref() else {
+            return;
+        };
+        let Some(fast) = FastRouteName::parse(&common.route_name) else {
+            return;
+        };
+        let request = entry.request.clone().unwrap_or_default();
+        let decision = match fast.action {
+            "allow" => Decision::Allowed,
+            "flag" => Decision::Flagged,
+            _ => Decision::Denied,
+        };
+        let (host, port) = split_authority(&request.authority, &request.scheme);
+        let path = request.path.split('?').next().unwrap_or_default();
+        let method = envoy_types::pb::envoy::config::core::v3::RequestMethod::try_from(
+            request.request_method,
+        )
+        .map_or("OTHER", |m| m.as_str_name());
+        let snapshot = self.shared.snapshot.load_full();
+        let listener = crate::vocab::Tag::parse_listener_list(fast.listener);
+        let identity = snapshot
+            .identities
+            .resolve(&crate::identity::Presented {
+                source: None,
+                peer_uri_san: None,
+                proxy_authorization: None,
+                listener_tags: &listener,
+            })
+            .ok();
+        let tags: Vec<&str> = identity
+            .as_ref()
+            .map(|i| i.tags.iter().map(|t| t.as_str()).collect())
+            .unwrap_or_default();
+        let denied = decision == Decision::Denied;
+        let record = AuditRecord {
+            ts: crate::audit::now_rfc3339(),
+            request_id: &request.request_id,
+            trace_id: None,
+            config_version: fast.config_version,
+            decision,
+            status: denied.then_some(403),
+            reason: denied.then_some(if fast.policy.is_some() {
+                "policy_deny"
+            } else {
+                "no_matching_policy"
+            }),
+            policy: fast.policy,
+            policy_version: fast.policy_version,
+            rule: fast.rule,
+            transform: denied.then_some("allowlist"),
+            identity: IdentityRecord {
+                kind: "gateway",
+                name: None,
+                spiffe_id: None,
+                source: common
+                    .downstream_remote_address
+                    .as_ref()
+                    .and_then(socket_address)
+                    .map(|a| a.to_string()),
+            },
+            tags,
+            method,
+            scheme: &request.scheme,
+            host: &host,
+            port,
+            path,
+            upstream_address: if denied {
+                None
+            } else {
+                common
+                    .upstream_remote_address
+                    .as_ref()
+                    .and_then(socket_address)
+            },
+            dry_run: None,
+            approval: None,
+            transforms: &[],
+            decision_us: 0.0,
+            decided_by: Some("envoy"),
+        };
+        self.shared
+            .metrics
+            .record_decision(decision, fast.policy, 0.0);
+        if let Err(e) = self.shared.audit.write(&record).await {
+            tracing::error!(request_id = %request.request_id, error = %e,
+                "a fast-path decision could not be audited");
+        }
+    }
+}
+
+/// Host (lower case, without brackets) and port of an authority; the scheme's port when
+/// it names none.
+fn split_authority(authority: &str, scheme: &str) -> (String, u16) {
+    let default = if scheme == "https" { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, port.parse().unwrap_or(default))
+        }
+        _ => (authority, default),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.to_ascii_lowercase(), port)
+}
+
+/// The record for `entry`, unless Portcullis did not decide that request or refused it
+/// (or Envoy refused it on the fast path).
 pub fn upstream_record(entry: &HttpAccessLogEntry) -> Option<UpstreamRecord> {
     let common = entry.common_properties.as_ref()?;
-    let request_id = decided_request_id(common)?;
+    let request_id = match FastRouteName::parse(&common.route_name) {
+        Some(fast) if fast.action == "deny" => return None,
+        Some(_) => entry
+            .request
+            .as_ref()
+            .map(|r| r.request_id.clone())
+            .filter(|id| !id.is_empty())?,
+        None => decided_request_id(common)?,
+    };
     let response = entry.response.as_ref();
     let details = response.map_or("", |r| r.response_code_details.as_str());
     if details.starts_with("portcullis_") {

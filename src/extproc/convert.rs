@@ -47,18 +47,7 @@ impl ListenerContext {
     pub fn from_metadata(metadata: &MetadataMap) -> ListenerContext {
         let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
         let tags = text("x-portcullis-tags")
-            .map(|list| {
-                list.split(',')
-                    .filter(|t| !t.trim().is_empty())
-                    .filter_map(|t| match Tag::parse(t.trim()) {
-                        Ok(tag) => Some(tag),
-                        Err(e) => {
-                            tracing::warn!(tag = t, error = %e, "ignoring invalid listener tag");
-                            None
-                        }
-                    })
-                    .collect()
-            })
+            .map(Tag::parse_listener_list)
             .unwrap_or_default();
         let upstream_scheme = text("x-portcullis-upstream-scheme")
             .map(|s| s.trim().to_ascii_lowercase())

@@ -352,3 +352,17 @@ fn joined<T>(
         )])),
     }
 }
+
+/// A gRPC server stream whose messages a spawned task sends on a channel (the discovery
+/// services' streams).
+pub type ResponseStream<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// The stream of what is sent on `rx`, ending when every sender is gone.
+pub fn responses<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<Result<T, tonic::Status>>,
+) -> ResponseStream<T> {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|response| (response, rx))
+    }))
+}

@@ -45,6 +45,27 @@ pub struct RequestFacts<'a> {
 }
 
 impl<'a> RequestFacts<'a> {
+    /// A plain-HTTP GET of `/` to `host` and `port`, with nothing else: what host-level
+    /// questions (which rules, which stages could touch this host) are asked with. Their
+    /// answers read only the host and port.
+    pub fn host_probe(host: &'a str, port: u16) -> RequestFacts<'a> {
+        RequestFacts {
+            method: Method::Get,
+            method_name: "GET",
+            scheme: "http",
+            host,
+            port,
+            ip: None,
+            path: "/",
+            headers: &[],
+            intercepted: false,
+            body: None,
+            message: None,
+            identity: None,
+            unknown_args: None,
+        }
+    }
+
     pub fn is_connect(&self) -> bool {
         self.method == Method::Connect
     }

@@ -457,6 +457,44 @@ impl PolicySet {
         }
     }
 
+    /// Every host name an active policy the workload's tags select names exactly, with the
+    /// port its rule restricts it to (`None`: any port), sorted.
+    pub fn named_hosts(&self, tags: &WorkloadTagIds) -> Vec<(&str, Option<u16>)> {
+        let mut hosts: Vec<(&str, Option<u16>)> = self
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                p.status == PolicyStatus::Active && self.index.carries(*i as u32, tags)
+            })
+            .flat_map(|(_, p)| p.rules.iter())
+            .filter_map(|rule| match &rule.host.kind {
+                super::rule::HostMatch::Exact(host) => Some((&**host, rule.host.port)),
+                _ => None,
+            })
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
+    }
+
+    /// The rules that could decide a request to the probe's host and port, whatever its
+    /// path and method, in decision order: what Envoy's routes for that host are compiled
+    /// from (docs/fast-path.md).
+    pub fn host_rules(&self, probe: &RequestFacts<'_>, tags: &WorkloadTagIds) -> Vec<RuleRef> {
+        let mut keys = Vec::new();
+        self.index.visit(probe, tags, |key| {
+            let rule = &self.policies[key.item as usize].rules[key.rule as usize];
+            if rule.host.matches(probe) {
+                keys.push(key);
+            }
+            Next::Continue
+        });
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().map(rule_ref).collect()
+    }
+
     /// The verdict for a request decided from its host, port, path and method alone, for a
     /// workload with `tags`: `Err` when a rule that could decide it reads more (a
     /// condition), a dry run would be recorded, or its action asks more than that (gated,

@@ -125,6 +125,7 @@ impl Snapshot {
                     unavailable: None,
                     approvals: runtime.approvals.clone(),
                     approval_settings: config.approvals.clone(),
+                    fast_path: config.gateway.fast_path,
                 })
             }
             _ => Err(errors),

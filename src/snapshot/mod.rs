@@ -11,7 +11,9 @@ mod tools_list;
 use std::sync::Arc;
 
 pub use compile::{Origin, unknown_detectors};
-pub use fast_path::FastPath;
+pub use fast_path::{
+    FastPath, HostRoutes, ListenerRoutes, PathMatch, Route, RouteAction, table as route_table,
+};
 pub use tools_list::ToolsListFilter;
 
 use crate::config::McpConfig;
@@ -70,6 +72,8 @@ pub struct Snapshot {
     /// Where approvals go, and their settings.
     pub approvals: Arc<crate::approvals::Desk>,
     pub approval_settings: crate::approvals::ApprovalsConfig,
+    /// Whether Envoy's routes decide what they can (`gateway.fast_path`).
+    pub fast_path: bool,
 }
 
 /// The decision for one request and who it was decided for.

@@ -138,6 +138,11 @@ pub trait Transform: Send + Sync {
     fn may_put_credential(&self, _request: &OutboundRequest) -> bool {
         false
     }
+    /// Whether it may put a credential on some request to this host and port, whatever
+    /// its path and method (the facts' path and method are not read).
+    fn may_put_credential_on_host(&self, _host: &crate::policy::RequestFacts<'_>) -> bool {
+        false
+    }
     /// Whether it is the policy engine's step.
     fn is_policy_engine(&self) -> bool {
         false

@@ -521,6 +521,26 @@ impl Pipeline {
             .collect()
     }
 
+    /// The stages beyond the policy engine that could apply to some request to the
+    /// probe's host and port, whatever its path and method: a scope is in play when one
+    /// of its rules names the host, and the secrets step when one of its secrets' rules
+    /// does. Such a host is decided by Portcullis, never by Envoy's routes.
+    pub fn stages_for_host(&self, host: &crate::policy::RequestFacts<'_>) -> Vec<&'static str> {
+        self.stages
+            .iter()
+            .filter(|stage| {
+                stage.scope.is_empty() || stage.scope.iter().any(|rule| rule.host.matches(host))
+            })
+            .filter(|stage| {
+                let name = stage.transform.name();
+                !(stage.transform.is_policy_engine()
+                    || (name == secrets::KIND.name
+                        && !stage.transform.may_put_credential_on_host(host)))
+            })
+            .map(|stage| stage.transform.name())
+            .collect()
+    }
+
     /// Whether a stage in scope may read this request's response.
     pub fn watches_response(&self, request: &OutboundRequest) -> bool {
         let facts = request.facts();

@@ -45,4 +45,19 @@ impl Tag {
             None => Ok(Tag(text.into())),
         }
     }
+
+    /// The tags of a listener as Envoy names them (`a:b,c:d`, in ext_proc's initial
+    /// metadata or a route configuration's name); an invalid one is logged and left out.
+    pub fn parse_listener_list(list: &str) -> Vec<Tag> {
+        list.split(',')
+            .filter(|t| !t.trim().is_empty())
+            .filter_map(|t| match Tag::parse(t.trim()) {
+                Ok(tag) => Some(tag),
+                Err(e) => {
+                    tracing::warn!(tag = t, error = %e, "ignoring invalid listener tag");
+                    None
+                }
+            })
+            .collect()
+    }
 }

@@ -16,6 +16,7 @@ mod contract;
 mod control;
 mod decisions;
 mod failure;
+mod fast_path;
 mod features;
 mod fleet;
 mod grpc;

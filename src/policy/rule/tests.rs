@@ -6,16 +6,9 @@ fn facts<'a>(method: Method, host: &'a str, port: u16, path: &'a str) -> Request
         method,
         method_name: method.as_str(),
         scheme: "https",
-        host,
-        port,
         ip: host.parse().ok(),
         path,
-        headers: &[],
-        intercepted: false,
-        body: None,
-        message: None,
-        identity: None,
-        unknown_args: None,
+        ..RequestFacts::host_probe(host, port)
     }
 }
 

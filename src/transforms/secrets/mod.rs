@@ -366,6 +366,12 @@ impl Transform for SecretsTransform {
     fn may_put_credential(&self, request: &OutboundRequest) -> bool {
         self.rules_match(request)
     }
+
+    fn may_put_credential_on_host(&self, host: &crate::policy::RequestFacts<'_>) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| s.rules.iter().any(|rule| rule.host.matches(host)))
+    }
 }
 
 #[cfg(test)]

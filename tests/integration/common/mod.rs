@@ -704,6 +704,28 @@ impl Gateway {
             .sum()
     }
 
+    /// A GET on Envoy's admin interface (`/config_dump`, `/stats`…).
+    pub fn envoy_admin(&self, path: &str) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.envoy_admin_port);
+        curl(self.dir.path(), &[&url])
+    }
+
+    /// Waits until Envoy holds the routes Portcullis compiled from its live config
+    /// (the fast path's RDS): its catch-all virtual host is named after the version.
+    pub fn wait_routes_current(&self) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            let version = self.admin("/readyz").json()["config_version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            !version.is_empty()
+                && self
+                    .envoy_admin("/config_dump?resource=dynamic_route_configs")
+                    .body
+                    .contains(&format!("any_host|{version}"))
+        })
+    }
+
     /// Replaces the config file (as an editor would: write a temp file, rename over).
     pub fn write_config(&self, config: &str) {
         let tmp = self.dir.path().join(".portcullis.yaml.tmp");
