@@ -67,6 +67,7 @@ impl RouteDiscoveryService for RouteDiscovery {
             shared: self.shared.clone(),
             names: Vec::new(),
             sent: None,
+            rejected: false,
             nonce: 0,
             tx,
         };
@@ -100,6 +101,9 @@ struct RdsStream {
     names: Vec<String>,
     /// The version last sent (a digest of what was sent).
     sent: Option<String>,
+    /// Envoy rejected routes this stream sent: it would keep deciding by older ones, so
+    /// from then on the stream serves routes that send everything through ext_proc.
+    rejected: bool,
     nonce: u64,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
@@ -108,6 +112,8 @@ struct RdsStream {
 struct Compiled {
     snapshot: Arc<Snapshot>,
     routes: HashMap<String, ListenerRoutes>,
+    /// Compiled to send everything through ext_proc.
+    processor_only: bool,
 }
 
 impl RdsStream {
@@ -142,11 +148,12 @@ impl RdsStream {
             let current = match compiled.take() {
                 Some(c)
                     if Arc::ptr_eq(&c.snapshot, &live)
+                        && c.processor_only == self.rejected
                         && self.names.iter().all(|n| c.routes.contains_key(n)) =>
                 {
                     c
                 }
-                _ => compile(live, &self.names),
+                _ => compile(live, &self.names, self.rejected),
             };
             revet = tokio::time::Instant::now() + REVET;
             let configurations = vet_and_build(&current).await;
@@ -157,11 +164,23 @@ impl RdsStream {
         }
     }
 
-    /// Takes note of what Envoy asks for; true when that changed.
+    /// Takes note of what Envoy asks for, or that it rejected what was sent; true when
+    /// the stream must send again.
     fn on_request(&mut self, request: DiscoveryRequest) -> bool {
         if let Some(error) = &request.error_detail {
+            if self.rejected {
+                tracing::error!(nonce = %request.response_nonce, error = %error.message,
+                    "Envoy rejected the routes that send everything through ext_proc too");
+                return false;
+            }
+            // Envoy keeps the routes it had, which may allow what the policies now
+            // refuse: fail closed, with routes that leave every decision to Portcullis.
             tracing::error!(nonce = %request.response_nonce, error = %error.message,
-                "Envoy rejected the routes Portcullis sent; it keeps its previous ones");
+                "Envoy rejected the routes Portcullis sent; this Envoy's requests all go \
+                 through ext_proc until it reconnects");
+            self.rejected = true;
+            self.sent = None;
+            return true;
         }
         let mut names = request.resource_names;
         names.sort();
@@ -177,16 +196,14 @@ impl RdsStream {
 
     /// Sends the configurations unless they are what Envoy already has; false when Envoy
     /// has gone.
-    async fn send(&mut self, configurations: Vec<RouteConfiguration>) -> bool {
-        let resources: Vec<_> = configurations.iter().map(envoy::any).collect();
-        let version = digest(&resources);
+    async fn send(&mut self, (configurations, version): (Vec<RouteConfiguration>, String)) -> bool {
         if self.sent.as_deref() == Some(version.as_str()) {
             return true;
         }
         self.nonce += 1;
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources,
+            resources: configurations.iter().map(envoy::any).collect(),
             type_url: RouteConfiguration::type_url(),
             nonce: self.nonce.to_string(),
             ..Default::default()
@@ -196,16 +213,34 @@ impl RdsStream {
     }
 }
 
-fn compile(snapshot: Arc<Snapshot>, names: &[String]) -> Compiled {
+/// The routes of each name; with `everything_to_processor`, none Envoy decides.
+fn compile(snapshot: Arc<Snapshot>, names: &[String], everything_to_processor: bool) -> Compiled {
     let routes = names
         .iter()
-        .map(|name| (name.clone(), snapshot.listener_routes(&Tag::parse_listener_list(name))))
+        .map(|name| {
+            let routes = if everything_to_processor {
+                ListenerRoutes {
+                    off: Some("Envoy rejected the fast-path routes".into()),
+                    hosts: Vec::new(),
+                    mcp_to_processor: false,
+                }
+            } else {
+                snapshot.listener_routes(&Tag::parse_listener_list(name))
+            };
+            (name.clone(), routes)
+        })
         .collect();
-    Compiled { snapshot, routes }
+    Compiled {
+        snapshot,
+        routes,
+        processor_only: everything_to_processor,
+    }
 }
 
-/// Vets the address of every allowed host, then builds each configuration.
-async fn vet_and_build(compiled: &Compiled) -> Vec<RouteConfiguration> {
+/// Vets the address of every allowed host, then builds each configuration; with the
+/// version of what was built: a digest of what it is built from (the snapshot, the names,
+/// the vetted addresses), since the encoded messages' maps have no fixed order.
+async fn vet_and_build(compiled: &Compiled) -> (Vec<RouteConfiguration>, String) {
     let snapshot = &compiled.snapshot;
     let mut vetted: HashMap<(String, u16, u32), Option<SocketAddr>> = HashMap::new();
     for routes in compiled.routes.values() {
@@ -244,21 +279,124 @@ async fn vet_and_build(compiled: &Compiled) -> Vec<RouteConfiguration> {
     };
     let mut names: Vec<&String> = compiled.routes.keys().collect();
     names.sort();
-    names
+    let mut addresses: Vec<_> = vetted.iter().collect();
+    addresses.sort();
+    let version = digest(&format!(
+        "{}|{names:?}|{addresses:?}|{}",
+        snapshot.version, compiled.processor_only
+    ));
+    let configurations = names
         .into_iter()
         .map(|name| envoy::route_configuration(name, snapshot, &compiled.routes[name], &lookup))
-        .collect()
+        .collect();
+    (configurations, version)
 }
 
-/// A short digest of what is sent: the version Envoy acknowledges.
-fn digest(resources: &[envoy_types::pb::google::protobuf::Any]) -> String {
+/// A short digest: the version Envoy acknowledges.
+fn digest(text: &str) -> String {
     use sha2::{Digest as _, Sha256};
-    let mut hash = Sha256::new();
-    for resource in resources {
-        hash.update(&resource.value);
-    }
-    hash.finalize()[..8]
+    Sha256::digest(text.as_bytes())[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    use prost::Message as _;
+
+    fn stream() -> (
+        RdsStream,
+        mpsc::Receiver<Result<DiscoveryResponse, Status>>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, _writer) = crate::audit::AuditSink::start(&crate::config::AuditConfig {
+            sink: crate::config::AuditSinkKind::File,
+            path: Some(dir.path().join("audit.jsonl")),
+            ..Default::default()
+        })
+        .unwrap();
+        let snapshot = crate::transforms::test_support::snapshot(
+            "policies: [{name: a, action: allow, rules: [{host: a.example}]}]",
+        );
+        let shared = Arc::new(Shared {
+            snapshot: Arc::new(arc_swap::ArcSwap::new(Arc::new(snapshot))),
+            audit,
+            metrics: Arc::new(crate::telemetry::metrics::Metrics::new()),
+            draining: Default::default(),
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let stream = RdsStream {
+            shared,
+            names: Vec::new(),
+            sent: None,
+            rejected: false,
+            nonce: 0,
+            tx,
+        };
+        (stream, rx, dir)
+    }
+
+    /// What the stream would send now, and whether it sent it.
+    async fn push(
+        stream: &mut RdsStream,
+        rx: &mut mpsc::Receiver<Result<DiscoveryResponse, Status>>,
+    ) -> Option<RouteConfiguration> {
+        let compiled = compile(
+            stream.shared.snapshot.load_full(),
+            &stream.names,
+            stream.rejected,
+        );
+        assert!(stream.send(vet_and_build(&compiled).await).await);
+        let response = rx.try_recv().ok()?.unwrap();
+        assert_eq!(response.type_url, RouteConfiguration::type_url());
+        Some(RouteConfiguration::decode(&*response.resources[0].value).unwrap())
+    }
+
+    fn fast_hosts(config: &RouteConfiguration) -> Vec<String> {
+        config
+            .virtual_hosts
+            .iter()
+            .filter(|v| v.name.starts_with("fast:"))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn serves_the_listener_routes_once_and_fails_closed_when_envoy_rejects_them() {
+        let (mut stream, mut rx, _dir) = stream();
+        let subscribe = DiscoveryRequest {
+            resource_names: vec!["listener:forward-proxy".into()],
+            type_url: RouteConfiguration::type_url(),
+            ..Default::default()
+        };
+        assert!(stream.on_request(subscribe.clone()));
+        let config = push(&mut stream, &mut rx).await.expect("sent");
+        assert_eq!(config.name, "listener:forward-proxy");
+        assert_eq!(fast_hosts(&config), vec!["fast:a.example:80"]);
+        // Unchanged: nothing more is sent, and an ACK asks for nothing.
+        assert!(push(&mut stream, &mut rx).await.is_none());
+        let ack = DiscoveryRequest {
+            response_nonce: "1".into(),
+            ..subscribe.clone()
+        };
+        assert!(!stream.on_request(ack));
+        // A rejection: Envoy would keep its older routes, so every request goes to ext_proc.
+        let nack = DiscoveryRequest {
+            response_nonce: "1".into(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "bad route".into(),
+                ..Default::default()
+            }),
+            ..subscribe
+        };
+        assert!(stream.on_request(nack));
+        let config = push(&mut stream, &mut rx).await.expect("sent again");
+        assert!(fast_hosts(&config).is_empty(), "{config:?}");
+        assert_eq!(config.virtual_hosts.len(), 1);
+    }
 }
