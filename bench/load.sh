@@ -427,6 +427,8 @@ pid_filename ${dir}/squid.pid
 coredump_dir ${dir}
 cache_effective_user proxy
 EOF
+  # Squid's workers run as `proxy`: they must reach and write their directory.
+  chmod 711 "${work}"
   chown -R proxy "${dir}" 2>/dev/null || true
   squid --foreground -f "${dir}/squid.conf" >"${out}-squid.log" 2>&1 &
   squid_pid=$!; pids+=("${squid_pid}")

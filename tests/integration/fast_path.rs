@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::common::dns::LoopbackDns;
 use crate::common::{Gateway, Reply, Upstream, wait_until};
-use crate::control::{create, get, options, update};
+use crate::control::{create, get, options, post, update};
 
 /// How many ext_proc streams Envoy has opened: a request Envoy decides by itself opens none.
 const STREAMS: &str = "ext_proc.portcullis.streams_started";
@@ -181,8 +181,38 @@ fn what_envoy_cannot_decide_alone_still_goes_to_portcullis() {
     let port = upstream.port();
     let base = format!("http://fast.test:{port}");
 
-    // Proxy credentials: the identity comes from them, so Portcullis decides (and refuses
-    // an unknown token).
+    // Proxy credentials: the identity and its tags come from them, so Portcullis decides.
+    // A token whose tags a policy allows /pkg/admin for gets it — where the route, for a
+    // token-less workload, refuses.
+    let mut ci_admin = no_admin(port);
+    ci_admin["name"] = json!("ci-admin");
+    ci_admin["priority"] = json!(1);
+    ci_admin["action"] = json!("allow");
+    ci_admin["match_tags"] = json!(["team:ci"]);
+    assert_eq!(create(&gw, &ci_admin).status, 201);
+    let minted = post(
+        &gw,
+        "/v1/tokens",
+        json!({"name": "ci", "tags": ["team:ci"]}),
+    );
+    assert_eq!(minted.status, 201, "{minted:?}");
+    let token = minted.json()["value"].as_str().unwrap().to_owned();
+    assert!(gw.wait_routes_current());
+    let admin = format!("{base}/pkg/admin");
+    let (reply, asked) = send(&gw, &[&admin]);
+    assert_eq!((reply.status, asked), (403, false), "{reply:?}");
+    let auth = format!("Proxy-Authorization: Bearer {token}");
+    let (reply, asked) = send(&gw, &["-H", &auth, &admin]);
+    assert!(asked, "a token-bearing request skipped Portcullis");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = upstream.seen();
+    let last = seen.last().unwrap();
+    assert!(last.header("proxy-authorization").is_none());
+    let record = record_of(&gw, last.header("x-request-id").unwrap());
+    assert_eq!(record["identity"]["name"], "ci", "{record}");
+    assert_eq!(record["policy"], "ci-admin");
+    assert!(record.get("decided_by").is_none());
+    // An unknown token is refused by Portcullis too.
     let (reply, asked) = send(
         &gw,
         &[
@@ -191,7 +221,7 @@ fn what_envoy_cannot_decide_alone_still_goes_to_portcullis() {
             &format!("{base}/pkg/left-pad"),
         ],
     );
-    assert!(asked, "a token-bearing request skipped Portcullis");
+    assert!(asked);
     assert_eq!(reply.status, 407, "{reply:?}");
 
     // An encoded unreserved character: Envoy decodes it before routing (normalize_path),
