@@ -153,7 +153,20 @@ impl RdsStream {
                 {
                     c
                 }
-                _ => compile(live, &self.names, self.rejected),
+                // A large policy set takes a while to compile: off the async workers,
+                // which carry the decisions.
+                _ => {
+                    let names = self.names.clone();
+                    let rejected = self.rejected;
+                    match tokio::task::spawn_blocking(move || compile(live, &names, rejected)).await
+                    {
+                        Ok(compiled) => compiled,
+                        Err(e) => {
+                            tracing::error!(error = %e, "compiling the fast-path routes failed");
+                            return;
+                        }
+                    }
+                }
             };
             revet = tokio::time::Instant::now() + REVET;
             let configurations = vet_and_build(&current).await;
