@@ -77,7 +77,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         Some(_) => (PolicySource::Store, Origin::StoreUnread),
         None => (PolicySource::File, Origin::File),
     };
-    let snapshot = Snapshot::build(&loaded.config, &loaded.version, origin, &env, &secrets)
+    let snapshot = Snapshot::build(&loaded.config, &loaded.version, origin, &env, &secrets, None)
         .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
     // Settings only: the policies are held by the live snapshot's inputs, once.
     let config = loaded.config.settings();
@@ -155,7 +155,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         draining: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let live = Arc::new(Live::new(shared.clone(), secrets.clone(), &loaded, source));
+    let loaded_version = loaded.version.clone();
+    let live = Arc::new(Live::new(
+        shared.clone(),
+        secrets.clone(),
+        Arc::new(std::mem::take(&mut loaded.config)),
+        loaded_version.clone(),
+        source,
+    ));
     let control = Arc::new(Control::new(live.clone()));
     let mut background = Vec::new();
     if let (Some(url), Some(store)) = (store_url, &store_config) {
@@ -171,13 +178,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let reloader = Reloader {
         path: options.config.clone(),
         live: live.clone(),
-        last_seen: Some(loaded.version.clone()),
+        last_seen: Some(loaded_version),
         running: config.clone(),
         overrides,
     };
     // The file's position index (every key's line, for errors) is large for a large
     // policy set, and nothing after startup places errors in this copy of the file.
     drop(loaded);
+    crate::live::release_freed_memory();
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
     let refresh_task = tokio::spawn(crate::live::secrets::refresh_secrets(
         shared.clone(),

@@ -378,7 +378,7 @@ pub async fn document(
     axum::extract::State(control): axum::extract::State<std::sync::Arc<super::Control>>,
 ) -> axum::Json<Value> {
     let snapshot = control.live.snapshot();
-    let gateway = Gateway::of(&control.live.config().await, snapshot.policies.dlp());
+    let gateway = Gateway::of(&*control.live.config().await, snapshot.policies.dlp());
     axum::Json(build(&gateway))
 }
 

@@ -280,6 +280,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
                     std::sync::Arc::new(contents),
                     &env,
                     &runtime,
+                    None,
                 )
                 .map(|(snapshot, isolated)| {
                     let contents = &isolated.contents;

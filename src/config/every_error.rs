@@ -27,6 +27,17 @@ pub fn deserialize_every_error<T: DeserializeOwned>(
     value: Value,
     validate: impl Fn(&T) -> Vec<FieldError>,
 ) -> Result<T, Vec<FieldError>> {
+    // Nearly every definition parses: read it from the value in place, without the copy
+    // and the path tracking the hunt for every error below needs (at 100,000 policies,
+    // most of the time a config took to load).
+    if let Ok(parsed) = T::deserialize(&value) {
+        let problems = validate(&parsed);
+        return if problems.is_empty() {
+            Ok(parsed)
+        } else {
+            Err(problems)
+        };
+    }
     let mut current = value;
     let mut errors: Vec<FieldError> = Vec::new();
     // Removed list elements: (the list's original path, the element's original index).

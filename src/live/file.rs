@@ -120,7 +120,15 @@ impl Reloader {
         self.last_seen = Some(version);
         let started = Instant::now();
         let live = self.live.snapshot().version.clone();
-        let loaded = match parse_str(&text, Some(&self.path)) {
+        // Off the async workers: at 100,000 policies a parse takes a second.
+        let path = self.path.clone();
+        let parsed = tokio::task::spawn_blocking(move || parse_str(&text, Some(&path))).await;
+        let Ok(parsed) = parsed else {
+            tracing::error!("the config parse panicked; keeping the live config");
+            metrics.record_reload(false, None);
+            return;
+        };
+        let loaded = match parsed {
             Ok(mut loaded) => {
                 self.overrides.apply(&mut loaded.config);
                 self.restart_only(loaded)
@@ -131,7 +139,9 @@ impl Reloader {
             Ok(loaded) => loaded,
             Err(errors) => return reject(&metrics, &errors, &live),
         };
-        match self.live.apply_config(&loaded).await {
+        let mut loaded = loaded;
+        let config = std::sync::Arc::new(std::mem::take(&mut loaded.config));
+        match self.live.apply_config(config, loaded.version.clone()).await {
             Ok(snapshot) => {
                 let active = snapshot.policies.active_count();
                 metrics.record_reload(true, Some(active));

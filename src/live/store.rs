@@ -25,11 +25,12 @@ pub fn compile_with_store_isolated(
     mut contents: Arc<Contents>,
     env: &dyn Fn(&str) -> Option<String>,
     runtime: &Runtime,
+    earlier: Option<&crate::policy::PolicySet>,
 ) -> Result<(Snapshot, Isolated), Vec<FieldError>> {
     let mut set_aside = std::collections::HashSet::new();
     let mut set_aside_errors = Vec::new();
     loop {
-        match Snapshot::compile_with_store(config, version, &contents, env, runtime) {
+        match Snapshot::compile_with_store(config, version, &contents, env, runtime, earlier) {
             Ok(snapshot) => {
                 let isolated = Isolated {
                     contents,

@@ -17,6 +17,7 @@ pub type PolicyId = u32;
 #[derive(Debug)]
 pub struct CompiledPolicy {
     pub name: Arc<str>,
+    pub definition: Option<DefinitionDigest>,
     /// The store version this was compiled from; `None` for a policy from a config file.
     pub version: Option<i64>,
     pub priority: i32,
@@ -134,6 +135,39 @@ pub struct RuleRef {
     pub rule: u32,
 }
 
+/// What a policy was compiled from: the first 16 bytes of the SHA-256 of its definition
+/// as JSON. A recompile takes an earlier compiled policy only when its name, store version
+/// and this digest are the same, so nothing but the definition is kept to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefinitionDigest([u8; 16]);
+
+impl DefinitionDigest {
+    /// `None` for a definition that cannot be written as JSON: never taken for another.
+    pub fn of(config: &PolicyConfig) -> Option<DefinitionDigest> {
+        struct Digesting(sha2::Sha256);
+        impl std::io::Write for Digesting {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                sha2::Digest::update(&mut self.0, bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut digesting = Digesting(<sha2::Sha256 as sha2::Digest>::new());
+        serde_json::to_writer(&mut digesting, config).ok()?;
+        let full = sha2::Digest::finalize(digesting.0);
+        let mut digest = [0; 16];
+        digest.copy_from_slice(&full[..16]);
+        Some(DefinitionDigest(digest))
+    }
+}
+
+/// The earlier compile of each policy, by name.
+fn earlier_by_name(set: &PolicySet) -> std::collections::HashMap<&str, &Arc<CompiledPolicy>> {
+    set.policies.iter().map(|p| (&*p.name, p)).collect()
+}
+
 /// The result of evaluating one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -221,7 +255,8 @@ struct Best {
 /// An immutable, compiled set of policies. Build one per config change.
 #[derive(Debug)]
 pub struct PolicySet {
-    policies: Vec<CompiledPolicy>,
+    /// Shared with the sets compiled after this one while their definitions stay the same.
+    policies: Vec<Arc<CompiledPolicy>>,
     index: RuleIndex,
     default_action: DefaultAction,
     /// Some active policy has a rule with a body condition: only then can a request need
@@ -248,29 +283,54 @@ impl PolicySet {
         versions: &[i64],
         default_action: DefaultAction,
     ) -> PolicySet {
+        PolicySet::compile_reusing(configs, versions, default_action, None)
+    }
+
+    /// [`PolicySet::compile_versioned`], taking each policy whose definition and version
+    /// are unchanged from `earlier` as it was compiled there (any earlier set: what is
+    /// taken is matched by its definition's digest): a change to one of 100,000 policies
+    /// compiles one. Only the index over all rules is built anew.
+    pub fn compile_reusing(
+        configs: &[PolicyConfig],
+        versions: &[i64],
+        default_action: DefaultAction,
+        earlier: Option<&PolicySet>,
+    ) -> PolicySet {
         let mut rules = RuleCompiler::default();
-        let policies: Vec<CompiledPolicy> = configs
+        let earlier = earlier.map(earlier_by_name);
+        let policies: Vec<Arc<CompiledPolicy>> = configs
             .iter()
             .enumerate()
-            .map(|(i, config)| CompiledPolicy {
-                name: Arc::from(config.name.as_str()),
-                version: versions.get(i).copied(),
-                priority: config.priority,
-                status: config.status,
-                action: config.action,
-                warn: config.warn,
-                match_tags: config.match_tags.clone(),
-                message: config.message.as_deref().map(Arc::from),
-                // A refusing policy fails closed on a condition it cannot evaluate.
-                rules: config
-                    .rules
-                    .iter()
-                    .map(|r| rules.compile_for(r, config.action.refuses()))
-                    .collect(),
-                condition: config.condition.clone(),
-                approve_when_condition_fails: config.when_condition_fails
-                    == super::model::ConditionFails::Approve,
-                grant: config.grant.as_ref().map(CompiledGrant::compile),
+            .map(|(i, config)| {
+                let version = versions.get(i).copied();
+                let digest = DefinitionDigest::of(config);
+                if let Some(compiled) = (earlier.as_ref())
+                    .and_then(|earlier| earlier.get(config.name.as_str()))
+                    .filter(|e| e.version == version && digest.is_some() && e.definition == digest)
+                {
+                    return Arc::clone(compiled);
+                }
+                Arc::new(CompiledPolicy {
+                    name: Arc::from(config.name.as_str()),
+                    definition: digest,
+                    version,
+                    priority: config.priority,
+                    status: config.status,
+                    action: config.action,
+                    warn: config.warn,
+                    match_tags: config.match_tags.clone(),
+                    message: config.message.as_deref().map(Arc::from),
+                    // A refusing policy fails closed on a condition it cannot evaluate.
+                    rules: config
+                        .rules
+                        .iter()
+                        .map(|r| rules.compile_for(r, config.action.refuses()))
+                        .collect(),
+                    condition: config.condition.clone(),
+                    approve_when_condition_fails: config.when_condition_fails
+                        == super::model::ConditionFails::Approve,
+                    grant: config.grant.as_ref().map(CompiledGrant::compile),
+                })
             })
             .collect();
         let items: Vec<Indexed<'_>> = policies
@@ -311,7 +371,7 @@ impl PolicySet {
         self.dlp.as_deref()
     }
 
-    pub fn policies(&self) -> &[CompiledPolicy] {
+    pub fn policies(&self) -> &[Arc<CompiledPolicy>] {
         &self.policies
     }
 

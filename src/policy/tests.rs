@@ -1,4 +1,5 @@
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -1089,4 +1090,59 @@ policies:
     let (decision, errored, _) = verdict("/allow", br#"{"name": "x"}"#);
     assert_eq!((decision, errored), (Decision::Denied, false));
     assert_eq!(verdict("/allow", br#"{"vip": true}"#).0, Decision::Allowed);
+}
+
+/// A recompile takes every unchanged policy from the earlier set as it was compiled there,
+/// compiles the changed one, and decides exactly as a compile from scratch.
+#[test]
+fn a_recompile_takes_unchanged_policies_from_the_earlier_set() {
+    let before = parse_str(FLEET, None).unwrap().config.policies;
+    let earlier = PolicySet::compile(&before, DefaultAction::Deny);
+    let mut after = before.clone();
+    // One policy changes; one is added ahead of the rest (positions shift); one goes.
+    after[1].priority -= 1;
+    let mut added = after[0].clone();
+    added.name = "added".into();
+    after.insert(0, added);
+    after.pop();
+    let reused = PolicySet::compile_reusing(&after, &[], DefaultAction::Deny, Some(&earlier));
+    let fresh = PolicySet::compile(&after, DefaultAction::Deny);
+    for (i, policy) in reused.policies().iter().enumerate() {
+        let taken = earlier.policies().iter().any(|e| Arc::ptr_eq(e, policy));
+        let unchanged = before.contains(&after[i]);
+        assert_eq!(taken, unchanged, "policy {} taken: {taken}", policy.name);
+    }
+    assert!(reused.policies().len() > 2);
+    for request in [
+        "GET https://registry.npmjs.org/left-pad",
+        "POST https://api.openai.com/v1/chat/completions",
+        "GET http://10.1.2.3/",
+        "DELETE https://api.github.com/repos/x",
+    ] {
+        for workload in [&["team:ci"][..], &["team:ml", "env:prod"], &[]] {
+            assert_eq!(
+                decide(&reused, request, workload),
+                decide(&fresh, request, workload),
+                "{request} for {workload:?}"
+            );
+        }
+    }
+}
+
+/// A stored policy set aside as a fault stands in under its own name and version: when its
+/// definition compiles again, the stand-in is not taken for it. Nor is a policy compiled
+/// at another store version.
+#[test]
+fn a_recompile_does_not_take_a_policy_compiled_from_another_definition() {
+    let before = parse_str(FLEET, None).unwrap().config.policies;
+    let mut stand_in = before.clone();
+    stand_in[0].action = Action::Deny;
+    let earlier = PolicySet::compile_versioned(&stand_in, &[7; 64], DefaultAction::Deny);
+    let reused = PolicySet::compile_reusing(&before, &[7; 64], DefaultAction::Deny, Some(&earlier));
+    assert!(!Arc::ptr_eq(&reused.policies()[0], &earlier.policies()[0]));
+    assert_eq!(reused.policies()[0].action, before[0].action);
+    assert!(Arc::ptr_eq(&reused.policies()[1], &earlier.policies()[1]));
+    let moved = PolicySet::compile_reusing(&stand_in, &[8; 64], DefaultAction::Deny, Some(&earlier));
+    assert!(!Arc::ptr_eq(&moved.policies()[1], &earlier.policies()[1]));
+    assert_eq!(moved.policies()[1].version, Some(8));
 }

@@ -37,11 +37,12 @@ impl Snapshot {
         origin: Origin<'_>,
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &Runtime,
+        earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         match origin {
-            Origin::File => Snapshot::compile(config, version, env, runtime),
+            Origin::File => Snapshot::compile_versions(config, version, &[], env, runtime, earlier),
             Origin::Store(contents) => {
-                Snapshot::compile_with_store(config, version, contents, env, runtime)
+                Snapshot::compile_with_store(config, version, contents, env, runtime, earlier)
             }
             Origin::StoreUnread => Snapshot::unavailable(config, version, env, runtime),
         }
@@ -54,7 +55,7 @@ impl Snapshot {
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &Runtime,
     ) -> Result<Snapshot, Vec<FieldError>> {
-        Snapshot::compile_versions(config, version, &[], env, runtime)
+        Snapshot::compile_versions(config, version, &[], env, runtime, None)
     }
 
     fn compile_versions(
@@ -63,6 +64,7 @@ impl Snapshot {
         policy_versions: &[i64],
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &Runtime,
+        earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut errors = duplicate_names(
             "policies",
@@ -105,10 +107,11 @@ impl Snapshot {
             (Some(identities), Some(pipeline), Some(admin), Some(scanner)) if errors.is_empty() => {
                 Ok(Snapshot {
                     version: Arc::from(version),
-                    policies: PolicySet::compile_versioned(
+                    policies: PolicySet::compile_reusing(
                         &config.policies,
                         policy_versions,
                         config.default_action,
+                        earlier,
                     )
                     .with_dlp(Arc::new(scanner)),
                     mcp: config.mcp.clone(),
@@ -141,6 +144,7 @@ impl Snapshot {
         contents: &Contents,
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &Runtime,
+        earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut effective = config.clone();
         effective.policies = contents
@@ -182,7 +186,7 @@ impl Snapshot {
                     .map(move |e| e.under(&format!("secrets[{i}].source")))
             })
             .collect();
-        let compiled = Snapshot::compile_versions(&effective, &version, &versions, env, runtime)
+        let compiled = Snapshot::compile_versions(&effective, &version, &versions, env, runtime, earlier)
             .map_err(|e| errors.extend(e))
             .ok();
         let mut snapshot = match compiled {
