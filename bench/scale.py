@@ -6,7 +6,7 @@ as its policy source, and measures
   - ready: from start until /readyz answers 200 with N active policies;
   - RSS and peak RSS (VmRSS, VmHWM from /proc) two seconds after ready;
   - CHANGES (default 20) one-policy edits of the file (a policy appended, then removed):
-    from the write until /readyz names the new config version, and RSS after them.
+    from the write until /readyz names the new config version, and RSS 3 s after them.
 
 Usage: bench/scale.py [BINARY]   (default target/release/portcullis)
 Environment: POLICIES=10000,100000 CHANGES=20 KEEP=1 (keep the work directory).
@@ -128,6 +128,8 @@ def run(binary, n, changes, work):
             if r["policies_active"] != expect:
                 sys.exit(f"after change {c}: {r['policies_active']} active, expected {expect}")
             time.sleep(0.2)
+        # Steady again: the previous snapshots released, freed memory handed back.
+        time.sleep(3)
         after = status(proc.pid)
         return {
             "policies": n,

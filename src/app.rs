@@ -77,8 +77,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         Some(_) => (PolicySource::Store, Origin::StoreUnread),
         None => (PolicySource::File, Origin::File),
     };
-    let snapshot = Snapshot::build(&loaded.config, &loaded.version, origin, &env, &secrets, None)
-        .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
+    let snapshot = Snapshot::build(
+        &loaded.config,
+        &loaded.version,
+        origin,
+        &env,
+        &secrets,
+        None,
+    )
+    .map_err(|e| ServeError::InvalidConfig(loaded.place(e)))?;
     // Settings only: the policies are held by the live snapshot's inputs, once.
     let config = loaded.config.settings();
     let telemetry = Telemetry::start(&config.telemetry).map_err(anyhow::Error::msg)?;

@@ -262,6 +262,16 @@ impl Partial {
 }
 
 fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigErrors> {
+    parse_partial_as(text, file, true)
+}
+
+/// [`parse_partial`]; with `may_split` false the file is always parsed whole (the tests
+/// compare the two).
+fn parse_partial_as(
+    text: &str,
+    file: Option<&Path>,
+    may_split: bool,
+) -> Result<Partial, ConfigErrors> {
     let syntax_error = |message: String, line: Option<usize>, column: Option<usize>| {
         ConfigErrors(vec![ConfigError {
             file: file.map(Path::to_path_buf),
@@ -273,15 +283,27 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
             message: format!("invalid YAML: {message}"),
         }])
     };
-    let document: Value = serde_norway::from_str(text).map_err(|e| {
-        let location = e.location();
-        syntax_error(
-            e.to_string(),
-            location.as_ref().map(|l| l.line()),
-            location.as_ref().map(|l| l.column()),
-        )
-    })?;
-    let policy_names = names_in(&document, "policies");
+    // A long policy list is parsed in pieces on every core (`split`); any doubt, and the
+    // file is parsed whole.
+    let split = may_split.then(|| split::policies(text)).flatten();
+    let (document, mut pieces) = match split.as_ref().and_then(parse_split) {
+        Some((document, parsed)) => (document, Some(parsed)),
+        None => {
+            let document: Value = serde_norway::from_str(text).map_err(|e| {
+                let location = e.location();
+                syntax_error(
+                    e.to_string(),
+                    location.as_ref().map(|l| l.line()),
+                    location.as_ref().map(|l| l.column()),
+                )
+            })?;
+            (document, None)
+        }
+    };
+    let policy_names = match &pieces {
+        Some(parsed) => parsed.iter().map(|(name, _)| name.clone()).collect(),
+        None => names_in(&document, "policies"),
+    };
     let secret_names = names_in(&document, "secrets");
     let mut errors: Vec<FieldError> = Vec::new();
     let mut config = Config::default();
@@ -395,9 +417,14 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
                 })
             }
             "policies" => {
-                config.policies = lists.parse("policies", value, &mut errors, |v| {
-                    super::every_error::deserialize_every_error::<PolicyConfig>(v, validate_policy)
-                })
+                config.policies = match pieces.take() {
+                    Some(parsed) => lists.collect(
+                        "policies",
+                        parsed.into_iter().map(|(_, policy)| policy),
+                        &mut errors,
+                    ),
+                    None => lists.parse("policies", value, &mut errors, parse_policy),
+                }
             }
             "transforms" => {
                 config.transforms =
@@ -443,6 +470,70 @@ fn parse_partial(text: &str, file: Option<&Path>) -> Result<Partial, ConfigError
         section_failed,
         kept: lists.kept,
     })
+}
+
+fn parse_policy(value: Value) -> Result<PolicyConfig, Vec<FieldError>> {
+    super::every_error::deserialize_every_error::<PolicyConfig>(value, validate_policy)
+}
+
+/// A policy as parsed from its list item, with the name the item gives (for errors).
+type ParsedPolicy = (Option<String>, Result<PolicyConfig, Vec<FieldError>>);
+
+/// Parses a split file: the rest of the file, and each piece of the policy list on its own
+/// thread, its items parsed as they come. `None` when any piece does not parse on its own,
+/// or the rest does not leave `policies:` as the empty key the cut left: then the whole
+/// file is parsed instead.
+fn parse_split(split: &split::Split<'_>) -> Option<(Value, Vec<ParsedPolicy>)> {
+    let document: Value = serde_norway::from_str(&split.rest).ok()?;
+    if !matches!(document.get("policies"), Some(Value::Null)) {
+        return None;
+    }
+    let parse_piece = |piece: &str| -> Option<Vec<ParsedPolicy>> {
+        let Value::Sequence(items) = serde_norway::from_str::<Value>(piece).ok()? else {
+            return None;
+        };
+        Some(
+            items
+                .into_iter()
+                .map(|item| {
+                    let name = item.get("name").and_then(Value::as_str).map(str::to_owned);
+                    (name, parse_policy(item))
+                })
+                .collect(),
+        )
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(split.pieces.len());
+    let mut parsed: Vec<(usize, Option<Vec<ParsedPolicy>>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(piece) = split.pieces.get(n) else {
+                            return done;
+                        };
+                        done.push((n, parse_piece(piece)));
+                    }
+                })
+            })
+            .collect();
+        (handles.into_iter())
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    if parsed.len() != split.pieces.len() {
+        return None;
+    }
+    parsed.sort_unstable_by_key(|(n, _)| *n);
+    let mut policies = Vec::new();
+    for (_, piece) in parsed {
+        policies.extend(piece?);
+    }
+    Some((document, policies))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -493,6 +584,34 @@ struct Lists {
 }
 
 impl Lists {
+    /// Keeps every entry of the list `key` that parsed, and an error for each that did
+    /// not.
+    fn collect<T>(
+        &mut self,
+        key: &'static str,
+        entries: impl Iterator<Item = Result<T, Vec<FieldError>>>,
+        errors: &mut Vec<FieldError>,
+    ) -> Vec<T> {
+        let before = errors.len();
+        let mut parsed = Vec::new();
+        let mut indexes = Vec::new();
+        for (i, entry) in entries.enumerate() {
+            match entry {
+                Ok(v) => {
+                    parsed.push(v);
+                    indexes.push(i);
+                }
+                Err(problems) => {
+                    let prefix = format!("{key}[{i}]");
+                    errors.extend(problems.into_iter().map(|e| e.under(&prefix)));
+                }
+            }
+        }
+        self.kept.push((key, indexes));
+        self.errors += errors.len() - before;
+        parsed
+    }
+
     /// Parses the list `key`, keeping every entry that parses and an error for each that
     /// does not.
     fn parse<T>(
@@ -502,35 +621,23 @@ impl Lists {
         errors: &mut Vec<FieldError>,
         parse: impl Fn(Value) -> Result<T, Vec<FieldError>>,
     ) -> Vec<T> {
-        let before = errors.len();
-        let mut parsed = Vec::new();
-        let mut indexes = Vec::new();
         match value {
-            Value::Null => {}
-            Value::Sequence(items) => {
-                for (i, item) in items.into_iter().enumerate() {
-                    match parse(item) {
-                        Ok(v) => {
-                            parsed.push(v);
-                            indexes.push(i);
-                        }
-                        Err(problems) => {
-                            let prefix = format!("{key}[{i}]");
-                            errors.extend(problems.into_iter().map(|e| e.under(&prefix)));
-                        }
-                    }
-                }
+            Value::Null => self.collect(key, std::iter::empty(), errors),
+            Value::Sequence(items) => self.collect(key, items.into_iter().map(parse), errors),
+            other => {
+                errors.push(FieldError::new(
+                    key,
+                    format!("expected a list, found {}", kind_of(&other)),
+                ));
+                self.errors += 1;
+                self.kept.push((key, Vec::new()));
+                Vec::new()
             }
-            other => errors.push(FieldError::new(
-                key,
-                format!("expected a list, found {}", kind_of(&other)),
-            )),
         }
-        self.kept.push((key, indexes));
-        self.errors += errors.len() - before;
-        parsed
     }
 }
+
+mod split;
 
 #[cfg(test)]
 mod tests;

@@ -23,8 +23,8 @@ pub use model::{
     lint_policy, validate_policy,
 };
 pub use set::{
-    CompiledGrant, CompiledPolicy, DefinitionDigest, NeedsMore, PolicyId, PolicyMatch, PolicySet, RuleRef,
-    Verdict,
+    CompiledGrant, CompiledPolicy, DefinitionDigest, NeedsMore, PolicyId, PolicyMatch, PolicySet,
+    RuleRef, Verdict,
 };
 
 #[cfg(test)]

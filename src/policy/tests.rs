@@ -1142,7 +1142,8 @@ fn a_recompile_does_not_take_a_policy_compiled_from_another_definition() {
     assert!(!Arc::ptr_eq(&reused.policies()[0], &earlier.policies()[0]));
     assert_eq!(reused.policies()[0].action, before[0].action);
     assert!(Arc::ptr_eq(&reused.policies()[1], &earlier.policies()[1]));
-    let moved = PolicySet::compile_reusing(&stand_in, &[8; 64], DefaultAction::Deny, Some(&earlier));
+    let moved =
+        PolicySet::compile_reusing(&stand_in, &[8; 64], DefaultAction::Deny, Some(&earlier));
     assert!(!Arc::ptr_eq(&moved.policies()[1], &earlier.policies()[1]));
     assert_eq!(moved.policies()[1].version, Some(8));
 }

@@ -186,9 +186,10 @@ impl Snapshot {
                     .map(move |e| e.under(&format!("secrets[{i}].source")))
             })
             .collect();
-        let compiled = Snapshot::compile_versions(&effective, &version, &versions, env, runtime, earlier)
-            .map_err(|e| errors.extend(e))
-            .ok();
+        let compiled =
+            Snapshot::compile_versions(&effective, &version, &versions, env, runtime, earlier)
+                .map_err(|e| errors.extend(e))
+                .ok();
         let mut snapshot = match compiled {
             Some(snapshot) if errors.is_empty() => snapshot,
             _ => {

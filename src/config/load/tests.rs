@@ -268,3 +268,105 @@ fn a_partial_parse_keeps_what_parsed_and_places_later_errors_in_the_file() {
     let broken = parse_partial("dlp: 3\npolicies: []\n", None).unwrap();
     assert!(broken.section_failed);
 }
+
+/// A long policy list parsed in pieces (`split`) reads exactly as the whole file does:
+/// the same policies, the same errors at the same paths, the same names for them.
+#[test]
+fn a_list_parsed_in_pieces_reads_as_the_whole_file() {
+    let mut text = String::from(
+        "# a fleet\ngateway:\n  tags: [env:prod]\nsecrets: []\npolicies:  # tenants\n",
+    );
+    for i in 0..3_000 {
+        let item = match i % 7 {
+            0 => format!(
+                "  - name: \"t{i}\"\n    match_tags: [tenant:t{i}]\n    action: allow\n    rules:\n      - host: api{i}.example.com\n        paths: ['/v1/{i}/*', \"/v2/x y\"]\n        methods: [GET, POST]\n"
+            ),
+            1 => format!(
+                "  - name: t{i}\n    description: |\n      line one\n        - not an item\n      # not a comment\n    action: deny\n    message: >\n      folded\n      text\n    rules: [{{host: \"*.t{i}.example\"}}]\n\n  # a comment between items\n"
+            ),
+            2 => format!(
+                "  -   name: t{i}\n      priority: {i}\n      action: flag\n      rules:\n      - host: 10.{}.0.0/16\n",
+                i % 250
+            ),
+            3 => format!(
+                "  - {{name: t{i}, action: allow, rules: [{{host: 'q{i}.example:8443'}}]}}\n"
+            ),
+            // Errors: an unknown field, a bad method, a missing action.
+            4 => format!(
+                "  - name: t{i}\n    action: allow\n    colour: red\n    rules: [{{host: b{i}.example, methods: [FETCH]}}]\n"
+            ),
+            5 => format!("  - name: t{i}\n    rules: [{{host: c{i}.example}}]\n"),
+            _ => format!(
+                "  - name: t{i}\n    warn: true\n    status: disabled\n    action: allow\n    rules:\n      - host: \"d{i}.example\"\n        headers: [{{name: x-tenant, equals: \"t{i}\"}}]\n"
+            ),
+        };
+        text.push_str(&item);
+    }
+    text.push_str("default_action: deny\nidentities: []\n");
+    let split = split::policies(&text).expect("the file is cut");
+    assert!(parse_split(&split).is_some(), "the pieces parse");
+    let pieces = parse_partial_as(&text, None, true).unwrap();
+    let whole = parse_partial_as(&text, None, false).unwrap();
+    assert!(pieces.loaded.config.policies.len() > 1_500);
+    assert_eq!(pieces.loaded.config.policies, whole.loaded.config.policies);
+    assert_eq!(pieces.errors, whole.errors);
+    assert!(!pieces.errors.is_empty());
+    assert_eq!(pieces.kept, whole.kept);
+    assert_eq!(pieces.loaded.policy_names, whole.loaded.policy_names);
+    assert_eq!(pieces.section_failed, whole.section_failed);
+    assert_eq!(pieces.loaded.version, whole.loaded.version);
+    assert_eq!(
+        pieces.loaded.config.gateway.tags,
+        whole.loaded.config.gateway.tags
+    );
+    assert_eq!(
+        pieces.loaded.config.default_action,
+        whole.loaded.config.default_action
+    );
+    // Placed in the file at the same lines.
+    assert_eq!(
+        pieces.loaded.place_in_order(pieces.errors.clone()),
+        whole.loaded.place_in_order(whole.errors.clone())
+    );
+}
+
+/// Where a piece cannot be read on its own, or the `policies:` line was inside a string,
+/// the whole file is parsed: the answer is the whole file's.
+#[test]
+fn a_file_the_pieces_would_misread_is_parsed_whole() {
+    let item = |i: usize| {
+        format!("  - name: t{i}\n    action: allow\n    rules: [{{host: a{i}.example}}]\n")
+    };
+    let items: String = (0..3_000).map(item).collect();
+    // An alias in the list to an anchor in another section.
+    let alias = format!(
+        "gateway:\n  tags: &tags [env:x]\npolicies:\n{items}  - name: last\n    match_tags: *tags\n    action: allow\n    rules: [{{host: z.example}}]\n"
+    );
+    // `policies:` inside a quoted string that runs over several lines.
+    let quoted = format!(
+        "gateway:\n  tags: [\"a\n{}\"]\n",
+        format_args!("policies:\n{items}")
+    );
+    // A string in the list that runs onto a line at the items' indent.
+    let broken = format!(
+        "policies:\n{}  - name: \"open\n  - name: x\"\n    action: allow\n    rules: [{{host: q.example}}]\n{}",
+        &items[..items.len() / 2],
+        &items[items.len() / 2..]
+    );
+    for text in [alias, quoted, broken] {
+        let whole = parse_partial_as(&text, None, false);
+        let pieces = parse_partial_as(&text, None, true);
+        match (whole, pieces) {
+            (Ok(whole), Ok(pieces)) => {
+                assert_eq!(pieces.loaded.config.policies, whole.loaded.config.policies);
+                assert_eq!(pieces.errors, whole.errors);
+                assert_eq!(
+                    pieces.loaded.config.gateway.tags,
+                    whole.loaded.config.gateway.tags
+                );
+            }
+            (Err(whole), Err(pieces)) => assert_eq!(pieces, whole),
+            (whole, pieces) => panic!("whole {whole:?}\npieces {pieces:?}"),
+        }
+    }
+}
