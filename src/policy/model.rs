@@ -57,6 +57,12 @@ pub struct PolicyConfig {
     pub grant: Option<Grant>,
 }
 
+impl AsRef<PolicyConfig> for PolicyConfig {
+    fn as_ref(&self) -> &PolicyConfig {
+        self
+    }
+}
+
 /// What a `gated` policy does with a request its condition does not allow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

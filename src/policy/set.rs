@@ -290,8 +290,8 @@ impl PolicySet {
     /// are unchanged from `earlier` as it was compiled there (any earlier set: what is
     /// taken is matched by its definition's digest): a change to one of 100,000 policies
     /// compiles one. Only the index over all rules is built anew.
-    pub fn compile_reusing(
-        configs: &[PolicyConfig],
+    pub fn compile_reusing<P: AsRef<PolicyConfig>>(
+        configs: &[P],
         versions: &[i64],
         default_action: DefaultAction,
         earlier: Option<&PolicySet>,
@@ -302,6 +302,7 @@ impl PolicySet {
             .iter()
             .enumerate()
             .map(|(i, config)| {
+                let config = config.as_ref();
                 let version = versions.get(i).copied();
                 let digest = DefinitionDigest::of(config);
                 if let Some(compiled) = (earlier.as_ref())

@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigErrors, LoadedConfig, load_file, parse_str};
 use crate::dlp::Scanner;
 use crate::identity::admin::AdminAuth;
 use crate::identity::{IdentityConfig, IdentityResolver, TokenSource};
-use crate::policy::PolicySet;
+use crate::policy::{PolicyConfig, PolicySet};
 use crate::store::Contents;
 use crate::transforms::Pipeline;
 use crate::vocab::{FieldError, duplicate_names};
@@ -40,7 +40,15 @@ impl Snapshot {
         earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         match origin {
-            Origin::File => Snapshot::compile_versions(config, version, &[], env, runtime, earlier),
+            Origin::File => Snapshot::compile_versions(
+                config,
+                &config.policies,
+                version,
+                &[],
+                env,
+                runtime,
+                earlier,
+            ),
             Origin::Store(contents) => {
                 Snapshot::compile_with_store(config, version, contents, env, runtime, earlier)
             }
@@ -55,11 +63,14 @@ impl Snapshot {
         env: &dyn Fn(&str) -> Option<String>,
         runtime: &Runtime,
     ) -> Result<Snapshot, Vec<FieldError>> {
-        Snapshot::compile_versions(config, version, &[], env, runtime, None)
+        Snapshot::compile_versions(config, &config.policies, version, &[], env, runtime, None)
     }
 
-    fn compile_versions(
+    /// Compiles `config`'s settings with `policies`: the file's own, or the definitions of
+    /// store contents where they are (not copied: at 100,000 a copy is 100 MB).
+    fn compile_versions<P: AsRef<PolicyConfig>>(
         config: &Config,
+        policies: &[P],
         version: &str,
         policy_versions: &[i64],
         env: &dyn Fn(&str) -> Option<String>,
@@ -69,7 +80,7 @@ impl Snapshot {
         let mut errors = duplicate_names(
             "policies",
             "policy",
-            config.policies.iter().map(|p| p.name.as_str()),
+            policies.iter().map(|p| p.as_ref().name.as_str()),
         );
         if config.audit.sink == crate::config::AuditSinkKind::File && config.audit.path.is_none() {
             errors.push(FieldError::new("audit.path", "`sink: file` needs a `path`"));
@@ -95,9 +106,9 @@ impl Snapshot {
             .map_err(|e| errors.extend(e.into_iter().map(|e| e.under("dlp"))))
             .ok();
         if let Some(scanner) = &scanner {
-            for (p, policy) in config.policies.iter().enumerate() {
+            for (p, policy) in policies.iter().enumerate() {
                 errors.extend(
-                    unknown_detectors(policy, scanner)
+                    unknown_detectors(policy.as_ref(), scanner)
                         .into_iter()
                         .map(|e| e.under(&format!("policies[{p}]"))),
                 );
@@ -108,7 +119,7 @@ impl Snapshot {
                 Ok(Snapshot {
                     version: Arc::from(version),
                     policies: PolicySet::compile_reusing(
-                        &config.policies,
+                        policies,
                         policy_versions,
                         config.default_action,
                         earlier,
@@ -147,11 +158,6 @@ impl Snapshot {
         earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut effective = config.clone();
-        effective.policies = contents
-            .policies
-            .iter()
-            .map(|p| p.definition.clone())
-            .collect();
         effective.secrets = contents
             .secrets
             .iter()
@@ -186,16 +192,23 @@ impl Snapshot {
                     .map(move |e| e.under(&format!("secrets[{i}].source")))
             })
             .collect();
-        let compiled =
-            Snapshot::compile_versions(&effective, &version, &versions, env, runtime, earlier)
-                .map_err(|e| errors.extend(e))
-                .ok();
+        let compiled = Snapshot::compile_versions(
+            &effective,
+            &contents.policies,
+            &version,
+            &versions,
+            env,
+            runtime,
+            earlier,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
         let mut snapshot = match compiled {
             Some(snapshot) if errors.is_empty() => snapshot,
             _ => {
                 return Err(errors
                     .into_iter()
-                    .map(|e| name_stored(e, &effective, file_identities))
+                    .map(|e| name_stored(e, &effective, contents, file_identities))
                     .collect());
             }
         };
@@ -273,14 +286,19 @@ pub fn unknown_detectors(
 }
 
 /// Rewrites an error in a store-read definition from its list index to its name.
-fn name_stored(error: FieldError, config: &Config, file_identities: usize) -> FieldError {
+fn name_stored(
+    error: FieldError,
+    config: &Config,
+    contents: &Contents,
+    file_identities: usize,
+) -> FieldError {
     let rename = |section: &str, name_of: &dyn Fn(usize) -> Option<String>| {
         let rest = error.path.strip_prefix(section)?.strip_prefix('[')?;
         let (index, tail) = rest.split_once(']')?;
         let name = name_of(index.parse().ok()?)?;
         Some(format!("{section}[{name:?}]{tail}"))
     };
-    let policy = |i: usize| config.policies.get(i).map(|p| p.name.clone());
+    let policy = |i: usize| contents.policies.get(i).map(|p| p.definition.name.clone());
     let secret = |i: usize| config.secrets.get(i).map(|s| s.name.clone());
     let token = |i: usize| {
         i.checked_sub(file_identities)

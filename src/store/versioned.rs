@@ -114,6 +114,12 @@ pub struct Stored<T> {
     pub updated_at: String,
 }
 
+impl AsRef<crate::policy::PolicyConfig> for Stored<crate::policy::PolicyConfig> {
+    fn as_ref(&self) -> &crate::policy::PolicyConfig {
+        &self.definition
+    }
+}
+
 /// What a version did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -343,7 +343,8 @@ fn filler(i: usize) -> Value {
            "rules": [
                {"host": format!("api-{i}.svc{}.example.com", i % 20), "paths": ["/v1/*"], "methods": ["GET", "POST"]},
                {"host": format!("*.h{i}.example.net")},
-               {"host": format!("10.{}.{}.0/24", i / 250, i % 250), "paths": ["/internal/*"]}]})
+               // Distinct /24s up to 62,500 fillers, then the same ones again.
+               {"host": format!("10.{}.{}.0/24", i / 250 % 250, i % 250), "paths": ["/internal/*"]}]})
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
