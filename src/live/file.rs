@@ -135,11 +135,10 @@ impl Reloader {
             }
             Err(errors) => return reject(&metrics, &errors, &live),
         };
-        let loaded = match loaded {
+        let mut loaded = match loaded {
             Ok(loaded) => loaded,
             Err(errors) => return reject(&metrics, &errors, &live),
         };
-        let mut loaded = loaded;
         let config = std::sync::Arc::new(std::mem::take(&mut loaded.config));
         match self.live.apply_config(config, loaded.version.clone()).await {
             Ok(snapshot) => {

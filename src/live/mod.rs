@@ -104,20 +104,12 @@ fn release_freed_memory_soon() {
     }
 }
 
-/// `config` without its policies, taken apart without a copy when no compile holds it.
+/// `config` without its policies: taken apart without a copy, as no compile holds it by
+/// the time it is kept.
 fn without_policies(config: Arc<Config>) -> Arc<Config> {
-    match Arc::try_unwrap(config) {
-        Ok(mut config) => {
-            config.policies = Vec::new();
-            Arc::new(config)
-        }
-        Err(shared) => {
-            let mut kept = shared.settings();
-            kept.identities = shared.identities.clone();
-            kept.secrets = shared.secrets.clone();
-            Arc::new(kept)
-        }
-    }
+    let mut config = Arc::unwrap_or_clone(config);
+    config.policies = Vec::new();
+    Arc::new(config)
 }
 
 fn env(name: &str) -> Option<String> {
@@ -156,7 +148,8 @@ impl Live {
         self.faults.lock().expect("not poisoned").clone()
     }
 
-    /// The config file the live snapshot was compiled from.
+    /// The settings of the config file the live snapshot was compiled from (its policies
+    /// are held only compiled).
     pub async fn config(&self) -> Arc<Config> {
         self.inputs.lock().await.config.clone()
     }

@@ -36,8 +36,8 @@ pub struct Split<'a> {
 /// Cuts `text`'s top-level `policies:` block sequence into pieces, or `None` when the file
 /// is not one this can cut without a doubt (see the module documentation).
 pub fn policies(text: &str) -> Option<Split<'_>> {
-    // Byte offsets of each line's start.
-    let mut key_line: Option<(usize, usize)> = None; // (start, end incl. newline)
+    // Where the `policies:` line starts, and where the line after it does.
+    let mut key_line: Option<(usize, usize)> = None;
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let bytes = line.as_bytes();
@@ -82,8 +82,6 @@ pub fn policies(text: &str) -> Option<Split<'_>> {
             if this_indent == 0 && !is_item {
                 break;
             }
-            return None;
-        } else if item_starts.is_empty() {
             return None;
         }
         offset += line.len();
@@ -169,34 +167,17 @@ mod tests {
     #[test]
     fn small_lists_and_unusual_files_are_left_whole() {
         assert!(policies(&file(100, plain)).is_none());
+        // Plain items, with `line` in place of the eighth.
+        let eighth =
+            |line: &'static str| move |i: usize| if i == 7 { line.to_owned() } else { plain(i) };
         let doubtful: [(&str, &dyn Fn(usize) -> String); 5] = [
             ("anchor", &|i| {
                 format!("  - &p{i}\n    name: p{i}\n    action: allow\n    rules: []\n")
             }),
-            ("less indented line", &|i| {
-                if i == 7 {
-                    " bad: 1\n".to_owned()
-                } else {
-                    plain(i)
-                }
-            }),
-            ("a key at the items' indent", &|i| {
-                if i == 7 {
-                    "  bad: 1\n".to_owned()
-                } else {
-                    plain(i)
-                }
-            }),
-            ("tab", &|i| {
-                if i == 7 {
-                    "\t- name: x\n".to_owned()
-                } else {
-                    plain(i)
-                }
-            }),
-            ("document marker", &|i| {
-                if i == 7 { "---\n".to_owned() } else { plain(i) }
-            }),
+            ("less indented line", &eighth(" bad: 1\n")),
+            ("a key at the items' indent", &eighth("  bad: 1\n")),
+            ("tab", &eighth("\t- name: x\n")),
+            ("document marker", &eighth("---\n")),
         ];
         for (what, item) in doubtful {
             assert!(policies(&file(3000, item)).is_none(), "{what}");
