@@ -563,7 +563,7 @@ async fn reorder(
     check_edit::<PolicyConfig>(&control, None, move |list| {
         for (name, _, priority) in edits {
             if let Some(stored) = list.iter_mut().find(|s| s.definition.name == name) {
-                stored.definition.priority = priority;
+                std::sync::Arc::make_mut(&mut stored.definition).priority = priority;
             }
         }
     })
@@ -593,7 +593,7 @@ async fn check<T: Definition>(control: &Control, definition: T) -> Result<(), Ap
     check_edit::<T>(control, Some(&written), move |list| {
         let stored = Stored {
             version: 0,
-            definition,
+            definition: std::sync::Arc::new(definition),
             updated_at: String::new(),
         };
         match list.iter_mut().find(|s| s.definition.name() == name) {

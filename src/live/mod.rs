@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::config::Config;
 use crate::policy::{DefaultAction, PolicyConfig};
 use crate::snapshot::{Origin, Runtime, Snapshot};
-use crate::store::{Contents, Fault, Store};
+use crate::store::{Changes, Contents, Fault, Store};
 use crate::vocab::FieldError;
 
 /// What every stream shares: the live snapshot, the audit sink, the metrics.
@@ -206,19 +206,67 @@ impl Live {
     /// compiled again. Only an error no stored object explains refuses the whole change.
     async fn apply_store(
         &self,
-        contents: Contents,
+        mut contents: Contents,
         restored: bool,
     ) -> Result<Arc<Snapshot>, ChangeRefused> {
-        let contents = Arc::new(contents);
         let mut inputs = self.inputs.lock().await;
-        // Two readers (the sync task and a write through the API) may race; an older read
-        // never replaces a newer one — unless the store itself went back.
-        if let Some(current) = &inputs.contents
-            && current.revision >= contents.revision
-            && !restored
-        {
-            return Ok(self.snapshot());
+        if let Some(current) = &inputs.contents {
+            // Two readers (the sync task and a write through the API) may race; an older
+            // read never replaces a newer one — unless the store itself went back.
+            if current.revision > contents.revision && !restored {
+                return Ok(self.snapshot());
+            }
+            // At the same revision a whole read differs only after a write that did not
+            // stamp its rows, which reading what changed could not see.
+            let same = contents.share_unchanged(current);
+            if same && current.revision == contents.revision {
+                return Ok(self.snapshot());
+            }
         }
+        self.compile_contents(&mut inputs, Arc::new(contents)).await
+    }
+
+    /// The store revision of the contents held, from which changes can be read.
+    pub async fn contents_revision(&self) -> Option<i64> {
+        let inputs = self.inputs.lock().await;
+        inputs.contents.as_ref().map(|c| c.revision)
+    }
+
+    /// What changed in the store since the contents held: applied to them, compiled and
+    /// published — at 100,000 policies a change reads one row, not all. `None` when the
+    /// held contents cannot take them (none read yet, or older than what the changes
+    /// start from) or do not tally with the store after them (a write stamped nothing):
+    /// read the store whole.
+    pub async fn apply_changes(
+        &self,
+        changes: Changes,
+    ) -> Option<Result<Arc<Snapshot>, ChangeRefused>> {
+        let mut inputs = self.inputs.lock().await;
+        let held = inputs.contents.as_ref()?;
+        if held.revision < changes.since {
+            return None;
+        }
+        // A racing reader got there first.
+        if held.revision >= changes.revision {
+            return Some(Ok(self.snapshot()));
+        }
+        let mut contents = Contents::clone(held);
+        if !contents.apply(changes) {
+            tracing::info!(
+                "the store's rows do not tally with the changes read (a write that stamped \
+                 nothing); reading it whole"
+            );
+            return None;
+        }
+        Some(self.compile_contents(&mut inputs, Arc::new(contents)).await)
+    }
+
+    /// Compiles store `contents` with the config held, keeps them and publishes.
+    async fn compile_contents(
+        &self,
+        inputs: &mut Inputs,
+        contents: Arc<Contents>,
+    ) -> Result<Arc<Snapshot>, ChangeRefused> {
         let (snapshot, compiled) = self
             .compile_isolated(
                 inputs.config.clone(),
@@ -326,7 +374,7 @@ impl Live {
                 contents
                     .policies
                     .iter()
-                    .map(|p| p.definition.clone())
+                    .map(|p| (*p.definition).clone())
                     .collect(),
                 contents.policies.iter().map(|p| p.version).collect(),
                 default,
@@ -340,12 +388,14 @@ impl Live {
     /// instance decides its next request; when the store does not answer, the sync task is
     /// asked to read it as soon as it does. Returns the live store revision.
     pub async fn refresh_from(&self, store: &Store) -> Option<i64> {
-        match store.contents().await {
-            Ok(contents) => {
-                if let Err(ChangeRefused(errors)) = self.apply_contents(contents).await {
-                    tracing::error!(errors = ?errors, "the store's contents do not compile after a change");
-                }
+        match store::catch_up(self, store, false).await {
+            Ok(store::Caught {
+                applied: Err(ChangeRefused(errors)),
+                ..
+            }) => {
+                tracing::error!(errors = ?errors, "the store's contents do not compile after a change");
             }
+            Ok(_) => {}
             // The change is stored; the sync task picks it up once the store answers.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot re-read the store after a change");

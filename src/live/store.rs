@@ -98,7 +98,7 @@ fn set_aside_faulty(
             outcome: Fault::outcome(stand_in.is_some()),
         });
         if let Some(definition) = stand_in {
-            stored.definition = definition;
+            stored.definition = Arc::new(definition);
             kept.push(stored);
         }
     }
@@ -148,9 +148,12 @@ const RETRY_START: Duration = Duration::from_millis(200);
 /// refused — is noticed within two of these in every state, right after a recovery too.
 pub const LIVENESS: Duration = Duration::from_secs(5);
 
-/// Keeps the live snapshot in step with the store: reads it when the change feed says so,
-/// when this instance wrote to it, and every `resync` (when its revision moved). While the
-/// store is unreachable the last snapshot stays live; reads are retried with backoff.
+/// Keeps the live snapshot in step with the store: reads what changed when the change
+/// feed says so, when this instance wrote to it, and when the feed reconnects; and every
+/// `resync` reads it whole when its revision moved since the last whole read — a writer
+/// that does not stamp the rows it changes (an older version in a rolling upgrade, a
+/// hand-written SQL fix) is followed within one resync. While the store is unreachable the
+/// last snapshot stays live; reads are retried with backoff.
 pub async fn sync(
     live: Arc<Live>,
     store: Store,
@@ -164,9 +167,11 @@ pub async fn sync(
     let mut liveness = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Option<(Instant, Duration)> = Some((Instant::now(), RETRY_START));
+    // The revision last read whole.
+    let mut whole_at: Option<i64> = None;
     loop {
         let retry_at = retry.map(|(at, _)| at);
-        let full = tokio::select! {
+        let (full, read) = tokio::select! {
             signal = feed.recv() => {
                 let Some(mut signal) = signal else { return };
                 // A burst of signals is one reload; the last one says where the feed is.
@@ -177,7 +182,9 @@ pub async fn sync(
                     };
                 }
                 match signal {
-                    Signal::Changed | Signal::Connected => true,
+                    Signal::Changed => (true, Read::Changes),
+                    // Changes made while the feed was away were never announced.
+                    Signal::Connected => (true, Read::Whole { unless_at: None }),
                     Signal::Lost(why) => {
                         live.shared.metrics.set_store_up(false);
                         tracing::warn!(store = %store.display_url(), error = %why, revision = ?live.revision(),
@@ -186,15 +193,18 @@ pub async fn sync(
                     }
                 }
             },
-            _ = live.kick.notified() => true,
-            _ = timer.tick() => false,
+            _ = live.kick.notified() => (true, Read::Changes),
+            _ = timer.tick() => (false, Read::Whole { unless_at: whole_at }),
             // Reading the revision is the pool's heartbeat.
-            _ = liveness.tick() => false,
-            _ = sleep_until(retry_at) => true,
+            _ = liveness.tick() => (false, Read::Changes),
+            _ = sleep_until(retry_at) => (true, Read::Changes),
             _ = shutdown.changed() => return,
         };
-        match reload(&live, &store, full).await {
-            Ok(()) => retry = None,
+        match reload(&live, &store, full, read).await {
+            Ok(read_whole) => {
+                retry = None;
+                whole_at = read_whole.or(whole_at);
+            }
             Err(why) => {
                 live.shared.metrics.set_store_up(false);
                 let wait = retry.map_or(RETRY_START, |(_, wait)| (wait * 2).min(resync));
@@ -206,6 +216,15 @@ pub async fn sync(
             }
         }
     }
+}
+
+/// How much of the store a reload reads.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// The rows changed since the contents held (everything when none are held).
+    Changes,
+    /// Everything, unless the store is still at the revision last read whole.
+    Whole { unless_at: Option<i64> },
 }
 
 /// A read of the store, bounded by [`LIVENESS`]. One that does not answer in time went
@@ -230,18 +249,35 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Reads the store and publishes a new snapshot when its revision moved (or, with `full`,
-/// whenever the snapshot was never read). A store definition that does not compile here
-/// is logged and the last good snapshot stays.
-async fn reload(live: &Live, store: &Store, full: bool) -> Result<(), String> {
-    // Read before the store: a revision published since can only be higher than this.
-    let previous = live.revision();
-    let revision = answered(store, store.revision()).await?;
-    live.shared.metrics.set_store_up(true);
-    if previous == Some(revision) && !(full && live.snapshot().unavailable.is_some()) {
-        return Ok(());
+/// What [`catch_up`] did.
+pub(super) struct Caught {
+    pub applied: Result<Arc<Snapshot>, ChangeRefused>,
+    /// The store revision read.
+    pub revision: i64,
+    /// The changed rows read, or `None` for a whole read.
+    pub changed_rows: Option<usize>,
+}
+
+/// Brings the live snapshot to the store's current revision: with the rows changed since
+/// the contents held when it can, reading the store whole when `whole` says so, when none
+/// are held, or when the store went back (restored from a backup).
+pub(super) async fn catch_up(live: &Live, store: &Store, whole: bool) -> Result<Caught, String> {
+    if !whole && let Some(since) = live.contents_revision().await {
+        let changes = answered(store, store.changes_since(since)).await?;
+        let revision = changes.revision;
+        let changed_rows = changes.policies.len() + changes.secrets.len();
+        // A lower revision: the store went back.
+        if revision >= since
+            && let Some(applied) = live.apply_changes(changes).await
+        {
+            return Ok(Caught {
+                applied,
+                revision,
+                changed_rows: Some(changed_rows),
+            });
+        }
     }
-    let started = Instant::now();
+    let previous = live.revision();
     let contents = answered(store, store.contents()).await?;
     let revision = contents.revision;
     // A live store's revision only grows: lower means it was restored (or replaced), and
@@ -256,7 +292,33 @@ async fn reload(live: &Live, store: &Store, full: bool) -> Result<(), String> {
     } else {
         live.apply_contents(contents).await
     };
-    match applied {
+    Ok(Caught {
+        applied,
+        revision,
+        changed_rows: None,
+    })
+}
+
+/// Reads the store and publishes a new snapshot when its revision moved (or, with `full`,
+/// whenever the snapshot was never read). A store definition that does not compile here
+/// is logged and the last good snapshot stays. Returns the revision when it read the
+/// store whole.
+async fn reload(live: &Live, store: &Store, full: bool, read: Read) -> Result<Option<i64>, String> {
+    // Read before the store: a revision published since can only be higher than this.
+    let previous = live.revision();
+    let revision = answered(store, store.revision()).await?;
+    live.shared.metrics.set_store_up(true);
+    let whole = match read {
+        Read::Changes => false,
+        Read::Whole { unless_at } => unless_at != Some(revision),
+    };
+    if previous == Some(revision) && !whole && !(full && live.snapshot().unavailable.is_some()) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let caught = catch_up(live, store, whole).await?;
+    let revision = caught.revision;
+    match caught.applied {
         Ok(snapshot) => {
             live.shared.metrics.record_store_sync(true, Some(revision));
             tracing::info!(
@@ -264,6 +326,8 @@ async fn reload(live: &Live, store: &Store, full: bool) -> Result<(), String> {
                 revision,
                 previous = ?previous,
                 active = snapshot.policies.active_count(),
+                read = if caught.changed_rows.is_some() { "changes" } else { "whole" },
+                changed_rows = caught.changed_rows.map(|rows| rows as u64),
                 compile_ms = started.elapsed().as_millis() as u64,
                 "policies loaded from the store"
             );
@@ -277,5 +341,5 @@ async fn reload(live: &Live, store: &Store, full: bool) -> Result<(), String> {
                 "the store's contents do not compile with this gateway's config; the last good snapshot stays live");
         }
     }
-    Ok(())
+    Ok(caught.changed_rows.is_none().then_some(revision))
 }

@@ -19,12 +19,12 @@ mod set;
 pub use facts::RequestFacts;
 pub use index::WorkloadTagIds;
 pub use model::{
-    Action, ConditionFails, Decision, DefaultAction, Grant, PolicyConfig, PolicyStatus,
-    lint_policy, validate_policy,
+    Action, ConditionFails, Decision, DefaultAction, Grant, PolicyConfig, PolicyDefinition,
+    PolicyStatus, lint_policy, validate_policy,
 };
 pub use set::{
-    CompiledGrant, CompiledPolicy, DefinitionDigest, NeedsMore, PolicyId, PolicyMatch, PolicySet,
-    RuleRef, Verdict,
+    CompiledFrom, CompiledGrant, CompiledPolicy, DefinitionDigest, NeedsMore, PolicyId,
+    PolicyMatch, PolicySet, RuleRef, Verdict,
 };
 
 #[cfg(test)]

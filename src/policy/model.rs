@@ -57,9 +57,28 @@ pub struct PolicyConfig {
     pub grant: Option<Grant>,
 }
 
-impl AsRef<PolicyConfig> for PolicyConfig {
-    fn as_ref(&self) -> &PolicyConfig {
+/// A definition to compile: a config file's, known again in a recompile by its digest,
+/// or one held shared (the store's contents), known again by identity.
+pub trait PolicyDefinition {
+    fn config(&self) -> &PolicyConfig;
+    /// The definition as held shared, when it is.
+    fn shared(&self) -> Option<&std::sync::Arc<PolicyConfig>> {
+        None
+    }
+}
+
+impl PolicyDefinition for PolicyConfig {
+    fn config(&self) -> &PolicyConfig {
         self
+    }
+}
+
+impl PolicyDefinition for std::sync::Arc<PolicyConfig> {
+    fn config(&self) -> &PolicyConfig {
+        self
+    }
+    fn shared(&self) -> Option<&std::sync::Arc<PolicyConfig>> {
+        Some(self)
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::cel::CelExpr;
 use super::index::{Indexed, Key, Next, RuleIndex, WorkloadTagIds};
 use super::model::Decision;
-use super::model::{Action, DefaultAction, PolicyConfig, PolicyStatus};
+use super::model::{Action, DefaultAction, PolicyConfig, PolicyDefinition, PolicyStatus};
 use super::rule::{Rule, RuleCompiler, Tag};
 use crate::dlp::Scanner;
 use crate::policy::RequestFacts;
@@ -17,7 +17,8 @@ pub type PolicyId = u32;
 #[derive(Debug)]
 pub struct CompiledPolicy {
     pub name: Arc<str>,
-    pub definition: Option<DefinitionDigest>,
+    /// What it was compiled from, to know it again in a recompile.
+    pub compiled_from: CompiledFrom,
     /// The store version this was compiled from; `None` for a policy from a config file.
     pub version: Option<i64>,
     pub priority: i32,
@@ -163,6 +164,36 @@ impl DefinitionDigest {
     }
 }
 
+/// What a policy was compiled from, as a recompile knows it again.
+#[derive(Debug)]
+pub enum CompiledFrom {
+    /// A config file's definition, by digest: the file's definitions are not kept.
+    Digest(DefinitionDigest),
+    /// A definition held shared (the store's contents), by identity; held here too, so
+    /// no other definition can take its address while this compile lives.
+    Shared(Arc<PolicyConfig>),
+    /// One that cannot be written as JSON: never taken for another.
+    Unknown,
+}
+
+impl CompiledFrom {
+    fn of<P: PolicyDefinition>(definition: &P) -> CompiledFrom {
+        match definition.shared() {
+            Some(shared) => CompiledFrom::Shared(Arc::clone(shared)),
+            None => DefinitionDigest::of(definition.config())
+                .map_or(CompiledFrom::Unknown, CompiledFrom::Digest),
+        }
+    }
+
+    fn same(&self, other: &CompiledFrom) -> bool {
+        match (self, other) {
+            (CompiledFrom::Digest(a), CompiledFrom::Digest(b)) => a == b,
+            (CompiledFrom::Shared(a), CompiledFrom::Shared(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// The earlier compile of each policy, by name.
 fn earlier_by_name(set: &PolicySet) -> std::collections::HashMap<&str, &Arc<CompiledPolicy>> {
     set.policies.iter().map(|p| (&*p.name, p)).collect()
@@ -288,9 +319,10 @@ impl PolicySet {
 
     /// [`PolicySet::compile_versioned`], taking each policy whose definition and version
     /// are unchanged from `earlier` as it was compiled there (any earlier set: what is
-    /// taken is matched by its definition's digest): a change to one of 100,000 policies
-    /// compiles one. Only the index over all rules is built anew.
-    pub fn compile_reusing<P: AsRef<PolicyConfig>>(
+    /// taken is matched by its definition's digest, or a shared definition by identity):
+    /// a change to one of 100,000 policies compiles one. Only the index over all rules is
+    /// built anew.
+    pub fn compile_reusing<P: PolicyDefinition>(
         configs: &[P],
         versions: &[i64],
         default_action: DefaultAction,
@@ -302,18 +334,18 @@ impl PolicySet {
             .iter()
             .enumerate()
             .map(|(i, config)| {
-                let config = config.as_ref();
+                let compiled_from = CompiledFrom::of(config);
+                let config = config.config();
                 let version = versions.get(i).copied();
-                let digest = DefinitionDigest::of(config);
                 if let Some(compiled) = (earlier.as_ref())
                     .and_then(|earlier| earlier.get(config.name.as_str()))
-                    .filter(|e| e.version == version && digest.is_some() && e.definition == digest)
+                    .filter(|e| e.version == version && e.compiled_from.same(&compiled_from))
                 {
                     return Arc::clone(compiled);
                 }
                 Arc::new(CompiledPolicy {
                     name: Arc::from(config.name.as_str()),
-                    definition: digest,
+                    compiled_from,
                     version,
                     priority: config.priority,
                     status: config.status,

@@ -1147,3 +1147,25 @@ fn a_recompile_does_not_take_a_policy_compiled_from_another_definition() {
     assert!(!Arc::ptr_eq(&moved.policies()[1], &earlier.policies()[1]));
     assert_eq!(moved.policies()[1].version, Some(8));
 }
+
+/// A definition held shared (the store's contents) is known again by identity: the same
+/// `Arc` is taken as compiled, an equal definition in another `Arc` is compiled anew, and
+/// a compile known by digest is never taken for a shared one.
+#[test]
+fn a_recompile_knows_a_shared_definition_by_identity() {
+    let configs = parse_str(FLEET, None).unwrap().config.policies;
+    let before: Vec<Arc<PolicyConfig>> = configs.iter().cloned().map(Arc::new).collect();
+    let versions = vec![1; before.len()];
+    let earlier = PolicySet::compile_reusing(&before, &versions, DefaultAction::Deny, None);
+    let mut after = before.clone();
+    after[0] = Arc::new(PolicyConfig::clone(&before[0]));
+    let reused = PolicySet::compile_reusing(&after, &versions, DefaultAction::Deny, Some(&earlier));
+    assert!(!Arc::ptr_eq(&reused.policies()[0], &earlier.policies()[0]));
+    for (i, policy) in reused.policies().iter().enumerate().skip(1) {
+        assert!(Arc::ptr_eq(policy, &earlier.policies()[i]), "policy {i}");
+    }
+    let by_digest = PolicySet::compile_versioned(&configs, &versions, DefaultAction::Deny);
+    let shared =
+        PolicySet::compile_reusing(&before, &versions, DefaultAction::Deny, Some(&by_digest));
+    assert!((shared.policies().iter().zip(by_digest.policies())).all(|(s, d)| !Arc::ptr_eq(s, d)));
+}

@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigErrors, LoadedConfig, load_file, parse_str};
 use crate::dlp::Scanner;
 use crate::identity::admin::AdminAuth;
 use crate::identity::{IdentityConfig, IdentityResolver, TokenSource};
-use crate::policy::{PolicyConfig, PolicySet};
+use crate::policy::{PolicyDefinition, PolicySet};
 use crate::store::Contents;
 use crate::transforms::Pipeline;
 use crate::vocab::{FieldError, duplicate_names};
@@ -68,7 +68,7 @@ impl Snapshot {
 
     /// Compiles `config`'s settings with `policies`: the file's own, or the definitions of
     /// store contents where they are (not copied: at 100,000 a copy is 100 MB).
-    fn compile_versions<P: AsRef<PolicyConfig>>(
+    fn compile_versions<P: PolicyDefinition>(
         config: &Config,
         policies: &[P],
         version: &str,
@@ -80,7 +80,7 @@ impl Snapshot {
         let mut errors = duplicate_names(
             "policies",
             "policy",
-            policies.iter().map(|p| p.as_ref().name.as_str()),
+            policies.iter().map(|p| p.config().name.as_str()),
         );
         if config.audit.sink == crate::config::AuditSinkKind::File && config.audit.path.is_none() {
             errors.push(FieldError::new("audit.path", "`sink: file` needs a `path`"));
@@ -108,7 +108,7 @@ impl Snapshot {
         if let Some(scanner) = &scanner {
             for (p, policy) in policies.iter().enumerate() {
                 errors.extend(
-                    unknown_detectors(policy.as_ref(), scanner)
+                    unknown_detectors(policy.config(), scanner)
                         .into_iter()
                         .map(|e| e.under(&format!("policies[{p}]"))),
                 );
@@ -161,7 +161,7 @@ impl Snapshot {
         effective.secrets = contents
             .secrets
             .iter()
-            .map(|s| s.definition.clone())
+            .map(|s| (*s.definition).clone())
             .collect();
         let file_identities = effective.identities.len();
         effective

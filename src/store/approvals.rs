@@ -357,7 +357,7 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Err(not_pending(id, &approval, "approved"));
         }
-        self.policies().commit(tx, &grant.name).await?;
+        self.policies().commit(tx, &[&grant.name]).await?;
         Ok(Approval {
             grant: Some(grant.name.clone()),
             grant_expires_at: Some(grant_expires_at.to_owned()),
@@ -437,7 +437,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-        self.policies().commit(tx, &grant).await?;
+        self.policies().commit(tx, &[&grant]).await?;
         Ok(approval.decided(ApprovalState::Revoked, at, change, note))
     }
 }

@@ -32,7 +32,9 @@ pub use crate::vocab::redact_url;
 pub use diff::{DiffEntry, diff};
 pub use faults::Fault;
 pub use tokens::{EnrollmentToken, MintedToken};
-pub use versioned::{Definition, Kind, Operation, Rows, Stored, Version, Versioned};
+pub use versioned::{
+    ChangedRow, Definition, Kind, Operation, Rows, Stored, Tally, Version, Versioned,
+};
 
 use crate::policy::PolicyConfig;
 use crate::transforms::secrets::SecretConfig;
@@ -115,6 +117,107 @@ pub struct Contents {
     /// Stored objects this gateway cannot use, each left out or standing in for itself
     /// ([`faults`]); the rest apply as usual.
     pub faults: Vec<Fault>,
+}
+
+/// What changed in a store after one revision, read in one transaction at `revision`:
+/// every policy and secret row written since (deleted ones included), and the tokens in
+/// full (few, and a revocation leaves no row to stamp).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub since: i64,
+    pub revision: i64,
+    pub policies: Vec<ChangedRow<PolicyConfig>>,
+    pub secrets: Vec<ChangedRow<SecretConfig>>,
+    pub tokens: Vec<EnrollmentToken>,
+    pub token_faults: Vec<Fault>,
+    /// The store's policy and secret rows at `revision`, to check the contents against.
+    pub tallies: [Tally; 2],
+}
+
+impl Contents {
+    /// These contents moved to the revision `changes` were read at. Contents at any
+    /// revision from `changes.since` up come out the same: each changed row replaces what
+    /// is held under its name, as it stood at `changes.revision`. Whether they then tally
+    /// with the store; when not, a write stamped nothing and only a whole read is right.
+    #[must_use]
+    pub fn apply(&mut self, changes: Changes) -> bool {
+        merge(&mut self.policies, &mut self.faults, changes.policies);
+        merge(&mut self.secrets, &mut self.faults, changes.secrets);
+        self.tokens = changes.tokens;
+        self.faults.retain(|f| f.kind != "token");
+        self.faults.extend(changes.token_faults);
+        self.revision = changes.revision;
+        self.tallies() == changes.tallies
+    }
+
+    /// The [`Tally`] of the policy rows and of the secret rows these contents stand for.
+    pub fn tallies(&self) -> [Tally; 2] {
+        [
+            Tally::of(&self.policies, &self.faults),
+            Tally::of(&self.secrets, &self.faults),
+        ]
+    }
+}
+
+impl Contents {
+    /// Takes from `held` (contents read earlier) each definition that is the same here,
+    /// name, version and all: a whole read then shares what did not change, in memory and
+    /// in the compile that knows a shared definition by identity. Whether these contents
+    /// hold nothing `held` does not (the revision aside).
+    pub fn share_unchanged(&mut self, held: &Contents) -> bool {
+        let policies = share(&mut self.policies, &held.policies);
+        let secrets = share(&mut self.secrets, &held.secrets);
+        policies && secrets && self.tokens == held.tokens && self.faults == held.faults
+    }
+}
+
+/// [`Contents::share_unchanged`] for one kind; both lists in byte order of names. Whether
+/// all of `fresh` was shared and nothing more is held.
+fn share<T: Definition>(fresh: &mut [Stored<T>], held: &[Stored<T>]) -> bool {
+    let mut all = fresh.len() == held.len();
+    let mut held = held.iter().peekable();
+    for stored in fresh {
+        let name = stored.definition.name();
+        while held.next_if(|h| h.definition.name() < name).is_some() {}
+        match held.peek() {
+            Some(h)
+                if h.definition.name() == name
+                    && h.version == stored.version
+                    && h.definition == stored.definition =>
+            {
+                stored.definition = Arc::clone(&h.definition);
+            }
+            _ => all = false,
+        }
+    }
+    all
+}
+
+/// Replaces what `stored` and `faults` hold under each changed row's name with the row
+/// as read, keeping `stored` in byte order of names.
+fn merge<T: Definition>(
+    stored: &mut Vec<Stored<T>>,
+    faults: &mut Vec<Fault>,
+    changed: Vec<ChangedRow<T>>,
+) {
+    if changed.is_empty() {
+        return;
+    }
+    let names: std::collections::HashSet<&str> = changed.iter().map(|c| c.name.as_str()).collect();
+    let kind = T::KIND.as_str();
+    faults.retain(|f| f.kind != kind || !names.contains(f.name.as_str()));
+    stored.retain(|s| !names.contains(s.definition.name()));
+    let mut added = Vec::new();
+    for row in changed {
+        faults.extend(row.fault);
+        added.extend(row.stored);
+    }
+    if added.is_empty() {
+        return;
+    }
+    stored.extend(added);
+    // Mostly sorted already: the stable sort merges the appended run in linear time.
+    stored.sort_by(|a, b| a.definition.name().cmp(b.definition.name()));
 }
 
 /// What a change touched, announced to listening instances.
@@ -233,9 +336,10 @@ impl Store {
         Ok(row.try_get("revision")?)
     }
 
-    /// Every live policy and secret and every unrevoked token, read in one transaction so
-    /// they belong to one revision.
-    pub async fn contents(&self) -> Result<Contents, StoreError> {
+    /// A transaction whose reads all see one revision of the store, and that revision.
+    async fn read_at_revision(
+        &self,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, i64), StoreError> {
         let mut tx = self.pool().begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -246,6 +350,13 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get("revision")?;
+        Ok((tx, revision))
+    }
+
+    /// Every live policy and secret and every unrevoked token, read in one transaction so
+    /// they belong to one revision.
+    pub async fn contents(&self) -> Result<Contents, StoreError> {
+        let (mut tx, revision) = self.read_at_revision().await?;
         let policies = versioned::live_rows(&mut tx).await?;
         let secrets = versioned::live_rows(&mut tx).await?;
         let (tokens, token_faults) = tokens::active_rows(&mut tx).await?;
@@ -259,6 +370,29 @@ impl Store {
             secrets: secrets.stored,
             tokens,
             faults,
+        })
+    }
+
+    /// What changed after revision `since`, read in one transaction. A `revision` below
+    /// `since` means the store went back (restored from a backup): read it in full.
+    pub async fn changes_since(&self, since: i64) -> Result<Changes, StoreError> {
+        let (mut tx, revision) = self.read_at_revision().await?;
+        let policies = versioned::read_rows(&mut tx, Some(since)).await?;
+        let secrets = versioned::read_rows(&mut tx, Some(since)).await?;
+        let (tokens, token_faults) = tokens::active_rows(&mut tx).await?;
+        let tallies = [
+            versioned::tally::<PolicyConfig>(&mut tx).await?,
+            versioned::tally::<SecretConfig>(&mut tx).await?,
+        ];
+        tx.commit().await?;
+        Ok(Changes {
+            since,
+            revision,
+            policies,
+            secrets,
+            tokens,
+            token_faults,
+            tallies,
         })
     }
 
@@ -285,4 +419,184 @@ impl Store {
 
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn policy(name: &str, version: i64, path: &str) -> Stored<PolicyConfig> {
+        let definition = serde_json::from_value(serde_json::json!({
+            "name": name, "action": "allow", "rules": [{"host": "example.com", "paths": [path]}],
+        }))
+        .unwrap();
+        Stored {
+            version,
+            definition: Arc::new(definition),
+            updated_at: String::new(),
+        }
+    }
+
+    fn holding(revision: i64, policies: &[(&str, i64, &str)]) -> Contents {
+        Contents {
+            revision,
+            policies: (policies.iter())
+                .map(|(name, version, path)| policy(name, *version, path))
+                .collect(),
+            ..Contents::default()
+        }
+    }
+
+    fn row(
+        name: &str,
+        stored: Option<Stored<PolicyConfig>>,
+        fault: bool,
+    ) -> ChangedRow<PolicyConfig> {
+        ChangedRow {
+            name: name.into(),
+            fault: fault.then(|| Fault {
+                kind: "policy",
+                name: name.into(),
+                version: Some(9),
+                error: "rules[0]: broken".into(),
+                outcome: Fault::outcome(stored.is_some()),
+            }),
+            stored,
+        }
+    }
+
+    /// Changes to policies; the store then holds `rows` live policy rows whose versions
+    /// add up to `versions`.
+    fn changes(
+        since: i64,
+        revision: i64,
+        policies: Vec<ChangedRow<PolicyConfig>>,
+        (rows, versions): (i64, i64),
+    ) -> Changes {
+        Changes {
+            since,
+            revision,
+            policies,
+            secrets: Vec::new(),
+            tokens: Vec::new(),
+            token_faults: Vec::new(),
+            tallies: [Tally { rows, versions }, Tally::default()],
+        }
+    }
+
+    fn names(contents: &Contents) -> Vec<(&str, i64)> {
+        (contents.policies.iter())
+            .map(|p| (p.definition.name.as_str(), p.version))
+            .collect()
+    }
+
+    #[test]
+    fn changed_rows_replace_add_and_remove_by_name_in_byte_order() {
+        let mut contents = holding(10, &[("a", 1, "/a"), ("b", 1, "/b"), ("c", 3, "/c")]);
+        let unchanged = Arc::clone(&contents.policies[0].definition);
+        let changed = changes(
+            10,
+            13,
+            vec![
+                // Updated, deleted, created between existing names and after them; `B`
+                // sorts before `a` by bytes whatever a database's collation says.
+                row("b", Some(policy("b", 2, "/b2")), false),
+                row("c", None, false),
+                row("B", Some(policy("B", 1, "/B")), false),
+                row("ab", Some(policy("ab", 1, "/ab")), false),
+                row("z", Some(policy("z", 1, "/z")), false),
+            ],
+            (5, 6),
+        );
+        // A store that holds one more write than these rows say: a write stamped nothing.
+        let mut untallied = changed.clone();
+        untallied.tallies[0].versions += 1;
+        assert!(!contents.clone().apply(untallied));
+        assert!(contents.apply(changed));
+        assert_eq!(contents.revision, 13);
+        assert_eq!(
+            names(&contents),
+            [("B", 1), ("a", 1), ("ab", 1), ("b", 2), ("z", 1)]
+        );
+        // What did not change is the same definition, not a copy.
+        assert!(Arc::ptr_eq(&contents.policies[1].definition, &unchanged));
+        assert_eq!(
+            contents.policies[3].definition,
+            policy("b", 2, "/b2").definition
+        );
+    }
+
+    #[test]
+    fn a_row_that_breaks_brings_its_fault_and_one_that_is_fixed_takes_it_away() {
+        let mut contents = holding(1, &[("a", 1, "/a"), ("b", 1, "/b")]);
+        // `a` no longer parses: its stand-in and a fault; `b` is left out with its fault.
+        assert!(contents.apply(changes(
+            1,
+            3,
+            vec![
+                row("a", Some(policy("a", 2, "/stand-in")), true),
+                row("b", None, true),
+            ],
+            // `a` held as its stand-in, `b` only as its fault (at version 9).
+            (2, 11),
+        )));
+        assert_eq!(names(&contents), [("a", 2)]);
+        let faulty: Vec<&str> = contents.faults.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(faulty, ["a", "b"]);
+        // Fixed: the faults go, and a token fault read in full replaces the last one.
+        let mut fixed = changes(
+            3,
+            5,
+            vec![row("a", Some(policy("a", 3, "/a")), false)],
+            (2, 12),
+        );
+        fixed.token_faults.push(Fault {
+            kind: "token",
+            name: "ci".into(),
+            version: None,
+            error: "tags: broken".into(),
+            outcome: "left_out",
+        });
+        assert!(contents.apply(fixed));
+        let faulty: Vec<(&str, &str)> = (contents.faults.iter())
+            .map(|f| (f.kind, f.name.as_str()))
+            .collect();
+        assert_eq!(faulty, [("policy", "b"), ("token", "ci")]);
+        assert!(contents.apply(changes(5, 6, vec![row("b", None, false)], (1, 3))));
+        // Tokens are read whole with every change: none broken now.
+        assert!(contents.faults.is_empty(), "{:?}", contents.faults);
+        assert_eq!(names(&contents), [("a", 3)]);
+    }
+
+    #[test]
+    fn a_whole_read_shares_each_unchanged_definition_with_the_contents_held() {
+        let held = holding(4, &[("a", 1, "/a"), ("b", 2, "/b"), ("c", 1, "/c")]);
+        let mut fresh = holding(4, &[("a", 1, "/a"), ("b", 2, "/b"), ("c", 1, "/c")]);
+        assert!(fresh.share_unchanged(&held));
+        assert!(
+            (fresh.policies.iter().zip(&held.policies))
+                .all(|(f, h)| Arc::ptr_eq(&f.definition, &h.definition))
+        );
+        // Changed under the same version (a write that stamped nothing), gone, and added.
+        let mut fresh = holding(4, &[("a", 1, "/a"), ("b", 2, "/changed"), ("d", 1, "/d")]);
+        assert!(!fresh.share_unchanged(&held));
+        assert!(Arc::ptr_eq(
+            &fresh.policies[0].definition,
+            &held.policies[0].definition
+        ));
+        assert!(!Arc::ptr_eq(
+            &fresh.policies[1].definition,
+            &held.policies[1].definition
+        ));
+        let mut fewer = Contents {
+            policies: vec![policy("a", 1, "/a")],
+            ..held.clone()
+        };
+        assert!(
+            !fewer.share_unchanged(&held),
+            "a policy gone is a difference"
+        );
+    }
 }

@@ -110,13 +110,18 @@ impl Definition for SecretConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stored<T> {
     pub version: i64,
-    pub definition: T,
+    /// Shared: a gateway's copies of the store contents (the live ones, each check of a
+    /// write) share every definition that did not change.
+    pub definition: std::sync::Arc<T>,
     pub updated_at: String,
 }
 
-impl AsRef<crate::policy::PolicyConfig> for Stored<crate::policy::PolicyConfig> {
-    fn as_ref(&self) -> &crate::policy::PolicyConfig {
+impl crate::policy::PolicyDefinition for Stored<PolicyConfig> {
+    fn config(&self) -> &PolicyConfig {
         &self.definition
+    }
+    fn shared(&self) -> Option<&std::sync::Arc<PolicyConfig>> {
+        Some(&self.definition)
     }
 }
 
@@ -242,7 +247,7 @@ impl<T: Definition> Versioned<'_, T> {
     pub async fn create(&self, definition: &T, change: &Change) -> Result<i64, StoreError> {
         let mut tx = self.store.pool().begin().await?;
         let version = self.create_in(&mut tx, definition, change).await?;
-        self.commit(tx, definition.name()).await?;
+        self.commit(tx, &[definition.name()]).await?;
         Ok(version)
     }
 
@@ -400,7 +405,7 @@ impl<T: Definition> Versioned<'_, T> {
         let version = self
             .write_in(&mut tx, name, expected, operation, change, next)
             .await?;
-        self.commit(tx, name).await?;
+        self.commit(tx, &[name]).await?;
         Ok(version)
     }
 
@@ -477,17 +482,32 @@ impl<T: Definition> Versioned<'_, T> {
         Ok(version)
     }
 
-    /// Bumps the revision, announces the change (naming `name`), commits.
+    /// Bumps the revision, stamps the live rows of `names` with it (how a reader finds
+    /// what changed since the revision it holds), announces the change (naming the first),
+    /// commits. The stamp follows the bump: the bump locks the revision row until commit,
+    /// so no other change can commit a lower stamp after this one.
     pub(super) async fn commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        name: &str,
+        names: &[&str],
     ) -> Result<(), StoreError> {
+        let Some(first) = names.first() else {
+            return Ok(());
+        };
         let touched = Touched {
             kind: T::KIND.as_str(),
-            name,
+            name: first,
         };
         self.store.touch(&mut tx, &touched).await?;
+        for name in names {
+            sqlx::query(T::KIND.sql(
+                "UPDATE {live} SET revision = (SELECT revision FROM store_revision WHERE id = 1)
+                 WHERE name = $1",
+            ))
+            .bind(*name)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -575,9 +595,8 @@ impl Versioned<'_, PolicyConfig> {
                 .await?;
             written.push((name.clone(), version));
         }
-        if let Some((name, _)) = written.first() {
-            self.commit(tx, name).await?;
-        }
+        let names: Vec<&str> = written.iter().map(|(name, _)| name.as_str()).collect();
+        self.commit(tx, &names).await?;
         Ok(written)
     }
 
@@ -613,26 +632,112 @@ pub struct Rows<T> {
 pub(super) async fn live_rows<T: Definition>(
     conn: &mut sqlx::AnyConnection,
 ) -> Result<Rows<T>, StoreError> {
-    let rows = sqlx::query(T::KIND.sql(
-        "SELECT name, version, definition, updated_at FROM {live} WHERE deleted = 0 ORDER BY name",
-    ))
-    .fetch_all(conn)
-    .await?;
+    let read = read_rows::<T>(conn, None).await?;
     let mut parsed = Rows {
-        stored: Vec::with_capacity(rows.len()),
+        stored: Vec::with_capacity(read.len()),
         faults: Vec::new(),
     };
+    for row in read {
+        parsed.faults.extend(row.fault);
+        parsed.stored.extend(row.stored);
+    }
+    Ok(parsed)
+}
+
+/// How many live rows of a kind there are and the sum of their versions. Every write
+/// through Portcullis adds one to the version of a row it changes, so contents brought up
+/// to date with what changed that count otherwise than the store missed a write that
+/// stamped nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub rows: i64,
+    pub versions: i64,
+}
+
+impl Tally {
+    /// The tally of contents: each row is either held (as read, or its stand-in) or a
+    /// fault that left it out.
+    pub fn of<T: Definition>(stored: &[Stored<T>], faults: &[Fault]) -> Tally {
+        let left_out = (faults.iter())
+            .filter(|f| f.kind == T::KIND.as_str() && f.outcome == Fault::outcome(false));
+        let versions =
+            (stored.iter().map(|s| s.version)).chain(left_out.clone().filter_map(|f| f.version));
+        Tally {
+            rows: (stored.len() + left_out.count()) as i64,
+            versions: versions.sum(),
+        }
+    }
+}
+
+/// The [`Tally`] of a kind's live rows in the store.
+pub(super) async fn tally<T: Definition>(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<Tally, StoreError> {
+    let row = sqlx::query(T::KIND.sql(
+        "SELECT COUNT(*) AS live_rows, CAST(COALESCE(SUM(version), 0) AS BIGINT) AS versions
+         FROM {live} WHERE deleted = 0",
+    ))
+    .fetch_one(conn)
+    .await?;
+    Ok(Tally {
+        rows: row.try_get("live_rows")?,
+        versions: row.try_get("versions")?,
+    })
+}
+
+/// One live row of a kind as read: its definition (or a stand-in), a fault when it does
+/// not parse, neither when it was deleted.
+#[derive(Debug, Clone)]
+pub struct ChangedRow<T> {
+    pub name: String,
+    pub stored: Option<Stored<T>>,
+    pub fault: Option<Fault>,
+}
+
+/// The live rows of a kind, in byte order of their names (the decision order of ties,
+/// the same on every backend and collation): all that are not deleted, or with `since`
+/// every row changed after that store revision, deleted ones included.
+pub(super) async fn read_rows<T: Definition>(
+    conn: &mut sqlx::AnyConnection,
+    since: Option<i64>,
+) -> Result<Vec<ChangedRow<T>>, StoreError> {
+    let rows = match since {
+        None => sqlx::query(T::KIND.sql(
+            "SELECT name, version, deleted, definition, updated_at FROM {live} WHERE deleted = 0",
+        ))
+        .fetch_all(conn)
+        .await?,
+        Some(since) => sqlx::query(T::KIND.sql(
+            "SELECT name, version, deleted, definition, updated_at FROM {live} WHERE revision > $1",
+        ))
+        .bind(since)
+        .fetch_all(conn)
+        .await?,
+    };
+    let mut read = Vec::with_capacity(rows.len());
     for row in &rows {
         let name: String = row.try_get("name")?;
+        if row.try_get::<i64, _>("deleted")? != 0 {
+            read.push(ChangedRow {
+                name,
+                stored: None,
+                fault: None,
+            });
+            continue;
+        }
         let version: i64 = row.try_get("version")?;
         let updated_at: String = row.try_get("updated_at")?;
         let text: String = row.try_get("definition")?;
         let error = match parse_row::<T>(&text) {
             Ok(definition) if definition.name() == name => {
-                parsed.stored.push(Stored {
-                    version,
-                    definition,
-                    updated_at,
+                read.push(ChangedRow {
+                    name,
+                    stored: Some(Stored {
+                        version,
+                        definition: std::sync::Arc::new(definition),
+                        updated_at,
+                    }),
+                    fault: None,
                 });
                 continue;
             }
@@ -644,22 +749,25 @@ pub(super) async fn live_rows<T: Definition>(
         };
         let raw: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         let stand_in = T::stand_in(&name, raw.as_ref());
-        parsed.faults.push(Fault {
+        let fault = Fault {
             kind: T::KIND.as_str(),
-            name,
+            name: name.clone(),
             version: Some(version),
             error,
             outcome: Fault::outcome(stand_in.is_some()),
-        });
-        if let Some(definition) = stand_in {
-            parsed.stored.push(Stored {
+        };
+        read.push(ChangedRow {
+            name,
+            stored: stand_in.map(|definition| Stored {
                 version,
-                definition,
+                definition: std::sync::Arc::new(definition),
                 updated_at,
-            });
-        }
+            }),
+            fault: Some(fault),
+        });
     }
-    Ok(parsed)
+    read.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(read)
 }
 
 fn check<T: Definition>(definition: &T) -> Result<(), StoreError> {
@@ -674,7 +782,7 @@ fn check<T: Definition>(definition: &T) -> Result<(), StoreError> {
 fn stored<T: Definition>(row: &sqlx::any::AnyRow) -> Result<Stored<T>, StoreError> {
     Ok(Stored {
         version: row.try_get("version")?,
-        definition: from_json(&row.try_get::<String, _>("definition")?)?,
+        definition: std::sync::Arc::new(from_json(&row.try_get::<String, _>("definition")?)?),
         updated_at: row.try_get("updated_at")?,
     })
 }
@@ -682,6 +790,10 @@ fn stored<T: Definition>(row: &sqlx::any::AnyRow) -> Result<Stored<T>, StoreErro
 /// A stored row's definition, or what is wrong with it and where (`rules[0].methods[1]:
 /// …`).
 fn parse_row<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    // The path-tracking parse is slower: it only places the error of a row that fails.
+    if let Ok(definition) = serde_json::from_str(text) {
+        return Ok(definition);
+    }
     let mut deserializer = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
