@@ -100,13 +100,18 @@ impl CidrBucket {
     }
 }
 
+/// The rules under one host or domain: most often one (a fleet of tenants, each naming
+/// its own hosts), kept inline instead of in an allocation of its own.
+type Bucket = SmallVec<[Key; 1]>;
+
 #[derive(Debug, Default)]
 struct HostIndex {
-    exact: HashMap<Box<str>, Vec<Key>>,
+    /// Keyed by the rules' own host text (shared, not copied).
+    exact: HashMap<Arc<str>, Bucket>,
     /// `*.suffix` rules under `suffix`, and globs under their literal domain.
-    domain: HashMap<Box<str>, Vec<Key>>,
+    domain: HashMap<Arc<str>, Bucket>,
     any: Vec<Key>,
-    cidr: HashMap<CidrBucket, Vec<Key>>,
+    cidr: HashMap<CidrBucket, Bucket>,
     wide_cidr: Vec<Key>,
     /// Globs with no literal domain (`api-*`): looked at for every request.
     glob: Vec<Key>,
@@ -116,15 +121,21 @@ impl HostIndex {
     fn insert(&mut self, rule: &Rule, key: Key) {
         match &rule.host.kind {
             HostMatch::Any => self.any.push(key),
-            HostMatch::Exact(host) => self.exact.entry(host.clone()).or_default().push(key),
-            HostMatch::Suffix(suffix) => self.domain.entry(suffix.clone()).or_default().push(key),
+            HostMatch::Exact(host) => self.exact.entry(Arc::clone(host)).or_default().push(key),
+            HostMatch::Suffix(suffix) => {
+                self.domain.entry(Arc::clone(suffix)).or_default().push(key)
+            }
             HostMatch::Glob {
                 domain: Some(domain),
                 ..
-            } => self.domain.entry(domain.clone()).or_default().push(key),
+            } => self
+                .domain
+                .entry(Arc::from(&**domain))
+                .or_default()
+                .push(key),
             HostMatch::Glob { domain: None, .. } => self.glob.push(key),
             HostMatch::Cidr(net) if net.prefix_len() == net.max_prefix_len() => {
-                let host = net.addr().to_string().into_boxed_str();
+                let host: Arc<str> = Arc::from(net.addr().to_string());
                 self.exact.entry(host).or_default().push(key)
             }
             HostMatch::Cidr(net) => match CidrBucket::of_net(net) {
@@ -135,13 +146,14 @@ impl HostIndex {
     }
 
     fn sort(&mut self) {
-        for list in self
-            .exact
-            .values_mut()
+        for bucket in (self.exact.values_mut())
             .chain(self.domain.values_mut())
             .chain(self.cidr.values_mut())
-            .chain([&mut self.any, &mut self.wide_cidr, &mut self.glob])
         {
+            bucket.sort_unstable();
+            bucket.shrink_to_fit();
+        }
+        for list in [&mut self.any, &mut self.wide_cidr, &mut self.glob] {
             list.sort_unstable();
             list.shrink_to_fit();
         }
@@ -202,9 +214,13 @@ impl RuleIndex {
             let mut ids: Vec<TagId> = item
                 .match_tags
                 .iter()
-                .map(|tag| {
-                    let next = tag_ids.len() as TagId;
-                    *tag_ids.entry(Arc::from(tag.as_str())).or_insert(next)
+                .map(|tag| match tag_ids.get(tag.as_str()) {
+                    Some(id) => *id,
+                    None => {
+                        let id = tag_ids.len() as TagId;
+                        tag_ids.insert(Arc::from(tag.as_str()), id);
+                        id
+                    }
                 })
                 .collect();
             ids.sort_unstable();

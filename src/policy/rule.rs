@@ -194,8 +194,9 @@ impl HostPattern {
 #[derive(Debug, Clone)]
 pub enum HostMatch {
     Any,
-    Exact(Box<str>),
-    Suffix(Box<str>),
+    /// Shared with the rule index, which files the rule under it.
+    Exact(Arc<str>),
+    Suffix(Arc<str>),
     Glob {
         pattern: Arc<str>,
         domain: Option<Box<str>>,
@@ -706,8 +707,8 @@ impl RuleCompiler {
     pub fn compile_for(&mut self, config: &RuleConfig, refusing: bool) -> Rule {
         let kind = match config.host.kind() {
             HostKind::Any => HostMatch::Any,
-            HostKind::Exact(host) => HostMatch::Exact(host.clone()),
-            HostKind::Suffix(suffix) => HostMatch::Suffix(suffix.clone()),
+            HostKind::Exact(host) => HostMatch::Exact(Arc::from(&**host)),
+            HostKind::Suffix(suffix) => HostMatch::Suffix(Arc::from(&**suffix)),
             HostKind::Cidr(net) => HostMatch::Cidr(*net),
             HostKind::Glob { pattern, domain } => HostMatch::Glob {
                 pattern: self
