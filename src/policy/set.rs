@@ -196,7 +196,7 @@ impl CompiledFrom {
 }
 
 /// The earlier compile of each policy, by name.
-fn earlier_by_name(set: &PolicySet) -> std::collections::HashMap<&str, &Arc<CompiledPolicy>> {
+fn earlier_by_name(set: &PolicySet) -> foldhash::HashMap<&str, &Arc<CompiledPolicy>> {
     set.policies.iter().map(|p| (&*p.name, p)).collect()
 }
 

@@ -44,7 +44,7 @@ pub fn duplicate_names<'a>(
     what: &str,
     names: impl IntoIterator<Item = &'a str>,
 ) -> Vec<FieldError> {
-    let mut first_use: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut first_use: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
     let mut errors = Vec::new();
     for (i, name) in names.into_iter().enumerate() {
         match first_use.get(name) {

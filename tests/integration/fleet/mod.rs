@@ -6,7 +6,9 @@
 //! else can carry it; how long it took is printed, and measured in `fleet::bench`); an
 //! instance cut off keeps deciding with its last snapshot and catches up when the database
 //! is back; one that never read the store refuses everything (503); one that joins late
-//! reads everything already stored.
+//! reads everything already stored. An instance reads a change as the rows it changed, and
+//! still follows writers that stamp nothing: at once when the rows' tally (count, sum of
+//! versions) says so, at its next resync otherwise.
 //!
 //! `fleet::bench` (ignored, in `fleet/bench.rs`) measures propagation over 100 changes and
 //! the decision throughput of an instance while changes stream in (BENCHMARKS.md).
