@@ -299,6 +299,9 @@ pub struct PolicySet {
     /// Some active policy has a rule naming MCP tools: only then is a `tools/list` answer
     /// worth filtering.
     tool_conditions: bool,
+    /// How many policies are active: counted once, as `/readyz` and the metrics ask
+    /// often and the policies are 100,000 allocations to visit.
+    active: usize,
 }
 
 impl PolicySet {
@@ -384,6 +387,7 @@ impl PolicySet {
         let tool_conditions = policies
             .iter()
             .any(|p| p.status == PolicyStatus::Active && p.rules.iter().any(Rule::has_tools));
+        let active = items.iter().filter(|item| item.active).count();
         PolicySet {
             policies,
             index,
@@ -391,6 +395,7 @@ impl PolicySet {
             body_conditions,
             dlp: None,
             tool_conditions,
+            active,
         }
     }
 
@@ -418,10 +423,7 @@ impl PolicySet {
     }
 
     pub fn active_count(&self) -> usize {
-        self.policies
-            .iter()
-            .filter(|p| p.status == PolicyStatus::Active)
-            .count()
+        self.active
     }
 
     /// Maps a workload's tags to this set's ids; tags no policy mentions are irrelevant to
