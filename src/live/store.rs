@@ -183,8 +183,10 @@ pub async fn sync(
                 }
                 match signal {
                     Signal::Changed => (true, Read::Changes),
-                    // Changes made while the feed was away were never announced.
-                    Signal::Connected => (true, Read::Whole { unless_at: None }),
+                    // Changes made while the feed was away were never announced: read
+                    // whole unless the store did not move since the last whole read (the
+                    // feed's first connection, right after the first read).
+                    Signal::Connected => (true, Read::Whole { unless_at: whole_at }),
                     Signal::Lost(why) => {
                         live.shared.metrics.set_store_up(false);
                         tracing::warn!(store = %store.display_url(), error = %why, revision = ?live.revision(),
