@@ -131,11 +131,7 @@ impl HostIndex {
             HostMatch::Glob {
                 domain: Some(domain),
                 ..
-            } => self
-                .domain
-                .entry(Arc::from(&**domain))
-                .or_default()
-                .push(key),
+            } => self.domain.entry(Arc::clone(domain)).or_default().push(key),
             HostMatch::Glob { domain: None, .. } => self.glob.push(key),
             HostMatch::Cidr(net) if net.prefix_len() == net.max_prefix_len() => {
                 let host: Arc<str> = Arc::from(net.addr().to_string());

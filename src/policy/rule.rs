@@ -199,7 +199,7 @@ pub enum HostMatch {
     Suffix(Arc<str>),
     Glob {
         pattern: Arc<str>,
-        domain: Option<Box<str>>,
+        domain: Option<Arc<str>>,
     },
     Cidr(IpNet),
 }
@@ -716,7 +716,7 @@ impl RuleCompiler {
                     .entry(pattern.clone())
                     .or_insert_with(|| Arc::from(&**pattern))
                     .clone(),
-                domain: domain.clone(),
+                domain: domain.as_deref().map(Arc::from),
             },
         };
         let key: Vec<String> = config.paths.iter().map(|p| p.original.clone()).collect();

@@ -157,9 +157,7 @@ impl Contents {
             Tally::of(&self.secrets, &self.faults),
         ]
     }
-}
 
-impl Contents {
     /// Takes from `held` (contents read earlier) each definition that is the same here,
     /// name, version and all: a whole read then shares what did not change, in memory and
     /// in the compile that knows a shared definition by identity. Whether these contents
