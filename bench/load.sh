@@ -9,8 +9,10 @@
 #   fast       the same, requests to `localhost:UP`, which a policy names exactly: Envoy
 #              decides each by the route Portcullis serves (RDS), no ext_proc round trip
 #   fast-mix   the same, 4 of every 5 requests fast-path, the 5th over ext_proc
-#   fast-unaudited  fast without Envoy's gRPC access log: what the fast path's audit costs
-#              (not a configuration to run: fast-path decisions would go unaudited)
+#   fast-unaudited  fast without Envoy's access log to Portcullis: what the fast path's audit
+#              costs (not a configuration to run: fast-path decisions would go unaudited)
+#   fast-grpc-log   fast with Envoy's gRPC access log service instead of the access log file
+#              Portcullis follows (how the audit reached Portcullis before)
 #   squid      Squid (Debian's package, installed by this script), 2 workers, a dstdomain
 #              allowlist of the same 1,000 policies' hosts, access log on: the reference
 #   tls-plain      HTTPS interception without decisions: envoy/transparent.yaml with the
@@ -39,7 +41,7 @@
 #                                   (also: portcullis-tcp, Portcullis over plaintext loopback
 #                                   TCP instead of its Unix socket; portcullis-mtls, over TCP
 #                                   with mutual TLS as the chart's separate topology runs it;
-#                                   portcullis-no-outcomes, without Envoy's gRPC access log
+#                                   portcullis-no-outcomes, without Envoy's access log
 #                                   to Portcullis (upstream records); body-headers, body-buffered)
 #   ENVOY_CONCURRENCY=2 Envoy worker threads
 #   BUILD=1             set BUILD=0 to skip the build
@@ -245,7 +247,7 @@ EOF
 #   static catch-all routes every request took before the fast path
 envoy_config() {
   python3 - "$@" <<'PY'
-import re, sys
+import os, re, sys
 src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als, rds = sys.argv[1:]
 STATIC_ROUTES = """          route_config:
             name: forward_proxy
@@ -259,6 +261,7 @@ STATIC_ROUTES = """          route_config:
               - match: {prefix: "/"}
                 route: {cluster: upstream_plain, timeout: 0s}"""
 routes_skip = False
+grpc_logger_added = False
 lines = open(src).read().splitlines()
 keep, skip, drop_indent = [], False, None
 for line in lines:
@@ -283,10 +286,25 @@ for line in lines:
         if stripped and indent > drop_indent:
             continue
         drop_indent = None
-    # Without Portcullis (plain, noop), the gRPC access log has no one to talk to: it goes too.
+    # Without Portcullis (plain, noop), the access log it follows has no reader: it goes too.
     if stripped == "- name: envoy.access_loggers.stdout" or (
-            als == "0" and stripped == "- name: envoy.access_loggers.http_grpc"):
+            als == "0" and stripped == "- name: envoy.access_loggers.http_grpc") or (
+            als in ("0", "grpc") and stripped == "- name: envoy.access_loggers.file"):
         drop_indent = indent
+        if als == "grpc" and not grpc_logger_added:
+            # The gRPC access log service instead of the file, as the configs had it before.
+            grpc_logger_added = True
+            pad = " " * indent
+            keep.extend(pad + l for l in (
+                "- name: envoy.access_loggers.http_grpc",
+                "  typed_config:",
+                '    "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig',
+                "    common_config:",
+                "      log_name: portcullis",
+                "      transport_api_version: V3",
+                "      grpc_service: {envoy_grpc: {cluster_name: portcullis}}",
+                "      buffer_flush_interval: 1s",
+            ))
         continue
     keep.append(line)
 text = "\n".join(keep) + "\n"
@@ -301,6 +319,9 @@ if grpc.isdigit():
                         "{socket_address: {address: 127.0.0.1, port_value: %s}}" % grpc)
 else:
     text = text.replace(socket, "path: %s" % grpc)
+# The access log file Portcullis follows: beside its socket (the TCP setups: in the work dir).
+access_dir = os.path.dirname(grpc) if not grpc.isdigit() else os.path.dirname(out)
+text = text.replace("/run/portcullis/access.jsonl", os.path.join(access_dir, "access.jsonl"))
 text = text.replace("/etc/ssl/certs/ca-certificates.crt", trust)
 if channel_tls:
     # The separate topology's channel: Envoy presents a client certificate to Portcullis
@@ -466,6 +487,7 @@ run_setup() { # run_setup NAME ROUND
   if [[ "${name}" == fast* ]]; then
     [[ "${name}" == fast-mix ]] && lua="${work}/mix.lua" || lua="${work}/fast.lua"
     [[ "${name}" == fast-unaudited ]] && als=0
+    [[ "${name}" == fast-grpc-log ]] && als=grpc
     probe=(-x "http://127.0.0.1:${listen}" "http://localhost:${up_port}/bench")
   fi
   if [[ "${name}" == squid ]]; then
@@ -479,7 +501,7 @@ run_setup() { # run_setup NAME ROUND
       "${bin}/examples/noop_extproc" --listen "unix:${grpc}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_socket "${grpc}" "${ext_pid}" noop ;;
-    portcullis|portcullis-tcp|portcullis-mtls|portcullis-no-outcomes|tls-plain|tls-portcullis|body-headers|body-buffered|fast|fast-mix|fast-unaudited)
+    portcullis|portcullis-tcp|portcullis-mtls|portcullis-no-outcomes|tls-plain|tls-portcullis|body-headers|body-buffered|fast|fast-mix|fast-unaudited|fast-grpc-log)
       [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
       [[ "${name}" == tls-plain ]] && with_ext=0 && als=0
       [[ "${name}" == portcullis-no-outcomes ]] && als=0
@@ -491,12 +513,13 @@ run_setup() { # run_setup NAME ROUND
       # to price the Unix socket against it.
       if [[ "${name}" == portcullis-tcp ]]; then
         grpc="$(free_port)"; grpc_listen="127.0.0.1:${grpc}"
-        printf 'server: {grpc_mesh_authenticated: true}\n' >>"${work}/portcullis-${name}.yaml"
+        printf 'server: {grpc_mesh_authenticated: true, envoy_access_log: %s/access.jsonl}\n' "${work}" \
+          >>"${work}/portcullis-${name}.yaml"
       fi
       if [[ "${name}" == portcullis-mtls ]]; then
         grpc="$(free_port)"; grpc_listen="127.0.0.1:${grpc}"
-        printf 'server: {grpc_tls: {cert_file: %s, key_file: %s, client_ca_file: %s}}\n' \
-          "${work}/channel/server.crt" "${work}/channel/server.key" "${work}/channel/ca.crt" \
+        printf 'server: {grpc_tls: {cert_file: %s, key_file: %s, client_ca_file: %s}, envoy_access_log: %s/access.jsonl}\n' \
+          "${work}/channel/server.crt" "${work}/channel/server.key" "${work}/channel/ca.crt" "${work}" \
           >>"${work}/portcullis-${name}.yaml"
         channel_tls="${work}/channel/envoy.crt,${work}/channel/envoy.key,${work}/channel/ca.crt"
       fi
@@ -511,7 +534,7 @@ run_setup() { # run_setup NAME ROUND
   envoy_config "${source}" "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
     "${work}/up-ca.crt" "${channel_tls}" "${als}" "${rds}"
   "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
-    --concurrency "${ENVOY_CONCURRENCY}" -l warning >"${out}-envoy.log" 2>&1 &
+    --concurrency "${ENVOY_CONCURRENCY}" --file-flush-interval-msec 1000 -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
   wait_port "${listen}" "${envoy_pid}" "envoy-${name}"
 
@@ -621,7 +644,7 @@ if "noop" in runs and "portcullis" in runs:
         conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
         statistics.median(p["c1"]["p50"] - n["c1"]["p50"] for p, n in zip(runs["portcullis"], runs["noop"])),
         med("portcullis", lambda r: r["ext_cpu"]) - med("noop", lambda r: r["ext_cpu"])))
-for s in ("portcullis", "fast", "fast-mix", "fast-unaudited", "squid"):
+for s in ("portcullis", "fast", "fast-mix", "fast-unaudited", "fast-grpc-log", "squid"):
     if s in runs and "plain" in runs:
         ratios = [f["c50"]["rps"] / p["c50"]["rps"] for f, p in zip(runs[s], runs["plain"])]
         print("%s vs plain: rps c=%s %.2fx (per round: %s); cpu/req (proxy + ext_proc) %.0fus vs %.0fus" % (

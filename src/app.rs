@@ -193,6 +193,30 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // policy set, and nothing after startup places errors in this copy of the file.
     drop(loaded);
     crate::live::release_freed_memory();
+    let envoy_access_log = config
+        .server
+        .envoy_access_log
+        .clone()
+        .or_else(|| match &grpc_addr {
+            GrpcListen::Unix(socket) => socket
+                .parent()
+                .map(|dir| dir.join(crate::extproc::access_log::file::DEFAULT_NAME)),
+            GrpcListen::Tcp(_) => None,
+        });
+    if let Some(path) = envoy_access_log {
+        // Fail closed: without it, requests Envoy decides on the fast path go unaudited.
+        let tail = crate::extproc::access_log::file::Tail::open(&path).with_context(|| {
+            format!(
+                "cannot open Envoy's access log {} (server.envoy_access_log)",
+                path.display()
+            )
+        })?;
+        background.push(tokio::spawn(crate::extproc::access_log::file::follow(
+            shared.clone(),
+            tail,
+            shutdown_rx.clone(),
+        )));
+    }
     let reload_task = tokio::spawn(reloader.run(shutdown_rx.clone()));
     let refresh_task = tokio::spawn(crate::live::secrets::refresh_secrets(
         shared.clone(),

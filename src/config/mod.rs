@@ -281,6 +281,13 @@ pub struct ServerConfig {
     /// ones drain (up to 10 s). Default `0s`.
     #[serde(default = "default_shutdown_delay")]
     pub shutdown_delay: DurationText,
+    /// Envoy's access log file that Portcullis follows into the audit trail (how each
+    /// request ended; the fast path's decisions): the shipped `forward-proxy.yaml` writes
+    /// it. Default: `access.jsonl` beside a Unix `grpc_listen` socket
+    /// (`/run/portcullis/access.jsonl`); none with a TCP `grpc_listen`, where Envoy sends
+    /// its entries over the gRPC access log service instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_access_log: Option<PathBuf>,
 }
 
 fn default_shutdown_delay() -> DurationText {
@@ -299,6 +306,7 @@ impl Default for ServerConfig {
             grpc_mesh_authenticated: false,
             admin_listen: default_admin_listen(),
             shutdown_delay: default_shutdown_delay(),
+            envoy_access_log: None,
         }
     }
 }

@@ -234,7 +234,7 @@ fn every_envoy_config_passes_envoy_validate() {
     for entry in std::fs::read_dir(repo().join("envoy")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let path = with_mesh_certificates(&path, mesh_files.path());
+            let path = with_test_files(&path, mesh_files.path());
             let out = Command::new(envoy_binary())
                 .args(["--mode", "validate", "--disable-hot-restart", "-c"])
                 .arg(&path)
@@ -256,14 +256,17 @@ fn every_envoy_config_passes_envoy_validate() {
 }
 
 /// `config` with its mesh certificate paths (if any) pointed into `dir`, as a file in `dir`.
-fn with_mesh_certificates(config: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+/// `config` with its mesh certificates, and the access log file Envoy opens (beside the
+/// gRPC socket), in `dir`.
+fn with_test_files(config: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(config).unwrap();
-    if !text.contains("/etc/portcullis/mesh/") {
-        return config.to_path_buf();
-    }
     let copy = dir.join(config.file_name().unwrap());
     let swapped = format!("{}/", dir.display());
-    std::fs::write(&copy, text.replace("/etc/portcullis/mesh/", &swapped)).unwrap();
+    let text = text.replace("/etc/portcullis/mesh/", &swapped).replace(
+        crate::common::ENVOY_ACCESS_LOG_IN_ENVOY_CONFIGS,
+        &dir.join("access.jsonl").display().to_string(),
+    );
+    std::fs::write(&copy, text).unwrap();
     copy
 }
 

@@ -31,7 +31,7 @@ fn send(gw: &Gateway, args: &[&str]) -> (Reply, bool) {
     (reply, gw.envoy_counter(STREAMS) > before)
 }
 
-/// The audit record of `request_id`, once the access log service delivered it.
+/// The audit record of `request_id`, once Envoy's access log delivered it.
 fn record_of(gw: &Gateway, request_id: &str) -> Value {
     let mut found = Value::Null;
     assert!(
@@ -51,6 +51,21 @@ fn record_of(gw: &Gateway, request_id: &str) -> Value {
             .join("\n")
     );
     found
+}
+
+/// The `x-request-id` of the last request the upstream saw: Envoy's id for it.
+fn last_request_id(upstream: &Upstream) -> String {
+    let seen = upstream.seen();
+    let last = seen.last().expect("the upstream saw a request");
+    last.header("x-request-id").unwrap().to_owned()
+}
+
+/// How many decision records (not `upstream` ones) `lines` hold for `request_id`.
+fn decisions_for(lines: &[Value], request_id: &str) -> usize {
+    lines
+        .iter()
+        .filter(|r| r["request_id"] == request_id && r.get("event").is_none())
+        .count()
 }
 
 fn registry(port: u16) -> Value {
@@ -173,6 +188,122 @@ fn envoy_allows_and_refuses_by_itself_and_the_audit_trail_still_sees_it() {
     };
     assert_eq!(of("registry")["ALLOWED"], 1, "{fires}");
     assert_eq!(of("no-admin")["DENIED"], 1, "{fires}");
+}
+
+#[test]
+fn a_hostile_path_cannot_forge_an_audit_line() {
+    // Envoy's access log is JSON lines Portcullis reads back: a workload that could end a
+    // line or add a field through its path could write records of its own choosing.
+    let (upstream, gw) = registry_gateway();
+    let port = upstream.port();
+    let forged = r#"/pkg/x","rid":"forged-rid","route":"fast|deny|v|0|-|listener:forward-proxy|no-admin","path":"/pkg/admin"}{"rid":"forged-two"#;
+    let raw = gw.send_raw(
+        format!(
+            "GET http://fast.test:{port}{forged} HTTP/1.1\r\nHost: fast.test:{port}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    // Whether Envoy takes such a target or refuses it (400), nothing else is written.
+    assert!(matches!(raw.status, 200 | 400), "{raw:?}");
+    eprintln!(
+        "a path with quotes and braces: Envoy answered {}",
+        raw.status
+    );
+    if raw.status == 200 {
+        let seen = upstream.seen();
+        let last = seen.last().unwrap();
+        let request_id = last.header("x-request-id").unwrap().to_owned();
+        let record = record_of(&gw, &request_id);
+        assert_eq!(record["path"], last.path.as_str(), "{record}");
+        assert_eq!(record["decision"], "ALLOWED");
+        assert_eq!(record["policy"], "registry");
+    }
+    // A byte that is not UTF-8 in the path must not make the line unreadable, and the
+    // request unaudited.
+    let mut evasive = format!("GET http://fast.test:{port}/pkg/evade-").into_bytes();
+    evasive.push(0xff);
+    evasive.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: fast.test:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let before = upstream.seen().len();
+    let raw = gw.send_raw(&evasive);
+    assert!(matches!(raw.status, 200 | 400), "{raw:?}");
+    if raw.status == 200 {
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), before + 1);
+        let request_id = seen
+            .last()
+            .unwrap()
+            .header("x-request-id")
+            .unwrap()
+            .to_owned();
+        let record = record_of(&gw, &request_id);
+        assert_eq!(record["decision"], "ALLOWED", "{record}");
+        assert!(
+            record["path"].as_str().unwrap().starts_with("/pkg/evade-"),
+            "{record}"
+        );
+    }
+    eprintln!(
+        "a path with a byte that is not UTF-8: Envoy answered {}",
+        raw.status
+    );
+    // A request after it is recorded: the trail has read past the hostile line.
+    let (reply, asked) = send(&gw, &[&format!("http://fast.test:{port}/pkg/after")]);
+    assert_eq!(reply.status, 200);
+    assert!(!asked);
+    let after = last_request_id(&upstream);
+    record_of(&gw, &after);
+    let lines = gw.audit_lines();
+    assert!(
+        lines
+            .iter()
+            .all(|r| r["request_id"] != "forged-rid" && r["request_id"] != "forged-two"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|r| r["policy"] != "no-admin"),
+        "a refusal nobody asked for was recorded: {lines:?}"
+    );
+}
+
+#[test]
+fn fast_path_requests_while_portcullis_is_away_are_audited_when_it_is_back() {
+    let (upstream, mut gw) = registry_gateway();
+    let port = upstream.port();
+    // Envoy keeps the routes it holds: its fast path decides without Portcullis.
+    gw.portcullis.stop();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let reply = gw.via_proxy(&[&format!("http://fast.test:{port}/pkg/away-{n}")]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        ids.push(last_request_id(&upstream));
+    }
+    // Give Envoy a flush (200 ms here) so the lines are in the file before Portcullis is back.
+    std::thread::sleep(Duration::from_millis(600));
+    gw.restart_portcullis();
+    for id in &ids {
+        let record = record_of(&gw, id);
+        assert_eq!(record["decided_by"], "envoy", "{record}");
+        assert_eq!(record["decision"], "ALLOWED");
+    }
+    // Each once: a restart resumes where the last run stopped reading.
+    let lines = gw.audit_lines();
+    for id in &ids {
+        let decisions = decisions_for(&lines, id);
+        assert_eq!(decisions, 1, "{id}: {lines:?}");
+    }
+    gw.restart_portcullis();
+    let reply = gw.via_proxy(&[&format!("http://fast.test:{port}/pkg/later")]);
+    assert_eq!(reply.status, 200);
+    let later = last_request_id(&upstream);
+    record_of(&gw, &later);
+    let lines = gw.audit_lines();
+    for id in &ids {
+        let decisions = decisions_for(&lines, id);
+        assert_eq!(decisions, 1, "read again after a second restart: {id}");
+    }
 }
 
 #[test]

@@ -278,11 +278,47 @@ into files/envoy/ and adapted structurally here, so the reviewed file stays the 
 {{- if ne (int $found) 1 -}}
 {{- fail (printf "%s: expected one cluster named portcullis" $file) -}}
 {{- end -}}
+{{- if eq .Values.topology "separate" -}}
+{{- /* No directory shared with Portcullis: the access log file it follows becomes Envoy's
+gRPC access log service on the portcullis cluster (the file's two loggers, one service). */ -}}
+{{- range $b.static_resources.listeners -}}
+{{- range .filter_chains -}}
+{{- range .filters -}}
+{{- if and (hasKey . "typed_config") (hasKey .typed_config "access_log") -}}
+{{- $logs := list -}}
+{{- $swapped := false -}}
+{{- range .typed_config.access_log -}}
+{{- if and (eq .name "envoy.access_loggers.file") (eq (toString .typed_config.path) "/run/portcullis/access.jsonl") -}}
+{{- if not $swapped -}}
+{{- $logs = append $logs (include "portcullis.envoyGrpcAccessLog" $ | fromYaml) -}}
+{{- $swapped = true -}}
+{{- end -}}
+{{- else -}}
+{{- $logs = append $logs . -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .typed_config "access_log" $logs -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $status := include "portcullis.envoyStatusListener" . | fromYaml -}}
 {{- $_ := set $b.static_resources "listeners" (append $b.static_resources.listeners $status) -}}
 {{- $admin := include "portcullis.envoyAdminCluster" . | fromYaml -}}
 {{- $_ := set $b.static_resources "clusters" (append $b.static_resources.clusters $admin) -}}
 {{- toYaml $b -}}
+{{- end -}}
+
+{{- define "portcullis.envoyGrpcAccessLog" -}}
+name: envoy.access_loggers.http_grpc
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+  common_config:
+    log_name: portcullis
+    transport_api_version: V3
+    grpc_service: {envoy_grpc: {cluster_name: portcullis}}
+    buffer_flush_interval: 1s
 {{- end -}}
 
 {{- define "portcullis.extprocFqdn" -}}
@@ -500,11 +536,13 @@ is stopped only after Envoy has drained and exited.
       - {key: ca.crt, path: ca.crt}
 {{- end }}
 {{- else }}
-# The gRPC socket, shared with Envoy in this pod only.
+# The gRPC socket, shared with Envoy in this pod only, and Envoy's access log file that
+# Portcullis follows (it gives back what it has read). The limit bounds how much Envoy's
+# fast path may log while Portcullis is away; past it the kubelet evicts the pod rather
+# than let requests go unaudited.
 - name: grpc-socket
   emptyDir:
-    medium: Memory
-    sizeLimit: 1Mi
+    sizeLimit: {{ $v.envoy.accessLogSizeLimit }}
 {{- end }}
 {{- if $v.interception.enabled }}
 - name: ca
@@ -555,6 +593,9 @@ straight to SIGTERM (no drain).
     - immediate
     - --log-level
     - {{ $v.envoy.logLevel | quote }}
+    # The access log file Portcullis follows into the audit trail: written each second.
+    - --file-flush-interval-msec
+    - "1000"
     - --service-cluster
     - {{ include "portcullis.fullname" . }}
     - --service-node

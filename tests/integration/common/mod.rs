@@ -283,6 +283,10 @@ pub fn curl(dir: &Path, args: &[&str]) -> Reply {
 /// How the shipped Envoy configs reach Portcullis: replaced by the test's own socket.
 const GRPC_SOCKET_IN_ENVOY_CONFIGS: &str = "path: /run/portcullis/grpc.sock";
 
+/// Where the shipped Envoy configs write the access log Portcullis follows: beside the
+/// socket, replaced with it.
+pub const ENVOY_ACCESS_LOG_IN_ENVOY_CONFIGS: &str = "/run/portcullis/access.jsonl";
+
 /// A gRPC channel over Portcullis's Unix socket, as Envoy (or any process of this user)
 /// opens it.
 pub async fn grpc_channel(
@@ -493,6 +497,15 @@ impl Gateway {
             );
             text = text.replace(from, &to);
         }
+        // Envoy's access log file, beside the socket, where Portcullis follows it.
+        text = text.replace(
+            ENVOY_ACCESS_LOG_IN_ENVOY_CONFIGS,
+            &self
+                .grpc_socket
+                .with_file_name("access.jsonl")
+                .display()
+                .to_string(),
+        );
         if let Some(ca) = &options.upstream_ca_pem {
             let ca_path = self.dir.path().join("upstream-ca.pem");
             std::fs::write(&ca_path, ca).unwrap();
@@ -521,6 +534,9 @@ impl Gateway {
                 "warn",
                 "--concurrency",
                 "2",
+                // The access log file reaches the audit trail this soon (1 s when shipped).
+                "--file-flush-interval-msec",
+                "200",
             ])
             .stdout(access)
             .stderr(log)

@@ -808,6 +808,12 @@ fn envoy_reaches_portcullis_over_mutual_tls() {
         assert_eq!(text.matches(from.as_str()).count(), 1, "{from}");
         text = text.replace(from.as_str(), &to);
     }
+    // No directory shared with Portcullis in this topology: Envoy's access log file goes to
+    // this test's directory, unread (the chart's separate topology swaps in the gRPC service).
+    text = text.replace(
+        crate::common::ENVOY_ACCESS_LOG_IN_ENVOY_CONFIGS,
+        &dir.join("access.jsonl").display().to_string(),
+    );
     let config = write("envoy.yaml", &text);
     let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
     let child = Command::new(crate::common::envoy_binary())
