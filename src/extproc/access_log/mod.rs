@@ -263,18 +263,15 @@ impl<'s> Recorder<'s> {
     }
 }
 
-/// Host (lower case, without brackets) and port of an authority; the scheme's port when
-/// it names none.
+/// The canonical host and the port of an authority, as Portcullis reads a request's (the
+/// scheme's port when it names none); the authority as it came, in lower case, when it
+/// does not parse (a route matched it, so Envoy took it).
 fn split_authority(authority: &str, scheme: &str) -> (String, u16) {
     let default = if scheme == "https" { 443 } else { 80 };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            (host, port.parse().unwrap_or(default))
-        }
-        _ => (authority, default),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host.to_ascii_lowercase(), port)
+    match crate::request::parse_authority(authority) {
+        Ok(parsed) => (parsed.host, parsed.port.unwrap_or(default)),
+        Err(_) => (authority.to_ascii_lowercase(), default),
+    }
 }
 
 /// The record for `outcome`, unless Portcullis did not decide that request or refused it
@@ -459,6 +456,18 @@ mod tests {
         );
         let line = serde_json::to_value(&record).unwrap();
         assert_eq!(line["response_flags"], serde_json::json!(["UF"]));
+    }
+
+    #[test]
+    fn a_fast_path_authority_reads_as_portcullis_reads_a_request_s() {
+        assert_eq!(
+            split_authority("Fast.Test", "https"),
+            ("fast.test".to_owned(), 443)
+        );
+        assert_eq!(
+            split_authority("[::1]:8080", "http"),
+            ("::1".to_owned(), 8080)
+        );
     }
 
     #[test]
