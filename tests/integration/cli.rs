@@ -433,3 +433,41 @@ store:
     }
     assert!(out.contains("6 errors"), "{out}");
 }
+
+/// Without Envoy's access log, requests Envoy decides on the fast path would go unaudited:
+/// `serve` refuses to start rather than serve routes it cannot audit.
+#[test]
+fn serve_refuses_to_start_when_it_cannot_follow_envoys_access_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("access.jsonl");
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  envoy_access_log: {}\naudit: {{sink: stdout}}\npolicies: []\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let out = crate::common::run_portcullis(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--grpc-listen",
+            &format!("unix:{}", socket.display()),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", crate::common::free_port()),
+        ],
+        &[],
+    );
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("cannot open Envoy's access log")
+            && out.stderr.contains(&missing.display().to_string())
+            && out.stderr.contains("server.envoy_access_log"),
+        "{}",
+        out.stderr
+    );
+}
