@@ -471,3 +471,76 @@ fn serve_refuses_to_start_when_it_cannot_follow_envoys_access_log() {
         out.stderr
     );
 }
+
+/// The access log file is read back by Portcullis and sits on disk until it is: no shipped
+/// config may write into it what a request Portcullis decided carried after Portcullis
+/// changed it (a credential injected into the path, a header), nor any header a workload
+/// sends credentials in.
+#[test]
+fn no_shipped_envoy_config_logs_a_credential_into_the_access_log_file() {
+    fn loggers<'a>(value: &'a serde_norway::Value, out: &mut Vec<&'a serde_norway::Value>) {
+        match value {
+            serde_norway::Value::Mapping(map) => {
+                if map.get("name").and_then(|n| n.as_str()) == Some("envoy.access_loggers.file") {
+                    out.push(value);
+                }
+                for v in map.values() {
+                    loggers(v, out);
+                }
+            }
+            serde_norway::Value::Sequence(items) => items.iter().for_each(|v| loggers(v, out)),
+            _ => {}
+        }
+    }
+    let allowed = [
+        "%REQ(X-REQUEST-ID)%",
+        "%REQ(:METHOD)%",
+        "%REQ(:SCHEME)%",
+        "%REQ(:AUTHORITY)%",
+        "%REQ(:PATH)%",
+    ];
+    let mut checked = 0;
+    for dir in ["envoy", "helm/portcullis/files/envoy"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+            let mut found = Vec::new();
+            loggers(&config, &mut found);
+            for logger in found {
+                let format = serde_json::to_string(&logger["typed_config"]).unwrap();
+                let mut rest = format.as_str();
+                while let Some(at) = rest.find("%REQ") {
+                    let tail = &rest[at..];
+                    let end = tail.find(")%").map_or(tail.len(), |e| e + 2);
+                    let operator = &tail[..end];
+                    assert!(
+                        allowed.contains(&operator),
+                        "{}: {operator}",
+                        path.display()
+                    );
+                    rest = &tail[end..];
+                }
+                if format.contains("%REQ(:PATH)%") {
+                    // Only requests without portcullis.request_id: those it never decided.
+                    let filter =
+                        serde_json::to_value(&logger["filter"]["metadata_filter"]).unwrap();
+                    assert_eq!(
+                        filter["matcher"]["filter"],
+                        "portcullis",
+                        "{}",
+                        path.display()
+                    );
+                    assert_eq!(filter["matcher"]["path"][0]["key"], "request_id");
+                    assert_eq!(filter["matcher"]["value"]["string_match"]["exact"], "");
+                    assert_eq!(filter["match_if_key_not_found"], true);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "file loggers checked: {checked}");
+}
