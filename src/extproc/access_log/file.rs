@@ -257,30 +257,18 @@ pub async fn follow(shared: Arc<Shared>, mut tail: Tail, mut shutdown: watch::Re
     let mut bad_lines: u64 = 0;
     loop {
         let stopping = *shutdown.borrow();
-        if let Err(e) = tail.read_lines(&mut buf) {
-            tracing::error!(path = %path.display(), error = %e, "cannot read Envoy's access log");
-        }
-        if !buf.is_empty() {
-            record_lines(&shared, &buf, &mut bad_lines).await;
-            tail.release();
+        let read = record_next(&shared, &mut tail, &mut buf, &mut bad_lines).await;
+        tail.release();
+        if read {
             continue;
         }
-        tail.release();
         if stopping {
             return;
         }
         if tail.rotated() {
             // Envoy writes the new file only once it let go of the old one: what the old
             // one holds now is all it will hold.
-            loop {
-                if let Err(e) = tail.read_lines(&mut buf) {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read the rotated access log");
-                }
-                if buf.is_empty() {
-                    break;
-                }
-                record_lines(&shared, &buf, &mut bad_lines).await;
-            }
+            while record_next(&shared, &mut tail, &mut buf, &mut bad_lines).await {}
             match Tail::open(&path) {
                 Ok(next) => {
                     tracing::info!(path = %path.display(), "Envoy's access log was rotated; following the new file");
@@ -297,6 +285,28 @@ pub async fn follow(shared: Arc<Shared>, mut tail: Tail, mut shutdown: watch::Re
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Reads what Envoy appended since the last read (up to [`READ_CHUNK`]) and records it;
+/// whether there was anything. A failed read records nothing and leaves the offset, to be
+/// read again.
+async fn record_next(
+    shared: &Shared,
+    tail: &mut Tail,
+    buf: &mut Vec<u8>,
+    bad_lines: &mut u64,
+) -> bool {
+    if let Err(e) = tail.read_lines(buf) {
+        // Part of the buffer may be filled: none of it is recorded.
+        buf.clear();
+        tracing::error!(path = %tail.path.display(), error = %e, "cannot read Envoy's access log");
+        return false;
+    }
+    if buf.is_empty() {
+        return false;
+    }
+    record_lines(shared, buf, bad_lines).await;
+    true
 }
 
 /// The records of whole lines; a line that does not parse is logged (by its position
