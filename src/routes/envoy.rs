@@ -13,11 +13,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     substitution_format_string,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, Route, RouteAction as EnvoyRouteAction,
+    DirectResponseAction, FilterConfig, HeaderMatcher, Route, RouteAction as EnvoyRouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, header_matcher, route, route_action, route_match,
-};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
-    ExtProcPerRoute, ext_proc_per_route,
 };
 use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
     HeaderMutationPerRoute, Mutations,
@@ -396,9 +393,14 @@ fn connect_route() -> Route {
     }
 }
 
+/// The route's own "not this filter": Envoy then never builds the ext_proc filter for
+/// the request (it picks the route before it builds the chain). `ExtProcPerRoute`'s
+/// `disabled` would have the filter built for every request, only to step aside — about
+/// a fifth of what a fast-path request costs Envoy.
 fn ext_proc_disabled() -> Any {
-    any(&ExtProcPerRoute {
-        r#override: Some(ext_proc_per_route::Override::Disabled(true)),
+    any(&FilterConfig {
+        disabled: true,
+        ..Default::default()
     })
 }
 
@@ -450,6 +452,16 @@ policies:
   - {name: team, action: allow, rules: [{host: "api.example.org:8080", headers: [{name: x-team, present: true}]}]}
 "#;
 
+    /// The route leaves ext_proc out of the request's chain (`FilterConfig.disabled`).
+    fn disables_ext_proc(route: &Route) -> bool {
+        let config = &route.typed_per_filter_config[EXT_PROC_FILTER];
+        assert_eq!(config.type_url, <FilterConfig as prost::Name>::type_url());
+        use prost::Message;
+        FilterConfig::decode(config.value.as_slice())
+            .expect("a FilterConfig")
+            .disabled
+    }
+
     fn configuration(vetted: Option<SocketAddr>) -> RouteConfiguration {
         let snapshot = snapshot(POLICIES);
         let tags = vec![Tag::parse("listener:forward-proxy").unwrap()];
@@ -490,7 +502,7 @@ policies:
         assert_eq!(decided, vec!["deny", "allow", "deny"]);
         let allow = &registry.routes[5];
         assert!(allow.name.ends_with("|registry"), "{}", allow.name);
-        assert!(allow.typed_per_filter_config.contains_key(EXT_PROC_FILTER));
+        assert!(disables_ext_proc(allow));
         let mutation = &allow.typed_per_filter_config[HEADER_MUTATION_FILTER];
         assert!(
             String::from_utf8_lossy(&mutation.value).contains("93.184.215.14:80"),
@@ -500,7 +512,7 @@ policies:
         assert!(
             matches!(deny.action, Some(route::Action::DirectResponse(ref d)) if d.status == 403)
         );
-        assert!(deny.typed_per_filter_config.contains_key(EXT_PROC_FILTER));
+        assert!(disables_ext_proc(deny));
         // A rule reading a header: what it matches goes to Portcullis, ahead of the
         // default.
         let team = host(&config, "api.example.org:8080");
