@@ -199,37 +199,75 @@ pub enum Next {
 pub struct RuleIndex {
     tag_ids: HashMap<Arc<str>, TagId>,
     /// Each item's match tags, as sorted ids.
-    item_tags: Vec<Box<[TagId]>>,
+    item_tags: ItemTags,
     fleet: HostIndex,
     /// Indexed by the anchor tag's id.
     anchored: Vec<HostIndex>,
 }
 
+/// Every item's match tag ids in one list, each item's run ending at `ends[item]`: two
+/// allocations for the whole set instead of one per policy, rebuilt on every compile
+/// (at 100,000 policies, small blocks scattered among a reload's freed memory keep its
+/// pages from being handed back).
+#[derive(Debug, Default)]
+struct ItemTags {
+    ids: Vec<TagId>,
+    ends: Vec<u32>,
+}
+
+impl ItemTags {
+    fn of(&self, item: u32) -> &[TagId] {
+        let item = item as usize;
+        let start = match item {
+            0 => 0,
+            _ => self.ends[item - 1] as usize,
+        };
+        &self.ids[start..self.ends[item] as usize]
+    }
+}
+
+/// Moves the distinct values of a sorted slice to its front; how many there are.
+fn dedup_sorted(ids: &mut [TagId]) -> usize {
+    let mut kept = 0;
+    for i in 0..ids.len() {
+        if kept == 0 || ids[i] != ids[kept - 1] {
+            ids[kept] = ids[i];
+            kept += 1;
+        }
+    }
+    kept
+}
+
 impl RuleIndex {
     pub fn build(items: &[Indexed<'_>]) -> RuleIndex {
         let mut tag_ids: HashMap<Arc<str>, TagId> = HashMap::default();
-        let mut item_tags = Vec::with_capacity(items.len());
+        let mut item_tags = ItemTags {
+            ids: Vec::with_capacity(items.len()),
+            ends: Vec::with_capacity(items.len()),
+        };
         for item in items {
-            let mut ids: Vec<TagId> = item
-                .match_tags
-                .iter()
-                .map(|tag| match tag_ids.get(tag.as_str()) {
+            let start = item_tags.ids.len();
+            item_tags.ids.extend(item.match_tags.iter().map(
+                |tag| match tag_ids.get(tag.as_str()) {
                     Some(id) => *id,
                     None => {
                         let id = tag_ids.len() as TagId;
                         tag_ids.insert(Arc::from(tag.as_str()), id);
                         id
                     }
-                })
-                .collect();
+                },
+            ));
+            let ids = &mut item_tags.ids[start..];
             ids.sort_unstable();
-            ids.dedup();
-            item_tags.push(ids.into_boxed_slice());
+            let kept = dedup_sorted(ids);
+            item_tags.ids.truncate(start + kept);
+            item_tags.ends.push(item_tags.ids.len() as u32);
         }
+        item_tags.ids.shrink_to_fit();
         let mut uses = vec![0u32; tag_ids.len()];
-        for (item, ids) in items.iter().zip(&item_tags) {
+        for (item_id, item) in items.iter().enumerate() {
             if item.active {
-                for id in ids.iter() {
+                for id in item_tags.of(item_id as u32) {
                     uses[*id as usize] += 1;
                 }
             }
@@ -237,10 +275,11 @@ impl RuleIndex {
         let mut fleet = HostIndex::default();
         let mut anchored: Vec<HostIndex> = Vec::new();
         anchored.resize_with(tag_ids.len(), HostIndex::default);
-        for (item_id, (item, ids)) in items.iter().zip(&item_tags).enumerate() {
+        for (item_id, item) in items.iter().enumerate() {
             if !item.active {
                 continue;
             }
+            let ids = item_tags.of(item_id as u32);
             let index = match ids.iter().min_by_key(|id| uses[**id as usize]) {
                 Some(anchor) => &mut anchored[*anchor as usize],
                 None => &mut fleet,
@@ -280,9 +319,7 @@ impl RuleIndex {
 
     /// Whether the workload carries every match tag of `item`.
     pub fn carries(&self, item: u32, tags: &WorkloadTagIds) -> bool {
-        self.item_tags[item as usize]
-            .iter()
-            .all(|id| tags.contains(*id))
+        self.item_tags.of(item).iter().all(|id| tags.contains(*id))
     }
 
     /// Shows `visit` every candidate whose item's tags the workload carries and whose
@@ -310,5 +347,25 @@ impl RuleIndex {
                 index.buckets(req, &mut in_bucket);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_item_keeps_its_own_sorted_distinct_tags() {
+        let mut list = vec![3, 1, 3, 2, 1];
+        list.sort_unstable();
+        let kept = dedup_sorted(&mut list);
+        assert_eq!(&list[..kept], &[1, 2, 3]);
+        let tags = ItemTags {
+            // item 0: none; item 1: [4, 7]; item 2: none; item 3: [2]
+            ids: vec![4, 7, 2],
+            ends: vec![0, 2, 2, 3],
+        };
+        let of: Vec<&[TagId]> = (0..4).map(|item| tags.of(item)).collect();
+        assert_eq!(of, vec![&[][..], &[4, 7][..], &[][..], &[2][..]]);
     }
 }
