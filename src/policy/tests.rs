@@ -1092,6 +1092,32 @@ policies:
     assert_eq!(verdict("/allow", br#"{"vip": true}"#).0, Decision::Allowed);
 }
 
+/// Past a few thousand policies their definitions are digested on every core: each digest
+/// must still land on its own policy, so exactly the changed one is compiled anew.
+#[test]
+fn a_large_recompile_digests_in_parallel_and_takes_exactly_the_unchanged_policies() {
+    let template = parse_str(FLEET, None).unwrap().config.policies[0].clone();
+    let before: Vec<PolicyConfig> = (0..5000)
+        .map(|i| {
+            let mut policy = template.clone();
+            policy.name = format!("tenant-{i}");
+            policy.priority = i % 97;
+            policy
+        })
+        .collect();
+    let earlier = PolicySet::compile(&before, DefaultAction::Deny);
+    let mut after = before.clone();
+    after[4321].priority += 1000;
+    let reused = PolicySet::compile_reusing(&after, &[], DefaultAction::Deny, Some(&earlier));
+    let compiled_anew: Vec<usize> = (reused.policies().iter().zip(earlier.policies()))
+        .enumerate()
+        .filter(|(_, (now, then))| !Arc::ptr_eq(now, then))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(compiled_anew, vec![4321]);
+    assert_eq!(reused.policies()[4321].priority, after[4321].priority);
+}
+
 /// A recompile takes every unchanged policy from the earlier set as it was compiled there,
 /// compiles the changed one, and decides exactly as a compile from scratch.
 #[test]

@@ -68,7 +68,7 @@ impl Snapshot {
 
     /// Compiles `config`'s settings with `policies`: the file's own, or the definitions of
     /// store contents where they are (not copied: at 100,000 a copy is 100 MB).
-    fn compile_versions<P: PolicyDefinition>(
+    fn compile_versions<P: PolicyDefinition + Sync>(
         config: &Config,
         policies: &[P],
         version: &str,
