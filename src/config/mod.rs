@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{
     ConfigError, ConfigErrors, LoadedConfig, Partial, load_file, load_file_partial, parse_str,
-    version_of,
+    version_of, version_of_file,
 };
 
 use crate::identity::IdentityConfig;
