@@ -205,37 +205,36 @@ pub struct RuleIndex {
     anchored: Vec<HostIndex>,
 }
 
-/// Every item's match tag ids in one list, each item's run ending at `ends[item]`: two
-/// allocations for the whole set instead of one per policy, rebuilt on every compile
-/// (at 100,000 policies, small blocks scattered among a reload's freed memory keep its
-/// pages from being handed back).
-#[derive(Debug, Default)]
+/// Every item's match tag ids in one list, item `i`'s run from `starts[i]` to
+/// `starts[i + 1]`: two allocations for the whole set instead of one per policy, rebuilt on
+/// every compile (at 100,000 policies, small blocks scattered among a reload's freed memory
+/// keep its pages from being handed back).
+#[derive(Debug)]
 struct ItemTags {
     ids: Vec<TagId>,
-    ends: Vec<u32>,
+    starts: Vec<u32>,
+}
+
+impl Default for ItemTags {
+    fn default() -> Self {
+        ItemTags {
+            ids: Vec::new(),
+            starts: vec![0],
+        }
+    }
 }
 
 impl ItemTags {
     fn of(&self, item: u32) -> &[TagId] {
         let item = item as usize;
-        let start = match item {
-            0 => 0,
-            _ => self.ends[item - 1] as usize,
-        };
-        &self.ids[start..self.ends[item] as usize]
+        &self.ids[self.starts[item] as usize..self.starts[item + 1] as usize]
     }
-}
 
-/// Moves the distinct values of a sorted slice to its front; how many there are.
-fn dedup_sorted(ids: &mut [TagId]) -> usize {
-    let mut kept = 0;
-    for i in 0..ids.len() {
-        if kept == 0 || ids[i] != ids[kept - 1] {
-            ids[kept] = ids[i];
-            kept += 1;
-        }
+    /// Appends the next item's tags, sorted and distinct.
+    fn push(&mut self, sorted_distinct: &[TagId]) {
+        self.ids.extend_from_slice(sorted_distinct);
+        self.starts.push(self.ids.len() as u32);
     }
-    kept
 }
 
 impl RuleIndex {
@@ -243,25 +242,27 @@ impl RuleIndex {
         let mut tag_ids: HashMap<Arc<str>, TagId> = HashMap::default();
         let mut item_tags = ItemTags {
             ids: Vec::with_capacity(items.len()),
-            ends: Vec::with_capacity(items.len()),
+            starts: Vec::with_capacity(items.len() + 1),
         };
+        item_tags.starts.push(0);
+        let mut scratch: Vec<TagId> = Vec::new();
         for item in items {
-            let start = item_tags.ids.len();
-            item_tags.ids.extend(item.match_tags.iter().map(
-                |tag| match tag_ids.get(tag.as_str()) {
-                    Some(id) => *id,
-                    None => {
-                        let id = tag_ids.len() as TagId;
-                        tag_ids.insert(Arc::from(tag.as_str()), id);
-                        id
-                    }
-                },
-            ));
-            let ids = &mut item_tags.ids[start..];
-            ids.sort_unstable();
-            let kept = dedup_sorted(ids);
-            item_tags.ids.truncate(start + kept);
-            item_tags.ends.push(item_tags.ids.len() as u32);
+            scratch.clear();
+            scratch.extend(
+                item.match_tags
+                    .iter()
+                    .map(|tag| match tag_ids.get(tag.as_str()) {
+                        Some(id) => *id,
+                        None => {
+                            let id = tag_ids.len() as TagId;
+                            tag_ids.insert(Arc::from(tag.as_str()), id);
+                            id
+                        }
+                    }),
+            );
+            scratch.sort_unstable();
+            scratch.dedup();
+            item_tags.push(&scratch);
         }
         item_tags.ids.shrink_to_fit();
         let mut uses = vec![0u32; tag_ids.len()];
@@ -355,16 +356,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_item_keeps_its_own_sorted_distinct_tags() {
-        let mut list = vec![3, 1, 3, 2, 1];
-        list.sort_unstable();
-        let kept = dedup_sorted(&mut list);
-        assert_eq!(&list[..kept], &[1, 2, 3]);
-        let tags = ItemTags {
-            // item 0: none; item 1: [4, 7]; item 2: none; item 3: [2]
-            ids: vec![4, 7, 2],
-            ends: vec![0, 2, 2, 3],
-        };
+    fn each_item_has_its_own_run_of_tags() {
+        let mut tags = ItemTags::default();
+        // item 0: none; item 1: [4, 7]; item 2: none; item 3: [2]
+        for item in [&[][..], &[4, 7][..], &[][..], &[2][..]] {
+            tags.push(item);
+        }
+        assert_eq!(tags.ids, vec![4, 7, 2]);
         let of: Vec<&[TagId]> = (0..4).map(|item| tags.of(item)).collect();
         assert_eq!(of, vec![&[][..], &[4, 7][..], &[][..], &[2][..]]);
     }
