@@ -116,6 +116,7 @@ pub struct StoreApplyArgs {
 }
 
 pub fn serve(args: ServeArgs) -> ExitCode {
+    crate::live::no_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -179,7 +179,7 @@ impl Reloader {
         let live = self.live.snapshot().version.clone();
         // Off the async workers: at 100,000 policies a parse takes a second.
         let path = self.path.clone();
-        let parsed = tokio::task::spawn_blocking(move || parse_str(&text, Some(&path))).await;
+        let parsed = crate::live::on_blocking_thread(move || parse_str(&text, Some(&path))).await;
         let Ok(parsed) = parsed else {
             tracing::error!("the config parse panicked; keeping the live config");
             metrics.record_reload(false, None);

@@ -84,6 +84,9 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
     let b = Instance::start_reader(&db);
     let total = fillers + 2;
     eprintln!("---- {total} policies (seeded in {seeded:?}) ----");
+    // Memory once both serve the seeded store, settled for two seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let memory_ready = [memory(a.gw.portcullis.pid()), memory(b.gw.portcullis.pid())];
 
     // 1. Propagation: each change flips B's decision.
     let flip = |action: &str| {
@@ -185,6 +188,21 @@ fn bench_fleet(fillers: usize, changes: usize, duration: u64, rounds: usize) -> 
         "B's CPU per change applied, no load: {:.1} ms ({SYNC_SAMPLES} changes, /readyz polled every 20 ms)",
         per_sync * 1e3
     ));
+    // Memory after every change so far (the flips and these), settled for three seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let memory_changed = [memory(a.gw.portcullis.pid()), memory(b.gw.portcullis.pid())];
+    for (who, ready, changed) in [
+        ("A (writer)", memory_ready[0], memory_changed[0]),
+        ("B (reader)", memory_ready[1], memory_changed[1]),
+    ] {
+        lines.push(format!(
+            "{who} RSS: {:.1} MiB when serving the seeded store, {:.1} MiB after {} changes; peak {:.1} MiB",
+            ready.0,
+            changed.0,
+            changes + SYNC_SAMPLES as usize + 2,
+            changed.1
+        ));
+    }
     // The control: the same writes to an instance on another database, which B never
     // reads — what making changes costs this machine, without B applying them.
     let elsewhere = TestDatabase::create();
@@ -507,6 +525,25 @@ impl Usage {
 }
 
 /// User and system CPU time of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
+/// A process's resident memory and its peak (VmRSS, VmHWM), in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
