@@ -93,6 +93,35 @@ impl FileStamp {
     }
 }
 
+/// When the poll last had the file read: its stamp then, and the polls since. `None` at
+/// first, so the first poll reads whatever changed since `serve` read it.
+#[derive(Default)]
+struct LastRead {
+    stamp: Option<FileStamp>,
+    polls_since: u32,
+}
+
+impl LastRead {
+    /// Notes a read about to happen for another reason (the watch, SIGHUP).
+    async fn now(&mut self, path: &std::path::Path) {
+        self.stamp = FileStamp::of(path).await;
+        self.polls_since = 0;
+    }
+
+    /// Whether this poll reads: the stamp moved (or cannot be taken), or READ_EVERY polls
+    /// went by (a rewrite of the same size within one timestamp tick).
+    async fn due(&mut self, path: &std::path::Path) -> bool {
+        let now = FileStamp::of(path).await;
+        self.polls_since += 1;
+        let due = now.is_none() || now != self.stamp || self.polls_since >= READ_EVERY;
+        if due {
+            self.stamp = now;
+            self.polls_since = 0;
+        }
+        due
+    }
+}
+
 impl Reloader {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (tx, mut changes) = mpsc::channel(1);
@@ -107,28 +136,19 @@ impl Reloader {
         let mut poll = tokio::time::interval(config_watch::POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        // The poll reads the file when its stamp moved, and every READ_EVERY polls anyway
-        // (a rewrite of the same size within one timestamp tick); `None` at first, so the
-        // first poll reads whatever changed since `serve` read it.
-        let mut stamp: Option<FileStamp> = None;
-        let mut polls_unread = 0u32;
+        let mut last_read = LastRead::default();
         loop {
             tokio::select! {
                 Some(()) = changes.recv() => {
                     debounce(&mut changes).await;
-                    stamp = FileStamp::of(&self.path).await;
-                    polls_unread = 0;
+                    last_read.now(&self.path).await;
                     self.check().await;
                     if let Some(watch) = &mut watch {
                         watch.rearm();
                     }
                 }
                 _ = poll.tick() => {
-                    let now = FileStamp::of(&self.path).await;
-                    polls_unread += 1;
-                    if now.is_none() || now != stamp || polls_unread >= READ_EVERY {
-                        stamp = now;
-                        polls_unread = 0;
+                    if last_read.due(&self.path).await {
                         self.check().await;
                     }
                     if let Some(watch) = &mut watch {
@@ -138,8 +158,7 @@ impl Reloader {
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     self.last_seen = None;
-                    stamp = FileStamp::of(&self.path).await;
-                    polls_unread = 0;
+                    last_read.now(&self.path).await;
                     self.check().await;
                 }
                 _ = shutdown.changed() => return,
@@ -291,6 +310,30 @@ mod tests {
 
         std::fs::remove_file(&path).unwrap();
         assert_eq!(FileStamp::of(&path).await, None);
+    }
+
+    /// A poll reads when the stamp moved since the last read, and every READ_EVERY polls
+    /// even when it did not; a read for another reason (the watch) restarts the count.
+    #[tokio::test]
+    async fn a_poll_reads_when_the_stamp_moved_or_enough_polls_went_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, "default_action: deny\n").unwrap();
+        let mut last_read = LastRead::default();
+        assert!(last_read.due(&path).await, "the first poll reads");
+        for _ in 1..READ_EVERY {
+            assert!(!last_read.due(&path).await);
+        }
+        assert!(
+            last_read.due(&path).await,
+            "the READ_EVERY-th poll reads anyway"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(&path, "default_action: DENY\n").unwrap();
+        assert!(last_read.due(&path).await, "an edit moves the stamp");
+        std::fs::write(&path, "default_action: deny\n").unwrap();
+        last_read.now(&path).await;
+        assert!(!last_read.due(&path).await, "read since by the watch");
     }
 
     /// A poll knows the file by the version a whole read would give it, read in pieces.

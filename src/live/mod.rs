@@ -80,11 +80,7 @@ pub struct Isolated {
 /// towards a container's memory limit. The binary allocates with mimalloc; glibc's malloc
 /// is trimmed too, for what allocates through it (the tests, C libraries).
 pub fn release_freed_memory() {
-    // SAFETY: mi_collect frees only memory mimalloc holds unused, including the heaps of
-    // exited threads; it is called from a thread of its own with nothing borrowed.
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
+    collect_heap();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns whole free pages of glibc's own heaps to the kernel;
     // it touches no memory in use.
@@ -133,10 +129,7 @@ pub async fn on_blocking_thread<T: Send + 'static>(
     let joined = tokio::task::spawn_blocking(move || {
         // `work` and what it captured are dropped by the time it returns.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-        // SAFETY: as in `release_freed_memory`; this thread holds nothing borrowed.
-        unsafe {
-            libmimalloc_sys::mi_collect(true);
-        }
+        collect_heap();
         outcome
     })
     .await;
@@ -150,6 +143,16 @@ pub async fn on_blocking_thread<T: Send + 'static>(
                 .unwrap_or_else(|| "no message".to_owned()),
         )),
         Err(e) => Err(Panicked(e.to_string())),
+    }
+}
+
+/// Has mimalloc hand back what this thread's heap and the heaps of exited threads hold
+/// freed.
+fn collect_heap() {
+    // SAFETY: mi_collect frees only memory mimalloc holds unused, including the heaps of
+    // exited threads; it is called from a blocking thread with nothing borrowed.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }
 

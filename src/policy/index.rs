@@ -217,14 +217,20 @@ struct ItemTags {
 
 impl Default for ItemTags {
     fn default() -> Self {
-        ItemTags {
-            ids: Vec::new(),
-            starts: vec![0],
-        }
+        ItemTags::with_capacity(0)
     }
 }
 
 impl ItemTags {
+    fn with_capacity(items: usize) -> ItemTags {
+        let mut starts = Vec::with_capacity(items + 1);
+        starts.push(0);
+        ItemTags {
+            ids: Vec::with_capacity(items),
+            starts,
+        }
+    }
+
     fn of(&self, item: u32) -> &[TagId] {
         let item = item as usize;
         &self.ids[self.starts[item] as usize..self.starts[item + 1] as usize]
@@ -240,11 +246,7 @@ impl ItemTags {
 impl RuleIndex {
     pub fn build(items: &[Indexed<'_>]) -> RuleIndex {
         let mut tag_ids: HashMap<Arc<str>, TagId> = HashMap::default();
-        let mut item_tags = ItemTags {
-            ids: Vec::with_capacity(items.len()),
-            starts: Vec::with_capacity(items.len() + 1),
-        };
-        item_tags.starts.push(0);
+        let mut item_tags = ItemTags::with_capacity(items.len());
         let mut scratch: Vec<TagId> = Vec::new();
         for item in items {
             scratch.clear();
