@@ -10,7 +10,6 @@
 //! policies, with the bytes the config and the set hold (a counting global allocator).
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
@@ -20,6 +19,7 @@ use portcullis::policy::rule::Tag;
 use portcullis::policy::{PolicyConfig, PolicySet};
 use portcullis::request::OutboundRequest;
 use portcullis::snapshot::Snapshot;
+use portcullis::store::Held;
 use portcullis::transforms::grpc::proto::decide_response::Decision as Answer;
 use portcullis::transforms::grpc::proto::processor_server::{Processor, ProcessorServer};
 use portcullis::transforms::grpc::proto::{Continue, DecideRequest, DecideResponse};
@@ -530,15 +530,15 @@ fn recompile_one(size: usize, compiled: &PolicySet) -> (Duration, Duration) {
         Some(compiled),
     ));
     let file = started.elapsed();
-    let mut shared: Vec<Arc<PolicyConfig>> = policies.into_iter().map(Arc::new).collect();
+    let mut held: Vec<Held<PolicyConfig>> = policies.iter().map(|p| Held::new(1, p)).collect();
     let versions = vec![1; size];
-    let earlier = PolicySet::compile_reusing(&shared, &versions, default, None);
-    let mut edited = PolicyConfig::clone(&shared[changed]);
+    let earlier = PolicySet::compile_reusing(&held, &versions, default, None);
+    let mut edited = policies[changed].clone();
     edited.priority += 1;
-    shared[changed] = Arc::new(edited);
+    held[changed] = Held::new(1, &edited);
     let started = Instant::now();
     black_box(PolicySet::compile_reusing(
-        &shared,
+        &held,
         &versions,
         default,
         Some(&earlier),

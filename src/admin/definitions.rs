@@ -21,8 +21,8 @@ use super::{ApiError, Control, Credentials};
 use crate::config::AdminRole;
 use crate::config::every_error::deserialize_every_error;
 use crate::live::ChangeRefused;
-use crate::policy::PolicyConfig;
-use crate::store::{Change, Definition, Kind, Stored, diff};
+use crate::policy::{PolicyConfig, PolicyDefinition};
+use crate::store::{Change, Definition, Held, Kind, Stored, diff};
 use crate::vocab::FieldError;
 
 type Json = axum::Json<Value>;
@@ -359,7 +359,7 @@ async fn delete<T: Definition>(
         .map_err(|e| ApiError::from_store(e, ""))?;
     let removed = name.clone();
     check_edit::<T>(&control, None, move |list| {
-        list.retain(|s| s.definition.name() != removed)
+        list.retain(|s| *s.name != *removed)
     })
     .await?;
     let change = Change::by(&caller.name, query.reason.as_deref().unwrap_or(""));
@@ -562,8 +562,10 @@ async fn reorder(
     let edits = priorities.clone();
     check_edit::<PolicyConfig>(&control, None, move |list| {
         for (name, _, priority) in edits {
-            if let Some(stored) = list.iter_mut().find(|s| s.definition.name == name) {
-                std::sync::Arc::make_mut(&mut stored.definition).priority = priority;
+            if let Some(held) = list.iter_mut().find(|s| *s.name == *name) {
+                let mut policy = PolicyDefinition::config(held).into_owned();
+                policy.priority = priority;
+                *held = Held::new(held.version, &policy);
             }
         }
     })
@@ -591,12 +593,8 @@ async fn check<T: Definition>(control: &Control, definition: T) -> Result<(), Ap
     let name = definition.name().to_owned();
     let written = name.clone();
     check_edit::<T>(control, Some(&written), move |list| {
-        let stored = Stored {
-            version: 0,
-            definition: std::sync::Arc::new(definition),
-            updated_at: String::new(),
-        };
-        match list.iter_mut().find(|s| s.definition.name() == name) {
+        let stored = Held::new(0, &definition);
+        match list.iter_mut().find(|s| *s.name == *name) {
             Some(slot) => *slot = stored,
             None => list.push(stored),
         }
@@ -610,7 +608,7 @@ async fn check<T: Definition>(control: &Control, definition: T) -> Result<(), Ap
 async fn check_edit<T: Definition>(
     control: &Control,
     written: Option<&str>,
-    edit: impl FnOnce(&mut Vec<Stored<T>>),
+    edit: impl FnOnce(&mut Vec<Held<T>>),
 ) -> Result<(), ApiError> {
     let kind = T::KIND.as_str();
     let stored_prefix = written.map(|name| format!("{}[{name:?}]", T::KIND.plural()));

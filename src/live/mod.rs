@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Notify};
 
 use crate::config::Config;
-use crate::policy::{DefaultAction, PolicyConfig};
+use crate::policy::{DefaultAction, PolicyConfig, PolicyDefinition};
 use crate::snapshot::{Origin, Runtime, Snapshot};
 use crate::store::{Changes, Contents, Fault, Store};
 use crate::vocab::FieldError;
@@ -434,10 +434,8 @@ impl Live {
         let default = inputs.config.default_action;
         match (&inputs.contents, self.source) {
             (Some(contents), PolicySource::Store) => (
-                contents
-                    .policies
-                    .iter()
-                    .map(|p| (*p.definition).clone())
+                (contents.policies.iter())
+                    .map(|p| PolicyDefinition::config(p).into_owned())
                     .collect(),
                 contents.policies.iter().map(|p| p.version).collect(),
                 default,

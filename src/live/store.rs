@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::snapshot::{Runtime, Snapshot};
 use crate::store::changes::{self, Signal};
 use crate::store::faults::policy_stand_in;
-use crate::store::{Contents, Fault, Store};
+use crate::store::{Contents, Fault, Held, Store};
 use crate::vocab::FieldError;
 
 /// Compiles `config` with the store's `contents` as a running gateway does: each stored
@@ -77,8 +77,8 @@ fn set_aside_faulty(
     let mut progress = false;
     let mut faults = Vec::new();
     let mut kept = Vec::with_capacity(contents.policies.len());
-    for mut stored in std::mem::take(&mut contents.policies) {
-        let name = stored.definition.name.clone();
+    for stored in std::mem::take(&mut contents.policies) {
+        let name = stored.name.to_string();
         let Some(error) = why(&named("policies", &name)) else {
             kept.push(stored);
             continue;
@@ -86,7 +86,7 @@ fn set_aside_faulty(
         progress = true;
         // A stand-in that fails again is left out.
         let first = set_aside.insert(("policy", name.clone()));
-        let raw = serde_json::to_value(&stored.definition).ok();
+        let raw = serde_json::from_str(&stored.text).ok();
         let stand_in = first
             .then(|| policy_stand_in(&name, raw.as_ref()))
             .flatten();
@@ -98,19 +98,18 @@ fn set_aside_faulty(
             outcome: Fault::outcome(stand_in.is_some()),
         });
         if let Some(definition) = stand_in {
-            stored.definition = Arc::new(definition);
-            kept.push(stored);
+            kept.push(Held::new(stored.version, &definition));
         }
     }
     contents.policies = kept;
     contents.secrets.retain(|stored| {
-        let Some(error) = why(&named("secrets", &stored.definition.name)) else {
+        let Some(error) = why(&named("secrets", &stored.name)) else {
             return true;
         };
         progress = true;
         faults.push(Fault {
             kind: "secret",
-            name: stored.definition.name.clone(),
+            name: stored.name.to_string(),
             version: Some(stored.version),
             error,
             outcome: "left_out",
@@ -344,4 +343,69 @@ async fn reload(live: &Live, store: &Store, full: bool, read: Read) -> Result<Op
         }
     }
     Ok(caught.changed_rows.is_none().then_some(revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use crate::policy::PolicyConfig;
+
+    fn policy(json: serde_json::Value) -> Held<PolicyConfig> {
+        Held::new(1, &serde_json::from_value::<PolicyConfig>(json).unwrap())
+    }
+
+    /// A held policy is taken from the earlier compile as it was, without being parsed
+    /// again — and still refused when the file no longer defines a detector it names.
+    #[test]
+    fn a_held_policy_taken_as_compiled_is_still_checked_against_the_files_detectors() {
+        let contents = Arc::new(Contents {
+            revision: 1,
+            policies: vec![
+                policy(serde_json::json!({"name": "docs", "action": "allow",
+                    "rules": [{"host": "docs.example.com"}]})),
+                policy(serde_json::json!({"name": "scan", "action": "deny",
+                    "rules": [{"host": "*", "dlp": ["acme_token"]}]})),
+            ],
+            ..Contents::default()
+        });
+        let runtime = Runtime::default();
+        let with = parse_str(
+            "dlp:\n  custom:\n    - {name: acme_token, regex: 'acme_[0-9a-f]{8}'}\n",
+            None,
+        )
+        .unwrap()
+        .config;
+        let (first, isolated) =
+            compile_with_store_isolated(&with, "v1", contents.clone(), &|_| None, &runtime, None)
+                .unwrap();
+        assert!(
+            isolated.contents.faults.is_empty(),
+            "{:?}",
+            isolated.contents.faults
+        );
+
+        let without = parse_str("default_action: deny\n", None).unwrap().config;
+        let earlier = Some(&first.policies);
+        let (second, isolated) =
+            compile_with_store_isolated(&without, "v2", contents, &|_| None, &runtime, earlier)
+                .unwrap();
+        let faults = &isolated.contents.faults;
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert_eq!(
+            (faults[0].name.as_str(), faults[0].outcome),
+            ("scan", "denies")
+        );
+        assert!(
+            (faults[0].error).starts_with("rules[0].dlp[0]: unknown DLP detector \"acme_token\""),
+            "{}",
+            faults[0].error
+        );
+        let (docs_then, docs_now) = (
+            &first.policies.policies()[0],
+            &second.policies.policies()[0],
+        );
+        assert_eq!(&*docs_now.name, "docs");
+        assert!(Arc::ptr_eq(docs_then, docs_now), "taken as compiled");
+    }
 }

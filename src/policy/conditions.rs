@@ -282,6 +282,11 @@ pub struct ConditionSources<'a> {
 }
 
 impl Conditions {
+    /// The DLP detectors the rule names, in the order written.
+    pub fn detectors(&self) -> impl Iterator<Item = &str> {
+        self.dlp.iter().map(|d| &**d)
+    }
+
     /// `None` for a rule without conditions.
     pub fn compile(sources: ConditionSources<'_>) -> Option<Conditions> {
         let action_types = ActionTypeSet::of(sources.action_types);

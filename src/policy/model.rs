@@ -1,5 +1,6 @@
 //! The stored (user-written) form of a policy.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -58,27 +59,23 @@ pub struct PolicyConfig {
 }
 
 /// A definition to compile: a config file's, known again in a recompile by its digest,
-/// or one held shared (the store's contents), known again by identity.
+/// or one held as shared JSON (the store's contents), known again by that JSON's identity.
 pub trait PolicyDefinition {
-    fn config(&self) -> &PolicyConfig;
-    /// The definition as held shared, when it is.
-    fn shared(&self) -> Option<&std::sync::Arc<PolicyConfig>> {
+    fn name(&self) -> &str;
+    /// The definition: borrowed, or parsed from what is held.
+    fn config(&self) -> Cow<'_, PolicyConfig>;
+    /// The definition's JSON as held shared, when it is.
+    fn held(&self) -> Option<&std::sync::Arc<str>> {
         None
     }
 }
 
 impl PolicyDefinition for PolicyConfig {
-    fn config(&self) -> &PolicyConfig {
-        self
+    fn name(&self) -> &str {
+        &self.name
     }
-}
-
-impl PolicyDefinition for std::sync::Arc<PolicyConfig> {
-    fn config(&self) -> &PolicyConfig {
-        self
-    }
-    fn shared(&self) -> Option<&std::sync::Arc<PolicyConfig>> {
-        Some(self)
+    fn config(&self) -> Cow<'_, PolicyConfig> {
+        Cow::Borrowed(self)
     }
 }
 

@@ -170,18 +170,18 @@ impl DefinitionDigest {
 pub enum CompiledFrom {
     /// A config file's definition, by digest: the file's definitions are not kept.
     Digest(DefinitionDigest),
-    /// A definition held shared (the store's contents), by identity; held here too, so
-    /// no other definition can take its address while this compile lives.
-    Shared(Arc<PolicyConfig>),
+    /// A definition held as shared JSON (the store's contents), by identity; held here
+    /// too, so no other definition can take its address while this compile lives.
+    Held(Arc<str>),
     /// One that cannot be written as JSON: never taken for another.
     Unknown,
 }
 
 impl CompiledFrom {
     fn of<P: PolicyDefinition>(definition: &P) -> CompiledFrom {
-        match definition.shared() {
-            Some(shared) => CompiledFrom::Shared(Arc::clone(shared)),
-            None => DefinitionDigest::of(definition.config())
+        match definition.held() {
+            Some(held) => CompiledFrom::Held(Arc::clone(held)),
+            None => DefinitionDigest::of(&definition.config())
                 .map_or(CompiledFrom::Unknown, CompiledFrom::Digest),
         }
     }
@@ -214,7 +214,7 @@ impl CompiledFrom {
     fn same(&self, other: &CompiledFrom) -> bool {
         match (self, other) {
             (CompiledFrom::Digest(a), CompiledFrom::Digest(b)) => a == b,
-            (CompiledFrom::Shared(a), CompiledFrom::Shared(b)) => Arc::ptr_eq(a, b),
+            (CompiledFrom::Held(a), CompiledFrom::Held(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -362,15 +362,16 @@ impl PolicySet {
         let policies: Vec<Arc<CompiledPolicy>> = (configs.iter())
             .zip(CompiledFrom::of_all(configs))
             .enumerate()
-            .map(|(i, (config, compiled_from))| {
-                let config = config.config();
+            .map(|(i, (definition, compiled_from))| {
                 let version = versions.get(i).copied();
                 if let Some(compiled) = (earlier.as_ref())
-                    .and_then(|earlier| earlier.get(config.name.as_str()))
+                    .and_then(|earlier| earlier.get(definition.name()))
                     .filter(|e| e.version == version && e.compiled_from.same(&compiled_from))
                 {
                     return Arc::clone(compiled);
                 }
+                // Parsed here, for held JSON: only what changed.
+                let config = definition.config();
                 Arc::new(CompiledPolicy {
                     name: Arc::from(config.name.as_str()),
                     compiled_from,

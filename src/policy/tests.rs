@@ -1174,17 +1174,18 @@ fn a_recompile_does_not_take_a_policy_compiled_from_another_definition() {
     assert_eq!(moved.policies()[1].version, Some(8));
 }
 
-/// A definition held shared (the store's contents) is known again by identity: the same
-/// `Arc` is taken as compiled, an equal definition in another `Arc` is compiled anew, and
-/// a compile known by digest is never taken for a shared one.
+/// A definition held as shared JSON (the store's contents) is known again by identity:
+/// the same JSON is taken as compiled, an equal one held apart is compiled anew, and a
+/// compile known by digest is never taken for a held one.
 #[test]
-fn a_recompile_knows_a_shared_definition_by_identity() {
+fn a_recompile_knows_a_held_definition_by_identity() {
+    use crate::store::Held;
     let configs = parse_str(FLEET, None).unwrap().config.policies;
-    let before: Vec<Arc<PolicyConfig>> = configs.iter().cloned().map(Arc::new).collect();
+    let before: Vec<Held<PolicyConfig>> = configs.iter().map(|c| Held::new(1, c)).collect();
     let versions = vec![1; before.len()];
     let earlier = PolicySet::compile_reusing(&before, &versions, DefaultAction::Deny, None);
     let mut after = before.clone();
-    after[0] = Arc::new(PolicyConfig::clone(&before[0]));
+    after[0] = Held::new(1, &configs[0]);
     let reused = PolicySet::compile_reusing(&after, &versions, DefaultAction::Deny, Some(&earlier));
     assert!(!Arc::ptr_eq(&reused.policies()[0], &earlier.policies()[0]));
     for (i, policy) in reused.policies().iter().enumerate().skip(1) {

@@ -77,11 +77,7 @@ impl Snapshot {
         runtime: &Runtime,
         earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
-        let mut errors = duplicate_names(
-            "policies",
-            "policy",
-            policies.iter().map(|p| p.config().name.as_str()),
-        );
+        let mut errors = duplicate_names("policies", "policy", policies.iter().map(|p| p.name()));
         if config.audit.sink == crate::config::AuditSinkKind::File && config.audit.path.is_none() {
             errors.push(FieldError::new("audit.path", "`sink: file` needs a `path`"));
         }
@@ -105,26 +101,25 @@ impl Snapshot {
         let scanner = Scanner::compile(&config.dlp)
             .map_err(|e| errors.extend(e.into_iter().map(|e| e.under("dlp"))))
             .ok();
-        if let Some(scanner) = &scanner {
-            for (p, policy) in policies.iter().enumerate() {
-                errors.extend(
-                    unknown_detectors(policy.config(), scanner)
-                        .into_iter()
-                        .map(|e| e.under(&format!("policies[{p}]"))),
-                );
-            }
-        }
-        match (identities, pipeline, admin, scanner) {
-            (Some(identities), Some(pipeline), Some(admin), Some(scanner)) if errors.is_empty() => {
+        // Detectors are checked on the compiled rules: a held definition is not parsed
+        // again for it, and one gone from `dlp:` is missed in none.
+        let compiled = scanner.as_ref().map(|scanner| {
+            let set = PolicySet::compile_reusing(
+                policies,
+                policy_versions,
+                config.default_action,
+                earlier,
+            );
+            errors.extend(unknown_detectors_in(&set, scanner));
+            set
+        });
+        match (identities, pipeline, admin, scanner, compiled) {
+            (Some(identities), Some(pipeline), Some(admin), Some(scanner), Some(compiled))
+                if errors.is_empty() =>
+            {
                 Ok(Snapshot {
                     version: Arc::from(version),
-                    policies: PolicySet::compile_reusing(
-                        policies,
-                        policy_versions,
-                        config.default_action,
-                        earlier,
-                    )
-                    .with_dlp(Arc::new(scanner)),
+                    policies: compiled.with_dlp(Arc::new(scanner)),
                     mcp: config.mcp.clone(),
                     request: config.request,
                     network: crate::network::NetworkGuard::compile(
@@ -158,10 +153,13 @@ impl Snapshot {
         earlier: Option<&PolicySet>,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let mut effective = config.clone();
-        effective.secrets = contents
-            .secrets
-            .iter()
-            .map(|s| (*s.definition).clone())
+        let mut errors = Vec::new();
+        // Placed by name: one left out here shifts the indices of the rest.
+        effective.secrets = (contents.secrets.iter())
+            .filter_map(|held| {
+                let placed = |e| FieldError::new(format!("secrets[{:?}]", held.name), e);
+                held.parse().map_err(|e| errors.push(placed(e))).ok()
+            })
             .collect();
         let file_identities = effective.identities.len();
         effective
@@ -181,17 +179,18 @@ impl Snapshot {
         let version = format!("{config_version}+r{}", contents.revision);
         // A stored secret reads only what the file config lets the store's writers reach.
         let bounds = config.store.as_ref().map(|s| &s.secret_sources);
-        let mut errors: Vec<FieldError> = effective
-            .secrets
-            .iter()
-            .enumerate()
-            .flat_map(|(i, secret)| {
-                let checked = bounds.map(|b| b.check(&secret.source)).unwrap_or_default();
-                checked
-                    .into_iter()
-                    .map(move |e| e.under(&format!("secrets[{i}].source")))
-            })
-            .collect();
+        errors.extend(
+            effective
+                .secrets
+                .iter()
+                .enumerate()
+                .flat_map(|(i, secret)| {
+                    let checked = bounds.map(|b| b.check(&secret.source)).unwrap_or_default();
+                    checked
+                        .into_iter()
+                        .map(move |e| e.under(&format!("secrets[{i}].source")))
+                }),
+        );
         let compiled = Snapshot::compile_versions(
             &effective,
             &contents.policies,
@@ -267,22 +266,48 @@ pub fn unknown_detectors(
     policy: &crate::policy::PolicyConfig,
     scanner: &Scanner,
 ) -> Vec<FieldError> {
+    let named = (policy.rules.iter().enumerate()).flat_map(|(r, rule)| {
+        rule.dlp
+            .iter()
+            .enumerate()
+            .map(move |(d, name)| (r, d, &**name))
+    });
+    unknown_of(named, scanner, "")
+}
+
+/// [`unknown_detectors`] of every policy of a compiled set, placed as `policies[i].…`.
+fn unknown_detectors_in(set: &PolicySet, scanner: &Scanner) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    for (r, rule) in policy.rules.iter().enumerate() {
-        for (d, name) in rule.dlp.iter().enumerate() {
-            if !scanner.names().any(|known| known == name) {
-                errors.push(FieldError::new(
-                    format!("rules[{r}].dlp[{d}]"),
-                    format!(
-                        "unknown DLP detector {name:?}; detectors: {} (define others under \
-                         `dlp.custom`)",
-                        scanner.names().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-        }
+    for (p, policy) in set.policies().iter().enumerate() {
+        let named = (policy.rules.iter().enumerate()).flat_map(|(r, rule)| {
+            (rule.conditions.iter())
+                .flat_map(|c| c.detectors().enumerate())
+                .map(move |(d, name)| (r, d, name))
+        });
+        errors.extend(unknown_of(named, scanner, &format!("policies[{p}].")));
     }
     errors
+}
+
+/// An error for each `(rule, position, detector)` the scanner does not know.
+fn unknown_of<'a>(
+    named: impl Iterator<Item = (usize, usize, &'a str)>,
+    scanner: &Scanner,
+    under: &str,
+) -> Vec<FieldError> {
+    named
+        .filter(|(_, _, name)| !scanner.names().any(|known| known == *name))
+        .map(|(r, d, name)| {
+            FieldError::new(
+                format!("{under}rules[{r}].dlp[{d}]"),
+                format!(
+                    "unknown DLP detector {name:?}; detectors: {} (define others under \
+                     `dlp.custom`)",
+                    scanner.names().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Rewrites an error in a store-read definition from its list index to its name.
@@ -298,7 +323,7 @@ fn name_stored(
         let name = name_of(index.parse().ok()?)?;
         Some(format!("{section}[{name:?}]{tail}"))
     };
-    let policy = |i: usize| contents.policies.get(i).map(|p| p.definition.name.clone());
+    let policy = |i: usize| contents.policies.get(i).map(|p| p.name.to_string());
     let secret = |i: usize| config.secrets.get(i).map(|s| s.name.clone());
     let token = |i: usize| {
         i.checked_sub(file_identities)

@@ -40,9 +40,7 @@ pub async fn apply<T: Definition>(
     for definition in definitions {
         let name = definition.name().to_owned();
         match versioned.get(&name).await {
-            Ok(live) if *live.definition == *definition => {
-                applied.push(Applied::Unchanged { name })
-            }
+            Ok(live) if live.definition == *definition => applied.push(Applied::Unchanged { name }),
             Ok(live) => {
                 let version = versioned.update(live.version, definition, change).await?;
                 applied.push(Applied::Updated { name, version });

@@ -33,7 +33,7 @@ pub use diff::{DiffEntry, diff};
 pub use faults::Fault;
 pub use tokens::{EnrollmentToken, MintedToken};
 pub use versioned::{
-    ChangedRow, Definition, Kind, Operation, Rows, Stored, Tally, Version, Versioned,
+    ChangedRow, Definition, Held, Kind, Operation, Rows, Stored, Tally, Version, Versioned,
 };
 
 use crate::policy::PolicyConfig;
@@ -110,8 +110,9 @@ impl Change {
 #[derive(Debug, Clone, Default)]
 pub struct Contents {
     pub revision: i64,
-    pub policies: Vec<Stored<PolicyConfig>>,
-    pub secrets: Vec<Stored<SecretConfig>>,
+    /// Each in byte order of names.
+    pub policies: Vec<Held<PolicyConfig>>,
+    pub secrets: Vec<Held<SecretConfig>>,
     /// Tokens not revoked.
     pub tokens: Vec<EnrollmentToken>,
     /// Stored objects this gateway cannot use, each left out or standing in for itself
@@ -159,8 +160,8 @@ impl Contents {
     }
 
     /// Takes from `held` (contents read earlier) each definition that is the same here,
-    /// name, version and all: a whole read then shares what did not change, in memory and
-    /// in the compile that knows a shared definition by identity. Whether these contents
+    /// name, version and JSON: a whole read then shares what did not change, in memory and
+    /// in the compile that knows a held definition by identity. Whether these contents
     /// hold nothing `held` does not (the revision aside).
     pub fn share_unchanged(&mut self, held: &Contents) -> bool {
         let policies = share(&mut self.policies, &held.policies);
@@ -171,20 +172,13 @@ impl Contents {
 
 /// [`Contents::share_unchanged`] for one kind; both lists in byte order of names. Whether
 /// all of `fresh` was shared and nothing more is held.
-fn share<T: Definition>(fresh: &mut [Stored<T>], held: &[Stored<T>]) -> bool {
+fn share<T>(fresh: &mut [Held<T>], held: &[Held<T>]) -> bool {
     let mut all = fresh.len() == held.len();
     let mut held = held.iter().peekable();
     for stored in fresh {
-        let name = stored.definition.name();
-        while held.next_if(|h| h.definition.name() < name).is_some() {}
+        while held.next_if(|h| h.name < stored.name).is_some() {}
         match held.peek() {
-            Some(h)
-                if h.definition.name() == name
-                    && h.version == stored.version
-                    && h.definition == stored.definition =>
-            {
-                stored.definition = Arc::clone(&h.definition);
-            }
+            Some(h) if *h == stored => *stored = Held::clone(h),
             _ => all = false,
         }
     }
@@ -194,7 +188,7 @@ fn share<T: Definition>(fresh: &mut [Stored<T>], held: &[Stored<T>]) -> bool {
 /// Replaces what `stored` and `faults` hold under each changed row's name with the row
 /// as read, keeping `stored` in byte order of names.
 fn merge<T: Definition>(
-    stored: &mut Vec<Stored<T>>,
+    stored: &mut Vec<Held<T>>,
     faults: &mut Vec<Fault>,
     changed: Vec<ChangedRow<T>>,
 ) {
@@ -204,7 +198,7 @@ fn merge<T: Definition>(
         for row in changed {
             faults.retain(|f| f.kind != kind || f.name != row.name);
             faults.extend(row.fault);
-            let at = stored.binary_search_by(|s| s.definition.name().cmp(&row.name));
+            let at = stored.binary_search_by(|s| (*s.name).cmp(&row.name));
             match (at, row.stored) {
                 (Ok(i), Some(definition)) => stored[i] = definition,
                 (Ok(i), None) => {
@@ -218,7 +212,7 @@ fn merge<T: Definition>(
     }
     let names: foldhash::HashSet<&str> = changed.iter().map(|c| c.name.as_str()).collect();
     faults.retain(|f| f.kind != kind || !names.contains(f.name.as_str()));
-    stored.retain(|s| !names.contains(s.definition.name()));
+    stored.retain(|s| !names.contains(&*s.name));
     let mut added = Vec::new();
     for row in changed {
         faults.extend(row.fault);
@@ -229,7 +223,7 @@ fn merge<T: Definition>(
     }
     stored.extend(added);
     // Mostly sorted already: the stable sort merges the appended run in linear time.
-    stored.sort_by(|a, b| a.definition.name().cmp(b.definition.name()));
+    stored.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// What a change touched, announced to listening instances.
@@ -369,28 +363,33 @@ impl Store {
     /// they belong to one revision.
     pub async fn contents(&self) -> Result<Contents, StoreError> {
         let (mut tx, revision) = self.read_at_revision().await?;
-        let policies = versioned::live_rows(&mut tx).await?;
-        let secrets = versioned::live_rows(&mut tx).await?;
+        let policies = versioned::held_rows(&mut tx, None).await?;
+        let secrets = versioned::held_rows(&mut tx, None).await?;
         let (tokens, token_faults) = tokens::active_rows(&mut tx).await?;
         tx.commit().await?;
-        let mut faults = policies.faults;
-        faults.extend(secrets.faults);
-        faults.extend(token_faults);
-        Ok(Contents {
+        let mut contents = Contents {
             revision,
-            policies: policies.stored,
-            secrets: secrets.stored,
             tokens,
-            faults,
-        })
+            ..Contents::default()
+        };
+        for row in policies {
+            contents.faults.extend(row.fault);
+            contents.policies.extend(row.stored);
+        }
+        for row in secrets {
+            contents.faults.extend(row.fault);
+            contents.secrets.extend(row.stored);
+        }
+        contents.faults.extend(token_faults);
+        Ok(contents)
     }
 
     /// What changed after revision `since`, read in one transaction. A `revision` below
     /// `since` means the store went back (restored from a backup): read it in full.
     pub async fn changes_since(&self, since: i64) -> Result<Changes, StoreError> {
         let (mut tx, revision) = self.read_at_revision().await?;
-        let policies = versioned::read_rows(&mut tx, Some(since)).await?;
-        let secrets = versioned::read_rows(&mut tx, Some(since)).await?;
+        let policies = versioned::held_rows(&mut tx, Some(since)).await?;
+        let secrets = versioned::held_rows(&mut tx, Some(since)).await?;
         let (tokens, token_faults) = tokens::active_rows(&mut tx).await?;
         let tallies = [
             versioned::tally::<PolicyConfig>(&mut tx).await?,
@@ -439,16 +438,12 @@ mod tests {
 
     use super::*;
 
-    fn policy(name: &str, version: i64, path: &str) -> Stored<PolicyConfig> {
-        let definition = serde_json::from_value(serde_json::json!({
+    fn policy(name: &str, version: i64, path: &str) -> Held<PolicyConfig> {
+        let definition: PolicyConfig = serde_json::from_value(serde_json::json!({
             "name": name, "action": "allow", "rules": [{"host": "example.com", "paths": [path]}],
         }))
         .unwrap();
-        Stored {
-            version,
-            definition: Arc::new(definition),
-            updated_at: String::new(),
-        }
+        Held::new(version, &definition)
     }
 
     fn holding(revision: i64, policies: &[(&str, i64, &str)]) -> Contents {
@@ -463,7 +458,7 @@ mod tests {
 
     fn row(
         name: &str,
-        stored: Option<Stored<PolicyConfig>>,
+        stored: Option<Held<PolicyConfig>>,
         fault: bool,
     ) -> ChangedRow<PolicyConfig> {
         ChangedRow {
@@ -500,14 +495,14 @@ mod tests {
 
     fn names(contents: &Contents) -> Vec<(&str, i64)> {
         (contents.policies.iter())
-            .map(|p| (p.definition.name.as_str(), p.version))
+            .map(|p| (&*p.name, p.version))
             .collect()
     }
 
     #[test]
     fn changed_rows_replace_add_and_remove_by_name_in_byte_order() {
         let mut contents = holding(10, &[("a", 1, "/a"), ("b", 1, "/b"), ("c", 3, "/c")]);
-        let unchanged = Arc::clone(&contents.policies[0].definition);
+        let unchanged = Arc::clone(&contents.policies[0].text);
         let changed = changes(
             10,
             13,
@@ -533,11 +528,8 @@ mod tests {
             [("B", 1), ("a", 1), ("ab", 1), ("b", 2), ("z", 1)]
         );
         // What did not change is the same definition, not a copy.
-        assert!(Arc::ptr_eq(&contents.policies[1].definition, &unchanged));
-        assert_eq!(
-            contents.policies[3].definition,
-            policy("b", 2, "/b2").definition
-        );
+        assert!(Arc::ptr_eq(&contents.policies[1].text, &unchanged));
+        assert_eq!(contents.policies[3], policy("b", 2, "/b2"));
     }
 
     #[test]
@@ -588,19 +580,15 @@ mod tests {
         let mut fresh = holding(4, &[("a", 1, "/a"), ("b", 2, "/b"), ("c", 1, "/c")]);
         assert!(fresh.share_unchanged(&held));
         assert!(
-            (fresh.policies.iter().zip(&held.policies))
-                .all(|(f, h)| Arc::ptr_eq(&f.definition, &h.definition))
+            (fresh.policies.iter().zip(&held.policies)).all(|(f, h)| Arc::ptr_eq(&f.text, &h.text))
         );
         // Changed under the same version (a write that stamped nothing), gone, and added.
         let mut fresh = holding(4, &[("a", 1, "/a"), ("b", 2, "/changed"), ("d", 1, "/d")]);
         assert!(!fresh.share_unchanged(&held));
-        assert!(Arc::ptr_eq(
-            &fresh.policies[0].definition,
-            &held.policies[0].definition
-        ));
+        assert!(Arc::ptr_eq(&fresh.policies[0].text, &held.policies[0].text));
         assert!(!Arc::ptr_eq(
-            &fresh.policies[1].definition,
-            &held.policies[1].definition
+            &fresh.policies[1].text,
+            &held.policies[1].text
         ));
         let mut fewer = Contents {
             policies: vec![policy("a", 1, "/a")],
@@ -641,6 +629,6 @@ mod tests {
         // A third deleted, a third left out with a fault, a third updated; 100 added.
         assert_eq!(at_once.policies.len(), 200 - 34 - 33 + 100);
         assert_eq!(at_once.faults, one_by_one.faults);
-        assert!((at_once.policies.windows(2)).all(|w| w[0].definition.name < w[1].definition.name));
+        assert!((at_once.policies.windows(2)).all(|w| w[0].name < w[1].name));
     }
 }

@@ -1,6 +1,10 @@
 //! Versioned definitions: policies and secrets share one shape of storage — a live row per
 //! name and an append-only version row per change.
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
@@ -60,7 +64,7 @@ pub trait Definition:
     /// Checks what deserialization cannot; paths relative to the definition.
     fn validate(&self) -> Vec<FieldError>;
     /// This kind's definitions in a snapshot's contents.
-    fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>>;
+    fn in_contents(contents: &mut Contents) -> &mut Vec<Held<Self>>;
     /// This kind's store.
     fn versioned(store: &Store) -> Versioned<'_, Self>;
     /// What stands in for a stored definition that cannot be used (docs/store.md): `None`
@@ -76,7 +80,7 @@ impl Definition for PolicyConfig {
     fn validate(&self) -> Vec<FieldError> {
         validate_policy(self)
     }
-    fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>> {
+    fn in_contents(contents: &mut Contents) -> &mut Vec<Held<Self>> {
         &mut contents.policies
     }
     fn versioned(store: &Store) -> Versioned<'_, Self> {
@@ -95,7 +99,7 @@ impl Definition for SecretConfig {
     fn validate(&self) -> Vec<FieldError> {
         validate_secret(self)
     }
-    fn in_contents(contents: &mut Contents) -> &mut Vec<Stored<Self>> {
+    fn in_contents(contents: &mut Contents) -> &mut Vec<Held<Self>> {
         &mut contents.secrets
     }
     fn versioned(store: &Store) -> Versioned<'_, Self> {
@@ -106,23 +110,109 @@ impl Definition for SecretConfig {
     }
 }
 
-/// A live definition and its version.
+/// A live definition and its version, parsed: what the API lists and answers. A gateway
+/// holds the store's contents as [`Held`] JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stored<T> {
     pub version: i64,
-    /// Shared: a gateway's copies of the store contents (the live ones, each check of a
-    /// write) share every definition that did not change.
-    pub definition: std::sync::Arc<T>,
+    pub definition: T,
     pub updated_at: String,
 }
 
-impl crate::policy::PolicyDefinition for Stored<PolicyConfig> {
-    fn config(&self) -> &PolicyConfig {
-        &self.definition
+/// A live definition as an instance holds it between compiles: its stored JSON, not its
+/// parsed form. At 100,000 policies a parsed policy takes ~2 KB and its JSON a tenth of
+/// that; only what changed is parsed again, to be compiled (and a whole list for the
+/// playground).
+pub struct Held<T> {
+    pub version: i64,
+    pub name: Arc<str>,
+    /// Shared by every copy of the contents (the live ones, each check of a write) and by
+    /// the policy compiled from it, which a recompile knows again by this identity.
+    pub text: Arc<str>,
+    kind: PhantomData<fn() -> T>,
+}
+
+impl<T: Definition> Held<T> {
+    /// `definition` at `version`, written as JSON.
+    pub fn new(version: i64, definition: &T) -> Held<T> {
+        Held::of_text(version, definition.name(), &to_json(definition))
     }
-    fn shared(&self) -> Option<&std::sync::Arc<PolicyConfig>> {
-        Some(&self.definition)
+
+    /// A row's JSON as read, already known to parse as a `T` named `name`.
+    fn of_text(version: i64, name: &str, text: &str) -> Held<T> {
+        Held {
+            version,
+            name: Arc::from(name),
+            text: Arc::from(text),
+            kind: PhantomData,
+        }
     }
+
+    /// The definition. Held text was parsed (or written) before it was held, so this
+    /// fails only if a definition stopped reading back what it wrote.
+    pub fn parse(&self) -> Result<T, String> {
+        parse_row(&self.text)
+    }
+}
+
+// By hand: derived, they would ask `T` for what a `PhantomData` does not need.
+impl<T> Clone for Held<T> {
+    fn clone(&self) -> Held<T> {
+        Held {
+            version: self.version,
+            name: Arc::clone(&self.name),
+            text: Arc::clone(&self.text),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<T> PartialEq for Held<T> {
+    fn eq(&self, other: &Held<T>) -> bool {
+        self.version == other.version && self.name == other.name && self.text == other.text
+    }
+}
+
+impl<T> std::fmt::Debug for Held<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("version", &self.version)
+            .field("name", &self.name)
+            .field("text", &self.text)
+            .finish()
+    }
+}
+
+impl crate::policy::PolicyDefinition for Held<PolicyConfig> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config(&self) -> Cow<'_, PolicyConfig> {
+        match self.parse() {
+            Ok(policy) => Cow::Owned(policy),
+            Err(error) => {
+                // Fails closed as a row that does not parse does.
+                tracing::error!(policy = %self.name, version = self.version, %error,
+                    "a held policy no longer parses; its stand-in applies");
+                let raw: Option<serde_json::Value> = serde_json::from_str(&self.text).ok();
+                let stand_in = super::faults::policy_stand_in(&self.name, raw.as_ref());
+                Cow::Owned(stand_in.unwrap_or_else(|| left_out(&self.name)))
+            }
+        }
+    }
+
+    fn held(&self) -> Option<&Arc<str>> {
+        Some(&self.text)
+    }
+}
+
+/// A policy that acts on nothing: what a held allow that cannot be read back becomes, as
+/// a row of it that does not parse is left out.
+fn left_out(name: &str) -> PolicyConfig {
+    let disabled =
+        serde_json::json!({"name": name, "status": "disabled", "action": "deny", "rules": []});
+    serde_json::from_value(disabled).expect("a disabled policy without rules parses")
 }
 
 /// What a version did.
@@ -628,20 +718,49 @@ pub struct Rows<T> {
     pub faults: Vec<Fault>,
 }
 
-/// Every live definition of a kind, by name. A row that does not parse costs only itself.
+/// Every live definition of a kind, by name, parsed (the API's lists). A row that does
+/// not parse costs only itself.
 pub(super) async fn live_rows<T: Definition>(
     conn: &mut sqlx::AnyConnection,
 ) -> Result<Rows<T>, StoreError> {
-    let read = read_rows::<T>(conn, None).await?;
+    let read = read_rows::<T, _>(conn, None, |row| Stored {
+        version: row.version,
+        definition: row.definition,
+        updated_at: row.updated_at,
+    })
+    .await?;
     let mut parsed = Rows {
         stored: Vec::with_capacity(read.len()),
         faults: Vec::new(),
     };
     for row in read {
         parsed.faults.extend(row.fault);
-        parsed.stored.extend(row.stored);
+        parsed.stored.extend(row.kept);
     }
     Ok(parsed)
+}
+
+/// Every live definition of a kind as a gateway holds it (its JSON), by name, and a fault
+/// for each row that does not parse (its stand-in held in its place, when the kind has
+/// one); with `since`, only the rows changed after that store revision, deleted ones
+/// included.
+pub(super) async fn held_rows<T: Definition>(
+    conn: &mut sqlx::AnyConnection,
+    since: Option<i64>,
+) -> Result<Vec<ChangedRow<T>>, StoreError> {
+    let read = read_rows::<T, _>(conn, since, |row| match row.stand_in {
+        false => Held::of_text(row.version, row.definition.name(), row.text),
+        true => Held::new(row.version, &row.definition),
+    })
+    .await?;
+    Ok(read
+        .into_iter()
+        .map(|row| ChangedRow {
+            name: row.name,
+            stored: row.kept,
+            fault: row.fault,
+        })
+        .collect())
 }
 
 /// How many live rows of a kind there are and the sum of their versions. Every write
@@ -657,7 +776,7 @@ pub struct Tally {
 impl Tally {
     /// The tally of contents: each row is either held (as read, or its stand-in) or a
     /// fault that left it out.
-    pub fn of<T: Definition>(stored: &[Stored<T>], faults: &[Fault]) -> Tally {
+    pub fn of<T: Definition>(stored: &[Held<T>], faults: &[Fault]) -> Tally {
         let left_out = (faults.iter())
             .filter(|f| f.kind == T::KIND.as_str() && f.outcome == Fault::outcome(false));
         let versions =
@@ -685,22 +804,41 @@ pub(super) async fn tally<T: Definition>(
     })
 }
 
-/// One live row of a kind as read: its definition (or a stand-in), a fault when it does
-/// not parse, neither when it was deleted.
+/// One live row of a kind as read: its definition as a gateway holds it (or its
+/// stand-in), a fault when it does not parse, neither when it was deleted.
 #[derive(Debug, Clone)]
 pub struct ChangedRow<T> {
     pub name: String,
-    pub stored: Option<Stored<T>>,
+    pub stored: Option<Held<T>>,
     pub fault: Option<Fault>,
+}
+
+/// A live row that parsed, or the stand-in of one that did not.
+struct Parsed<'r, T> {
+    version: i64,
+    updated_at: String,
+    /// The row's JSON as stored.
+    text: &'r str,
+    definition: T,
+    stand_in: bool,
+}
+
+/// A row as [`read_rows`] keeps it.
+struct Read<K> {
+    name: String,
+    kept: Option<K>,
+    fault: Option<Fault>,
 }
 
 /// The live rows of a kind, in byte order of their names (the decision order of ties,
 /// the same on every backend and collation): all that are not deleted, or with `since`
-/// every row changed after that store revision, deleted ones included.
-pub(super) async fn read_rows<T: Definition>(
+/// every row changed after that store revision, deleted ones included. `keep` makes of
+/// each what the caller holds.
+async fn read_rows<T: Definition, K>(
     conn: &mut sqlx::AnyConnection,
     since: Option<i64>,
-) -> Result<Vec<ChangedRow<T>>, StoreError> {
+    keep: impl Fn(Parsed<'_, T>) -> K,
+) -> Result<Vec<Read<K>>, StoreError> {
     let rows = match since {
         None => sqlx::query(T::KIND.sql(
             "SELECT name, version, deleted, definition, updated_at FROM {live} WHERE deleted = 0",
@@ -718,9 +856,9 @@ pub(super) async fn read_rows<T: Definition>(
     for row in &rows {
         let name: String = row.try_get("name")?;
         if row.try_get::<i64, _>("deleted")? != 0 {
-            read.push(ChangedRow {
+            read.push(Read {
                 name,
-                stored: None,
+                kept: None,
                 fault: None,
             });
             continue;
@@ -730,13 +868,15 @@ pub(super) async fn read_rows<T: Definition>(
         let text: String = row.try_get("definition")?;
         let error = match parse_row::<T>(&text) {
             Ok(definition) if definition.name() == name => {
-                read.push(ChangedRow {
+                read.push(Read {
                     name,
-                    stored: Some(Stored {
+                    kept: Some(keep(Parsed {
                         version,
-                        definition: std::sync::Arc::new(definition),
                         updated_at,
-                    }),
+                        text: &text,
+                        definition,
+                        stand_in: false,
+                    })),
                     fault: None,
                 });
                 continue;
@@ -756,12 +896,16 @@ pub(super) async fn read_rows<T: Definition>(
             error,
             outcome: Fault::outcome(stand_in.is_some()),
         };
-        read.push(ChangedRow {
+        read.push(Read {
             name,
-            stored: stand_in.map(|definition| Stored {
-                version,
-                definition: std::sync::Arc::new(definition),
-                updated_at,
+            kept: stand_in.map(|definition| {
+                keep(Parsed {
+                    version,
+                    updated_at,
+                    text: &text,
+                    definition,
+                    stand_in: true,
+                })
             }),
             fault: Some(fault),
         });
@@ -782,7 +926,7 @@ fn check<T: Definition>(definition: &T) -> Result<(), StoreError> {
 fn stored<T: Definition>(row: &sqlx::any::AnyRow) -> Result<Stored<T>, StoreError> {
     Ok(Stored {
         version: row.try_get("version")?,
-        definition: std::sync::Arc::new(from_json(&row.try_get::<String, _>("definition")?)?),
+        definition: from_json(&row.try_get::<String, _>("definition")?)?,
         updated_at: row.try_get("updated_at")?,
     })
 }

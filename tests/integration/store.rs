@@ -111,7 +111,7 @@ async fn policies(store: &Store) {
     );
     let live = policies.get("ci-npm").await.unwrap();
     assert_eq!((live.version, live.definition.priority), (5, 10));
-    assert_eq!(*live.definition, history[0].definition);
+    assert_eq!(live.definition, history[0].definition);
     assert!(matches!(
         policies.rollback("ci-npm", 42, None, &alice).await,
         Err(StoreError::NoSuchVersion { version: 42, .. })
@@ -155,7 +155,7 @@ async fn secrets(store: &Store) {
     .unwrap();
     assert_eq!(secrets.create(&github, &change).await.unwrap(), 1);
     // The source reference survives the round trip through the store whole.
-    assert_eq!(*secrets.get("github").await.unwrap().definition, github);
+    assert_eq!(secrets.get("github").await.unwrap().definition, github);
     let mut rotated = github.clone();
     rotated.match_tags.clear();
     assert_eq!(secrets.update(1, &rotated, &change).await.unwrap(), 2);
@@ -168,7 +168,7 @@ async fn secrets(store: &Store) {
         secrets.rollback("github", 1, None, &change).await.unwrap(),
         3
     );
-    assert_eq!(*secrets.get("github").await.unwrap().definition, github);
+    assert_eq!(secrets.get("github").await.unwrap().definition, github);
     // Policies and secrets are separate namespaces.
     assert!(matches!(
         store.policies().get("github").await,
