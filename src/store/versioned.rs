@@ -852,8 +852,33 @@ async fn read_rows<T: Definition, K>(
         .fetch_all(conn)
         .await?,
     };
+    // Parsing 100,000 definitions takes a tenth of a second or more: not on a thread that
+    // also decides requests (a whole read runs at every resync that finds the store moved).
+    let mut read = off_the_request_threads(rows.len(), || parse_rows(&rows, keep))?;
+    read.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(read)
+}
+
+/// Runs `work` (CPU-bound, `size` items) where it holds up no request: for many items on
+/// a multi-threaded runtime, its worker first hands its other tasks to the rest.
+fn off_the_request_threads<R>(size: usize, work: impl FnOnce() -> R) -> R {
+    const FEW: usize = 1000;
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    match flavor {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) if size > FEW => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// [`read_rows`]' rows parsed, in the order read.
+fn parse_rows<T: Definition, K>(
+    rows: &[sqlx::any::AnyRow],
+    keep: impl Fn(Parsed<'_, T>) -> K,
+) -> Result<Vec<Read<K>>, StoreError> {
     let mut read = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let name: String = row.try_get("name")?;
         if row.try_get::<i64, _>("deleted")? != 0 {
             read.push(Read {
@@ -910,7 +935,6 @@ async fn read_rows<T: Definition, K>(
             fault: Some(fault),
         });
     }
-    read.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(read)
 }
 
