@@ -454,8 +454,12 @@ impl TryFrom<String> for PathPattern {
             ));
         }
         // Checked now, compiled with its rule: a config keeps only the text, since a fleet
-        // holds hundreds of thousands of these.
-        path_glob(&original)?;
+        // holds hundreds of thousands of these. A literal, or one with a trailing `*`,
+        // is a valid glob without building one (most paths; a store at 100,000 policies
+        // reads each definition again at every whole read).
+        if PlainPath::of(&original).is_none() {
+            path_glob(&original)?;
+        }
         Ok(PathPattern { original })
     }
 }

@@ -296,6 +296,19 @@ proptest::proptest! {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
 
+    /// A path read as plain is accepted without building its glob: it must be one that
+    /// builds, whatever else it holds.
+    #[test]
+    fn every_plain_path_is_a_valid_glob(pattern in "[ -~]{0,12}") {
+        if PlainPath::of(&pattern).is_some() {
+            proptest::prop_assert!(path_glob(&pattern).is_ok(), "{}", pattern);
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
     /// The host wildcard matcher agrees with the glob it replaced (`*` spans dots).
     #[test]
     fn host_wildcards_match_as_globs_did(
