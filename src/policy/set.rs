@@ -80,6 +80,33 @@ impl CompiledGrant {
 }
 
 impl CompiledPolicy {
+    fn compile(
+        config: &PolicyConfig,
+        compiled_from: CompiledFrom,
+        version: Option<i64>,
+        rules: &mut RuleCompiler,
+    ) -> CompiledPolicy {
+        CompiledPolicy {
+            name: Arc::from(config.name.as_str()),
+            compiled_from,
+            version,
+            priority: config.priority,
+            status: config.status,
+            action: config.action,
+            warn: config.warn,
+            match_tags: config.match_tags.clone(),
+            message: config.message.as_deref().map(Arc::from),
+            // A refusing policy fails closed on a condition it cannot evaluate.
+            rules: (config.rules.iter())
+                .map(|r| rules.compile_for(r, config.action.refuses()))
+                .collect(),
+            condition: config.condition.clone().map(Box::new),
+            approve_when_condition_fails: config.when_condition_fails
+                == super::model::ConditionFails::Approve,
+            grant: (config.grant.as_ref()).map(|g| Box::new(CompiledGrant::compile(g))),
+        }
+    }
+
     /// Whether deciding a request with `rule` takes its body: a condition of the rule, or
     /// the gate condition, reads it.
     fn rule_needs_body(&self, rule: &Rule) -> bool {
@@ -186,31 +213,6 @@ impl CompiledFrom {
         }
     }
 
-    /// [`CompiledFrom::of`] each definition, on every core when there are many: writing
-    /// each as JSON and hashing it is most of what compiling a file's 100,000 policies
-    /// costs, and each is on its own.
-    fn of_all<P: PolicyDefinition + Sync>(definitions: &[P]) -> Vec<CompiledFrom> {
-        const ALONE: usize = 4096;
-        let workers = std::thread::available_parallelism().map_or(1, usize::from);
-        if definitions.len() < ALONE || workers < 2 {
-            return definitions.iter().map(CompiledFrom::of).collect();
-        }
-        let chunk = definitions.len().div_ceil(workers);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = definitions
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(CompiledFrom::of).collect()))
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|part| -> Vec<CompiledFrom> {
-                    part.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        })
-    }
-
     fn same(&self, other: &CompiledFrom) -> bool {
         match (self, other) {
             (CompiledFrom::Digest(a), CompiledFrom::Digest(b)) => a == b,
@@ -221,8 +223,82 @@ impl CompiledFrom {
 }
 
 /// The earlier compile of each policy, by name.
-fn earlier_by_name(set: &PolicySet) -> foldhash::HashMap<&str, &Arc<CompiledPolicy>> {
+type EarlierByName<'e> = foldhash::HashMap<&'e str, &'e Arc<CompiledPolicy>>;
+
+fn earlier_by_name(set: &PolicySet) -> EarlierByName<'_> {
     set.policies.iter().map(|p| (&*p.name, p)).collect()
+}
+
+/// What a recompile does with one definition.
+// A batch of these lives only until it is compiled: boxing the parsed definitions would
+// cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Prepared<'d> {
+    /// Takes the earlier compile as it was.
+    Taken(Arc<CompiledPolicy>),
+    /// Compiles it anew from `config`.
+    Anew {
+        compiled_from: CompiledFrom,
+        version: Option<i64>,
+        config: std::borrow::Cow<'d, PolicyConfig>,
+    },
+}
+
+impl Prepared<'_> {
+    /// Definitions prepared at once: enough to spread over every core, few enough that
+    /// the parsed ones (held JSON, ~2 KB each) never add up to much.
+    const BATCH: usize = 8192;
+
+    /// `definitions` (the `first`th on) prepared, on every core when there are many:
+    /// digesting a file's definitions, and parsing held ones that changed, is most of
+    /// what compiling 100,000 policies costs, and each is on its own.
+    fn all<'d, P: PolicyDefinition + Sync>(
+        definitions: &'d [P],
+        first: usize,
+        versions: &[i64],
+        earlier: Option<&EarlierByName<'_>>,
+    ) -> Vec<Prepared<'d>> {
+        const ALONE: usize = 4096;
+        let one = |(i, definition): (usize, &'d P)| -> Prepared<'d> {
+            let compiled_from = CompiledFrom::of(definition);
+            let version = versions.get(first + i).copied();
+            match (earlier.and_then(|earlier| earlier.get(definition.name())))
+                .filter(|e| e.version == version && e.compiled_from.same(&compiled_from))
+            {
+                Some(compiled) => Prepared::Taken(Arc::clone(compiled)),
+                None => Prepared::Anew {
+                    compiled_from,
+                    version,
+                    config: definition.config(),
+                },
+            }
+        };
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        if definitions.len() < ALONE || workers < 2 {
+            return definitions.iter().enumerate().map(one).collect();
+        }
+        let chunk = definitions.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = (definitions.chunks(chunk).enumerate())
+                .map(|(c, part)| {
+                    let one = &one;
+                    scope.spawn(move || {
+                        let at = c * chunk;
+                        (part.iter().enumerate())
+                            .map(|(i, d)| one((at + i, d)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| {
+                    part.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    }
 }
 
 /// The result of evaluating one request.
@@ -359,42 +435,25 @@ impl PolicySet {
     ) -> PolicySet {
         let mut rules = RuleCompiler::default();
         let earlier = earlier.map(earlier_by_name);
-        let policies: Vec<Arc<CompiledPolicy>> = (configs.iter())
-            .zip(CompiledFrom::of_all(configs))
-            .enumerate()
-            .map(|(i, (definition, compiled_from))| {
-                let version = versions.get(i).copied();
-                if let Some(compiled) = (earlier.as_ref())
-                    .and_then(|earlier| earlier.get(definition.name()))
-                    .filter(|e| e.version == version && e.compiled_from.same(&compiled_from))
-                {
-                    return Arc::clone(compiled);
-                }
-                // Parsed here, for held JSON: only what changed.
-                let config = definition.config();
-                Arc::new(CompiledPolicy {
-                    name: Arc::from(config.name.as_str()),
-                    compiled_from,
-                    version,
-                    priority: config.priority,
-                    status: config.status,
-                    action: config.action,
-                    warn: config.warn,
-                    match_tags: config.match_tags.clone(),
-                    message: config.message.as_deref().map(Arc::from),
-                    // A refusing policy fails closed on a condition it cannot evaluate.
-                    rules: config
-                        .rules
-                        .iter()
-                        .map(|r| rules.compile_for(r, config.action.refuses()))
-                        .collect(),
-                    condition: config.condition.clone().map(Box::new),
-                    approve_when_condition_fails: config.when_condition_fails
-                        == super::model::ConditionFails::Approve,
-                    grant: (config.grant.as_ref()).map(|g| Box::new(CompiledGrant::compile(g))),
-                })
-            })
-            .collect();
+        let mut policies: Vec<Arc<CompiledPolicy>> = Vec::with_capacity(configs.len());
+        for (b, batch) in configs.chunks(Prepared::BATCH).enumerate() {
+            let first = b * Prepared::BATCH;
+            for prepared in Prepared::all(batch, first, versions, earlier.as_ref()) {
+                policies.push(match prepared {
+                    Prepared::Taken(compiled) => compiled,
+                    Prepared::Anew {
+                        compiled_from,
+                        version,
+                        config,
+                    } => Arc::new(CompiledPolicy::compile(
+                        &config,
+                        compiled_from,
+                        version,
+                        &mut rules,
+                    )),
+                });
+            }
+        }
         let items: Vec<Indexed<'_>> = policies
             .iter()
             .map(|p| Indexed {

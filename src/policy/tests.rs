@@ -1092,12 +1092,13 @@ policies:
     assert_eq!(verdict("/allow", br#"{"vip": true}"#).0, Decision::Allowed);
 }
 
-/// Past a few thousand policies their definitions are digested on every core: each digest
-/// must still land on its own policy, so exactly the changed one is compiled anew.
+/// Past a few thousand policies their definitions are digested on every core, a batch at
+/// a time: each digest and version must still land on its own policy, so exactly the
+/// changed one is compiled anew, in the second batch as in the first.
 #[test]
 fn a_large_recompile_digests_in_parallel_and_takes_exactly_the_unchanged_policies() {
     let template = parse_str(FLEET, None).unwrap().config.policies[0].clone();
-    let before: Vec<PolicyConfig> = (0..5000)
+    let before: Vec<PolicyConfig> = (0..9000)
         .map(|i| {
             let mut policy = template.clone();
             policy.name = format!("tenant-{i}");
@@ -1105,17 +1106,23 @@ fn a_large_recompile_digests_in_parallel_and_takes_exactly_the_unchanged_policie
             policy
         })
         .collect();
-    let earlier = PolicySet::compile(&before, DefaultAction::Deny);
+    let versions: Vec<i64> = (0..9000).map(|i| i % 7 + 1).collect();
+    let earlier = PolicySet::compile_versioned(&before, &versions, DefaultAction::Deny);
     let mut after = before.clone();
     after[4321].priority += 1000;
-    let reused = PolicySet::compile_reusing(&after, &[], DefaultAction::Deny, Some(&earlier));
+    after[8500].priority += 1000;
+    let reused = PolicySet::compile_reusing(&after, &versions, DefaultAction::Deny, Some(&earlier));
     let compiled_anew: Vec<usize> = (reused.policies().iter().zip(earlier.policies()))
         .enumerate()
         .filter(|(_, (now, then))| !Arc::ptr_eq(now, then))
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(compiled_anew, vec![4321]);
-    assert_eq!(reused.policies()[4321].priority, after[4321].priority);
+    assert_eq!(compiled_anew, vec![4321, 8500]);
+    assert_eq!(reused.policies()[8500].priority, after[8500].priority);
+    for (i, policy) in reused.policies().iter().enumerate() {
+        assert_eq!(policy.version, Some(versions[i]), "policy {i}");
+        assert_eq!(*policy.name, after[i].name);
+    }
 }
 
 /// A recompile takes every unchanged policy from the earlier set as it was compiled there,
