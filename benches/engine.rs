@@ -513,7 +513,7 @@ fn scale_case(sizes: &[usize], count: usize) {
 
 /// How long a recompile after a change to one of `size` policies takes, given the set
 /// compiled before it: from a config file (each definition known again by its digest)
-/// and from a store (definitions held shared, known again by identity).
+/// and from a store (definitions held as JSON, known again by its identity).
 fn recompile_one(size: usize, compiled: &PolicySet) -> (Duration, Duration) {
     let mut policies = parse_str(&fleet_yaml(size), None)
         .unwrap_or_else(|e| panic!("generated config: {e}"))

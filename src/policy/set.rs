@@ -424,7 +424,7 @@ impl PolicySet {
 
     /// [`PolicySet::compile_versioned`], taking each policy whose definition and version
     /// are unchanged from `earlier` as it was compiled there (any earlier set: what is
-    /// taken is matched by its definition's digest, or a shared definition by identity):
+    /// taken is matched by its definition's digest, or held JSON by its identity):
     /// a change to one of 100,000 policies compiles one. Only the index over all rules is
     /// built anew.
     pub fn compile_reusing<P: PolicyDefinition + Sync>(
