@@ -524,7 +524,6 @@ impl Usage {
     }
 }
 
-/// User and system CPU time of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
 /// A process's resident memory and its peak (VmRSS, VmHWM), in MiB.
 fn memory(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -544,6 +543,7 @@ fn memory(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
+/// User and system CPU time of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
