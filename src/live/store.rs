@@ -9,10 +9,10 @@ use tokio::sync::watch;
 
 use super::{ChangeRefused, Isolated, Live};
 use crate::config::Config;
+use crate::policy::PolicyConfig;
 use crate::snapshot::{Runtime, Snapshot};
 use crate::store::changes::{self, Signal};
-use crate::store::faults::policy_stand_in;
-use crate::store::{Contents, Fault, Held, Store};
+use crate::store::{Contents, Definition, Fault, Held, Store};
 use crate::vocab::FieldError;
 
 /// Compiles `config` with the store's `contents` as a running gateway does: each stored
@@ -86,9 +86,8 @@ fn set_aside_faulty(
         progress = true;
         // A stand-in that fails again is left out.
         let first = set_aside.insert(("policy", name.clone()));
-        let raw = serde_json::from_str(&stored.text).ok();
         let stand_in = first
-            .then(|| policy_stand_in(&name, raw.as_ref()))
+            .then(|| PolicyConfig::stand_in(&name, &stored.text))
             .flatten();
         faults.push(Fault {
             kind: "policy",
@@ -349,7 +348,6 @@ async fn reload(live: &Live, store: &Store, full: bool, read: Read) -> Result<Op
 mod tests {
     use super::*;
     use crate::config::parse_str;
-    use crate::policy::PolicyConfig;
 
     fn policy(json: serde_json::Value) -> Held<PolicyConfig> {
         Held::new(1, &serde_json::from_value::<PolicyConfig>(json).unwrap())

@@ -68,8 +68,8 @@ pub trait Definition:
     /// This kind's store.
     fn versioned(store: &Store) -> Versioned<'_, Self>;
     /// What stands in for a stored definition that cannot be used (docs/store.md): `None`
-    /// leaves it out. `raw` is what of it is still JSON.
-    fn stand_in(name: &str, raw: Option<&serde_json::Value>) -> Option<Self>;
+    /// leaves it out. `text` is its stored JSON, read as far as it still can be.
+    fn stand_in(name: &str, text: &str) -> Option<Self>;
 }
 
 impl Definition for PolicyConfig {
@@ -86,8 +86,9 @@ impl Definition for PolicyConfig {
     fn versioned(store: &Store) -> Versioned<'_, Self> {
         store.policies()
     }
-    fn stand_in(name: &str, raw: Option<&serde_json::Value>) -> Option<Self> {
-        super::faults::policy_stand_in(name, raw)
+    fn stand_in(name: &str, text: &str) -> Option<Self> {
+        let raw: Option<serde_json::Value> = serde_json::from_str(text).ok();
+        super::faults::policy_stand_in(name, raw.as_ref())
     }
 }
 
@@ -105,7 +106,7 @@ impl Definition for SecretConfig {
     fn versioned(store: &Store) -> Versioned<'_, Self> {
         store.secrets()
     }
-    fn stand_in(_: &str, _: Option<&serde_json::Value>) -> Option<Self> {
+    fn stand_in(_: &str, _: &str) -> Option<Self> {
         None
     }
 }
@@ -195,8 +196,7 @@ impl crate::policy::PolicyDefinition for Held<PolicyConfig> {
                 // Fails closed as a row that does not parse does.
                 tracing::error!(policy = %self.name, version = self.version, %error,
                     "a held policy no longer parses; its stand-in applies");
-                let raw: Option<serde_json::Value> = serde_json::from_str(&self.text).ok();
-                let stand_in = super::faults::policy_stand_in(&self.name, raw.as_ref());
+                let stand_in = PolicyConfig::stand_in(&self.name, &self.text);
                 Cow::Owned(stand_in.unwrap_or_else(|| left_out(&self.name)))
             }
         }
@@ -912,8 +912,7 @@ fn parse_rows<T: Definition, K>(
             ),
             Err(e) => e,
         };
-        let raw: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-        let stand_in = T::stand_in(&name, raw.as_ref());
+        let stand_in = T::stand_in(&name, &text);
         let fault = Fault {
             kind: T::KIND.as_str(),
             name: name.clone(),
