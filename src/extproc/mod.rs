@@ -55,7 +55,7 @@ impl ExternalProcessor for ExtProcService {
         let responses =
             futures::stream::unfold((inbound, state), |(mut inbound, mut state)| async move {
                 loop {
-                    if state.is_finished() {
+                    if state.is_finished() || state.is_settled() {
                         return None;
                     }
                     // A decision put off behind a timeout extension (an LLM judge) runs

@@ -8,24 +8,28 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request a
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
 
-use crate::common::{Gateway, GatewayOptions, Upstream, grpc_channel};
+use std::time::Duration;
+
+use crate::common::{Gateway, GatewayOptions, Upstream, grpc_channel, wait_until};
 
 const ALLOW_ALL: &str = "policies: [{name: all, action: allow, rules: [{host: '127.0.0.1'}]}]";
+
+/// The Envoy config's processing mode edited to send every phase of every request.
+const EVERY_PHASE: [(&str, &str); 5] = [
+    ("request_body_mode: NONE", "request_body_mode: BUFFERED"),
+    ("response_header_mode: SKIP", "response_header_mode: SEND"),
+    ("response_body_mode: NONE", "response_body_mode: STREAMED"),
+    ("request_trailer_mode: SKIP", "request_trailer_mode: SEND"),
+    ("response_trailer_mode: SKIP", "response_trailer_mode: SEND"),
+];
 
 #[test]
 fn bodies_trailers_and_response_phases_pass_through() {
     let upstream = Upstream::start(None);
-    let edits = [
-        ("request_body_mode: NONE", "request_body_mode: BUFFERED"),
-        ("response_header_mode: SKIP", "response_header_mode: SEND"),
-        ("response_body_mode: NONE", "response_body_mode: STREAMED"),
-        ("request_trailer_mode: SKIP", "request_trailer_mode: SEND"),
-        ("response_trailer_mode: SKIP", "response_trailer_mode: SEND"),
-    ];
     let gw = Gateway::start(
         ALLOW_ALL,
         GatewayOptions {
-            envoy_edits: edits
+            envoy_edits: EVERY_PHASE
                 .iter()
                 .map(|(a, b)| ((*a).into(), (*b).into()))
                 .collect(),
@@ -144,21 +148,25 @@ fn malformed_and_out_of_order_streams_fail_closed() {
         tonic::Code::FailedPrecondition
     );
 
-    // Headers twice on one stream: the second fails the stream.
-    let get = || {
+    // Headers twice on one stream: an allowed request that needs nothing more ends its
+    // stream with the answer, so the second is never read, let alone decided.
+    let get = |path: &str| {
         headers(&[
             (":method", "GET"),
             (":authority", "127.0.0.1"),
-            (":path", "/"),
+            (":path", path),
         ])
     };
-    let (answers, error) = exchange(&gw.grpc_socket, vec![get(), get()]);
-    assert!(matches!(&answers[0], Answer::RequestHeaders(_)));
-    assert_eq!(
-        error.expect("stream error").code(),
-        tonic::Code::FailedPrecondition
+    let (answers, error) = exchange(&gw.grpc_socket, vec![get("/first"), get("/second")]);
+    assert!(
+        matches!(&answers[..], [Answer::RequestHeaders(_)]),
+        "{answers:?}"
     );
-    assert_eq!(gw.metric("portcullis_stream_errors_total"), Some(2.0));
+    assert!(error.is_none(), "{error:?}");
+    gw.audit_for(|r| r["path"] == "/first");
+    let audit = gw.audit();
+    assert!(!audit.iter().any(|r| r["path"] == "/second"), "{audit:#?}");
+    assert_eq!(gw.metric("portcullis_stream_errors_total"), Some(1.0));
 
     // Observability mode: decided and audited, never answered.
     let mut observed = headers(&[
@@ -237,4 +245,83 @@ policies:
     );
     assert_eq!(record["identity"]["source"], "10.20.3.4:40000");
     assert_eq!(record["tags"], serde_json::json!(["ns:ci"]));
+}
+
+/// Envoy told to send every phase (as `bodies_trailers_and_response_phases_pass_through`):
+/// an allowed request that needs nothing more of it ends its ext_proc stream with the
+/// answer — while the upstream still holds it, Portcullis has no stream open, and Envoy sent
+/// one message for it, where it would otherwise have sent the response too. A request that
+/// left with a credential keeps its stream until the response has been scrubbed.
+#[test]
+fn a_settled_request_ends_its_stream_and_a_credentialed_one_keeps_it() {
+    const SECRET: &str = "SENTINEL-settled-stream-token";
+    let upstream = Upstream::start(None);
+    let config = "
+policies: [{name: all, action: allow, rules: [{host: '127.0.0.1'}]}]
+secrets:
+  - name: held
+    source: {type: env, var: HELD_TOKEN}
+    allow_plaintext: true
+    inject: {style: bearer}
+    rules: [{host: 127.0.0.1, paths: ['/hold/credentialed']}]
+";
+    let gw = Gateway::start(
+        config,
+        GatewayOptions {
+            env: vec![("HELD_TOKEN".into(), SECRET.into())],
+            envoy_edits: EVERY_PHASE
+                .iter()
+                .map(|(a, b)| ((*a).into(), (*b).into()))
+                .collect(),
+            ..GatewayOptions::default()
+        },
+    );
+    const SENT: &str = "ext_proc.portcullis.stream_msgs_sent";
+    let held = |key: &str, open_streams: f64| {
+        let sent_before = gw.envoy_counter(SENT);
+        let url = format!("http://127.0.0.1:{}/hold/{key}", upstream.port());
+        std::thread::scope(|scope| {
+            let request = scope.spawn(|| gw.via_proxy(&[&url]));
+            let path = format!("/hold/{key}");
+            assert!(
+                wait_until(Duration::from_secs(10), || upstream
+                    .seen()
+                    .iter()
+                    .any(|s| s.path == path)),
+                "{key}: the request never reached the upstream"
+            );
+            // Held at the upstream: Envoy has had Portcullis's answer.
+            let as_expected = wait_until(Duration::from_secs(10), || {
+                gw.metric("portcullis_active_streams") == Some(open_streams)
+            });
+            let open = gw.metric("portcullis_active_streams");
+            upstream.release(key);
+            let reply = request.join().unwrap();
+            assert_eq!(reply.status, 200, "{key}: {reply:?}");
+            assert!(
+                as_expected,
+                "{key}: {open:?} open ext_proc streams while held, not {open_streams}"
+            );
+        });
+        gw.envoy_counter(SENT) - sent_before
+    };
+    assert_eq!(held("plain", 0.0), 1, "the request headers only");
+    let sent = held("credentialed", 1.0);
+    assert!(
+        sent >= 2,
+        "Envoy sent the response to be scrubbed too ({sent} messages)"
+    );
+    let seen = upstream.seen();
+    let credentialed = seen
+        .iter()
+        .find(|s| s.path == "/hold/credentialed")
+        .unwrap();
+    assert_eq!(
+        credentialed.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    assert!(
+        !gw.all_output().contains(SECRET),
+        "the secret leaked into the gateway's output"
+    );
 }
