@@ -4,6 +4,8 @@
 # Measures, one after another, on free ports:
 #   plain      Envoy forward proxy (envoy/forward-proxy.yaml with the ext_proc filter removed)
 #   noop       Envoy + examples/noop_extproc (answers CONTINUE to everything)
+#   noop-close the same, the processor ending each stream once it has answered the request
+#              headers, instead of waiting for Envoy to end it
 #   portcullis Envoy + target/release/portcullis with a generated 1,000-policy config; the
 #              request's host (an IP literal) is not on the fast path: decided over ext_proc
 #   fast       the same, requests to `localhost:UP`, which a policy names exactly: Envoy
@@ -23,6 +25,11 @@
 #                  chat body that no rule reads: decided on its headers, the body streams
 #   body-buffered  the same POSTs with a prompt rule ranking ahead of the allow: Envoy
 #                  buffers each body (mode_override BUFFERED) and Portcullis scans the prompt
+#   NAME@ng, NAME@og  any setup with Envoy's HTTP/2 codec set by its runtime flag
+#                  (envoy.reloadable_features.http2_use_oghttp2 false / true): the codec of
+#                  Envoy's ext_proc and xDS connections to Portcullis
+#   NAME@base      a Portcullis setup run with PORTCULLIS_BASE_BIN instead: two builds
+#                  paired in one interleaved run
 #   The tls-* setups send `GET https://localhost:LISTEN/bench` (SNI localhost, Host naming the
 #   upstream's HTTPS port, as a redirected workload would) over kept-alive TLS; Envoy
 #   terminates it and originates TLS to examples/bench_upstream --tls-listen.
@@ -248,7 +255,7 @@ EOF
 envoy_config() {
   python3 - "$@" <<'PY'
 import os, re, sys
-src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als, rds = sys.argv[1:]
+src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als, rds, codec = sys.argv[1:]
 STATIC_ROUTES = """          route_config:
             name: forward_proxy
             request_headers_to_remove: [x-envoy-external-address, x-envoy-internal]
@@ -342,6 +349,11 @@ if channel_tls:
         "            trusted_ca: {filename: %s}\n"
         "            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: portcullis.bench}}]\n"
     ) % (cert, key, ca))
+if codec:
+    assert "layered_runtime:" not in text
+    text += ("layered_runtime:\n  layers:\n  - name: codec\n    static_layer:\n"
+             "      envoy.reloadable_features.http2_use_oghttp2: %s\n") % (
+        "true" if codec == "og" else "false")
 open(out, "w").write(text)
 PY
 }
@@ -464,10 +476,17 @@ EOF
   stop "${squid_pid}"
 }
 
-run_setup() { # run_setup NAME ROUND
-  local name="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
+run_setup() { # run_setup NAME[@ng|@og] ROUND
+  local label="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
   local channel_tls="" als=1 rds=1
-  local out="${work}/${name}-r${round}"
+  # NAME@ng / NAME@og: the same setup with Envoy's HTTP/2 codec chosen (nghttp2 / oghttp2);
+  # NAME@base: with PORTCULLIS_BASE_BIN, a second Portcullis binary paired in the same run.
+  local name="${label%@*}" codec="" serving="${portcullis_bin}"
+  [[ "${label}" == *@* ]] && codec="${label#*@}"
+  if [[ "${codec}" == base ]]; then
+    serving="${PORTCULLIS_BASE_BIN:?NAME@base needs PORTCULLIS_BASE_BIN}"; codec=""
+  fi
+  local out="${work}/${label}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
   listen="$(free_port)"; admin="$(free_port)"; grpc="${work}/grpc-${name}.sock"
   # A socket file left by the previous round would pass wait_socket before the new
@@ -496,13 +515,15 @@ run_setup() { # run_setup NAME ROUND
   fi
   case "${name}" in
     plain) with_ext=0; als=0; rds=0 ;;
-    noop)
+    noop|noop-close)
       als=0; rds=0
-      "${bin}/examples/noop_extproc" --listen "unix:${grpc}" >"${out}-noop.log" 2>&1 &
+      local ending=()
+      [[ "${name}" == noop-close ]] && ending=(--end-after-request-headers)
+      "${bin}/examples/noop_extproc" --listen "unix:${grpc}" "${ending[@]}" >"${out}-noop.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
       wait_socket "${grpc}" "${ext_pid}" noop ;;
     portcullis|portcullis-tcp|portcullis-mtls|portcullis-no-outcomes|tls-plain|tls-portcullis|body-headers|body-buffered|fast|fast-mix|fast-unaudited|fast-grpc-log)
-      [[ -x "${portcullis_bin}" ]] || die "${portcullis_bin} missing (SETUPS=\"plain noop\" to skip)"
+      [[ -x "${serving}" ]] || die "${serving} missing (SETUPS=\"plain noop\" to skip)"
       [[ "${name}" == tls-plain ]] && with_ext=0 && als=0
       [[ "${name}" == portcullis-no-outcomes ]] && als=0
       local body_rule=""
@@ -523,7 +544,7 @@ run_setup() { # run_setup NAME ROUND
           >>"${work}/portcullis-${name}.yaml"
         channel_tls="${work}/channel/envoy.crt,${work}/channel/envoy.key,${work}/channel/ca.crt"
       fi
-      "${portcullis_bin}" serve --config "${work}/portcullis-${name}.yaml" \
+      "${serving}" serve --config "${work}/portcullis-${name}.yaml" \
         --grpc-listen "${grpc_listen}" --admin-listen "127.0.0.1:$(free_port)" \
         >"${out}-portcullis.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
@@ -531,9 +552,9 @@ run_setup() { # run_setup NAME ROUND
       else wait_port "${grpc}" "${ext_pid}" portcullis; fi ;;
     *) die "unknown setup ${name}" ;;
   esac
-  envoy_config "${source}" "${work}/envoy-${name}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
-    "${work}/up-ca.crt" "${channel_tls}" "${als}" "${rds}"
-  "${envoy}" -c "${work}/envoy-${name}.yaml" --use-dynamic-base-id \
+  envoy_config "${source}" "${work}/envoy-${label}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
+    "${work}/up-ca.crt" "${channel_tls}" "${als}" "${rds}" "${codec}"
+  "${envoy}" -c "${work}/envoy-${label}.yaml" --use-dynamic-base-id \
     --concurrency "${ENVOY_CONCURRENCY}" --file-flush-interval-msec 1000 -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
   wait_port "${listen}" "${envoy_pid}" "envoy-${name}"
@@ -544,7 +565,7 @@ run_setup() { # run_setup NAME ROUND
   [[ "${code}" == 200 && "$(cat "${out}-probe.txt")" == ok ]] \
     || die "${name}: probe through proxy got HTTP ${code}: $(head -c 300 "${out}-probe.txt")"
 
-  measure "${name}" "${round}" "${lua}" "${proxy_url}" "${out}" "${envoy_pid}" "${ext_pid}"
+  measure "${label}" "${round}" "${lua}" "${proxy_url}" "${out}" "${envoy_pid}" "${ext_pid}"
   # How many ext_proc streams Envoy opened (0 for plain): proves the processor was consulted.
   curl -gfsS "http://127.0.0.1:${admin}/stats?filter=ext_proc\.portcullis[a-z_]*\.streams_started" \
     | awk -F': ' '{n += $2} END {print n + 0}' >"${out}-extproc.txt"

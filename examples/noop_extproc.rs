@@ -27,12 +27,18 @@ struct Args {
     /// Address to serve gRPC on: HOST:PORT or unix:/PATH (as Portcullis's --grpc-listen).
     #[arg(long, default_value = "127.0.0.1:50052")]
     listen: String,
+    /// End each stream right after answering its request headers (the processor closing
+    /// cleanly: Envoy goes on without it) instead of waiting for Envoy to close it.
+    #[arg(long)]
+    end_after_request_headers: bool,
 }
 
 type Item = Result<ProcessingResponse, Status>;
 type Answer = fn(Result<ProcessingRequest, Status>) -> Ready<Option<Item>>;
 
-struct Noop;
+struct Noop {
+    end_after_request_headers: bool,
+}
 
 fn common() -> Option<CommonResponse> {
     Some(CommonResponse {
@@ -75,13 +81,22 @@ fn answer(msg: Result<ProcessingRequest, Status>) -> Ready<Option<Item>> {
 
 #[tonic::async_trait]
 impl ExternalProcessor for Noop {
-    type ProcessStream = FilterMap<Streaming<ProcessingRequest>, Ready<Option<Item>>, Answer>;
+    type ProcessStream =
+        futures::stream::Take<FilterMap<Streaming<ProcessingRequest>, Ready<Option<Item>>, Answer>>;
 
     async fn process(
         &self,
         request: tonic::Request<Streaming<ProcessingRequest>>,
     ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
-        let stream = request.into_inner().filter_map(answer as Answer);
+        let answers = if self.end_after_request_headers {
+            1
+        } else {
+            usize::MAX
+        };
+        let stream = request
+            .into_inner()
+            .filter_map(answer as Answer)
+            .take(answers);
         Ok(tonic::Response::new(stream))
     }
 }
@@ -96,7 +111,9 @@ fn main() -> anyhow::Result<()> {
         eprintln!("noop_extproc listening on {}", args.listen);
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(ExternalProcessorServer::new(Noop));
+            .add_service(ExternalProcessorServer::new(Noop {
+                end_after_request_headers: args.end_after_request_headers,
+            }));
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
