@@ -247,9 +247,9 @@ impl StreamState {
     /// Whether Portcullis needs nothing more of this request: it was allowed on all the
     /// decision needed, and its response is neither scrubbed, metered, inspected nor
     /// filtered. The stream then ends right after the answer — a clean close, after which
-    /// Envoy goes on without the processor — instead of waiting for Envoy to end it once
-    /// the upstream has answered: a message and a wake-up less on both sides per request,
-    /// and no stream held open for the upstream's whole round trip.
+    /// Envoy goes on without the processor. Under the shipped configs Envoy ends it there
+    /// itself; under a config that sends more phases than Portcullis asked for, the stream
+    /// would otherwise stay open for the upstream's whole round trip.
     pub(super) fn is_settled(&self) -> bool {
         self.phase == Phase::Forwarded
             && self.deferred.is_none()
