@@ -11,6 +11,9 @@
 #   fast       the same, requests to `localhost:UP`, which a policy names exactly: Envoy
 #              decides each by the route Portcullis serves (RDS), no ext_proc round trip
 #   fast-mix   the same, 4 of every 5 requests fast-path, the 5th over ext_proc
+#   noop-mix   the mix's ceiling for any processor: static routes with ext_proc off and no
+#              audit for `localhost:UP` (4 of every 5 requests), the no-op processor for the
+#              5th — what fast-mix would reach if its fast path and its processor cost nothing
 #   fast-unaudited  fast without Envoy's access log to Portcullis: what the fast path's audit
 #              costs (not a configuration to run: fast-path decisions would go unaudited)
 #   fast-grpc-log   fast with Envoy's gRPC access log service instead of the access log file
@@ -28,6 +31,10 @@
 #   NAME@ng, NAME@og  any setup with Envoy's HTTP/2 codec set by its runtime flag
 #                  (envoy.reloadable_features.http2_use_oghttp2 false / true): the codec of
 #                  Envoy's ext_proc and xDS connections to Portcullis
+#   NAME@google    any ext_proc setup with Envoy's Google gRPC client (gRPC C++) for ext_proc
+#                  instead of its own (envoy_grpc)
+#   NAME@nostats   any setup with Envoy keeping no stats (stats_matcher reject_all): their cost
+#   NAME@1w        a Portcullis setup with one runtime worker thread (TOKIO_WORKER_THREADS=1)
 #   NAME@base      a Portcullis setup run with PORTCULLIS_BASE_BIN instead: two builds
 #                  paired in one interleaved run
 #   The tls-* setups send `GET https://localhost:LISTEN/bench` (SNI localhost, Host naming the
@@ -207,17 +214,22 @@ wrk.method = "GET"
 wrk.path = "http://localhost:${up_port}/bench"
 wrk.headers["Host"] = "localhost:${up_port}"
 EOF
-cat >"${work}/mix.lua" <<EOF
--- 4 of every 5 requests on the fast path, the 5th (an IP literal host) over ext_proc.
+mix_lua() { # mix_lua OUT [SLOW_HEADERS]: 4 of every 5 requests on the fast path, the 5th (an
+  # IP literal host) over ext_proc; noop-mix's 5th names its upstream address itself (no
+  # Portcullis to set it)
+  cat >"$1" <<EOF
 local n = 0
 local fast = wrk.format("GET", "http://localhost:${up_port}/bench", {["Host"] = "localhost:${up_port}"})
-local slow = wrk.format("GET", "${target}", {["Host"] = "127.0.0.1:${up_port}"})
+local slow = wrk.format("GET", "${target}", {["Host"] = "127.0.0.1:${up_port}"${2:-}})
 request = function()
   n = n + 1
   if n % 5 == 0 then return slow end
   return fast
 end
 EOF
+}
+mix_lua "${work}/mix.lua"
+mix_lua "${work}/noop-mix.lua" ', ["x-portcullis-upstream-address"] = "127.0.0.1:'"${up_port}"'"'
 # A 4 KiB OpenAI-style chat body, POSTed by the body-* setups.
 python3 - "${work}/body.json" <<'PY'
 import json, sys
@@ -251,7 +263,8 @@ EOF
 # ---------------------------------------------------------------- configs
 # envoy_config SOURCE OUT LISTEN ADMIN GRPC WITH_EXTPROC(0|1) TRUST_STORE CHANNEL_TLS ALS(0|1) RDS(0|1)
 #   RDS 0: without Portcullis (plain, noop) the routes it would serve (RDS) are replaced by the
-#   static catch-all routes every request took before the fast path
+#   static catch-all routes every request took before the fast path; RDS fast:PORT: the same
+#   with a virtual host for localhost:PORT that turns ext_proc off (noop-mix)
 envoy_config() {
   python3 - "$@" <<'PY'
 import os, re, sys
@@ -267,15 +280,33 @@ STATIC_ROUTES = """          route_config:
                 route: {cluster: upstream_plain, timeout: 0s, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]}
               - match: {prefix: "/"}
                 route: {cluster: upstream_plain, timeout: 0s}"""
+# noop-mix: requests to localhost:PORT skip ext_proc as a fast-path route does, without
+# Portcullis; the route names the upstream address itself (no audit line either).
+FAST_HOST = """            - name: fast_host
+              domains: ["localhost:{port}"]
+              typed_per_filter_config:
+                envoy.filters.http.ext_proc:
+                  "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                  disabled: true
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream_plain, timeout: 0s}}
+                request_headers_to_add:
+                - header: {{key: x-portcullis-upstream-address, value: "127.0.0.1:{port}"}}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD"""
 routes_skip = False
 grpc_logger_added = False
 lines = open(src).read().splitlines()
 keep, skip, drop_indent = [], False, None
 for line in lines:
     stripped = line.strip()
-    if stripped.startswith("# BEGIN routes") and rds == "0":
+    if stripped.startswith("# BEGIN routes") and rds != "1":
         routes_skip = True
-        keep.extend(STATIC_ROUTES.splitlines())
+        static = STATIC_ROUTES.splitlines()
+        if rds.startswith("fast:"):
+            at = static.index("            virtual_hosts:") + 1
+            static[at:at] = FAST_HOST.format(port=rds.split(":", 1)[1]).splitlines()
+        keep.extend(static)
     if routes_skip:
         if stripped.startswith("# END routes"):
             routes_skip = False
@@ -349,7 +380,22 @@ if channel_tls:
         "            trusted_ca: {filename: %s}\n"
         "            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: portcullis.bench}}]\n"
     ) % (cert, key, ca))
-if codec:
+if codec == "google":
+    # Envoy's other gRPC client (gRPC C++, its own completion-queue thread) for ext_proc.
+    envoy_grpc = "                envoy_grpc: {cluster_name: portcullis}\n                initial_metadata:"
+    assert text.count(envoy_grpc) == 1, envoy_grpc
+    target = ("unix:" + grpc) if not grpc.isdigit() else ("127.0.0.1:" + grpc)
+    text = text.replace(envoy_grpc, (
+        "                google_grpc:\n"
+        "                  target_uri: \"%s\"\n"
+        "                  stat_prefix: portcullis\n"
+        # gRPC C++ names a Unix socket's path as the authority, which h2 (tonic) refuses.
+        "                  channel_args: {args: {grpc.default_authority: {string_value: localhost}}}\n"
+        "                initial_metadata:") % target)
+elif codec == "nostats":
+    # What Envoy's stats cost a request: none kept (the ext_proc stream count reads 0).
+    text += "stats_config: {stats_matcher: {reject_all: true}}\n"
+elif codec:
     assert "layered_runtime:" not in text
     text += ("layered_runtime:\n  layers:\n  - name: codec\n    static_layer:\n"
              "      envoy.reloadable_features.http2_use_oghttp2: %s\n") % (
@@ -420,15 +466,19 @@ cpu_ticks() { # cpu_ticks PID: utime+stime of a process and its children, in clo
 
 measure() { # measure NAME ROUND LUA PROXY_URL OUT PROXY_PID EXT_PID: the wrk runs and CPU
   local name="$1" round="$2" lua="$3" proxy_url="$4" out="$5" proxy_pid="$6" ext_pid="$7"
-  local before after proxy_cpu ext_cpu=0
+  local before after proxy_cpu ext_cpu=0 up_cpu
   log "${name} (round ${round}/${ROUNDS}): warm-up ${WARMUP}, then c=${CONNS} and c=1 for ${DURATION} each"
   wrk -t"${THREADS}" -c"${CONNS}" -d"${WARMUP}" -s "${lua}" "${proxy_url}" >/dev/null
   before="$(upstream_count)"
   proxy_cpu="$(cpu_ticks "${proxy_pid}")"
   [[ -n "${ext_pid}" ]] && ext_cpu="$(cpu_ticks "${ext_pid}")"
-  wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" \
+  up_cpu="$(cpu_ticks "${up_pid}")"
+  # wrk's own CPU too: it shares the two cores with what it measures.
+  /usr/bin/time -f '%U %S' -o "${out}-wrk-time.txt" \
+    wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency -s "${lua}" "${proxy_url}" \
     >"${out}-c${CONNS}.txt"
   echo "$(( $(cpu_ticks "${proxy_pid}") - proxy_cpu ))" >"${out}-envoy-cpu.txt"
+  echo "$(( $(cpu_ticks "${up_pid}") - up_cpu ))" >"${out}-upstream-cpu.txt"
   if [[ -n "${ext_pid}" ]]; then
     echo "$(( $(cpu_ticks "${ext_pid}") - ext_cpu ))" >"${out}-ext-cpu.txt"
   else
@@ -483,8 +533,11 @@ run_setup() { # run_setup NAME[@ng|@og] ROUND
   # NAME@base: with PORTCULLIS_BASE_BIN, a second Portcullis binary paired in the same run.
   local name="${label%@*}" codec="" serving="${portcullis_bin}"
   [[ "${label}" == *@* ]] && codec="${label#*@}"
+  local workers=()
   if [[ "${codec}" == base ]]; then
     serving="${PORTCULLIS_BASE_BIN:?NAME@base needs PORTCULLIS_BASE_BIN}"; codec=""
+  elif [[ "${codec}" == 1w ]]; then
+    workers=(env TOKIO_WORKER_THREADS=1); codec=""
   fi
   local out="${work}/${label}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
@@ -515,8 +568,9 @@ run_setup() { # run_setup NAME[@ng|@og] ROUND
   fi
   case "${name}" in
     plain) with_ext=0; als=0; rds=0 ;;
-    noop|noop-close)
+    noop|noop-close|noop-mix)
       als=0; rds=0
+      [[ "${name}" == noop-mix ]] && rds="fast:${up_port}" && lua="${work}/noop-mix.lua"
       local ending=()
       [[ "${name}" == noop-close ]] && ending=(--end-after-request-headers)
       "${bin}/examples/noop_extproc" --listen "unix:${grpc}" "${ending[@]}" >"${out}-noop.log" 2>&1 &
@@ -544,7 +598,7 @@ run_setup() { # run_setup NAME[@ng|@og] ROUND
           >>"${work}/portcullis-${name}.yaml"
         channel_tls="${work}/channel/envoy.crt,${work}/channel/envoy.key,${work}/channel/ca.crt"
       fi
-      "${serving}" serve --config "${work}/portcullis-${name}.yaml" \
+      "${workers[@]}" "${serving}" serve --config "${work}/portcullis-${name}.yaml" \
         --grpc-listen "${grpc_listen}" --admin-listen "127.0.0.1:$(free_port)" \
         >"${out}-portcullis.log" 2>&1 &
       ext_pid=$!; pids+=("${ext_pid}")
@@ -621,6 +675,8 @@ for s in setups:
             "upstream": number(base + "-upstream.txt"), "extproc": number(base + "-extproc.txt"),
             "envoy_cpu": number(base + "-envoy-cpu.txt") * tick_us / c50["requests"],
             "ext_cpu": number(base + "-ext-cpu.txt") * tick_us / c50["requests"],
+            "up_cpu": number(base + "-upstream-cpu.txt") * tick_us / c50["requests"],
+            "wrk_cpu": sum(map(float, open(base + "-wrk-time.txt").read().split()[-2:])) * 1e6 / c50["requests"],
         })
 
 def med(s, f):
@@ -648,6 +704,8 @@ print("GET /bench via absolute-form proxy request (tls-*: intercepted HTTPS, kep
 print("cpu/req = process CPU time / requests in the c=%s run; tls-plain's ext_proc column is Portcullis serving SDS only" % conns)
 for r in [hdr] + rows:
     print("  ".join(str(x).rjust(n) for x, n in zip(r, w)))
+print("load CPU/req in the c=%s run (wrk + the upstream, on the same cores): %s" % (conns, ", ".join(
+    "%s %.0f+%.0fus" % (s, med(s, lambda r: r["wrk_cpu"]), med(s, lambda r: r["up_cpu"])) for s in setups)))
 for s in setups:
     base = baseline(s)
     if s != base and base in runs:
@@ -665,7 +723,7 @@ if "noop" in runs and "portcullis" in runs:
         conns, statistics.median(ratios), ", ".join("%.2f" % r for r in ratios),
         statistics.median(p["c1"]["p50"] - n["c1"]["p50"] for p, n in zip(runs["portcullis"], runs["noop"])),
         med("portcullis", lambda r: r["ext_cpu"]) - med("noop", lambda r: r["ext_cpu"])))
-for s in ("portcullis", "fast", "fast-mix", "fast-unaudited", "fast-grpc-log", "squid"):
+for s in ("portcullis", "fast", "fast-mix", "noop-mix", "fast-unaudited", "fast-grpc-log", "squid"):
     if s in runs and "plain" in runs:
         ratios = [f["c50"]["rps"] / p["c50"]["rps"] for f, p in zip(runs[s], runs["plain"])]
         print("%s vs plain: rps c=%s %.2fx (per round: %s); cpu/req (proxy + ext_proc) %.0fus vs %.0fus" % (
@@ -692,7 +750,8 @@ for s in setups:
                 problems.append("%s round %d %s: non-2xx=%d socket errors: %s" % (s, k, c, r[c]["non2xx"], r[c]["errors"]))
         if s in ("fast", "fast-unaudited") and r["extproc"] > 0:
             problems.append("%s round %d: %d ext_proc streams, expected none" % (s, k, r["extproc"]))
-        if s not in ("plain", "tls-plain", "squid") and not s.startswith("fast") and r["extproc"] < r["upstream"]:
+        if (s not in ("plain", "tls-plain", "squid", "noop-mix") and not s.startswith("fast")
+                and not s.endswith("@nostats") and r["extproc"] < r["upstream"]):
             problems.append("%s round %d: fewer ext_proc streams (%d) than upstream requests (%d)" % (s, k, r["extproc"], r["upstream"]))
 print("requests reaching the upstream (all rounds): " + ", ".join("%s %d" % (s, sum(r["upstream"] for r in runs[s])) for s in setups))
 print("ext_proc streams opened by Envoy (all rounds): " + ", ".join("%s %d" % (s, sum(r["extproc"] for r in runs[s])) for s in setups))
