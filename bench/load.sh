@@ -140,6 +140,12 @@ if ! command -v wrk >/dev/null; then
     apt-get update >/dev/null && apt-get install -y wrk >/dev/null
   fi
 fi
+if [[ ! -x /usr/bin/time ]]; then
+  log "installing time (wrk's own CPU)"
+  if ! apt-get install -y time >/dev/null 2>&1; then
+    apt-get update >/dev/null && apt-get install -y time >/dev/null
+  fi
+fi
 if [[ " ${SETUPS} " == *" squid "* ]] && ! command -v squid >/dev/null; then
   log "installing squid"
   if ! apt-get install -y squid >/dev/null 2>&1; then
@@ -268,7 +274,7 @@ EOF
 envoy_config() {
   python3 - "$@" <<'PY'
 import os, re, sys
-src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als, rds, codec = sys.argv[1:]
+src, out, listen, admin, grpc, with_extproc, trust, channel_tls, als, rds, variant = sys.argv[1:]
 STATIC_ROUTES = """          route_config:
             name: forward_proxy
             request_headers_to_remove: [x-envoy-external-address, x-envoy-internal]
@@ -380,7 +386,7 @@ if channel_tls:
         "            trusted_ca: {filename: %s}\n"
         "            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: portcullis.bench}}]\n"
     ) % (cert, key, ca))
-if codec == "google":
+if variant == "google":
     # Envoy's other gRPC client (gRPC C++, its own completion-queue thread) for ext_proc.
     envoy_grpc = "                envoy_grpc: {cluster_name: portcullis}\n                initial_metadata:"
     assert text.count(envoy_grpc) == 1, envoy_grpc
@@ -392,14 +398,16 @@ if codec == "google":
         # gRPC C++ names a Unix socket's path as the authority, which h2 (tonic) refuses.
         "                  channel_args: {args: {grpc.default_authority: {string_value: localhost}}}\n"
         "                initial_metadata:") % target)
-elif codec == "nostats":
+elif variant == "nostats":
     # What Envoy's stats cost a request: none kept (the ext_proc stream count reads 0).
     text += "stats_config: {stats_matcher: {reject_all: true}}\n"
-elif codec:
+elif variant in ("ng", "og"):
     assert "layered_runtime:" not in text
     text += ("layered_runtime:\n  layers:\n  - name: codec\n    static_layer:\n"
              "      envoy.reloadable_features.http2_use_oghttp2: %s\n") % (
-        "true" if codec == "og" else "false")
+        "true" if variant == "og" else "false")
+elif variant:
+    sys.exit("load.sh: unknown setup variant @%s" % variant)
 open(out, "w").write(text)
 PY
 }
@@ -526,18 +534,17 @@ EOF
   stop "${squid_pid}"
 }
 
-run_setup() { # run_setup NAME[@ng|@og] ROUND
+run_setup() { # run_setup NAME[@VARIANT] ROUND (the variants: the header of this file)
   local label="$1" round="$2" listen admin grpc ext_pid="" envoy_pid with_ext=1 before after
   local channel_tls="" als=1 rds=1
-  # NAME@ng / NAME@og: the same setup with Envoy's HTTP/2 codec chosen (nghttp2 / oghttp2);
-  # NAME@base: with PORTCULLIS_BASE_BIN, a second Portcullis binary paired in the same run.
-  local name="${label%@*}" codec="" serving="${portcullis_bin}"
-  [[ "${label}" == *@* ]] && codec="${label#*@}"
+  # @base and @1w change how Portcullis runs; the other variants, Envoy's config.
+  local name="${label%@*}" variant="" serving="${portcullis_bin}"
+  [[ "${label}" == *@* ]] && variant="${label#*@}"
   local workers=()
-  if [[ "${codec}" == base ]]; then
-    serving="${PORTCULLIS_BASE_BIN:?NAME@base needs PORTCULLIS_BASE_BIN}"; codec=""
-  elif [[ "${codec}" == 1w ]]; then
-    workers=(env TOKIO_WORKER_THREADS=1); codec=""
+  if [[ "${variant}" == base ]]; then
+    serving="${PORTCULLIS_BASE_BIN:?NAME@base needs PORTCULLIS_BASE_BIN}"; variant=""
+  elif [[ "${variant}" == 1w ]]; then
+    workers=(env TOKIO_WORKER_THREADS=1); variant=""
   fi
   local out="${work}/${label}-r${round}"
   local source="${repo_root}/envoy/forward-proxy.yaml" lua="${work}/proxy.lua" ca_dir=""
@@ -607,7 +614,7 @@ run_setup() { # run_setup NAME[@ng|@og] ROUND
     *) die "unknown setup ${name}" ;;
   esac
   envoy_config "${source}" "${work}/envoy-${label}.yaml" "${listen}" "${admin}" "${grpc}" "${with_ext}" \
-    "${work}/up-ca.crt" "${channel_tls}" "${als}" "${rds}" "${codec}"
+    "${work}/up-ca.crt" "${channel_tls}" "${als}" "${rds}" "${variant}"
   "${envoy}" -c "${work}/envoy-${label}.yaml" --use-dynamic-base-id \
     --concurrency "${ENVOY_CONCURRENCY}" --file-flush-interval-msec 1000 -l warning >"${out}-envoy.log" 2>&1 &
   envoy_pid=$!; pids+=("${envoy_pid}")
